@@ -1,0 +1,13 @@
+//! tessera: confidential replicated groups for Intel TDX.
+//!
+//! Nodes prove what they run with a TDX quote bound to their peer key; peers that pass a
+//! measurement policy bond into a group, and the group replicates a state machine with Raft.
+//!
+//! Module map (arrows point one way, see DESIGN §2):
+//! - [`raft`]: the sans-IO consensus core. No IO, no clock, no ambient randomness.
+//! - [`machine`]: the [`machine::StateMachine`] trait and the built-in key-value store.
+//! - [`storage`]: the log/hard-state [`storage::Storage`] trait, the in-memory store and the
+//!   conformance suite every store must pass.
+//! - [`sim`]: the deterministic simulator that drives the very same core under faults.
+//! - [`lincheck`]: the linearizability checker the simulator's client histories go through.
+#![forbid(unsafe_code)]
