@@ -1,5 +1,9 @@
 //! The `tessera` command line.
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+
+mod cli;
 
 /// tessera: confidential replicated groups for Intel TDX.
 #[derive(Parser, Debug)]
@@ -11,14 +15,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the version and exit.
-    Version,
+    #[command(flatten)]
+    Attest(cli::attest::AttestCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Version => println!("tessera {}", env!("CARGO_PKG_VERSION")),
+        Command::Attest(command) => cli::attest::run(command),
     }
-    Ok(())
 }

@@ -1,0 +1,2 @@
+//! Command-line front ends. `anyhow` is allowed here and only here.
+pub mod attest;
