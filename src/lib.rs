@@ -11,3 +11,5 @@
 //! - [`sim`]: the deterministic simulator that drives the very same core under faults.
 //! - [`lincheck`]: the linearizability checker the simulator's client histories go through.
 #![forbid(unsafe_code)]
+pub mod raft;
+pub mod storage;

@@ -1,0 +1,171 @@
+//! The leader's other duties: read-index, leadership transfer, membership changes and
+//! promotion of caught-up learners.
+use super::membership::MembershipChange;
+use super::message::MessageBody;
+use super::node::PendingRead;
+use super::ready::{Event, ReadState, Rejection, Role};
+use super::types::{Entry, EntryPayload, NodeId};
+use super::Raft;
+
+impl Raft {
+    pub(super) fn read_index(&mut self, id: u64) {
+        if self.role != Role::Leader {
+            let reason = Rejection::NotLeader {
+                leader: self.leader,
+            };
+            self.ready.events.push(Event::ReadRejected { id, reason });
+            return;
+        }
+        let waiting = self.pending_reads.len() + self.reads_before_commit.len();
+        if waiting >= self.config.max_pending_reads {
+            let reason = Rejection::TooManyReads {
+                max: self.config.max_pending_reads,
+            };
+            self.ready.events.push(Event::ReadRejected { id, reason });
+            return;
+        }
+        if self.commit < self.term_start_index {
+            // Until our no-op commits we do not know the true commit index (thesis §6.4).
+            self.reads_before_commit.push(id);
+            return;
+        }
+        self.start_read(id);
+    }
+
+    /// Records the read point and starts a heartbeat round that must reach a quorum.
+    pub(super) fn start_read(&mut self, id: u64) {
+        self.read_seq += 1;
+        self.pending_reads.push_back(PendingRead {
+            id,
+            index: self.commit,
+            seq: self.read_seq,
+        });
+        self.bcast_heartbeat();
+        self.process_reads();
+    }
+
+    /// Releases, in order, every read whose round a quorum has acknowledged.
+    pub(super) fn process_reads(&mut self) {
+        while let Some(front) = self.pending_reads.front().copied() {
+            let view = self.quorum_view();
+            let confirmed = view.is_quorum(|id| {
+                id == self.id
+                    || self
+                        .progress
+                        .get(&id)
+                        .is_some_and(|p| p.read_ack >= front.seq)
+            });
+            drop(view);
+            if !confirmed {
+                return;
+            }
+            self.pending_reads.pop_front();
+            self.ready.read_states.push(ReadState {
+                id: front.id,
+                index: front.index,
+            });
+        }
+    }
+
+    pub(super) fn transfer_leadership(&mut self, to: NodeId) {
+        let rejection = if self.role != Role::Leader {
+            Some(Rejection::NotLeader {
+                leader: self.leader,
+            })
+        } else if !self.membership.is_voter(to) {
+            Some(Rejection::NotAVoter(to))
+        } else if self.transfer_target.is_some() {
+            Some(Rejection::TransferInProgress)
+        } else {
+            None
+        };
+        if let Some(reason) = rejection {
+            self.ready
+                .events
+                .push(Event::TransferRejected { to, reason });
+            return;
+        }
+        if to == self.id {
+            return;
+        }
+        self.transfer_target = Some(to);
+        // The transfer is abandoned if it has not finished within an election timeout.
+        self.election_elapsed = 0;
+        if self.progress.get(&to).map(|p| p.match_index) == Some(self.log.last_index()) {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.maybe_send_append(to, true);
+        }
+    }
+
+    /// Why a membership change cannot start now, if it cannot.
+    fn membership_change_blocked(&self) -> Option<Rejection> {
+        if self.role != Role::Leader {
+            return Some(Rejection::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transfer_target.is_some() {
+            return Some(Rejection::TransferInProgress);
+        }
+        if self.membership_index > self.commit {
+            return Some(Rejection::MembershipChangePending);
+        }
+        // Ongaro's single-server fix: a new leader must commit an entry of its own term
+        // before changing the configuration.
+        if self.commit < self.term_start_index {
+            return Some(Rejection::LeaderNotReady);
+        }
+        None
+    }
+
+    pub(super) fn change_membership(&mut self, change: MembershipChange) {
+        if let Some(reason) = self.membership_change_blocked() {
+            self.ready
+                .events
+                .push(Event::MembershipChangeRejected { change, reason });
+            return;
+        }
+        let next = match self.membership.apply(change) {
+            Ok(next) => next,
+            Err(e) => {
+                self.ready.events.push(Event::MembershipChangeRejected {
+                    change,
+                    reason: e.into(),
+                });
+                return;
+            }
+        };
+        let index = self.log.last_index() + 1;
+        self.append_local(vec![Entry {
+            term: self.term,
+            index,
+            timestamp_ms: self.last_timestamp_ms,
+            payload: EntryPayload::Membership(next),
+        }]);
+        self.ready
+            .events
+            .push(Event::MembershipChangeProposed { change, index });
+        self.bcast_append(false);
+    }
+
+    /// Promotes the first caught-up, responsive learner while voters are below the limit.
+    pub(super) fn maybe_promote_learner(&mut self) {
+        if !self.config.auto_promote
+            || self.membership.voters.len() >= self.config.max_voters
+            || self.membership_change_blocked().is_some()
+        {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let lag = self.config.promotion_lag_entries;
+        let candidate = self.membership.learners.iter().copied().find(|id| {
+            self.progress
+                .get(id)
+                .is_some_and(|p| p.recent_active && p.match_index + lag >= last_index)
+        });
+        if let Some(id) = candidate {
+            self.change_membership(MembershipChange::Promote(id));
+        }
+    }
+}

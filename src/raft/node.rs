@@ -1,0 +1,745 @@
+//! The core state and its step function. Election, replication and the leader's extra
+//! duties live in sibling files as further `impl Raft` blocks.
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::config::{ConfigError, RaftConfig};
+use super::log::RaftLog;
+use super::membership::Membership;
+use super::message::{Message, MessageBody};
+use super::progress::Progress;
+use super::ready::{Event, Input, Ready, Rejection, Role};
+use super::rng::SplitMix64;
+use super::types::{Entry, EntryPayload, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
+
+/// What storage handed back at start-up: the durable state of this node.
+#[derive(Clone, Debug, Default)]
+pub struct InitialState {
+    pub hard_state: HardState,
+    /// The latest durable snapshot, if any; the log continues right after it.
+    pub snapshot: Option<Snapshot>,
+    /// Durable entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// A misuse of the core by its driver, or a message that cannot be from a correct peer.
+/// The core's state is unchanged when `step` returns one of these.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    #[error("message addressed to {to} delivered to {me}")]
+    Misrouted { to: NodeId, me: NodeId },
+    #[error("malformed {kind} from {from}: {reason}")]
+    Malformed {
+        kind: &'static str,
+        from: NodeId,
+        reason: &'static str,
+    },
+    #[error("{from} claims to lead term {term}, which this node leads")]
+    SecondLeader { from: NodeId, term: Term },
+    #[error("append from {from} conflicts with committed entry {index}")]
+    CommittedConflict { from: NodeId, index: Index },
+    #[error("cannot compact to {index}: only {applied} is applied")]
+    CompactBeyondApplied { index: Index, applied: Index },
+    #[error("bootstrap needs a fresh node (term {term}, last index {last_index})")]
+    NotFresh { term: Term, last_index: Index },
+    #[error("bootstrap membership has no voters")]
+    NoVoters,
+    #[error("recovered state is inconsistent: {0}")]
+    BadInitialState(&'static str),
+}
+
+/// A read waiting for a quorum to confirm leadership.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PendingRead {
+    pub id: u64,
+    pub index: Index,
+    pub seq: u64,
+}
+
+/// The sans-IO Raft core. See the [module docs](super) for the contract.
+pub struct Raft {
+    pub(super) id: NodeId,
+    pub(super) config: RaftConfig,
+    pub(super) rng: SplitMix64,
+
+    pub(super) term: Term,
+    pub(super) vote: Option<NodeId>,
+    pub(super) role: Role,
+    pub(super) leader: Option<NodeId>,
+
+    pub(super) log: RaftLog,
+    pub(super) commit: Index,
+    pub(super) applied: Index,
+    /// Highest index of the current log known durable here.
+    pub(super) persisted: Index,
+    pub(super) last_timestamp_ms: u64,
+
+    /// Latest configuration in the log and where it came from.
+    pub(super) membership: Membership,
+    pub(super) membership_index: Index,
+    /// Configurations after the snapshot point, oldest first, to fall back on truncation.
+    pub(super) membership_history: Vec<(Index, Membership)>,
+    /// The configuration in force at the snapshot point.
+    pub(super) snapshot_membership: (Index, Membership),
+    /// The latest local snapshot (sent to followers that are too far behind).
+    pub(super) snapshot: Option<Snapshot>,
+
+    pub(super) election_elapsed: u64,
+    pub(super) heartbeat_elapsed: u64,
+    pub(super) randomized_election_ticks: u64,
+    pub(super) votes: BTreeMap<NodeId, bool>,
+
+    // Leader-only state.
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+    pub(super) term_start_index: Index,
+    pub(super) read_seq: u64,
+    pub(super) pending_reads: VecDeque<PendingRead>,
+    pub(super) reads_before_commit: Vec<u64>,
+    pub(super) transfer_target: Option<NodeId>,
+
+    pub(super) unreachable: BTreeSet<NodeId>,
+
+    pub(super) ready: Ready,
+    pub(super) last_hard_state: HardState,
+    pub(super) last_reported: (Role, Term, Option<NodeId>),
+}
+
+impl Raft {
+    /// Builds a core from what storage recovered. `seed` feeds the election-timeout RNG.
+    pub fn new(
+        id: NodeId,
+        config: RaftConfig,
+        seed: u64,
+        state: InitialState,
+    ) -> Result<Self, NewRaftError> {
+        config.validate()?;
+        let (log, snapshot_membership, snapshot) = match state.snapshot {
+            Some(snapshot) => {
+                let meta = &snapshot.meta;
+                (
+                    RaftLog::new(meta.index, meta.term),
+                    (meta.membership_index, meta.membership.clone()),
+                    Some(snapshot),
+                )
+            }
+            None => (RaftLog::new(0, 0), (0, Membership::default()), None),
+        };
+        let mut raft = Self {
+            id,
+            config,
+            rng: SplitMix64::new(seed),
+            term: state.hard_state.term,
+            vote: state.hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            commit: 0,
+            applied: 0,
+            persisted: 0,
+            last_timestamp_ms: 0,
+            membership: snapshot_membership.1.clone(),
+            membership_index: snapshot_membership.0,
+            membership_history: Vec::new(),
+            snapshot_membership,
+            snapshot,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            term_start_index: 0,
+            read_seq: 0,
+            pending_reads: VecDeque::new(),
+            reads_before_commit: Vec::new(),
+            transfer_target: None,
+            unreachable: BTreeSet::new(),
+            ready: Ready::default(),
+            last_hard_state: state.hard_state,
+            last_reported: (Role::Follower, state.hard_state.term, None),
+        };
+        for entry in state.entries {
+            if entry.index != raft.log.last_index() + 1 {
+                return Err(
+                    StepError::BadInitialState("recovered entries are not contiguous").into(),
+                );
+            }
+            if entry.term < raft.log.last_term() {
+                return Err(StepError::BadInitialState("recovered entry terms decrease").into());
+            }
+            raft.note_appended(&entry);
+            raft.log.push(entry);
+        }
+        if raft.log.last_term() > raft.term {
+            return Err(StepError::BadInitialState("log has a term above the hard state").into());
+        }
+        let snapshot_index = raft.log.snapshot_index();
+        raft.applied = snapshot_index;
+        raft.persisted = raft.log.last_index();
+        raft.commit = state
+            .hard_state
+            .commit
+            .clamp(snapshot_index, raft.log.last_index());
+        raft.reset_election_timer();
+        Ok(raft)
+    }
+
+    /// Writes the initial configuration of a brand-new group as its first log entry.
+    ///
+    /// Every initial voter must bootstrap with the same membership (DESIGN §7.2: agreed
+    /// deterministically from sorted keys), so the entry is identical everywhere and
+    /// committed by construction. A node that has any state never bootstraps again.
+    pub fn bootstrap(&mut self, membership: Membership) -> Result<(), StepError> {
+        if self.term != 0 || self.log.last_index() != 0 || self.log.snapshot_index() != 0 {
+            return Err(StepError::NotFresh {
+                term: self.term,
+                last_index: self.log.last_index(),
+            });
+        }
+        if membership.voters.is_empty() {
+            return Err(StepError::NoVoters);
+        }
+        self.term = 1;
+        let entry = Entry {
+            term: 1,
+            index: 1,
+            timestamp_ms: 0,
+            payload: EntryPayload::Membership(membership),
+        };
+        self.append_local(vec![entry]);
+        self.commit = 1;
+        Ok(())
+    }
+
+    /// Feeds one input. Outputs accumulate until [`ready`](Self::ready).
+    pub fn step(&mut self, input: Input) -> Result<(), StepError> {
+        match input {
+            Input::Tick => self.tick(),
+            Input::Message(m) => self.handle_message(m)?,
+            Input::Propose {
+                commands,
+                timestamp_ms,
+            } => self.propose(commands, timestamp_ms),
+            Input::ChangeMembership(change) => self.change_membership(change),
+            Input::ReadIndex { id } => self.read_index(id),
+            Input::TransferLeadership { to } => self.transfer_leadership(to),
+            Input::Persisted { index, term } => self.on_persisted(index, term),
+            Input::Compact { index, data } => self.compact(index, data)?,
+            Input::PeerReachable { peer, reachable } => {
+                if reachable {
+                    self.unreachable.remove(&peer);
+                } else {
+                    self.unreachable.insert(peer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps one input and returns what to do about it: `step` followed by `ready`.
+    pub fn handle(&mut self, input: Input) -> Result<Ready, StepError> {
+        self.step(input)?;
+        Ok(self.ready())
+    }
+
+    /// Takes everything accumulated since the last call. Applied index advances here: the
+    /// driver must apply `committed_entries` it receives.
+    pub fn ready(&mut self) -> Ready {
+        let hs = self.hard_state();
+        if hs != self.last_hard_state {
+            self.ready.hard_state = Some(hs);
+            self.last_hard_state = hs;
+        }
+        let reported = (self.role, self.term, self.leader);
+        if reported != self.last_reported {
+            self.last_reported = reported;
+            self.ready.events.push(Event::StateChanged {
+                role: self.role,
+                term: self.term,
+                leader: self.leader,
+            });
+        }
+        let apply_to = self.commit.min(self.persisted);
+        if apply_to > self.applied {
+            self.ready.committed_entries =
+                self.log
+                    .slice(self.applied + 1, apply_to + 1, usize::MAX, usize::MAX);
+            debug_assert_eq!(
+                self.ready.committed_entries.len() as Index,
+                apply_to - self.applied,
+                "committed entries missing from the log"
+            );
+            self.applied = apply_to;
+        }
+        std::mem::take(&mut self.ready)
+    }
+
+    // ----- getters -----
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> Index {
+        self.commit
+    }
+    pub fn applied_index(&self) -> Index {
+        self.applied
+    }
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    pub fn last_term(&self) -> Term {
+        self.log.last_term()
+    }
+    pub fn snapshot_index(&self) -> Index {
+        self.log.snapshot_index()
+    }
+    /// The term of the entry at `index`, if it is in the log (or is the snapshot point).
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term(index)
+    }
+    /// The entry at `index`, if it is still in the in-memory log.
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        self.log.get(index)
+    }
+    /// The configuration in force: the latest one in the log.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    pub fn membership_index(&self) -> Index {
+        self.membership_index
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+        }
+    }
+    /// Match index of a follower, as the leader sees it.
+    pub fn match_index(&self, peer: NodeId) -> Option<Index> {
+        self.progress.get(&peer).map(|p| p.match_index)
+    }
+
+    // ----- shared helpers -----
+
+    pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.send_with_term(to, self.term, body);
+    }
+
+    pub(super) fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        self.ready.messages.push(Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        });
+    }
+
+    /// A message that must wait until this Ready is durable (votes, acknowledgements).
+    pub(super) fn send_after_persist(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        self.ready.persisted_messages.push(Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        });
+    }
+
+    pub(super) fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let mut base = self.config.election_ticks;
+        if self.config.reluctant {
+            base *= self.config.reluctant_factor;
+        }
+        self.randomized_election_ticks = self.rng.range(base, 2 * base);
+    }
+
+    /// Whether this node may stand for election: only voters of the latest configuration.
+    pub(super) fn promotable(&self) -> bool {
+        self.membership.is_voter(self.id)
+    }
+
+    /// The voter set quorums are counted over. Always the configuration, except under the
+    /// test-only reference rule, which shrinks it to the reachable voters.
+    pub(super) fn quorum_view(&self) -> Cow<'_, Membership> {
+        #[cfg(test)]
+        if self.config.dangerous_reference_quorum {
+            let mut view = self.membership.clone();
+            view.voters
+                .retain(|v| *v == self.id || !self.unreachable.contains(v));
+            return Cow::Owned(view);
+        }
+        Cow::Borrowed(&self.membership)
+    }
+
+    /// Appends entries to the local log and schedules them for persistence, truncating any
+    /// conflicting suffix first. `entries` must start at or before `last_index + 1`.
+    pub(super) fn append_local(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return;
+        };
+        if first <= self.log.last_index() {
+            self.truncate_from(first);
+        }
+        // Keep the pending write contiguous: drop pending entries that are being replaced.
+        if let Some(pos) = self.ready.entries.iter().position(|e| e.index >= first) {
+            self.ready.entries.truncate(pos);
+        }
+        for entry in entries {
+            self.note_appended(&entry);
+            self.ready.entries.push(entry.clone());
+            self.log.push(entry);
+        }
+    }
+
+    fn truncate_from(&mut self, index: Index) {
+        self.log.truncate_from(index);
+        self.persisted = self.persisted.min(index - 1);
+        if self.membership_history.iter().any(|(i, _)| *i >= index) {
+            self.membership_history.retain(|(i, _)| *i < index);
+            let (mi, m) = self
+                .membership_history
+                .last()
+                .cloned()
+                .unwrap_or_else(|| self.snapshot_membership.clone());
+            self.set_membership(mi, m);
+        }
+    }
+
+    /// Bookkeeping for an entry entering the log: timestamps and configurations.
+    fn note_appended(&mut self, entry: &Entry) {
+        self.last_timestamp_ms = self.last_timestamp_ms.max(entry.timestamp_ms);
+        if let EntryPayload::Membership(m) = &entry.payload {
+            self.membership_history.push((entry.index, m.clone()));
+            self.set_membership(entry.index, m.clone());
+        }
+    }
+
+    pub(super) fn set_membership(&mut self, index: Index, membership: Membership) {
+        self.membership = membership;
+        self.membership_index = index;
+        if self.role == Role::Leader {
+            self.sync_progress_with_membership();
+        }
+        self.ready.events.push(Event::MembershipChanged {
+            membership: self.membership.clone(),
+            index,
+        });
+    }
+
+    /// The configuration in force at `index` (which must be at or after the snapshot point).
+    fn membership_at(&self, index: Index) -> (Index, Membership) {
+        self.membership_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .cloned()
+            .unwrap_or_else(|| self.snapshot_membership.clone())
+    }
+
+    pub(super) fn commit_to(&mut self, index: Index) {
+        if index > self.commit {
+            debug_assert!(index <= self.log.last_index(), "commit beyond the log");
+            self.commit = index.min(self.log.last_index());
+        }
+    }
+
+    fn on_persisted(&mut self, index: Index, term: Term) {
+        if index > self.persisted && self.log.matches(index, term) {
+            self.persisted = index;
+            if self.role == Role::Leader {
+                self.maybe_commit();
+            }
+        }
+    }
+
+    fn compact(&mut self, index: Index, data: Bytes) -> Result<(), StepError> {
+        if index > self.applied {
+            return Err(StepError::CompactBeyondApplied {
+                index,
+                applied: self.applied,
+            });
+        }
+        if index <= self.log.snapshot_index() {
+            return Ok(());
+        }
+        let Some(term) = self.log.term(index) else {
+            return Ok(());
+        };
+        let (membership_index, membership) = self.membership_at(index);
+        self.log.compact_to(index);
+        self.membership_history.retain(|(i, _)| *i > index);
+        self.snapshot_membership = (membership_index, membership.clone());
+        self.snapshot = Some(Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term,
+                membership,
+                membership_index,
+            },
+            data,
+        });
+        Ok(())
+    }
+
+    /// Installs a snapshot from the leader, replacing the log (follower side).
+    pub(super) fn restore_snapshot(&mut self, snapshot: Snapshot) {
+        let meta = snapshot.meta.clone();
+        self.log = RaftLog::new(meta.index, meta.term);
+        self.persisted = self.persisted.min(meta.index);
+        self.commit = meta.index;
+        self.applied = meta.index;
+        self.membership_history.clear();
+        self.snapshot_membership = (meta.membership_index, meta.membership.clone());
+        self.set_membership(meta.membership_index, meta.membership);
+        // Entries pending persistence are superseded by the snapshot.
+        self.ready.entries.clear();
+        self.ready.committed_entries.clear();
+        self.snapshot = Some(snapshot.clone());
+        self.ready.snapshot = Some(snapshot);
+    }
+
+    pub(super) fn reject_reads(&mut self, reason: Rejection) {
+        let ids: Vec<u64> = self
+            .pending_reads
+            .drain(..)
+            .map(|r| r.id)
+            .chain(self.reads_before_commit.drain(..))
+            .collect();
+        for id in ids {
+            self.ready.events.push(Event::ReadRejected {
+                id,
+                reason: reason.clone(),
+            });
+        }
+    }
+
+    fn handle_message(&mut self, m: Message) -> Result<(), StepError> {
+        if m.to != self.id {
+            return Err(StepError::Misrouted {
+                to: m.to,
+                me: self.id,
+            });
+        }
+        let from = m.from;
+        if m.term > self.term {
+            match &m.body {
+                MessageBody::PreVote { .. } => {
+                    if self.in_leader_lease() {
+                        return Ok(());
+                    }
+                }
+                MessageBody::PreVoteResponse { granted: true } => {}
+                MessageBody::Vote { transfer, .. } => {
+                    // Thesis §4.2.3: while we hear from a leader, ignore disruptive servers.
+                    if !*transfer && self.in_leader_lease() {
+                        return Ok(());
+                    }
+                    self.become_follower(m.term, None);
+                }
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+                | MessageBody::TimeoutNow => self.become_follower(m.term, Some(from)),
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            match &m.body {
+                // Tell a stale leader about the newer term so it steps down; otherwise a
+                // leader partitioned away would never learn (it ignores lower terms).
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                    self.send_after_persist(
+                        from,
+                        self.term,
+                        MessageBody::AppendResponse {
+                            success: false,
+                            index: 0,
+                            hint_index: 0,
+                            hint_term: 0,
+                        },
+                    );
+                }
+                MessageBody::PreVote { .. } => {
+                    self.send_after_persist(
+                        from,
+                        self.term,
+                        MessageBody::PreVoteResponse { granted: false },
+                    );
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+
+        match m.body {
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(from, m.term, true, last_index, last_term),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => self.handle_vote_request(from, m.term, false, last_index, last_term),
+            MessageBody::PreVoteResponse { granted } => {
+                if self.role == Role::PreCandidate {
+                    self.poll(from, granted);
+                }
+            }
+            MessageBody::VoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.poll(from, granted);
+                }
+            }
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                self.accept_leader(from, m.term)?;
+                self.handle_append(from, prev_index, prev_term, entries, commit)?;
+            }
+            MessageBody::Heartbeat { commit, read_seq } => {
+                self.accept_leader(from, m.term)?;
+                self.commit_to(commit.min(self.log.last_index()));
+                self.send_after_persist(
+                    from,
+                    self.term,
+                    MessageBody::HeartbeatResponse { read_seq },
+                );
+            }
+            MessageBody::InstallSnapshot { snapshot } => {
+                self.accept_leader(from, m.term)?;
+                self.handle_snapshot(from, snapshot);
+            }
+            MessageBody::AppendResponse {
+                success,
+                index,
+                hint_index,
+                hint_term,
+            } => {
+                if self.role == Role::Leader {
+                    self.handle_append_response(from, success, index, hint_index, hint_term);
+                }
+            }
+            MessageBody::HeartbeatResponse { read_seq } => {
+                if self.role == Role::Leader {
+                    self.handle_heartbeat_response(from, read_seq);
+                }
+            }
+            MessageBody::TimeoutNow => {
+                if self.role != Role::Leader && self.promotable() {
+                    self.campaign(super::election::Campaign::Transfer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message only a leader of `term` sends arrived: follow its sender.
+    fn accept_leader(&mut self, from: NodeId, term: Term) -> Result<(), StepError> {
+        if self.role == Role::Leader {
+            return Err(StepError::SecondLeader { from, term });
+        }
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.election_elapsed = 0;
+        Ok(())
+    }
+
+    /// Whether a leader was heard from within the minimum election timeout.
+    pub(super) fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_ticks
+    }
+
+    fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+        let meta_index = snapshot.meta.index;
+        let meta_term = snapshot.meta.term;
+        let index = if meta_index <= self.commit {
+            self.commit
+        } else if self.log.matches(meta_index, meta_term) {
+            // We already hold the snapshot's prefix: just learn it is committed.
+            self.commit_to(meta_index);
+            meta_index
+        } else {
+            self.restore_snapshot(snapshot);
+            meta_index
+        };
+        self.send_after_persist(
+            from,
+            self.term,
+            MessageBody::AppendResponse {
+                success: true,
+                index,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        );
+    }
+
+    /// Consistency checks of the core's own state (openraft's `validate`). Cheap enough
+    /// for the simulator to call after every step.
+    pub fn validate(&self) -> Result<(), String> {
+        let snap = self.log.snapshot_index();
+        if !(snap <= self.applied && self.applied <= self.commit.max(snap)) {
+            return Err(format!(
+                "snapshot {snap} <= applied {} <= commit {} violated",
+                self.applied, self.commit
+            ));
+        }
+        if self.commit > self.log.last_index() {
+            return Err(format!(
+                "commit {} beyond last index {}",
+                self.commit,
+                self.log.last_index()
+            ));
+        }
+        if self.persisted > self.log.last_index() {
+            return Err(format!(
+                "persisted {} beyond last index {}",
+                self.persisted,
+                self.log.last_index()
+            ));
+        }
+        if self.role == Role::Leader && self.leader != Some(self.id) {
+            return Err("leader does not know itself as leader".into());
+        }
+        if self.role == Role::Leader && self.vote != Some(self.id) {
+            return Err("leader did not vote for itself".into());
+        }
+        if self.log.last_term() > self.term {
+            return Err(format!(
+                "log term {} above current term {}",
+                self.log.last_term(),
+                self.term
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a core could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NewRaftError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StepError),
+}

@@ -1,0 +1,88 @@
+//! Plain data of the consensus core: identifiers, log entries, hard state, snapshots.
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::membership::Membership;
+
+/// A Raft term. Term 0 means "nothing yet".
+pub type Term = u64;
+/// A log index. Index 0 is the empty prefix; the first real entry has index 1.
+pub type Index = u64;
+
+/// Identity of a group member inside the consensus core.
+///
+/// The group layer maps authenticated peer keys to these small ids; the core never sees
+/// keys, it only needs a total order and equality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n{}", self.0)
+    }
+}
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryPayload {
+    /// Appended by every new leader at the start of its term (Raft §5.4.2, §8): committing
+    /// it commits everything before it and lets read-index serve reads.
+    Noop,
+    /// An opaque client command for the state machine.
+    Command(Bytes),
+    /// A new membership; takes effect as soon as it is in the log (Raft thesis §4.1).
+    Membership(Membership),
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub term: Term,
+    pub index: Index,
+    /// Chosen by the leader that created the entry, never decreasing along the log:
+    /// the deterministic "now" a state machine sees in `apply`.
+    pub timestamp_ms: u64,
+    pub payload: EntryPayload,
+}
+
+impl Entry {
+    /// Approximate encoded size, used for the batch and message byte limits.
+    pub fn size_bytes(&self) -> usize {
+        const HEADER_BYTES: usize = 32;
+        HEADER_BYTES
+            + match &self.payload {
+                EntryPayload::Noop => 0,
+                EntryPayload::Command(data) => data.len(),
+                EntryPayload::Membership(m) => 16 * m.len(),
+            }
+    }
+}
+
+/// The state that must be on stable storage before the node answers a vote or an append
+/// (Raft §5, Figure 2). `commit` is kept too so that a restart does not have to wait for
+/// a leader to learn what it had already applied; it may lag, never lead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub commit: Index,
+}
+
+/// What a snapshot stands for: the log prefix up to `index` and the membership in force there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+    pub membership: Membership,
+    /// Index of the configuration entry `membership` came from (0 for the bootstrap set).
+    pub membership_index: Index,
+}
+
+/// A state-machine snapshot together with its position in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+}

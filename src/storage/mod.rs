@@ -1,0 +1,91 @@
+//! Durable state of a node: the Raft log, the hard state and the latest snapshot.
+//!
+//! **IO contract.** A [`Storage`] does only storage IO, synchronously; it never talks to
+//! the network and never decides anything about consensus. The core tells the driver what
+//! to write ([`Ready`](crate::raft::Ready)); the driver hands it here as one [`WriteBatch`]
+//! (group commit: many entries, one sync) and reports durability back to the core.
+//!
+//! Every implementation must pass [`conformance`].
+pub mod conformance;
+mod memory;
+
+pub use memory::MemoryStorage;
+
+use crate::raft::{Entry, HardState, Index, InitialState, Ready, Snapshot, SnapshotMeta};
+
+/// One durable write: what a [`Ready`] asks to persist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// A snapshot from the leader. Installing it replaces the whole log.
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append; everything stored at or after `entries[0].index` is replaced.
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+}
+
+impl WriteBatch {
+    /// The write a [`Ready`] asks for (empty when it asks for none).
+    pub fn from_ready(ready: &Ready) -> Self {
+        Self {
+            snapshot: ready.snapshot.clone(),
+            entries: ready.entries.clone(),
+            hard_state: ready.hard_state,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// A storage failure. Fatal ones (`Io`, `Corrupt`) must stop the node's participation:
+/// after them nothing may be acknowledged as durable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("storage I/O failed during {op}: {reason}")]
+    Io { op: &'static str, reason: String },
+    #[error("stored data is corrupt: {what}")]
+    Corrupt { what: String },
+    #[error("entries must continue the log: expected index at most {max_first}, got {first}")]
+    Gap { max_first: Index, first: Index },
+    #[error("entries are not contiguous at index {index}")]
+    NotContiguous { index: Index },
+    #[error("entry {index} was compacted; the log starts at {first_index}")]
+    Compacted { index: Index, first_index: Index },
+    #[error("entry {index} is beyond the last index {last_index}")]
+    Unavailable { index: Index, last_index: Index },
+    #[error("cannot truncate entry {index}: it is covered by the snapshot at {snapshot_index}")]
+    BelowSnapshot { index: Index, snapshot_index: Index },
+}
+
+impl StorageError {
+    /// Whether the store can no longer be trusted and the node must stop.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StorageError::Io { .. } | StorageError::Corrupt { .. })
+    }
+}
+
+/// The log and hard-state store of one node.
+///
+/// Contract (checked by [`conformance`]):
+/// - `write` is all-or-nothing as seen after a restart and is durable when it returns `Ok`.
+///   Order inside a batch: snapshot, then entries, then hard state.
+/// - Entries are contiguous; a write may start anywhere in `first_index..=last_index + 1`
+///   and replaces everything from its first index on. Starting beyond `last_index + 1` is
+///   a [`StorageError::Gap`] and changes nothing.
+/// - `compact` stores a locally taken snapshot and drops entries up to its index; entries
+///   after it stay.
+/// - `initial_state` returns exactly what was durably written: the hard state, the latest
+///   snapshot and every entry after it.
+pub trait Storage {
+    fn initial_state(&self) -> Result<InitialState, StorageError>;
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
+    fn compact(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
+    /// Entries in `[lo, hi)`.
+    fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError>;
+    /// Index of the first entry in the log (snapshot index + 1).
+    fn first_index(&self) -> Index;
+    fn last_index(&self) -> Index;
+    fn snapshot_meta(&self) -> Option<SnapshotMeta>;
+}
