@@ -11,5 +11,6 @@
 //! - [`sim`]: the deterministic simulator that drives the very same core under faults.
 //! - [`lincheck`]: the linearizability checker the simulator's client histories go through.
 #![forbid(unsafe_code)]
+pub mod machine;
 pub mod raft;
 pub mod storage;

@@ -313,6 +313,10 @@ impl Raft {
     pub fn entry(&self, index: Index) -> Option<&Entry> {
         self.log.get(index)
     }
+    /// The latest local snapshot (taken here with `Compact`, or installed from a leader).
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
     /// The configuration in force: the latest one in the log.
     pub fn membership(&self) -> &Membership {
         &self.membership
@@ -366,9 +370,21 @@ impl Raft {
         self.randomized_election_ticks = self.rng.range(base, 2 * base);
     }
 
-    /// Whether this node may stand for election: only voters of the latest configuration.
+    /// Whether this node may stand for election: a voter of the latest configuration, or
+    /// a voter of the previous one while the latest (which demoted or removed it) is not
+    /// committed. Thesis §4.2.2: such a server may still be needed to elect a leader
+    /// until the new configuration commits; it just does not count its own vote, because
+    /// quorums are counted over the latest configuration only. Without this, a group in
+    /// which the only up-to-date node is being removed can never elect a leader again.
     pub(super) fn promotable(&self) -> bool {
-        self.membership.is_voter(self.id)
+        if self.membership.is_voter(self.id) {
+            return true;
+        }
+        self.membership_index > self.commit
+            && self
+                .membership_at(self.membership_index - 1)
+                .1
+                .is_voter(self.id)
     }
 
     /// The voter set quorums are counted over. Always the configuration, except under the

@@ -205,7 +205,13 @@ impl Raft {
         pr.probe_sent = false;
         pr.read_ack = pr.read_ack.max(read_seq);
         if pr.match_index < last_index {
-            self.maybe_send_append(from, false);
+            // Appends in the window may have been lost (or the follower restarted): let one
+            // more go out. If the follower lacks what precedes it, its rejection sends us
+            // back to probing; without this a full window of lost appends stalls forever.
+            if pr.state == ProgressState::Replicate {
+                pr.inflight.pop_front();
+            }
+            self.maybe_send_append(from, true);
         }
         self.process_reads();
     }
