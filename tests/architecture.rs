@@ -1,0 +1,62 @@
+//! The module contracts that the compiler does not enforce: the consensus core performs no
+//! IO, reads no clock and uses no async runtime (DESIGN §7.1, STYLE "IO contract").
+use std::fs;
+use std::path::Path;
+
+const FORBIDDEN_IN_CORE: &[&str] = &[
+    "tokio",
+    "std::time",
+    "SystemTime",
+    "Instant",
+    "std::fs",
+    "std::net",
+    "std::thread",
+    "rand::",
+    "getrandom",
+];
+
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).expect("source directory exists") {
+        let path = entry.expect("readable entry").path();
+        if path.is_dir() {
+            out.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = fs::read_to_string(&path).expect("readable source");
+            out.push((path.display().to_string(), text));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_raft_core_touches_no_clock_no_io_and_no_runtime() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/raft");
+    let files = sources(&dir);
+    assert!(files.len() >= 5, "found the core's sources");
+    let mut offences = Vec::new();
+    for (path, text) in &files {
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for word in FORBIDDEN_IN_CORE {
+                if code.contains(word) {
+                    offences.push(format!("{path}:{}: uses `{word}`", number + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "the raft core must stay sans-IO:\n{}",
+        offences.join("\n")
+    );
+}
+
+#[test]
+fn the_check_itself_would_notice_an_offence() {
+    // Negative twin: the scan finds a forbidden word when one is there.
+    let sample = "use std::time::Instant; // clock";
+    assert!(FORBIDDEN_IN_CORE
+        .iter()
+        .any(|w| sample.split("//").next().unwrap_or("").contains(w)));
+}
