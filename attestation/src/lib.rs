@@ -2,6 +2,35 @@
 //! trust domain running the measured image a policy allows, bound to a given peer key.
 //!
 //! IO contract: verification and policy evaluation read no clock and no network; time
-//! (`now`) and collateral are always passed in. Only the configfs-tsm quote provider
-//! touches the file system.
+//! (`now`, Unix seconds) and collateral are always passed in. Only the configfs-tsm quote
+//! provider touches the file system.
+//!
+//! The pipeline ([`verify`], DESIGN §4.2), each step a named check in an [`Appraisal`]:
+//! 1. [`quote::parse_quote`]: v4/v5 quotes with TD 1.0/1.5 bodies; SGX quotes refused.
+//! 2. [`verify::verify_dcap`]: collateral validity windows at `now`, then dcap-qvl with the
+//!    policy's trust root (PCK chain, CRLs, QE identity, signatures, TCB level). No policy.
+//! 3. [`policy`]: TCB status, advisories, platform flags, FMSPC, collateral age, then the
+//!    TD (debug bit, attributes, XFAM, MR_SEAM, measurement profiles).
+//! 4. [`binding`]: report data = SHA-512 over the claims, peer key, network, freshness.
+//!
+//! Untrusted bytes never cause a panic: parsing and verification return errors.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod binding;
+pub mod cache;
+pub mod pipeline;
+pub mod policy;
+pub mod provider;
+pub mod quote;
+pub mod tcb;
+pub mod verify;
+
+pub use binding::{BindingContext, BindingError, Claims};
+pub use cache::VerificationCache;
+pub use pipeline::{appraise, verify, Appraisal, Binding, CheckOutcome, VerifiedQuote, VerifyError};
+pub use policy::{Policy, PolicyError, TrustRoot};
+pub use provider::{ProviderError, ProviderKind, Quote, QuoteProvider};
+pub use quote::{Measurements, ParseError, ParsedQuote};
+pub use tcb::{PlatformFlags, TcbStatus};
+pub use verify::{Collateral, CollateralError, DcapCheck, DcapVerified};
