@@ -4,6 +4,7 @@
 //! ECDSA P-256 attestation keys. SGX quotes are refused: tessera only admits trust domains.
 //! Never panics on any input (see the truncation tests and the fuzz target).
 use dcap_qvl::quote::{Quote as DcapQuote, Report};
+use parity_scale_codec::Decode;
 use serde::Serialize;
 
 /// Largest quote accepted, in bytes. Real TDX quotes are about 5 KiB; the PEM chain inside
@@ -57,6 +58,15 @@ pub enum ParseError {
     UnsupportedKeyType {
         /// Key type in the header.
         key_type: u16,
+    },
+    /// Non-zero bytes after the end of the quote structure (zero padding is accepted: real
+    /// quotes come padded).
+    #[error("{count} non-zero bytes after the end of the quote at offset {offset}")]
+    TrailingBytes {
+        /// Where the quote structure ends.
+        offset: usize,
+        /// How many bytes follow it.
+        count: usize,
     },
     /// The structure does not decode (truncated, bad lengths, unknown body type, ...).
     #[error("malformed quote: {detail}")]
@@ -120,6 +130,8 @@ pub struct ParsedQuote {
     pub report_data: [u8; 64],
     /// Length of the signed region (header and body) at the start of the quote.
     pub signed_len: usize,
+    /// Length of the quote structure; bytes after it (if any) are zero padding.
+    pub len: usize,
     /// PEM chain (PCK leaf, PCK CA, root) from certification data type 5, if present.
     pub pck_chain_pem: Vec<u8>,
 }
@@ -146,7 +158,17 @@ pub fn parse_quote(bytes: &[u8]) -> Result<ParsedQuote, ParseError> {
     if key_type != ATTESTATION_KEY_TYPE_ECDSA_P256 {
         return Err(ParseError::UnsupportedKeyType { key_type });
     }
-    let quote = decode_quote(bytes)?;
+    let mut rest = bytes;
+    let quote = DcapQuote::decode(&mut rest).map_err(|e| ParseError::Malformed {
+        detail: e.to_string(),
+    })?;
+    let len = bytes.len() - rest.len();
+    if rest.iter().any(|b| *b != 0) {
+        return Err(ParseError::TrailingBytes {
+            offset: len,
+            count: rest.len(),
+        });
+    }
     let (body, td) = match &quote.report {
         Report::TD10(r) => (TdBodyKind::Td10, r),
         Report::TD15(r) => (TdBodyKind::Td15, &r.base),
@@ -170,12 +192,7 @@ pub fn parse_quote(bytes: &[u8]) -> Result<ParsedQuote, ParseError> {
         report_data: td.report_data,
         measurements,
         signed_len: quote.signed_length(),
+        len,
         pck_chain_pem: quote.raw_cert_chain().map(<[u8]>::to_vec).unwrap_or_default(),
-    })
-}
-
-fn decode_quote(bytes: &[u8]) -> Result<DcapQuote, ParseError> {
-    DcapQuote::parse(bytes).map_err(|e| ParseError::Malformed {
-        detail: format!("{e:#}"),
     })
 }

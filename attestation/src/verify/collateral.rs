@@ -51,6 +51,17 @@ pub struct ValidityItem {
     pub not_before: u64,
     /// End of validity (Unix seconds); `None` for a CRL without nextUpdate.
     pub not_after: Option<u64>,
+    /// Whether `not_after` itself is already outside the window (a CRL's nextUpdate is;
+    /// a certificate's notAfter and a JSON nextUpdate are not), as webpki and dcap-qvl judge.
+    pub end_exclusive: bool,
+}
+
+impl ValidityItem {
+    /// The last second at which the item is valid.
+    pub fn last_valid(&self) -> Option<u64> {
+        self.not_after
+            .map(|end| if self.end_exclusive { end.saturating_sub(1) } else { end })
+    }
 }
 
 /// The window in which every item is valid.
@@ -58,7 +69,7 @@ pub struct ValidityItem {
 pub(crate) struct Window {
     /// Older of the TCB Info and QE Identity issue dates.
     pub issued_at: u64,
-    /// Earliest end of validity.
+    /// Last second at which every item is valid.
     pub expires_at: u64,
 }
 
@@ -128,12 +139,12 @@ impl Collateral {
         let items = self.validity_items(pck_chain_pem)?;
         let expired = items
             .iter()
-            .filter_map(|i| i.not_after.filter(|end| *end < now).map(|end| (end, i)))
+            .filter_map(|i| i.last_valid().filter(|last| *last < now).map(|last| (last, i)))
             .min_by_key(|(end, _)| *end);
-        if let Some((end, item)) = expired {
+        if let Some((_, item)) = expired {
             return Err(DcapError::CollateralExpired {
                 item: item.name.clone(),
-                expired_at: end,
+                expired_at: item.not_after.unwrap_or_default(),
                 now,
             });
         }
@@ -150,7 +161,7 @@ impl Collateral {
         }
         let expires_at = items
             .iter()
-            .filter_map(|i| i.not_after)
+            .filter_map(ValidityItem::last_valid)
             .min()
             .unwrap_or(u64::MAX);
         let issued_at = items
@@ -190,6 +201,7 @@ fn json_item(name: &str, json: &str) -> Result<ValidityItem, CollateralError> {
         name: name.to_owned(),
         not_before,
         not_after: Some(not_after),
+        end_exclusive: false,
     })
 }
 
@@ -204,6 +216,7 @@ fn crl_item(name: &str, der: &[u8]) -> Result<ValidityItem, CollateralError> {
         name: name.to_owned(),
         not_before,
         not_after,
+        end_exclusive: true,
     })
 }
 
@@ -228,6 +241,7 @@ fn chain_items(items: &mut Vec<ValidityItem>, chain: &str, pem: &[u8]) -> Result
             name,
             not_before,
             not_after: Some(not_after),
+            end_exclusive: false,
         });
     }
     Ok(())

@@ -90,11 +90,11 @@ pub enum DcapError {
     #[error(transparent)]
     Collateral(#[from] CollateralError),
     /// A collateral item (or certificate) expired before `now`.
-    #[error("collateral expired: {item} was valid until {} ({expired_at}), now is {} ({now})", format_unix(*expired_at), format_unix(*now))]
+    #[error("collateral expired: {item} expired at {} ({expired_at}), now is {} ({now})", format_unix(*expired_at), format_unix(*now))]
     CollateralExpired {
         /// Which item.
         item: String,
-        /// Its end of validity (Unix seconds).
+        /// Its end of validity (notAfter / nextUpdate, Unix seconds).
         expired_at: u64,
         /// The verification time.
         now: u64,
@@ -147,7 +147,7 @@ pub struct DcapVerified {
     pub tcb_eval_data_number: u32,
     /// Older of the TCB Info and QE Identity issue dates (Unix seconds).
     pub collateral_issued_at: u64,
-    /// Earliest end of validity over every collateral item and certificate (Unix seconds).
+    /// Last second at which every collateral item and certificate is valid (Unix seconds).
     pub collateral_expires_at: u64,
 }
 
@@ -174,7 +174,7 @@ pub fn verify_dcap(
         platform: PlatformFlags::from_dcap(&claims.platform.pck),
         tcb_eval_data_number: claims.tcb.eval_data_number,
         collateral_issued_at: window.issued_at,
-        collateral_expires_at: window.expires_at.min(claims.earliest_expiration_date),
+        collateral_expires_at: window.expires_at,
     })
 }
 

@@ -1,0 +1,294 @@
+//! The mock provider: its quotes pass the same DCAP verification under the mock root and
+//! every bad case is rejected with its named reason. Fixed times from the mock config.
+#![cfg(feature = "mock")]
+mod common;
+
+use common::*;
+use tessera_attestation::binding::{BindingContext, BindingError, Claims};
+use tessera_attestation::policy::PolicyViolation;
+use tessera_attestation::provider::mock::{default_measurement, MockConfig, MockProvider};
+use tessera_attestation::tcb::PlatformFlag;
+use tessera_attestation::verify::{DcapCheck, DcapError};
+use tessera_attestation::{
+    verify, Binding, Collateral, PlatformFlags, Policy, QuoteProvider, TcbStatus, VerificationCache,
+    VerifiedQuote, VerifyError,
+};
+
+const NOW: u64 = 1_767_225_600 + 86_400; // MockConfig::default().valid_now()
+
+fn make(config: MockConfig, report_data: &[u8; 64]) -> (Vec<u8>, Collateral) {
+    let provider = MockProvider::new(config).unwrap();
+    let quote = provider.quote(report_data).unwrap();
+    (quote.into_bytes(), provider.collateral().unwrap())
+}
+
+fn check(config: MockConfig, policy: &Policy) -> Result<VerifiedQuote, VerifyError> {
+    let (q, c) = make(config, &[0x42; 64]);
+    verify(&q, &c, policy, NOW, None)
+}
+
+fn mock_policy() -> Policy {
+    policy_file("mock.toml")
+}
+
+fn dcap_check(err: &VerifyError) -> Option<DcapCheck> {
+    match err {
+        VerifyError::Dcap(DcapError::Check { check, .. }) => Some(*check),
+        _ => None,
+    }
+}
+
+#[test]
+fn default_mock_quote_is_accepted_under_the_mock_root_with_the_mock_policy() {
+    assert_eq!(MockConfig::default().valid_now(), NOW);
+    let v = check(MockConfig::default(), &mock_policy()).unwrap();
+    assert_eq!(v.tcb_status, TcbStatus::UpToDate);
+    assert_eq!(v.measurements.mr_td, default_measurement("mr_td"));
+    assert_eq!(v.report_data, [0x42; 64]);
+    assert_eq!(v.version, 4);
+}
+
+#[test]
+fn mock_quote_is_rejected_under_the_intel_root() {
+    let intel = mock_policy_with("trust_root = \"mock\"", "trust_root = \"intel\"");
+    let err = check(MockConfig::default(), &intel).unwrap_err();
+    assert_eq!(dcap_check(&err), Some(DcapCheck::RootCaCrl), "{err}");
+    assert!(err.to_string().contains("not signed by the trusted root"), "{err}");
+    // Also with the PCK chain alone: the quote's chain does not lead to Intel's root even
+    // if the collateral were Intel's.
+    let (q, _) = make(MockConfig::default(), &[0; 64]);
+    let err = verify(&q, &collateral("quote_uptodate"), &policy_file("example.toml"), UPTODATE_NOW, None).unwrap_err();
+    assert!(matches!(err, VerifyError::Dcap(_)), "{err}");
+}
+
+#[test]
+fn quote_from_another_seed_is_rejected_under_the_mock_root() {
+    let forged = MockConfig {
+        seed: [0xaa; 32],
+        ..MockConfig::default()
+    };
+    let err = check(forged, &mock_policy()).unwrap_err();
+    assert_eq!(dcap_check(&err), Some(DcapCheck::RootCaCrl), "{err}");
+}
+
+#[test]
+fn every_non_revoked_status_is_rejected_by_default_and_accepted_when_allowed() {
+    for status in [
+        TcbStatus::OutOfDate,
+        TcbStatus::SWHardeningNeeded,
+        TcbStatus::ConfigurationNeeded,
+        TcbStatus::ConfigurationAndSWHardeningNeeded,
+        TcbStatus::OutOfDateConfigurationNeeded,
+    ] {
+        let config = MockConfig::default().with_tcb_status(status, &["INTEL-SA-00615"]);
+        let err = check(config.clone(), &mock_policy()).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::Policy(PolicyViolation::TcbStatusNotAllowed {
+                status,
+                allowed: vec![TcbStatus::UpToDate]
+            })
+        );
+        assert!(err.to_string().contains(status.as_str()));
+        let allowing = mock_policy_with(
+            "allowed_statuses = [\"UpToDate\"]",
+            &format!("allowed_statuses = [\"UpToDate\", \"{status}\"]"),
+        );
+        let v = check(config, &allowing).unwrap();
+        assert_eq!(v.tcb_status, status);
+        assert_eq!(v.advisory_ids, ["INTEL-SA-00615"]);
+    }
+}
+
+#[test]
+fn revoked_tcb_is_always_rejected_and_cannot_be_allowed() {
+    let err = check(MockConfig::default().with_tcb_status(TcbStatus::Revoked, &[]), &mock_policy()).unwrap_err();
+    assert_eq!(dcap_check(&err), Some(DcapCheck::TcbRevoked), "{err}");
+    let text = std::fs::read_to_string(format!("{POLICIES}mock.toml"))
+        .unwrap()
+        .replace("allowed_statuses = [\"UpToDate\"]", "allowed_statuses = [\"UpToDate\", \"Revoked\"]");
+    assert!(Policy::from_toml_str(&text).is_err());
+}
+
+#[test]
+fn rejected_advisory_is_named() {
+    let config = MockConfig::default().with_tcb_status(TcbStatus::SWHardeningNeeded, &["INTEL-SA-00837", "INTEL-SA-00615"]);
+    let policy = mock_policy_with(
+        "allowed_statuses = [\"UpToDate\"]",
+        "allowed_statuses = [\"UpToDate\", \"SWHardeningNeeded\"]\nrejected_advisories = [\"intel-sa-00837\"]",
+    );
+    let err = check(config.clone(), &policy).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Policy(PolicyViolation::AdvisoryRejected {
+            ids: vec!["INTEL-SA-00837".to_owned()]
+        })
+    );
+    let twin = config.with_tcb_status(TcbStatus::SWHardeningNeeded, &["INTEL-SA-00615"]);
+    assert!(check(twin, &policy).is_ok());
+}
+
+#[test]
+fn revoked_pck_is_rejected() {
+    let err = check(MockConfig::default().revoked_pck(), &mock_policy()).unwrap_err();
+    assert_eq!(dcap_check(&err), Some(DcapCheck::PckRevoked), "{err}");
+}
+
+#[test]
+fn stale_collateral_is_rejected_naming_the_expired_item_and_accepted_in_its_own_window() {
+    let stale = MockConfig::default().stale_collateral();
+    let (q, c) = make(stale.clone(), &[0; 64]);
+    let err = verify(&q, &c, &mock_policy(), NOW, None).unwrap_err();
+    match &err {
+        VerifyError::Dcap(DcapError::CollateralExpired { item, .. }) => assert_eq!(item, "root CA CRL"),
+        other => panic!("expected CollateralExpired, got {other:?}"),
+    }
+    assert!(verify(&q, &c, &mock_policy(), stale.valid_now(), None).is_ok());
+}
+
+#[test]
+fn debug_td_is_rejected_unless_the_policy_allows_it() {
+    let err = check(MockConfig::default().debug(), &mock_policy()).unwrap_err();
+    assert!(matches!(err, VerifyError::Policy(PolicyViolation::DebugTd { .. })), "{err}");
+    assert!(err.to_string().contains("debug TD"));
+    let text = std::fs::read_to_string(format!("{POLICIES}mock.toml"))
+        .unwrap()
+        .replace("allow_debug = false", "allow_debug = true")
+        .replace("attributes_mask = \"ffffffff00000000\"", "attributes_mask = \"feffffff00000000\"");
+    let allowing_debug = Policy::from_toml_str(&text).unwrap();
+    let v = check(MockConfig::default().debug(), &allowing_debug).unwrap();
+    assert!(v.measurements.debug());
+}
+
+
+#[test]
+fn other_mrtd_or_rtmr_is_rejected_naming_the_register() {
+    let err = check(MockConfig::default().with_mr_td([1; 48]), &mock_policy()).unwrap_err();
+    assert!(err.to_string().contains("mr_td expected"), "{err}");
+    let err = check(MockConfig::default().with_rtmr(1, [2; 48]), &mock_policy()).unwrap_err();
+    assert!(err.to_string().contains("rtmr1 expected"), "{err}");
+    let err = check(MockConfig::default().with_rtmr(3, [3; 48]), &mock_policy()).unwrap_err();
+    assert!(err.to_string().contains("rtmr3 expected"), "{err}");
+}
+
+#[test]
+fn corrupted_signature_is_rejected() {
+    let err = check(MockConfig::default().corrupt_signature(), &mock_policy()).unwrap_err();
+    assert_eq!(dcap_check(&err), Some(DcapCheck::QuoteSignature), "{err}");
+}
+
+#[test]
+fn platform_flags_and_fmspc_are_enforced() {
+    let smt = MockConfig::default().with_platform(PlatformFlags {
+        smt_enabled: Some(true),
+        ..MockConfig::default().platform
+    });
+    let err = check(smt.clone(), &mock_policy()).unwrap_err();
+    assert_eq!(err, VerifyError::Policy(PolicyViolation::PlatformFlagNotAllowed { flag: PlatformFlag::Smt }));
+    assert!(check(smt, &mock_policy_with("allow_smt = false", "allow_smt = true")).is_ok());
+    let other_fmspc = MockConfig {
+        fmspc: [1, 2, 3, 4, 5, 6],
+        ..MockConfig::default()
+    };
+    let err = check(other_fmspc, &mock_policy()).unwrap_err();
+    assert!(matches!(err, VerifyError::Policy(PolicyViolation::FmspcNotAllowed { .. })), "{err}");
+}
+
+fn claims(peer_key: [u8; 32]) -> Claims {
+    Claims {
+        peer_key,
+        network_id: "tessera-test".to_owned(),
+        group_scope: None,
+        issued_at: NOW - 5,
+        expires_at: NOW + 3_600,
+        nonce: [3; 32],
+    }
+}
+
+fn context(peer_key: [u8; 32]) -> BindingContext {
+    BindingContext {
+        peer_key,
+        network_id: Some("tessera-test".to_owned()),
+        group_scope: None,
+    }
+}
+
+#[test]
+fn bound_quote_is_accepted_and_wrong_report_data_is_rejected() {
+    let claims = claims([9; 32]);
+    let ctx = context([9; 32]);
+    let binding = Some(Binding { claims: &claims, context: &ctx });
+    let (q, c) = make(MockConfig::default(), &claims.report_data());
+    let v = verify(&q, &c, &mock_policy(), NOW, binding).unwrap();
+    assert_eq!(v.claims.as_ref(), Some(&claims));
+    assert_eq!(v.valid_until, NOW - 5 + 600); // claims age limit comes first
+
+    let (q, c) = make(MockConfig::default().wrong_report_data(), &claims.report_data());
+    let err = verify(&q, &c, &mock_policy(), NOW, binding).unwrap_err();
+    assert!(matches!(err, VerifyError::Binding(BindingError::ReportDataMismatch { .. })), "{err}");
+}
+
+#[test]
+fn quote_replayed_by_another_key_or_too_late_is_rejected() {
+    let claims = claims([9; 32]);
+    let (q, c) = make(MockConfig::default(), &claims.report_data());
+    let thief = context([10; 32]);
+    let err = verify(&q, &c, &mock_policy(), NOW, Some(Binding { claims: &claims, context: &thief })).unwrap_err();
+    assert!(matches!(err, VerifyError::Binding(BindingError::PeerKeyMismatch { .. })), "{err}");
+    let ctx = context([9; 32]);
+    let err = verify(&q, &c, &mock_policy(), NOW + 700, Some(Binding { claims: &claims, context: &ctx })).unwrap_err();
+    assert!(matches!(err, VerifyError::Binding(BindingError::TooOld { .. })), "{err}");
+    let other_net = BindingContext {
+        network_id: Some("prod".to_owned()),
+        ..ctx.clone()
+    };
+    let err = verify(&q, &c, &mock_policy(), NOW, Some(Binding { claims: &claims, context: &other_net })).unwrap_err();
+    assert!(matches!(err, VerifyError::Binding(BindingError::NetworkMismatch { .. })), "{err}");
+}
+
+#[test]
+fn mock_output_is_deterministic_per_seed_and_config() {
+    let a = make(MockConfig::default(), &[5; 64]);
+    let b = make(MockConfig::default(), &[5; 64]);
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.1, b.1);
+    let c = make(MockConfig::default().debug(), &[5; 64]);
+    assert_ne!(a.0, c.0);
+    // Same root for every config of the default seed.
+    let p1 = MockProvider::new(MockConfig::default()).unwrap();
+    let p2 = MockProvider::new(MockConfig::default().revoked_pck().debug()).unwrap();
+    assert_eq!(p1.root_der(), p2.root_der());
+    assert_eq!(p1.root_der(), tessera_attestation::provider::mock::mock_root_der());
+}
+
+#[test]
+fn verification_cache_is_bounded_and_expires() {
+    let claims = claims([9; 32]);
+    let ctx = context([9; 32]);
+    let binding = Some(Binding { claims: &claims, context: &ctx });
+    let (q, c) = make(MockConfig::default(), &claims.report_data());
+    let policy = mock_policy();
+    let v = verify(&q, &c, &policy, NOW, binding).unwrap();
+    let key = VerificationCache::key(&q, &c, &policy, binding);
+    // Every input is in the key.
+    assert_ne!(key, VerificationCache::key(&q, &c, &policy, None));
+    assert_ne!(key, VerificationCache::key(&q, &c, &policy_file("example.toml"), binding));
+    let mut cache = VerificationCache::new(2);
+    assert!(cache.get(&key, NOW).is_none());
+    cache.insert(key, v.clone(), NOW);
+    assert_eq!(cache.get(&key, NOW), Some(&v));
+    assert_eq!(cache.get(&key, v.valid_until), Some(&v));
+    assert!(cache.get(&key, v.valid_until + 1).is_none());
+    // Bounded: a third entry evicts the one that expires first.
+    let mut later = v.clone();
+    later.valid_until += 100;
+    cache.insert([1; 32], later.clone(), NOW);
+    cache.insert([2; 32], later.clone(), NOW);
+    assert_eq!(cache.len(), 2);
+    assert!(cache.get(&key, NOW).is_none());
+    assert!(cache.get(&[1; 32], NOW).is_some() && cache.get(&[2; 32], NOW).is_some());
+    // An already expired verdict is not stored.
+    let mut fresh = VerificationCache::default();
+    fresh.insert(key, v.clone(), v.valid_until + 1);
+    assert!(fresh.is_empty());
+}
