@@ -136,6 +136,18 @@ pub struct ParsedQuote {
     pub pck_chain_pem: Vec<u8>,
 }
 
+impl ParsedQuote {
+    /// DER of the certificates in the quote's PEM chain (leaf first); empty if the quote
+    /// carries no chain or it does not parse. Untrusted: for display and root detection.
+    pub fn pck_chain_der(&self) -> Vec<Vec<u8>> {
+        x509_parser::pem::Pem::iter_from_buffer(&self.pck_chain_pem)
+            .take(crate::verify::CHAIN_CERTS_MAX)
+            .map_while(Result::ok)
+            .map(|pem| pem.contents)
+            .collect()
+    }
+}
+
 /// Parses quote bytes. Refuses SGX quotes and versions other than 4 and 5.
 pub fn parse_quote(bytes: &[u8]) -> Result<ParsedQuote, ParseError> {
     let header = bytes

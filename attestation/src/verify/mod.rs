@@ -7,7 +7,7 @@
 mod collateral;
 mod time;
 
-pub use collateral::{Collateral, CollateralError, ValidityItem};
+pub use collateral::{Collateral, CollateralError, ValidityItem, CHAIN_CERTS_MAX, COLLATERAL_JSON_LEN_MAX};
 pub use time::{format_unix, parse_rfc3339_utc};
 
 use crate::quote::ParsedQuote;
