@@ -11,6 +11,8 @@
 //! - [`sim`]: the deterministic simulator that drives the very same core under faults.
 //! - [`lincheck`]: the linearizability checker the simulator's client histories go through.
 #![forbid(unsafe_code)]
+pub mod lincheck;
 pub mod machine;
 pub mod raft;
+pub mod sim;
 pub mod storage;

@@ -17,11 +17,17 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Attest(cli::attest::AttestCommand),
+    /// Run the deterministic simulator (one seed with --seed, many with --seeds).
+    Sim(cli::sim::SimArgs),
+    /// The embedded default: a narrated run of a local three-node group.
+    Demo,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Attest(command) => cli::attest::run(command),
+        Command::Sim(args) => cli::sim::run(args),
+        Command::Demo => cli::sim::demo(),
     }
 }

@@ -1,2 +1,3 @@
 //! Command-line front ends. `anyhow` is allowed here and only here.
 pub mod attest;
+pub mod sim;

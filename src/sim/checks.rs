@@ -1,0 +1,435 @@
+//! One checker per safety property (Raft §5.2, §5.3, §5.4, Figure 3; thesis §4.1), fed by
+//! the simulator after every step. They look only at what the nodes did (entries appended,
+//! commit indexes, entries applied, durable storage), never at the core's own claims.
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use crate::raft::{Entry, EntryPayload, Index, Membership, NodeId, SnapshotMeta, Term};
+
+/// A violated property: which one and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub property: &'static str,
+    pub detail: String,
+}
+
+fn violation(property: &'static str, detail: String) -> Violation {
+    Violation { property, detail }
+}
+
+/// A stable 64-bit digest of an entry's content (FNV-1a over its fields).
+pub fn entry_digest(entry: &Entry) -> u64 {
+    let mut h = Fnv::default();
+    entry.term.hash(&mut h);
+    entry.index.hash(&mut h);
+    entry.timestamp_ms.hash(&mut h);
+    match &entry.payload {
+        EntryPayload::Noop => 0u8.hash(&mut h),
+        EntryPayload::Command(data) => {
+            1u8.hash(&mut h);
+            data.as_ref().hash(&mut h);
+        }
+        EntryPayload::Membership(m) => {
+            2u8.hash(&mut h);
+            m.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// Digest of a log prefix ending at an entry: chain(prev) ⊕ entry. Two logs with the same
+/// chain digest at an index hold the same prefix.
+fn chain(prev: u64, entry: &Entry) -> u64 {
+    let mut h = Fnv::default();
+    prev.hash(&mut h);
+    entry_digest(entry).hash(&mut h);
+    h.finish()
+}
+
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// The checker's copy of one node's in-memory log: prefix digests by index.
+#[derive(Clone, Debug, Default)]
+pub struct LogMirror {
+    base_index: Index,
+    base_chain: u64,
+    /// `(term, chain digest)` of entries `base_index + 1 ..`.
+    chains: Vec<(Term, u64)>,
+    /// The configurations this node has seen take effect, for the one-at-a-time check.
+    last_config: Option<(Index, Membership)>,
+}
+
+impl LogMirror {
+    fn chain_at(&self, index: Index) -> Option<u64> {
+        if index == self.base_index {
+            return Some(self.base_chain);
+        }
+        if index < self.base_index {
+            return None;
+        }
+        self.chains
+            .get((index - self.base_index - 1) as usize)
+            .map(|(_, c)| *c)
+    }
+
+    fn last_index(&self) -> Index {
+        self.base_index + self.chains.len() as Index
+    }
+}
+
+/// All safety checkers of one run.
+#[derive(Default)]
+pub struct Checkers {
+    /// Election safety (§5.2): at most one leader per term, ever.
+    leaders: BTreeMap<Term, NodeId>,
+    /// Log matching (§5.3): (index, term) → prefix digest, over every node and all time.
+    positions: HashMap<(Index, Term), u64>,
+    /// Committed prefix digests by index (index 0 = empty prefix), the same for everyone.
+    committed: Vec<u64>,
+    /// State-machine safety (§5.4.3): digest of the entry applied at each index.
+    applied: Vec<u64>,
+    pub mirrors: BTreeMap<NodeId, LogMirror>,
+}
+
+impl Checkers {
+    pub fn new() -> Self {
+        Self {
+            committed: vec![0],
+            applied: vec![0],
+            ..Self::default()
+        }
+    }
+
+    /// Election safety: `node` became leader of `term`.
+    pub fn on_leader(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
+        if let Some(other) = self.leaders.insert(term, node) {
+            if other != node {
+                return Err(violation(
+                    "election safety (Raft §5.2)",
+                    format!("{other} and {node} both led term {term}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Log matching: `node` appended `entries` (replacing its log from the first index on).
+    pub fn on_append(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+        let mirror = self.mirrors.entry(node).or_default();
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= mirror.base_index {
+            return Err(violation(
+                "log matching (Raft §5.3)",
+                format!(
+                    "{node} appended at {} inside its snapshot at {}",
+                    first.index, mirror.base_index
+                ),
+            ));
+        }
+        let keep = (first.index - mirror.base_index - 1) as usize;
+        if keep > mirror.chains.len() {
+            return Err(violation(
+                "log matching (Raft §5.3)",
+                format!(
+                    "{node} appended at {} leaving a gap after {}",
+                    first.index,
+                    mirror.last_index()
+                ),
+            ));
+        }
+        mirror.chains.truncate(keep);
+        for e in entries {
+            let prev = mirror.chain_at(e.index - 1).unwrap_or(0);
+            let c = chain(prev, e);
+            mirror.chains.push((e.term, c));
+            match self.positions.get(&(e.index, e.term)) {
+                Some(known) if *known != c => {
+                    return Err(violation(
+                        "log matching (Raft §5.3)",
+                        format!(
+                            "{node} holds entry {} of term {} after a different prefix than another node",
+                            e.index, e.term
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    self.positions.insert((e.index, e.term), c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `node` replaced its log with a snapshot. Its configuration is the snapshot's: a
+    /// snapshot may skip any number of configuration entries, so it is not compared.
+    pub fn on_snapshot_installed(
+        &mut self,
+        node: NodeId,
+        meta: &SnapshotMeta,
+    ) -> Result<(), Violation> {
+        self.reset_to(node, meta.index, meta.term)?;
+        let mirror = self.mirrors.entry(node).or_default();
+        mirror.last_config = Some((meta.membership_index, meta.membership.clone()));
+        Ok(())
+    }
+
+    fn reset_to(&mut self, node: NodeId, index: Index, term: Term) -> Result<(), Violation> {
+        let base_chain = if index == 0 {
+            0
+        } else {
+            *self.positions.get(&(index, term)).ok_or_else(|| {
+                violation(
+                    "log matching (Raft §5.3)",
+                    format!("{node} installed a snapshot at ({index}, {term}) that no node ever had in its log"),
+                )
+            })?
+        };
+        let mirror = self.mirrors.entry(node).or_default();
+        mirror.base_index = index;
+        mirror.base_chain = base_chain;
+        mirror.chains.clear();
+        Ok(())
+    }
+
+    /// A node restarted from storage: rebuild its mirror from what storage returned.
+    pub fn on_restart(
+        &mut self,
+        node: NodeId,
+        snapshot: Option<&SnapshotMeta>,
+        entries: &[Entry],
+    ) -> Result<(), Violation> {
+        match snapshot {
+            Some(meta) => self.on_snapshot_installed(node, meta)?,
+            None => {
+                self.reset_to(node, 0, 0)?;
+                self.mirrors.entry(node).or_default().last_config = None;
+            }
+        }
+        self.on_append(node, entries)
+    }
+
+    /// Committed entries never change (leader completeness, §5.4, seen from outside):
+    /// `node`'s commit index is now `commit`.
+    pub fn on_commit(&mut self, node: NodeId, commit: Index) -> Result<(), Violation> {
+        let Some(mirror) = self.mirrors.get(&node) else {
+            return Ok(());
+        };
+        let known = self.committed.len() as Index - 1;
+        let probe = commit.min(known);
+        if let Some(c) = mirror.chain_at(probe) {
+            if c != self.committed[probe as usize] {
+                return Err(violation(
+                    "state-machine safety (Raft §5.4.3)",
+                    format!("{node} committed index {probe} with a prefix different from an earlier commit"),
+                ));
+            }
+        }
+        for index in known + 1..=commit {
+            match mirror.chain_at(index) {
+                Some(c) => self.committed.push(c),
+                None => {
+                    return Err(violation(
+                        "commit bound",
+                        format!(
+                            "{node} claims commit {commit} beyond its log end {}",
+                            mirror.last_index()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leader completeness (§5.4): a new leader holds every entry committed so far.
+    pub fn on_leader_log(&self, node: NodeId, term: Term) -> Result<(), Violation> {
+        let Some(mirror) = self.mirrors.get(&node) else {
+            return Ok(());
+        };
+        let known = self.committed.len() as Index - 1;
+        if mirror.last_index() < known {
+            return Err(violation(
+                "leader completeness (Raft §5.4)",
+                format!(
+                    "{node} leads term {term} with log end {} below committed {known}",
+                    mirror.last_index()
+                ),
+            ));
+        }
+        if let Some(c) = mirror.chain_at(known) {
+            if c != self.committed[known as usize] {
+                return Err(violation(
+                    "leader completeness (Raft §5.4)",
+                    format!("{node} leads term {term} without committed entry {known}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// State-machine safety (§5.4.3): no two nodes apply different entries at one index.
+    pub fn on_apply(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
+        let d = entry_digest(entry);
+        let i = entry.index as usize;
+        if i < self.applied.len() {
+            if self.applied[i] != d {
+                return Err(violation(
+                    "state-machine safety (Raft §5.4.3)",
+                    format!(
+                        "{node} applied a different entry at index {} (term {})",
+                        entry.index, entry.term
+                    ),
+                ));
+            }
+        } else if i == self.applied.len() {
+            self.applied.push(d);
+        } else {
+            // Another node applied through a snapshot; fill the gap lazily.
+            self.applied.resize(i, u64::MAX);
+            self.applied.push(d);
+        }
+        Ok(())
+    }
+
+    /// Configuration changes one at a time (thesis §4.1): a new configuration differs from
+    /// the previous one by at most one voter, and a leader only appends one once the
+    /// previous one is committed.
+    pub fn on_membership(
+        &mut self,
+        node: NodeId,
+        index: Index,
+        membership: &Membership,
+        leader_commit: Option<Index>,
+    ) -> Result<(), Violation> {
+        let mirror = self.mirrors.entry(node).or_default();
+        if let Some((prev_index, prev)) = &mirror.last_config {
+            if index > *prev_index && *prev_index > 0 {
+                let moved = prev.voters.symmetric_difference(&membership.voters).count();
+                if moved > 1 {
+                    return Err(violation(
+                        "one configuration change at a time (thesis §4.1)",
+                        format!(
+                            "{node}: configuration at {index} (voters {:?}) moves {moved} voters at once from the one at {prev_index} (voters {:?})",
+                            membership.voters, prev.voters
+                        ),
+                    ));
+                }
+                if let Some(commit) = leader_commit {
+                    if commit < *prev_index {
+                        return Err(violation(
+                            "one configuration change at a time (thesis §4.1)",
+                            format!("leader {node} appended configuration {index} while {prev_index} was uncommitted (commit {commit})"),
+                        ));
+                    }
+                }
+            }
+        }
+        mirror.last_config = Some((index, membership.clone()));
+        Ok(())
+    }
+
+    /// The highest index known committed anywhere.
+    pub fn committed_index(&self) -> Index {
+        self.committed.len() as Index - 1
+    }
+
+    /// Leaders seen, by term (for reports).
+    pub fn leader_count(&self) -> usize {
+        self.leaders.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn e(index: Index, term: Term, data: &str) -> Entry {
+        Entry {
+            term,
+            index,
+            timestamp_ms: 0,
+            payload: EntryPayload::Command(Bytes::from(data.to_owned())),
+        }
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_are_caught() {
+        let mut c = Checkers::new();
+        c.on_leader(NodeId(1), 3).unwrap();
+        c.on_leader(NodeId(1), 3).unwrap();
+        assert!(c.on_leader(NodeId(2), 3).is_err());
+    }
+
+    #[test]
+    fn same_position_after_different_prefixes_is_caught() {
+        let mut c = Checkers::new();
+        c.on_append(NodeId(1), &[e(1, 1, "a"), e(2, 1, "b")])
+            .unwrap();
+        c.on_append(NodeId(2), &[e(1, 1, "a")]).unwrap();
+        // Same (index 2, term 1) but after a different entry 1 is impossible in Raft.
+        assert!(c
+            .on_append(NodeId(3), &[e(1, 1, "x"), e(2, 1, "b")])
+            .is_err());
+    }
+
+    #[test]
+    fn diverging_commits_and_applies_are_caught() {
+        let mut c = Checkers::new();
+        c.on_append(NodeId(1), &[e(1, 1, "a")]).unwrap();
+        c.on_append(NodeId(2), &[e(1, 2, "b")]).unwrap();
+        c.on_commit(NodeId(1), 1).unwrap();
+        assert!(c.on_commit(NodeId(2), 1).is_err());
+        c.on_apply(NodeId(1), &e(1, 1, "a")).unwrap();
+        assert!(c.on_apply(NodeId(2), &e(1, 2, "b")).is_err());
+    }
+
+    #[test]
+    fn a_leader_missing_a_committed_entry_is_caught() {
+        let mut c = Checkers::new();
+        c.on_append(NodeId(1), &[e(1, 1, "a"), e(2, 1, "b")])
+            .unwrap();
+        c.on_commit(NodeId(1), 2).unwrap();
+        c.on_append(NodeId(2), &[e(1, 1, "a")]).unwrap();
+        assert!(c.on_leader_log(NodeId(2), 2).is_err());
+        assert!(c.on_leader_log(NodeId(1), 2).is_ok());
+    }
+
+    #[test]
+    fn two_voters_moving_at_once_is_caught() {
+        let mut c = Checkers::new();
+        let m3 = Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        let m1 = Membership::with_voters([NodeId(1)]);
+        c.on_membership(NodeId(1), 1, &m3, None).unwrap();
+        assert!(c.on_membership(NodeId(1), 5, &m1, None).is_err());
+        let m2 = Membership::with_voters([NodeId(1), NodeId(2)]);
+        let mut c = Checkers::new();
+        c.on_membership(NodeId(1), 1, &m3, None).unwrap();
+        assert!(
+            c.on_membership(NodeId(1), 5, &m2, Some(0)).is_err(),
+            "previous uncommitted"
+        );
+    }
+}

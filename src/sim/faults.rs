@@ -1,0 +1,122 @@
+//! What can go wrong in one simulated run, drawn from its seed (TigerBeetle's VOPR idea:
+//! options are randomised per run, so a few hundred seeds cover many mixes).
+use crate::raft::SplitMix64;
+
+/// Fault probabilities and rates of one run.
+#[derive(Clone, Debug)]
+pub struct FaultPlan {
+    /// Probability that a message (or client request/reply) is lost.
+    pub drop_probability: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate_probability: f64,
+    /// One-way network delay is uniform in `[delay_ms_min, delay_ms_max]`; different
+    /// delays reorder messages.
+    pub delay_ms_min: u64,
+    pub delay_ms_max: u64,
+    /// Disk write latency when the disk is fast, and when a node's disk is slow.
+    pub disk_ms_fast: u64,
+    pub disk_ms_slow_max: u64,
+    /// Mean time between injected faults.
+    pub fault_interval_ms: u64,
+    /// Relative weights of the fault kinds (0 disables a kind for this run).
+    pub weights: FaultWeights,
+    /// Take a state-machine snapshot (and compact the log) every this many applied
+    /// entries; `None` never.
+    pub snapshot_every: Option<u64>,
+}
+
+/// Relative weights of the fault kinds.
+#[derive(Clone, Debug)]
+pub struct FaultWeights {
+    pub partition_symmetric: u32,
+    pub partition_one_way: u32,
+    pub heal: u32,
+    pub crash: u32,
+    pub restart: u32,
+    pub slow_disk: u32,
+    pub membership_change: u32,
+    pub transfer_leader: u32,
+}
+
+/// One injected fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    PartitionSymmetric,
+    PartitionOneWay,
+    Heal,
+    Crash,
+    Restart,
+    SlowDisk,
+    MembershipChange,
+    TransferLeader,
+}
+
+impl FaultPlan {
+    /// Draws a plan. Every kind of fault is enabled in most runs; each is switched off in
+    /// some so that runs without it exist too.
+    pub fn draw(rng: &mut SplitMix64) -> Self {
+        let mut weight = |base: u32| if rng.chance(0.85) { base } else { 0 };
+        let weights = FaultWeights {
+            partition_symmetric: weight(3),
+            partition_one_way: weight(2),
+            heal: 4,
+            crash: weight(2),
+            restart: 3,
+            slow_disk: weight(2),
+            membership_change: weight(2),
+            transfer_leader: weight(1),
+        };
+        let delay_ms_max = rng.range(1, 30);
+        Self {
+            drop_probability: if rng.chance(0.8) {
+                rng.range(0, 15) as f64 / 100.0
+            } else {
+                0.0
+            },
+            duplicate_probability: if rng.chance(0.7) {
+                rng.range(0, 8) as f64 / 100.0
+            } else {
+                0.0
+            },
+            delay_ms_min: rng.range(0, delay_ms_max / 2 + 1),
+            delay_ms_max,
+            disk_ms_fast: rng.range(0, 2),
+            disk_ms_slow_max: rng.range(5, 60),
+            fault_interval_ms: rng.range(80, 800),
+            weights,
+            snapshot_every: match rng.range(0, 4) {
+                0 => None,
+                1 => Some(rng.range(5, 20)),
+                2 => Some(rng.range(20, 100)),
+                _ => Some(rng.range(100, 400)),
+            },
+        }
+    }
+
+    /// Picks the next fault kind by weight; `None` when every weight is zero.
+    pub fn pick(&self, rng: &mut SplitMix64) -> Option<FaultKind> {
+        let w = &self.weights;
+        let table = [
+            (w.partition_symmetric, FaultKind::PartitionSymmetric),
+            (w.partition_one_way, FaultKind::PartitionOneWay),
+            (w.heal, FaultKind::Heal),
+            (w.crash, FaultKind::Crash),
+            (w.restart, FaultKind::Restart),
+            (w.slow_disk, FaultKind::SlowDisk),
+            (w.membership_change, FaultKind::MembershipChange),
+            (w.transfer_leader, FaultKind::TransferLeader),
+        ];
+        let total: u64 = table.iter().map(|(w, _)| u64::from(*w)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut roll = rng.range(0, total);
+        for (w, kind) in table {
+            if roll < u64::from(w) {
+                return Some(kind);
+            }
+            roll -= u64::from(w);
+        }
+        None
+    }
+}

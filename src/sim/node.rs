@@ -1,0 +1,100 @@
+//! A simulated node: the real core, the real state machine, and a disk that makes writes
+//! durable only after a delay, so a crash can lose what was not yet synced.
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::machine::{ClientId, KvCommand, ReplicatedKv, SessionCommand};
+use crate::raft::{Index, Message, NodeId, Raft, ReadState, Term};
+use crate::storage::{MemoryStorage, WriteBatch};
+
+/// A write on its way to the disk, and what waits for it.
+pub struct DiskWrite {
+    pub id: u64,
+    pub batch: WriteBatch,
+    pub persisted: Option<(Index, Term)>,
+    /// `persisted_messages` of this Ready and of later Readies that had nothing to write.
+    pub messages: Vec<Message>,
+}
+
+/// A client request a node accepted and still owes an answer to.
+#[derive(Clone, Debug)]
+pub struct Waiter {
+    pub client: ClientId,
+    pub op: usize,
+}
+
+/// A read-index read waiting for its read point to be applied.
+#[derive(Clone, Debug)]
+pub struct WaitingRead {
+    pub state: ReadState,
+    pub key: Vec<u8>,
+    pub waiter: Waiter,
+}
+
+pub struct SimNode {
+    /// Bumped on every crash; events of an earlier incarnation are ignored.
+    pub incarnation: u64,
+    pub raft: Option<Raft>,
+    pub machine: ReplicatedKv,
+    /// What survives a crash.
+    pub durable: MemoryStorage,
+    /// Writes not yet durable, oldest first; they complete in order.
+    pub disk_queue: VecDeque<DiskWrite>,
+    pub disk_busy_until_ms: u64,
+    pub disk_slow_until_ms: u64,
+    /// Proposals this node made as leader: index → (term, waiter).
+    pub proposals: BTreeMap<Index, (Term, Waiter)>,
+    /// Read-index requests by read id.
+    pub reads: BTreeMap<u64, (Vec<u8>, Waiter)>,
+    pub waiting_reads: Vec<WaitingRead>,
+    pub last_snapshot_index: Index,
+    pub last_commit_seen: Index,
+    /// The configuration before the latest one (a commit in the same step as a new
+    /// configuration was counted under this one).
+    pub previous_membership: Option<crate::raft::Membership>,
+    pub current_membership: Option<crate::raft::Membership>,
+}
+
+impl SimNode {
+    pub fn new(machine: ReplicatedKv) -> Self {
+        Self {
+            incarnation: 0,
+            raft: None,
+            machine,
+            durable: MemoryStorage::new(),
+            disk_queue: VecDeque::new(),
+            disk_busy_until_ms: 0,
+            disk_slow_until_ms: 0,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            waiting_reads: Vec::new(),
+            last_snapshot_index: 0,
+            last_commit_seen: 0,
+            previous_membership: None,
+            current_membership: None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.raft.is_some()
+    }
+}
+
+/// A client request as it travels to a node.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// A state-machine command through the log, exactly once per (client, seq).
+    Command(SessionCommand<KvCommand>),
+    /// A linearizable read through read-index.
+    Read { key: Vec<u8> },
+}
+
+/// A node's answer to a client.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Output(crate::machine::SessionOutput<crate::machine::KvOutput>),
+    Read(Option<Vec<u8>>),
+    /// Not the leader; try `leader` if known.
+    NotLeader(Option<NodeId>),
+    /// The proposal was overwritten or its fate is unknown here: retry (same seq).
+    Retry,
+}

@@ -1,0 +1,93 @@
+//! Simulator tests: many seeds pass, one seed replays identically, and the checks do fail
+//! when the core is unsafe.
+use super::*;
+
+/// Seeds that `make test` runs. Each mixes every fault kind its plan enables.
+const CI_SEEDS: u64 = 300;
+
+fn seed_from_env() -> Option<u64> {
+    std::env::var("SEED").ok().and_then(|s| s.parse().ok())
+}
+
+#[test]
+fn simulator_seeds_pass() {
+    if let Some(seed) = seed_from_env() {
+        let mut options = SimOptions::new(seed);
+        options.verbose = true;
+        if let Err(f) = run(options) {
+            panic!("{f}");
+        }
+        return;
+    }
+    let count = std::env::var("SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CI_SEEDS);
+    let (reports, failures) = run_seeds(0, count, None);
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {count} seeds failed (first: seed {})",
+        failures.len(),
+        failures[0].seed
+    );
+    // The runs must actually have exercised the faults and made progress.
+    let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert!(sum(|r| r.stats.crashes) > 0, "no crashes injected");
+    assert!(sum(|r| r.stats.partitions) > 0, "no partitions injected");
+    assert!(
+        sum(|r| r.stats.membership_changes) > 0,
+        "no membership changes"
+    );
+    assert!(sum(|r| r.stats.transfers) > 0, "no leader transfers");
+    assert!(
+        sum(|r| r.stats.snapshots_installed) > 0,
+        "no snapshot was ever installed"
+    );
+    assert!(sum(|r| r.stats.messages_dropped) > 0, "no message loss");
+    assert!(
+        sum(|r| r.stats.duplicates) > 0,
+        "no retry was ever deduplicated"
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.operations > 0 && r.committed_index > 0),
+        "a run made no progress"
+    );
+    for n in [3, 5, 7] {
+        assert!(
+            reports.iter().any(|r| r.nodes == n),
+            "no run with {n} nodes"
+        );
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let a = run(SimOptions::new(4242)).expect("seed 4242 passes");
+    let b = run(SimOptions::new(4242)).expect("seed 4242 passes");
+    assert_eq!(format!("{:?}", a), format!("{:?}", b));
+}
+
+/// Switching the core to the reference runtime's quorum rule (a majority of the reachable
+/// voters) must be caught: partitions then let both sides elect and commit.
+#[test]
+fn reference_quorum_rule_is_caught_as_unsafe() {
+    const SEEDS_MAX: u64 = 100;
+    for seed in 0..SEEDS_MAX {
+        let mut options = SimOptions::new(seed);
+        options.dangerous_reference_quorum = true;
+        match run(options) {
+            Ok(_) => {}
+            Err(f) if f.kind != FailureKind::Liveness => {
+                eprintln!("unsafe quorum caught at seed {seed}:\n{f}");
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+    panic!("the reference quorum rule went unnoticed for {SEEDS_MAX} seeds");
+}

@@ -1,0 +1,1178 @@
+//! The simulated world: virtual time, an event queue, the network, nodes and clients.
+//! Everything happens in one thread in an order fixed by the seed.
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+use bytes::Bytes;
+
+use super::checks::{Checkers, Violation};
+use super::client::{History, InFlight, Outcome, SimClient};
+use super::faults::{FaultKind, FaultPlan};
+use super::node::{DiskWrite, Reply, Request, SimNode, Waiter, WaitingRead};
+use super::SimOptions;
+use crate::lincheck::kv::KvOutput as LinOutput;
+use crate::lincheck::Operation;
+use crate::machine::{
+    ApplyContext, ClientId, KvQuery, KvQueryResult, KvStore, ReplicatedKv, SessionCommand,
+    Sessions, StateMachine,
+};
+use crate::raft::{
+    EntryPayload, Event, Input, Membership, MembershipChange, Message, NodeId, Raft, RaftConfig,
+    Ready, Role, SplitMix64,
+};
+use crate::storage::{Storage, WriteBatch};
+
+const TICK_MS: u64 = 10;
+const CLIENT_TIMEOUT_MS: u64 = 400;
+const CLIENT_THINK_MS_MAX: u64 = 20;
+const KEYS: u64 = 3;
+
+#[derive(Clone, Debug)]
+enum EventKind {
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
+    Deliver(Message),
+    DiskDone {
+        node: usize,
+        incarnation: u64,
+        write: u64,
+    },
+    ToNode {
+        node: usize,
+        client: usize,
+        op: usize,
+        request: Request,
+    },
+    ToClient {
+        client: usize,
+        op: usize,
+        reply: Reply,
+    },
+    ClientTimeout {
+        client: usize,
+        op: usize,
+        attempt: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    Fault,
+    Restart {
+        node: usize,
+    },
+    EndSlowDisk {
+        node: usize,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Scheduled {
+    at_ms: u64,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_ms, self.seq) == (other.at_ms, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_ms, self.seq).cmp(&(other.at_ms, other.seq))
+    }
+}
+
+pub struct World {
+    pub options: SimOptions,
+    pub plan: FaultPlan,
+    pub rng: SplitMix64,
+    pub now_ms: u64,
+    /// Logical clock for the history: bumps on every event, so call/return order is exact.
+    pub step: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    next_seq: u64,
+    pub nodes: Vec<SimNode>,
+    pub ids: Vec<NodeId>,
+    pub clients: Vec<SimClient>,
+    pub history: History,
+    pub checkers: Checkers,
+    /// Directed links that drop everything: (from, to).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    pub faults_enabled: bool,
+    pub clients_issue_new: bool,
+    next_write_id: u64,
+    next_read_id: u64,
+    pub log: Vec<String>,
+    pub stats: Stats,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub membership_changes: u64,
+    pub transfers: u64,
+    pub snapshots_installed: u64,
+    pub ops_completed: u64,
+    /// Retries answered from the session table instead of being applied again.
+    pub duplicates: u64,
+}
+
+impl World {
+    pub fn new(
+        options: SimOptions,
+        plan: FaultPlan,
+        mut rng: SplitMix64,
+        nodes: usize,
+        clients: usize,
+    ) -> Self {
+        let ids: Vec<NodeId> = (1..=nodes as u64).map(NodeId).collect();
+        let machine = || Sessions::new(KvStore::new());
+        let mut world = Self {
+            options,
+            plan,
+            now_ms: 0,
+            step: 0,
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            nodes: ids.iter().map(|_| SimNode::new(machine())).collect(),
+            ids: ids.clone(),
+            clients: (0..clients)
+                .map(|c| SimClient::new(ClientId(c as u64 + 1)))
+                .collect(),
+            history: Vec::new(),
+            checkers: Checkers::new(),
+            blocked: BTreeSet::new(),
+            faults_enabled: true,
+            clients_issue_new: true,
+            next_write_id: 0,
+            next_read_id: 0,
+            log: Vec::new(),
+            stats: Stats::default(),
+            rng: SplitMix64::new(rng.next_u64()),
+        };
+        // Most runs start with every node a voter; some start with three and let the rest
+        // join as learners through membership changes.
+        let initial_voters = if nodes > 3 && world.rng.chance(0.3) {
+            3
+        } else {
+            nodes
+        };
+        let bootstrap = Membership::with_voters(ids.iter().copied().take(initial_voters));
+        for i in 0..nodes {
+            let mut raft = world.new_core(i, Default::default());
+            if i < initial_voters {
+                raft.bootstrap(bootstrap.clone())
+                    .expect("fresh core bootstraps");
+            }
+            world.nodes[i].raft = Some(raft);
+            let phase = world.rng.range(0, TICK_MS);
+            world.schedule(
+                phase,
+                EventKind::Tick {
+                    node: i,
+                    incarnation: 0,
+                },
+            );
+        }
+        for i in 0..nodes {
+            let ready = world.nodes[i].raft.as_mut().map(Raft::ready);
+            if let Some(ready) = ready {
+                if let Err(v) = world.process_ready(i, ready) {
+                    panic!("bootstrap violated an invariant: {v:?}");
+                }
+            }
+        }
+        for c in 0..clients {
+            let delay = world.rng.range(0, 50);
+            world.schedule(delay, EventKind::ClientNext { client: c });
+        }
+        let first_fault = world.plan.fault_interval_ms;
+        world.schedule(first_fault, EventKind::Fault);
+        world
+    }
+
+    fn raft_config(&self) -> RaftConfig {
+        RaftConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_entries_per_message: 64,
+            max_inflight_messages: 16,
+            max_voters: self.ids.len(),
+            promotion_lag_entries: 8,
+            #[cfg(test)]
+            dangerous_reference_quorum: self.options.dangerous_reference_quorum,
+            ..RaftConfig::default()
+        }
+    }
+
+    fn new_core(&mut self, node: usize, state: crate::raft::InitialState) -> Raft {
+        let seed = self.rng.next_u64();
+        Raft::new(self.ids[node], self.raft_config(), seed, state).expect("valid simulator config")
+    }
+
+    fn schedule(&mut self, delay_ms: u64, kind: EventKind) {
+        self.next_seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at_ms: self.now_ms + delay_ms,
+            seq: self.next_seq,
+            kind,
+        }));
+    }
+
+    fn note(&mut self, line: String) {
+        if self.options.verbose {
+            eprintln!("[{:>7} ms] {line}", self.now_ms);
+        }
+        self.log.push(format!("[{:>7} ms] {line}", self.now_ms));
+        if self.log.len() > 400 {
+            self.log.drain(..200);
+        }
+    }
+
+    /// Runs events until `until_ms` or until `done` holds.
+    pub fn run_until(
+        &mut self,
+        until_ms: u64,
+        mut done: impl FnMut(&World) -> bool,
+    ) -> Result<bool, Violation> {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at_ms > until_ms {
+                break;
+            }
+            let Some(Reverse(event)) = self.queue.pop() else {
+                break;
+            };
+            self.now_ms = event.at_ms;
+            self.step += 1;
+            self.dispatch(event.kind)?;
+            if done(self) {
+                return Ok(true);
+            }
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+        Ok(done(self))
+    }
+
+    fn dispatch(&mut self, kind: EventKind) -> Result<(), Violation> {
+        match kind {
+            EventKind::Tick { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation && self.nodes[node].is_up() {
+                    self.step_node(node, Input::Tick)?;
+                    self.schedule(TICK_MS, EventKind::Tick { node, incarnation });
+                }
+            }
+            EventKind::Deliver(m) => {
+                let to = (m.to.0 - 1) as usize;
+                if self.blocked.contains(&(m.from, m.to)) || !self.nodes[to].is_up() {
+                    self.stats.messages_dropped += 1;
+                } else {
+                    self.step_node(to, Input::Message(m))?;
+                }
+            }
+            EventKind::DiskDone {
+                node,
+                incarnation,
+                write,
+            } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.complete_write(node, write)?;
+                }
+            }
+            EventKind::ToNode {
+                node,
+                client,
+                op,
+                request,
+            } => self.on_request(node, client, op, request)?,
+            EventKind::ToClient { client, op, reply } => self.on_reply(client, op, reply)?,
+            EventKind::ClientTimeout {
+                client,
+                op,
+                attempt,
+            } => {
+                let current = self.clients[client].current.as_ref();
+                if current.is_some_and(|c| c.op == op && c.attempt == attempt) {
+                    self.send_attempt(client, None);
+                }
+            }
+            EventKind::ClientNext { client } => self.client_next(client),
+            EventKind::Fault => {
+                if self.faults_enabled {
+                    self.inject_fault()?;
+                    let interval = self.plan.fault_interval_ms;
+                    let delay = self.rng.range(interval / 2, interval * 3 / 2 + 1);
+                    self.schedule(delay, EventKind::Fault);
+                }
+            }
+            EventKind::Restart { node } => self.restart(node)?,
+            EventKind::EndSlowDisk { node } => {
+                if self.nodes[node].disk_slow_until_ms <= self.now_ms {
+                    self.nodes[node].disk_slow_until_ms = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- nodes -----
+
+    fn step_node(&mut self, node: usize, input: Input) -> Result<(), Violation> {
+        let Some(raft) = self.nodes[node].raft.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = raft.step(input) {
+            return Err(Violation {
+                property: "correct peers never send invalid messages",
+                detail: format!("{} refused an input: {e}", self.ids[node]),
+            });
+        }
+        let ready = raft.ready();
+        if let Err(detail) = raft.validate() {
+            return Err(Violation {
+                property: "core state is consistent",
+                detail: format!("{}: {detail}", self.ids[node]),
+            });
+        }
+        self.process_ready(node, ready)
+    }
+
+    fn process_ready(&mut self, node: usize, ready: Ready) -> Result<(), Violation> {
+        let id = self.ids[node];
+        let Ready {
+            hard_state,
+            snapshot,
+            entries,
+            messages,
+            persisted_messages,
+            committed_entries,
+            read_states,
+            events,
+        } = ready;
+
+        if let Some(s) = &snapshot {
+            self.checkers.on_snapshot_installed(id, &s.meta)?;
+        }
+        self.checkers.on_append(id, &entries)?;
+        self.on_events(node, events)?;
+
+        for m in messages {
+            self.send_message(m);
+        }
+
+        let batch = WriteBatch {
+            snapshot: snapshot.clone(),
+            entries,
+            hard_state,
+        };
+        if !batch.is_empty() {
+            let persisted = batch
+                .entries
+                .last()
+                .map(|e| (e.index, e.term))
+                .or_else(|| batch.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)));
+            self.next_write_id += 1;
+            let write = self.next_write_id;
+            let slow = self.nodes[node].disk_slow_until_ms > self.now_ms;
+            let latency = if slow {
+                self.rng.range(1, self.plan.disk_ms_slow_max)
+            } else {
+                self.plan.disk_ms_fast
+            };
+            let n = &mut self.nodes[node];
+            let done_at = n.disk_busy_until_ms.max(self.now_ms) + latency;
+            n.disk_busy_until_ms = done_at;
+            n.disk_queue.push_back(DiskWrite {
+                id: write,
+                batch,
+                persisted,
+                messages: persisted_messages,
+            });
+            let incarnation = n.incarnation;
+            let delay = done_at - self.now_ms;
+            self.schedule(
+                delay,
+                EventKind::DiskDone {
+                    node,
+                    incarnation,
+                    write,
+                },
+            );
+        } else if let Some(last) = self.nodes[node].disk_queue.back_mut() {
+            // These depend on writes still in flight: they leave with the last of them.
+            last.messages.extend(persisted_messages);
+        } else {
+            for m in persisted_messages {
+                self.send_message(m);
+            }
+        }
+
+        if let Some(s) = snapshot {
+            self.stats.snapshots_installed += 1;
+            let n = &mut self.nodes[node];
+            if let Err(e) = n.machine.restore(&s.data) {
+                return Err(Violation {
+                    property: "snapshots restore",
+                    detail: format!("{id} could not restore a snapshot: {e}"),
+                });
+            }
+            n.last_snapshot_index = s.meta.index;
+            // Proposals at or below the snapshot point have an unknown fate here.
+            let keep = n.proposals.split_off(&(s.meta.index + 1));
+            let stale = std::mem::replace(&mut n.proposals, keep);
+            for (_, (_, w)) in stale {
+                self.reply(w, Reply::Retry);
+            }
+        }
+        for entry in committed_entries {
+            self.checkers.on_apply(id, &entry)?;
+            let ctx = ApplyContext {
+                index: entry.index,
+                term: entry.term,
+                timestamp_ms: entry.timestamp_ms,
+            };
+            let output = match &entry.payload {
+                EntryPayload::Command(data) => {
+                    let command: SessionCommand<crate::machine::KvCommand> =
+                        postcard::from_bytes(data).map_err(|e| Violation {
+                            property: "committed commands decode",
+                            detail: format!("{id}: entry {} does not decode: {e}", entry.index),
+                        })?;
+                    Some(self.nodes[node].machine.apply(command, &ctx))
+                }
+                _ => None,
+            };
+            if let Some((term, waiter)) = self.nodes[node].proposals.remove(&entry.index) {
+                match output {
+                    Some(out) if term == entry.term => self.reply(waiter, Reply::Output(out)),
+                    _ => self.reply(waiter, Reply::Retry),
+                }
+            }
+        }
+        self.serve_reads(node, read_states);
+        self.after_apply(node)?;
+        Ok(())
+    }
+
+    fn on_events(&mut self, node: usize, events: Vec<Event>) -> Result<(), Violation> {
+        let id = self.ids[node];
+        for event in events {
+            match event {
+                Event::StateChanged { role, term, leader } => {
+                    if role == Role::Leader {
+                        self.checkers.on_leader(id, term)?;
+                        self.checkers.on_leader_log(id, term)?;
+                        self.note(format!("{id} is leader of term {term}"));
+                    } else if leader.is_none() && role == Role::Follower {
+                        // A leader that stepped down forgets what it proposed.
+                        self.fail_proposals(node);
+                    }
+                }
+                Event::MembershipChanged { membership, index } => {
+                    if self.options.verbose {
+                        self.note(format!(
+                            "{id} configuration from {index}: voters {:?}",
+                            membership.voters
+                        ));
+                    }
+                    self.nodes[node].previous_membership = self.nodes[node]
+                        .current_membership
+                        .replace(membership.clone());
+                    let leader_commit = self.nodes[node]
+                        .raft
+                        .as_ref()
+                        .filter(|r| r.role() == Role::Leader)
+                        .map(Raft::commit_index);
+                    self.checkers
+                        .on_membership(id, index, &membership, leader_commit)?;
+                }
+                Event::MembershipChangeProposed { change, index } => {
+                    self.stats.membership_changes += 1;
+                    self.note(format!("{id} proposes {change:?} at {index}"));
+                }
+                Event::ReadRejected { id: read, reason } => {
+                    if let Some((_, waiter)) = self.nodes[node].reads.remove(&read) {
+                        let hint = match reason {
+                            crate::raft::Rejection::NotLeader { leader } => leader,
+                            _ => None,
+                        };
+                        self.reply(waiter, Reply::NotLeader(hint));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_proposals(&mut self, node: usize) {
+        let waiters: Vec<Waiter> = std::mem::take(&mut self.nodes[node].proposals)
+            .into_values()
+            .map(|(_, w)| w)
+            .collect();
+        for w in waiters {
+            self.reply(w, Reply::Retry);
+        }
+    }
+
+    fn serve_reads(&mut self, node: usize, read_states: Vec<crate::raft::ReadState>) {
+        for state in read_states {
+            if let Some((key, waiter)) = self.nodes[node].reads.remove(&state.id) {
+                self.nodes[node]
+                    .waiting_reads
+                    .push(WaitingRead { state, key, waiter });
+            }
+        }
+        let applied = self.nodes[node]
+            .raft
+            .as_ref()
+            .map_or(0, Raft::applied_index);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.nodes[node].waiting_reads)
+                .into_iter()
+                .partition(|r| r.state.index <= applied);
+        self.nodes[node].waiting_reads = waiting;
+        for r in ready {
+            let value = match self.nodes[node].machine.query(&KvQuery::Get { key: r.key }) {
+                KvQueryResult::Get { value } => value,
+                _ => None,
+            };
+            self.reply(r.waiter, Reply::Read(value));
+        }
+    }
+
+    /// Commit bookkeeping, durability check and snapshots after a node applied entries.
+    fn after_apply(&mut self, node: usize) -> Result<(), Violation> {
+        let id = self.ids[node];
+        let Some(raft) = self.nodes[node].raft.as_ref() else {
+            return Ok(());
+        };
+        let commit = raft.commit_index();
+        let applied = raft.applied_index();
+        let is_leader = raft.role() == Role::Leader;
+        if commit > self.nodes[node].last_commit_seen {
+            self.nodes[node].last_commit_seen = commit;
+            self.checkers.on_commit(id, commit)?;
+            if is_leader {
+                self.check_durable_quorum(node, commit)?;
+            }
+        }
+        let due = self
+            .plan
+            .snapshot_every
+            .is_some_and(|every| applied >= self.nodes[node].last_snapshot_index + every);
+        if due {
+            let data = self.nodes[node].machine.snapshot().map_err(|e| Violation {
+                property: "snapshots encode",
+                detail: format!("{id}: {e}"),
+            })?;
+            let n = &mut self.nodes[node];
+            let raft = n.raft.as_mut().expect("checked above");
+            raft.step(Input::Compact {
+                index: applied,
+                data: Bytes::from(data),
+            })
+            .map_err(|e| Violation {
+                property: "compaction",
+                detail: format!("{id}: {e}"),
+            })?;
+            n.last_snapshot_index = applied;
+            // The compacted prefix is durable (applied <= persisted): store the snapshot
+            // and drop the prefix from the durable log too.
+            if let Some(snapshot) = raft.snapshot() {
+                if snapshot.meta.index <= n.durable.last_index() {
+                    n.durable.compact(snapshot).map_err(|e| Violation {
+                        property: "compaction",
+                        detail: format!("{id}: durable compaction failed: {e}"),
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Durability: an entry a leader counts as committed is on stable storage of a
+    /// majority of its voters (Raft §5.3 with the persistence rule of Figure 2).
+    fn check_durable_quorum(&self, node: usize, commit: u64) -> Result<(), Violation> {
+        let Some(raft) = self.nodes[node].raft.as_ref() else {
+            return Ok(());
+        };
+        #[cfg(test)]
+        if self.options.dangerous_reference_quorum {
+            return Ok(());
+        }
+        let Some(term) = raft.term_at(commit) else {
+            return Ok(());
+        };
+        let on_disk = |v: &NodeId| {
+            let store = &self.nodes[(v.0 - 1) as usize].durable;
+            store.snapshot_meta().is_some_and(|m| m.index >= commit)
+                || store
+                    .entries(commit, commit + 1)
+                    .is_ok_and(|e| e.first().is_some_and(|e| e.term == term))
+        };
+        let durable_quorum =
+            |m: &Membership| m.voters.iter().filter(|v| on_disk(v)).count() >= m.quorum();
+        let current = raft.membership();
+        if durable_quorum(current)
+            || self.nodes[node]
+                .previous_membership
+                .as_ref()
+                .is_some_and(durable_quorum)
+        {
+            return Ok(());
+        }
+        let durable = current.voters.iter().filter(|v| on_disk(v)).count();
+        Err(Violation {
+            property: "durability of committed entries",
+            detail: format!(
+                "{} committed {commit} (term {term}) but only {durable} of {} voters have it on disk",
+                self.ids[node],
+                current.voters.len()
+            ),
+        })
+    }
+
+    fn complete_write(&mut self, node: usize, write: u64) -> Result<(), Violation> {
+        let n = &mut self.nodes[node];
+        let Some(front) = n.disk_queue.pop_front() else {
+            return Ok(());
+        };
+        debug_assert_eq!(front.id, write, "disk writes complete in order");
+        if let Err(e) = n.durable.write(&front.batch) {
+            return Err(Violation {
+                property: "storage accepts what the core asks to write",
+                detail: format!("{}: {e}", self.ids[node]),
+            });
+        }
+        for m in front.messages {
+            self.send_message(m);
+        }
+        if let Some((index, term)) = front.persisted {
+            self.step_node(node, Input::Persisted { index, term })?;
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        if !n.is_up() {
+            return;
+        }
+        // Writes in flight may or may not have reached the disk: a random prefix did.
+        let reached = self.rng.range(0, n.disk_queue.len() as u64 + 1) as usize;
+        for w in n.disk_queue.drain(..).take(reached) {
+            // A write that reached the disk is whole; storage validated it on the way in.
+            let _ = n.durable.write(&w.batch);
+        }
+        n.raft = None;
+        n.incarnation += 1;
+        n.disk_busy_until_ms = 0;
+        n.proposals.clear();
+        n.reads.clear();
+        n.waiting_reads.clear();
+        n.last_commit_seen = 0;
+        self.stats.crashes += 1;
+        let id = self.ids[node];
+        self.note(format!(
+            "{id} crashes ({reached} in-flight writes reached the disk)"
+        ));
+        self.update_reachability();
+    }
+
+    fn restart(&mut self, node: usize) -> Result<(), Violation> {
+        if self.nodes[node].is_up() {
+            return Ok(());
+        }
+        let id = self.ids[node];
+        let state = self.nodes[node]
+            .durable
+            .initial_state()
+            .map_err(|e| Violation {
+                property: "recovery",
+                detail: format!("{id}: storage cannot recover: {e}"),
+            })?;
+        let mut machine: ReplicatedKv = Sessions::new(KvStore::new());
+        if let Some(s) = &state.snapshot {
+            machine.restore(&s.data).map_err(|e| Violation {
+                property: "recovery",
+                detail: format!("{id}: snapshot does not restore: {e}"),
+            })?;
+        }
+        let snap = state.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
+        self.checkers
+            .on_restart(id, state.snapshot.as_ref().map(|s| &s.meta), &state.entries)?;
+        let raft = self.new_core(node, state);
+        let n = &mut self.nodes[node];
+        n.last_snapshot_index = snap.map_or(0, |s| s.0);
+        n.machine = machine;
+        n.raft = Some(raft);
+        let incarnation = n.incarnation;
+        self.note(format!("{id} restarts from disk"));
+        self.schedule(TICK_MS, EventKind::Tick { node, incarnation });
+        self.update_reachability();
+        let ready = self.nodes[node].raft.as_mut().map(Raft::ready);
+        if let Some(ready) = ready {
+            self.process_ready(node, ready)?;
+        }
+        Ok(())
+    }
+
+    // ----- network -----
+
+    fn send_message(&mut self, m: Message) {
+        self.stats.messages_sent += 1;
+        if self.blocked.contains(&(m.from, m.to)) || self.rng.chance(self.plan.drop_probability) {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        if self.rng.chance(self.plan.duplicate_probability) {
+            let delay = self.delay();
+            self.schedule(delay, EventKind::Deliver(m.clone()));
+        }
+        let delay = self.delay();
+        self.schedule(delay, EventKind::Deliver(m));
+    }
+
+    fn delay(&mut self) -> u64 {
+        self.rng
+            .range(self.plan.delay_ms_min, self.plan.delay_ms_max + 1)
+    }
+
+    /// Tells every live core which peers it can reach (bond up/down in the real driver).
+    fn update_reachability(&mut self) {
+        for i in 0..self.nodes.len() {
+            for j in 0..self.nodes.len() {
+                if i == j {
+                    continue;
+                }
+                let (a, b) = (self.ids[i], self.ids[j]);
+                let reachable = self.nodes[j].is_up()
+                    && !self.blocked.contains(&(a, b))
+                    && !self.blocked.contains(&(b, a));
+                if let Some(raft) = self.nodes[i].raft.as_mut() {
+                    let _ = raft.step(Input::PeerReachable { peer: b, reachable });
+                }
+            }
+        }
+    }
+
+    // ----- clients -----
+
+    fn reply(&mut self, waiter: Waiter, reply: Reply) {
+        if self.rng.chance(self.plan.drop_probability) {
+            return;
+        }
+        let delay = self.delay();
+        self.schedule(
+            delay,
+            EventKind::ToClient {
+                client: (waiter.client.0 - 1) as usize,
+                op: waiter.op,
+                reply,
+            },
+        );
+    }
+
+    fn client_next(&mut self, client: usize) {
+        if self.clients[client].current.is_some() || !self.clients_issue_new {
+            return;
+        }
+        let (request, input) = self.clients[client].next_operation(&mut self.rng, KEYS);
+        let op = self.history.len();
+        self.history.push(Operation {
+            client_id: self.clients[client].id.0,
+            input,
+            call: self.step,
+            output: LinOutput::Unknown,
+            return_time: crate::lincheck::RETURN_TIME_UNKNOWN,
+        });
+        self.clients[client].current = Some(InFlight {
+            op,
+            request,
+            attempt: 0,
+        });
+        self.send_attempt(client, None);
+    }
+
+    fn send_attempt(&mut self, client: usize, target: Option<NodeId>) {
+        let ids = self.ids.clone();
+        let c = &mut self.clients[client];
+        let Some(current) = c.current.as_mut() else {
+            return;
+        };
+        current.attempt += 1;
+        let (op, attempt, request) = (current.op, current.attempt, current.request.clone());
+        if let Some(t) = target {
+            c.leader_guess = Some(t);
+        }
+        let node_id = c.target(&ids);
+        let node = (node_id.0 - 1) as usize;
+        if !self.rng.chance(self.plan.drop_probability) {
+            let delay = self.delay();
+            self.schedule(
+                delay,
+                EventKind::ToNode {
+                    node,
+                    client,
+                    op,
+                    request,
+                },
+            );
+        }
+        self.schedule(
+            CLIENT_TIMEOUT_MS,
+            EventKind::ClientTimeout {
+                client,
+                op,
+                attempt,
+            },
+        );
+    }
+
+    fn on_request(
+        &mut self,
+        node: usize,
+        client: usize,
+        op: usize,
+        request: Request,
+    ) -> Result<(), Violation> {
+        if !self.nodes[node].is_up() {
+            return Ok(());
+        }
+        let waiter = Waiter {
+            client: self.clients[client].id,
+            op,
+        };
+        match request {
+            Request::Command(command) => {
+                let data = Bytes::from(postcard::to_allocvec(&command).expect("commands encode"));
+                let raft = self.nodes[node].raft.as_mut().expect("node is up");
+                let result = raft.step(Input::Propose {
+                    commands: vec![data],
+                    timestamp_ms: self.now_ms,
+                });
+                if let Err(e) = result {
+                    return Err(Violation {
+                        property: "proposals",
+                        detail: e.to_string(),
+                    });
+                }
+                let mut ready = raft.ready();
+                for event in &ready.events {
+                    match event {
+                        Event::Proposed {
+                            first_index, term, ..
+                        } => {
+                            self.nodes[node]
+                                .proposals
+                                .insert(*first_index, (*term, waiter.clone()));
+                        }
+                        Event::ProposalRejected { reason, .. } => {
+                            let hint = match reason {
+                                crate::raft::Rejection::NotLeader { leader } => *leader,
+                                _ => None,
+                            };
+                            self.reply(waiter.clone(), Reply::NotLeader(hint));
+                        }
+                        _ => {}
+                    }
+                }
+                ready.events.retain(|e| {
+                    !matches!(e, Event::Proposed { .. } | Event::ProposalRejected { .. })
+                });
+                self.process_ready(node, ready)?;
+            }
+            Request::Read { key } => {
+                self.next_read_id += 1;
+                let read = self.next_read_id;
+                self.nodes[node].reads.insert(read, (key, waiter));
+                self.step_node(node, Input::ReadIndex { id: read })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_reply(&mut self, client: usize, op: usize, reply: Reply) -> Result<(), Violation> {
+        let c = &mut self.clients[client];
+        if c.current.as_ref().is_none_or(|cur| cur.op != op) {
+            return Ok(()); // an answer to an operation already finished
+        }
+        if matches!(
+            reply,
+            Reply::Output(crate::machine::SessionOutput::Duplicate(_))
+        ) {
+            self.stats.duplicates += 1;
+        }
+        let c = &mut self.clients[client];
+        match c.on_reply(reply) {
+            Outcome::Done(output) => {
+                c.current = None;
+                let record = &mut self.history[op];
+                record.output = output;
+                record.return_time = self.step;
+                self.stats.ops_completed += 1;
+                let think = self.rng.range(0, CLIENT_THINK_MS_MAX);
+                self.schedule(think, EventKind::ClientNext { client });
+            }
+            Outcome::RetryAt(hint) => {
+                let backoff = self.rng.range(1, 15);
+                if let Some(h) = hint {
+                    self.clients[client].leader_guess = Some(h);
+                }
+                let attempt = self.clients[client]
+                    .current
+                    .as_ref()
+                    .map_or(0, |c| c.attempt);
+                // Retry through the timeout path so that only one retry is ever pending.
+                self.schedule(
+                    backoff,
+                    EventKind::ClientTimeout {
+                        client,
+                        op,
+                        attempt,
+                    },
+                );
+            }
+            Outcome::Bug(detail) => {
+                return Err(Violation {
+                    property: "exactly-once client sessions",
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    // ----- faults -----
+
+    fn inject_fault(&mut self) -> Result<(), Violation> {
+        let Some(kind) = self.plan.pick(&mut self.rng) else {
+            return Ok(());
+        };
+        let n = self.nodes.len();
+        match kind {
+            FaultKind::PartitionSymmetric => {
+                let mut side = vec![false; n];
+                for s in side.iter_mut() {
+                    *s = self.rng.chance(0.5);
+                }
+                // Never a partition with everyone on one side.
+                if side.iter().all(|s| *s == side[0]) {
+                    let flip = self.rng.range(0, n as u64) as usize;
+                    side[flip] = !side[flip];
+                }
+                self.blocked.clear();
+                for i in 0..n {
+                    for j in 0..n {
+                        if side[i] != side[j] {
+                            self.blocked.insert((self.ids[i], self.ids[j]));
+                        }
+                    }
+                }
+                self.stats.partitions += 1;
+                let minority: Vec<NodeId> =
+                    (0..n).filter(|i| side[*i]).map(|i| self.ids[i]).collect();
+                self.note(format!("partition {minority:?} | rest"));
+                self.update_reachability();
+            }
+            FaultKind::PartitionOneWay => {
+                let a = self.rng.range(0, n as u64) as usize;
+                let b = self.rng.range(0, n as u64) as usize;
+                if a != b {
+                    self.blocked.insert((self.ids[a], self.ids[b]));
+                    self.stats.partitions += 1;
+                    self.note(format!("link {} -> {} cut", self.ids[a], self.ids[b]));
+                    self.update_reachability();
+                }
+            }
+            FaultKind::Heal => {
+                if !self.blocked.is_empty() {
+                    self.blocked.clear();
+                    self.note("network healed".into());
+                    self.update_reachability();
+                }
+            }
+            FaultKind::Crash => {
+                let down = self.nodes.iter().filter(|x| !x.is_up()).count();
+                if down < n.div_ceil(2) {
+                    let victim = self.rng.range(0, n as u64) as usize;
+                    self.crash(victim);
+                    let back = self.rng.range(50, 2000);
+                    self.schedule(back, EventKind::Restart { node: victim });
+                }
+            }
+            FaultKind::Restart => {
+                if let Some(i) = (0..n).find(|i| !self.nodes[*i].is_up()) {
+                    self.restart(i)?;
+                }
+            }
+            FaultKind::SlowDisk => {
+                let victim = self.rng.range(0, n as u64) as usize;
+                let until = self.rng.range(100, 2000);
+                self.nodes[victim].disk_slow_until_ms = self.now_ms + until;
+                self.schedule(until, EventKind::EndSlowDisk { node: victim });
+                self.note(format!("{} disk slow for {until} ms", self.ids[victim]));
+            }
+            FaultKind::MembershipChange => self.change_membership()?,
+            FaultKind::TransferLeader => {
+                if let Some((leader, raft)) = self.current_leader() {
+                    let voters: Vec<NodeId> = raft.membership().voters.iter().copied().collect();
+                    let to = voters[self.rng.range(0, voters.len() as u64) as usize];
+                    self.stats.transfers += 1;
+                    self.note(format!(
+                        "{} asked to hand leadership to {to}",
+                        self.ids[leader]
+                    ));
+                    self.step_node(leader, Input::TransferLeadership { to })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn current_leader(&self) -> Option<(usize, &Raft)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.raft.as_ref().map(|r| (i, r)))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.term())
+    }
+
+    fn change_membership(&mut self) -> Result<(), Violation> {
+        let Some((leader, raft)) = self.current_leader() else {
+            return Ok(());
+        };
+        let m = raft.membership().clone();
+        let outsiders: Vec<NodeId> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !m.contains(*id))
+            .collect();
+        let change = if !outsiders.is_empty() && self.rng.chance(0.6) {
+            let id = outsiders[self.rng.range(0, outsiders.len() as u64) as usize];
+            if self.rng.chance(0.15) {
+                MembershipChange::AddObserver(id)
+            } else {
+                MembershipChange::AddLearner(id)
+            }
+        } else if !m.observers.is_empty() && self.rng.chance(0.3) {
+            let obs: Vec<NodeId> = m.observers.iter().copied().collect();
+            MembershipChange::Remove(obs[self.rng.range(0, obs.len() as u64) as usize])
+        } else {
+            let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+            let id = voters[self.rng.range(0, voters.len() as u64) as usize];
+            if self.rng.chance(0.5) {
+                MembershipChange::Demote(id)
+            } else {
+                MembershipChange::Remove(id)
+            }
+        };
+        self.step_node(leader, Input::ChangeMembership(change))
+    }
+
+    /// Ends the fault phase: heal the network, restart every node, fast disks, no loss.
+    pub fn heal(&mut self) -> Result<(), Violation> {
+        self.faults_enabled = false;
+        self.plan.drop_probability = 0.0;
+        self.plan.duplicate_probability = 0.0;
+        self.blocked.clear();
+        for n in &mut self.nodes {
+            n.disk_slow_until_ms = 0;
+        }
+        self.note("heal: network whole, all nodes restarting, no more faults".into());
+        for i in 0..self.nodes.len() {
+            self.restart(i)?;
+        }
+        self.update_reachability();
+        Ok(())
+    }
+
+    /// Whether every client is idle and a leader is known by every live member.
+    pub fn settled(&self) -> bool {
+        if self.clients.iter().any(|c| c.current.is_some()) {
+            return false;
+        }
+        let Some((_, leader)) = self.current_leader() else {
+            return false;
+        };
+        let leader_id = leader.id();
+        let commit = leader.commit_index();
+        leader.membership().members().all(|m| {
+            self.nodes[(m.0 - 1) as usize]
+                .raft
+                .as_ref()
+                .is_some_and(|r| r.leader() == Some(leader_id) && r.applied_index() >= commit)
+        })
+    }
+
+    /// Final convergence: every member that applied as far as the leader holds the same
+    /// state (compared through snapshot bytes).
+    pub fn check_convergence(&self) -> Result<(), Violation> {
+        let Some((li, leader)) = self.current_leader() else {
+            return Ok(());
+        };
+        let applied = leader.applied_index();
+        let reference = self.nodes[li].machine.snapshot().ok();
+        for m in leader.membership().members() {
+            let n = &self.nodes[(m.0 - 1) as usize];
+            if n.raft
+                .as_ref()
+                .is_some_and(|r| r.applied_index() == applied)
+                && n.machine.snapshot().ok() != reference
+            {
+                return Err(Violation {
+                    property: "state-machine safety (replicas converge)",
+                    detail: format!(
+                        "{m} and {} applied to {applied} but hold different states",
+                        self.ids[li]
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One line per node: role, term, leader, log and configuration.
+    pub fn describe_nodes(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let id = self.ids[i];
+            match n.raft.as_ref() {
+                None => out.push_str(&format!("\n      {id}: down")),
+                Some(r) => out.push_str(&format!(
+                    "\n      {id}: {:?} term {} leader {:?} last {} commit {} applied {} snapshot {} voters {:?} learners {:?} observers {:?}",
+                    r.role(),
+                    r.term(),
+                    r.leader(),
+                    r.last_index(),
+                    r.commit_index(),
+                    r.applied_index(),
+                    r.snapshot_index(),
+                    r.membership().voters,
+                    r.membership().learners,
+                    r.membership().observers,
+                )),
+            }
+        }
+        out
+    }
+
+    /// Operations whose clients never learned the outcome stay `Unknown` in the history.
+    pub fn pending_ops(&self) -> usize {
+        self.clients.iter().filter(|c| c.current.is_some()).count()
+    }
+}
