@@ -73,12 +73,30 @@ fn stderr(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).unwrap()
 }
 
-fn verify_json(quote: &str, collateral: &str, policy: &str, now: u64, extra: &[&str]) -> (i32, Value) {
+fn verify_json(
+    quote: &str,
+    collateral: &str,
+    policy: &str,
+    now: u64,
+    extra: &[&str],
+) -> (i32, Value) {
     let now = now.to_string();
-    let mut args = vec!["verify", "--quote", quote, "--collateral", collateral, "--policy", policy, "--now", &now, "--json"];
+    let mut args = vec![
+        "verify",
+        "--quote",
+        quote,
+        "--collateral",
+        collateral,
+        "--policy",
+        policy,
+        "--now",
+        &now,
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let out = run(&args);
-    let json: Value = serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    let json: Value = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
     (code(&out), json)
 }
 
@@ -116,7 +134,9 @@ fn verify_accepts_the_real_uptodate_quote_with_the_example_policy() {
     assert!(m["rtmr1"].is_string() && m["rtmr2"].is_string());
     let checks = json["checks"].as_array().unwrap();
     assert!(checks.len() >= 10);
-    assert!(checks.iter().all(|c| c["ok"] == true && c["name"].is_string() && c["detail"].is_string()));
+    assert!(checks
+        .iter()
+        .all(|c| c["ok"] == true && c["name"].is_string() && c["detail"].is_string()));
     assert!(json["reason"].is_null());
 }
 
@@ -126,19 +146,29 @@ fn verify_rejects_the_real_quote_one_day_past_its_window_naming_what_expired() {
     assert_eq!(code, 1);
     assert_eq!(json["accepted"], false);
     assert_eq!(json["failed_check"], "collateral_validity");
-    assert!(json["reason"].as_str().unwrap().contains("PCK CRL expired"), "{json}");
+    assert!(
+        json["reason"].as_str().unwrap().contains("PCK CRL expired"),
+        "{json}"
+    );
     assert!(json["tcb_status"].is_null());
 }
 
 #[test]
 fn verify_rejects_the_real_quote_under_a_strict_policy_naming_the_flag() {
     let scratch = Scratch::new("strict");
-    let strict = example_with(&scratch, "allow_dynamic_platform = true", "allow_dynamic_platform = false");
+    let strict = example_with(
+        &scratch,
+        "allow_dynamic_platform = true",
+        "allow_dynamic_platform = false",
+    );
     let (code, json) = uptodate(&strict, UPTODATE_NOW);
     assert_eq!(code, 1);
     assert_eq!(json["tcb_status"], "UpToDate");
     assert_eq!(json["failed_check"], "platform_flags");
-    assert!(json["reason"].as_str().unwrap().contains("dynamic_platform"));
+    assert!(json["reason"]
+        .as_str()
+        .unwrap()
+        .contains("dynamic_platform"));
 }
 
 #[test]
@@ -152,10 +182,19 @@ fn verify_rejects_the_v5_quote_as_unappraisable_and_the_sgx_quote_as_not_td() {
     );
     assert_eq!(code, 1);
     assert_eq!(json["failed_check"], "tcb_level");
-    assert!(json["reason"].as_str().unwrap().contains("TCB could not be appraised"));
+    assert!(json["reason"]
+        .as_str()
+        .unwrap()
+        .contains("TCB could not be appraised"));
     assert_eq!(json["quote_version"], 5);
 
-    let (code, json) = verify_json(&vector("sgx_quote.bin"), &vector("sgx_quote.collateral.json"), &policy("example.toml"), UPTODATE_NOW, &[]);
+    let (code, json) = verify_json(
+        &vector("sgx_quote.bin"),
+        &vector("sgx_quote.collateral.json"),
+        &policy("example.toml"),
+        UPTODATE_NOW,
+        &[],
+    );
     assert_eq!(code, 1);
     assert_eq!(json["failed_check"], "parse");
     assert!(json["reason"].as_str().unwrap().contains("not a TD quote"));
@@ -165,16 +204,45 @@ fn verify_rejects_the_v5_quote_as_unappraisable_and_the_sgx_quote_as_not_td() {
 #[test]
 fn verify_human_output_lists_every_check() {
     let now = UPTODATE_NOW.to_string();
-    let ok = run(&["verify", "--quote", &vector("quote_uptodate.bin"), "--collateral", &vector("quote_uptodate.collateral.json"), "--policy", &policy("example.toml"), "--now", &now]);
+    let ok = run(&[
+        "verify",
+        "--quote",
+        &vector("quote_uptodate.bin"),
+        "--collateral",
+        &vector("quote_uptodate.collateral.json"),
+        "--policy",
+        &policy("example.toml"),
+        "--now",
+        &now,
+    ]);
     assert_eq!(code(&ok), 0);
     let text = stdout(&ok);
-    for name in ["parse", "dcap", "tcb_status", "platform_flags", "debug", "td_attributes", "xfam", "measurements"] {
+    for name in [
+        "parse",
+        "dcap",
+        "tcb_status",
+        "platform_flags",
+        "debug",
+        "td_attributes",
+        "xfam",
+        "measurements",
+    ] {
         assert!(text.contains(&format!("[ ok ] {name}")), "{name} in {text}");
     }
     assert!(text.contains("ACCEPTED"));
     let scratch = Scratch::new("human");
     let strict = example_with(&scratch, "allow_smt = true", "allow_smt = false");
-    let bad = run(&["verify", "--quote", &vector("quote_uptodate.bin"), "--collateral", &vector("quote_uptodate.collateral.json"), "--policy", &strict, "--now", &now]);
+    let bad = run(&[
+        "verify",
+        "--quote",
+        &vector("quote_uptodate.bin"),
+        "--collateral",
+        &vector("quote_uptodate.collateral.json"),
+        "--policy",
+        &strict,
+        "--now",
+        &now,
+    ]);
     assert_eq!(code(&bad), 1);
     assert!(stdout(&bad).contains("[FAIL] platform_flags"));
     assert!(stdout(&bad).contains("REJECTED"));
@@ -191,26 +259,107 @@ fn verify_bad_input_exits_2() {
     let unknown_key = example_with(&scratch, "version = 1 ", "version = 1\ncolour = 3 ");
     let claims = scratch.write("claims.json", "{}");
     for args in [
-        vec!["verify", "--quote", &missing, "--collateral", &c, "--policy", &p],
-        vec!["verify", "--quote", &q, "--collateral", &garbage, "--policy", &p],
-        vec!["verify", "--quote", &q, "--collateral", &c, "--policy", &unknown_key],
-        vec!["verify", "--quote", &q, "--collateral", &c, "--policy", &p, "--claims", &claims],
-        vec!["verify", "--quote", &q, "--collateral", &c, "--policy", &p, "--claims", &claims, "--peer-key", "00"],
+        vec![
+            "verify",
+            "--quote",
+            &missing,
+            "--collateral",
+            &c,
+            "--policy",
+            &p,
+        ],
+        vec![
+            "verify",
+            "--quote",
+            &q,
+            "--collateral",
+            &garbage,
+            "--policy",
+            &p,
+        ],
+        vec![
+            "verify",
+            "--quote",
+            &q,
+            "--collateral",
+            &c,
+            "--policy",
+            &unknown_key,
+        ],
+        vec![
+            "verify",
+            "--quote",
+            &q,
+            "--collateral",
+            &c,
+            "--policy",
+            &p,
+            "--claims",
+            &claims,
+        ],
+        vec![
+            "verify",
+            "--quote",
+            &q,
+            "--collateral",
+            &c,
+            "--policy",
+            &p,
+            "--claims",
+            &claims,
+            "--peer-key",
+            "00",
+        ],
         vec!["verify", "--quote", &q, "--collateral", &c],
-        vec!["verify", "--quote", &q, "--collateral", &c, "--policy", &p, "--now", "yesterday"],
+        vec![
+            "verify",
+            "--quote",
+            &q,
+            "--collateral",
+            &c,
+            "--policy",
+            &p,
+            "--now",
+            "yesterday",
+        ],
     ] {
         let out = run(&args);
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
     }
     // Twin: the same files, well formed, give a verdict.
-    assert_eq!(code(&run(&["verify", "--quote", &q, "--collateral", &c, "--policy", &p, "--now", "1752919234"])), 0);
+    assert_eq!(
+        code(&run(&[
+            "verify",
+            "--quote",
+            &q,
+            "--collateral",
+            &c,
+            "--policy",
+            &p,
+            "--now",
+            "1752919234"
+        ])),
+        0
+    );
 }
 
 fn mock_quote(scratch: &Scratch, report_data: &str, extra: &[&str]) -> (String, String) {
     let q = scratch.path("q.bin");
     let c = scratch.path("c.json");
     let issued = MOCK_ISSUED_AT.to_string();
-    let mut args = vec!["quote", "--provider", "mock", "--report-data", report_data, "--out", &q, "--collateral-out", &c, "--mock-issued-at", &issued];
+    let mut args = vec![
+        "quote",
+        "--provider",
+        "mock",
+        "--report-data",
+        report_data,
+        "--out",
+        &q,
+        "--collateral-out",
+        &c,
+        "--mock-issued-at",
+        &issued,
+    ];
     args.extend_from_slice(extra);
     let out = run(&args);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -228,7 +377,10 @@ fn mock_quote_verifies_under_the_mock_policy_and_is_rejected_under_the_intel_roo
     let (code, json) = verify_json(&q, &c, &policy("example.toml"), MOCK_NOW, &[]);
     assert_eq!(code, 1);
     assert_eq!(json["failed_check"], "root_ca_crl");
-    assert!(json["reason"].as_str().unwrap().contains("not signed by the trusted root"));
+    assert!(json["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not signed by the trusted root"));
 }
 
 #[test]
@@ -236,7 +388,10 @@ fn mock_knobs_are_rejected_with_their_reasons() {
     let cases: [(&[&str], &str); 4] = [
         (&["--mock-mrtd", &"11".repeat(48)], "mr_td expected"),
         (&["--mock-debug"], "debug TD"),
-        (&["--mock-tcb-status", "OutOfDate"], "TCB status OutOfDate is not allowed"),
+        (
+            &["--mock-tcb-status", "OutOfDate"],
+            "TCB status OutOfDate is not allowed",
+        ),
         (&["--mock-revoked-pck"], "revoked"),
     ];
     for (extra, needle) in cases {
@@ -244,12 +399,18 @@ fn mock_knobs_are_rejected_with_their_reasons() {
         let (q, c) = mock_quote(&scratch, &"00".repeat(64), extra);
         let (code, json) = verify_json(&q, &c, &policy("mock.toml"), MOCK_NOW, &[]);
         assert_eq!(code, 1, "{extra:?}");
-        assert!(json["reason"].as_str().unwrap().contains(needle), "{extra:?}: {json}");
+        assert!(
+            json["reason"].as_str().unwrap().contains(needle),
+            "{extra:?}: {json}"
+        );
     }
     let scratch = Scratch::new("sig");
     let (q, c) = mock_quote(&scratch, &"00".repeat(64), &["--mock-corrupt-signature"]);
     let (code, json) = verify_json(&q, &c, &policy("mock.toml"), MOCK_NOW, &[]);
-    assert_eq!((code, json["failed_check"].as_str()), (1, Some("quote_signature")));
+    assert_eq!(
+        (code, json["failed_check"].as_str()),
+        (1, Some("quote_signature"))
+    );
 }
 
 #[test]
@@ -266,23 +427,62 @@ fn binding_is_checked_when_claims_are_given() {
     let claims_path = scratch.write("claims.json", &claims.to_json());
     let (q, c) = mock_quote(&scratch, &hex::encode(claims.report_data()), &[]);
     let key = hex::encode([0x5a; 32]);
-    let (code, json) = verify_json(&q, &c, &policy("mock.toml"), MOCK_NOW, &["--claims", &claims_path, "--peer-key", &key, "--network-id", "tessera-cli-test"]);
+    let (code, json) = verify_json(
+        &q,
+        &c,
+        &policy("mock.toml"),
+        MOCK_NOW,
+        &[
+            "--claims",
+            &claims_path,
+            "--peer-key",
+            &key,
+            "--network-id",
+            "tessera-cli-test",
+        ],
+    );
     assert_eq!(code, 0, "{json}");
-    let names: Vec<&str> = json["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"binding_report_data") && names.contains(&"binding_peer_key"));
     // Another peer presenting the same quote and claims.
     let other = hex::encode([0x5b; 32]);
-    let (code, json) = verify_json(&q, &c, &policy("mock.toml"), MOCK_NOW, &["--claims", &claims_path, "--peer-key", &other]);
+    let (code, json) = verify_json(
+        &q,
+        &c,
+        &policy("mock.toml"),
+        MOCK_NOW,
+        &["--claims", &claims_path, "--peer-key", &other],
+    );
     assert_eq!(code, 1);
     assert_eq!(json["failed_check"], "binding_peer_key");
     // Claims that are not the ones quoted.
-    let forged = Claims { nonce: [2; 32], ..claims.clone() };
+    let forged = Claims {
+        nonce: [2; 32],
+        ..claims.clone()
+    };
     let forged_path = scratch.write("forged.json", &forged.to_json());
-    let (code, json) = verify_json(&q, &c, &policy("mock.toml"), MOCK_NOW, &["--claims", &forged_path, "--peer-key", &key]);
+    let (code, json) = verify_json(
+        &q,
+        &c,
+        &policy("mock.toml"),
+        MOCK_NOW,
+        &["--claims", &forged_path, "--peer-key", &key],
+    );
     assert_eq!(code, 1);
     assert_eq!(json["failed_check"], "binding_report_data");
     // Too late.
-    let (code, json) = verify_json(&q, &c, &policy("mock.toml"), MOCK_NOW + 3_000, &["--claims", &claims_path, "--peer-key", &key]);
+    let (code, json) = verify_json(
+        &q,
+        &c,
+        &policy("mock.toml"),
+        MOCK_NOW + 3_000,
+        &["--claims", &claims_path, "--peer-key", &key],
+    );
     assert_eq!(code, 1);
     assert_eq!(json["failed_check"], "binding_freshness");
 }
@@ -291,21 +491,41 @@ fn binding_is_checked_when_claims_are_given() {
 fn policy_check_prints_the_digest_or_rejects() {
     let out = run(&["policy", "check", &policy("example.toml")]);
     assert_eq!(code(&out), 0);
-    let expected = tessera_attestation::Policy::from_toml_str(&std::fs::read_to_string(policy("example.toml")).unwrap())
-        .unwrap()
-        .digest_hex();
-    assert!(stdout(&out).contains(&format!("digest {expected}")), "{}", stdout(&out));
+    let expected = tessera_attestation::Policy::from_toml_str(
+        &std::fs::read_to_string(policy("example.toml")).unwrap(),
+    )
+    .unwrap()
+    .digest_hex();
+    assert!(
+        stdout(&out).contains(&format!("digest {expected}")),
+        "{}",
+        stdout(&out)
+    );
     let scratch = Scratch::new("check");
-    let bad = example_with(&scratch, "allowed_statuses = [\"UpToDate\"]", "allowed_statuses = [\"UpToDate\", \"Revoked\"]");
+    let bad = example_with(
+        &scratch,
+        "allowed_statuses = [\"UpToDate\"]",
+        "allowed_statuses = [\"UpToDate\", \"Revoked\"]",
+    );
     let out = run(&["policy", "check", &bad]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("Revoked is never acceptable"));
-    assert_eq!(code(&run(&["policy", "check", &scratch.path("none.toml")])), 2);
+    assert_eq!(
+        code(&run(&["policy", "check", &scratch.path("none.toml")])),
+        2
+    );
 }
 
 #[test]
 fn policy_from_quote_pins_the_measurements() {
-    let out = run(&["policy", "from-quote", "--quote", &vector("quote_uptodate.bin"), "--name", "sample"]);
+    let out = run(&[
+        "policy",
+        "from-quote",
+        "--quote",
+        &vector("quote_uptodate.bin"),
+        "--name",
+        "sample",
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains(&format!("mr_td = \"{MR_TD}\"")));
@@ -324,12 +544,24 @@ fn policy_from_quote_pins_the_measurements() {
     let generated = scratch.write("generated.toml", &stdout(&out));
     assert_eq!(verify_json(&q, &c, &generated, MOCK_NOW, &[]).0, 0);
     let other = Scratch::new("from-quote-other");
-    let (q2, c2) = mock_quote(&other, &"00".repeat(64), &["--mock-rtmr2", &"22".repeat(48)]);
+    let (q2, c2) = mock_quote(
+        &other,
+        &"00".repeat(64),
+        &["--mock-rtmr2", &"22".repeat(48)],
+    );
     let (code2, json) = verify_json(&q2, &c2, &generated, MOCK_NOW, &[]);
     assert_eq!(code2, 1);
     assert!(json["reason"].as_str().unwrap().contains("rtmr2 expected"));
     // Not a quote.
-    assert_eq!(code(&run(&["policy", "from-quote", "--quote", &vector("quote_uptodate.collateral.json")])), 2);
+    assert_eq!(
+        code(&run(&[
+            "policy",
+            "from-quote",
+            "--quote",
+            &vector("quote_uptodate.collateral.json")
+        ])),
+        2
+    );
 }
 
 #[test]
@@ -337,19 +569,78 @@ fn quote_usage_errors_and_tdx_outside_a_td() {
     let scratch = Scratch::new("quote");
     let out_path = scratch.path("q.bin");
     // Report data must be 128 hex digits.
-    assert_eq!(code(&run(&["quote", "--provider", "mock", "--report-data", "00", "--out", &out_path])), 2);
-    assert_eq!(code(&run(&["quote", "--provider", "sev", "--report-data", &"00".repeat(64), "--out", &out_path])), 2);
+    assert_eq!(
+        code(&run(&[
+            "quote",
+            "--provider",
+            "mock",
+            "--report-data",
+            "00",
+            "--out",
+            &out_path
+        ])),
+        2
+    );
+    assert_eq!(
+        code(&run(&[
+            "quote",
+            "--provider",
+            "sev",
+            "--report-data",
+            &"00".repeat(64),
+            "--out",
+            &out_path
+        ])),
+        2
+    );
     // Real collateral is never fetched.
     let c = scratch.path("c.json");
-    assert_eq!(code(&run(&["quote", "--provider", "tdx", "--report-data", &"00".repeat(64), "--out", &out_path, "--collateral-out", &c])), 2);
-    assert_eq!(code(&run(&["quote", "--provider", "tdx", "--report-data", &"00".repeat(64), "--out", &out_path, "--mock-debug"])), 2);
-    let out = run(&["quote", "--provider", "tdx", "--report-data", &"00".repeat(64), "--out", &out_path]);
+    assert_eq!(
+        code(&run(&[
+            "quote",
+            "--provider",
+            "tdx",
+            "--report-data",
+            &"00".repeat(64),
+            "--out",
+            &out_path,
+            "--collateral-out",
+            &c
+        ])),
+        2
+    );
+    assert_eq!(
+        code(&run(&[
+            "quote",
+            "--provider",
+            "tdx",
+            "--report-data",
+            &"00".repeat(64),
+            "--out",
+            &out_path,
+            "--mock-debug"
+        ])),
+        2
+    );
+    let out = run(&[
+        "quote",
+        "--provider",
+        "tdx",
+        "--report-data",
+        &"00".repeat(64),
+        "--out",
+        &out_path,
+    ]);
     if Path::new("/sys/kernel/config/tsm/report").exists() {
         // Inside a TD: a quote is written.
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     } else {
         assert_eq!(code(&out), 1);
-        assert!(stderr(&out).contains("TSM reports unavailable"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("TSM reports unavailable"),
+            "{}",
+            stderr(&out)
+        );
         assert!(!Path::new(&out_path).exists());
     }
 }

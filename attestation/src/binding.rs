@@ -216,6 +216,25 @@ pub enum BindingError {
     ClaimsMalformed(String),
 }
 
+impl BindingError {
+    /// The name of the check that failed (as in the appraisal's check list).
+    pub fn check_name(&self) -> &'static str {
+        match self {
+            BindingError::ReportDataMismatch { .. } | BindingError::ClaimsMalformed(_) => {
+                "binding_report_data"
+            }
+            BindingError::PeerKeyMismatch { .. } => "binding_peer_key",
+            BindingError::NetworkMismatch { .. } | BindingError::GroupScopeMismatch { .. } => {
+                "binding_scope"
+            }
+            BindingError::IssuedInFuture { .. }
+            | BindingError::TooOld { .. }
+            | BindingError::Expired { .. }
+            | BindingError::InvalidLifetime { .. } => "binding_freshness",
+        }
+    }
+}
+
 /// One binding check: its name and either a pass detail or the failure.
 pub type BindingCheck = (&'static str, Result<String, BindingError>);
 
@@ -365,7 +384,10 @@ mod tests {
         let mut ctx = context();
         ctx.peer_key = [8; 32];
         let errs = failures(&check_binding(&c.report_data(), &c, &ctx, 600, NOW));
-        assert!(matches!(errs.as_slice(), [BindingError::PeerKeyMismatch { .. }]), "{errs:?}");
+        assert!(
+            matches!(errs.as_slice(), [BindingError::PeerKeyMismatch { .. }]),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -376,7 +398,10 @@ mod tests {
         let mut ctx = context();
         ctx.peer_key = [1; 32];
         let errs = failures(&check_binding(&c.report_data(), &forged, &ctx, 600, NOW));
-        assert!(matches!(errs.as_slice(), [BindingError::ReportDataMismatch { .. }]), "{errs:?}");
+        assert!(
+            matches!(errs.as_slice(), [BindingError::ReportDataMismatch { .. }]),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -385,23 +410,41 @@ mod tests {
         let mut ctx = context();
         ctx.network_id = Some("prod".to_owned());
         let errs = failures(&check_binding(&c.report_data(), &c, &ctx, 600, NOW));
-        assert!(matches!(errs.as_slice(), [BindingError::NetworkMismatch { .. }]));
+        assert!(matches!(
+            errs.as_slice(),
+            [BindingError::NetworkMismatch { .. }]
+        ));
         let mut ctx = context();
         ctx.group_scope = Some([3; 32]);
         let errs = failures(&check_binding(&c.report_data(), &c, &ctx, 600, NOW));
-        assert!(matches!(errs.as_slice(), [BindingError::GroupScopeMismatch { .. }]));
+        assert!(matches!(
+            errs.as_slice(),
+            [BindingError::GroupScopeMismatch { .. }]
+        ));
         let mut scoped = c.clone();
         scoped.group_scope = Some([3; 32]);
-        assert!(failures(&check_binding(&scoped.report_data(), &scoped, &ctx, 600, NOW)).is_empty());
+        assert!(failures(&check_binding(
+            &scoped.report_data(),
+            &scoped,
+            &ctx,
+            600,
+            NOW
+        ))
+        .is_empty());
     }
 
     #[test]
     fn freshness_edges() {
         let c = claims();
-        let check = |c: &Claims, now: u64| failures(&check_binding(&c.report_data(), c, &context(), 600, now));
+        let check = |c: &Claims, now: u64| {
+            failures(&check_binding(&c.report_data(), c, &context(), 600, now))
+        };
         // Exactly max age old: accepted; one second more: rejected.
         assert!(check(&c, c.issued_at + 600).is_empty());
-        assert!(matches!(check(&c, c.issued_at + 601).as_slice(), [BindingError::TooOld { .. }]));
+        assert!(matches!(
+            check(&c, c.issued_at + 601).as_slice(),
+            [BindingError::TooOld { .. }]
+        ));
         // Issued in the future within the skew: accepted; beyond: rejected.
         assert!(check(&c, c.issued_at - CLOCK_SKEW_SECS_MAX).is_empty());
         assert!(matches!(
@@ -412,11 +455,17 @@ mod tests {
         let mut short = c.clone();
         short.expires_at = c.issued_at + 5;
         assert!(check(&short, c.issued_at + 5).is_empty());
-        assert!(matches!(check(&short, c.issued_at + 6).as_slice(), [BindingError::Expired { .. }]));
+        assert!(matches!(
+            check(&short, c.issued_at + 6).as_slice(),
+            [BindingError::Expired { .. }]
+        ));
         // Lifetime inverted.
         let mut inverted = c.clone();
         inverted.expires_at = c.issued_at - 1;
-        assert!(matches!(check(&inverted, c.issued_at).as_slice(), [BindingError::InvalidLifetime { .. }]));
+        assert!(matches!(
+            check(&inverted, c.issued_at).as_slice(),
+            [BindingError::InvalidLifetime { .. }]
+        ));
     }
 
     #[test]
@@ -425,7 +474,10 @@ mod tests {
         c.group_scope = Some([5; 32]);
         assert_eq!(Claims::from_json(c.to_json().as_bytes()).unwrap(), c);
         let bad = c.to_json().replace(&hex::encode([7u8; 32]), "07");
-        assert!(matches!(Claims::from_json(bad.as_bytes()), Err(BindingError::ClaimsMalformed(_))));
+        assert!(matches!(
+            Claims::from_json(bad.as_bytes()),
+            Err(BindingError::ClaimsMalformed(_))
+        ));
         let unknown = c.to_json().replacen('{', "{\"extra\": 1,", 1);
         assert!(Claims::from_json(unknown.as_bytes()).is_err());
     }

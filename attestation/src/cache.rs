@@ -43,7 +43,12 @@ impl VerificationCache {
     }
 
     /// The key for a verification.
-    pub fn key(quote: &[u8], collateral: &Collateral, policy: &Policy, binding: Option<Binding<'_>>) -> CacheKey {
+    pub fn key(
+        quote: &[u8],
+        collateral: &Collateral,
+        policy: &Policy,
+        binding: Option<Binding<'_>>,
+    ) -> CacheKey {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut field = |bytes: &[u8]| {
             ctx.update(&(bytes.len() as u64).to_le_bytes());
@@ -86,7 +91,11 @@ impl VerificationCache {
         if self.entries.len() >= self.entries_max && !self.entries.contains_key(&key) {
             self.entries.retain(|_, v| now <= v.valid_until);
             if self.entries.len() >= self.entries_max {
-                let first = self.entries.iter().min_by_key(|(_, v)| v.valid_until).map(|(k, _)| *k);
+                let first = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, v)| v.valid_until)
+                    .map(|(k, _)| *k);
                 if let Some(k) = first {
                     self.entries.remove(&k);
                 }

@@ -28,7 +28,9 @@ pub mod verify;
 
 pub use binding::{BindingContext, BindingError, Claims};
 pub use cache::VerificationCache;
-pub use pipeline::{appraise, verify, Appraisal, Binding, CheckOutcome, VerifiedQuote, VerifyError};
+pub use pipeline::{
+    appraise, verify, Appraisal, Binding, CheckOutcome, VerifiedQuote, VerifyError,
+};
 pub use policy::{Policy, PolicyError, TrustRoot};
 pub use provider::{ProviderError, ProviderKind, Quote, QuoteProvider};
 pub use quote::{Measurements, ParseError, ParsedQuote};

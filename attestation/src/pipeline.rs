@@ -83,7 +83,8 @@ impl VerifyError {
             VerifyError::Parse(_) => "parse",
             VerifyError::TrustRootUnavailable { .. } => "trust_root",
             VerifyError::Dcap(e) => e.check_name(),
-            VerifyError::Policy(_) | VerifyError::Binding(_) => "policy",
+            VerifyError::Policy(v) => v.check_name(),
+            VerifyError::Binding(b) => b.check_name(),
         }
     }
 }
@@ -168,7 +169,12 @@ pub fn appraise(
     };
     checks.push(pass(
         "parse",
-        format!("TDX quote v{} with a {:?} body, {} bytes", parsed.version, parsed.body, quote.len()),
+        format!(
+            "TDX quote v{} with a {:?} body, {} bytes",
+            parsed.version,
+            parsed.body,
+            quote.len()
+        ),
     ));
 
     // 2. DCAP.

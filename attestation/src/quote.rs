@@ -205,6 +205,9 @@ pub fn parse_quote(bytes: &[u8]) -> Result<ParsedQuote, ParseError> {
         measurements,
         signed_len: quote.signed_length(),
         len,
-        pck_chain_pem: quote.raw_cert_chain().map(<[u8]>::to_vec).unwrap_or_default(),
+        pck_chain_pem: quote
+            .raw_cert_chain()
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
     })
 }

@@ -10,8 +10,8 @@ use tessera_attestation::provider::mock::{default_measurement, MockConfig, MockP
 use tessera_attestation::tcb::PlatformFlag;
 use tessera_attestation::verify::{DcapCheck, DcapError};
 use tessera_attestation::{
-    verify, Binding, Collateral, PlatformFlags, Policy, QuoteProvider, TcbStatus, VerificationCache,
-    VerifiedQuote, VerifyError,
+    verify, Binding, Collateral, PlatformFlags, Policy, QuoteProvider, TcbStatus,
+    VerificationCache, VerifiedQuote, VerifyError,
 };
 
 const NOW: u64 = 1_767_225_600 + 86_400; // MockConfig::default().valid_now()
@@ -53,11 +53,21 @@ fn mock_quote_is_rejected_under_the_intel_root() {
     let intel = mock_policy_with("trust_root = \"mock\"", "trust_root = \"intel\"");
     let err = check(MockConfig::default(), &intel).unwrap_err();
     assert_eq!(dcap_check(&err), Some(DcapCheck::RootCaCrl), "{err}");
-    assert!(err.to_string().contains("not signed by the trusted root"), "{err}");
+    assert!(
+        err.to_string().contains("not signed by the trusted root"),
+        "{err}"
+    );
     // Also with the PCK chain alone: the quote's chain does not lead to Intel's root even
     // if the collateral were Intel's.
     let (q, _) = make(MockConfig::default(), &[0; 64]);
-    let err = verify(&q, &collateral("quote_uptodate"), &policy_file("example.toml"), UPTODATE_NOW, None).unwrap_err();
+    let err = verify(
+        &q,
+        &collateral("quote_uptodate"),
+        &policy_file("example.toml"),
+        UPTODATE_NOW,
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, VerifyError::Dcap(_)), "{err}");
 }
 
@@ -102,17 +112,27 @@ fn every_non_revoked_status_is_rejected_by_default_and_accepted_when_allowed() {
 
 #[test]
 fn revoked_tcb_is_always_rejected_and_cannot_be_allowed() {
-    let err = check(MockConfig::default().with_tcb_status(TcbStatus::Revoked, &[]), &mock_policy()).unwrap_err();
+    let err = check(
+        MockConfig::default().with_tcb_status(TcbStatus::Revoked, &[]),
+        &mock_policy(),
+    )
+    .unwrap_err();
     assert_eq!(dcap_check(&err), Some(DcapCheck::TcbRevoked), "{err}");
     let text = std::fs::read_to_string(format!("{POLICIES}mock.toml"))
         .unwrap()
-        .replace("allowed_statuses = [\"UpToDate\"]", "allowed_statuses = [\"UpToDate\", \"Revoked\"]");
+        .replace(
+            "allowed_statuses = [\"UpToDate\"]",
+            "allowed_statuses = [\"UpToDate\", \"Revoked\"]",
+        );
     assert!(Policy::from_toml_str(&text).is_err());
 }
 
 #[test]
 fn rejected_advisory_is_named() {
-    let config = MockConfig::default().with_tcb_status(TcbStatus::SWHardeningNeeded, &["INTEL-SA-00837", "INTEL-SA-00615"]);
+    let config = MockConfig::default().with_tcb_status(
+        TcbStatus::SWHardeningNeeded,
+        &["INTEL-SA-00837", "INTEL-SA-00615"],
+    );
     let policy = mock_policy_with(
         "allowed_statuses = [\"UpToDate\"]",
         "allowed_statuses = [\"UpToDate\", \"SWHardeningNeeded\"]\nrejected_advisories = [\"intel-sa-00837\"]",
@@ -140,7 +160,9 @@ fn stale_collateral_is_rejected_naming_the_expired_item_and_accepted_in_its_own_
     let (q, c) = make(stale.clone(), &[0; 64]);
     let err = verify(&q, &c, &mock_policy(), NOW, None).unwrap_err();
     match &err {
-        VerifyError::Dcap(DcapError::CollateralExpired { item, .. }) => assert_eq!(item, "root CA CRL"),
+        VerifyError::Dcap(DcapError::CollateralExpired { item, .. }) => {
+            assert_eq!(item, "root CA CRL")
+        }
         other => panic!("expected CollateralExpired, got {other:?}"),
     }
     assert!(verify(&q, &c, &mock_policy(), stale.valid_now(), None).is_ok());
@@ -149,17 +171,22 @@ fn stale_collateral_is_rejected_naming_the_expired_item_and_accepted_in_its_own_
 #[test]
 fn debug_td_is_rejected_unless_the_policy_allows_it() {
     let err = check(MockConfig::default().debug(), &mock_policy()).unwrap_err();
-    assert!(matches!(err, VerifyError::Policy(PolicyViolation::DebugTd { .. })), "{err}");
+    assert!(
+        matches!(err, VerifyError::Policy(PolicyViolation::DebugTd { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("debug TD"));
     let text = std::fs::read_to_string(format!("{POLICIES}mock.toml"))
         .unwrap()
         .replace("allow_debug = false", "allow_debug = true")
-        .replace("attributes_mask = \"ffffffff00000000\"", "attributes_mask = \"feffffff00000000\"");
+        .replace(
+            "attributes_mask = \"ffffffff00000000\"",
+            "attributes_mask = \"feffffff00000000\"",
+        );
     let allowing_debug = Policy::from_toml_str(&text).unwrap();
     let v = check(MockConfig::default().debug(), &allowing_debug).unwrap();
     assert!(v.measurements.debug());
 }
-
 
 #[test]
 fn other_mrtd_or_rtmr_is_rejected_naming_the_register() {
@@ -184,14 +211,29 @@ fn platform_flags_and_fmspc_are_enforced() {
         ..MockConfig::default().platform
     });
     let err = check(smt.clone(), &mock_policy()).unwrap_err();
-    assert_eq!(err, VerifyError::Policy(PolicyViolation::PlatformFlagNotAllowed { flag: PlatformFlag::Smt }));
-    assert!(check(smt, &mock_policy_with("allow_smt = false", "allow_smt = true")).is_ok());
+    assert_eq!(
+        err,
+        VerifyError::Policy(PolicyViolation::PlatformFlagNotAllowed {
+            flag: PlatformFlag::Smt
+        })
+    );
+    assert!(check(
+        smt,
+        &mock_policy_with("allow_smt = false", "allow_smt = true")
+    )
+    .is_ok());
     let other_fmspc = MockConfig {
         fmspc: [1, 2, 3, 4, 5, 6],
         ..MockConfig::default()
     };
     let err = check(other_fmspc, &mock_policy()).unwrap_err();
-    assert!(matches!(err, VerifyError::Policy(PolicyViolation::FmspcNotAllowed { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::Policy(PolicyViolation::FmspcNotAllowed { .. })
+        ),
+        "{err}"
+    );
 }
 
 fn claims(peer_key: [u8; 32]) -> Claims {
@@ -217,15 +259,27 @@ fn context(peer_key: [u8; 32]) -> BindingContext {
 fn bound_quote_is_accepted_and_wrong_report_data_is_rejected() {
     let claims = claims([9; 32]);
     let ctx = context([9; 32]);
-    let binding = Some(Binding { claims: &claims, context: &ctx });
+    let binding = Some(Binding {
+        claims: &claims,
+        context: &ctx,
+    });
     let (q, c) = make(MockConfig::default(), &claims.report_data());
     let v = verify(&q, &c, &mock_policy(), NOW, binding).unwrap();
     assert_eq!(v.claims.as_ref(), Some(&claims));
     assert_eq!(v.valid_until, NOW - 5 + 600); // claims age limit comes first
 
-    let (q, c) = make(MockConfig::default().wrong_report_data(), &claims.report_data());
+    let (q, c) = make(
+        MockConfig::default().wrong_report_data(),
+        &claims.report_data(),
+    );
     let err = verify(&q, &c, &mock_policy(), NOW, binding).unwrap_err();
-    assert!(matches!(err, VerifyError::Binding(BindingError::ReportDataMismatch { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::Binding(BindingError::ReportDataMismatch { .. })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -233,17 +287,62 @@ fn quote_replayed_by_another_key_or_too_late_is_rejected() {
     let claims = claims([9; 32]);
     let (q, c) = make(MockConfig::default(), &claims.report_data());
     let thief = context([10; 32]);
-    let err = verify(&q, &c, &mock_policy(), NOW, Some(Binding { claims: &claims, context: &thief })).unwrap_err();
-    assert!(matches!(err, VerifyError::Binding(BindingError::PeerKeyMismatch { .. })), "{err}");
+    let err = verify(
+        &q,
+        &c,
+        &mock_policy(),
+        NOW,
+        Some(Binding {
+            claims: &claims,
+            context: &thief,
+        }),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Binding(BindingError::PeerKeyMismatch { .. })
+        ),
+        "{err}"
+    );
     let ctx = context([9; 32]);
-    let err = verify(&q, &c, &mock_policy(), NOW + 700, Some(Binding { claims: &claims, context: &ctx })).unwrap_err();
-    assert!(matches!(err, VerifyError::Binding(BindingError::TooOld { .. })), "{err}");
+    let err = verify(
+        &q,
+        &c,
+        &mock_policy(),
+        NOW + 700,
+        Some(Binding {
+            claims: &claims,
+            context: &ctx,
+        }),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, VerifyError::Binding(BindingError::TooOld { .. })),
+        "{err}"
+    );
     let other_net = BindingContext {
         network_id: Some("prod".to_owned()),
         ..ctx.clone()
     };
-    let err = verify(&q, &c, &mock_policy(), NOW, Some(Binding { claims: &claims, context: &other_net })).unwrap_err();
-    assert!(matches!(err, VerifyError::Binding(BindingError::NetworkMismatch { .. })), "{err}");
+    let err = verify(
+        &q,
+        &c,
+        &mock_policy(),
+        NOW,
+        Some(Binding {
+            claims: &claims,
+            context: &other_net,
+        }),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Binding(BindingError::NetworkMismatch { .. })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -258,21 +357,30 @@ fn mock_output_is_deterministic_per_seed_and_config() {
     let p1 = MockProvider::new(MockConfig::default()).unwrap();
     let p2 = MockProvider::new(MockConfig::default().revoked_pck().debug()).unwrap();
     assert_eq!(p1.root_der(), p2.root_der());
-    assert_eq!(p1.root_der(), tessera_attestation::provider::mock::mock_root_der());
+    assert_eq!(
+        p1.root_der(),
+        tessera_attestation::provider::mock::mock_root_der()
+    );
 }
 
 #[test]
 fn verification_cache_is_bounded_and_expires() {
     let claims = claims([9; 32]);
     let ctx = context([9; 32]);
-    let binding = Some(Binding { claims: &claims, context: &ctx });
+    let binding = Some(Binding {
+        claims: &claims,
+        context: &ctx,
+    });
     let (q, c) = make(MockConfig::default(), &claims.report_data());
     let policy = mock_policy();
     let v = verify(&q, &c, &policy, NOW, binding).unwrap();
     let key = VerificationCache::key(&q, &c, &policy, binding);
     // Every input is in the key.
     assert_ne!(key, VerificationCache::key(&q, &c, &policy, None));
-    assert_ne!(key, VerificationCache::key(&q, &c, &policy_file("example.toml"), binding));
+    assert_ne!(
+        key,
+        VerificationCache::key(&q, &c, &policy_file("example.toml"), binding)
+    );
     let mut cache = VerificationCache::new(2);
     assert!(cache.get(&key, NOW).is_none());
     cache.insert(key, v.clone(), NOW);

@@ -28,7 +28,10 @@ fn uptodate_quote_is_accepted_inside_its_window_by_the_example_policy() {
     assert_eq!(verified.measurements.rtmr[3], [0; 48]);
     assert_eq!(verified.measurements.mr_config_id, [0; 48]);
     assert_eq!(hex::encode(verified.measurements.xfam), "e702060000000000");
-    assert_eq!(hex::encode(verified.measurements.td_attributes), "0000001000000000");
+    assert_eq!(
+        hex::encode(verified.measurements.td_attributes),
+        "0000001000000000"
+    );
     assert_eq!(verified.platform.dynamic_platform, Some(true));
     assert_eq!(verified.valid_until, UPTODATE_WINDOW_END);
     assert_eq!(verified.version, 4);
@@ -37,8 +40,18 @@ fn uptodate_quote_is_accepted_inside_its_window_by_the_example_policy() {
 
 #[test]
 fn uptodate_quote_is_rejected_by_a_strict_policy_naming_the_platform_flag() {
-    let strict = example_policy_with("allow_dynamic_platform = true", "allow_dynamic_platform = false");
-    let err = verify(&quote("quote_uptodate"), &collateral("quote_uptodate"), &strict, UPTODATE_NOW, None).unwrap_err();
+    let strict = example_policy_with(
+        "allow_dynamic_platform = true",
+        "allow_dynamic_platform = false",
+    );
+    let err = verify(
+        &quote("quote_uptodate"),
+        &collateral("quote_uptodate"),
+        &strict,
+        UPTODATE_NOW,
+        None,
+    )
+    .unwrap_err();
     assert_eq!(
         err,
         VerifyError::Policy(PolicyViolation::PlatformFlagNotAllowed {
@@ -50,17 +63,27 @@ fn uptodate_quote_is_rejected_by_a_strict_policy_naming_the_platform_flag() {
 
 #[test]
 fn uptodate_quote_is_accepted_at_the_last_second_and_rejected_one_day_past_the_window() {
-    let (q, c, p) = (quote("quote_uptodate"), collateral("quote_uptodate"), policy_file("example.toml"));
+    let (q, c, p) = (
+        quote("quote_uptodate"),
+        collateral("quote_uptodate"),
+        policy_file("example.toml"),
+    );
     assert!(verify(&q, &c, &p, UPTODATE_WINDOW_END, None).is_ok());
     let err = verify(&q, &c, &p, UPTODATE_WINDOW_END + 86_400, None).unwrap_err();
     match &err {
-        VerifyError::Dcap(DcapError::CollateralExpired { item, expired_at, .. }) => {
+        VerifyError::Dcap(DcapError::CollateralExpired {
+            item, expired_at, ..
+        }) => {
             assert_eq!(item, "PCK CRL");
             assert_eq!(*expired_at, UPTODATE_WINDOW_END + 1);
         }
         other => panic!("expected CollateralExpired, got {other:?}"),
     }
-    assert!(err.to_string().contains("PCK CRL expired at 2025-07-19T10:00:35Z"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("PCK CRL expired at 2025-07-19T10:00:35Z"),
+        "{err}"
+    );
     // One second after the window: the same, at the boundary dcap-qvl itself uses.
     assert!(verify(&q, &c, &p, UPTODATE_WINDOW_END + 1, None).is_err());
 }
@@ -75,7 +98,13 @@ fn uptodate_quote_is_rejected_before_its_collateral_was_issued() {
         None,
     )
     .unwrap_err();
-    assert!(matches!(err, VerifyError::Dcap(DcapError::CollateralNotYetValid { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::Dcap(DcapError::CollateralNotYetValid { .. })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -88,12 +117,24 @@ fn v5_quote_with_unmatched_tcb_is_rejected_as_unappraisable() {
         "allowed_statuses = [\"UpToDate\"]",
         "allowed_statuses = [\"UpToDate\", \"OutOfDate\", \"OutOfDateConfigurationNeeded\", \"SWHardeningNeeded\", \"ConfigurationNeeded\", \"ConfigurationAndSWHardeningNeeded\", \"TDRelaunchAdvised\", \"TDRelaunchAdvisedConfigurationNeeded\"]",
     );
-    let err = verify(&q, &collateral("quote_outdated"), &lenient, OUTDATED_NOW, None).unwrap_err();
+    let err = verify(
+        &q,
+        &collateral("quote_outdated"),
+        &lenient,
+        OUTDATED_NOW,
+        None,
+    )
+    .unwrap_err();
     match &err {
-        VerifyError::Dcap(DcapError::Check { check, .. }) => assert_eq!(*check, DcapCheck::TcbUnappraisable),
+        VerifyError::Dcap(DcapError::Check { check, .. }) => {
+            assert_eq!(*check, DcapCheck::TcbUnappraisable)
+        }
         other => panic!("expected an unappraisable TCB, got {other:?}"),
     }
-    assert!(err.to_string().contains("TCB could not be appraised"), "{err}");
+    assert!(
+        err.to_string().contains("TCB could not be appraised"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -106,7 +147,10 @@ fn sgx_quote_is_rejected_as_not_a_td_quote_although_dcap_accepts_it() {
         .unwrap();
     assert_eq!(generic.status, "ConfigurationAndSWHardeningNeeded");
     let err = verify(&q, &c, &policy_file("example.toml"), UPTODATE_NOW, None).unwrap_err();
-    assert_eq!(err, VerifyError::Parse(ParseError::NotTdQuote { tee_type: 0 }));
+    assert_eq!(
+        err,
+        VerifyError::Parse(ParseError::NotTdQuote { tee_type: 0 })
+    );
     assert!(err.to_string().contains("not a TD quote"));
 }
 
@@ -115,11 +159,23 @@ fn mrtd_allow_list_accepts_the_exact_value_and_rejects_one_byte_changed() {
     let mut changed = UPTODATE_MR_TD.to_owned();
     changed.replace_range(0..2, "92");
     let policy = example_policy_with(UPTODATE_MR_TD, &changed);
-    let err = verify(&quote("quote_uptodate"), &collateral("quote_uptodate"), &policy, UPTODATE_NOW, None).unwrap_err();
+    let err = verify(
+        &quote("quote_uptodate"),
+        &collateral("quote_uptodate"),
+        &policy,
+        UPTODATE_NOW,
+        None,
+    )
+    .unwrap_err();
     match &err {
         VerifyError::Policy(PolicyViolation::NoProfileMatched { mismatches }) => {
             assert_eq!(mismatches.len(), 1);
-            assert!(mismatches[0].contains(&format!("mr_td expected {changed}, actual {UPTODATE_MR_TD}")), "{err}");
+            assert!(
+                mismatches[0].contains(&format!(
+                    "mr_td expected {changed}, actual {UPTODATE_MR_TD}"
+                )),
+                "{err}"
+            );
         }
         other => panic!("expected NoProfileMatched, got {other:?}"),
     }
@@ -128,28 +184,131 @@ fn mrtd_allow_list_accepts_the_exact_value_and_rejects_one_byte_changed() {
 #[test]
 fn attributes_xfam_fmspc_and_advisory_rules_reject_with_expected_and_actual() {
     let (q, c) = (quote("quote_uptodate"), collateral("quote_uptodate"));
-    let err = verify(&q, &c, &example_policy_with("xfam = \"e702060000000000\"", "xfam = \"e718060000000000\""), UPTODATE_NOW, None).unwrap_err();
-    assert!(matches!(&err, VerifyError::Policy(PolicyViolation::XfamMismatch { actual, .. }) if actual == "e702060000000000"), "{err}");
-    let err = verify(&q, &c, &example_policy_with("attributes = \"0000001000000000\"", "attributes = \"0000000000000000\""), UPTODATE_NOW, None).unwrap_err();
-    assert!(matches!(err, VerifyError::Policy(PolicyViolation::AttributesMismatch { .. })), "{err}");
-    let err = verify(&q, &c, &example_policy_with("allowed_fmspcs = [\"B0C06F000000\"]", "allowed_fmspcs = [\"90C06F000000\"]"), UPTODATE_NOW, None).unwrap_err();
-    assert!(matches!(err, VerifyError::Policy(PolicyViolation::FmspcNotAllowed { .. })), "{err}");
-    let err = verify(&q, &c, &example_policy_with("min_tcb_eval_data_number = 17", "min_tcb_eval_data_number = 18"), UPTODATE_NOW, None).unwrap_err();
-    assert_eq!(err, VerifyError::Policy(PolicyViolation::TcbEvalDataNumberTooLow { min: 18, actual: 17 }));
-    let err = verify(&q, &c, &example_policy_with("max_collateral_age_secs = 2592000", "max_collateral_age_secs = 86400"), UPTODATE_NOW, None).unwrap_err();
-    assert!(matches!(err, VerifyError::Policy(PolicyViolation::CollateralTooOld { max_secs: 86_400, .. })), "{err}");
+    let err = verify(
+        &q,
+        &c,
+        &example_policy_with("xfam = \"e702060000000000\"", "xfam = \"e718060000000000\""),
+        UPTODATE_NOW,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::Policy(PolicyViolation::XfamMismatch { actual, .. }) if actual == "e702060000000000"),
+        "{err}"
+    );
+    let err = verify(
+        &q,
+        &c,
+        &example_policy_with(
+            "attributes = \"0000001000000000\"",
+            "attributes = \"0000000000000000\"",
+        ),
+        UPTODATE_NOW,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Policy(PolicyViolation::AttributesMismatch { .. })
+        ),
+        "{err}"
+    );
+    let err = verify(
+        &q,
+        &c,
+        &example_policy_with(
+            "allowed_fmspcs = [\"B0C06F000000\"]",
+            "allowed_fmspcs = [\"90C06F000000\"]",
+        ),
+        UPTODATE_NOW,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Policy(PolicyViolation::FmspcNotAllowed { .. })
+        ),
+        "{err}"
+    );
+    let err = verify(
+        &q,
+        &c,
+        &example_policy_with(
+            "min_tcb_eval_data_number = 17",
+            "min_tcb_eval_data_number = 18",
+        ),
+        UPTODATE_NOW,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Policy(PolicyViolation::TcbEvalDataNumberTooLow {
+            min: 18,
+            actual: 17
+        })
+    );
+    let err = verify(
+        &q,
+        &c,
+        &example_policy_with(
+            "max_collateral_age_secs = 2592000",
+            "max_collateral_age_secs = 86400",
+        ),
+        UPTODATE_NOW,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Policy(PolicyViolation::CollateralTooOld {
+                max_secs: 86_400,
+                ..
+            })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn appraisal_lists_every_check_and_all_policy_failures() {
     let policy = example_policy_with("allow_smt = true", "allow_smt = false");
-    let a = appraise(&quote("quote_uptodate"), &collateral("quote_uptodate"), &policy, UPTODATE_NOW, None);
+    let a = appraise(
+        &quote("quote_uptodate"),
+        &collateral("quote_uptodate"),
+        &policy,
+        UPTODATE_NOW,
+        None,
+    );
     let names: Vec<&str> = a.checks.iter().map(|c| c.name).collect();
-    for expected in ["parse", "collateral_validity", "dcap", "tcb_status", "advisories", "platform_flags", "fmspc", "debug", "td_attributes", "xfam", "measurements", "binding"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    for expected in [
+        "parse",
+        "collateral_validity",
+        "dcap",
+        "tcb_status",
+        "advisories",
+        "platform_flags",
+        "fmspc",
+        "debug",
+        "td_attributes",
+        "xfam",
+        "measurements",
+        "binding",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     let failed: Vec<&str> = a.checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
     assert_eq!(failed, ["platform_flags"]);
+    assert_eq!(
+        a.outcome.as_ref().unwrap_err().check_name(),
+        "platform_flags"
+    );
     assert!(!a.accepted());
 }
 
@@ -164,7 +323,9 @@ fn every_sampled_byte_flip_in_the_signed_region_is_rejected() {
     let signed_len = parse_quote(&original).unwrap().signed_len;
     assert_eq!(signed_len, 48 + 584);
     // The quote signature (first 64 bytes after the 4-byte auth data length) too.
-    let positions = (0..signed_len).step_by(7).chain((signed_len + 4..signed_len + 68).step_by(7));
+    let positions = (0..signed_len)
+        .step_by(7)
+        .chain((signed_len + 4..signed_len + 68).step_by(7));
     let mut tried = 0;
     for i in positions {
         let mut q = original.clone();
@@ -188,20 +349,32 @@ fn every_truncation_is_an_error_and_never_a_panic() {
     assert_eq!(structure_len, 4936);
     assert!(original[structure_len..].iter().all(|b| *b == 0));
     for len in 0..structure_len {
-        assert!(verify(&original[..len], &c, &p, UPTODATE_NOW, None).is_err(), "truncated to {len} accepted");
+        assert!(
+            verify(&original[..len], &c, &p, UPTODATE_NOW, None).is_err(),
+            "truncated to {len} accepted"
+        );
     }
     // Twin: cutting only padding leaves the same, valid quote.
     for len in structure_len..=original.len() {
-        assert!(verify(&original[..len], &c, &p, UPTODATE_NOW, None).is_ok(), "padding cut to {len} rejected");
+        assert!(
+            verify(&original[..len], &c, &p, UPTODATE_NOW, None).is_ok(),
+            "padding cut to {len} rejected"
+        );
     }
     // Non-zero bytes after the structure are refused.
     let mut trailing = original.clone();
     trailing[structure_len + 3] = 1;
-    assert!(matches!(parse_quote(&trailing), Err(ParseError::TrailingBytes { offset: 4936, .. })));
+    assert!(matches!(
+        parse_quote(&trailing),
+        Err(ParseError::TrailingBytes { offset: 4936, .. })
+    ));
     let v5 = quote("quote_outdated");
     let v5_len = parse_quote(&v5).unwrap().len;
     for len in 0..v5_len {
-        assert!(parse_quote(&v5[..len]).is_err(), "v5 truncated to {len} parsed");
+        assert!(
+            parse_quote(&v5[..len]).is_err(),
+            "v5 truncated to {len} parsed"
+        );
     }
 }
 
@@ -210,16 +383,37 @@ fn tampered_collateral_is_rejected() {
     let q = quote("quote_uptodate");
     let p = policy_file("example.toml");
     let mut c = collateral("quote_uptodate");
-    let tcb = c.as_dcap().tcb_info.replace("\"tcbEvaluationDataNumber\":17", "\"tcbEvaluationDataNumber\":18");
+    let tcb = c.as_dcap().tcb_info.replace(
+        "\"tcbEvaluationDataNumber\":17",
+        "\"tcbEvaluationDataNumber\":18",
+    );
     assert_ne!(tcb, c.as_dcap().tcb_info);
     c.as_dcap_mut().tcb_info = tcb;
     let err = verify(&q, &c, &p, UPTODATE_NOW, None).unwrap_err();
-    assert!(matches!(err, VerifyError::Dcap(DcapError::Check { check: DcapCheck::TcbInfo, .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::Dcap(DcapError::Check {
+                check: DcapCheck::TcbInfo,
+                ..
+            })
+        ),
+        "{err}"
+    );
 
     let mut c = collateral("quote_uptodate");
     c.as_dcap_mut().qe_identity_signature[5] ^= 0x40;
     let err = verify(&q, &c, &p, UPTODATE_NOW, None).unwrap_err();
-    assert!(matches!(err, VerifyError::Dcap(DcapError::Check { check: DcapCheck::QeIdentity, .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            VerifyError::Dcap(DcapError::Check {
+                check: DcapCheck::QeIdentity,
+                ..
+            })
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -30,9 +30,9 @@ const SMALL_FILE_LEN_MAX: u64 = 256 * 1024;
 #[derive(Subcommand, Debug)]
 pub enum AttestCommand {
     /// Produce a TDX quote over 64 bytes of report data (in a TD, or with the mock provider).
-    Quote(QuoteArgs),
+    Quote(Box<QuoteArgs>),
     /// Verify a quote with its collateral against a policy, listing every check.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
     /// Check a policy file or derive one from a quote.
     Policy {
         #[command(subcommand)]
@@ -184,7 +184,8 @@ fn wall_clock() -> Result<u64> {
 
 fn read_limited(path: &Path, len_max: u64, what: &str) -> Result<Vec<u8>> {
     use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(len_max + 1)
         .read_to_end(&mut bytes)
@@ -204,7 +205,8 @@ fn hex_array<const N: usize>(what: &str, s: &str) -> Result<[u8; N]> {
 
 fn load_policy(path: &Path) -> Result<Policy> {
     let bytes = read_limited(path, SMALL_FILE_LEN_MAX, "policy")?;
-    let text = String::from_utf8(bytes).with_context(|| format!("policy {} is not UTF-8", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("policy {} is not UTF-8", path.display()))?;
     Policy::from_toml_str(&text).with_context(|| format!("policy {}", path.display()))
 }
 
@@ -233,7 +235,11 @@ fn run_quote(args: &QuoteArgs) -> Result<()> {
                 .quote(&report_data)
                 .map_err(|e| ProviderFailed(e.to_string()))?;
             write(&args.out, quote.as_bytes(), "quote")?;
-            eprintln!("tessera quote: wrote {} ({} bytes, TDX via configfs-tsm)", args.out.display(), quote.as_bytes().len());
+            eprintln!(
+                "tessera quote: wrote {} ({} bytes, TDX via configfs-tsm)",
+                args.out.display(),
+                quote.as_bytes().len()
+            );
         }
         ProviderArg::Mock => {
             let mut config = MockConfig {
@@ -246,9 +252,14 @@ fn run_quote(args: &QuoteArgs) -> Result<()> {
             if let Some(h) = &args.mock_mrtd {
                 config.mr_td = hex_array("--mock-mrtd", h)?;
             }
-            for (i, value) in [&args.mock_rtmr0, &args.mock_rtmr1, &args.mock_rtmr2, &args.mock_rtmr3]
-                .into_iter()
-                .enumerate()
+            for (i, value) in [
+                &args.mock_rtmr0,
+                &args.mock_rtmr1,
+                &args.mock_rtmr2,
+                &args.mock_rtmr3,
+            ]
+            .into_iter()
+            .enumerate()
             {
                 if let Some(h) = value {
                     config.rtmr[i] = hex_array(&format!("--mock-rtmr{i}"), h)?;
@@ -267,10 +278,14 @@ fn run_quote(args: &QuoteArgs) -> Result<()> {
             config.revoke_pck = args.mock_revoked_pck;
             config.corrupt_signature = args.mock_corrupt_signature;
             let provider = MockProvider::new(config).map_err(|e| ProviderFailed(e.to_string()))?;
-            let quote = provider.quote(&report_data).map_err(|e| ProviderFailed(e.to_string()))?;
+            let quote = provider
+                .quote(&report_data)
+                .map_err(|e| ProviderFailed(e.to_string()))?;
             write(&args.out, quote.as_bytes(), "quote")?;
             if let Some(path) = &args.collateral_out {
-                let collateral = provider.collateral().map_err(|e| ProviderFailed(e.to_string()))?;
+                let collateral = provider
+                    .collateral()
+                    .map_err(|e| ProviderFailed(e.to_string()))?;
                 write(path, collateral.to_json().as_bytes(), "collateral")?;
             }
             eprintln!(
@@ -289,8 +304,13 @@ fn write(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
 
 fn run_verify(args: &VerifyArgs) -> Result<u8> {
     let quote = read_limited(&args.quote, QUOTE_LEN_MAX as u64, "quote")?;
-    let collateral_bytes = read_limited(&args.collateral, COLLATERAL_JSON_LEN_MAX as u64, "collateral")?;
-    let collateral = Collateral::from_json(&collateral_bytes).with_context(|| format!("collateral {}", args.collateral.display()))?;
+    let collateral_bytes = read_limited(
+        &args.collateral,
+        COLLATERAL_JSON_LEN_MAX as u64,
+        "collateral",
+    )?;
+    let collateral = Collateral::from_json(&collateral_bytes)
+        .with_context(|| format!("collateral {}", args.collateral.display()))?;
     let policy = load_policy(&args.policy)?;
     let now = match args.now {
         Some(t) => t,
@@ -310,10 +330,15 @@ fn run_verify(args: &VerifyArgs) -> Result<u8> {
         (None, None) => None,
         _ => bail!("--claims and --peer-key go together"),
     };
-    let binding = binding_inputs.as_ref().map(|(claims, context)| Binding { claims, context });
+    let binding = binding_inputs
+        .as_ref()
+        .map(|(claims, context)| Binding { claims, context });
     let appraisal = appraise(&quote, &collateral, &policy, now, binding);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&appraisal, &policy, now))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(&appraisal, &policy, now))?
+        );
     } else {
         print_report(&appraisal, &policy, now, &args.quote);
     }
@@ -365,17 +390,35 @@ fn report_json(a: &Appraisal, policy: &Policy, now: u64) -> serde_json::Value {
 
 fn print_report(a: &Appraisal, policy: &Policy, now: u64, quote_path: &Path) {
     println!("quote   {}", quote_path.display());
-    println!("policy  {} v{} (trust root {}, digest {})", policy.name, policy.version, policy.trust_root, policy.digest_hex());
+    println!(
+        "policy  {} v{} (trust root {}, digest {})",
+        policy.name,
+        policy.version,
+        policy.trust_root,
+        policy.digest_hex()
+    );
     println!("now     {} ({now})", format_unix(now));
     if let Some(p) = &a.parsed {
         println!("mr_td   {}", hex::encode(p.measurements.mr_td));
     }
     println!();
     for check in &a.checks {
-        println!("[{}] {:<22} {}", if check.ok { " ok " } else { "FAIL" }, check.name, check.detail);
+        println!(
+            "[{}] {:<22} {}",
+            if check.ok { " ok " } else { "FAIL" },
+            check.name,
+            check.detail
+        );
     }
     if a.dcap.is_none() {
-        println!("       (policy and binding checks not run: the quote did not pass {})", if a.parsed.is_none() { "parsing" } else { "DCAP verification" });
+        println!(
+            "       (policy and binding checks not run: the quote did not pass {})",
+            if a.parsed.is_none() {
+                "parsing"
+            } else {
+                "DCAP verification"
+            }
+        );
     }
     println!();
     match &a.outcome {
@@ -391,7 +434,8 @@ fn print_report(a: &Appraisal, policy: &Policy, now: u64, quote_path: &Path) {
 
 fn run_policy_check(file: &Path) -> Result<u8> {
     let bytes = read_limited(file, SMALL_FILE_LEN_MAX, "policy")?;
-    let text = String::from_utf8(bytes).with_context(|| format!("policy {} is not UTF-8", file.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("policy {} is not UTF-8", file.display()))?;
     match Policy::from_toml_str(&text) {
         Ok(policy) => {
             println!(
@@ -414,7 +458,10 @@ fn run_policy_check(file: &Path) -> Result<u8> {
 fn run_from_quote(path: &Path, name: &str) -> Result<()> {
     let bytes = read_limited(path, QUOTE_LEN_MAX as u64, "quote")?;
     let parsed = parse_quote(&bytes).with_context(|| format!("quote {}", path.display()))?;
-    let mock = parsed.pck_chain_der().last().is_some_and(|root| root.as_slice() == mock_root_der());
+    let mock = parsed
+        .pck_chain_der()
+        .last()
+        .is_some_and(|root| root.as_slice() == mock_root_der());
     let m = &parsed.measurements;
     let label = format!("{} (measured from {})", name, path.display());
     let mut out = String::new();
@@ -427,7 +474,11 @@ fn run_from_quote(path: &Path, name: &str) -> Result<()> {
     out.push_str(&format!(
         "trust_root = \"{}\"{}\n\n",
         if mock { "mock" } else { "intel" },
-        if mock { "   # the quote chains to the mock test root" } else { "" }
+        if mock {
+            "   # the quote chains to the mock test root"
+        } else {
+            ""
+        }
     ));
     out.push_str("[tcb]\nallowed_statuses = [\"UpToDate\"]\n\n");
     out.push_str(&format!(
@@ -435,7 +486,10 @@ fn run_from_quote(path: &Path, name: &str) -> Result<()> {
         hex::encode(m.td_attributes),
         hex::encode(m.xfam)
     ));
-    out.push_str(&format!("[[td.profiles]]\nlabel = {}\n", toml_string(&label)));
+    out.push_str(&format!(
+        "[[td.profiles]]\nlabel = {}\n",
+        toml_string(&label)
+    ));
     out.push_str(&format!("mr_td = \"{}\"\n", hex::encode(m.mr_td)));
     for (i, r) in m.rtmr.iter().enumerate() {
         out.push_str(&format!("rtmr{i} = \"{}\"\n", hex::encode(r)));

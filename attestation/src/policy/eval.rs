@@ -33,7 +33,9 @@ pub enum PolicyViolation {
         actual: u32,
     },
     /// A platform flag is set that the policy does not allow.
-    #[error("platform flag {flag} is set, but the policy does not allow it (allow_{flag} = false)")]
+    #[error(
+        "platform flag {flag} is set, but the policy does not allow it (allow_{flag} = false)"
+    )]
     PlatformFlagNotAllowed {
         /// The flag.
         flag: PlatformFlag,
@@ -104,22 +106,55 @@ pub enum PolicyViolation {
     },
 }
 
+impl PolicyViolation {
+    /// The name of the check that failed (as in the appraisal's check list).
+    pub fn check_name(&self) -> &'static str {
+        match self {
+            PolicyViolation::TcbStatusNotAllowed { .. } => "tcb_status",
+            PolicyViolation::AdvisoryRejected { .. } => "advisories",
+            PolicyViolation::TcbEvalDataNumberTooLow { .. } => "tcb_eval_data_number",
+            PolicyViolation::PlatformFlagNotAllowed { .. } => "platform_flags",
+            PolicyViolation::FmspcNotAllowed { .. } => "fmspc",
+            PolicyViolation::CollateralTooOld { .. } => "collateral_age",
+            PolicyViolation::DebugTd { .. } => "debug",
+            PolicyViolation::AttributesMismatch { .. } => "td_attributes",
+            PolicyViolation::XfamMismatch { .. } => "xfam",
+            PolicyViolation::MrSeamNotAllowed { .. } => "mr_seam",
+            PolicyViolation::TeeTcbSvnTooLow { .. } => "tee_tcb_svn",
+            PolicyViolation::NoProfileMatched { .. } => "measurements",
+        }
+    }
+}
+
 fn join(statuses: &[TcbStatus]) -> String {
-    statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    statuses
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One policy check: its name and either a pass detail or the violation.
 pub type PolicyCheck = (&'static str, Result<String, PolicyViolation>);
 
 /// Runs every policy check on a verified quote, in DESIGN §4.2 order.
-pub fn evaluate(policy: &Policy, quote: &ParsedQuote, dcap: &DcapVerified, now: u64) -> Vec<PolicyCheck> {
+pub fn evaluate(
+    policy: &Policy,
+    quote: &ParsedQuote,
+    dcap: &DcapVerified,
+    now: u64,
+) -> Vec<PolicyCheck> {
     let tcb = &policy.tcb;
     let mut checks: Vec<PolicyCheck> = Vec::with_capacity(12);
 
     checks.push((
         "tcb_status",
         if tcb.allowed_statuses.contains(&dcap.tcb_status) {
-            Ok(format!("{} (allowed: {})", dcap.tcb_status, join(&tcb.allowed_statuses)))
+            Ok(format!(
+                "{} (allowed: {})",
+                dcap.tcb_status,
+                join(&tcb.allowed_statuses)
+            ))
         } else {
             Err(PolicyViolation::TcbStatusNotAllowed {
                 status: dcap.tcb_status,
@@ -131,7 +166,11 @@ pub fn evaluate(policy: &Policy, quote: &ParsedQuote, dcap: &DcapVerified, now: 
     let rejected: Vec<String> = dcap
         .advisory_ids
         .iter()
-        .filter(|id| tcb.rejected_advisories.iter().any(|r| r.eq_ignore_ascii_case(id)))
+        .filter(|id| {
+            tcb.rejected_advisories
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(id))
+        })
         .cloned()
         .collect();
     checks.push((
@@ -140,7 +179,10 @@ pub fn evaluate(policy: &Policy, quote: &ParsedQuote, dcap: &DcapVerified, now: 
             Ok(if dcap.advisory_ids.is_empty() {
                 "no advisories".to_owned()
             } else {
-                format!("{} (none rejected by the policy)", dcap.advisory_ids.join(", "))
+                format!(
+                    "{} (none rejected by the policy)",
+                    dcap.advisory_ids.join(", ")
+                )
             })
         } else {
             Err(PolicyViolation::AdvisoryRejected { ids: rejected })
@@ -150,10 +192,12 @@ pub fn evaluate(policy: &Policy, quote: &ParsedQuote, dcap: &DcapVerified, now: 
     checks.push((
         "tcb_eval_data_number",
         match tcb.min_tcb_eval_data_number {
-            Some(min) if dcap.tcb_eval_data_number < min => Err(PolicyViolation::TcbEvalDataNumberTooLow {
-                min,
-                actual: dcap.tcb_eval_data_number,
-            }),
+            Some(min) if dcap.tcb_eval_data_number < min => {
+                Err(PolicyViolation::TcbEvalDataNumberTooLow {
+                    min,
+                    actual: dcap.tcb_eval_data_number,
+                })
+            }
             Some(min) => Ok(format!("{} (min {min})", dcap.tcb_eval_data_number)),
             None => Ok(format!("{} (no minimum)", dcap.tcb_eval_data_number)),
         },
@@ -189,7 +233,11 @@ pub fn evaluate(policy: &Policy, quote: &ParsedQuote, dcap: &DcapVerified, now: 
         } else {
             Err(PolicyViolation::FmspcNotAllowed {
                 actual: fmspc,
-                allowed: tcb.allowed_fmspcs.iter().map(|f| hex::encode_upper(f.0)).collect(),
+                allowed: tcb
+                    .allowed_fmspcs
+                    .iter()
+                    .map(|f| hex::encode_upper(f.0))
+                    .collect(),
             })
         },
     ));
@@ -198,7 +246,9 @@ pub fn evaluate(policy: &Policy, quote: &ParsedQuote, dcap: &DcapVerified, now: 
     checks.push((
         "collateral_age",
         match tcb.max_collateral_age_secs {
-            Some(max_secs) if age_secs > max_secs => Err(PolicyViolation::CollateralTooOld { age_secs, max_secs }),
+            Some(max_secs) if age_secs > max_secs => {
+                Err(PolicyViolation::CollateralTooOld { age_secs, max_secs })
+            }
             Some(max_secs) => Ok(format!("{age_secs} s (max {max_secs} s)")),
             None => Ok(format!("{age_secs} s (no maximum)")),
         },
@@ -219,13 +269,29 @@ pub fn evaluate(policy: &Policy, quote: &ParsedQuote, dcap: &DcapVerified, now: 
 
     checks.push((
         "td_attributes",
-        masked("attributes", &m.td_attributes, td.attributes.as_ref(), td.attributes_mask.as_ref())
-            .map_err(|(expected, mask, actual)| PolicyViolation::AttributesMismatch { expected, mask, actual }),
+        masked(
+            "attributes",
+            &m.td_attributes,
+            td.attributes.as_ref(),
+            td.attributes_mask.as_ref(),
+        )
+        .map_err(
+            |(expected, mask, actual)| PolicyViolation::AttributesMismatch {
+                expected,
+                mask,
+                actual,
+            },
+        ),
     ));
     checks.push((
         "xfam",
-        masked("xfam", &m.xfam, td.xfam.as_ref(), td.xfam_mask.as_ref())
-            .map_err(|(expected, mask, actual)| PolicyViolation::XfamMismatch { expected, mask, actual }),
+        masked("xfam", &m.xfam, td.xfam.as_ref(), td.xfam_mask.as_ref()).map_err(
+            |(expected, mask, actual)| PolicyViolation::XfamMismatch {
+                expected,
+                mask,
+                actual,
+            },
+        ),
     ));
 
     checks.push((
@@ -245,7 +311,12 @@ pub fn evaluate(policy: &Policy, quote: &ParsedQuote, dcap: &DcapVerified, now: 
         "tee_tcb_svn",
         match &td.min_tee_tcb_svn {
             None => Ok(format!("{} (no minimum)", hex::encode(m.tee_tcb_svn))),
-            Some(min) => match min.0.iter().zip(m.tee_tcb_svn.iter()).position(|(lo, v)| v < lo) {
+            Some(min) => match min
+                .0
+                .iter()
+                .zip(m.tee_tcb_svn.iter())
+                .position(|(lo, v)| v < lo)
+            {
                 Some(index) => Err(PolicyViolation::TeeTcbSvnTooLow {
                     min: min.to_string(),
                     actual: hex::encode(m.tee_tcb_svn),
@@ -282,7 +353,11 @@ fn masked(
     let mask = mask.map(|m| m.0).unwrap_or([0xff; 8]);
     let ok = (0..8).all(|i| actual[i] & mask[i] == expected.0[i] & mask[i]);
     if ok {
-        Ok(format!("{what} {} matches {expected} under mask {}", hex::encode(actual), hex::encode(mask)))
+        Ok(format!(
+            "{what} {} matches {expected} under mask {}",
+            hex::encode(actual),
+            hex::encode(mask)
+        ))
     } else {
         Err((expected.to_string(), hex::encode(mask), hex::encode(actual)))
     }
@@ -302,18 +377,16 @@ fn match_profiles(policy: &Policy, quote: &ParsedQuote) -> Result<String, Policy
     ];
     let mut mismatches = Vec::new();
     for profile in &policy.td.profiles {
-        let first_mismatch = profile
-            .fields()
-            .iter()
-            .zip(actual.iter())
-            .find_map(|((name, expected), (_, value))| match expected {
+        let first_mismatch = profile.fields().iter().zip(actual.iter()).find_map(
+            |((name, expected), (_, value))| match expected {
                 Some(e) if e.0 != **value => Some(format!(
                     "profile {:?}: {name} expected {e}, actual {}",
                     profile.label,
                     hex::encode(value)
                 )),
                 _ => None,
-            });
+            },
+        );
         match first_mismatch {
             None => {
                 let pinned: Vec<&str> = profile
@@ -322,7 +395,11 @@ fn match_profiles(policy: &Policy, quote: &ParsedQuote) -> Result<String, Policy
                     .filter(|(_, v)| v.is_some())
                     .map(|(n, _)| *n)
                     .collect();
-                return Ok(format!("profile {:?} matches ({})", profile.label, pinned.join(", ")));
+                return Ok(format!(
+                    "profile {:?} matches ({})",
+                    profile.label,
+                    pinned.join(", ")
+                ));
             }
             Some(mismatch) => mismatches.push(mismatch),
         }

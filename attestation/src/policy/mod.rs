@@ -243,9 +243,13 @@ impl Policy {
     /// Parses, validates and normalizes a policy file.
     pub fn from_toml_str(text: &str) -> Result<Policy, PolicyError> {
         if text.len() > POLICY_LEN_MAX {
-            return Err(invalid("(file)", format!("{} bytes, at most {POLICY_LEN_MAX}", text.len())));
+            return Err(invalid(
+                "(file)",
+                format!("{} bytes, at most {POLICY_LEN_MAX}", text.len()),
+            ));
         }
-        let policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let policy: Policy =
+            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
         policy.validate()?;
         Ok(policy.normalized())
     }
@@ -253,14 +257,23 @@ impl Policy {
     /// Checks the rules that the schema alone cannot express.
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.name.trim().is_empty() || self.name.len() > LABEL_LEN_MAX {
-            return Err(invalid("name", format!("must be 1..={LABEL_LEN_MAX} bytes")));
+            return Err(invalid(
+                "name",
+                format!("must be 1..={LABEL_LEN_MAX} bytes"),
+            ));
         }
         let tcb = &self.tcb;
         if tcb.allowed_statuses.is_empty() {
-            return Err(invalid("tcb.allowed_statuses", "must list at least one status"));
+            return Err(invalid(
+                "tcb.allowed_statuses",
+                "must list at least one status",
+            ));
         }
         if tcb.allowed_statuses.contains(&TcbStatus::Revoked) {
-            return Err(invalid("tcb.allowed_statuses", "Revoked is never acceptable"));
+            return Err(invalid(
+                "tcb.allowed_statuses",
+                "Revoked is never acceptable",
+            ));
         }
         for (field, len) in [
             ("tcb.rejected_advisories", tcb.rejected_advisories.len()),
@@ -268,7 +281,10 @@ impl Policy {
             ("td.mr_seam", self.td.mr_seam.len()),
         ] {
             if len > LIST_LEN_MAX {
-                return Err(invalid(field, format!("{len} entries, at most {LIST_LEN_MAX}")));
+                return Err(invalid(
+                    field,
+                    format!("{len} entries, at most {LIST_LEN_MAX}"),
+                ));
             }
         }
         if tcb.rejected_advisories.iter().any(|a| a.trim().is_empty()) {
@@ -282,14 +298,23 @@ impl Policy {
             return Err(invalid("td.xfam_mask", "given without td.xfam"));
         }
         if td.profiles.is_empty() {
-            return Err(invalid("td.profiles", "at least one [[td.profiles]] entry is required"));
+            return Err(invalid(
+                "td.profiles",
+                "at least one [[td.profiles]] entry is required",
+            ));
         }
         if td.profiles.len() > PROFILES_MAX {
-            return Err(invalid("td.profiles", format!("{} entries, at most {PROFILES_MAX}", td.profiles.len())));
+            return Err(invalid(
+                "td.profiles",
+                format!("{} entries, at most {PROFILES_MAX}", td.profiles.len()),
+            ));
         }
         for (i, profile) in td.profiles.iter().enumerate() {
             if profile.label.len() > LABEL_LEN_MAX {
-                return Err(invalid(format!("td.profiles[{i}].label"), format!("at most {LABEL_LEN_MAX} bytes")));
+                return Err(invalid(
+                    format!("td.profiles[{i}].label"),
+                    format!("at most {LABEL_LEN_MAX} bytes"),
+                ));
             }
             if profile.fields().iter().all(|(_, v)| v.is_none()) {
                 return Err(invalid(
@@ -300,7 +325,10 @@ impl Policy {
         }
         let age = self.binding.max_quote_age_secs;
         if age == 0 || age > QUOTE_AGE_SECS_MAX {
-            return Err(invalid("binding.max_quote_age_secs", format!("must be 1..={QUOTE_AGE_SECS_MAX}")));
+            return Err(invalid(
+                "binding.max_quote_age_secs",
+                format!("must be 1..={QUOTE_AGE_SECS_MAX}"),
+            ));
         }
         Ok(())
     }

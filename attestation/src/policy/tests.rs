@@ -11,7 +11,11 @@ mr_td = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6
 "#;
 
 fn example() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/example.toml")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policies/example.toml"
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -19,8 +23,15 @@ fn shipped_policies_parse() {
     let p = Policy::from_toml_str(&example()).unwrap();
     assert_eq!(p.trust_root, TrustRoot::Intel);
     assert_eq!(p.td.profiles.len(), 1);
-    let mock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/mock.toml")).unwrap();
-    assert_eq!(Policy::from_toml_str(&mock).unwrap().trust_root, TrustRoot::Mock);
+    let mock = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policies/mock.toml"
+    ))
+    .unwrap();
+    assert_eq!(
+        Policy::from_toml_str(&mock).unwrap().trust_root,
+        TrustRoot::Mock
+    );
 }
 
 #[test]
@@ -40,7 +51,10 @@ fn unknown_keys_are_errors_at_every_level() {
         ("label = \"a\"", "label = \"a\"\nrtmr4 = \"00\""),
     ] {
         let err = Policy::from_toml_str(&MINIMAL.replace(from, to)).unwrap_err();
-        assert!(matches!(err, PolicyError::Syntax(ref m) if m.contains("unknown field")), "{err}");
+        assert!(
+            matches!(err, PolicyError::Syntax(ref m) if m.contains("unknown field")),
+            "{err}"
+        );
     }
     // The twin: a known optional key is fine.
     assert!(Policy::from_toml_str(&MINIMAL.replace("[td]", "[td]\nallow_debug = false")).is_ok());
@@ -50,28 +64,71 @@ fn unknown_keys_are_errors_at_every_level() {
 fn hex_lengths_are_checked() {
     let short = MINIMAL.replace("b7\"", "\"");
     let err = Policy::from_toml_str(&short).unwrap_err();
-    assert!(err.to_string().contains("expected 48 bytes (96 hex digits)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected 48 bytes (96 hex digits)"),
+        "{err}"
+    );
     let not_hex = MINIMAL.replace("91eb", "91zz");
     assert!(Policy::from_toml_str(&not_hex).is_err());
     let bad_attr = MINIMAL.replace("[td]", "[td]\nattributes = \"00000010\"");
-    assert!(Policy::from_toml_str(&bad_attr).unwrap_err().to_string().contains("expected 8 bytes"));
+    assert!(Policy::from_toml_str(&bad_attr)
+        .unwrap_err()
+        .to_string()
+        .contains("expected 8 bytes"));
     // Upper case is accepted and normalized.
     let upper = MINIMAL.replace("91eb2b44", "91EB2B44");
-    assert_eq!(Policy::from_toml_str(&upper).unwrap().digest(), Policy::from_toml_str(MINIMAL).unwrap().digest());
+    assert_eq!(
+        Policy::from_toml_str(&upper).unwrap().digest(),
+        Policy::from_toml_str(MINIMAL).unwrap().digest()
+    );
 }
 
 #[test]
 fn rules_beyond_the_schema() {
     let cases = [
-        (MINIMAL.replace("trust_root = \"intel\"", "trust_root = \"intel\"\n[tcb]\nallowed_statuses = [\"Revoked\"]"), "Revoked"),
-        (MINIMAL.replace("trust_root = \"intel\"", "trust_root = \"intel\"\n[tcb]\nallowed_statuses = []"), "at least one"),
-        (MINIMAL.replace("[td]", "[td]\nattributes_mask = \"ffffffff00000000\""), "without td.attributes"),
-        (MINIMAL.replace("mr_td = ", "# mr_td = "), "pins no measurement"),
-        (MINIMAL.split("[[td.profiles]]").next().unwrap().to_owned(), "at least one [[td.profiles]]"),
-        (format!("{MINIMAL}\n[binding]\nmax_quote_age_secs = 0\n"), "max_quote_age_secs"),
+        (
+            MINIMAL.replace(
+                "trust_root = \"intel\"",
+                "trust_root = \"intel\"\n[tcb]\nallowed_statuses = [\"Revoked\"]",
+            ),
+            "Revoked",
+        ),
+        (
+            MINIMAL.replace(
+                "trust_root = \"intel\"",
+                "trust_root = \"intel\"\n[tcb]\nallowed_statuses = []",
+            ),
+            "at least one",
+        ),
+        (
+            MINIMAL.replace("[td]", "[td]\nattributes_mask = \"ffffffff00000000\""),
+            "without td.attributes",
+        ),
+        (
+            MINIMAL.replace("mr_td = ", "# mr_td = "),
+            "pins no measurement",
+        ),
+        (
+            MINIMAL.split("[[td.profiles]]").next().unwrap().to_owned(),
+            "at least one [[td.profiles]]",
+        ),
+        (
+            format!("{MINIMAL}\n[binding]\nmax_quote_age_secs = 0\n"),
+            "max_quote_age_secs",
+        ),
         (MINIMAL.replace("name = \"p\"", "name = \"\""), "name"),
-        (MINIMAL.replace("trust_root = \"intel\"", "trust_root = \"amd\""), "unknown variant"),
-        (MINIMAL.replace("trust_root = \"intel\"", "trust_root = \"intel\"\n[tcb]\nallowed_statuses = [\"Fine\"]"), "unknown variant"),
+        (
+            MINIMAL.replace("trust_root = \"intel\"", "trust_root = \"amd\""),
+            "unknown variant",
+        ),
+        (
+            MINIMAL.replace(
+                "trust_root = \"intel\"",
+                "trust_root = \"intel\"\n[tcb]\nallowed_statuses = [\"Fine\"]",
+            ),
+            "unknown variant",
+        ),
     ];
     for (text, needle) in cases {
         let err = Policy::from_toml_str(&text).unwrap_err();
@@ -131,7 +188,9 @@ fn digest_changes_with_anything_that_decides_acceptance() {
     ] {
         let text = example();
         assert!(text.contains(from), "{from}");
-        let changed = Policy::from_toml_str(&text.replacen(from, to, 1)).unwrap().digest();
+        let changed = Policy::from_toml_str(&text.replacen(from, to, 1))
+            .unwrap()
+            .digest();
         assert_ne!(changed, base, "{from} -> {to}");
     }
 }

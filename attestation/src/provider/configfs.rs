@@ -57,10 +57,13 @@ impl ConfigfsTsmProvider {
     /// Whether this machine can produce TDX quotes: the report directory exists and a
     /// fresh entry's `provider` reads `tdx_guest`. Creates and removes one entry.
     pub fn detect(&self) -> Result<(), ProviderError> {
-        self.with_entry(|entry| check_provider(entry))
+        self.with_entry(check_provider)
     }
 
-    fn with_entry<T>(&self, f: impl FnOnce(&Path) -> Result<T, ProviderError>) -> Result<T, ProviderError> {
+    fn with_entry<T>(
+        &self,
+        f: impl FnOnce(&Path) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
         if !self.root.is_dir() {
             return Err(ProviderError::TsmUnavailable {
                 path: self.root.clone(),
@@ -210,7 +213,10 @@ mod tests {
     }
 
     fn entries(root: &Path) -> Vec<PathBuf> {
-        fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).collect()
+        fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
     }
 
     /// Imitates a configfs report entry: attribute files the kernel would create.
@@ -239,7 +245,11 @@ mod tests {
         let provider = ConfigfsTsmProvider::with_root(&tmp.0);
         let err = provider.quote(&[1; 64]).unwrap_err();
         assert!(matches!(err, ProviderError::Io { op: "read", .. }), "{err}");
-        assert!(entries(&tmp.0).is_empty(), "entry left behind: {:?}", entries(&tmp.0));
+        assert!(
+            entries(&tmp.0).is_empty(),
+            "entry left behind: {:?}",
+            entries(&tmp.0)
+        );
         // Twice: fresh entries each time, none left.
         assert!(provider.quote(&[1; 64]).is_err());
         assert!(entries(&tmp.0).is_empty());
@@ -250,7 +260,9 @@ mod tests {
         let tmp = TempDir::new("file-root");
         let root = tmp.0.join("report");
         fs::write(&root, b"not a directory").unwrap();
-        let err = ConfigfsTsmProvider::with_root(&root).quote(&[0; 64]).unwrap_err();
+        let err = ConfigfsTsmProvider::with_root(&root)
+            .quote(&[0; 64])
+            .unwrap_err();
         assert!(matches!(err, ProviderError::TsmUnavailable { .. }), "{err}");
     }
 
@@ -271,7 +283,10 @@ mod tests {
         let entry = tmp.0.join("e");
         populate(&entry, "sev_guest", 0);
         let err = quote_in_entry(&entry, &[7; 64]).unwrap_err();
-        assert!(matches!(&err, ProviderError::NotTdx { provider } if provider == "sev_guest"), "{err}");
+        assert!(
+            matches!(&err, ProviderError::NotTdx { provider } if provider == "sev_guest"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -280,20 +295,35 @@ mod tests {
         let entry = tmp.0.join("e");
         populate(&entry, "tdx_guest", 0);
         fs::write(entry.join("outblob"), b"").unwrap();
-        assert!(matches!(quote_in_entry(&entry, &[7; 64]), Err(ProviderError::EmptyQuote)));
+        assert!(matches!(
+            quote_in_entry(&entry, &[7; 64]),
+            Err(ProviderError::EmptyQuote)
+        ));
     }
 
     #[test]
     fn generation_moving_by_more_than_one_is_a_race() {
         assert!(check_generation(5, 6).is_ok());
         assert!(check_generation(5, 5).is_ok());
-        assert!(matches!(check_generation(5, 7), Err(ProviderError::Raced { before: 5, after: 7 })));
-        assert!(matches!(check_generation(5, 4), Err(ProviderError::Raced { .. })));
+        assert!(matches!(
+            check_generation(5, 7),
+            Err(ProviderError::Raced {
+                before: 5,
+                after: 7
+            })
+        ));
+        assert!(matches!(
+            check_generation(5, 4),
+            Err(ProviderError::Raced { .. })
+        ));
         // A generation that is not a number is refused.
         let tmp = TempDir::new("race");
         let entry = tmp.0.join("e");
         populate(&entry, "tdx_guest", 5);
         fs::write(entry.join("generation"), "seven\n").unwrap();
-        assert!(matches!(quote_in_entry(&entry, &[0; 64]), Err(ProviderError::BadAttribute { .. })));
+        assert!(matches!(
+            quote_in_entry(&entry, &[0; 64]),
+            Err(ProviderError::BadAttribute { .. })
+        ));
     }
 }

@@ -59,8 +59,13 @@ pub struct ValidityItem {
 impl ValidityItem {
     /// The last second at which the item is valid.
     pub fn last_valid(&self) -> Option<u64> {
-        self.not_after
-            .map(|end| if self.end_exclusive { end.saturating_sub(1) } else { end })
+        self.not_after.map(|end| {
+            if self.end_exclusive {
+                end.saturating_sub(1)
+            } else {
+                end
+            }
+        })
     }
 }
 
@@ -113,7 +118,10 @@ impl Collateral {
     /// Every dated item: TCB Info, QE Identity, both CRLs, and each certificate of the
     /// signer chains and of the PCK chain (`pck_chain_pem`, from the quote, unless the
     /// collateral carries its own).
-    pub fn validity_items(&self, pck_chain_pem: &[u8]) -> Result<Vec<ValidityItem>, CollateralError> {
+    pub fn validity_items(
+        &self,
+        pck_chain_pem: &[u8],
+    ) -> Result<Vec<ValidityItem>, CollateralError> {
         let c = &self.inner;
         let mut items = vec![
             json_item("TCB Info", &c.tcb_info)?,
@@ -121,9 +129,21 @@ impl Collateral {
             crl_item("root CA CRL", &c.root_ca_crl)?,
             crl_item("PCK CRL", &c.pck_crl)?,
         ];
-        chain_items(&mut items, "TCB Info signer chain", c.tcb_info_issuer_chain.as_bytes())?;
-        chain_items(&mut items, "QE Identity signer chain", c.qe_identity_issuer_chain.as_bytes())?;
-        chain_items(&mut items, "PCK CRL issuer chain", c.pck_crl_issuer_chain.as_bytes())?;
+        chain_items(
+            &mut items,
+            "TCB Info signer chain",
+            c.tcb_info_issuer_chain.as_bytes(),
+        )?;
+        chain_items(
+            &mut items,
+            "QE Identity signer chain",
+            c.qe_identity_issuer_chain.as_bytes(),
+        )?;
+        chain_items(
+            &mut items,
+            "PCK CRL issuer chain",
+            c.pck_crl_issuer_chain.as_bytes(),
+        )?;
         let pck_chain = c
             .pck_certificate_chain
             .as_deref()
@@ -135,11 +155,19 @@ impl Collateral {
 
     /// Checks that every item is valid at `now`; names the first one that is not (the one
     /// that expired earliest, or started latest).
-    pub(crate) fn check_validity(&self, pck_chain_pem: &[u8], now: u64) -> Result<Window, DcapError> {
+    pub(crate) fn check_validity(
+        &self,
+        pck_chain_pem: &[u8],
+        now: u64,
+    ) -> Result<Window, DcapError> {
         let items = self.validity_items(pck_chain_pem)?;
         let expired = items
             .iter()
-            .filter_map(|i| i.last_valid().filter(|last| *last < now).map(|last| (last, i)))
+            .filter_map(|i| {
+                i.last_valid()
+                    .filter(|last| *last < now)
+                    .map(|last| (last, i))
+            })
             .min_by_key(|(end, _)| *end);
         if let Some((_, item)) = expired {
             return Err(DcapError::CollateralExpired {
@@ -207,9 +235,12 @@ fn json_item(name: &str, json: &str) -> Result<ValidityItem, CollateralError> {
 
 fn crl_item(name: &str, der: &[u8]) -> Result<ValidityItem, CollateralError> {
     let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| malformed(name, e))?;
-    let not_before = unix(crl.last_update().timestamp()).ok_or_else(|| malformed(name, "thisUpdate before 1970"))?;
+    let not_before = unix(crl.last_update().timestamp())
+        .ok_or_else(|| malformed(name, "thisUpdate before 1970"))?;
     let not_after = match crl.next_update() {
-        Some(t) => Some(unix(t.timestamp()).ok_or_else(|| malformed(name, "nextUpdate before 1970"))?),
+        Some(t) => {
+            Some(unix(t.timestamp()).ok_or_else(|| malformed(name, "nextUpdate before 1970"))?)
+        }
         None => None,
     };
     Ok(ValidityItem {
@@ -220,13 +251,21 @@ fn crl_item(name: &str, der: &[u8]) -> Result<ValidityItem, CollateralError> {
     })
 }
 
-fn chain_items(items: &mut Vec<ValidityItem>, chain: &str, pem: &[u8]) -> Result<(), CollateralError> {
+fn chain_items(
+    items: &mut Vec<ValidityItem>,
+    chain: &str,
+    pem: &[u8],
+) -> Result<(), CollateralError> {
     for (index, block) in x509_parser::pem::Pem::iter_from_buffer(pem).enumerate() {
         if index >= CHAIN_CERTS_MAX {
-            return Err(malformed(chain, format!("more than {CHAIN_CERTS_MAX} certificates")));
+            return Err(malformed(
+                chain,
+                format!("more than {CHAIN_CERTS_MAX} certificates"),
+            ));
         }
         let block = block.map_err(|e| malformed(chain, e))?;
-        let (_, cert) = X509Certificate::from_der(&block.contents).map_err(|e| malformed(chain, e))?;
+        let (_, cert) =
+            X509Certificate::from_der(&block.contents).map_err(|e| malformed(chain, e))?;
         let cn = cert
             .subject()
             .iter_common_name()
@@ -235,8 +274,10 @@ fn chain_items(items: &mut Vec<ValidityItem>, chain: &str, pem: &[u8]) -> Result
             .unwrap_or("?");
         let name = format!("certificate '{cn}' ({chain})");
         let validity = cert.validity();
-        let not_before = unix(validity.not_before.timestamp()).ok_or_else(|| malformed(&name, "notBefore before 1970"))?;
-        let not_after = unix(validity.not_after.timestamp()).ok_or_else(|| malformed(&name, "notAfter before 1970"))?;
+        let not_before = unix(validity.not_before.timestamp())
+            .ok_or_else(|| malformed(&name, "notBefore before 1970"))?;
+        let not_after = unix(validity.not_after.timestamp())
+            .ok_or_else(|| malformed(&name, "notAfter before 1970"))?;
         items.push(ValidityItem {
             name,
             not_before,

@@ -7,7 +7,9 @@
 mod collateral;
 mod time;
 
-pub use collateral::{Collateral, CollateralError, ValidityItem, CHAIN_CERTS_MAX, COLLATERAL_JSON_LEN_MAX};
+pub use collateral::{
+    Collateral, CollateralError, ValidityItem, CHAIN_CERTS_MAX, COLLATERAL_JSON_LEN_MAX,
+};
 pub use time::{format_unix, parse_rfc3339_utc};
 
 use crate::quote::ParsedQuote;
@@ -250,12 +252,24 @@ mod tests {
     #[test]
     fn classify_names_known_failures() {
         let cases = [
-            ("Failed to verify certificate chain: CertRevoked", DcapCheck::PckRevoked),
-            ("Failed to parse root CA CRL: InvalidCrlSignatureForPublicKey", DcapCheck::RootCaCrl),
+            (
+                "Failed to verify certificate chain: CertRevoked",
+                DcapCheck::PckRevoked,
+            ),
+            (
+                "Failed to parse root CA CRL: InvalidCrlSignatureForPublicKey",
+                DcapCheck::RootCaCrl,
+            ),
             ("No matching TCB level found", DcapCheck::TcbUnappraisable),
-            ("ISV enclave report signature is invalid", DcapCheck::QuoteSignature),
+            (
+                "ISV enclave report signature is invalid",
+                DcapCheck::QuoteSignature,
+            ),
             ("TCB status is invalid: Revoked", DcapCheck::TcbRevoked),
-            ("Failed to verify certificate chain: UnknownIssuer", DcapCheck::PckCertChain),
+            (
+                "Failed to verify certificate chain: UnknownIssuer",
+                DcapCheck::PckCertChain,
+            ),
         ];
         for (message, check) in cases {
             match classify(message) {
@@ -268,7 +282,10 @@ mod tests {
         }
         assert!(matches!(
             classify("something new"),
-            DcapError::Check { check: DcapCheck::Other, .. }
+            DcapError::Check {
+                check: DcapCheck::Other,
+                ..
+            }
         ));
     }
 

@@ -8,7 +8,10 @@ pub fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
         return None;
     }
-    if !matches!(b.get(10), Some(b'T' | b't')) || b.get(13) != Some(&b':') || b.get(16) != Some(&b':') {
+    if !matches!(b.get(10), Some(b'T' | b't'))
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
+    {
         return None;
     }
     let num = |range: std::ops::Range<usize>| -> Option<u64> {
@@ -95,8 +98,14 @@ mod tests {
     #[test]
     fn known_dates() {
         assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_utc("2025-07-19T10:00:35Z"), Some(1_752_919_235));
-        assert_eq!(parse_rfc3339_utc("2024-02-29T12:00:00.123Z"), Some(1_709_208_000));
+        assert_eq!(
+            parse_rfc3339_utc("2025-07-19T10:00:35Z"),
+            Some(1_752_919_235)
+        );
+        assert_eq!(
+            parse_rfc3339_utc("2024-02-29T12:00:00.123Z"),
+            Some(1_709_208_000)
+        );
         assert_eq!(format_unix(1_752_919_235), "2025-07-19T10:00:35Z");
         assert_eq!(format_unix(1_709_208_000), "2024-02-29T12:00:00Z");
     }

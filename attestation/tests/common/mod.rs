@@ -22,7 +22,8 @@ pub fn quote(name: &str) -> Vec<u8> {
 }
 
 pub fn collateral(name: &str) -> Collateral {
-    Collateral::from_json(&std::fs::read(format!("{VECTORS}{name}.collateral.json")).unwrap()).unwrap()
+    Collateral::from_json(&std::fs::read(format!("{VECTORS}{name}.collateral.json")).unwrap())
+        .unwrap()
 }
 
 pub fn policy_file(name: &str) -> Policy {

@@ -16,8 +16,8 @@ mod pki;
 use std::sync::OnceLock;
 
 use dcap_qvl::quote::{
-    AuthData, AuthDataV4, CertificationData, Data, EnclaveReport, Header, QEReportCertificationData,
-    Quote as DcapQuote, Report, TDReport10,
+    AuthData, AuthDataV4, CertificationData, Data, EnclaveReport, Header,
+    QEReportCertificationData, Quote as DcapQuote, Report, TDReport10,
 };
 use dcap_qvl::QuoteCollateralV3;
 use parity_scale_codec::Encode;
@@ -221,7 +221,9 @@ pub struct MockProvider {
 
 impl std::fmt::Debug for MockProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockProvider").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("MockProvider")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -250,9 +252,13 @@ impl MockProvider {
     /// Collateral matching the quotes of this provider.
     pub fn collateral(&self) -> Result<crate::verify::Collateral, ProviderError> {
         let c = &self.config;
-        let issued = i64::try_from(c.collateral_issued_at).map_err(|e| ProviderError::Mock(e.to_string()))?;
-        let next = i64::try_from(c.collateral_issued_at.saturating_add(c.collateral_validity_secs))
+        let issued = i64::try_from(c.collateral_issued_at)
             .map_err(|e| ProviderError::Mock(e.to_string()))?;
+        let next = i64::try_from(
+            c.collateral_issued_at
+                .saturating_add(c.collateral_validity_secs),
+        )
+        .map_err(|e| ProviderError::Mock(e.to_string()))?;
         let tcb_info = tcb_info_json(c);
         let qe_identity = qe_identity_json(c);
         let signer_chain = format!("{}{}", self.pki.tcb_pem, self.pki.root_pem);
@@ -310,10 +316,14 @@ impl MockProvider {
         }
 
         let attestation_key = self.attestation_key.raw_public();
-        let qe_auth_data = ring::digest::digest(&ring::digest::SHA256, b"tessera/mock/qe-auth-data");
+        let qe_auth_data =
+            ring::digest::digest(&ring::digest::SHA256, b"tessera/mock/qe-auth-data");
         let qe_auth_data = qe_auth_data.as_ref().to_vec();
         let mut qe_report_data = [0u8; 64];
-        let qe_hash = ring::digest::digest(&ring::digest::SHA256, &[attestation_key.as_slice(), &qe_auth_data].concat());
+        let qe_hash = ring::digest::digest(
+            &ring::digest::SHA256,
+            &[attestation_key.as_slice(), &qe_auth_data].concat(),
+        );
         qe_report_data[..32].copy_from_slice(qe_hash.as_ref());
         let qe_report = EnclaveReport {
             cpu_svn: CPU_SVN,
@@ -335,7 +345,10 @@ impl MockProvider {
             qe_report_bytes.copy_from_slice(&encoded);
         }
         let qe_report_signature = self.pki.pck_key.sign_raw(&qe_report_bytes);
-        let pem_chain = format!("{}{}{}", self.pki.pck_pem, self.pki.pck_ca_pem, self.pki.root_pem);
+        let pem_chain = format!(
+            "{}{}{}",
+            self.pki.pck_pem, self.pki.pck_ca_pem, self.pki.root_pem
+        );
 
         let quote = DcapQuote {
             header,
@@ -387,7 +400,9 @@ fn platform(c: &MockConfig) -> PckPlatform {
 }
 
 fn components(svns: &[u8]) -> Vec<serde_json::Value> {
-    svns.iter().map(|svn| serde_json::json!({ "svn": svn })).collect()
+    svns.iter()
+        .map(|svn| serde_json::json!({ "svn": svn }))
+        .collect()
 }
 
 /// TCB Info v3 for TDX: the platform's level with the configured status, then an older

@@ -127,7 +127,12 @@ fn key_id(key: &MockKey) -> KeyIdMethod {
     KeyIdMethod::PreSpecified(digest.as_ref().get(..20).unwrap_or_default().to_vec())
 }
 
-fn params(cn: &str, key: &MockKey, serial: u64, is_ca: IsCa) -> Result<CertificateParams, ProviderError> {
+fn params(
+    cn: &str,
+    key: &MockKey,
+    serial: u64,
+    is_ca: IsCa,
+) -> Result<CertificateParams, ProviderError> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -140,7 +145,10 @@ fn params(cn: &str, key: &MockKey, serial: u64, is_ca: IsCa) -> Result<Certifica
     p.key_identifier_method = key_id(key);
     p.key_usages = match is_ca {
         IsCa::Ca(_) => vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
-        _ => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::ContentCommitment],
+        _ => vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::ContentCommitment,
+        ],
     };
     p.is_ca = is_ca;
     Ok(p)
@@ -149,7 +157,12 @@ fn params(cn: &str, key: &MockKey, serial: u64, is_ca: IsCa) -> Result<Certifica
 /// Root certificate of a seed (depends on nothing else).
 fn root(seed: &[u8; 32]) -> Result<(MockKey, CertificateParams, Vec<u8>, String), ProviderError> {
     let key = MockKey::derive(seed, "root");
-    let params = params("Tessera Mock SGX Root CA", &key, 1, IsCa::Ca(BasicConstraints::Unconstrained))?;
+    let params = params(
+        "Tessera Mock SGX Root CA",
+        &key,
+        1,
+        IsCa::Ca(BasicConstraints::Unconstrained),
+    )?;
     let cert = params.self_signed(&key).map_err(err)?;
     Ok((key, params, cert.der().to_vec(), cert.pem()))
 }
@@ -172,22 +185,44 @@ impl MockPki {
             IsCa::Ca(BasicConstraints::Constrained(0)),
         )?;
         pck_ca_params.use_authority_key_identifier_extension = true;
-        let pck_ca_pem = pck_ca_params.signed_by(&pck_ca_key, &root_issuer).map_err(err)?.pem();
+        let pck_ca_pem = pck_ca_params
+            .signed_by(&pck_ca_key, &root_issuer)
+            .map_err(err)?
+            .pem();
 
         let tcb_key = MockKey::derive(seed, "tcb-signer");
-        let mut tcb_params = params("Tessera Mock SGX TCB Signing", &tcb_key, 3, IsCa::ExplicitNoCa)?;
+        let mut tcb_params = params(
+            "Tessera Mock SGX TCB Signing",
+            &tcb_key,
+            3,
+            IsCa::ExplicitNoCa,
+        )?;
         tcb_params.use_authority_key_identifier_extension = true;
-        let tcb_pem = tcb_params.signed_by(&tcb_key, &root_issuer).map_err(err)?.pem();
+        let tcb_pem = tcb_params
+            .signed_by(&tcb_key, &root_issuer)
+            .map_err(err)?
+            .pem();
 
         let pck_key = MockKey::derive(seed, "pck-leaf");
         let pck_serial = SerialNumber::from(4u64);
-        let mut pck_params = params("Tessera Mock SGX PCK Certificate", &pck_key, 4, IsCa::ExplicitNoCa)?;
+        let mut pck_params = params(
+            "Tessera Mock SGX PCK Certificate",
+            &pck_key,
+            4,
+            IsCa::ExplicitNoCa,
+        )?;
         pck_params.use_authority_key_identifier_extension = true;
         pck_params
             .custom_extensions
-            .push(CustomExtension::from_oid_content(&SGX_EXTENSION_OID, sgx_extension(seed, platform)));
+            .push(CustomExtension::from_oid_content(
+                &SGX_EXTENSION_OID,
+                sgx_extension(seed, platform),
+            ));
         let pck_ca_issuer = Issuer::from_params(&pck_ca_params, &pck_ca_key);
-        let pck_pem = pck_params.signed_by(&pck_key, &pck_ca_issuer).map_err(err)?.pem();
+        let pck_pem = pck_params
+            .signed_by(&pck_key, &pck_ca_issuer)
+            .map_err(err)?
+            .pem();
 
         Ok(MockPki {
             root_key,
@@ -206,13 +241,28 @@ impl MockPki {
     }
 
     /// Root CA CRL (revokes nothing) valid from `this_update` to `next_update`.
-    pub(crate) fn root_crl(&self, this_update: i64, next_update: i64) -> Result<Vec<u8>, ProviderError> {
+    pub(crate) fn root_crl(
+        &self,
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<Vec<u8>, ProviderError> {
         let issuer = Issuer::from_params(&self.root_params, &self.root_key);
-        crl(&issuer, key_id(&self.root_key), this_update, next_update, Vec::new())
+        crl(
+            &issuer,
+            key_id(&self.root_key),
+            this_update,
+            next_update,
+            Vec::new(),
+        )
     }
 
     /// PCK CRL, revoking the PCK leaf when `revoke_pck`.
-    pub(crate) fn pck_crl(&self, this_update: i64, next_update: i64, revoke_pck: bool) -> Result<Vec<u8>, ProviderError> {
+    pub(crate) fn pck_crl(
+        &self,
+        this_update: i64,
+        next_update: i64,
+        revoke_pck: bool,
+    ) -> Result<Vec<u8>, ProviderError> {
         let issuer = Issuer::from_params(&self.pck_ca_params, &self.pck_ca_key);
         let revoked = if revoke_pck {
             vec![RevokedCertParams {
@@ -224,7 +274,13 @@ impl MockPki {
         } else {
             Vec::new()
         };
-        crl(&issuer, key_id(&self.pck_ca_key), this_update, next_update, revoked)
+        crl(
+            &issuer,
+            key_id(&self.pck_ca_key),
+            this_update,
+            next_update,
+            revoked,
+        )
     }
 }
 
@@ -256,12 +312,16 @@ fn sgx_oid(tail: &[u64]) -> ObjectIdentifier {
 /// PCESVN, CPUSVN), PCE-ID, FMSPC, SGX type, platform instance id and configuration flags.
 fn sgx_extension(seed: &[u8; 32], platform: &PckPlatform) -> Vec<u8> {
     let ppid = ring::digest::digest(&ring::digest::SHA256, &[seed.as_slice(), b"ppid"].concat());
-    let instance = ring::digest::digest(&ring::digest::SHA256, &[seed.as_slice(), b"instance"].concat());
+    let instance = ring::digest::digest(
+        &ring::digest::SHA256,
+        &[seed.as_slice(), b"instance"].concat(),
+    );
     yasna::construct_der(|w| {
         w.write_sequence(|w| {
             w.next().write_sequence(|w| {
                 w.next().write_oid(&sgx_oid(&[1]));
-                w.next().write_bytes(ppid.as_ref().get(..16).unwrap_or_default());
+                w.next()
+                    .write_bytes(ppid.as_ref().get(..16).unwrap_or_default());
             });
             w.next().write_sequence(|w| {
                 w.next().write_oid(&sgx_oid(&[2]));
@@ -296,7 +356,8 @@ fn sgx_extension(seed: &[u8; 32], platform: &PckPlatform) -> Vec<u8> {
             });
             w.next().write_sequence(|w| {
                 w.next().write_oid(&sgx_oid(&[6]));
-                w.next().write_bytes(instance.as_ref().get(..16).unwrap_or_default());
+                w.next()
+                    .write_bytes(instance.as_ref().get(..16).unwrap_or_default());
             });
             w.next().write_sequence(|w| {
                 w.next().write_oid(&sgx_oid(&[7]));
