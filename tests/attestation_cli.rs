@@ -376,11 +376,14 @@ fn mock_quote_verifies_under_the_mock_policy_and_is_rejected_under_the_intel_roo
     assert_eq!(json["report_data"], "ab".repeat(64));
     let (code, json) = verify_json(&q, &c, &policy("example.toml"), MOCK_NOW, &[]);
     assert_eq!(code, 1);
-    assert_eq!(json["failed_check"], "root_ca_crl");
-    assert!(json["reason"]
-        .as_str()
-        .unwrap()
-        .contains("not signed by the trusted root"));
+    assert_eq!(json["failed_check"], "pck_cert_chain");
+    assert!(
+        json["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not at the trusted root \"Intel SGX Root CA\""),
+        "{json}"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ use common::*;
 use tessera_attestation::binding::{BindingContext, BindingError, Claims};
 use tessera_attestation::policy::PolicyViolation;
 use tessera_attestation::provider::mock::{default_measurement, MockConfig, MockProvider};
+use tessera_attestation::quote::parse_quote;
 use tessera_attestation::tcb::PlatformFlag;
 use tessera_attestation::verify::{DcapCheck, DcapError};
 use tessera_attestation::{
@@ -52,13 +53,14 @@ fn default_mock_quote_is_accepted_under_the_mock_root_with_the_mock_policy() {
 fn mock_quote_is_rejected_under_the_intel_root() {
     let intel = mock_policy_with("trust_root = \"mock\"", "trust_root = \"intel\"");
     let err = check(MockConfig::default(), &intel).unwrap_err();
-    assert_eq!(dcap_check(&err), Some(DcapCheck::RootCaCrl), "{err}");
+    assert_eq!(dcap_check(&err), Some(DcapCheck::PckCertChain), "{err}");
     assert!(
-        err.to_string().contains("not signed by the trusted root"),
+        err.to_string().contains(
+            "ends at \"Tessera Mock SGX Root CA\", not at the trusted root \"Intel SGX Root CA\""
+        ),
         "{err}"
     );
-    // Also with the PCK chain alone: the quote's chain does not lead to Intel's root even
-    // if the collateral were Intel's.
+    // With genuine Intel collateral it fails all the same.
     let (q, _) = make(MockConfig::default(), &[0; 64]);
     let err = verify(
         &q,
@@ -68,7 +70,14 @@ fn mock_quote_is_rejected_under_the_intel_root() {
         None,
     )
     .unwrap_err();
-    assert!(matches!(err, VerifyError::Dcap(_)), "{err}");
+    assert_eq!(dcap_check(&err), Some(DcapCheck::PckCertChain), "{err}");
+}
+
+/// Replaces the last certificate of a quote's PEM chain with `root_pem`.
+fn with_chain_root(chain: &[u8], root_pem: &str) -> String {
+    let chain = String::from_utf8(chain.to_vec()).unwrap();
+    let start = chain.rfind("-----BEGIN CERTIFICATE-----").unwrap();
+    format!("{}{root_pem}", &chain[..start])
 }
 
 #[test]
@@ -77,8 +86,47 @@ fn quote_from_another_seed_is_rejected_under_the_mock_root() {
         seed: [0xaa; 32],
         ..MockConfig::default()
     };
-    let err = check(forged, &mock_policy()).unwrap_err();
-    assert_eq!(dcap_check(&err), Some(DcapCheck::RootCaCrl), "{err}");
+    let (q, _) = make(forged, &[0x42; 64]);
+    let (genuine_q, genuine_c) = make(MockConfig::default(), &[0x42; 64]);
+    let err = verify(&q, &genuine_c, &mock_policy(), NOW, None).unwrap_err();
+    assert_eq!(dcap_check(&err), Some(DcapCheck::PckCertChain), "{err}");
+    // Claiming the genuine root at the end of the chain does not help: the forged PCK CA
+    // is not issued by it.
+    let genuine_chain = String::from_utf8(parse_quote(&genuine_q).unwrap().pck_chain_pem).unwrap();
+    let root_pem = &genuine_chain[genuine_chain.rfind("-----BEGIN CERTIFICATE-----").unwrap()..];
+    let mut c = genuine_c.clone();
+    c.as_dcap_mut().pck_certificate_chain = Some(with_chain_root(
+        &parse_quote(&q).unwrap().pck_chain_pem,
+        root_pem,
+    ));
+    let err = verify(&q, &c, &mock_policy(), NOW, None).unwrap_err();
+    assert_eq!(dcap_check(&err), Some(DcapCheck::PckCertChain), "{err}");
+    assert!(
+        err.to_string().contains("dcap-qvl"),
+        "rejected by DCAP, not our root check: {err}"
+    );
+    // Twin: the genuine quote with the same collateral passes.
+    assert!(verify(&genuine_q, &genuine_c, &mock_policy(), NOW, None).is_ok());
+}
+
+#[test]
+fn quote_chain_must_parse_strictly() {
+    let (q, c) = make(MockConfig::default(), &[0; 64]);
+    let chain = String::from_utf8(parse_quote(&q).unwrap().pck_chain_pem).unwrap();
+    for broken in [
+        chain.replacen("BEGIN CERTIFICATE", "BEGIN CERTIFICATX", 3),
+        chain.replacen(
+            "-----BEGIN CERTIFICATE-----\nMII",
+            "-----BEGIN CERTIFICATE-----\nMIJ",
+            3,
+        ),
+        chain[..chain.find("-----END CERTIFICATE-----").unwrap() + 26].to_owned(),
+    ] {
+        let mut c = c.clone();
+        c.as_dcap_mut().pck_certificate_chain = Some(broken);
+        let err = verify(&q, &c, &mock_policy(), NOW, None).unwrap_err();
+        assert!(matches!(err, VerifyError::Dcap(_)), "{err}");
+    }
 }
 
 #[test]

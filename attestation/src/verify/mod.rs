@@ -163,6 +163,13 @@ pub fn verify_dcap(
     now: u64,
 ) -> Result<DcapVerified, DcapError> {
     let window = collateral.check_validity(&parsed.pck_chain_pem, now)?;
+    let chain = collateral
+        .as_dcap()
+        .pck_certificate_chain
+        .as_deref()
+        .map(str::as_bytes)
+        .unwrap_or(&parsed.pck_chain_pem);
+    check_chain_root(chain, root_der)?;
     let verifier = dcap_qvl::verify::QuoteVerifier::new(root_der.to_vec())
         // The debug bit is the policy's business (`td.allow_debug`), reported as a named check.
         .allow_debug(true);
@@ -178,6 +185,108 @@ pub fn verify_dcap(
         collateral_issued_at: window.issued_at,
         collateral_expires_at: window.expires_at,
     })
+}
+
+/// The PCK chain carried with the quote must parse strictly (PEM `CERTIFICATE` blocks of
+/// well-formed X.509, nothing else) and end at exactly the trusted root. dcap-qvl ignores
+/// the chain's copy of the root (it uses the trust anchor), which would leave those bytes
+/// of the quote malleable and make a quote of another PKI fail with a vaguer reason.
+fn check_chain_root(pem: &[u8], root_der: &[u8]) -> Result<(), DcapError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let chain_error = |detail: String| DcapError::Check {
+        check: DcapCheck::PckCertChain,
+        detail,
+    };
+    let mut certs = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| {
+            chain_error(format!(
+                "the quote's PEM certificate chain does not parse: {e}"
+            ))
+        })?;
+        if block.label != "CERTIFICATE" {
+            return Err(chain_error(format!(
+                "unexpected PEM block {:?} in the quote's certificate chain",
+                block.label
+            )));
+        }
+        match X509Certificate::from_der(&block.contents) {
+            Ok(([], _)) => {}
+            _ => {
+                return Err(chain_error(
+                    "a certificate of the quote's chain is malformed".to_owned(),
+                ))
+            }
+        }
+        certs.push(block.contents);
+        if certs.len() > CHAIN_CERTS_MAX {
+            return Err(chain_error(format!(
+                "more than {CHAIN_CERTS_MAX} certificates in the quote's chain"
+            )));
+        }
+    }
+    // The text must be exactly the canonical encoding of those certificates (as Intel's QE
+    // and PCS write it), so no byte of the chain is free to change.
+    let text = pem.strip_suffix(b"\0").unwrap_or(pem);
+    let canonical = canonical_pem(&certs, "\n");
+    if text != canonical.as_bytes() && text != canonical_pem(&certs, "\r\n").as_bytes() {
+        return Err(chain_error(
+            "the quote's PEM certificate chain is not canonically encoded".to_owned(),
+        ));
+    }
+    let subject = |der: &[u8]| -> String {
+        X509Certificate::from_der(der)
+            .ok()
+            .and_then(|(_, c)| {
+                c.subject()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|cn| cn.as_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "?".to_owned())
+    };
+    match certs.as_slice() {
+        [_leaf, _ca, .., root] if root.as_slice() == root_der => Ok(()),
+        [_leaf, _ca, .., root] => Err(chain_error(format!(
+            "the quote's certificate chain ends at {:?}, not at the trusted root {:?}",
+            subject(root),
+            subject(root_der)
+        ))),
+        _ => Err(chain_error(format!(
+            "the quote's certificate chain has {} certificate(s), expected PCK leaf, PCK CA and root",
+            certs.len()
+        ))),
+    }
+}
+
+/// PEM of `certs` with 64-column base64 and the given line ending.
+fn canonical_pem(certs: &[Vec<u8>], eol: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for der in certs {
+        let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
+        for chunk in der.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize]));
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        out.push_str("-----BEGIN CERTIFICATE-----");
+        out.push_str(eol);
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push_str(eol);
+        }
+        out.push_str("-----END CERTIFICATE-----");
+        out.push_str(eol);
+    }
+    out
 }
 
 /// dcap-qvl's claims policy hook: accept everything; our policy runs afterwards.
