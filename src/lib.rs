@@ -16,3 +16,4 @@ pub mod machine;
 pub mod raft;
 pub mod sim;
 pub mod storage;
+pub mod runtime;

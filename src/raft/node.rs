@@ -221,7 +221,10 @@ impl Raft {
             Input::Propose {
                 commands,
                 timestamp_ms,
-            } => self.propose(commands, timestamp_ms),
+            } => {
+                // The outcome is reported as an event as well.
+                let _ = self.propose(commands, timestamp_ms);
+            }
             Input::ChangeMembership(change) => self.change_membership(change),
             Input::ReadIndex { id } => self.read_index(id),
             Input::TransferLeadership { to } => self.transfer_leadership(to),

@@ -8,10 +8,17 @@ use super::types::{Entry, EntryPayload, Index, NodeId, Term};
 use super::{Raft, StepError};
 
 impl Raft {
-    pub(super) fn propose(&mut self, commands: Vec<Bytes>, timestamp_ms: u64) {
+    /// Appends client commands (leader only). Returns the index of the first one and the
+    /// term; the same outcome is also reported as an [`Event`]. The commands are committed
+    /// only if these indexes are later applied with this term.
+    pub fn propose(
+        &mut self,
+        commands: Vec<Bytes>,
+        timestamp_ms: u64,
+    ) -> Result<(Index, Term), Rejection> {
         let count = commands.len();
         if count == 0 {
-            return;
+            return Ok((self.log.last_index() + 1, self.term));
         }
         let rejection = if self.role != Role::Leader {
             Some(Rejection::NotLeader {
@@ -34,10 +41,11 @@ impl Raft {
                 })
         };
         if let Some(reason) = rejection {
-            self.ready
-                .events
-                .push(Event::ProposalRejected { count, reason });
-            return;
+            self.ready.events.push(Event::ProposalRejected {
+                count,
+                reason: reason.clone(),
+            });
+            return Err(reason);
         }
         let timestamp_ms = timestamp_ms.max(self.last_timestamp_ms);
         let first_index = self.log.last_index() + 1;
@@ -58,6 +66,7 @@ impl Raft {
             term: self.term,
         });
         self.bcast_append(false);
+        Ok((first_index, self.term))
     }
 
     pub(super) fn handle_append(

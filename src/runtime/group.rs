@@ -1,0 +1,300 @@
+//! The [`Group`] handle: what an application holds. Async, cheap to clone, and safe to use
+//! from many tasks at once.
+//!
+//! Every `execute` runs in an exactly-once client session (DESIGN §7.3): the command carries
+//! a `(client id, sequence)` pair that the replicated [`Sessions`](crate::machine::Sessions)
+//! table remembers, so the handle can retry through leader changes, lost forwards and
+//! timeouts without the command ever applying twice. A session is used by one call at a
+//! time; the handle keeps a pool of them, one per concurrent call.
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::transport::{Inbox, InboxItem};
+use super::worker::{ClientRequest, GroupStatus, RequestError};
+use crate::machine::{ClientId, SessionCommand, SessionOutput, StateMachine};
+use crate::raft::{Index, NodeId};
+
+/// Pause between retries when no leader is known or the outcome was unknown.
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// How fresh a query's answer must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Read local state as it is: fast, possibly stale.
+    Weak,
+    /// Linearizable: read-index through the leader, answered after local apply catches up.
+    Strong,
+}
+
+/// Why a group operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    #[error("timed out after {0:?}; a command may still apply, exactly once")]
+    Timeout(Duration),
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("encoding failed: {0}")]
+    Encoding(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub(super) struct GroupShared {
+    pub inbox: Inbox<ClientRequest>,
+    pub status: watch::Receiver<GroupStatus>,
+    pub sessions: Mutex<SessionPool>,
+    pub timeout: Duration,
+    pub thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Free client sessions of this handle: (client id, next sequence number).
+pub(super) struct SessionPool {
+    pub free: Vec<(ClientId, u64)>,
+    pub next_client: u64,
+}
+
+impl SessionPool {
+    fn acquire(&mut self) -> (ClientId, u64) {
+        self.free.pop().unwrap_or_else(|| {
+            let id = ClientId(self.next_client);
+            self.next_client = self.next_client.wrapping_add(1);
+            (id, 1)
+        })
+    }
+
+    fn release(&mut self, client: ClientId, used_seq: u64) {
+        self.free.push((client, used_seq + 1));
+    }
+}
+
+/// A member's handle on its group.
+pub struct Group<M: StateMachine> {
+    pub(super) shared: Arc<GroupShared>,
+    pub(super) _machine: PhantomData<fn() -> M>,
+}
+
+impl<M: StateMachine> Clone for Group<M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _machine: PhantomData,
+        }
+    }
+}
+
+impl<M: StateMachine> Group<M> {
+    /// Applies `command` through the log and returns its output, from any member
+    /// (followers forward to the leader). Linearizable, exactly once.
+    pub async fn execute(&self, command: M::Command) -> Result<M::Output, GroupError> {
+        let (client, seq) = self.lock_sessions().acquire();
+        let result = self.execute_in_session(client, seq, command).await;
+        self.lock_sessions().release(client, seq);
+        result
+    }
+
+    async fn execute_in_session(
+        &self,
+        client: ClientId,
+        seq: u64,
+        command: M::Command,
+    ) -> Result<M::Output, GroupError> {
+        let encoded = postcard::to_allocvec(&SessionCommand {
+            client,
+            seq,
+            command,
+        })
+        .map_err(|e| GroupError::Encoding(e.to_string()))?;
+        let encoded = Bytes::from(encoded);
+        let bytes = self
+            .retrying(|reply| ClientRequest::Execute {
+                command: encoded.clone(),
+                reply,
+            })
+            .await?;
+        let output: SessionOutput<M::Output> =
+            postcard::from_bytes(&bytes).map_err(|e| GroupError::Encoding(e.to_string()))?;
+        match output {
+            SessionOutput::Applied(o) | SessionOutput::Duplicate(o) => Ok(o),
+            SessionOutput::Stale { last_seq } => Err(GroupError::Internal(format!(
+                "session {client:?} is at {last_seq}, past this call's {seq}"
+            ))),
+        }
+    }
+
+    /// Evaluates `query` against the state machine with the given consistency.
+    pub async fn query(
+        &self,
+        query: M::Query,
+        consistency: Consistency,
+    ) -> Result<M::QueryResult, GroupError> {
+        let encoded = Bytes::from(
+            postcard::to_allocvec(&query).map_err(|e| GroupError::Encoding(e.to_string()))?,
+        );
+        let bytes = self
+            .retrying(|reply| match consistency {
+                Consistency::Weak => ClientRequest::WeakQuery {
+                    query: encoded.clone(),
+                    reply,
+                },
+                Consistency::Strong => ClientRequest::StrongQuery {
+                    query: encoded.clone(),
+                    reply,
+                },
+            })
+            .await?;
+        postcard::from_bytes(&bytes).map_err(|e| GroupError::Encoding(e.to_string()))
+    }
+
+    /// Sends requests built by `make` until one completes, the node stops or the timeout
+    /// passes. Only requests that are safe to repeat come through here.
+    async fn retrying(
+        &self,
+        make: impl Fn(oneshot::Sender<Result<Bytes, RequestError>>) -> ClientRequest,
+    ) -> Result<Bytes, GroupError> {
+        let timeout = self.shared.timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            match self.shared.inbox.push(InboxItem::Client(make(tx))) {
+                Ok(()) => {}
+                Err(super::transport::InboxError::Closed) => {
+                    return Err(GroupError::Stopped("the worker has stopped".into()))
+                }
+                Err(super::transport::InboxError::Full) => {
+                    self.backoff(deadline).await?;
+                    continue;
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx).await {
+                Err(_) => return Err(GroupError::Timeout(timeout)),
+                Ok(Err(_)) => return Err(GroupError::Stopped("the worker has stopped".into())),
+                Ok(Ok(Ok(bytes))) => return Ok(bytes),
+                Ok(Ok(Err(RequestError::NoLeader | RequestError::Unknown))) => {
+                    self.backoff(deadline).await?
+                }
+                Ok(Ok(Err(RequestError::Stopped(why)))) => return Err(GroupError::Stopped(why)),
+                Ok(Ok(Err(other))) => return Err(GroupError::Refused(other.to_string())),
+            }
+        }
+    }
+
+    async fn backoff(&self, deadline: Instant) -> Result<(), GroupError> {
+        if Instant::now() + RETRY_BACKOFF >= deadline {
+            return Err(GroupError::Timeout(self.shared.timeout));
+        }
+        tokio::time::sleep(RETRY_BACKOFF).await;
+        Ok(())
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, SessionPool> {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest status the worker published.
+    pub fn status(&self) -> GroupStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    /// Waits for changes of the group's state.
+    pub fn when(&self) -> When {
+        When {
+            status: self.shared.status.clone(),
+        }
+    }
+
+    /// Asks the leader (this node, if it leads) to hand leadership to `to`.
+    pub fn transfer_leadership(&self, to: NodeId) -> Result<(), GroupError> {
+        self.shared
+            .inbox
+            .push(InboxItem::Client(ClientRequest::TransferLeadership { to }))
+            .map_err(|e| GroupError::Stopped(e.to_string()))
+    }
+
+    /// Stops this member's worker and waits for its thread to end.
+    pub fn shutdown(&self) {
+        let _ = self.shared.inbox.push(InboxItem::Shutdown);
+        let thread = self
+            .shared
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits on the group's published state (leader elected, commit reached, …).
+pub struct When {
+    status: watch::Receiver<GroupStatus>,
+}
+
+impl When {
+    async fn wait(
+        &mut self,
+        f: impl FnMut(&GroupStatus) -> bool,
+    ) -> Result<GroupStatus, GroupError> {
+        self.status
+            .wait_for(f)
+            .await
+            .map(|s| s.clone())
+            .map_err(|_| GroupError::Stopped("the worker has stopped".into()))
+    }
+
+    /// A leader is known; returns it.
+    pub async fn leader_elected(&mut self) -> Result<NodeId, GroupError> {
+        let s = self
+            .wait(|s| s.leader.is_some() || s.stopped.is_some())
+            .await?;
+        s.leader
+            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or_default()))
+    }
+
+    /// A leader other than `old` is known; returns it.
+    pub async fn leader_changed_from(&mut self, old: Option<NodeId>) -> Result<NodeId, GroupError> {
+        let s = self
+            .wait(|s| (s.leader.is_some() && s.leader != old) || s.stopped.is_some())
+            .await?;
+        s.leader
+            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or_default()))
+    }
+
+    /// This node knows the log is committed up to at least `index`.
+    pub async fn committed(&mut self, index: Index) -> Result<(), GroupError> {
+        self.wait(|s| s.commit_index >= index).await.map(|_| ())
+    }
+
+    /// This node has applied up to at least `index`.
+    pub async fn applied(&mut self, index: Index) -> Result<(), GroupError> {
+        self.wait(|s| s.applied_index >= index).await.map(|_| ())
+    }
+
+    /// The configuration differs from `old`.
+    pub async fn membership_changed(
+        &mut self,
+        old: &crate::raft::Membership,
+    ) -> Result<crate::raft::Membership, GroupError> {
+        self.wait(|s| &s.membership != old)
+            .await
+            .map(|s| s.membership)
+    }
+
+    /// The node stopped participating (shutdown or a fatal storage error).
+    pub async fn offline(&mut self) -> Result<String, GroupError> {
+        let s = self.wait(|s| s.stopped.is_some()).await?;
+        Ok(s.stopped.unwrap_or_default())
+    }
+}

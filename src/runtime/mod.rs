@@ -1,0 +1,115 @@
+//! The group runtime: a worker thread that drives one consensus core against real storage,
+//! a state machine and a transport, and the async [`Group`] handle applications use.
+//!
+//! **IO contract.** The worker does storage IO (synchronously, on its own thread) and
+//! hands frames to a [`Transport`]; it never makes a protocol decision itself. The handle
+//! talks to the worker only through its bounded inbox.
+mod group;
+pub mod transport;
+pub mod worker;
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+pub use group::{Consistency, Group, GroupError, When};
+pub use transport::{Inbox, InboxItem, LocalNetwork, PeerFrame, Transport, INBOX_FRAMES_MAX};
+pub use worker::{GroupStatus, WorkerConfig};
+
+use crate::machine::{Sessions, StateMachine};
+use crate::raft::{Membership, NodeId, Raft, RaftConfig};
+use crate::storage::Storage;
+use group::{GroupShared, SessionPool};
+use worker::Worker;
+
+/// Everything needed to start one member.
+#[derive(Clone, Debug)]
+pub struct MemberOptions {
+    pub node: NodeId,
+    pub raft: RaftConfig,
+    pub worker: WorkerConfig,
+    /// Seed of the core's election-timeout generator.
+    pub seed: u64,
+    /// Upper bound on one `execute` or `query` including retries.
+    pub request_timeout: std::time::Duration,
+    /// The initial voters, for a member whose storage is empty and that should form a new
+    /// group with them. Ignored when storage already holds state (never bootstrap twice).
+    pub bootstrap: Option<Membership>,
+}
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("stored snapshot does not restore: {0}")]
+    Snapshot(#[from] crate::machine::SnapshotError),
+    #[error("consensus core: {0}")]
+    Core(#[from] crate::raft::NewRaftError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] crate::raft::StepError),
+    #[error("could not start the worker thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Starts a member: recovers from `storage`, bootstraps if asked and fresh, connects the
+/// transport `connect` returns for the worker's inbox, and spawns the worker thread.
+pub fn start<M, S>(
+    options: MemberOptions,
+    machine: M,
+    storage: S,
+    connect: impl FnOnce(Inbox<worker::ClientRequest>) -> Arc<dyn Transport>,
+) -> Result<Group<M>, StartError>
+where
+    M: StateMachine,
+    S: Storage + Send + 'static,
+{
+    let state = storage.initial_state()?;
+    let mut sessions = Sessions::new(machine);
+    if let Some(snapshot) = &state.snapshot {
+        sessions.restore(&snapshot.data)?;
+    }
+    let fresh = state.hard_state.term == 0 && state.entries.is_empty() && state.snapshot.is_none();
+    let mut raft = Raft::new(options.node, options.raft.clone(), options.seed, state)?;
+    if fresh {
+        if let Some(members) = options.bootstrap.clone() {
+            raft.bootstrap(members)?;
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(INBOX_FRAMES_MAX);
+    let inbox = Inbox::new(tx);
+    let transport = connect(inbox.clone());
+    let (status_tx, status_rx) = tokio::sync::watch::channel(GroupStatus::default());
+    let worker = Worker::new(
+        options.node,
+        options.worker.clone(),
+        raft,
+        sessions,
+        storage,
+        transport,
+        rx,
+        status_tx,
+    );
+    let thread = std::thread::Builder::new()
+        .name(format!("tessera-group-{}", options.node))
+        .spawn(move || worker.run())?;
+    // Client ids must be unique across every handle of the group: start this handle's
+    // range at a random point.
+    let mut random = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .map_err(|_| std::io::Error::other("no system randomness for client ids"))?;
+    let shared = GroupShared {
+        inbox,
+        status: status_rx,
+        sessions: Mutex::new(SessionPool {
+            free: Vec::new(),
+            next_client: u64::from_le_bytes(random),
+        }),
+        timeout: options.request_timeout,
+        thread: Mutex::new(Some(thread)),
+    };
+    Ok(Group {
+        shared: Arc::new(shared),
+        _machine: PhantomData,
+    })
+}

@@ -1,0 +1,669 @@
+//! The group worker: a thin driver that feeds the sans-IO core and carries out its
+//! `Ready`s against real storage, a real state machine and a [`Transport`].
+//!
+//! One OS thread per group. It blocks only on its inbox (with the tick as timeout) and on
+//! storage writes, which are synchronous and durable (group commit: everything that
+//! arrived since the last write goes into one batch). It makes no protocol decisions: who
+//! leads, what commits and when a read is safe all come from the core.
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use super::transport::{ForwardRefusal, InboxItem, PeerFrame, Transport};
+use crate::machine::{ApplyContext, Sessions, StateMachine};
+use crate::raft::{
+    EntryPayload, Event, Index, Input, Membership, NodeId, Raft, ReadState, Ready, Rejection, Role,
+    Term,
+};
+use crate::storage::{Storage, WriteBatch};
+
+/// Most inbox items handled before the worker writes and answers (bounds latency).
+pub const ITEMS_PER_ROUND_MAX: usize = 4096;
+
+/// Why a client request did not complete; the handle decides whether to retry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    #[error("no leader is known")]
+    NoLeader,
+    #[error("the outcome is unknown (leader changed or request lost); retry")]
+    Unknown,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+}
+
+/// A request from a [`Group`](super::Group) handle to its worker.
+pub enum ClientRequest {
+    /// An encoded `SessionCommand`; answered with the encoded `SessionOutput`.
+    Execute {
+        command: Bytes,
+        reply: oneshot::Sender<Result<Bytes, RequestError>>,
+    },
+    /// A linearizable read point: answered once the local state machine has applied it,
+    /// with the encoded query result.
+    StrongQuery {
+        query: Bytes,
+        reply: oneshot::Sender<Result<Bytes, RequestError>>,
+    },
+    /// Read local state now (may be stale).
+    WeakQuery {
+        query: Bytes,
+        reply: oneshot::Sender<Result<Bytes, RequestError>>,
+    },
+    TransferLeadership {
+        to: NodeId,
+    },
+}
+
+/// What the worker publishes after every round.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub node: Option<NodeId>,
+    pub role: Option<Role>,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    pub membership: Membership,
+    /// Set when the node stopped participating, with the reason (e.g. a storage error).
+    pub stopped: Option<String>,
+}
+
+/// Static parameters of a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub tick: Duration,
+    /// Forwarded requests without an answer after this long are reported `Unknown`.
+    pub forward_timeout: Duration,
+    /// Snapshot and compact every this many applied entries (`None`: never).
+    pub snapshot_every: Option<u64>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(50),
+            forward_timeout: Duration::from_secs(2),
+            snapshot_every: Some(10_000),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Bytes, RequestError>>;
+
+/// Who is waiting for an entry or a read.
+enum Waiter {
+    Local(Reply),
+    Remote { peer: NodeId, request_id: u64 },
+}
+
+enum ReadWaiter {
+    /// A strong query of our own: run it once applied reaches the read point.
+    Local { query: Bytes, reply: Reply },
+    /// A follower's read-index request: send it the read point.
+    Remote { peer: NodeId, request_id: u64 },
+}
+
+pub struct Worker<M: StateMachine, S: Storage> {
+    id: NodeId,
+    config: WorkerConfig,
+    raft: Raft,
+    machine: Sessions<M>,
+    storage: S,
+    transport: Arc<dyn Transport>,
+    inbox: Receiver<InboxItem<ClientRequest>>,
+    status: watch::Sender<GroupStatus>,
+    proposals: BTreeMap<Index, (Term, Waiter)>,
+    next_request_id: u64,
+    /// Our requests forwarded to the leader: request id → (reply, deadline).
+    forwarded: BTreeMap<u64, (Reply, Instant)>,
+    /// Follower reads waiting for the leader's read point: request id → (query, reply, deadline).
+    forwarded_reads: BTreeMap<u64, (Bytes, Reply, Instant)>,
+    reads: BTreeMap<u64, ReadWaiter>,
+    /// Reads whose read point is known, waiting for apply.
+    waiting_reads: Vec<(Index, Bytes, Reply)>,
+    last_snapshot_index: Index,
+    stopped: Option<String>,
+}
+
+impl<M: StateMachine, S: Storage> Worker<M, S> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        config: WorkerConfig,
+        raft: Raft,
+        machine: Sessions<M>,
+        storage: S,
+        transport: Arc<dyn Transport>,
+        inbox: Receiver<InboxItem<ClientRequest>>,
+        status: watch::Sender<GroupStatus>,
+    ) -> Self {
+        let last_snapshot_index = raft.snapshot_index();
+        Self {
+            id,
+            config,
+            raft,
+            machine,
+            storage,
+            transport,
+            inbox,
+            status,
+            proposals: BTreeMap::new(),
+            next_request_id: 0,
+            forwarded: BTreeMap::new(),
+            forwarded_reads: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            waiting_reads: Vec::new(),
+            last_snapshot_index,
+            stopped: None,
+        }
+    }
+
+    /// Runs until shutdown or until every handle and the transport let go of the inbox.
+    pub fn run(mut self) {
+        let mut next_tick = Instant::now() + self.config.tick;
+        self.process_ready();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(wait) {
+                Ok(InboxItem::Shutdown) => break,
+                Ok(item) => {
+                    self.handle_item(item);
+                    // Group commit: take whatever else is queued before writing once.
+                    let mut handled = 1;
+                    while handled < ITEMS_PER_ROUND_MAX {
+                        match self.inbox.try_recv() {
+                            Ok(InboxItem::Shutdown) => return self.shutdown(),
+                            Ok(item) => self.handle_item(item),
+                            Err(_) => break,
+                        }
+                        handled += 1;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + self.config.tick;
+                self.step(Input::Tick);
+                self.expire_forwarded(now);
+            }
+            self.process_ready();
+        }
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let reason = self.stopped.clone().unwrap_or_else(|| "shut down".into());
+        self.fail_everything(RequestError::Stopped(reason.clone()));
+        self.status.send_modify(|s| s.stopped = Some(reason));
+    }
+
+    fn step(&mut self, input: Input) {
+        if self.stopped.is_some() {
+            return;
+        }
+        if let Err(e) = self.raft.step(input) {
+            // A bad frame from a peer: drop it, the core is unchanged.
+            tracing::warn!(node = %self.id, error = %e, "input refused by the core");
+        }
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn handle_item(&mut self, item: InboxItem<ClientRequest>) {
+        match item {
+            InboxItem::Frame { from, frame } => self.handle_frame(from, frame),
+            InboxItem::PeerReachable { peer, reachable } => {
+                self.step(Input::PeerReachable { peer, reachable })
+            }
+            InboxItem::Client(request) => self.handle_client(request),
+            InboxItem::Shutdown => {}
+        }
+    }
+
+    fn handle_client(&mut self, request: ClientRequest) {
+        if let Some(reason) = &self.stopped {
+            let err = RequestError::Stopped(reason.clone());
+            match request {
+                ClientRequest::Execute { reply, .. }
+                | ClientRequest::StrongQuery { reply, .. }
+                | ClientRequest::WeakQuery { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+                ClientRequest::TransferLeadership { .. } => {}
+            }
+            return;
+        }
+        match request {
+            ClientRequest::Execute { command, reply } => {
+                if self.raft.role() == Role::Leader {
+                    self.propose(command, Waiter::Local(reply));
+                } else if let Some(leader) = self.raft.leader() {
+                    self.next_request_id += 1;
+                    let request_id = self.next_request_id;
+                    let deadline = Instant::now() + self.config.forward_timeout;
+                    self.forwarded.insert(request_id, (reply, deadline));
+                    self.transport.send(
+                        leader,
+                        PeerFrame::Forward {
+                            request_id,
+                            command,
+                        },
+                    );
+                } else {
+                    let _ = reply.send(Err(RequestError::NoLeader));
+                }
+            }
+            ClientRequest::WeakQuery { query, reply } => {
+                let _ = reply.send(self.run_query(&query));
+            }
+            ClientRequest::StrongQuery { query, reply } => {
+                self.next_request_id += 1;
+                let request_id = self.next_request_id;
+                if self.raft.role() == Role::Leader {
+                    self.reads
+                        .insert(request_id, ReadWaiter::Local { query, reply });
+                    self.step(Input::ReadIndex { id: request_id });
+                } else if let Some(leader) = self.raft.leader() {
+                    let deadline = Instant::now() + self.config.forward_timeout;
+                    self.forwarded_reads
+                        .insert(request_id, (query, reply, deadline));
+                    self.transport
+                        .send(leader, PeerFrame::ReadIndex { request_id });
+                } else {
+                    let _ = reply.send(Err(RequestError::NoLeader));
+                }
+            }
+            ClientRequest::TransferLeadership { to } => {
+                self.step(Input::TransferLeadership { to });
+            }
+        }
+    }
+
+    fn propose(&mut self, command: Bytes, waiter: Waiter) {
+        match self.raft.propose(vec![command], Self::now_ms()) {
+            Ok((index, term)) => {
+                self.proposals.insert(index, (term, waiter));
+            }
+            Err(reason) => {
+                let refusal = match reason {
+                    Rejection::NotLeader { leader } => ForwardRefusal::NotLeader(leader),
+                    other => ForwardRefusal::Rejected(other.to_string()),
+                };
+                self.answer(waiter, Err(refusal));
+            }
+        }
+    }
+
+    fn answer(&mut self, waiter: Waiter, result: Result<Bytes, ForwardRefusal>) {
+        match waiter {
+            Waiter::Local(reply) => {
+                let _ = reply.send(result.map_err(|r| match r {
+                    ForwardRefusal::NotLeader(None) => RequestError::NoLeader,
+                    ForwardRefusal::NotLeader(Some(_)) | ForwardRefusal::Unknown => {
+                        RequestError::Unknown
+                    }
+                    ForwardRefusal::Rejected(why) => RequestError::Refused(why),
+                }));
+            }
+            Waiter::Remote { peer, request_id } => {
+                self.transport
+                    .send(peer, PeerFrame::ForwardReply { request_id, result });
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, from: NodeId, frame: PeerFrame) {
+        match frame {
+            PeerFrame::Raft(m) => {
+                if m.from != from {
+                    tracing::warn!(node = %self.id, %from, claimed = %m.from, "frame claims another sender; dropped");
+                    return;
+                }
+                self.step(Input::Message(m));
+            }
+            PeerFrame::Forward {
+                request_id,
+                command,
+            } => {
+                if self.raft.role() == Role::Leader && self.stopped.is_none() {
+                    self.propose(
+                        command,
+                        Waiter::Remote {
+                            peer: from,
+                            request_id,
+                        },
+                    );
+                } else {
+                    let refusal = ForwardRefusal::NotLeader(self.raft.leader());
+                    self.transport.send(
+                        from,
+                        PeerFrame::ForwardReply {
+                            request_id,
+                            result: Err(refusal),
+                        },
+                    );
+                }
+            }
+            PeerFrame::ForwardReply { request_id, result } => {
+                if let Some((reply, _)) = self.forwarded.remove(&request_id) {
+                    self.answer(Waiter::Local(reply), result);
+                }
+            }
+            PeerFrame::ReadIndex { request_id } => {
+                if self.raft.role() == Role::Leader && self.stopped.is_none() {
+                    self.next_request_id += 1;
+                    let id = self.next_request_id;
+                    self.reads.insert(
+                        id,
+                        ReadWaiter::Remote {
+                            peer: from,
+                            request_id,
+                        },
+                    );
+                    self.step(Input::ReadIndex { id });
+                } else {
+                    let refusal = ForwardRefusal::NotLeader(self.raft.leader());
+                    self.transport.send(
+                        from,
+                        PeerFrame::ReadIndexReply {
+                            request_id,
+                            result: Err(refusal),
+                        },
+                    );
+                }
+            }
+            PeerFrame::ReadIndexReply { request_id, result } => {
+                if let Some((query, reply, _)) = self.forwarded_reads.remove(&request_id) {
+                    match result {
+                        Ok(index) => self.waiting_reads.push((index, query, reply)),
+                        Err(refusal) => self.answer(Waiter::Local(reply), Err(refusal)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire_forwarded(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((reply, _)) = self.forwarded.remove(&id) {
+                let _ = reply.send(Err(RequestError::Unknown));
+            }
+        }
+        let expired: Vec<u64> = self
+            .forwarded_reads
+            .iter()
+            .filter(|(_, (_, _, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((_, reply, _)) = self.forwarded_reads.remove(&id) {
+                let _ = reply.send(Err(RequestError::Unknown));
+            }
+        }
+    }
+
+    /// Takes Readies from the core until it has nothing more to say.
+    fn process_ready(&mut self) {
+        for _ in 0..64 {
+            if self.stopped.is_some() {
+                return;
+            }
+            let ready = self.raft.ready();
+            if ready.is_empty() {
+                break;
+            }
+            self.carry_out(ready);
+        }
+        self.serve_waiting_reads();
+        self.publish_status();
+    }
+
+    /// Executes one Ready in the order the core's contract demands.
+    fn carry_out(&mut self, ready: Ready) {
+        let Ready {
+            hard_state,
+            snapshot,
+            entries,
+            messages,
+            persisted_messages,
+            committed_entries,
+            read_states,
+            events,
+        } = ready;
+        // Appends from a leader may leave before its own write (thesis §10.2.1).
+        for m in messages {
+            self.transport.send(m.to, PeerFrame::Raft(m));
+        }
+        let batch = WriteBatch {
+            snapshot: snapshot.clone(),
+            entries,
+            hard_state,
+        };
+        if !batch.is_empty() {
+            let persisted = batch
+                .entries
+                .last()
+                .map(|e| (e.index, e.term))
+                .or_else(|| batch.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)));
+            if let Err(e) = self.storage.write(&batch) {
+                // Never acknowledge what is not durable: stop participating.
+                tracing::error!(node = %self.id, error = %e, "storage write failed; node stops");
+                self.stopped = Some(format!("storage write failed: {e}"));
+                self.fail_everything(RequestError::Stopped(format!("storage write failed: {e}")));
+                self.publish_status();
+                return;
+            }
+            if let Some((index, term)) = persisted {
+                self.step(Input::Persisted { index, term });
+            }
+        }
+        for m in persisted_messages {
+            self.transport.send(m.to, PeerFrame::Raft(m));
+        }
+        if let Some(s) = snapshot {
+            if let Err(e) = self.machine.restore(&s.data) {
+                self.stopped = Some(format!("snapshot from the leader does not restore: {e}"));
+                self.fail_everything(RequestError::Stopped(format!("bad snapshot: {e}")));
+                return;
+            }
+            self.last_snapshot_index = s.meta.index;
+            let keep = self.proposals.split_off(&(s.meta.index + 1));
+            for (_, (_, waiter)) in std::mem::replace(&mut self.proposals, keep) {
+                self.answer(waiter, Err(ForwardRefusal::Unknown));
+            }
+        }
+        self.on_events(events);
+        for entry in committed_entries {
+            let ctx = ApplyContext {
+                index: entry.index,
+                term: entry.term,
+                timestamp_ms: entry.timestamp_ms,
+            };
+            let output = match &entry.payload {
+                EntryPayload::Command(data) => match postcard::from_bytes(data) {
+                    Ok(command) => {
+                        let out = self.machine.apply(command, &ctx);
+                        postcard::to_allocvec(&out).ok().map(Bytes::from)
+                    }
+                    Err(e) => {
+                        // Every replica skips the same undecodable entry the same way.
+                        tracing::warn!(node = %self.id, index = entry.index, error = %e, "committed command does not decode; skipped");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            if let Some((term, waiter)) = self.proposals.remove(&entry.index) {
+                let result = match output {
+                    Some(out) if term == entry.term => Ok(out),
+                    _ => Err(ForwardRefusal::Unknown),
+                };
+                self.answer(waiter, result);
+            }
+        }
+        self.on_read_states(read_states);
+        self.maybe_snapshot();
+    }
+
+    fn on_events(&mut self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::StateChanged { role, .. } if role != Role::Leader => {
+                    // Proposals we made as leader may or may not commit: the handle retries
+                    // with the same session sequence, which is safe either way.
+                    for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
+                        self.answer(waiter, Err(ForwardRefusal::Unknown));
+                    }
+                }
+                Event::ReadRejected { id, reason } => {
+                    if let Some(w) = self.reads.remove(&id) {
+                        let refusal = match reason {
+                            Rejection::NotLeader { leader } => ForwardRefusal::NotLeader(leader),
+                            other => ForwardRefusal::Rejected(other.to_string()),
+                        };
+                        match w {
+                            ReadWaiter::Local { reply, .. } => {
+                                self.answer(Waiter::Local(reply), Err(refusal))
+                            }
+                            ReadWaiter::Remote { peer, request_id } => self.transport.send(
+                                peer,
+                                PeerFrame::ReadIndexReply {
+                                    request_id,
+                                    result: Err(refusal),
+                                },
+                            ),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_read_states(&mut self, read_states: Vec<ReadState>) {
+        for rs in read_states {
+            match self.reads.remove(&rs.id) {
+                Some(ReadWaiter::Local { query, reply }) => {
+                    self.waiting_reads.push((rs.index, query, reply))
+                }
+                Some(ReadWaiter::Remote { peer, request_id }) => self.transport.send(
+                    peer,
+                    PeerFrame::ReadIndexReply {
+                        request_id,
+                        result: Ok(rs.index),
+                    },
+                ),
+                None => {}
+            }
+        }
+    }
+
+    fn serve_waiting_reads(&mut self) {
+        let applied = self.raft.applied_index();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_reads)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= applied);
+        self.waiting_reads = waiting;
+        for (_, query, reply) in ready {
+            let _ = reply.send(self.run_query(&query));
+        }
+    }
+
+    fn run_query(&self, query: &[u8]) -> Result<Bytes, RequestError> {
+        let query: M::Query = postcard::from_bytes(query)
+            .map_err(|e| RequestError::Refused(format!("query does not decode: {e}")))?;
+        let result = self.machine.query(&query);
+        postcard::to_allocvec(&result)
+            .map(Bytes::from)
+            .map_err(|e| RequestError::Refused(format!("result does not encode: {e}")))
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let Some(every) = self.config.snapshot_every else {
+            return;
+        };
+        let applied = self.raft.applied_index();
+        if applied < self.last_snapshot_index + every {
+            return;
+        }
+        let data = match self.machine.snapshot() {
+            Ok(d) => Bytes::from(d),
+            Err(e) => {
+                tracing::warn!(node = %self.id, error = %e, "snapshot failed; log not compacted");
+                return;
+            }
+        };
+        self.step(Input::Compact {
+            index: applied,
+            data,
+        });
+        self.last_snapshot_index = applied;
+        if let Some(snapshot) = self.raft.snapshot().cloned() {
+            if let Err(e) = self.storage.compact(&snapshot) {
+                tracing::warn!(node = %self.id, error = %e, "storage compaction failed");
+            }
+        }
+    }
+
+    fn fail_everything(&mut self, err: RequestError) {
+        for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
+            if let Waiter::Local(reply) = waiter {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        for (_, (reply, _)) in std::mem::take(&mut self.forwarded) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, (_, reply, _)) in std::mem::take(&mut self.forwarded_reads) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, w) in std::mem::take(&mut self.reads) {
+            if let ReadWaiter::Local { reply, .. } = w {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        for (_, _, reply) in std::mem::take(&mut self.waiting_reads) {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = GroupStatus {
+            node: Some(self.id),
+            role: Some(self.raft.role()),
+            term: self.raft.term(),
+            leader: self.raft.leader(),
+            commit_index: self.raft.commit_index(),
+            applied_index: self.raft.applied_index(),
+            membership: self.raft.membership().clone(),
+            stopped: self.stopped.clone(),
+        };
+        self.status.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                *s = status;
+                true
+            }
+        });
+    }
+}

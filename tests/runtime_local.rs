@@ -1,0 +1,229 @@
+//! The group runtime end to end, in one process: three members on an in-process network
+//! (the iroh transport plugs into the same `Transport` trait), real workers, the real
+//! key-value machine. Waits are on published state with generous upper bounds; nothing
+//! sleeps to synchronise.
+use std::time::Duration;
+
+use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult, KvStore};
+use tessera::raft::{Membership, NodeId, RaftConfig};
+use tessera::runtime::{self, Consistency, Group, LocalNetwork, MemberOptions, WorkerConfig};
+use tessera::storage::MemoryStorage;
+
+const BOUND: Duration = Duration::from_secs(20);
+
+fn options(id: u64, members: &Membership) -> MemberOptions {
+    MemberOptions {
+        node: NodeId(id),
+        raft: RaftConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            ..RaftConfig::default()
+        },
+        worker: WorkerConfig {
+            tick: Duration::from_millis(10),
+            forward_timeout: Duration::from_millis(500),
+            snapshot_every: Some(50),
+        },
+        seed: id,
+        request_timeout: Duration::from_secs(10),
+        bootstrap: Some(members.clone()),
+    }
+}
+
+fn start_cluster(size: u64) -> (LocalNetwork, Vec<Group<KvStore>>) {
+    let net = LocalNetwork::new();
+    let members = Membership::with_voters((1..=size).map(NodeId));
+    let groups = (1..=size)
+        .map(|id| {
+            let net = net.clone();
+            runtime::start(
+                options(id, &members),
+                KvStore::new(),
+                MemoryStorage::new(),
+                move |inbox| {
+                    net.register(NodeId(id), inbox);
+                    net.transport(NodeId(id))
+                },
+            )
+            .expect("member starts")
+        })
+        .collect();
+    (net, groups)
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
+}
+
+fn put(key: &str, value: &str) -> KvCommand {
+    KvCommand::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+async fn strong_get(g: &Group<KvStore>, key: &str) -> Option<Vec<u8>> {
+    match g
+        .query(
+            KvQuery::Get {
+                key: key.as_bytes().to_vec(),
+            },
+            Consistency::Strong,
+        )
+        .await
+        .expect("strong read")
+    {
+        KvQueryResult::Get { value } => value,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_leader_and_follower_are_read_back_everywhere() {
+    let (_net, groups) = start_cluster(3);
+    let leader = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    let leader_ix = (leader.0 - 1) as usize;
+    let follower_ix = (leader_ix + 1) % 3;
+
+    let out = groups[leader_ix]
+        .execute(put("a", "1"))
+        .await
+        .expect("write at the leader");
+    assert_eq!(out, KvOutput::Put);
+    let out = groups[follower_ix]
+        .execute(put("b", "2"))
+        .await
+        .expect("write through a follower");
+    assert_eq!(out, KvOutput::Put);
+    for g in &groups {
+        assert_eq!(strong_get(g, "a").await.as_deref(), Some(&b"1"[..]));
+        assert_eq!(strong_get(g, "b").await.as_deref(), Some(&b"2"[..]));
+    }
+    // A compare-and-swap that must fail does fail, through the follower too.
+    let out = groups[follower_ix]
+        .execute(KvCommand::CompareAndSwap {
+            key: b"a".to_vec(),
+            expected: Some(b"nope".to_vec()),
+            new: Some(b"x".to_vec()),
+        })
+        .await
+        .expect("cas");
+    assert_eq!(
+        out,
+        KvOutput::SwapFailed {
+            current: Some(b"1".to_vec())
+        }
+    );
+    for g in &groups {
+        g.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_is_lost() {
+    let (_net, groups) = start_cluster(3);
+    let old = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    let mut acknowledged = Vec::new();
+    for i in 0..100 {
+        let key = format!("k{i}");
+        groups[(i % 3) as usize]
+            .execute(put(&key, &i.to_string()))
+            .await
+            .expect("write");
+        acknowledged.push(key);
+    }
+    groups[(old.0 - 1) as usize].shutdown();
+    let survivor = &groups[(old.0 % 3) as usize];
+    let new = within("failover", survivor.when().leader_changed_from(Some(old)))
+        .await
+        .expect("new leader");
+    assert_ne!(new, old);
+    survivor
+        .execute(put("after", "failover"))
+        .await
+        .expect("write after failover");
+    for (i, key) in acknowledged.iter().enumerate() {
+        assert_eq!(
+            strong_get(survivor, key).await,
+            Some(i.to_string().into_bytes()),
+            "{key} lost"
+        );
+    }
+    for g in &groups {
+        g.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_cannot_commit_and_the_majority_moves_on() {
+    let (net, groups) = start_cluster(3);
+    let old = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    let old_ix = (old.0 - 1) as usize;
+    groups[old_ix]
+        .execute(put("before", "x"))
+        .await
+        .expect("write");
+    for other in 1..=3 {
+        if other != old.0 {
+            net.cut(old, NodeId(other));
+        }
+    }
+    let majority = &groups[(old_ix + 1) % 3];
+    let new = within(
+        "election in the majority",
+        majority.when().leader_changed_from(Some(old)),
+    )
+    .await
+    .expect("new leader");
+    assert_ne!(new, old);
+    majority
+        .execute(put("during", "y"))
+        .await
+        .expect("majority commits");
+    // The old leader alone cannot answer a strong read or commit a write.
+    let cut_off = groups[old_ix].clone();
+    let lonely = tokio::time::timeout(
+        Duration::from_secs(1),
+        cut_off.query(
+            KvQuery::Get {
+                key: b"during".to_vec(),
+            },
+            Consistency::Strong,
+        ),
+    )
+    .await;
+    assert!(
+        lonely.is_err() || lonely.is_ok_and(|r| r.is_err()),
+        "a minority served a strong read"
+    );
+    net.heal();
+    // After healing, the old leader follows and sees the majority's write.
+    within("old leader rejoins", async {
+        loop {
+            if let Ok(KvQueryResult::Get { value: Some(v) }) = groups[old_ix]
+                .query(
+                    KvQuery::Get {
+                        key: b"during".to_vec(),
+                    },
+                    Consistency::Strong,
+                )
+                .await
+            {
+                return v;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    for g in &groups {
+        g.shutdown();
+    }
+}
