@@ -29,7 +29,8 @@ pub mod verify;
 pub use binding::{BindingContext, BindingError, Claims};
 pub use cache::VerificationCache;
 pub use pipeline::{
-    appraise, verify, Appraisal, Binding, CheckOutcome, VerifiedQuote, VerifyError,
+    appraise, validator_digest, verify, Appraisal, Binding, CheckOutcome, VerifiedQuote,
+    VerifyError,
 };
 pub use policy::{Policy, PolicyError, TrustRoot};
 pub use provider::{ProviderError, ProviderKind, Quote, QuoteProvider};

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use crate::binding::{check_binding, BindingContext, BindingError, Claims};
-use crate::policy::{evaluate, Policy, PolicyViolation, TrustRoot};
+use crate::policy::{evaluate, matching_profile, Policy, PolicyViolation, TrustRoot};
 use crate::quote::{parse_quote, Measurements, ParseError, ParsedQuote, TdBodyKind};
 use crate::tcb::{PlatformFlags, TcbStatus};
 use crate::verify::{verify_dcap, Collateral, DcapError, DcapVerified, INTEL_SGX_ROOT_CA_DER};
@@ -143,6 +143,24 @@ pub fn trust_root_der(root: TrustRoot) -> Result<Cow<'static, [u8]>, VerifyError
     }
 }
 
+/// Domain tag of [`validator_digest`].
+pub const VALIDATOR_DIGEST_DOMAIN: &[u8] = b"tessera/tdx-validator/v1\0";
+
+/// Digest of everything that decides acceptance under `policy` (DESIGN §3, the TDX ticket
+/// validator's signature): SHA-256 over a domain tag, the canonical policy digest and the
+/// SHA-256 of the trusted root certificate.
+pub fn validator_digest(policy: &Policy) -> Result<[u8; 32], VerifyError> {
+    let root = trust_root_der(policy.trust_root)?;
+    let root_digest = ring::digest::digest(&ring::digest::SHA256, &root);
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(VALIDATOR_DIGEST_DOMAIN);
+    ctx.update(&policy.digest());
+    ctx.update(root_digest.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Ok(out)
+}
+
 /// Like [`verify`], recording every check.
 pub fn appraise(
     quote: &[u8],
@@ -210,15 +228,9 @@ pub fn appraise(
 
     // 3–4. Policy.
     let mut first_error: Option<VerifyError> = None;
-    let mut matched_profile = String::new();
     for (name, result) in evaluate(policy, &parsed, &dcap, now) {
         match result {
-            Ok(detail) => {
-                if name == "measurements" {
-                    matched_profile = detail.clone();
-                }
-                checks.push(pass(name, detail));
-            }
+            Ok(detail) => checks.push(pass(name, detail)),
             Err(v) => {
                 checks.push(fail(name, &v));
                 first_error.get_or_insert(VerifyError::Policy(v));
@@ -266,7 +278,9 @@ pub fn appraise(
             fmspc: dcap.fmspc,
             platform: dcap.platform,
             tcb_eval_data_number: dcap.tcb_eval_data_number,
-            matched_profile,
+            matched_profile: matching_profile(policy, &parsed)
+                .map(|p| p.label.clone())
+                .unwrap_or_default(),
             claims: binding.map(|b| b.claims.clone()),
             collateral_expires_at: dcap.collateral_expires_at,
             valid_until,

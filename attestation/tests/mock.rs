@@ -47,6 +47,24 @@ fn default_mock_quote_is_accepted_under_the_mock_root_with_the_mock_policy() {
     assert_eq!(v.measurements.mr_td, default_measurement("mr_td"));
     assert_eq!(v.report_data, [0x42; 64]);
     assert_eq!(v.version, 4);
+    assert_eq!(v.matched_profile, "mock default measurements");
+}
+
+#[test]
+fn validator_digest_covers_policy_and_root() {
+    let mock = mock_policy();
+    let intel_text = mock_policy_with("trust_root = \"mock\"", "trust_root = \"intel\"");
+    let a = tessera_attestation::validator_digest(&mock).unwrap();
+    assert_eq!(
+        a,
+        tessera_attestation::validator_digest(&mock_policy()).unwrap()
+    );
+    assert_ne!(
+        a,
+        tessera_attestation::validator_digest(&intel_text).unwrap()
+    );
+    let other = mock_policy_with("version = 1", "version = 2");
+    assert_ne!(a, tessera_attestation::validator_digest(&other).unwrap());
 }
 
 #[test]

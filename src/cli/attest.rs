@@ -423,7 +423,7 @@ fn print_report(a: &Appraisal, policy: &Policy, now: u64, quote_path: &Path) {
     println!();
     match &a.outcome {
         Ok(v) => println!(
-            "ACCEPTED: TCB {}, {}; valid until {}",
+            "ACCEPTED: TCB {}, profile {:?}; valid until {}",
             v.tcb_status,
             v.matched_profile,
             format_unix(v.valid_until)

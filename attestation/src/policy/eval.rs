@@ -363,46 +363,60 @@ fn masked(
     }
 }
 
-fn match_profiles(policy: &Policy, quote: &ParsedQuote) -> Result<String, PolicyViolation> {
+/// The first profile of `policy` that `quote`'s measurements match.
+pub fn matching_profile<'p>(policy: &'p Policy, quote: &ParsedQuote) -> Option<&'p super::Profile> {
+    policy
+        .td
+        .profiles
+        .iter()
+        .find(|profile| profile_mismatch(profile, quote).is_none())
+}
+
+/// The first pinned field of `profile` that differs from the quote, described.
+fn profile_mismatch(profile: &super::Profile, quote: &ParsedQuote) -> Option<String> {
     let m = &quote.measurements;
-    let actual: [(&str, &[u8; 48]); 8] = [
-        ("mr_td", &m.mr_td),
-        ("rtmr0", &m.rtmr[0]),
-        ("rtmr1", &m.rtmr[1]),
-        ("rtmr2", &m.rtmr[2]),
-        ("rtmr3", &m.rtmr[3]),
-        ("mr_config_id", &m.mr_config_id),
-        ("mr_owner", &m.mr_owner),
-        ("mr_owner_config", &m.mr_owner_config),
+    let actual: [&[u8; 48]; 8] = [
+        &m.mr_td,
+        &m.rtmr[0],
+        &m.rtmr[1],
+        &m.rtmr[2],
+        &m.rtmr[3],
+        &m.mr_config_id,
+        &m.mr_owner,
+        &m.mr_owner_config,
     ];
-    let mut mismatches = Vec::new();
-    for profile in &policy.td.profiles {
-        let first_mismatch = profile.fields().iter().zip(actual.iter()).find_map(
-            |((name, expected), (_, value))| match expected {
-                Some(e) if e.0 != **value => Some(format!(
-                    "profile {:?}: {name} expected {e}, actual {}",
-                    profile.label,
-                    hex::encode(value)
-                )),
-                _ => None,
-            },
-        );
-        match first_mismatch {
-            None => {
-                let pinned: Vec<&str> = profile
-                    .fields()
-                    .iter()
-                    .filter(|(_, v)| v.is_some())
-                    .map(|(n, _)| *n)
-                    .collect();
-                return Ok(format!(
-                    "profile {:?} matches ({})",
-                    profile.label,
-                    pinned.join(", ")
-                ));
-            }
-            Some(mismatch) => mismatches.push(mismatch),
-        }
+    profile.fields().iter().zip(actual.iter()).find_map(
+        |((name, expected), value)| match expected {
+            Some(e) if e.0 != **value => Some(format!(
+                "profile {:?}: {name} expected {e}, actual {}",
+                profile.label,
+                hex::encode(value)
+            )),
+            _ => None,
+        },
+    )
+}
+
+fn match_profiles(policy: &Policy, quote: &ParsedQuote) -> Result<String, PolicyViolation> {
+    if let Some(profile) = matching_profile(policy, quote) {
+        let pinned: Vec<&str> = profile
+            .fields()
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        return Ok(format!(
+            "profile {:?} matches ({})",
+            profile.label,
+            pinned.join(", ")
+        ));
     }
-    Err(PolicyViolation::NoProfileMatched { mismatches })
+    Err(PolicyViolation::NoProfileMatched {
+        mismatches: policy
+            .td
+            .profiles
+            .iter()
+            .filter_map(|profile| profile_mismatch(profile, quote))
+            .collect(),
+    })
 }

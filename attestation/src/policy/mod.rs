@@ -8,7 +8,7 @@
 mod eval;
 mod hex;
 
-pub use eval::{evaluate, PolicyCheck, PolicyViolation};
+pub use eval::{evaluate, matching_profile, PolicyCheck, PolicyViolation};
 pub use hex::HexBytes;
 
 use serde::{Deserialize, Serialize};

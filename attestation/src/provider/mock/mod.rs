@@ -89,7 +89,11 @@ pub struct MockConfig {
     pub xfam: [u8; 8],
     /// TEE_TCB_SVN (byte 0 module SVN, byte 1 module major version).
     pub tee_tcb_svn: [u8; 16],
-    /// TCB status the collateral gives this platform's TCB level.
+    /// TCB status the collateral gives this platform's TCB level. TCB Info levels can carry
+    /// UpToDate, SWHardeningNeeded, ConfigurationNeeded, ConfigurationAndSWHardeningNeeded,
+    /// OutOfDate, OutOfDateConfigurationNeeded and Revoked; the TDRelaunchAdvised statuses
+    /// arise only from a TD 1.5 quote's second TCB, which the mock (v4, TD 1.0) does not
+    /// make, so dcap-qvl rejects them as unknown in a TCB level.
     pub tcb_status: TcbStatus,
     /// Advisories listed on that level.
     pub advisory_ids: Vec<String>,
