@@ -28,6 +28,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Attest(command) => cli::attest::run(command),
         Command::Sim(args) => cli::sim::run(args),
-        Command::Demo => cli::sim::demo(),
+        Command::Demo => cli::demo::demo(),
     }
 }

@@ -1,3 +1,4 @@
 //! Command-line front ends. `anyhow` is allowed here and only here.
 pub mod attest;
+pub mod demo;
 pub mod sim;

@@ -1,5 +1,4 @@
-//! `tessera sim` (the deterministic simulator) and, until the networked runtime lands,
-//! `tessera demo` (one narrated simulated run).
+//! `tessera sim`: the deterministic simulator. `--seed <n> --verbose` narrates one run.
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -73,49 +72,6 @@ pub fn run(args: SimArgs) -> ExitCode {
         Some(f) => {
             let seeds: Vec<String> = failed.iter().map(|f| f.seed.to_string()).collect();
             println!("sim: failing seeds: {}", seeds.join(" "));
-            ExitCode::from(f.kind.exit_code())
-        }
-    }
-}
-
-/// `tessera demo`: until the networked runtime lands, one narrated simulated run of a
-/// three-node group (real Raft core and key-value machine; simulated network and disks),
-/// with faults, a heal, the safety checks and the linearizability check.
-pub fn demo() -> ExitCode {
-    const DEMO_SEED: u64 = 2079;
-    println!("tessera demo: a 3-node group in the deterministic simulator (seed {DEMO_SEED})");
-    println!(
-        "  real consensus core and replicated key-value store; virtual network, disks and clock;"
-    );
-    println!(
-        "  faults: message loss/duplication/delay, partitions, crashes that lose unsynced writes,"
-    );
-    println!("  slow disks, membership changes, leader transfers. Checks run after every event.");
-    println!();
-    let mut options = SimOptions::new(DEMO_SEED);
-    options.nodes = Some(3);
-    options.verbose = true;
-    let started = Instant::now();
-    match sim::run(options) {
-        Ok(r) => {
-            println!();
-            println!(
-                "tessera demo: {} client operations on {} nodes over {:.1} s of virtual time ({} leader terms, {} crashes, {} partitions, {} membership changes); \
-                 every safety check held, the history is linearizable, and the group recovered {} ms after the network healed. ({:.2?} real time)",
-                r.operations,
-                r.nodes,
-                r.virtual_ms as f64 / 1000.0,
-                r.leaders,
-                r.stats.crashes,
-                r.stats.partitions,
-                r.stats.membership_changes,
-                r.recovery_ms,
-                started.elapsed()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(f) => {
-            eprintln!("{f}");
             ExitCode::from(f.kind.exit_code())
         }
     }

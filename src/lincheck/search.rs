@@ -15,6 +15,9 @@ pub(crate) enum Progress {
     Violation,
 }
 
+/// One operation of the history being searched.
+type OpRef<'a, M> = &'a Operation<<M as Model>::Input, <M as Model>::Output>;
+
 /// The cache budget shared by all partitions searched at the same time.
 pub(crate) struct CacheBudget {
     /// Entries that may still be added.
@@ -144,7 +147,7 @@ impl<'a, M: Model> PartitionSearch<'a, M> {
     }
 
     /// The partition's operations and effective return times.
-    pub(crate) fn operations(&self) -> (&[&'a Operation<M::Input, M::Output>], &[u64]) {
+    pub(crate) fn operations(&self) -> (&[OpRef<'a, M>], &[u64]) {
         (&self.ops, &self.returns)
     }
 
