@@ -10,10 +10,18 @@
 //!   conformance suite every store must pass.
 //! - [`sim`]: the deterministic simulator that drives the very same core under faults.
 //! - [`lincheck`]: the linearizability checker the simulator's client histories go through.
+//! - [`net`]: the iroh endpoint (nothing public contacted) and the framed postcard codec.
+//! - [`tickets`]: ticket validators (TDX, mock TDX, any-of) and cached admission.
+//! - [`cluster`]: mock-attested members in one process over loopback iroh (demo, bench).
+//! - [`groups`]: group identity (key, id), bonds over iroh, the worker that drives the core
+//!   and the async [`groups::Group`] handle.
 #![forbid(unsafe_code)]
+pub mod cluster;
+pub mod groups;
 pub mod lincheck;
 pub mod machine;
+pub mod net;
 pub mod raft;
 pub mod sim;
 pub mod storage;
-pub mod runtime;
+pub mod tickets;

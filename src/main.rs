@@ -21,6 +21,8 @@ enum Command {
     Sim(cli::sim::SimArgs),
     /// The embedded default: a narrated run of a local three-node group.
     Demo,
+    /// Throughput, latency and failover of a local cluster over loopback iroh.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,5 +31,6 @@ fn main() -> ExitCode {
         Command::Attest(command) => cli::attest::run(command),
         Command::Sim(args) => cli::sim::run(args),
         Command::Demo => cli::demo::demo(),
+        Command::Bench(args) => cli::bench::bench(args),
     }
 }

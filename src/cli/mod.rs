@@ -1,4 +1,5 @@
 //! Command-line front ends. `anyhow` is allowed here and only here.
 pub mod attest;
+pub mod bench;
 pub mod demo;
 pub mod sim;

@@ -1,17 +1,23 @@
-//! The group runtime: a worker thread that drives one consensus core against real storage,
+//! Groups: identity ([`GroupKey`], [`GroupId`]), bonds over iroh ([`Bonds`]), and the runtime: a worker thread that drives one consensus core against real storage,
 //! a state machine and a transport, and the async [`Group`] handle applications use.
 //!
 //! **IO contract.** The worker does storage IO (synchronously, on its own thread) and
 //! hands frames to a [`Transport`]; it never makes a protocol decision itself. The handle
 //! talks to the worker only through its bounded inbox.
+pub mod bond;
+mod builder;
 mod group;
+pub mod id;
 pub mod transport;
 pub mod worker;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
+pub use bond::{node_id_of, BondConfig, BondStats, Bonds, Dial, Refusal, RefusalRecord};
+pub use builder::{keep_tickets_fresh, GroupBuilder, JoinedGroup};
 pub use group::{Consistency, Group, GroupError, When};
+pub use id::{GroupId, GroupKey};
 pub use transport::{Inbox, InboxItem, LocalNetwork, PeerFrame, Transport, INBOX_FRAMES_MAX};
 pub use worker::{GroupStatus, WorkerConfig};
 

@@ -4,9 +4,9 @@
 //! sleeps to synchronise.
 use std::time::Duration;
 
+use tessera::groups::{self, Consistency, Group, LocalNetwork, MemberOptions, WorkerConfig};
 use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult, KvStore};
 use tessera::raft::{Membership, NodeId, RaftConfig};
-use tessera::runtime::{self, Consistency, Group, LocalNetwork, MemberOptions, WorkerConfig};
 use tessera::storage::MemoryStorage;
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -36,7 +36,7 @@ fn start_cluster(size: u64) -> (LocalNetwork, Vec<Group<KvStore>>) {
     let groups = (1..=size)
         .map(|id| {
             let net = net.clone();
-            runtime::start(
+            groups::start(
                 options(id, &members),
                 KvStore::new(),
                 MemoryStorage::new(),

@@ -1,0 +1,239 @@
+//! `tessera bench`: throughput and latency of a local cluster over loopback iroh with mock
+//! attestation (the same stack as `tessera demo`), then failover time.
+//!
+//! Phases: concurrent clients for `--duration` seconds (at the leader, or through a
+//! follower with `--via follower`), one sequential client for a few seconds (latency), and
+//! with `--failover`, the leader is stopped and the time until a survivor acknowledges a
+//! write is measured. Prints a summary, or one JSON object with `--json`.
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use tessera::cluster::{ClusterOptions, LocalCluster};
+use tessera::groups::{Group, GroupKey};
+use tessera::machine::{KvCommand, KvStore};
+use tessera::storage::MemoryStorage;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    Memory,
+    Rocksdb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    Leader,
+    Follower,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Concurrent clients, each with one outstanding command.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Seconds of the concurrent phase.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    #[arg(long, value_enum, default_value_t = StorageKind::Memory)]
+    pub storage: StorageKind,
+    /// Where clients send their commands.
+    #[arg(long, value_enum, default_value_t = Via::Leader)]
+    pub via: Via,
+    /// Seconds of the sequential (one client) phase; 0 skips it.
+    #[arg(long, default_value_t = 3)]
+    pub sequential: u64,
+    /// Also stop the leader and measure the time until a survivor accepts a write.
+    #[arg(long)]
+    pub failover: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn command(client: usize, n: u64) -> KvCommand {
+    KvCommand::Put {
+        key: format!("c{client}").into_bytes(),
+        value: n.to_le_bytes().to_vec(),
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// Runs `clients` closed-loop clients against `group` for `duration`; returns the
+/// latencies (µs) of acknowledged commands and the number of errors.
+async fn load(group: Arc<Group<KvStore>>, clients: usize, duration: Duration) -> (Vec<u32>, u64) {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let group = group.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match group.execute(command(c, n)).await {
+                    Ok(_) => lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                    Err(_) => errors += 1,
+                }
+                n += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((lat, e)) = t.await {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    all.sort_unstable();
+    (all, errors)
+}
+
+async fn run(args: BenchArgs) -> Result<serde_json::Value> {
+    if args.storage == StorageKind::Rocksdb {
+        bail!("--storage rocksdb: the RocksDB store is not in this build yet (issue 6); use --storage memory");
+    }
+    if args.nodes == 0 || args.clients == 0 {
+        bail!("--nodes and --clients must be at least 1");
+    }
+    let options = ClusterOptions::new(args.nodes, GroupKey::generate()?);
+    let cluster = LocalCluster::start(options, |_| Ok(MemoryStorage::new())).await?;
+    let peers = args.nodes as u64 - 1;
+    for m in &cluster.members {
+        let mut rx = m.joined.bonds.stats();
+        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| s.live == peers))
+            .await
+            .context("members did not bond")??;
+    }
+    let leader = tokio::time::timeout(
+        Duration::from_secs(20),
+        cluster.members[0].joined.group.when().leader_elected(),
+    )
+    .await
+    .context("no leader")??;
+    let leader_ix = cluster.index_of(leader).context("leader is a member")?;
+    let target_ix = match args.via {
+        Via::Leader => leader_ix,
+        Via::Follower if args.nodes > 1 => (leader_ix + 1) % args.nodes,
+        Via::Follower => bail!("--via follower needs at least 2 nodes"),
+    };
+    let mut handles: Vec<Arc<Group<KvStore>>> = Vec::new();
+    let cluster = Arc::new(cluster);
+    // The handle is shared by every client task; it is cheap to share through an Arc.
+    for m in &cluster.members {
+        handles.push(Arc::new(m.joined.group.clone()));
+    }
+    let target = handles[target_ix].clone();
+    if !args.json {
+        eprintln!(
+            "bench: {} nodes bonded, leader {}; {} clients via {:?} for {} s …",
+            args.nodes, leader, args.clients, args.via, args.duration
+        );
+    }
+    // Warm-up: sessions and connections.
+    let _ = load(
+        target.clone(),
+        args.clients.min(64),
+        Duration::from_millis(500),
+    )
+    .await;
+    let started = Instant::now();
+    let (lat, errors) = load(
+        target.clone(),
+        args.clients,
+        Duration::from_secs(args.duration),
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let throughput = lat.len() as f64 / elapsed;
+
+    let (seq_p50, seq_p99) = if args.sequential > 0 {
+        let (seq, _) = load(target.clone(), 1, Duration::from_secs(args.sequential)).await;
+        (percentile(&seq, 0.5), percentile(&seq, 0.99))
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+
+    let failover_ms = if args.failover && args.nodes >= 3 {
+        let survivor_ix = (leader_ix + 1) % args.nodes;
+        let stop = Instant::now();
+        cluster.members[leader_ix].joined.group.shutdown();
+        cluster.members[leader_ix].endpoint.close().await;
+        let survivor = &handles[survivor_ix];
+        let mut n = 0;
+        loop {
+            if survivor.execute(command(usize::MAX, n)).await.is_ok() {
+                break;
+            }
+            n += 1;
+            if stop.elapsed() > Duration::from_secs(30) {
+                bail!("no survivor accepted a write within 30 s of the leader stopping");
+            }
+        }
+        Some(stop.elapsed().as_secs_f64() * 1000.0)
+    } else {
+        None
+    };
+    for m in &cluster.members {
+        m.joined.group.shutdown();
+    }
+    Ok(serde_json::json!({
+        "nodes": args.nodes,
+        "clients": args.clients,
+        "via": format!("{:?}", args.via).to_lowercase(),
+        "storage": "memory",
+        "duration_s": elapsed,
+        "commands": lat.len(),
+        "errors": errors,
+        "commands_per_sec": throughput.round(),
+        "latency_ms": { "p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": percentile(&lat, 1.0) },
+        "sequential_latency_ms": { "p50": seq_p50, "p99": seq_p99 },
+        "failover_ms": failover_ms,
+        "tick_ms": 50,
+    }))
+}
+
+pub fn bench(args: BenchArgs) -> ExitCode {
+    let json = args.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tessera bench: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(report) => {
+            if json {
+                println!("{report}");
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tessera bench FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

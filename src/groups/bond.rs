@@ -1,0 +1,531 @@
+//! Bonds over iroh (DESIGN §6): the [`Transport`] between group members on real QUIC
+//! connections, authenticated by iroh keys, admitted by tickets and proven by the group key.
+//!
+//! Handshake, on a bi-stream the dialer opens, both directions: `Hello { group id,
+//! tickets, proof }` with `proof = HMAC-SHA256(group key, "tessera/bond/v1" ‖ exporter ‖
+//! role)`, where `exporter` is the connection's TLS keying-material export (so a proof
+//! cannot be replayed on another connection or relayed) and `role` says which side sent
+//! it. Each side checks the group id, the proof, and every validator on the tickets against
+//! the remote key iroh authenticated (off the async executor, cached). Any failure closes
+//! the connection with a reason code and is counted in [`BondStats`].
+//!
+//! After the handshake the stream carries [`BondMessage`]s: consensus frames, fresh tickets
+//! before the old ones expire (a bond whose peer lets its verdict expire is closed), and
+//! pings so that quiet bonds (follower to follower) stay open and dead ones are noticed.
+//!
+//! Among founding members only the peer with the smaller key dials, so a pair has one
+//! bond; a joiner dials everyone it knows. The dialer re-dials with back-off when the
+//! bond drops.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::{Endpoint, EndpointAddr, PublicKey};
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::id::{GroupId, GroupKey};
+use super::transport::{Inbox, InboxError, InboxItem, PeerFrame, Transport};
+use crate::net::{encode_message, read_message, write_message, FrameError, ALPN_BOND};
+use crate::raft::NodeId;
+use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketError};
+
+/// Frames queued towards one peer before further ones are dropped.
+pub const OUTGOING_FRAMES_MAX: usize = 8192;
+/// Bound on the whole handshake, ticket validation included.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on dialling a peer.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a bond sends a ping.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// A bond that receives nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+const REDIAL_DELAY_MIN: Duration = Duration::from_millis(50);
+const REDIAL_DELAY_MAX: Duration = Duration::from_secs(5);
+const PROOF_DOMAIN: &[u8] = b"tessera/bond/v1";
+
+/// Which of the given peers a member dials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dial {
+    /// Founding members know each other: only the smaller key of a pair dials, so each
+    /// pair has exactly one bond.
+    SmallerKey,
+    /// A joiner is unknown to the members: it dials every peer it was given.
+    All,
+}
+
+/// Reason codes a refusing side closes the connection with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Malformed = 1,
+    WrongGroup = 2,
+    BadProof = 3,
+    BadTicket = 4,
+    Timeout = 5,
+    TicketExpired = 6,
+    /// Not a refusal of ours: the peer refused us (counted so that it is visible).
+    RefusedByPeer = 7,
+}
+
+/// What a member brings to its bonds.
+#[derive(Clone)]
+pub struct BondConfig {
+    pub group_id: GroupId,
+    /// The group's secret key (never sent; only proven).
+    pub group_key: GroupKey,
+    pub network_id: String,
+    /// Our current tickets; a change is sent to every bonded peer.
+    pub tickets: watch::Receiver<Vec<Ticket>>,
+    /// The group's validators.
+    pub admission: Arc<Admission>,
+    pub clock: Clock,
+}
+
+/// Counters a test or the metrics endpoint can watch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BondStats {
+    /// Handshakes that succeeded.
+    pub bonded: u64,
+    /// Bonds that ended.
+    pub closed: u64,
+    /// Peers bonded right now.
+    pub live: u64,
+    /// Handshakes refused or bonds closed by us, by reason (`WrongGroup`, `BadTicket:…`).
+    pub refused: BTreeMap<String, u64>,
+    /// Consensus frames received from bonded peers.
+    pub frames_in: u64,
+    /// The latest refusals (at most [`RECENT_REFUSALS_MAX`]), oldest first.
+    pub recent_refusals: Vec<RefusalRecord>,
+}
+
+/// Refusals kept in [`BondStats::recent_refusals`].
+pub const RECENT_REFUSALS_MAX: usize = 32;
+
+/// One refused handshake or closed bond.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalRecord {
+    pub peer: NodeId,
+    pub reason: Refusal,
+    pub detail: String,
+}
+
+impl BondStats {
+    pub fn refused_total(&self) -> u64 {
+        self.refused.values().sum()
+    }
+}
+
+/// What travels on a bond after the handshake.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BondMessage {
+    Frame(PeerFrame),
+    /// Fresh tickets, sent before the previous ones expire.
+    Tickets(Vec<Ticket>),
+    Ping,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Confirm {
+    Accepted,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    group_id: [u8; 32],
+    tickets: Vec<Ticket>,
+    proof: Vec<u8>,
+}
+
+/// The small id the consensus core uses for a peer key: the first 8 bytes of its SHA-256.
+pub fn node_id_of(key: &PublicKey) -> NodeId {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest.as_ref()[..8]);
+    NodeId(u64::from_le_bytes(id))
+}
+
+/// The bonds of one member, and its [`Transport`].
+pub struct Bonds {
+    me: PublicKey,
+    config: BondConfig,
+    peers: Mutex<BTreeMap<NodeId, mpsc::Sender<PeerFrame>>>,
+    stats: watch::Sender<BondStats>,
+}
+
+impl Bonds {
+    /// Starts accepting bond connections on `endpoint` and dialling `peers` as `dial`
+    /// says. Frames and bond up/down events go to `inbox`. Must run inside a tokio runtime.
+    pub fn start<C: Send + 'static>(
+        endpoint: Endpoint,
+        config: BondConfig,
+        inbox: Inbox<C>,
+        peers: Vec<EndpointAddr>,
+        dial: Dial,
+    ) -> Arc<Self> {
+        let bonds = Arc::new(Self {
+            me: endpoint.id(),
+            config,
+            peers: Mutex::new(BTreeMap::new()),
+            stats: watch::channel(BondStats::default()).0,
+        });
+        let accepting = bonds.clone();
+        let ep = endpoint.clone();
+        let accept_inbox = inbox.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let bonds = accepting.clone();
+                let inbox = accept_inbox.clone();
+                tokio::spawn(async move {
+                    let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+                        Ok(Ok(conn)) => conn,
+                        Ok(Err(e)) => {
+                            return tracing::debug!(error = %e, "incoming connection failed")
+                        }
+                        Err(_) => return tracing::debug!("incoming connection timed out"),
+                    };
+                    if conn.alpn() != ALPN_BOND {
+                        conn.close(
+                            VarInt::from_u32(Refusal::Malformed as u32),
+                            b"unknown protocol",
+                        );
+                        return;
+                    }
+                    bonds.serve(conn, false, inbox).await;
+                });
+            }
+        });
+        for peer in peers {
+            if peer.id == bonds.me
+                || (dial == Dial::SmallerKey && peer.id.as_bytes() < bonds.me.as_bytes())
+            {
+                continue;
+            }
+            let bonds = bonds.clone();
+            let ep = endpoint.clone();
+            let inbox = inbox.clone();
+            tokio::spawn(async move { bonds.dial_forever(ep, peer, inbox).await });
+        }
+        bonds
+    }
+
+    /// Watches the counters.
+    pub fn stats(&self) -> watch::Receiver<BondStats> {
+        self.stats.subscribe()
+    }
+
+    /// Peers bonded right now.
+    pub fn bonded_peers(&self) -> Vec<NodeId> {
+        self.lock_peers().keys().copied().collect()
+    }
+
+    async fn dial_forever<C: Send + 'static>(
+        self: Arc<Self>,
+        ep: Endpoint,
+        peer: EndpointAddr,
+        inbox: Inbox<C>,
+    ) {
+        let mut delay = REDIAL_DELAY_MIN;
+        loop {
+            match tokio::time::timeout(DIAL_TIMEOUT, ep.connect(peer.clone(), ALPN_BOND)).await {
+                Ok(Ok(conn)) => {
+                    if self.serve(conn, true, inbox.clone()).await {
+                        delay = REDIAL_DELAY_MIN;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer.id.fmt_short(), error = %e, "dial failed")
+                }
+                Err(_) => tracing::debug!(peer = %peer.id.fmt_short(), "dial timed out"),
+            }
+            if inbox.push(InboxItem::PeerReachable {
+                peer: node_id_of(&peer.id),
+                reachable: false,
+            }) == Err(InboxError::Closed)
+            {
+                return; // the worker is gone
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(REDIAL_DELAY_MAX);
+        }
+    }
+
+    fn proof(&self, conn: &Connection, dialer: bool) -> Result<Vec<u8>, String> {
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, PROOF_DOMAIN, &self.config.group_id.0)
+            .map_err(|e| format!("no keying material on this connection: {e:?}"))?;
+        let key = hmac::Key::new(hmac::HMAC_SHA256, self.config.group_key.as_bytes());
+        let mut msg = Vec::with_capacity(PROOF_DOMAIN.len() + 32 + 8);
+        msg.extend_from_slice(PROOF_DOMAIN);
+        msg.extend_from_slice(&exporter);
+        msg.extend_from_slice(if dialer { b"dialer" } else { b"acceptor" });
+        Ok(hmac::sign(&key, &msg).as_ref().to_vec())
+    }
+
+    fn refuse(&self, conn: &Connection, why: Refusal, detail: &str) {
+        tracing::warn!(peer = %conn.remote_id().fmt_short(), reason = ?why, detail, "bond refused");
+        let reason = format!("{why:?}: {detail}");
+        conn.close(
+            VarInt::from_u32(why as u32),
+            &reason.as_bytes()[..reason.len().min(512)],
+        );
+        let record = RefusalRecord {
+            peer: node_id_of(&conn.remote_id()),
+            reason: why,
+            detail: detail.to_string(),
+        };
+        self.stats.send_modify(|s| {
+            *s.refused.entry(format!("{why:?}")).or_default() += 1;
+            if s.recent_refusals.len() == RECENT_REFUSALS_MAX {
+                s.recent_refusals.remove(0);
+            }
+            s.recent_refusals.push(record);
+        });
+    }
+
+    /// Validates `tickets` of the connection's peer, off the executor.
+    async fn admit(&self, conn: &Connection, tickets: Vec<Ticket>) -> Result<u64, TicketError> {
+        let admission = self.config.admission.clone();
+        let ctx = PeerContext {
+            peer_key: *conn.remote_id().as_bytes(),
+            network_id: self.config.network_id.clone(),
+            group_scope: None,
+            now: (self.config.clock)(),
+        };
+        let verdicts = tokio::task::spawn_blocking(move || admission.admit(&tickets, &ctx))
+            .await
+            .map_err(|e| TicketError::Validator(format!("validation task failed: {e}")))??;
+        Ok(verdicts.iter().map(|v| v.expires_at).min().unwrap_or(0))
+    }
+
+    /// Runs the handshake and then the bond until it ends. Returns whether it bonded.
+    async fn serve<C: Send + 'static>(
+        self: &Arc<Self>,
+        conn: Connection,
+        dialer: bool,
+        inbox: Inbox<C>,
+    ) -> bool {
+        let handshake =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&conn, dialer)).await;
+        let (send, recv, expires_at) = match handshake {
+            Ok(Ok(bond)) => bond,
+            Ok(Err((why, detail))) => {
+                self.refuse(&conn, why, &detail);
+                return false;
+            }
+            Err(_) => {
+                self.refuse(&conn, Refusal::Timeout, "handshake did not finish in time");
+                return false;
+            }
+        };
+        let peer_key = conn.remote_id();
+        let peer = node_id_of(&peer_key);
+        let (tx, rx) = mpsc::channel(OUTGOING_FRAMES_MAX);
+        self.lock_peers().insert(peer, tx.clone());
+        self.stats.send_modify(|s| {
+            s.bonded += 1;
+            s.live += 1;
+        });
+        let _ = inbox.push(InboxItem::PeerReachable {
+            peer,
+            reachable: true,
+        });
+        tracing::info!(peer = %peer_key.fmt_short(), %peer, "bonded");
+
+        let writer = tokio::spawn(write_bond(send, rx, self.config.tickets.clone()));
+        let result = self.read_bond(&conn, recv, peer, expires_at, &inbox).await;
+        writer.abort();
+        match &result {
+            Ok(()) => conn.close(VarInt::from_u32(0), b"bye"),
+            Err((why, detail)) => self.refuse(&conn, *why, detail),
+        }
+        {
+            let mut peers = self.lock_peers();
+            if peers
+                .get(&peer)
+                .is_some_and(|current| current.same_channel(&tx))
+            {
+                peers.remove(&peer);
+            }
+        }
+        self.stats.send_modify(|s| {
+            s.closed += 1;
+            s.live -= 1;
+        });
+        let _ = inbox.push(InboxItem::PeerReachable {
+            peer,
+            reachable: false,
+        });
+        tracing::info!(peer = %peer_key.fmt_short(), %peer, "bond closed");
+        true
+    }
+
+    async fn handshake(
+        &self,
+        conn: &Connection,
+        dialer: bool,
+    ) -> Result<(SendStream, RecvStream, u64), (Refusal, String)> {
+        let malformed = |e: String| (Refusal::Malformed, e);
+        let (mut send, mut recv) = if dialer {
+            conn.open_bi().await.map_err(|e| malformed(e.to_string()))?
+        } else {
+            conn.accept_bi()
+                .await
+                .map_err(|e| malformed(e.to_string()))?
+        };
+        let hello = Hello {
+            group_id: self.config.group_id.0,
+            tickets: self.config.tickets.borrow().clone(),
+            proof: self.proof(conn, dialer).map_err(malformed)?,
+        };
+        write_message(&mut send, &hello)
+            .await
+            .map_err(|e| malformed(e.to_string()))?;
+        let theirs: Hello = read_message(&mut recv, "bond hello")
+            .await
+            .map_err(|e| malformed(e.to_string()))?;
+        if theirs.group_id != self.config.group_id.0 {
+            return Err((
+                Refusal::WrongGroup,
+                "the peer derives another group id (key, consensus config, state machine or validators differ)".into(),
+            ));
+        }
+        // Their proof was made with their role: the opposite of ours.
+        let expected = self.proof(conn, !dialer).map_err(malformed)?;
+        if !constant_time_eq(&expected, &theirs.proof) {
+            return Err((
+                Refusal::BadProof,
+                "group key proof does not verify on this connection".into(),
+            ));
+        }
+        let expires_at = self
+            .admit(conn, theirs.tickets)
+            .await
+            .map_err(|e| (Refusal::BadTicket, e.to_string()))?;
+        // Both sides must accept before either counts the bond: a side that refuses closes
+        // the connection instead of confirming.
+        write_message(&mut send, &Confirm::Accepted)
+            .await
+            .map_err(|e| malformed(e.to_string()))?;
+        match read_message::<_, Confirm>(&mut recv, "bond confirmation").await {
+            Ok(Confirm::Accepted) => Ok((send, recv, expires_at)),
+            Err(e) => Err((
+                Refusal::RefusedByPeer,
+                format!(
+                    "the peer did not confirm the bond: {e} ({:?})",
+                    conn.close_reason()
+                ),
+            )),
+        }
+    }
+
+    async fn read_bond<C>(
+        &self,
+        conn: &Connection,
+        mut recv: RecvStream,
+        peer: NodeId,
+        mut expires_at: u64,
+        inbox: &Inbox<C>,
+    ) -> Result<(), (Refusal, String)> {
+        loop {
+            let now = (self.config.clock)();
+            if now >= expires_at {
+                return Err((
+                    Refusal::TicketExpired,
+                    format!("the peer's tickets expired at {expires_at} and were not renewed"),
+                ));
+            }
+            let until_expiry = Duration::from_secs(expires_at - now);
+            let wait = IDLE_TIMEOUT.min(until_expiry);
+            let message = match tokio::time::timeout(
+                wait,
+                read_message::<_, BondMessage>(&mut recv, "bond message"),
+            )
+            .await
+            {
+                Err(_) if wait < IDLE_TIMEOUT => continue, // re-check expiry
+                Err(_) => return Err((Refusal::Timeout, "bond idle for too long".into())),
+                Ok(Err(FrameError::Closed)) => return Ok(()),
+                Ok(Err(e)) => return Err((Refusal::Malformed, e.to_string())),
+                Ok(Ok(message)) => message,
+            };
+            match message {
+                BondMessage::Ping => {}
+                BondMessage::Tickets(tickets) => {
+                    expires_at = self
+                        .admit(conn, tickets)
+                        .await
+                        .map_err(|e| (Refusal::BadTicket, format!("renewed tickets: {e}")))?;
+                }
+                BondMessage::Frame(frame) => {
+                    self.stats.send_modify(|s| s.frames_in += 1);
+                    match inbox.push(InboxItem::Frame { from: peer, frame }) {
+                        Ok(()) | Err(InboxError::Full) => {} // full: dropped, as a congested link would
+                        Err(InboxError::Closed) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, mpsc::Sender<PeerFrame>>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Transport for Bonds {
+    fn send(&self, to: NodeId, frame: PeerFrame) {
+        if let Some(tx) = self.lock_peers().get(&to) {
+            // A full queue drops the frame, as a congested link would; Raft retransmits.
+            let _ = tx.try_send(frame);
+        }
+    }
+}
+
+/// Most frames coalesced into one stream write.
+const FRAMES_PER_WRITE_MAX: usize = 256;
+
+async fn write_bond(
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<PeerFrame>,
+    mut tickets: watch::Receiver<Vec<Ticket>>,
+) {
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    tickets.mark_unchanged();
+    let mut buf = Vec::new();
+    loop {
+        let message = tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(frame) => BondMessage::Frame(frame),
+                None => return,
+            },
+            changed = tickets.changed() => match changed {
+                Ok(()) => BondMessage::Tickets(tickets.borrow_and_update().clone()),
+                Err(_) => return,
+            },
+            _ = ping.tick() => BondMessage::Ping,
+        };
+        // Coalesce what is already queued into one write: fewer syscalls and packets.
+        buf.clear();
+        let mut encoded = encode_message(&mut buf, &message);
+        let mut more = 0;
+        while encoded.is_ok() && more < FRAMES_PER_WRITE_MAX {
+            let Ok(frame) = rx.try_recv() else { break };
+            encoded = encode_message(&mut buf, &BondMessage::Frame(frame));
+            more += 1;
+        }
+        if let Err(e) = encoded {
+            tracing::warn!(error = %e, "bond frame not sent");
+            continue;
+        }
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut send, &buf).await {
+            tracing::debug!(error = %e, "bond write failed");
+            return;
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The network layer (DESIGN §5): the iroh endpoint every node binds, the ALPNs of our
+//! protocols, and the framed postcard codec they all speak.
+//!
+//! **IO contract.** This module moves bytes and enforces limits (frame size, version,
+//! timeouts); it never interprets what a frame means to a group. It contacts nothing but
+//! the addresses it is given: relays, public address lookup, the port mapper and net-report
+//! probes are off unless the operator configures a relay.
+pub mod endpoint;
+pub mod frame;
+
+pub use endpoint::{local_endpoint, EndpointError, Listen, ALPN_BOND, ALPN_CLIENT};
+pub use frame::{
+    encode_message, read_frame, read_message, write_frame, write_message, FrameError,
+    FRAME_BYTES_MAX, WIRE_VERSION,
+};

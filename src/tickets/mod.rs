@@ -1,0 +1,252 @@
+//! Tickets (DESIGN §3): what a peer presents to prove it may bond, and the validators that
+//! decide. A ticket is `(kind, bytes, expires_at)`; for TDX the bytes are a quote, its
+//! collateral and the binding claims ([`tdx`]).
+//!
+//! **Contract.** A [`TicketValidator`] is a pure function of the ticket, the key the
+//! transport authenticated, the binding context and `now`: no clock, no network. Its
+//! [`TicketValidator::signature`] covers everything that decides acceptance, so members
+//! with different validators derive different group ids. [`Admission`] runs every
+//! validator of a group on a peer's tickets and caches accepted verdicts (bounded, by
+//! ticket hash, until they expire). Validation costs about a millisecond of CPU: async
+//! callers run [`Admission::admit`] on a blocking thread.
+pub mod any_of;
+pub mod tdx;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+pub use any_of::AnyOf;
+pub use tdx::{MockTdxValidator, TdxTicketIssuer, TdxValidator, TDX_KIND};
+
+/// Largest ticket accepted (a TDX quote with its collateral is about 10–20 KiB).
+pub const TICKET_BYTES_MAX: usize = 256 << 10;
+/// Accepted verdicts kept by an [`Admission`] cache.
+pub const ADMISSION_CACHE_MAX: usize = 1024;
+
+/// Unix seconds, from whatever clock the node uses. Validators never read a clock
+/// themselves: the caller passes `now`, so tests and the mock can choose it.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+/// A clock that starts at `start` and advances with real time: mock collateral has a
+/// fixed validity window, so mock-attested nodes run their clock from inside it.
+pub fn clock_from(start: u64) -> Clock {
+    let origin = std::time::Instant::now();
+    Arc::new(move || start.saturating_add(origin.elapsed().as_secs()))
+}
+
+/// A credential a peer presents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// Which validator reads it (e.g. `"tdx"`).
+    pub kind: String,
+    pub bytes: Vec<u8>,
+    /// Unix seconds after which the holder must present a fresh ticket.
+    pub expires_at: u64,
+}
+
+/// Who presents the ticket, and where: what the ticket must be bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerContext {
+    /// The key the transport authenticated (never a key the ticket merely claims).
+    pub peer_key: [u8; 32],
+    /// The network the verifier belongs to.
+    pub network_id: String,
+    /// The group the ticket is for, when tickets are scoped to one group.
+    pub group_scope: Option<[u8; 32]>,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// A ticket that passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validated {
+    pub kind: String,
+    /// Unix seconds after which the verdict no longer holds.
+    pub expires_at: u64,
+    /// What was established, for logs (e.g. TCB status and matched profile).
+    pub detail: String,
+}
+
+/// Why a peer's tickets are refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TicketError {
+    #[error("no {kind} ticket presented")]
+    Missing { kind: String },
+    #[error("{kind} ticket is malformed: {reason}")]
+    Malformed { kind: String, reason: String },
+    #[error("{kind} ticket rejected at check `{check}`: {reason}")]
+    Rejected {
+        kind: String,
+        check: &'static str,
+        reason: String,
+    },
+    #[error("{kind} ticket expired at {expires_at} (now {now})")]
+    Expired {
+        kind: String,
+        expires_at: u64,
+        now: u64,
+    },
+    #[error("no alternative accepts the ticket: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    NoAlternative(Vec<TicketError>),
+    #[error("validator unusable: {0}")]
+    Validator(String),
+}
+
+impl TicketError {
+    /// A short reason code for metrics and refusal counters.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TicketError::Missing { .. } => "missing",
+            TicketError::Malformed { .. } => "malformed",
+            TicketError::Rejected { check, .. } => check,
+            TicketError::Expired { .. } => "expired",
+            TicketError::NoAlternative(_) => "no_alternative",
+            TicketError::Validator(_) => "validator",
+        }
+    }
+}
+
+/// Decides whether a ticket admits a peer.
+pub trait TicketValidator: Send + Sync {
+    /// The ticket kind this validator reads.
+    fn kind(&self) -> &str;
+    /// Stable digest of everything that decides acceptance (DESIGN §3); part of the GroupId.
+    fn signature(&self) -> [u8; 32];
+    /// Checks `ticket` for the peer in `ctx`.
+    fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError>;
+}
+
+/// Every validator of a group, with a bounded cache of accepted verdicts.
+pub struct Admission {
+    validators: Vec<Arc<dyn TicketValidator>>,
+    cache: Mutex<HashMap<[u8; 32], Vec<Validated>>>,
+    cache_max: usize,
+}
+
+impl Admission {
+    pub fn new(validators: Vec<Arc<dyn TicketValidator>>) -> Self {
+        Self {
+            validators,
+            cache: Mutex::new(HashMap::new()),
+            cache_max: ADMISSION_CACHE_MAX,
+        }
+    }
+
+    /// The validators' signatures in order (inputs of the GroupId).
+    pub fn signatures(&self) -> Vec<[u8; 32]> {
+        self.validators.iter().map(|v| v.signature()).collect()
+    }
+
+    /// Admits a peer when every validator accepts one of its tickets of the validator's
+    /// kind. Returns the verdicts; the peer must re-present tickets before the earliest
+    /// `expires_at`. CPU-heavy on a cache miss: call it off the async executor.
+    pub fn admit(
+        &self,
+        tickets: &[Ticket],
+        ctx: &PeerContext,
+    ) -> Result<Vec<Validated>, TicketError> {
+        let key = cache_key(tickets, ctx, &self.signatures());
+        if let Some(hit) = self.lock().get(&key) {
+            if hit.iter().all(|v| v.expires_at > ctx.now) {
+                return Ok(hit.clone());
+            }
+        }
+        let mut verdicts = Vec::with_capacity(self.validators.len());
+        for validator in &self.validators {
+            let kind = validator.kind();
+            let mut mine = tickets.iter().filter(|t| t.kind == kind).peekable();
+            if mine.peek().is_none() {
+                return Err(TicketError::Missing {
+                    kind: kind.to_string(),
+                });
+            }
+            let mut last_error = None;
+            let mut accepted = None;
+            for ticket in mine {
+                match check_envelope(ticket, ctx).and_then(|()| validator.validate(ticket, ctx)) {
+                    Ok(v) => {
+                        accepted = Some(v);
+                        break;
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            match accepted {
+                Some(v) => verdicts.push(v),
+                None => {
+                    return Err(last_error.unwrap_or(TicketError::Missing {
+                        kind: kind.to_string(),
+                    }))
+                }
+            }
+        }
+        let mut cache = self.lock();
+        if cache.len() >= self.cache_max {
+            cache.retain(|_, vs| vs.iter().all(|v| v.expires_at > ctx.now));
+            if cache.len() >= self.cache_max {
+                cache.clear();
+            }
+        }
+        cache.insert(key, verdicts.clone());
+        Ok(verdicts)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Vec<Validated>>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn check_envelope(ticket: &Ticket, ctx: &PeerContext) -> Result<(), TicketError> {
+    if ticket.bytes.len() > TICKET_BYTES_MAX {
+        return Err(TicketError::Malformed {
+            kind: ticket.kind.clone(),
+            reason: format!("{} bytes exceeds {TICKET_BYTES_MAX}", ticket.bytes.len()),
+        });
+    }
+    if ticket.expires_at <= ctx.now {
+        return Err(TicketError::Expired {
+            kind: ticket.kind.clone(),
+            expires_at: ticket.expires_at,
+            now: ctx.now,
+        });
+    }
+    Ok(())
+}
+
+fn cache_key(tickets: &[Ticket], ctx: &PeerContext, signatures: &[[u8; 32]]) -> [u8; 32] {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut field = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(b"tessera/admission-cache/v1");
+    for s in signatures {
+        field(s);
+    }
+    field(&ctx.peer_key);
+    field(ctx.network_id.as_bytes());
+    field(ctx.group_scope.as_ref().map_or(&[][..], |s| &s[..]));
+    for t in tickets {
+        field(t.kind.as_bytes());
+        field(&t.bytes);
+        field(&t.expires_at.to_le_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests;

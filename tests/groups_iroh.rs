@@ -1,0 +1,378 @@
+//! Groups over real iroh on loopback: mock-attested members bond and replicate; peers with
+//! bad tickets, another group key, another consensus config or a stolen group id never
+//! bond; garbage from a raw iroh client does not hurt a member.
+//!
+//! Waits are on watches (`when()`, bond statistics) with timeouts, never on sleeps.
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera::cluster::{
+    loopback_endpoint, mock_validator, random_secret, ClusterMember, ClusterOptions, LocalCluster,
+    NETWORK,
+};
+use tessera::groups::{
+    BondConfig, BondStats, Bonds, Consistency, Dial, GroupKey, Inbox, InboxItem, WorkerConfig,
+};
+use tessera::machine::{KvCommand, KvQuery, KvQueryResult};
+use tessera::net::ALPN_BOND;
+use tessera::raft::RaftConfig;
+use tessera::storage::MemoryStorage;
+use tessera::tickets::{Admission, TdxTicketIssuer};
+use tessera_attestation::provider::mock::{MockConfig, MockProvider};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn options(nodes: usize) -> ClusterOptions {
+    let mut o = ClusterOptions::new(nodes, GroupKey::from_bytes([7; 32]));
+    o.worker = WorkerConfig {
+        tick: Duration::from_millis(20),
+        ..WorkerConfig::default()
+    };
+    o
+}
+
+async fn bonded_cluster(nodes: usize) -> LocalCluster {
+    let cluster = LocalCluster::start(options(nodes), |_| Ok(MemoryStorage::new()))
+        .await
+        .expect("cluster");
+    for m in &cluster.members {
+        let mut rx = m.joined.bonds.stats();
+        let live = nodes as u64 - 1;
+        if tokio::time::timeout(WAIT, rx.wait_for(|s| s.live == live))
+            .await
+            .is_err()
+        {
+            panic!(
+                "member {} did not bond with all peers: {:?}",
+                m.node,
+                m.joined.bonds.stats().borrow()
+            );
+        }
+    }
+    cluster
+}
+
+fn put(k: &str, v: &str) -> KvCommand {
+    KvCommand::Put {
+        key: k.as_bytes().to_vec(),
+        value: v.as_bytes().to_vec(),
+    }
+}
+
+async fn get(m: &ClusterMember, k: &str) -> Option<Vec<u8>> {
+    let q = KvQuery::Get {
+        key: k.as_bytes().to_vec(),
+    };
+    match m
+        .joined
+        .group
+        .query(q, Consistency::Strong)
+        .await
+        .expect("strong read")
+    {
+        KvQueryResult::Get { value } => value,
+        other => panic!("unexpected query result {other:?}"),
+    }
+}
+
+async fn leader_index(cluster: &LocalCluster, via: usize) -> usize {
+    let leader = tokio::time::timeout(
+        WAIT,
+        cluster.members[via].joined.group.when().leader_elected(),
+    )
+    .await
+    .expect("a leader within the wait")
+    .expect("leader");
+    cluster.index_of(leader).expect("the leader is a member")
+}
+
+async fn forms_replicates_and_fails_over(nodes: usize) {
+    let cluster = bonded_cluster(nodes).await;
+    let members = &cluster.members;
+    let leader = leader_index(&cluster, 0).await;
+    let follower = (leader + 1) % nodes;
+    members[leader]
+        .joined
+        .group
+        .execute(put("a", "1"))
+        .await
+        .expect("write at the leader");
+    members[follower]
+        .joined
+        .group
+        .execute(put("b", "2"))
+        .await
+        .expect("write through a follower");
+    for m in members {
+        assert_eq!(
+            get(m, "a").await.as_deref(),
+            Some(&b"1"[..]),
+            "strong read after write at {}",
+            m.node
+        );
+        assert_eq!(
+            get(m, "b").await.as_deref(),
+            Some(&b"2"[..]),
+            "strong read after write at {}",
+            m.node
+        );
+    }
+
+    // Failover: the leader stops; the others elect a new one and keep every write.
+    let old = members[leader].node;
+    members[leader].joined.group.shutdown();
+    members[leader].endpoint.close().await;
+    let survivor = &members[follower];
+    let new_leader = tokio::time::timeout(
+        WAIT,
+        survivor.joined.group.when().leader_changed_from(Some(old)),
+    )
+    .await
+    .expect("a new leader within the wait")
+    .expect("new leader");
+    assert_ne!(new_leader, old);
+    survivor
+        .joined
+        .group
+        .execute(put("c", "3"))
+        .await
+        .expect("write after failover");
+    for k in ["a", "b", "c"] {
+        assert!(get(survivor, k).await.is_some(), "{k} lost in failover");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_bond_replicate_and_fail_over() {
+    forms_replicates_and_fails_over(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_bond_replicate_and_fail_over() {
+    forms_replicates_and_fails_over(5).await;
+}
+
+fn refused(members: &[ClusterMember], reason: &str) -> u64 {
+    members
+        .iter()
+        .map(|m| {
+            m.joined
+                .bonds
+                .stats()
+                .borrow()
+                .refused
+                .get(reason)
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Waits until the members together counted `at_least` refusals for `reason`.
+async fn wait_refused(members: &[ClusterMember], reason: &str, at_least: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut watches: Vec<watch::Receiver<BondStats>> =
+        members.iter().map(|m| m.joined.bonds.stats()).collect();
+    while refused(members, reason) < at_least {
+        let any_change = async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            let tasks: Vec<_> = watches
+                .iter_mut()
+                .map(|w| {
+                    let mut w = w.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let _ = w.changed().await;
+                        let _ = tx.send(()).await;
+                    })
+                })
+                .collect();
+            let _ = rx.recv().await;
+            tasks.iter().for_each(|t| t.abort());
+        };
+        if tokio::time::timeout_at(deadline, any_change).await.is_err() {
+            let now: Vec<_> = members
+                .iter()
+                .map(|m| m.joined.bonds.stats().borrow().refused.clone())
+                .collect();
+            panic!("timed out waiting for {at_least} refusals of {reason}; refusals now {now:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_bad_tickets_or_other_groups_never_bond() {
+    let cluster = bonded_cluster(3).await;
+    let members = &cluster.members;
+    let same = cluster.options.clone();
+    let expiring = ClusterOptions {
+        ticket_lifetime_secs: 0,
+        ..same.clone()
+    };
+    let mut bad = Vec::new();
+    for (mock, opts) in [
+        (MockConfig::default().with_mr_td([0x42; 48]), &same), // another image
+        (MockConfig::default().debug(), &same),                // a debug TD
+        (MockConfig::default().corrupt_signature(), &same),    // a forged quote
+        (MockConfig::default().revoked_pck(), &same),          // a revoked platform key
+        (MockConfig::default(), &expiring),                    // an expired ticket
+    ] {
+        bad.push(
+            cluster
+                .candidate(mock, opts, MemoryStorage::new())
+                .await
+                .expect("candidate"),
+        );
+    }
+    // Each dials all three members; each member refuses each.
+    wait_refused(members, "BadTicket", 3 * bad.len() as u64).await;
+
+    let other_key = ClusterOptions {
+        key: GroupKey::from_bytes([8; 32]),
+        ..same.clone()
+    };
+    let other_config = ClusterOptions {
+        raft: RaftConfig {
+            election_ticks: same.raft.election_ticks + 1,
+            ..same.raft.clone()
+        },
+        ..same.clone()
+    };
+    for opts in [&other_key, &other_config] {
+        bad.push(
+            cluster
+                .candidate(MockConfig::default(), opts, MemoryStorage::new())
+                .await
+                .expect("candidate"),
+        );
+    }
+    wait_refused(members, "WrongGroup", 3 * 2).await;
+
+    // A replayer presents a genuine member's ticket on its own connection, and a thief
+    // copied the public group id but lacks the key: neither can bond.
+    let provider = MockProvider::new(MockConfig::default()).expect("mock");
+    let collateral = provider.collateral().expect("collateral");
+    let issuer = TdxTicketIssuer::new(Box::new(provider), collateral, NETWORK.into(), 300);
+    let stolen_ticket = issuer
+        .issue(
+            *members[0].endpoint.id().as_bytes(),
+            None,
+            cluster.clock()(),
+        )
+        .expect("ticket");
+    let mut outsiders = Vec::new();
+    for (ticket_of_other, key) in [
+        (true, same.key.clone()),
+        (false, GroupKey::from_bytes([9; 32])),
+    ] {
+        let (ep, _) = loopback_endpoint(random_secret().expect("key"))
+            .await
+            .expect("endpoint");
+        let ticket = if ticket_of_other {
+            stolen_ticket.clone()
+        } else {
+            issuer
+                .issue(*ep.id().as_bytes(), None, cluster.clock()())
+                .expect("ticket")
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<InboxItem<()>>(1024);
+        let bonds = Bonds::start(
+            ep,
+            BondConfig {
+                group_id: members[0].joined.id,
+                group_key: key,
+                network_id: NETWORK.into(),
+                tickets: watch::channel(vec![ticket]).1,
+                admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
+                clock: cluster.clock(),
+            },
+            Inbox::new(tx),
+            members.iter().map(|m| m.addr.clone()).collect(),
+            Dial::All,
+        );
+        outsiders.push((bonds, rx));
+    }
+    // The replayer is refused by all three (its own counter of refusals by peers).
+    let mut replayer = outsiders[0].0.stats();
+    let refused_thrice = |s: &BondStats| s.refused.get("RefusedByPeer").copied().unwrap_or(0) >= 3;
+    if tokio::time::timeout(WAIT, replayer.wait_for(refused_thrice))
+        .await
+        .is_err()
+    {
+        panic!(
+            "the replayer was not refused by every member: {:?}",
+            outsiders[0].0.stats().borrow()
+        );
+    }
+    wait_refused(members, "BadProof", 3).await;
+
+    // Nobody bad ever bonded, voted or received entries; the group still works.
+    for b in &bad {
+        let s = b.joined.bonds.stats().borrow().clone();
+        assert_eq!(s.bonded, 0, "a bad peer bonded: {s:?}");
+        assert_eq!(s.frames_in, 0, "a bad peer received frames: {s:?}");
+        assert_eq!(
+            b.joined.group.status().commit_index,
+            0,
+            "a bad peer received log entries"
+        );
+        assert_eq!(
+            b.joined.group.status().leader,
+            None,
+            "a bad peer learned of a leader"
+        );
+    }
+    for (bonds, _) in &outsiders {
+        assert_eq!(bonds.stats().borrow().bonded, 0);
+    }
+    for m in members {
+        let s = m.joined.bonds.stats().borrow().clone();
+        assert_eq!(s.live, 2, "members keep exactly their honest bonds: {s:?}");
+        assert_eq!(s.bonded, 2, "no bad peer ever bonded: {s:?}");
+        assert_eq!(m.joined.group.status().membership.voters.len(), 3);
+    }
+    let leader = leader_index(&cluster, 0).await;
+    members[leader]
+        .joined
+        .group
+        .execute(put("still", "works"))
+        .await
+        .expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_raw_iroh_client_is_refused_and_harmless() {
+    let cluster = bonded_cluster(3).await;
+    let members = &cluster.members;
+    let (raw, _) = loopback_endpoint(random_secret().expect("key"))
+        .await
+        .expect("endpoint");
+    let payloads: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xff, 0xff, 0xff],                // absurd length
+        vec![0, 0, 0, 0],                            // zero length
+        vec![0, 0, 0, 3, 9, 1, 2],                   // unknown version
+        vec![0, 0, 0, 5, 1, 0xde, 0xad, 0xbe, 0xef], // not a hello
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ];
+    for (i, payload) in payloads.iter().enumerate() {
+        let conn = raw
+            .connect(members[0].addr.clone(), ALPN_BOND)
+            .await
+            .expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        send.write_all(payload).await.expect("send garbage");
+        let _ = send.finish();
+        // The member sends its hello and then closes the connection on us.
+        let _ = tokio::time::timeout(WAIT, recv.read_to_end(1 << 20)).await;
+        wait_refused(&members[..1], "Malformed", i as u64 + 1).await;
+    }
+    let leader = leader_index(&cluster, 0).await;
+    members[leader]
+        .joined
+        .group
+        .execute(put("after", "garbage"))
+        .await
+        .expect("write");
+    assert_eq!(members[0].joined.bonds.stats().borrow().live, 2);
+}
