@@ -376,3 +376,98 @@ async fn garbage_from_a_raw_iroh_client_is_refused_and_harmless() {
         .expect("write");
     assert_eq!(members[0].joined.bonds.stats().borrow().live, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let t0 = MockConfig::default().valid_now();
+    let now = Arc::new(AtomicU64::new(t0));
+    let clock: tessera::tickets::Clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let provider = MockProvider::new(MockConfig::default()).expect("mock");
+    let collateral = provider.collateral().expect("collateral");
+    let issuer = TdxTicketIssuer::new(Box::new(provider), collateral, NETWORK.into(), 300);
+    let key = GroupKey::from_bytes([7; 32]);
+    let group_id = tessera::groups::GroupId([1; 32]);
+    let mut sides = Vec::new();
+    let mut endpoints = Vec::new();
+    for _ in 0..2 {
+        endpoints.push(
+            loopback_endpoint(random_secret().expect("key"))
+                .await
+                .expect("endpoint"),
+        );
+    }
+    for (i, (ep, _)) in endpoints.iter().enumerate() {
+        let (tickets_tx, tickets_rx) = watch::channel(vec![issuer
+            .issue(*ep.id().as_bytes(), None, t0)
+            .expect("ticket")]);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<InboxItem<()>>(1024);
+        let other = endpoints[1 - i].1.clone();
+        let bonds = Bonds::start(
+            ep.clone(),
+            BondConfig {
+                group_id,
+                group_key: key.clone(),
+                network_id: NETWORK.into(),
+                tickets: tickets_rx,
+                admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
+                clock: clock.clone(),
+            },
+            Inbox::new(tx),
+            vec![other],
+            Dial::SmallerKey,
+        );
+        sides.push((bonds, tickets_tx, rx));
+    }
+    for (bonds, _, _) in &sides {
+        let mut s = bonds.stats();
+        tokio::time::timeout(WAIT, s.wait_for(|s| s.live == 1))
+            .await
+            .expect("bonded")
+            .expect("stats");
+    }
+    // Later, side 1 renews its ticket: side 0 accepts the renewal and the bond stays.
+    now.store(t0 + 200, Ordering::SeqCst);
+    let renewed = issuer
+        .issue(*endpoints[1].0.id().as_bytes(), None, t0 + 200)
+        .expect("ticket");
+    sides[1].1.send(vec![renewed]).expect("publish");
+    let mut s0 = sides[0].0.stats();
+    tokio::time::timeout(WAIT, s0.wait_for(|s| s.renewals == 1))
+        .await
+        .expect("renewal")
+        .expect("stats");
+    assert_eq!(sides[0].0.stats().borrow().live, 1);
+    // Past side 0's (never renewed) ticket: side 1 closes the bond.
+    now.store(t0 + 400, Ordering::SeqCst);
+    let mut s1 = sides[1].0.stats();
+    let expired =
+        |s: &BondStats| s.refused.get("TicketExpired").copied().unwrap_or(0) >= 1 && s.live == 0;
+    if tokio::time::timeout(WAIT, s1.wait_for(expired))
+        .await
+        .is_err()
+    {
+        panic!(
+            "the bond outlived the peer's ticket: {:?}",
+            sides[1].0.stats().borrow()
+        );
+    }
+    // And the redialled handshake refuses the stale ticket.
+    let stale = |s: &BondStats| s.refused.get("BadTicket").copied().unwrap_or(0) >= 1;
+    let (mut a, mut b) = (sides[0].0.stats(), sides[1].0.stats());
+    let refused_again = async {
+        tokio::select! {
+            r = a.wait_for(stale) => r.is_ok(),
+            r = b.wait_for(stale) => r.is_ok(),
+        }
+    };
+    assert!(
+        tokio::time::timeout(WAIT, refused_again)
+            .await
+            .unwrap_or(false),
+        "the stale ticket bonded again"
+    );
+}

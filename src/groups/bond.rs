@@ -36,6 +36,8 @@ use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketError};
 pub const OUTGOING_FRAMES_MAX: usize = 8192;
 /// Bound on the whole handshake, ticket validation included.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Incoming handshakes in progress at once; further connections are refused.
+pub const HANDSHAKES_MAX: usize = 64;
 /// Bound on dialling a peer.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a bond sends a ping.
@@ -96,6 +98,8 @@ pub struct BondStats {
     pub refused: BTreeMap<String, u64>,
     /// Consensus frames received from bonded peers.
     pub frames_in: u64,
+    /// Renewed tickets accepted from bonded peers.
+    pub renewals: u64,
     /// The latest refusals (at most [`RECENT_REFUSALS_MAX`]), oldest first.
     pub recent_refusals: Vec<RefusalRecord>,
 }
@@ -174,7 +178,14 @@ impl Bonds {
         let ep = endpoint.clone();
         let accept_inbox = inbox.clone();
         tokio::spawn(async move {
+            let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
             while let Some(incoming) = ep.accept().await {
+                // Bounded: a flood of connections cannot make us verify unboundedly many
+                // tickets at once. Dropping the incoming connection refuses it.
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!("too many handshakes in progress; connection refused");
+                    continue;
+                };
                 let bonds = accepting.clone();
                 let inbox = accept_inbox.clone();
                 tokio::spawn(async move {
@@ -192,7 +203,7 @@ impl Bonds {
                         );
                         return;
                     }
-                    bonds.serve(conn, false, inbox).await;
+                    bonds.serve(conn, false, inbox, Some(permit)).await;
                 });
             }
         });
@@ -230,7 +241,7 @@ impl Bonds {
         loop {
             match tokio::time::timeout(DIAL_TIMEOUT, ep.connect(peer.clone(), ALPN_BOND)).await {
                 Ok(Ok(conn)) => {
-                    if self.serve(conn, true, inbox.clone()).await {
+                    if self.serve(conn, true, inbox.clone(), None).await {
                         delay = REDIAL_DELAY_MIN;
                     }
                 }
@@ -305,6 +316,7 @@ impl Bonds {
         conn: Connection,
         dialer: bool,
         inbox: Inbox<C>,
+        handshake_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> bool {
         let handshake =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&conn, dialer)).await;
@@ -319,6 +331,7 @@ impl Bonds {
                 return false;
             }
         };
+        drop(handshake_permit);
         let peer_key = conn.remote_id();
         let peer = node_id_of(&peer_key);
         let (tx, rx) = mpsc::channel(OUTGOING_FRAMES_MAX);
@@ -423,11 +436,16 @@ impl Bonds {
     async fn read_bond<C>(
         &self,
         conn: &Connection,
-        mut recv: RecvStream,
+        recv: RecvStream,
         peer: NodeId,
         mut expires_at: u64,
         inbox: &Inbox<C>,
     ) -> Result<(), (Refusal, String)> {
+        // Frames are read by their own task: a timeout here must never cancel a read
+        // half-way through a frame (that would desynchronise the stream).
+        let (tx, mut messages) = mpsc::channel(INCOMING_MESSAGES_MAX);
+        let _reader = AbortOnDrop(tokio::spawn(read_messages(recv, tx)));
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             let now = (self.config.clock)();
             if now >= expires_at {
@@ -436,20 +454,19 @@ impl Bonds {
                     format!("the peer's tickets expired at {expires_at} and were not renewed"),
                 ));
             }
-            let until_expiry = Duration::from_secs(expires_at - now);
-            let wait = IDLE_TIMEOUT.min(until_expiry);
-            let message = match tokio::time::timeout(
-                wait,
-                read_message::<_, BondMessage>(&mut recv, "bond message"),
-            )
-            .await
-            {
-                Err(_) if wait < IDLE_TIMEOUT => continue, // re-check expiry
-                Err(_) => return Err((Refusal::Timeout, "bond idle for too long".into())),
-                Ok(Err(FrameError::Closed)) => return Ok(()),
-                Ok(Err(e)) => return Err((Refusal::Malformed, e.to_string())),
-                Ok(Ok(message)) => message,
+            let expiry = tokio::time::Instant::now() + Duration::from_secs(expires_at - now);
+            let idle = last_heard + IDLE_TIMEOUT;
+            let message = match tokio::time::timeout_at(expiry.min(idle), messages.recv()).await {
+                Err(_) if tokio::time::Instant::now() >= idle => {
+                    return Err((Refusal::Timeout, "bond idle for too long".into()))
+                }
+                Err(_) => continue, // re-check expiry
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(FrameError::Closed))) => return Ok(()),
+                Ok(Some(Err(e))) => return Err((Refusal::Malformed, e.to_string())),
+                Ok(Some(Ok(message))) => message,
             };
+            last_heard = tokio::time::Instant::now();
             match message {
                 BondMessage::Ping => {}
                 BondMessage::Tickets(tickets) => {
@@ -457,9 +474,14 @@ impl Bonds {
                         .admit(conn, tickets)
                         .await
                         .map_err(|e| (Refusal::BadTicket, format!("renewed tickets: {e}")))?;
+                    self.stats.send_modify(|s| s.renewals += 1);
                 }
                 BondMessage::Frame(frame) => {
-                    self.stats.send_modify(|s| s.frames_in += 1);
+                    // Counted without waking watchers: this is the hot path.
+                    self.stats.send_if_modified(|s| {
+                        s.frames_in += 1;
+                        false
+                    });
                     match inbox.push(InboxItem::Frame { from: peer, frame }) {
                         Ok(()) | Err(InboxError::Full) => {} // full: dropped, as a congested link would
                         Err(InboxError::Closed) => return Ok(()),
@@ -483,6 +505,27 @@ impl Transport for Bonds {
         if let Some(tx) = self.lock_peers().get(&to) {
             // A full queue drops the frame, as a congested link would; Raft retransmits.
             let _ = tx.try_send(frame);
+        }
+    }
+}
+
+/// Messages read ahead of the bond loop.
+const INCOMING_MESSAGES_MAX: usize = 1024;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn read_messages(mut recv: RecvStream, tx: mpsc::Sender<Result<BondMessage, FrameError>>) {
+    loop {
+        let message = read_message::<_, BondMessage>(&mut recv, "bond message").await;
+        let stop = message.is_err();
+        if tx.send(message).await.is_err() || stop {
+            return;
         }
     }
 }

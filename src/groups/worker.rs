@@ -121,10 +121,10 @@ pub struct Worker<M: StateMachine, S: Storage> {
     status: watch::Sender<GroupStatus>,
     proposals: BTreeMap<Index, (Term, Waiter)>,
     next_request_id: u64,
-    /// Our requests forwarded to the leader: request id → (reply, deadline).
-    forwarded: BTreeMap<u64, (Reply, Instant)>,
+    /// Our requests forwarded to the leader: request id → (reply, deadline, leader).
+    forwarded: BTreeMap<u64, (Reply, Instant, NodeId)>,
     /// Follower reads waiting for the leader's read point: request id → (query, reply, deadline).
-    forwarded_reads: BTreeMap<u64, (Bytes, Reply, Instant)>,
+    forwarded_reads: BTreeMap<u64, (Bytes, Reply, Instant, NodeId)>,
     reads: BTreeMap<u64, ReadWaiter>,
     /// Reads whose read point is known, waiting for apply.
     waiting_reads: Vec<(Index, Bytes, Reply)>,
@@ -226,6 +226,10 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         match item {
             InboxItem::Frame { from, frame } => self.handle_frame(from, frame),
             InboxItem::PeerReachable { peer, reachable } => {
+                if !reachable {
+                    // Whatever we forwarded to it will not be answered.
+                    self.fail_forwards(|target| target == peer);
+                }
                 self.step(Input::PeerReachable { peer, reachable })
             }
             InboxItem::Client(request) => self.handle_client(request),
@@ -254,7 +258,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     self.next_request_id += 1;
                     let request_id = self.next_request_id;
                     let deadline = Instant::now() + self.config.forward_timeout;
-                    self.forwarded.insert(request_id, (reply, deadline));
+                    self.forwarded.insert(request_id, (reply, deadline, leader));
                     self.transport.send(
                         leader,
                         PeerFrame::Forward {
@@ -279,7 +283,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 } else if let Some(leader) = self.raft.leader() {
                     let deadline = Instant::now() + self.config.forward_timeout;
                     self.forwarded_reads
-                        .insert(request_id, (query, reply, deadline));
+                        .insert(request_id, (query, reply, deadline, leader));
                     self.transport
                         .send(leader, PeerFrame::ReadIndex { request_id });
                 } else {
@@ -358,7 +362,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
             }
             PeerFrame::ForwardReply { request_id, result } => {
-                if let Some((reply, _)) = self.forwarded.remove(&request_id) {
+                if let Some((reply, _, _)) = self.forwarded.remove(&request_id) {
                     self.answer(Waiter::Local(reply), result);
                 }
             }
@@ -386,7 +390,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
             }
             PeerFrame::ReadIndexReply { request_id, result } => {
-                if let Some((query, reply, _)) = self.forwarded_reads.remove(&request_id) {
+                if let Some((query, reply, _, _)) = self.forwarded_reads.remove(&request_id) {
                     match result {
                         Ok(index) => self.waiting_reads.push((index, query, reply)),
                         Err(refusal) => self.answer(Waiter::Local(reply), Err(refusal)),
@@ -397,25 +401,35 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     }
 
     fn expire_forwarded(&mut self, now: Instant) {
-        let expired: Vec<u64> = self
+        self.fail_forwarded_where(|deadline, _| deadline <= now);
+    }
+
+    /// Fails forwarded requests whose target matches: the handle retries them (with the
+    /// same session sequence, so a write that did commit is not applied twice).
+    fn fail_forwards(&mut self, target: impl Fn(NodeId) -> bool) {
+        self.fail_forwarded_where(|_, to| target(to));
+    }
+
+    fn fail_forwarded_where(&mut self, doomed: impl Fn(Instant, NodeId) -> bool) {
+        let ids: Vec<u64> = self
             .forwarded
             .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
+            .filter(|(_, (_, deadline, to))| doomed(*deadline, *to))
             .map(|(id, _)| *id)
             .collect();
-        for id in expired {
-            if let Some((reply, _)) = self.forwarded.remove(&id) {
+        for id in ids {
+            if let Some((reply, _, _)) = self.forwarded.remove(&id) {
                 let _ = reply.send(Err(RequestError::Unknown));
             }
         }
-        let expired: Vec<u64> = self
+        let ids: Vec<u64> = self
             .forwarded_reads
             .iter()
-            .filter(|(_, (_, _, deadline))| *deadline <= now)
+            .filter(|(_, (_, _, deadline, to))| doomed(*deadline, *to))
             .map(|(id, _)| *id)
             .collect();
-        for id in expired {
-            if let Some((_, reply, _)) = self.forwarded_reads.remove(&id) {
+        for id in ids {
+            if let Some((_, reply, _, _)) = self.forwarded_reads.remove(&id) {
                 let _ = reply.send(Err(RequestError::Unknown));
             }
         }
@@ -526,6 +540,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
 
     fn on_events(&mut self, events: Vec<Event>) {
         for event in events {
+            if let Event::StateChanged { leader, .. } = &event {
+                // Requests forwarded to a former leader will not be answered by it.
+                let leader = *leader;
+                self.fail_forwards(|target| Some(target) != leader);
+            }
             match event {
                 Event::StateChanged { role, .. } if role != Role::Leader => {
                     // Proposals we made as leader may or may not commit: the handle retries
@@ -630,10 +649,10 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 let _ = reply.send(Err(err.clone()));
             }
         }
-        for (_, (reply, _)) in std::mem::take(&mut self.forwarded) {
+        for (_, (reply, _, _)) in std::mem::take(&mut self.forwarded) {
             let _ = reply.send(Err(err.clone()));
         }
-        for (_, (_, reply, _)) in std::mem::take(&mut self.forwarded_reads) {
+        for (_, (_, reply, _, _)) in std::mem::take(&mut self.forwarded_reads) {
             let _ = reply.send(Err(err.clone()));
         }
         for (_, w) in std::mem::take(&mut self.reads) {
