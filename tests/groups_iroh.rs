@@ -471,3 +471,42 @@ async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
         "the stale ticket bonded again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_attested_joiner_catches_up_through_a_snapshot_and_becomes_a_voter() {
+    let mut o = options(3);
+    o.worker.snapshot_every = Some(50);
+    let cluster = LocalCluster::start(o, |_| Ok(MemoryStorage::new()))
+        .await
+        .expect("cluster");
+    let leader = leader_index(&cluster, 0).await;
+    for i in 0..200 {
+        cluster.members[leader]
+            .joined
+            .group
+            .execute(put(&format!("k{i}"), &i.to_string()))
+            .await
+            .expect("write");
+    }
+    // The log before the last snapshot is gone: the joiner can only catch up from one.
+    let joiner = cluster
+        .candidate(
+            MockConfig::default(),
+            &cluster.options,
+            MemoryStorage::new(),
+        )
+        .await
+        .expect("joiner");
+    let me = joiner.node;
+    let mut status = joiner.joined.group.when();
+    let voter = tokio::time::timeout(WAIT, status.membership_is(|m| m.voters.contains(&me))).await;
+    assert!(
+        voter.is_ok(),
+        "the joiner did not become a voter: {:?}",
+        joiner.joined.group.status()
+    );
+    assert_eq!(get(&joiner, "k0").await.as_deref(), Some(&b"0"[..]));
+    assert_eq!(get(&joiner, "k199").await.as_deref(), Some(&b"199"[..]));
+    let status = cluster.members[leader].joined.group.status();
+    assert_eq!(status.membership.voters.len(), 4, "{status:?}");
+}

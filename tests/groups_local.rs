@@ -23,6 +23,7 @@ fn options(id: u64, members: &Membership) -> MemberOptions {
             tick: Duration::from_millis(10),
             forward_timeout: Duration::from_millis(500),
             snapshot_every: Some(50),
+            ..WorkerConfig::default()
         },
         seed: id,
         request_timeout: Duration::from_secs(10),

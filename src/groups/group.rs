@@ -292,6 +292,14 @@ impl When {
             .map(|s| s.membership)
     }
 
+    /// The membership this node knows satisfies `f` (e.g. it includes a new voter).
+    pub async fn membership_is(
+        &mut self,
+        f: impl Fn(&crate::raft::Membership) -> bool,
+    ) -> Result<crate::raft::Membership, GroupError> {
+        self.wait(|s| f(&s.membership)).await.map(|s| s.membership)
+    }
+
     /// The node stopped participating (shutdown or a fatal storage error).
     pub async fn offline(&mut self) -> Result<String, GroupError> {
         let s = self.wait(|s| s.stopped.is_some()).await?;

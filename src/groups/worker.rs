@@ -5,7 +5,7 @@
 //! storage writes, which are synchronous and durable (group commit: everything that
 //! arrived since the last write goes into one batch). It makes no protocol decisions: who
 //! leads, what commits and when a read is safe all come from the core.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,8 +16,8 @@ use tokio::sync::{oneshot, watch};
 use super::transport::{ForwardRefusal, InboxItem, PeerFrame, Transport};
 use crate::machine::{ApplyContext, Sessions, StateMachine};
 use crate::raft::{
-    EntryPayload, Event, Index, Input, Membership, NodeId, Raft, ReadState, Ready, Rejection, Role,
-    Term,
+    EntryPayload, Event, Index, Input, Membership, MembershipChange, NodeId, Raft, ReadState,
+    Ready, Rejection, Role, Term,
 };
 use crate::storage::{Storage, WriteBatch};
 
@@ -83,6 +83,13 @@ pub struct WorkerConfig {
     pub forward_timeout: Duration,
     /// Snapshot and compact every this many applied entries (`None`: never).
     pub snapshot_every: Option<u64>,
+    /// As leader, add every bonded peer (bonds exist only with attested peers that proved
+    /// the group key) that is not a member as a learner; the core promotes caught-up
+    /// learners to voters up to `max_voters`.
+    pub auto_membership: bool,
+    /// As leader, remove a member that has been unreachable this long (`None`: never).
+    /// It is added again, as a learner, when it bonds again.
+    pub removal_timeout: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -91,6 +98,8 @@ impl Default for WorkerConfig {
             tick: Duration::from_millis(50),
             forward_timeout: Duration::from_secs(2),
             snapshot_every: Some(10_000),
+            auto_membership: true,
+            removal_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -130,6 +139,10 @@ pub struct Worker<M: StateMachine, S: Storage> {
     waiting_reads: Vec<(Index, Bytes, Reply)>,
     last_snapshot_index: Index,
     stopped: Option<String>,
+    /// Peers with a live bond (admitted by the transport).
+    bonded: BTreeSet<NodeId>,
+    /// Since when each peer has been unreachable.
+    unreachable_since: BTreeMap<NodeId, Instant>,
 }
 
 impl<M: StateMachine, S: Storage> Worker<M, S> {
@@ -162,6 +175,8 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             waiting_reads: Vec::new(),
             last_snapshot_index,
             stopped: None,
+            bonded: BTreeSet::new(),
+            unreachable_since: BTreeMap::new(),
         }
     }
 
@@ -194,6 +209,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 next_tick = now + self.config.tick;
                 self.step(Input::Tick);
                 self.expire_forwarded(now);
+                self.manage_membership(now);
             }
             self.process_ready();
         }
@@ -226,6 +242,15 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         match item {
             InboxItem::Frame { from, frame } => self.handle_frame(from, frame),
             InboxItem::PeerReachable { peer, reachable } => {
+                if reachable {
+                    self.bonded.insert(peer);
+                    self.unreachable_since.remove(&peer);
+                } else {
+                    self.bonded.remove(&peer);
+                    self.unreachable_since
+                        .entry(peer)
+                        .or_insert_with(Instant::now);
+                }
                 if !reachable {
                     // Whatever we forwarded to it will not be answered.
                     self.fail_forwards(|target| target == peer);
@@ -397,6 +422,37 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     }
                 }
             }
+        }
+    }
+
+    /// The leader's automatic membership: bonded non-members join as learners, members
+    /// unreachable for `removal_timeout` are removed. One change at a time, each only once
+    /// the previous one is committed.
+    fn manage_membership(&mut self, now: Instant) {
+        if !self.config.auto_membership || self.raft.role() != Role::Leader {
+            return;
+        }
+        if self.raft.membership_index() > self.raft.commit_index() {
+            return;
+        }
+        let membership = self.raft.membership().clone();
+        let change = if let Some(peer) = self.bonded.iter().find(|p| !membership.contains(**p)) {
+            Some(MembershipChange::AddLearner(*peer))
+        } else if let Some(timeout) = self.config.removal_timeout {
+            self.unreachable_since
+                .iter()
+                .find(|(peer, since)| {
+                    **peer != self.id
+                        && membership.contains(**peer)
+                        && now.duration_since(**since) >= timeout
+                })
+                .map(|(peer, _)| MembershipChange::Remove(*peer))
+        } else {
+            None
+        };
+        if let Some(change) = change {
+            tracing::info!(node = %self.id, ?change, "automatic membership change");
+            self.step(Input::ChangeMembership(change));
         }
     }
 
