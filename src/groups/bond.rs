@@ -320,7 +320,7 @@ impl Bonds {
     ) -> bool {
         let handshake =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&conn, dialer)).await;
-        let (send, recv, expires_at) = match handshake {
+        let (send, recv, expires_at, tickets) = match handshake {
             Ok(Ok(bond)) => bond,
             Ok(Err((why, detail))) => {
                 self.refuse(&conn, why, &detail);
@@ -346,7 +346,7 @@ impl Bonds {
         });
         tracing::info!(peer = %peer_key.fmt_short(), %peer, "bonded");
 
-        let writer = tokio::spawn(write_bond(send, rx, self.config.tickets.clone()));
+        let writer = tokio::spawn(write_bond(send, rx, tickets));
         let result = self.read_bond(&conn, recv, peer, expires_at, &inbox).await;
         writer.abort();
         match &result {
@@ -378,7 +378,8 @@ impl Bonds {
         &self,
         conn: &Connection,
         dialer: bool,
-    ) -> Result<(SendStream, RecvStream, u64), (Refusal, String)> {
+    ) -> Result<(SendStream, RecvStream, u64, watch::Receiver<Vec<Ticket>>), (Refusal, String)>
+    {
         let malformed = |e: String| (Refusal::Malformed, e);
         let (mut send, mut recv) = if dialer {
             conn.open_bi().await.map_err(|e| malformed(e.to_string()))?
@@ -387,9 +388,12 @@ impl Bonds {
                 .await
                 .map_err(|e| malformed(e.to_string()))?
         };
+        // The tickets sent here are marked seen on this receiver: the writer sends every
+        // later renewal, and none can slip between the hello and the writer starting.
+        let mut tickets = self.config.tickets.clone();
         let hello = Hello {
             group_id: self.config.group_id.0,
-            tickets: self.config.tickets.borrow().clone(),
+            tickets: tickets.borrow_and_update().clone(),
             proof: self.proof(conn, dialer).map_err(malformed)?,
         };
         write_message(&mut send, &hello)
@@ -422,7 +426,7 @@ impl Bonds {
             .await
             .map_err(|e| malformed(e.to_string()))?;
         match read_message::<_, Confirm>(&mut recv, "bond confirmation").await {
-            Ok(Confirm::Accepted) => Ok((send, recv, expires_at)),
+            Ok(Confirm::Accepted) => Ok((send, recv, expires_at, tickets)),
             Err(e) => Err((
                 Refusal::RefusedByPeer,
                 format!(
@@ -539,7 +543,6 @@ async fn write_bond(
     mut tickets: watch::Receiver<Vec<Ticket>>,
 ) {
     let mut ping = tokio::time::interval(PING_INTERVAL);
-    tickets.mark_unchanged();
     let mut buf = Vec::new();
     loop {
         let message = tokio::select! {
