@@ -13,10 +13,12 @@
 //! - [`net`]: the iroh endpoint (nothing public contacted) and the framed postcard codec.
 //! - [`tickets`]: ticket validators (TDX, mock TDX, any-of) and cached admission.
 //! - [`cluster`]: mock-attested members in one process over loopback iroh (demo, bench).
+//! - [`discovery`]: signed peer entries and the bounded catalog of them.
 //! - [`groups`]: group identity (key, id), bonds over iroh, the worker that drives the core
 //!   and the async [`groups::Group`] handle.
 #![forbid(unsafe_code)]
 pub mod cluster;
+pub mod discovery;
 pub mod groups;
 pub mod lincheck;
 pub mod machine;
