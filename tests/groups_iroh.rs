@@ -104,6 +104,12 @@ async fn forms_replicates_and_fails_over(nodes: usize) {
         .execute(put("b", "2"))
         .await
         .expect("write through a follower");
+    let batch: Vec<KvCommand> = (0..50)
+        .map(|i| put(&format!("m{i}"), &i.to_string()))
+        .collect();
+    let results = members[follower].joined.group.execute_many(batch).await;
+    assert_eq!(results.len(), 50);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     for m in members {
         assert_eq!(
             get(m, "a").await.as_deref(),
@@ -138,7 +144,16 @@ async fn forms_replicates_and_fails_over(nodes: usize) {
         .execute(put("c", "3"))
         .await
         .expect("write after failover");
-    for k in ["a", "b", "c"] {
+    let mut missing = Vec::new();
+    for i in 0..50 {
+        for m in members.iter().filter(|m| m.node != old) {
+            if get(m, &format!("m{i}")).await != Some(i.to_string().into_bytes()) {
+                missing.push((m.node, i));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "lost in failover: {missing:?}");
+    for k in ["a", "b", "c", "m0", "m49"] {
         assert!(get(survivor, k).await.is_some(), "{k} lost in failover");
     }
 }

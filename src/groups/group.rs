@@ -101,6 +101,33 @@ impl<M: StateMachine> Group<M> {
         result
     }
 
+    /// Executes `commands` concurrently (each exactly once, each in its own session, so the
+    /// worker can put them into one append) and returns their results in order. No order
+    /// among them is promised; call [`Group::execute`] in sequence for that.
+    pub async fn execute_many(
+        &self,
+        commands: Vec<M::Command>,
+    ) -> Vec<Result<M::Output, GroupError>> {
+        let mut set = tokio::task::JoinSet::new();
+        let count = commands.len();
+        for (i, command) in commands.into_iter().enumerate() {
+            let group = self.clone();
+            set.spawn(async move { (i, group.execute(command).await) });
+        }
+        let mut results: Vec<Option<Result<M::Output, GroupError>>> =
+            (0..count).map(|_| None).collect();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, r)) => results[i] = Some(r),
+                Err(e) => tracing::error!(error = %e, "execute_many task failed"),
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(GroupError::Internal("execute task failed".into()))))
+            .collect()
+    }
+
     async fn execute_in_session(
         &self,
         client: ClientId,
