@@ -671,6 +671,16 @@ allow = ["{k}"]
     }
 
     #[test]
+    fn the_sample_config_is_valid() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/node-mock.toml");
+        let c = NodeConfig::load(&file).expect("config/node-mock.toml");
+        assert_eq!(c.bootstrap.len(), 2);
+        assert_eq!(c.attestation, AttestationMode::Mock);
+        assert_eq!(c.client, ClientAllow::Any);
+        assert_eq!(c.load_policies().expect("its policy").len(), 1);
+    }
+
+    #[test]
     fn rocksdb_is_accepted_by_the_schema() {
         let c = parse(&good().replace("\"memory\"", "\"rocksdb\"")).expect("config");
         assert_eq!(c.storage, StorageKind::RocksDb);
