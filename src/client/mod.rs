@@ -26,8 +26,9 @@ use crate::raft::{Index, NodeId, Term};
 pub use connect::{Client, ClientError};
 pub use server::{serve_clients, ClientService, ClientStats};
 
-/// Largest request frame a node reads (KV keys and values are far smaller).
-pub const REQUEST_BYTES_MAX: usize = 1 << 20;
+/// Largest request frame a node reads: room for the largest KV command (a compare-and-swap
+/// of a maximal key with two maximal values is about 132 KiB).
+pub const REQUEST_BYTES_MAX: usize = 256 << 10;
 /// Requests a node runs at once, over all client connections.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// Client connections a node holds at once.

@@ -200,11 +200,28 @@ async fn serve_connection(service: &Arc<ClientService>, conn: &Connection) {
             }
             Ok(Ok(streams)) => streams,
         };
+        // Every request holds a permit from before its first byte is read until its answer
+        // is written: tasks and request buffers stay bounded over all connections.
+        let permit = match tokio::time::timeout(
+            IO_TIMEOUT,
+            service.requests.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                service.stats.busy.fetch_add(1, Ordering::Relaxed);
+                let mut send = send;
+                let _ = send.reset(VarInt::from_u32(CLOSE_BUSY));
+                continue;
+            }
+        };
         let service = service.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_stream(&service, send, recv).await {
                 tracing::debug!(error = %e, "client request failed");
             }
+            drop(permit);
         });
     }
 }
@@ -223,19 +240,11 @@ async fn serve_stream(
             @ (FrameError::Length { .. } | FrameError::Version { .. } | FrameError::Decode { .. }),
         ) => ClientResponse::Error(format!("bad request: {e}")),
         Err(e) => return Err(e),
-        Ok(request) => match service.requests.clone().try_acquire_owned() {
-            Err(_) => {
-                service.stats.busy.fetch_add(1, Ordering::Relaxed);
-                ClientResponse::Error("busy: too many requests in flight, retry later".into())
-            }
-            Ok(_permit) => {
-                match tokio::time::timeout(REQUEST_TIMEOUT, service.answer(request)).await {
-                    Ok(response) => response,
-                    Err(_) => ClientResponse::Error(format!(
-                        "timed out after {REQUEST_TIMEOUT:?}; a command may still apply"
-                    )),
-                }
-            }
+        Ok(request) => match tokio::time::timeout(REQUEST_TIMEOUT, service.answer(request)).await {
+            Ok(response) => response,
+            Err(_) => ClientResponse::Error(format!(
+                "timed out after {REQUEST_TIMEOUT:?}; a command may still apply"
+            )),
         },
     };
     service.stats.requests.fetch_add(1, Ordering::Relaxed);
