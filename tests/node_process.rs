@@ -165,7 +165,7 @@ fn status_rows(stdout: &str) -> Vec<Vec<String>> {
         .lines()
         .skip_while(|l| !l.starts_with("MEMBER"))
         .skip(1)
-        .take_while(|l| l.starts_with('n'))
+        .take_while(|l| !l.trim().is_empty() && !l.contains("STOPPED"))
         .map(|l| l.split_whitespace().map(String::from).collect())
         .collect()
 }
@@ -277,6 +277,11 @@ fn three_node_processes_replicate_and_report_status() {
         );
         std::thread::sleep(POLL_PAUSE);
     };
+    let mut names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    let mut ids: Vec<&str> = keys.iter().map(|(_, id)| &id[..10]).collect();
+    names.sort();
+    ids.sort();
+    assert_eq!(names, ids, "members are named by their short node id");
     let term = &rows[0][2];
     assert!(rows.iter().all(|r| &r[2] == term), "one term: {rows:?}");
     assert!(

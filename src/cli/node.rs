@@ -215,14 +215,17 @@ async fn serve(p: Prepared) -> Result<()> {
         .join(endpoint.clone(), KvStore::new(), MemoryStorage::new())
         .map_err(|e| start_failure(anyhow!("cannot join the group: {e}")))?;
 
-    let service = Arc::new(ClientService::new(
-        joined.group.clone(),
-        joined.bonds.clone(),
-        config.client.clone(),
-        node_key,
-        tickets,
-        p.clock.clone(),
-    ));
+    let service = Arc::new(
+        ClientService::new(
+            joined.group.clone(),
+            joined.bonds.clone(),
+            config.client.clone(),
+            node_key,
+            tickets,
+            p.clock.clone(),
+        )
+        .with_known_peers(config.bootstrap.iter().map(|a| a.id)),
+    );
     tokio::spawn(serve_clients(service.clone(), client_rx));
     let metrics_addr = match config.metrics {
         Some(addr) => {

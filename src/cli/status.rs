@@ -57,6 +57,24 @@ fn expiry(s: &NodeStatus) -> String {
     }
 }
 
+/// How the table names a member: the short form of its iroh key (as in the logs and the
+/// first characters of its node id) when any answer knows it, else its consensus id.
+fn name_of(statuses: &[NodeStatus], node: NodeId) -> String {
+    let key = statuses.iter().find_map(|s| {
+        if s.node == node {
+            return Some(s.node_key);
+        }
+        s.members
+            .iter()
+            .find(|m| m.node == node)
+            .and_then(|m| m.key)
+    });
+    match key {
+        Some(key) => hex::encode(&key[..5]),
+        None => node.to_string(),
+    }
+}
+
 /// The table for the statuses that came back.
 pub fn table(statuses: &[NodeStatus]) -> String {
     let asked: BTreeMap<NodeId, &NodeStatus> = statuses.iter().map(|s| (s.node, s)).collect();
@@ -98,7 +116,7 @@ pub fn table(statuses: &[NodeStatus]) -> String {
                     role.to_string()
                 };
                 [
-                    node.to_string(),
+                    name_of(statuses, node),
                     role,
                     s.term.to_string(),
                     s.commit_index.to_string(),
@@ -119,7 +137,7 @@ pub fn table(statuses: &[NodeStatus]) -> String {
                     .any(|s| s.members.iter().any(|m| m.node == node && m.bonded));
                 let dash = || "-".to_string();
                 [
-                    node.to_string(),
+                    name_of(statuses, node),
                     role.to_string(),
                     dash(),
                     dash(),
@@ -162,7 +180,7 @@ fn summary(statuses: &[NodeStatus]) -> String {
         .iter()
         .filter(|s| s.term == term)
         .find_map(|s| s.leader)
-        .map_or("none known".to_string(), |l| l.to_string());
+        .map_or("none known".to_string(), |l| name_of(statuses, l));
     let members = statuses.first().map_or(0, |s| s.members.len());
     format!("group: {members} members, term {term}, leader {leader}\n")
 }
@@ -209,7 +227,7 @@ mod tests {
 
     fn status(node: u64, role: &str, leader: u64) -> NodeStatus {
         NodeStatus {
-            node_key: [0; 32],
+            node_key: [node as u8; 32],
             node: NodeId(node),
             role: role.into(),
             term: 4,
@@ -219,6 +237,7 @@ mod tests {
             members: (1..=3)
                 .map(|n| MemberStatus {
                     node: NodeId(n),
+                    key: (n != 3).then_some([n as u8; 32]),
                     kind: MemberKind::Voter,
                     leader: n == leader,
                     this_node: n == node,
@@ -242,11 +261,20 @@ mod tests {
         let cells = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
         assert_eq!(
             cells(lines[1]),
-            ["n1", "follower", "4", "17", "16", "2", "in", "5m00s"]
+            [
+                "0101010101",
+                "follower",
+                "4",
+                "17",
+                "16",
+                "2",
+                "in",
+                "5m00s"
+            ]
         );
         assert_eq!(
             cells(lines[2]),
-            ["n2", "leader", "-", "-", "-", "bonded", "-"]
+            ["0202020202", "leader", "-", "-", "-", "bonded", "-"]
         );
         assert_eq!(
             cells(lines[3]),
@@ -254,13 +282,13 @@ mod tests {
         );
         assert_eq!(
             summary(&[status(1, "follower", 2)]),
-            "group: 3 members, term 4, leader n2\n"
+            "group: 3 members, term 4, leader 0202020202\n"
         );
 
         let text = table(&[status(1, "follower", 2), status(2, "leader", 2)]);
         assert_eq!(
             cells(text.lines().nth(2).expect("row")),
-            ["n2", "leader", "4", "17", "16", "2", "in", "5m00s"]
+            ["0202020202", "leader", "4", "17", "16", "2", "in", "5m00s"]
         );
     }
 }

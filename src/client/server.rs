@@ -3,6 +3,7 @@
 //!
 //! Connections arrive on a channel (the bonds' accept loop hands over every connection
 //! whose ALPN is not the bond's, see [`crate::groups::GroupBuilder::route_other_alpns`]).
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use super::{
 use crate::groups::{node_id_of, Bonds, Consistency, Group};
 use crate::machine::KvStore;
 use crate::net::{read_message, write_message, FrameError, ALPN_CLIENT};
-use crate::raft::{MemberRole, Role};
+use crate::raft::{MemberRole, NodeId, Role};
 use crate::tickets::{Clock, Ticket};
 
 /// Counters for the metrics endpoint.
@@ -46,6 +47,8 @@ pub struct ClientService {
     pub tickets: watch::Receiver<Vec<Ticket>>,
     pub clock: Clock,
     pub stats: ClientStats,
+    /// Keys of members this node knows (itself and its bootstrap peers), by node id.
+    known_keys: BTreeMap<NodeId, PublicKey>,
     requests: Arc<Semaphore>,
     connections: Arc<Semaphore>,
 }
@@ -67,9 +70,17 @@ impl ClientService {
             tickets,
             clock,
             stats: ClientStats::default(),
+            known_keys: BTreeMap::from([(node_id_of(&node_key), node_key)]),
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
         }
+    }
+
+    /// Names these peers' keys in status answers (members are otherwise known by node id).
+    pub fn with_known_peers(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        self.known_keys
+            .extend(keys.into_iter().map(|k| (node_id_of(&k), k)));
+        self
     }
 
     /// When this node's own ticket expires (the earliest, if it holds several).
@@ -94,6 +105,7 @@ impl ClientService {
                 };
                 Some(MemberStatus {
                     node,
+                    key: self.known_keys.get(&node).map(|k| *k.as_bytes()),
                     kind,
                     leader: s.leader == Some(node),
                     this_node: node == me,
