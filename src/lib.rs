@@ -16,8 +16,14 @@
 //! - [`discovery`]: signed peer entries and the bounded catalog of them.
 //! - [`groups`]: group identity (key, id), bonds over iroh, the worker that drives the core
 //!   and the async [`groups::Group`] handle.
+//! - [`client`]: the client protocol over iroh (`tessera kv`, `tessera status`) and the node
+//!   side that serves it, with client keys checked against an allow list.
+//! - [`config`]: the `node.toml` schema of `tessera node`, validated with errors that name
+//!   the field.
 #![forbid(unsafe_code)]
+pub mod client;
 pub mod cluster;
+pub mod config;
 pub mod discovery;
 pub mod groups;
 pub mod lincheck;

@@ -23,6 +23,14 @@ enum Command {
     Demo,
     /// Throughput, latency and failover of a local cluster over loopback iroh.
     Bench(cli::bench::BenchArgs),
+    /// Run one member of a group, configured by node.toml, until SIGINT or SIGTERM.
+    Node(cli::node::NodeArgs),
+    /// Write a node secret key (or, with --group, a group key) to a new 0600 file.
+    Keygen(cli::node::KeygenArgs),
+    /// Key-value client: put, get, del, cas, scan through a node.
+    Kv(cli::kv::KvArgs),
+    /// Show the group as a table: members, roles, term, commit/applied, bonds, ticket expiry.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +40,9 @@ fn main() -> ExitCode {
         Command::Sim(args) => cli::sim::run(args),
         Command::Demo => cli::demo::demo(),
         Command::Bench(args) => cli::bench::bench(args),
+        Command::Node(args) => cli::node::run(args),
+        Command::Keygen(args) => cli::node::keygen(args),
+        Command::Kv(args) => cli::kv::run(args),
+        Command::Status(args) => cli::status::run(args),
     }
 }

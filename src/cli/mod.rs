@@ -2,4 +2,8 @@
 pub mod attest;
 pub mod bench;
 pub mod demo;
+pub mod kv;
+pub mod metrics;
+pub mod node;
 pub mod sim;
+pub mod status;

@@ -168,6 +168,20 @@ impl Bonds {
         peers: Vec<EndpointAddr>,
         dial: Dial,
     ) -> Arc<Self> {
+        Self::start_with_other_alpns(endpoint, config, inbox, peers, dial, None)
+    }
+
+    /// [`Bonds::start`], handing accepted connections whose ALPN is not the bond's to
+    /// `others` (e.g. the client protocol) instead of closing them. When that queue is full
+    /// the connection is closed as busy.
+    pub fn start_with_other_alpns<C: Send + 'static>(
+        endpoint: Endpoint,
+        config: BondConfig,
+        inbox: Inbox<C>,
+        peers: Vec<EndpointAddr>,
+        dial: Dial,
+        others: Option<mpsc::Sender<Connection>>,
+    ) -> Arc<Self> {
         let bonds = Arc::new(Self {
             me: endpoint.id(),
             config,
@@ -188,6 +202,7 @@ impl Bonds {
                 };
                 let bonds = accepting.clone();
                 let inbox = accept_inbox.clone();
+                let others = others.clone();
                 tokio::spawn(async move {
                     let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
                         Ok(Ok(conn)) => conn,
@@ -197,6 +212,14 @@ impl Bonds {
                         Err(_) => return tracing::debug!("incoming connection timed out"),
                     };
                     if conn.alpn() != ALPN_BOND {
+                        if let Some(others) = others {
+                            if let Err(mpsc::error::TrySendError::Full(conn)) =
+                                others.try_send(conn)
+                            {
+                                conn.close(VarInt::from_u32(0), b"busy");
+                            }
+                            return;
+                        }
                         conn.close(
                             VarInt::from_u32(Refusal::Malformed as u32),
                             b"unknown protocol",

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointAddr};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::bond::{node_id_of, BondConfig, Bonds, Dial};
 use super::id::{GroupId, GroupKey};
@@ -34,6 +35,7 @@ pub struct GroupBuilder {
     bootstrap: bool,
     clock: Clock,
     request_timeout: Duration,
+    other_alpns: Option<mpsc::Sender<Connection>>,
 }
 
 impl GroupBuilder {
@@ -49,6 +51,7 @@ impl GroupBuilder {
             bootstrap: false,
             clock,
             request_timeout: Duration::from_secs(10),
+            other_alpns: None,
         }
     }
 
@@ -80,6 +83,13 @@ impl GroupBuilder {
 
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Hands connections the endpoint accepts on ALPNs other than the bond's (such as
+    /// [`crate::net::ALPN_CLIENT`]) to `connections` instead of closing them.
+    pub fn route_other_alpns(mut self, connections: mpsc::Sender<Connection>) -> Self {
+        self.other_alpns = Some(connections);
         self
     }
 
@@ -141,7 +151,14 @@ impl GroupBuilder {
             } else {
                 Dial::All
             };
-            let b = Bonds::start(endpoint, config, inbox, peers, dial);
+            let b = Bonds::start_with_other_alpns(
+                endpoint,
+                config,
+                inbox,
+                peers,
+                dial,
+                self.other_alpns.clone(),
+            );
             bonds = Some(b.clone());
             b
         })?;

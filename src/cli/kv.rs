@@ -1,0 +1,213 @@
+//! `tessera kv put|get|del|cas|scan --node <node id>@<ip:port>`: the key-value client.
+//!
+//! Dials one node over the client protocol with a fresh key (or `--key-file`, for nodes
+//! whose `[client] allow` lists keys). Writes go through the log from any member; `get` and
+//! `scan` are linearizable reads unless `--weak`.
+//!
+//! Exit status: 0 done, 1 a negative answer (`get` of an absent key, a `cas` that did not
+//! match, a command the store rejected), 2 the request could not be made or failed.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use tessera::client::{Client, ClientRequest, ClientResponse};
+use tessera::cluster::random_secret;
+use tessera::config::{parse_peer, read_secret_key};
+use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    /// The node to ask: <node id>@<ip:port>.
+    #[arg(long, global = true)]
+    pub node: Option<String>,
+    /// This client's secret key (hex, mode 0600; see `tessera keygen`). Default: a fresh
+    /// key for this call, which only nodes with `[client] allow = "any"` serve.
+    #[arg(long, global = true)]
+    pub key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub op: KvOp,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvOp {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print the value of KEY (exit 1 if absent).
+    Get {
+        key: String,
+        /// Read this node's local state (fast, possibly stale) instead of a linearizable read.
+        #[arg(long)]
+        weak: bool,
+    },
+    /// Remove KEY.
+    Del { key: String },
+    /// Compare and swap: set KEY to --new (or delete it with --delete) only if it holds
+    /// --expect (or is absent, with --expect-absent). Exit 1 if it did not match.
+    Cas {
+        key: String,
+        #[arg(long, conflicts_with = "expect_absent")]
+        expect: Option<String>,
+        #[arg(long)]
+        expect_absent: bool,
+        #[arg(long, conflicts_with = "delete")]
+        new: Option<String>,
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Print keys and values (tab-separated) whose key starts with PREFIX, in key order.
+    Scan {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// The most entries printed (the node caps it).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        weak: bool,
+    },
+}
+
+/// Dials `node` (`<node id>@<ip:port>`) with the key in `key_file` or a fresh one.
+pub async fn connect(node: &str, key_file: Option<&Path>) -> Result<Client> {
+    let addr = parse_peer(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
+    let secret = match key_file {
+        Some(path) => read_secret_key(path).map_err(|e| anyhow::anyhow!("--key-file: {e}"))?,
+        None => random_secret()?,
+    };
+    Ok(Client::connect(addr, secret).await?)
+}
+
+/// A runtime for one client call.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn request_of(op: &KvOp) -> Result<ClientRequest> {
+    let bytes = |s: &str| s.as_bytes().to_vec();
+    Ok(match op {
+        KvOp::Put { key, value } => ClientRequest::Execute(KvCommand::Put {
+            key: bytes(key),
+            value: bytes(value),
+        }),
+        KvOp::Get { key, weak } => ClientRequest::Query {
+            query: KvQuery::Get { key: bytes(key) },
+            strong: !weak,
+        },
+        KvOp::Del { key } => ClientRequest::Execute(KvCommand::Delete { key: bytes(key) }),
+        KvOp::Cas {
+            key,
+            expect,
+            expect_absent,
+            new,
+            delete,
+        } => {
+            if expect.is_none() && !expect_absent {
+                bail!("cas needs --expect VALUE or --expect-absent");
+            }
+            if new.is_none() && !delete {
+                bail!("cas needs --new VALUE or --delete");
+            }
+            ClientRequest::Execute(KvCommand::CompareAndSwap {
+                key: bytes(key),
+                expected: expect.as_deref().map(bytes),
+                new: new.as_deref().map(bytes),
+            })
+        }
+        KvOp::Scan {
+            prefix,
+            limit,
+            weak,
+        } => ClientRequest::Query {
+            query: KvQuery::Range {
+                prefix: bytes(prefix),
+                limit: *limit,
+            },
+            strong: !weak,
+        },
+    })
+}
+
+/// Prints the answer; returns whether it was positive.
+fn print_answer(response: ClientResponse) -> Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match response {
+        ClientResponse::Error(e) => bail!("the node answered: {e}"),
+        ClientResponse::Executed(KvOutput::Rejected(why)) => {
+            eprintln!("rejected: {why}");
+            Ok(false)
+        }
+        ClientResponse::Executed(KvOutput::Put) => {
+            writeln!(out, "OK")?;
+            Ok(true)
+        }
+        ClientResponse::Executed(KvOutput::Delete { removed }) => {
+            writeln!(out, "{}", if removed { "deleted" } else { "absent" })?;
+            Ok(true)
+        }
+        ClientResponse::Executed(KvOutput::Swapped) => {
+            writeln!(out, "swapped")?;
+            Ok(true)
+        }
+        ClientResponse::Executed(KvOutput::SwapFailed { current }) => {
+            match current {
+                Some(v) => eprintln!(
+                    "not swapped: the key holds {:?}",
+                    String::from_utf8_lossy(&v)
+                ),
+                None => eprintln!("not swapped: the key is absent"),
+            }
+            Ok(false)
+        }
+        ClientResponse::Queried(KvQueryResult::Get { value: Some(v) }) => {
+            out.write_all(&v)?;
+            writeln!(out)?;
+            Ok(true)
+        }
+        ClientResponse::Queried(KvQueryResult::Get { value: None }) => {
+            eprintln!("not found");
+            Ok(false)
+        }
+        ClientResponse::Queried(KvQueryResult::Range { entries, more }) => {
+            for (k, v) in entries {
+                out.write_all(&k)?;
+                out.write_all(b"\t")?;
+                out.write_all(&v)?;
+                writeln!(out)?;
+            }
+            if more {
+                eprintln!("(more entries; raise --limit or narrow the prefix)");
+            }
+            Ok(true)
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+async fn kv(args: KvArgs) -> Result<bool> {
+    let node = args
+        .node
+        .as_deref()
+        .context("--node <node id>@<ip:port> is required")?;
+    let request = request_of(&args.op)?;
+    let client = connect(node, args.key_file.as_deref()).await?;
+    let response = client.request(&request).await;
+    client.close().await;
+    print_answer(response?)
+}
+
+pub fn run(args: KvArgs) -> ExitCode {
+    let result = runtime().and_then(|rt| rt.block_on(kv(args)));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("tessera kv: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

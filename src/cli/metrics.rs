@@ -1,0 +1,253 @@
+//! Prometheus text metrics of a running node on `GET /metrics` (DESIGN §12): term, role,
+//! commit and applied index, apply lag, bonds (live, established, closed, refused by
+//! reason), the node's ticket expiry and client-protocol counters.
+//!
+//! A deliberately tiny HTTP/1.1 responder: one request per connection, the request head
+//! read under a timeout and a size limit, at most [`CONNECTIONS_MAX`] at once.
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera::client::server::role_name;
+use tessera::client::{ClientService, MemberKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Largest request head read.
+const REQUEST_HEAD_BYTES_MAX: usize = 8 << 10;
+/// Bound on reading the request and writing the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes served at once; further connections are dropped.
+const CONNECTIONS_MAX: usize = 16;
+
+const ROLES: [&str; 5] = [
+    "leader",
+    "follower",
+    "candidate",
+    "pre-candidate",
+    "starting",
+];
+
+/// Serves metrics on `listener` until the runtime stops.
+pub async fn serve(listener: TcpListener, service: Arc<ClientService>) {
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue; // dropped: too many scrapes at once
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, answer(stream, &service)).await {
+                tracing::debug!(error = %e, "metrics request timed out");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, service: &ClientService) {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > REQUEST_HEAD_BYTES_MAX {
+            let _ = respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+            return;
+        }
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", render(service)),
+        ("GET", _) => ("404 Not Found", "not found; try /metrics\n".to_string()),
+        _ => ("405 Method Not Allowed", "only GET\n".to_string()),
+    };
+    let _ = respond(&mut stream, status, &body).await;
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics page.
+pub fn render(service: &ClientService) -> String {
+    let status = service.group.status();
+    let bonds = service.bonds.stats().borrow().clone();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v)];
+    metric(
+        "tessera_term",
+        "gauge",
+        "Current Raft term.",
+        &one(status.term),
+    );
+    let role = role_name(status.role);
+    let roles: Vec<(String, u64)> = ROLES
+        .iter()
+        .map(|r| (format!("{{role=\"{r}\"}}"), u64::from(*r == role)))
+        .collect();
+    metric(
+        "tessera_role",
+        "gauge",
+        "1 for this node's current role.",
+        &roles,
+    );
+    metric(
+        "tessera_commit_index",
+        "gauge",
+        "Highest log index known committed.",
+        &one(status.commit_index),
+    );
+    metric(
+        "tessera_applied_index",
+        "gauge",
+        "Highest log index applied to the state machine.",
+        &one(status.applied_index),
+    );
+    metric(
+        "tessera_apply_lag",
+        "gauge",
+        "Committed entries not yet applied.",
+        &one(status.commit_index.saturating_sub(status.applied_index)),
+    );
+    let members = service.status().members;
+    let kinds: Vec<(String, u64)> = [
+        ("voter", MemberKind::Voter),
+        ("learner", MemberKind::Learner),
+        ("observer", MemberKind::Observer),
+    ]
+    .iter()
+    .map(|(label, kind)| {
+        (
+            format!("{{kind=\"{label}\"}}"),
+            members.iter().filter(|m| m.kind == *kind).count() as u64,
+        )
+    })
+    .collect();
+    metric(
+        "tessera_members",
+        "gauge",
+        "Members of the latest configuration.",
+        &kinds,
+    );
+    metric(
+        "tessera_stopped",
+        "gauge",
+        "1 if the node stopped participating (e.g. a storage error).",
+        &one(u64::from(status.stopped.is_some())),
+    );
+    metric(
+        "tessera_bonds_live",
+        "gauge",
+        "Bonds open now.",
+        &one(bonds.live),
+    );
+    metric(
+        "tessera_bonds_established_total",
+        "counter",
+        "Bond handshakes that succeeded.",
+        &one(bonds.bonded),
+    );
+    metric(
+        "tessera_bonds_closed_total",
+        "counter",
+        "Bonds that ended.",
+        &one(bonds.closed),
+    );
+    let refused: Vec<(String, u64)> = bonds
+        .refused
+        .iter()
+        .map(|(reason, n)| (format!("{{reason=\"{}\"}}", escape_label(reason)), *n))
+        .collect();
+    metric(
+        "tessera_bonds_refused_total",
+        "counter",
+        "Handshakes refused or bonds closed by this node, by reason.",
+        &refused,
+    );
+    metric(
+        "tessera_bond_frames_received_total",
+        "counter",
+        "Consensus frames received from bonded peers.",
+        &one(bonds.frames_in),
+    );
+    if let Some(expires) = service.ticket_expires_at() {
+        metric(
+            "tessera_ticket_expires_in_seconds",
+            "gauge",
+            "Seconds until this node's own ticket expires (renewed at half its lifetime).",
+            &one(expires.saturating_sub((service.clock)())),
+        );
+    }
+    let stats = &service.stats;
+    metric(
+        "tessera_client_requests_total",
+        "counter",
+        "Client requests answered.",
+        &one(stats.requests.load(Ordering::Relaxed)),
+    );
+    metric(
+        "tessera_client_request_errors_total",
+        "counter",
+        "Client requests answered with an error.",
+        &one(stats.request_errors.load(Ordering::Relaxed)),
+    );
+    metric(
+        "tessera_client_unauthorized_total",
+        "counter",
+        "Client connections refused: key not allowed.",
+        &one(stats.unauthorized.load(Ordering::Relaxed)),
+    );
+    metric(
+        "tessera_client_busy_total",
+        "counter",
+        "Client connections or requests refused at a limit.",
+        &one(stats.busy.load(Ordering::Relaxed)),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_label;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

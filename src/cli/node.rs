@@ -1,0 +1,306 @@
+//! `tessera node --config node.toml`: one member of a group, serving the built-in
+//! key-value store to clients, until SIGINT or SIGTERM. And `tessera keygen`, which writes
+//! the key files a config points to.
+//!
+//! Start-up reads and checks everything first (config, key files, policies, the quote
+//! provider), so a bad config fails before any socket is bound, with a message naming the
+//! field. Then it binds the endpoint, joins the group with its bootstrap peers, serves the
+//! client protocol and, if configured, Prometheus metrics, and prints one line
+//! `tessera node: ready node_id=<id> listen=<addr> group=<id>` on stdout.
+//!
+//! Exit status: 0 after a signal, 1 when the node fails while running, 2 when it cannot
+//! start (config, keys, policies, attestation, bind).
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use iroh::SecretKey;
+use tessera::client::{serve_clients, ClientService};
+use tessera::cluster::{random_secret, TICKET_LIFETIME_SECS};
+use tessera::config::{
+    write_private_file, write_secret_key, AttestationMode, NodeConfig, StorageKind,
+};
+use tessera::groups::{keep_tickets_fresh, GroupBuilder, GroupKey};
+use tessera::machine::KvStore;
+use tessera::net::{endpoint::bound_addr, local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT};
+use tessera::storage::MemoryStorage;
+use tessera::tickets::{clock_from, system_clock, Clock, TdxTicketIssuer};
+use tessera_attestation::provider::configfs::ConfigfsTsmProvider;
+use tessera_attestation::provider::mock::{MockConfig, MockProvider};
+use tessera_attestation::{Collateral, QuoteProvider};
+
+use super::metrics;
+
+/// Client connections waiting for the client server before more are refused as busy.
+const CLIENT_CONNECTIONS_QUEUE_MAX: usize = 64;
+/// Bound on closing the endpoint at shutdown.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// The node's configuration (see `tessera::config` for the schema).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the key (hex, mode 0600; an existing file is never overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write a group key (32 random bytes, shared by every member out of band) instead of
+    /// a node key.
+    #[arg(long)]
+    pub group: bool,
+}
+
+/// A node that could not start (exit 2), as opposed to one that failed while running.
+#[derive(Debug)]
+struct StartFailure(anyhow::Error);
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for StartFailure {}
+
+fn start_failure(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(StartFailure(e.into()))
+}
+
+pub fn run(args: NodeArgs) -> ExitCode {
+    match node(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StartFailure>() => {
+            eprintln!("tessera node: cannot start: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("tessera node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything read and checked before the node binds anything.
+struct Prepared {
+    config: NodeConfig,
+    key: GroupKey,
+    secret: SecretKey,
+    fresh_secret: bool,
+    validator: Arc<dyn tessera::tickets::TicketValidator>,
+    issuer: TdxTicketIssuer,
+    clock: Clock,
+}
+
+fn prepare(args: &NodeArgs) -> Result<Prepared> {
+    let config = NodeConfig::load(&args.config)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .map_err(|e| config.error("log_level", format!("not a tracing filter: {e}")))?;
+    // A second subscriber (never in this binary) would be the only reason this fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+    if config.storage == StorageKind::RocksDb {
+        return Err(config
+            .error(
+                "storage",
+                "rocksdb storage is not in this build yet; use storage = \"memory\"",
+            )
+            .into());
+    }
+    let key = config.group_key()?;
+    let (secret, fresh_secret) = match config.secret_key()? {
+        Some(secret) => (secret, false),
+        None => (random_secret()?, true),
+    };
+    let validator = config.validator()?;
+    let (provider, collateral, clock): (Box<dyn QuoteProvider + Send + Sync>, Collateral, Clock) =
+        match config.attestation {
+            AttestationMode::Mock => {
+                let mock = MockConfig::default();
+                let provider = MockProvider::new(mock.clone())
+                    .map_err(|e| config.error("attestation", format!("mock provider: {e}")))?;
+                let collateral = provider
+                    .collateral()
+                    .map_err(|e| config.error("attestation", format!("mock collateral: {e}")))?;
+                // The mock collateral has a fixed validity window: run the clock from inside it.
+                (Box::new(provider), collateral, clock_from(mock.valid_now()))
+            }
+            AttestationMode::Tdx => {
+                let provider = ConfigfsTsmProvider::new();
+                provider.detect().map_err(|e| {
+                    config.error(
+                        "attestation",
+                        format!("\"tdx\" but this machine cannot produce TDX quotes: {e}"),
+                    )
+                })?;
+                let path = config
+                    .collateral_file
+                    .clone()
+                    .ok_or_else(|| config.error("collateral_file", "required with \"tdx\""))?;
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    config.error("collateral_file", format!("{}: {e}", path.display()))
+                })?;
+                let collateral = Collateral::from_json(&bytes).map_err(|e| {
+                    config.error("collateral_file", format!("{}: {e}", path.display()))
+                })?;
+                (Box::new(provider), collateral, system_clock())
+            }
+        };
+    let issuer = TdxTicketIssuer::new(
+        provider,
+        collateral,
+        config.network_id.clone(),
+        TICKET_LIFETIME_SECS,
+    );
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| config.error("data_dir", format!("{}: {e}", config.data_dir.display())))?;
+    Ok(Prepared {
+        config,
+        key,
+        secret,
+        fresh_secret,
+        validator,
+        issuer,
+        clock,
+    })
+}
+
+fn node(args: NodeArgs) -> Result<()> {
+    let prepared = prepare(&args).map_err(start_failure)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(start_failure)?;
+    runtime.block_on(serve(prepared))
+}
+
+async fn serve(p: Prepared) -> Result<()> {
+    let config = &p.config;
+    let node_key = p.secret.public();
+    if p.fresh_secret {
+        println!("tessera node: node id {node_key} (fresh key, kept in memory only)");
+    }
+    let endpoint = local_endpoint(
+        p.secret.clone(),
+        &Listen {
+            bind: config.listen,
+            alpns: vec![ALPN_BOND.to_vec(), ALPN_CLIENT.to_vec()],
+        },
+    )
+    .await
+    .map_err(|e| start_failure(config.error("listen", e.to_string())))?;
+    let listen = bound_addr(&endpoint).unwrap_or(config.listen);
+
+    let tickets = keep_tickets_fresh(Arc::new(p.issuer), *node_key.as_bytes(), p.clock.clone())
+        .map_err(|e| start_failure(config.error("attestation", format!("first ticket: {e}"))))?;
+    let (raft, worker) = config.consensus();
+    let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_CONNECTIONS_QUEUE_MAX);
+    let joined = GroupBuilder::new(p.key, config.network_id.clone(), p.clock.clone())
+        .with_consensus_config(raft, worker)
+        .require_ticket(p.validator)
+        .with_tickets(tickets.clone())
+        .with_peers(config.bootstrap.clone(), true)
+        .route_other_alpns(client_tx)
+        .join(endpoint.clone(), KvStore::new(), MemoryStorage::new())
+        .map_err(|e| start_failure(anyhow!("cannot join the group: {e}")))?;
+
+    let service = Arc::new(
+        ClientService::new(
+            joined.group.clone(),
+            joined.bonds.clone(),
+            config.client.clone(),
+            node_key,
+            tickets,
+            p.clock.clone(),
+        )
+        .with_known_peers(config.bootstrap.iter().map(|a| a.id)),
+    );
+    tokio::spawn(serve_clients(service.clone(), client_rx));
+    let metrics_addr = match config.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                start_failure(config.error("metrics", format!("cannot bind {addr}: {e}")))
+            })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tokio::spawn(metrics::serve(listener, service.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    tracing::info!(node_id = %node_key, %listen, group = %joined.id, "node ready");
+    let metrics_note =
+        metrics_addr.map_or(String::new(), |a| format!(" metrics=http://{a}/metrics"));
+    println!(
+        "tessera node: ready node_id={node_key} listen={listen} group={}{metrics_note}",
+        joined.id
+    );
+    let _ = std::io::stdout().flush();
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    let mut when = joined.group.when();
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok("SIGINT"),
+        _ = terminate.recv() => Ok("SIGTERM"),
+        stopped = when.offline() => Err(match stopped {
+            Ok(reason) => anyhow!("the node stopped participating: {reason}"),
+            Err(e) => anyhow!("the node stopped: {e}"),
+        }),
+    };
+    if let Ok(signal) = &outcome {
+        tracing::info!(signal, "shutting down");
+    }
+    let group = joined.group.clone();
+    let _ = tokio::task::spawn_blocking(move || group.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, endpoint.close()).await;
+    outcome.map(|signal| println!("tessera node: stopped ({signal})"))
+}
+
+pub fn keygen(args: KeygenArgs) -> ExitCode {
+    let result = if args.group {
+        GroupKey::generate()
+            .map_err(anyhow::Error::from)
+            .and_then(|key| {
+                write_private_file(&args.out, &hex::encode(key.as_bytes()))
+                    .with_context(|| format!("cannot write {}", args.out.display()))?;
+                eprintln!(
+                    "tessera keygen: wrote group key {} (mode 0600); share it with every member out of band",
+                    args.out.display()
+                );
+                println!("{}", hex::encode(key.public_id()));
+                Ok(())
+            })
+    } else {
+        random_secret()
+            .map_err(anyhow::Error::from)
+            .and_then(|secret| {
+                write_secret_key(&args.out, &secret)
+                    .with_context(|| format!("cannot write {}", args.out.display()))?;
+                eprintln!(
+                    "tessera keygen: wrote node key {} (mode 0600); its node id:",
+                    args.out.display()
+                );
+                println!("{}", secret.public());
+                Ok(())
+            })
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tessera keygen: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

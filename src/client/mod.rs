@@ -1,0 +1,138 @@
+//! The client protocol (`tessera/client/1`): how `tessera kv` and `tessera status` talk to
+//! a node that serves the built-in key-value store.
+//!
+//! One request per bi-stream: the client opens a stream, writes one [`ClientRequest`]
+//! frame (the framed postcard codec of [`crate::net`]) and finishes its side; the node
+//! answers with one [`ClientResponse`] frame. Clients are authenticated by their iroh key:
+//! the node serves only keys its `[client] allow` list names ([`ClientAllow`]; by default
+//! nobody) and closes other connections with [`CLOSE_UNAUTHORIZED`].
+//!
+//! **IO contract.** [`server`] reads requests and writes answers under a timeout each, runs
+//! at most [`REQUESTS_IN_FLIGHT_MAX`] requests at once and holds at most
+//! [`CONNECTIONS_MAX`] client connections; it makes no decision about the group itself, it
+//! calls the [`crate::groups::Group`] handle. [`connect`] is the client side, dialling only
+//! the address it is given.
+pub mod connect;
+pub mod server;
+
+use std::time::Duration;
+
+use iroh::PublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+use crate::raft::{Index, NodeId, Term};
+
+pub use connect::{Client, ClientError};
+pub use server::{serve_clients, ClientService, ClientStats};
+
+/// Largest request frame a node reads: room for the largest KV command (a compare-and-swap
+/// of a maximal key with two maximal values is about 132 KiB).
+pub const REQUEST_BYTES_MAX: usize = 256 << 10;
+/// Requests a node runs at once, over all client connections.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
+/// Client connections a node holds at once.
+pub const CONNECTIONS_MAX: usize = 128;
+/// Bound on reading one request or writing one answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on running one request against the group.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// A client connection with no new stream for this long is closed.
+pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Close code of a connection whose client key is not allowed.
+pub const CLOSE_UNAUTHORIZED: u32 = 401;
+/// Close code of a connection refused because the node holds too many.
+pub const CLOSE_BUSY: u32 = 503;
+
+/// Which client keys a node serves (`[client] allow` in `node.toml`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientAllow {
+    /// Every client key (for development, or behind a network boundary).
+    Any,
+    /// Only these keys. Empty (the default) refuses everyone.
+    Keys(Vec<PublicKey>),
+}
+
+impl Default for ClientAllow {
+    fn default() -> Self {
+        ClientAllow::Keys(Vec::new())
+    }
+}
+
+impl ClientAllow {
+    pub fn allows(&self, key: &PublicKey) -> bool {
+        match self {
+            ClientAllow::Any => true,
+            ClientAllow::Keys(keys) => keys.contains(key),
+        }
+    }
+}
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Apply a command through the log (from any member: followers forward).
+    Execute(KvCommand),
+    /// Read: `strong` is linearizable (read-index), otherwise this node's local state.
+    Query { query: KvQuery, strong: bool },
+    /// This node's view of the group.
+    Status,
+}
+
+/// What a node answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Executed(KvOutput),
+    Queried(KvQueryResult),
+    Status(NodeStatus),
+    /// The request failed; the message says why.
+    Error(String),
+}
+
+/// How a configuration lists a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberKind {
+    Voter,
+    Learner,
+    Observer,
+}
+
+/// One member as the answering node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node: NodeId,
+    /// The member's iroh key, when the answering node knows it (itself, its bootstrap peers).
+    pub key: Option<[u8; 32]>,
+    pub kind: MemberKind,
+    /// The answering node believes this member leads.
+    pub leader: bool,
+    /// This member is the answering node.
+    pub this_node: bool,
+    /// The answering node has a live bond with this member.
+    pub bonded: bool,
+}
+
+/// The answering node's view of its group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's iroh public key.
+    pub node_key: [u8; 32],
+    pub node: NodeId,
+    /// `leader`, `follower`, `candidate`, `pre-candidate`, or `starting`.
+    pub role: String,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    pub members: Vec<MemberStatus>,
+    /// Bonds open right now.
+    pub bonds_live: u64,
+    /// Handshakes refused or bonds closed by this node, by reason.
+    pub bonds_refused: Vec<(String, u64)>,
+    /// When this node's own ticket expires (Unix seconds, the node's clock).
+    pub ticket_expires_at: Option<u64>,
+    /// The node's clock (Unix seconds) when it answered.
+    pub now: u64,
+    /// Set when the node stopped participating, with the reason.
+    pub stopped: Option<String>,
+}

@@ -1,0 +1,289 @@
+//! The node side of the client protocol: authenticates client keys, then answers one
+//! request per bi-stream from the node's [`Group`] handle.
+//!
+//! Connections arrive on a channel (the bonds' accept loop hands over every connection
+//! whose ALPN is not the bond's, see [`crate::groups::GroupBuilder::route_other_alpns`]).
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::PublicKey;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::{
+    ClientAllow, ClientRequest, ClientResponse, MemberKind, MemberStatus, NodeStatus, CLOSE_BUSY,
+    CLOSE_UNAUTHORIZED, CONNECTIONS_MAX, CONNECTION_IDLE_TIMEOUT, IO_TIMEOUT,
+    REQUESTS_IN_FLIGHT_MAX, REQUEST_BYTES_MAX, REQUEST_TIMEOUT,
+};
+use crate::groups::{node_id_of, Bonds, Consistency, Group};
+use crate::machine::KvStore;
+use crate::net::{read_message, write_message, FrameError, ALPN_CLIENT};
+use crate::raft::{MemberRole, NodeId, Role};
+use crate::tickets::{Clock, Ticket};
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Requests answered (successfully or with an error response).
+    pub requests: AtomicU64,
+    /// Requests answered with an error response.
+    pub request_errors: AtomicU64,
+    /// Connections closed because their key is not allowed.
+    pub unauthorized: AtomicU64,
+    /// Connections or requests refused because the node was at its limit.
+    pub busy: AtomicU64,
+}
+
+/// What the client protocol serves.
+pub struct ClientService {
+    pub group: Group<KvStore>,
+    pub bonds: Arc<Bonds>,
+    pub allow: ClientAllow,
+    /// This node's iroh key.
+    pub node_key: PublicKey,
+    /// This node's current tickets (for their expiry).
+    pub tickets: watch::Receiver<Vec<Ticket>>,
+    pub clock: Clock,
+    pub stats: ClientStats,
+    /// Keys of members this node knows (itself and its bootstrap peers), by node id.
+    known_keys: BTreeMap<NodeId, PublicKey>,
+    requests: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+}
+
+impl ClientService {
+    pub fn new(
+        group: Group<KvStore>,
+        bonds: Arc<Bonds>,
+        allow: ClientAllow,
+        node_key: PublicKey,
+        tickets: watch::Receiver<Vec<Ticket>>,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            group,
+            bonds,
+            allow,
+            node_key,
+            tickets,
+            clock,
+            stats: ClientStats::default(),
+            known_keys: BTreeMap::from([(node_id_of(&node_key), node_key)]),
+            requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+            connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+        }
+    }
+
+    /// Names these peers' keys in status answers (members are otherwise known by node id).
+    pub fn with_known_peers(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        self.known_keys
+            .extend(keys.into_iter().map(|k| (node_id_of(&k), k)));
+        self
+    }
+
+    /// When this node's own ticket expires (the earliest, if it holds several).
+    pub fn ticket_expires_at(&self) -> Option<u64> {
+        self.tickets.borrow().iter().map(|t| t.expires_at).min()
+    }
+
+    /// This node's view of the group.
+    pub fn status(&self) -> NodeStatus {
+        let s = self.group.status();
+        let me = node_id_of(&self.node_key);
+        let bonded = self.bonds.bonded_peers();
+        let stats = self.bonds.stats().borrow().clone();
+        let members = s
+            .membership
+            .members()
+            .filter_map(|node| {
+                let kind = match s.membership.role_of(node)? {
+                    MemberRole::Voter => MemberKind::Voter,
+                    MemberRole::Learner => MemberKind::Learner,
+                    MemberRole::Observer => MemberKind::Observer,
+                };
+                Some(MemberStatus {
+                    node,
+                    key: self.known_keys.get(&node).map(|k| *k.as_bytes()),
+                    kind,
+                    leader: s.leader == Some(node),
+                    this_node: node == me,
+                    bonded: bonded.contains(&node),
+                })
+            })
+            .collect();
+        NodeStatus {
+            node_key: *self.node_key.as_bytes(),
+            node: me,
+            role: role_name(s.role).into(),
+            term: s.term,
+            leader: s.leader,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            members,
+            bonds_live: stats.live,
+            bonds_refused: stats.refused.into_iter().collect(),
+            ticket_expires_at: self.ticket_expires_at(),
+            now: (self.clock)(),
+            stopped: s.stopped,
+        }
+    }
+
+    async fn answer(&self, request: ClientRequest) -> ClientResponse {
+        match request {
+            ClientRequest::Status => ClientResponse::Status(self.status()),
+            ClientRequest::Execute(command) => match self.group.execute(command).await {
+                Ok(output) => ClientResponse::Executed(output),
+                Err(e) => ClientResponse::Error(e.to_string()),
+            },
+            ClientRequest::Query { query, strong } => {
+                let consistency = if strong {
+                    Consistency::Strong
+                } else {
+                    Consistency::Weak
+                };
+                match self.group.query(query, consistency).await {
+                    Ok(result) => ClientResponse::Queried(result),
+                    Err(e) => ClientResponse::Error(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// The name `tessera status` and the metrics use for a role.
+pub fn role_name(role: Option<Role>) -> &'static str {
+    match role {
+        Some(Role::Leader) => "leader",
+        Some(Role::Follower) => "follower",
+        Some(Role::Candidate) => "candidate",
+        Some(Role::PreCandidate) => "pre-candidate",
+        None => "starting",
+    }
+}
+
+/// Serves client connections handed over on `connections` until that channel closes.
+/// Must run inside a tokio runtime.
+pub async fn serve_clients(
+    service: Arc<ClientService>,
+    mut connections: mpsc::Receiver<Connection>,
+) {
+    while let Some(conn) = connections.recv().await {
+        if conn.alpn() != ALPN_CLIENT {
+            conn.close(VarInt::from_u32(0), b"unknown protocol");
+            continue;
+        }
+        let peer = conn.remote_id();
+        if !service.allow.allows(&peer) {
+            service.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client = %peer, "client refused: key not in [client] allow");
+            conn.close(
+                VarInt::from_u32(CLOSE_UNAUTHORIZED),
+                b"client key not allowed by this node ([client] allow)",
+            );
+            continue;
+        }
+        let Ok(permit) = service.connections.clone().try_acquire_owned() else {
+            service.stats.busy.fetch_add(1, Ordering::Relaxed);
+            conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many client connections");
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            serve_connection(&service, &conn).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(service: &Arc<ClientService>, conn: &Connection) {
+    loop {
+        let (send, recv) = match tokio::time::timeout(CONNECTION_IDLE_TIMEOUT, conn.accept_bi())
+            .await
+        {
+            Err(_) => {
+                conn.close(VarInt::from_u32(0), b"idle");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(client = %conn.remote_id().fmt_short(), error = %e, "client connection ended");
+                return;
+            }
+            Ok(Ok(streams)) => streams,
+        };
+        // Every request holds a permit from before its first byte is read until its answer
+        // is written: tasks and request buffers stay bounded over all connections.
+        let permit = match tokio::time::timeout(
+            IO_TIMEOUT,
+            service.requests.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                service.stats.busy.fetch_add(1, Ordering::Relaxed);
+                let mut send = send;
+                let _ = send.reset(VarInt::from_u32(CLOSE_BUSY));
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(&service, send, recv).await {
+                tracing::debug!(error = %e, "client request failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_stream(
+    service: &ClientService,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), FrameError> {
+    let request = tokio::time::timeout(IO_TIMEOUT, read_request(&mut recv))
+        .await
+        .map_err(|_| FrameError::Io(std::io::Error::other("request not received in time")))?;
+    let response = match request {
+        Err(
+            e
+            @ (FrameError::Length { .. } | FrameError::Version { .. } | FrameError::Decode { .. }),
+        ) => ClientResponse::Error(format!("bad request: {e}")),
+        Err(e) => return Err(e),
+        Ok(request) => match tokio::time::timeout(REQUEST_TIMEOUT, service.answer(request)).await {
+            Ok(response) => response,
+            Err(_) => ClientResponse::Error(format!(
+                "timed out after {REQUEST_TIMEOUT:?}; a command may still apply"
+            )),
+        },
+    };
+    service.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if matches!(response, ClientResponse::Error(_)) {
+        service.stats.request_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    tokio::time::timeout(IO_TIMEOUT, async {
+        write_message(&mut send, &response).await?;
+        send.finish()
+            .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))
+    })
+    .await
+    .map_err(|_| FrameError::Io(std::io::Error::other("answer not sent in time")))??;
+    Ok(())
+}
+
+/// Reads one request, refusing a length over [`REQUEST_BYTES_MAX`] before allocating.
+async fn read_request(recv: &mut RecvStream) -> Result<ClientRequest, FrameError> {
+    let mut header = [0u8; 4];
+    AsyncReadExt::read_exact(recv, &mut header).await?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > REQUEST_BYTES_MAX {
+        return Err(FrameError::Length {
+            len,
+            max: REQUEST_BYTES_MAX,
+        });
+    }
+    let mut framed = (&header[..]).chain(recv);
+    read_message(&mut framed, "client request").await
+}

@@ -1,0 +1,805 @@
+//! `node.toml`: the one configuration file of `tessera node` (DESIGN §12), its schema,
+//! and the validation that turns it into typed settings.
+//!
+//! Every error names the file and the field (`node.toml: bootstrap[1]: expected <node
+//! id>@<ip:port>, got "x"`), so an operator can fix a config without reading code.
+//! Unknown keys are errors. Relative paths are resolved against the directory of the
+//! config file, so a config and its key and policy files can move together.
+//!
+//! ```toml
+//! data_dir = "data"
+//! listen = "127.0.0.1:7001"
+//! bootstrap = ["<64 hex node id>@127.0.0.1:7002", "<64 hex node id>@127.0.0.1:7003"]
+//! group_key_file = "group.key"          # 64 hex characters, mode 0600
+//! policies = ["policies/mock.toml"]     # several: accepted if any one accepts (rollover)
+//! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)
+//! secret_key_file = "node.key"          # optional, development only; absent: a fresh key
+//! network_id = "tessera-dev"
+//! storage = "memory"                    # "memory" | "rocksdb" (not in this build yet)
+//! log_level = "info"                    # a tracing filter
+//! metrics = "127.0.0.1:9101"            # optional: Prometheus text on GET /metrics
+//!
+//! [timers]
+//! tick_ms = 50
+//! election_ticks = 10
+//! heartbeat_ticks = 2
+//!
+//! [client]
+//! allow = "any"                         # or a list of client public keys; default: nobody
+//! ```
+//!
+//! Loading the schema ([`NodeConfig::load`]) reads only the config file; the files it points
+//! to are read by [`NodeConfig::group_key`], [`NodeConfig::secret_key`] and
+//! [`NodeConfig::validator`], whose errors name the field that pointed there.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::{EndpointAddr, PublicKey, SecretKey};
+use serde::Deserialize;
+use tessera_attestation::{Policy, TrustRoot};
+
+use crate::client::ClientAllow;
+use crate::groups::{GroupKey, WorkerConfig};
+use crate::raft::RaftConfig;
+use crate::tickets::{AnyOf, MockTdxValidator, TdxValidator, TicketValidator};
+
+/// Largest config, policy or key file read.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Largest accepted `timers.tick_ms`.
+pub const TICK_MS_MAX: u64 = 10_000;
+
+/// A config that cannot be used. The message names the file and, where there is one, the
+/// field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{file}: {reason}")]
+    Read { file: String, reason: String },
+    /// The file is not valid TOML or does not fit the schema (the message names the key).
+    #[error("{file}: {reason}")]
+    Schema { file: String, reason: String },
+    /// A field holds a value that is not allowed.
+    #[error("{file}: {field}: {reason}")]
+    Field {
+        file: String,
+        field: String,
+        reason: String,
+    },
+}
+
+/// How this node proves what it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttestationMode {
+    /// Quotes from this TD through configfs-tsm, verified against Intel's root.
+    Tdx,
+    /// Quotes from the mock provider (test PKI). Only with policies that trust the mock root.
+    Mock,
+}
+
+/// Where the log and hard state live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageKind {
+    Memory,
+    /// Accepted by the schema; the node refuses to start until the RocksDB store lands.
+    RocksDb,
+}
+
+/// Consensus timing (`[timers]`). Every member must agree: it is part of the group id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timers {
+    pub tick_ms: u64,
+    pub election_ticks: u64,
+    pub heartbeat_ticks: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        let raft = RaftConfig::default();
+        Self {
+            tick_ms: WorkerConfig::default().tick.as_millis() as u64,
+            election_ticks: raft.election_ticks,
+            heartbeat_ticks: raft.heartbeat_ticks,
+        }
+    }
+}
+
+/// A validated `node.toml`.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The file this came from (for error messages).
+    pub file: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Founding peers: this node forms a group with them (and dials them).
+    pub bootstrap: Vec<EndpointAddr>,
+    pub group_key_file: PathBuf,
+    pub policies: Vec<PathBuf>,
+    pub attestation: AttestationMode,
+    /// DCAP collateral (dcap-qvl JSON) for this platform's quotes; required with `tdx`.
+    pub collateral_file: Option<PathBuf>,
+    pub secret_key_file: Option<PathBuf>,
+    pub network_id: String,
+    pub timers: Timers,
+    pub storage: StorageKind,
+    pub log_level: String,
+    pub metrics: Option<SocketAddr>,
+    pub client: ClientAllow,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: PathBuf,
+    listen: String,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    group_key_file: PathBuf,
+    policies: Vec<PathBuf>,
+    attestation: String,
+    collateral_file: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
+    network_id: String,
+    #[serde(default)]
+    timers: RawTimers,
+    storage: String,
+    #[serde(default = "default_log_level")]
+    log_level: String,
+    metrics: Option<String>,
+    #[serde(default)]
+    client: RawClient,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimers {
+    tick_ms: Option<u64>,
+    election_ticks: Option<u64>,
+    heartbeat_ticks: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    allow: Option<toml::Value>,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Parses `<node id>@<ip:port>`: the node id is the peer's iroh public key (64 hex).
+pub fn parse_peer(text: &str) -> Result<EndpointAddr, String> {
+    let expected = || format!("expected <node id>@<ip:port>, got {text:?}");
+    let (id, addr) = text.split_once('@').ok_or_else(expected)?;
+    let id: PublicKey = id
+        .parse()
+        .map_err(|e| format!("{} (node id: {e})", expected()))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("{} (address: {e})", expected()))?;
+    Ok(EndpointAddr::new(id).with_ip_addr(addr))
+}
+
+/// Reads a private key file (hex), refusing one that group or others may read.
+fn read_private_file(path: &Path) -> Result<String, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{}: mode {:o} lets group or others read it; chmod 600",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    read_limited(path)
+}
+
+fn read_limited(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut text = String::new();
+    file.take(CONFIG_FILE_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.len() as u64 > CONFIG_FILE_BYTES_MAX {
+        return Err(format!(
+            "{}: larger than {CONFIG_FILE_BYTES_MAX} bytes",
+            path.display()
+        ));
+    }
+    Ok(text)
+}
+
+/// Reads an iroh secret key file (64 hex characters, mode 0600).
+pub fn read_secret_key(path: &Path) -> Result<SecretKey, String> {
+    let text = read_private_file(path)?;
+    let bytes =
+        hex::decode(text.trim()).map_err(|e| format!("{}: not hex: {e}", path.display()))?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+        format!(
+            "{}: {} bytes, expected 32 (64 hex characters)",
+            path.display(),
+            b.len()
+        )
+    })?;
+    Ok(SecretKey::from_bytes(&bytes))
+}
+
+/// Writes `key` as hex to a new file with mode 0600 (refuses to overwrite).
+pub fn write_secret_key(path: &Path, key: &SecretKey) -> std::io::Result<()> {
+    write_private_file(path, &hex::encode(key.to_bytes()))
+}
+
+/// Writes `text` and a newline to a new file that only its owner may read.
+pub fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_limited(path).map_err(|reason| ConfigError::Read {
+            file: path.display().to_string(),
+            reason,
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Validates `text` as if read from `file` (relative paths resolve against its
+    /// directory).
+    pub fn from_toml_str(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let name = file.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Schema {
+            file: name.clone(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+        let field = |field: &str, reason: String| ConfigError::Field {
+            file: name.clone(),
+            field: field.to_string(),
+            reason,
+        };
+        let base = file.parent().unwrap_or(Path::new("")).to_path_buf();
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        if raw.data_dir.as_os_str().is_empty() {
+            return Err(field("data_dir", "must not be empty".into()));
+        }
+        let listen = parse_socket_addr(&raw.listen).map_err(|r| field("listen", r))?;
+        let mut bootstrap = Vec::with_capacity(raw.bootstrap.len());
+        for (i, entry) in raw.bootstrap.iter().enumerate() {
+            bootstrap.push(parse_peer(entry).map_err(|r| field(&format!("bootstrap[{i}]"), r))?);
+        }
+        if raw.group_key_file.as_os_str().is_empty() {
+            return Err(field("group_key_file", "must not be empty".into()));
+        }
+        if raw.policies.is_empty() {
+            return Err(field(
+                "policies",
+                "at least one policy file is needed".into(),
+            ));
+        }
+        let attestation = match raw.attestation.as_str() {
+            "tdx" => AttestationMode::Tdx,
+            "mock" => AttestationMode::Mock,
+            other => {
+                return Err(field(
+                    "attestation",
+                    format!("expected \"tdx\" or \"mock\", got {other:?}"),
+                ))
+            }
+        };
+        if attestation == AttestationMode::Tdx && raw.collateral_file.is_none() {
+            return Err(field(
+                "collateral_file",
+                "required with attestation = \"tdx\" (this node fetches no collateral)".into(),
+            ));
+        }
+        if raw.network_id.trim().is_empty() {
+            return Err(field("network_id", "must not be empty".into()));
+        }
+        let timers = validate_timers(&raw.timers).map_err(|(f, r)| field(f, r))?;
+        let storage = match raw.storage.as_str() {
+            "memory" => StorageKind::Memory,
+            "rocksdb" => StorageKind::RocksDb,
+            other => {
+                return Err(field(
+                    "storage",
+                    format!("expected \"memory\" or \"rocksdb\", got {other:?}"),
+                ))
+            }
+        };
+        if raw.log_level.trim().is_empty() {
+            return Err(field("log_level", "must not be empty".into()));
+        }
+        let metrics = raw
+            .metrics
+            .as_deref()
+            .map(parse_socket_addr)
+            .transpose()
+            .map_err(|r| field("metrics", r))?;
+        let client = parse_allow(raw.client.allow.as_ref()).map_err(|(f, r)| field(&f, r))?;
+
+        Ok(Self {
+            file: file.to_path_buf(),
+            data_dir: resolve(&raw.data_dir),
+            listen,
+            bootstrap,
+            group_key_file: resolve(&raw.group_key_file),
+            policies: raw.policies.iter().map(|p| resolve(p)).collect(),
+            attestation,
+            collateral_file: raw.collateral_file.as_deref().map(resolve),
+            secret_key_file: raw.secret_key_file.as_deref().map(resolve),
+            network_id: raw.network_id,
+            timers,
+            storage,
+            log_level: raw.log_level,
+            metrics,
+            client,
+        })
+    }
+
+    /// An error about `field` of this config.
+    pub fn error(&self, field: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Field {
+            file: self.file.display().to_string(),
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Reads the group key (`group_key_file`).
+    pub fn group_key(&self) -> Result<GroupKey, ConfigError> {
+        GroupKey::from_file(&self.group_key_file)
+            .map_err(|e| self.error("group_key_file", e.to_string()))
+    }
+
+    /// Reads the node's secret key (`secret_key_file`), if the config names one.
+    pub fn secret_key(&self) -> Result<Option<SecretKey>, ConfigError> {
+        self.secret_key_file
+            .as_deref()
+            .map(read_secret_key)
+            .transpose()
+            .map_err(|r| self.error("secret_key_file", r))
+    }
+
+    /// Reads and checks each policy (`policies[i]`).
+    pub fn load_policies(&self) -> Result<Vec<Policy>, ConfigError> {
+        let mut policies = Vec::with_capacity(self.policies.len());
+        for (i, path) in self.policies.iter().enumerate() {
+            let at = format!("policies[{i}]");
+            let text = read_limited(path).map_err(|r| self.error(&at, r))?;
+            let policy = Policy::from_toml_str(&text)
+                .map_err(|e| self.error(&at, format!("{}: {e}", path.display())))?;
+            match (self.attestation, policy.trust_root) {
+                (AttestationMode::Tdx, TrustRoot::Mock) => {
+                    return Err(self.error(
+                        &at,
+                        format!(
+                            "{}: trusts the mock root, whose keys are public; only attestation = \"mock\" may use it",
+                            path.display()
+                        ),
+                    ))
+                }
+                (AttestationMode::Mock, root) if root != TrustRoot::Mock => {
+                    return Err(self.error(
+                        &at,
+                        format!(
+                            "{}: trusts {root}; attestation = \"mock\" needs policies with trust_root = \"mock\"",
+                            path.display()
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            policies.push(policy);
+        }
+        Ok(policies)
+    }
+
+    /// The group's ticket validator: one policy, or any of several (policy rollover).
+    pub fn validator(&self) -> Result<Arc<dyn TicketValidator>, ConfigError> {
+        let mut alternatives: Vec<Arc<dyn TicketValidator>> = Vec::new();
+        for (i, policy) in self.load_policies()?.into_iter().enumerate() {
+            let validator = match self.attestation {
+                AttestationMode::Mock => MockTdxValidator::new(policy),
+                AttestationMode::Tdx => TdxValidator::new(policy),
+            }
+            .map_err(|e| self.error(&format!("policies[{i}]"), e.to_string()))?;
+            alternatives.push(Arc::new(validator));
+        }
+        if alternatives.len() == 1 {
+            if let Some(only) = alternatives.pop() {
+                return Ok(only);
+            }
+        }
+        Ok(Arc::new(
+            AnyOf::new(alternatives).map_err(|e| self.error("policies", e.to_string()))?,
+        ))
+    }
+
+    /// Consensus parameters from `[timers]`.
+    pub fn consensus(&self) -> (RaftConfig, WorkerConfig) {
+        let raft = RaftConfig {
+            election_ticks: self.timers.election_ticks,
+            heartbeat_ticks: self.timers.heartbeat_ticks,
+            ..RaftConfig::default()
+        };
+        let worker = WorkerConfig {
+            tick: Duration::from_millis(self.timers.tick_ms),
+            ..WorkerConfig::default()
+        };
+        (raft, worker)
+    }
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|e| format!("expected <ip:port>, got {text:?} ({e})"))
+}
+
+fn validate_timers(raw: &RawTimers) -> Result<Timers, (&'static str, String)> {
+    let default = Timers::default();
+    let timers = Timers {
+        tick_ms: raw.tick_ms.unwrap_or(default.tick_ms),
+        election_ticks: raw.election_ticks.unwrap_or(default.election_ticks),
+        heartbeat_ticks: raw.heartbeat_ticks.unwrap_or(default.heartbeat_ticks),
+    };
+    if timers.tick_ms == 0 || timers.tick_ms > TICK_MS_MAX {
+        return Err((
+            "timers.tick_ms",
+            format!("must be in 1..={TICK_MS_MAX}, got {}", timers.tick_ms),
+        ));
+    }
+    if timers.heartbeat_ticks == 0 {
+        return Err(("timers.heartbeat_ticks", "must be at least 1".into()));
+    }
+    if timers.election_ticks <= timers.heartbeat_ticks {
+        return Err((
+            "timers.election_ticks",
+            format!(
+                "must be greater than timers.heartbeat_ticks ({}), got {}",
+                timers.heartbeat_ticks, timers.election_ticks
+            ),
+        ));
+    }
+    Ok(timers)
+}
+
+fn parse_allow(value: Option<&toml::Value>) -> Result<ClientAllow, (String, String)> {
+    let expected = "expected \"any\" or a list of client public keys (64 hex)";
+    match value {
+        None => Ok(ClientAllow::default()),
+        Some(toml::Value::String(s)) if s == "any" => Ok(ClientAllow::Any),
+        Some(toml::Value::Array(items)) => {
+            let mut keys = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("client.allow[{i}]");
+                let Some(text) = item.as_str() else {
+                    return Err((at, format!("{expected}, got {item}")));
+                };
+                let key: PublicKey = text
+                    .parse()
+                    .map_err(|e| (at, format!("not a public key: {text:?} ({e})")))?;
+                keys.push(key);
+            }
+            Ok(ClientAllow::Keys(keys))
+        }
+        Some(other) => Err(("client.allow".into(), format!("{expected}, got {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "8d3d2dc5bcf51f7a0b2a7ae2b3d73b8b4f3b7e8c7fcf4b0d6fc6d9a5cbc4a9e1";
+
+    fn key_hex() -> String {
+        SecretKey::from_bytes(&[3; 32]).public().to_string()
+    }
+
+    fn good() -> String {
+        format!(
+            r#"
+data_dir = "data"
+listen = "127.0.0.1:7001"
+bootstrap = ["{k}@127.0.0.1:7002"]
+group_key_file = "group.key"
+policies = ["mock.toml"]
+attestation = "mock"
+network_id = "test-net"
+storage = "memory"
+metrics = "127.0.0.1:9100"
+
+[timers]
+tick_ms = 20
+
+[client]
+allow = ["{k}"]
+"#,
+            k = key_hex()
+        )
+    }
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::from_toml_str(text, Path::new("/etc/tessera/node.toml"))
+    }
+
+    fn error_of(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_good_config_parses_with_defaults_and_resolved_paths() {
+        let c = parse(&good()).expect("good config");
+        assert_eq!(c.listen, "127.0.0.1:7001".parse().expect("addr"));
+        assert_eq!(c.bootstrap.len(), 1);
+        assert_eq!(c.bootstrap[0].id.to_string(), key_hex());
+        assert_eq!(
+            c.bootstrap[0].ip_addrs().next(),
+            Some(&"127.0.0.1:7002".parse().expect("addr"))
+        );
+        assert_eq!(c.data_dir, Path::new("/etc/tessera/data"));
+        assert_eq!(c.group_key_file, Path::new("/etc/tessera/group.key"));
+        assert_eq!(c.policies, vec![PathBuf::from("/etc/tessera/mock.toml")]);
+        assert_eq!(c.attestation, AttestationMode::Mock);
+        assert_eq!(c.storage, StorageKind::Memory);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().expect("addr")));
+        assert_eq!(
+            c.timers,
+            Timers {
+                tick_ms: 20,
+                ..Timers::default()
+            }
+        );
+        let (raft, worker) = c.consensus();
+        assert_eq!(worker.tick, Duration::from_millis(20));
+        assert_eq!(raft.election_ticks, Timers::default().election_ticks);
+        let allowed = SecretKey::from_bytes(&[3; 32]).public();
+        let other = SecretKey::from_bytes(&[4; 32]).public();
+        assert!(c.client.allows(&allowed));
+        assert!(!c.client.allows(&other));
+    }
+
+    #[test]
+    fn clients_are_refused_unless_allowed() {
+        let text = good().replace(&format!("allow = [\"{}\"]", key_hex()), "");
+        let c = parse(&text).expect("config");
+        assert!(!c.client.allows(&SecretKey::from_bytes(&[3; 32]).public()));
+        let any = good().replace(&format!("allow = [\"{}\"]", key_hex()), "allow = \"any\"");
+        assert!(parse(&any)
+            .expect("config")
+            .client
+            .allows(&SecretKey::from_bytes(&[9; 32]).public()));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = error_of(&format!("colour = \"blue\"\n{}", good()));
+        assert!(e.starts_with("/etc/tessera/node.toml: "), "{e}");
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let e = error_of(&good().replace("tick_ms = 20", "tick_ms = 20\nticks = 3"));
+        assert!(e.contains("unknown field `ticks`"), "{e}");
+        let e = error_of(&good().replace("[client]", "[client]\ndeny = 1"));
+        assert!(e.contains("unknown field `deny`"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        for field in [
+            "listen",
+            "group_key_file",
+            "attestation",
+            "network_id",
+            "storage",
+        ] {
+            let text: String = good()
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{field} =")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let e = error_of(&text);
+            assert!(
+                e.contains(&format!("missing field `{field}`")),
+                "{field}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let bad = [
+            ("listen = \"127.0.0.1:7001\"", "listen = \"localhost\"", "node.toml: listen: expected <ip:port>, got \"localhost\""),
+            ("bootstrap = [", "bootstrap = [\"x\", ", "node.toml: bootstrap[0]: expected <node id>@<ip:port>, got \"x\""),
+            ("127.0.0.1:7002\"]", "127.0.0.1:7002\", \"abc@127.0.0.1:1\"]", "node.toml: bootstrap[1]: expected <node id>@<ip:port>, got \"abc@127.0.0.1:1\" (node id"),
+            ("127.0.0.1:7002\"]", "127.0.0.1:7002\", \"KEY@nowhere\"]", "node.toml: bootstrap[1]:"),
+            ("attestation = \"mock\"", "attestation = \"sgx\"", "node.toml: attestation: expected \"tdx\" or \"mock\", got \"sgx\""),
+            ("attestation = \"mock\"", "attestation = \"tdx\"", "node.toml: collateral_file: required with attestation = \"tdx\""),
+            ("storage = \"memory\"", "storage = \"disk\"", "node.toml: storage: expected \"memory\" or \"rocksdb\""),
+            ("metrics = \"127.0.0.1:9100\"", "metrics = \"9100\"", "node.toml: metrics: expected <ip:port>"),
+            ("tick_ms = 20", "tick_ms = 0", "node.toml: timers.tick_ms: must be in 1..="),
+            ("tick_ms = 20", "election_ticks = 2\nheartbeat_ticks = 2", "node.toml: timers.election_ticks: must be greater than timers.heartbeat_ticks"),
+            ("policies = [\"mock.toml\"]", "policies = []", "node.toml: policies: at least one"),
+            ("network_id = \"test-net\"", "network_id = \"\"", "node.toml: network_id: must not be empty"),
+            ("allow = [", "allow = [1, ", "node.toml: client.allow[0]: expected \"any\""),
+            ("allow = [", "allow = [\"nope\", ", "node.toml: client.allow[0]: not a public key"),
+        ];
+        for (from, to, want) in bad {
+            let to = to.replace("KEY", &key_hex());
+            let text = good().replacen(from, &to, 1);
+            assert_ne!(text, good(), "{from} not in the good config");
+            let e = error_of(&text);
+            assert!(e.contains(want), "want {want:?} in {e:?}");
+        }
+        let e = error_of(&good().replace("allow = [", "allow = \"all\" #["));
+        assert!(
+            e.contains("node.toml: client.allow: expected \"any\""),
+            "{e}"
+        );
+        let e = error_of(&good().replace("tick_ms = 20", "tick_ms = \"fast\""));
+        assert!(e.contains("tick_ms") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn the_sample_config_is_valid() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/node-mock.toml");
+        let c = NodeConfig::load(&file).expect("config/node-mock.toml");
+        assert_eq!(c.bootstrap.len(), 2);
+        assert_eq!(c.attestation, AttestationMode::Mock);
+        assert_eq!(c.client, ClientAllow::Any);
+        assert_eq!(c.load_policies().expect("its policy").len(), 1);
+    }
+
+    #[test]
+    fn rocksdb_is_accepted_by_the_schema() {
+        let c = parse(&good().replace("\"memory\"", "\"rocksdb\"")).expect("config");
+        assert_eq!(c.storage, StorageKind::RocksDb);
+    }
+
+    #[test]
+    fn peers_parse_and_misparse() {
+        let k = key_hex();
+        let p = parse_peer(&format!("{k}@[::1]:9")).expect("v6 peer");
+        assert_eq!(p.id.to_string(), k);
+        assert!(parse_peer(KEY_A).is_err());
+        assert!(parse_peer(&format!("{k}@127.0.0.1")).is_err());
+        assert!(parse_peer(&format!("{k}127.0.0.1:9")).is_err());
+        assert!(parse_peer("@127.0.0.1:9").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = SecretKey::from_bytes(&[5; 32]);
+        let node_key = dir.path().join("node.key");
+        write_secret_key(&node_key, &secret).expect("write");
+        let mode = std::fs::metadata(&node_key)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            read_secret_key(&node_key).expect("read").public(),
+            secret.public()
+        );
+        assert!(
+            write_secret_key(&node_key, &secret).is_err(),
+            "an existing key file is never overwritten"
+        );
+
+        let group_key = dir.path().join("group.key");
+        write_private_file(&group_key, &hex::encode([1u8; 32])).expect("write");
+        let text = good()
+            .replace("group.key", &group_key.display().to_string())
+            .replace(
+                "storage = \"memory\"",
+                &format!(
+                    "storage = \"memory\"\nsecret_key_file = {:?}",
+                    node_key.display().to_string()
+                ),
+            );
+        let c = parse(&text).expect("config");
+        assert_eq!(
+            c.group_key().expect("group key"),
+            GroupKey::from_bytes([1; 32])
+        );
+        assert_eq!(
+            c.secret_key().expect("secret").map(|k| k.public()),
+            Some(secret.public())
+        );
+
+        std::fs::set_permissions(&group_key, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let e = c
+            .group_key()
+            .expect_err("world-readable group key")
+            .to_string();
+        assert!(
+            e.contains("node.toml: group_key_file: ") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&node_key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let e = c
+            .secret_key()
+            .expect_err("group-readable secret key")
+            .to_string();
+        assert!(
+            e.contains("node.toml: secret_key_file: ") && e.contains("chmod 600"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn policies_must_match_the_attestation_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mock = dir.path().join("mock.toml");
+        std::fs::write(&mock, crate::cluster::MOCK_POLICY).expect("write policy");
+        let c = NodeConfig::from_toml_str(&good(), &dir.path().join("node.toml")).expect("config");
+        assert_eq!(c.load_policies().expect("policies").len(), 1);
+        c.validator().expect("one mock validator");
+
+        let two = good().replace("[\"mock.toml\"]", "[\"mock.toml\", \"mock.toml\"]");
+        let c = NodeConfig::from_toml_str(&two, &dir.path().join("node.toml")).expect("config");
+        let single = NodeConfig::from_toml_str(&good(), &dir.path().join("node.toml"))
+            .expect("config")
+            .validator()
+            .expect("validator");
+        assert_ne!(
+            c.validator().expect("any-of").signature(),
+            single.signature(),
+            "AnyOf covers both alternatives"
+        );
+
+        let tdx = good().replace(
+            "attestation = \"mock\"",
+            "attestation = \"tdx\"\ncollateral_file = \"c.json\"",
+        );
+        let c = NodeConfig::from_toml_str(&tdx, &dir.path().join("node.toml")).expect("config");
+        let e = c
+            .validator()
+            .err()
+            .expect("mock root refused with tdx")
+            .to_string();
+        assert!(e.contains("policies[0]") && e.contains("mock root"), "{e}");
+
+        let missing = good().replace("mock.toml", "absent.toml");
+        let c = NodeConfig::from_toml_str(&missing, &dir.path().join("node.toml")).expect("config");
+        let e = c.validator().err().expect("missing policy").to_string();
+        assert!(
+            e.contains("policies[0]") && e.contains("absent.toml"),
+            "{e}"
+        );
+    }
+}

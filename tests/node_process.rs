@@ -1,0 +1,587 @@
+//! `tessera node` as real processes: three nodes with mock attestation on loopback, keys
+//! from `tessera keygen`, driven by `tessera kv` and `tessera status`; and configs that must
+//! be refused with a message naming the field.
+//!
+//! Synchronisation is on what the processes say: each node's "ready" line on stdout, and
+//! `tessera status` polled until it shows a leader, under a deadline. Children are killed
+//! on every path by a guard.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
+const DEADLINE: Duration = Duration::from_secs(60);
+const POLL_PAUSE: Duration = Duration::from_millis(200);
+
+/// Running nodes; killed (and reaped) when dropped, whatever happened.
+struct Nodes {
+    children: Vec<Child>,
+    stdout: Vec<mpsc::Receiver<String>>,
+    stderr_files: Vec<PathBuf>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Nodes {
+    fn logs(&self) -> String {
+        self.stderr_files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- node {i} stderr (tail) ---\n{}\n", tail.join("\n"))
+            })
+            .collect()
+    }
+
+    /// Waits for a stdout line of node `i` that contains `needle`.
+    fn wait_line(&self, i: usize, needle: &str, deadline: Instant) -> String {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout[i].recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "node {i} printed no line with {needle:?} in time\n{}",
+                    self.logs()
+                ),
+            }
+        }
+    }
+}
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(TESSERA)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tessera")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = tessera(&["keygen", "--out", path.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "keygen: {}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 64, "node id is 64 hex: {id:?}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "keygen writes private files");
+    }
+    (path, id)
+}
+
+/// Free UDP ports on loopback (held until the caller drops the sockets).
+fn free_ports(n: usize) -> Vec<UdpSocket> {
+    (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect()
+}
+
+fn node_config(
+    dir: &Path,
+    i: usize,
+    listen: &str,
+    bootstrap: &[String],
+    key: &Path,
+    allow: &str,
+) -> PathBuf {
+    let bootstrap: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+    let config = format!(
+        r#"data_dir = "data{i}"
+listen = "{listen}"
+bootstrap = [{bootstrap}]
+group_key_file = "group.key"
+policies = ["mock.toml"]
+attestation = "mock"
+secret_key_file = {key:?}
+network_id = "node-process-test"
+storage = "memory"
+log_level = "info"
+metrics = "127.0.0.1:0"
+
+[timers]
+tick_ms = 20
+election_ticks = 10
+heartbeat_ticks = 2
+
+[client]
+allow = {allow}
+"#,
+        bootstrap = bootstrap.join(", "),
+        key = key.display().to_string(),
+    );
+    let path = dir.join(format!("node{i}.toml"));
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+fn spawn_node(config: &Path, stderr_file: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(TESSERA)
+        .args(["node", "--config", config.to_str().expect("utf-8 path")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stderr_file).expect("stderr file"))
+        .spawn()
+        .expect("spawn tessera node");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The rows of a `tessera status` table: member, role, then the other columns.
+fn status_rows(stdout: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("MEMBER"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty() && !l.contains("STOPPED"))
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+fn scrape(addr: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read metrics");
+    response
+}
+
+#[test]
+fn three_node_processes_replicate_and_report_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("mock.toml"), tessera::cluster::MOCK_POLICY).expect("policy");
+    let group = tessera(&[
+        "keygen",
+        "--group",
+        "--out",
+        d.join("group.key").to_str().expect("path"),
+    ]);
+    assert!(
+        group.status.success(),
+        "group keygen: {}",
+        text(&group.stderr)
+    );
+
+    let keys: Vec<(PathBuf, String)> = (0..3).map(|i| keygen(d, &format!("node{i}.key"))).collect();
+    let (client_key, client_id) = keygen(d, "client.key");
+    let sockets = free_ports(3);
+    let addrs: Vec<String> = sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").to_string())
+        .collect();
+    let peers: Vec<String> = keys
+        .iter()
+        .zip(&addrs)
+        .map(|((_, id), addr)| format!("{id}@{addr}"))
+        .collect();
+    let configs: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let others: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| peers[j].clone())
+                .collect();
+            // Node 2 serves only the client key it lists; the others serve anyone.
+            let allow = if i == 2 {
+                format!("[{client_id:?}]")
+            } else {
+                "\"any\"".to_string()
+            };
+            node_config(d, i, &addrs[i], &others, &keys[i].0, &allow)
+        })
+        .collect();
+    drop(sockets);
+
+    let mut nodes = Nodes {
+        children: Vec::new(),
+        stdout: Vec::new(),
+        stderr_files: Vec::new(),
+    };
+    for (i, config) in configs.iter().enumerate() {
+        let stderr_file = d.join(format!("node{i}.stderr"));
+        let (child, rx) = spawn_node(config, &stderr_file);
+        nodes.children.push(child);
+        nodes.stdout.push(rx);
+        nodes.stderr_files.push(stderr_file);
+    }
+    let deadline = Instant::now() + DEADLINE;
+    let mut metrics = Vec::new();
+    for i in 0..3 {
+        let ready = nodes.wait_line(i, "tessera node: ready", deadline);
+        assert!(ready.contains(&format!("node_id={}", keys[i].1)), "{ready}");
+        assert!(ready.contains(&format!("listen={}", addrs[i])), "{ready}");
+        let url = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("metrics=http://"))
+            .and_then(|u| u.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("no metrics address in {ready}"));
+        metrics.push(url.to_string());
+    }
+
+    // Poll the status of all three until they agree on a leader.
+    let all: Vec<&str> = peers.iter().flat_map(|p| ["--node", p.as_str()]).collect();
+    let key_arg = client_key.to_str().expect("path");
+    let mut status_args = vec!["status", "--key-file", key_arg];
+    status_args.extend(&all);
+    let rows = loop {
+        let out = tessera(&status_args);
+        let stdout = text(&out.stdout);
+        let rows = status_rows(&stdout);
+        let leaders = rows.iter().filter(|r| r[1] == "leader").count();
+        let followers = rows.iter().filter(|r| r[1] == "follower").count();
+        if out.status.success() && rows.len() == 3 && leaders == 1 && followers == 2 {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader in time; last status:\n{stdout}{}\n{}",
+            text(&out.stderr),
+            nodes.logs()
+        );
+        std::thread::sleep(POLL_PAUSE);
+    };
+    let mut names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    let mut ids: Vec<&str> = keys.iter().map(|(_, id)| &id[..10]).collect();
+    names.sort();
+    ids.sort();
+    assert_eq!(names, ids, "members are named by their short node id");
+    let term = &rows[0][2];
+    assert!(rows.iter().all(|r| &r[2] == term), "one term: {rows:?}");
+    assert!(
+        rows.iter().all(|r| r[5] == "2"),
+        "every node bonded with both others: {rows:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r[6] == "in"),
+        "tickets unexpired: {rows:?}"
+    );
+
+    // A write through node 0, read linearizably through node 1.
+    let put = tessera(&[
+        "kv",
+        "put",
+        "greeting",
+        "hello tessera",
+        "--node",
+        &peers[0],
+    ]);
+    assert!(
+        put.status.success(),
+        "put: {}{}",
+        text(&put.stderr),
+        nodes.logs()
+    );
+    assert_eq!(text(&put.stdout).trim(), "OK");
+    let get = tessera(&["kv", "--node", &peers[1], "get", "greeting"]);
+    assert!(get.status.success(), "get: {}", text(&get.stderr));
+    assert_eq!(text(&get.stdout).trim_end(), "hello tessera");
+    let missing = tessera(&["kv", "get", "absent", "--node", &peers[1]]);
+    assert_eq!(missing.status.code(), Some(1), "absent key: exit 1");
+    assert!(text(&missing.stderr).contains("not found"));
+
+    // Node 2 refuses a client key it does not list, and serves the one it does.
+    let refused = tessera(&["kv", "get", "greeting", "--node", &peers[2]]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stdout));
+    assert!(
+        text(&refused.stderr).contains("refused this client"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let allowed = tessera(&[
+        "kv",
+        "get",
+        "greeting",
+        "--node",
+        &peers[2],
+        "--key-file",
+        key_arg,
+    ]);
+    assert!(allowed.status.success(), "{}", text(&allowed.stderr));
+    assert_eq!(text(&allowed.stdout).trim_end(), "hello tessera");
+
+    // Compare-and-swap and scan through a follower.
+    let cas = tessera(&[
+        "kv",
+        "cas",
+        "greeting",
+        "--expect",
+        "hello tessera",
+        "--new",
+        "bye",
+        "--node",
+        &peers[1],
+    ]);
+    assert!(cas.status.success(), "cas: {}", text(&cas.stderr));
+    let stale = tessera(&[
+        "kv",
+        "cas",
+        "greeting",
+        "--expect",
+        "hello tessera",
+        "--new",
+        "x",
+        "--node",
+        &peers[0],
+    ]);
+    assert_eq!(stale.status.code(), Some(1), "a stale cas does not match");
+    assert!(
+        text(&stale.stderr).contains("\"bye\""),
+        "{}",
+        text(&stale.stderr)
+    );
+    let scan = tessera(&["kv", "scan", "gr", "--node", &peers[0]]);
+    assert_eq!(text(&scan.stdout), "greeting\tbye\n");
+
+    // One node's view alone: three members, one leader.
+    let one = tessera(&["status", "--node", &peers[1]]);
+    let rows = status_rows(&text(&one.stdout));
+    assert_eq!(rows.len(), 3, "{}", text(&one.stdout));
+    assert_eq!(
+        rows.iter().filter(|r| r[1] == "leader").count(),
+        1,
+        "{rows:?}"
+    );
+
+    // Metrics.
+    let page = scrape(&metrics[0]);
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("\ntessera_bonds_live 2\n"), "{page}");
+    assert!(page.contains("tessera_members{kind=\"voter\"} 3"), "{page}");
+    assert!(page.contains("\ntessera_apply_lag "), "{page}");
+    let roles: u32 = page
+        .lines()
+        .filter(|l| l.starts_with("tessera_role{"))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(99)
+        })
+        .sum();
+    assert_eq!(roles, 1, "exactly one role is current: {page}");
+    let refused_total = scrape(&metrics[2]);
+    assert!(
+        refused_total.contains("\ntessera_client_unauthorized_total 1\n"),
+        "{refused_total}"
+    );
+
+    // Malformed requests are answered as such and the connection stays usable.
+    malformed_requests_are_answered(&peers[0]);
+
+    // SIGTERM stops a node cleanly.
+    let pid = nodes.children[0].id().to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    nodes.wait_line(
+        0,
+        "tessera node: stopped (SIGTERM)",
+        Instant::now() + DEADLINE,
+    );
+    let exit_deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = nodes.children[0].try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < exit_deadline,
+            "node 0 did not exit after SIGTERM"
+        );
+        std::thread::sleep(POLL_PAUSE);
+    };
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+}
+
+/// Over one raw client connection: an announced 4 GiB request and an undecodable one get
+/// "bad request" answers, then a well-formed status request is served.
+fn malformed_requests_are_answered(peer: &str) {
+    use tessera::client::{ClientRequest, ClientResponse};
+    use tessera::net::{local_endpoint, read_message, write_message, Listen, ALPN_CLIENT};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let addr = tessera::config::parse_peer(peer).expect("peer");
+        let secret = tessera::cluster::random_secret().expect("key");
+        let listen = Listen {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            alpns: Vec::new(),
+        };
+        let ep = local_endpoint(secret, &listen).await.expect("endpoint");
+        let conn = tokio::time::timeout(DEADLINE, ep.connect(addr, ALPN_CLIENT))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let raw_frames: [&[u8]; 2] = [&[0xff, 0xff, 0xff, 0xff, 1], &[0, 0, 0, 3, 1, 0xff, 0xff]];
+        for raw in raw_frames {
+            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+            send.write_all(raw).await.expect("write");
+            send.finish().expect("finish");
+            let answer: ClientResponse =
+                tokio::time::timeout(DEADLINE, read_message(&mut recv, "answer"))
+                    .await
+                    .expect("answer in time")
+                    .expect("answer");
+            match answer {
+                ClientResponse::Error(e) => assert!(e.starts_with("bad request"), "{e}"),
+                other => panic!("{raw:?} answered with {other:?}"),
+            }
+        }
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        write_message(&mut send, &ClientRequest::Status)
+            .await
+            .expect("write");
+        send.finish().expect("finish");
+        let answer: ClientResponse =
+            tokio::time::timeout(DEADLINE, read_message(&mut recv, "answer"))
+                .await
+                .expect("answer in time")
+                .expect("answer");
+        match answer {
+            ClientResponse::Status(s) => assert_eq!(s.members.len(), 3),
+            other => panic!("status answered with {other:?}"),
+        }
+        ep.close().await;
+    });
+}
+
+/// A config beside a private group key and the mock policy; `edit` changes its text.
+fn refused_config(d: &Path, edit: impl Fn(String) -> String) -> Output {
+    let key = d.join("group.key");
+    if !key.exists() {
+        let out = tessera(&["keygen", "--group", "--out", key.to_str().expect("path")]);
+        assert!(out.status.success());
+        std::fs::write(d.join("mock.toml"), tessera::cluster::MOCK_POLICY).expect("policy");
+    }
+    let peer = format!(
+        "{}@127.0.0.1:9",
+        iroh::SecretKey::from_bytes(&[7; 32]).public()
+    );
+    let config = r#"data_dir = "data"
+listen = "127.0.0.1:0"
+bootstrap = []
+group_key_file = "group.key"
+policies = ["mock.toml"]
+attestation = "mock"
+network_id = "bad-configs"
+storage = "memory"
+"#
+    .to_string();
+    let config = edit(config).replace("PEER", &peer);
+    let path = d.join("node.toml");
+    std::fs::write(&path, config).expect("config");
+    tessera(&["node", "--config", path.to_str().expect("path")])
+}
+
+#[test]
+fn bad_configs_exit_non_zero_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    type Edit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
+        (
+            "unknown field",
+            Box::new(|c| format!("{c}colour = \"blue\"\n")),
+            vec!["node.toml: ", "unknown field `colour`"],
+        ),
+        (
+            "bad bootstrap entry",
+            Box::new(|c| c.replace("bootstrap = []", "bootstrap = [\"PEER\", \"x\"]")),
+            vec!["node.toml: bootstrap[1]: expected <node id>@<ip:port>, got \"x\""],
+        ),
+        (
+            "bad listen address",
+            Box::new(|c| c.replace("127.0.0.1:0", "localhost:7000")),
+            vec!["node.toml: listen: expected <ip:port>, got \"localhost:7000\""],
+        ),
+        (
+            "rocksdb",
+            Box::new(|c| c.replace("\"memory\"", "\"rocksdb\"")),
+            vec!["node.toml: storage: rocksdb storage is not in this build yet"],
+        ),
+        (
+            "missing policy",
+            Box::new(|c| c.replace("mock.toml", "nowhere.toml")),
+            vec!["node.toml: policies[0]: ", "nowhere.toml"],
+        ),
+    ];
+    for (what, edit, wants) in cases {
+        let out = refused_config(d, edit);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        for want in wants {
+            assert!(stderr.contains(want), "{what}: want {want:?} in {stderr:?}");
+        }
+        assert!(
+            !text(&out.stdout).contains("ready"),
+            "{what}: the node started"
+        );
+    }
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = d.join("group.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = refused_config(d, |c| c);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("node.toml: group_key_file: ") && stderr.contains("chmod 600"),
+            "{stderr}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // The same config with a private key is fine up to the point of running: prove the
+        // refusal above was the key's mode by checking a valid config starts (and stop it).
+        let path = d.join("node.toml");
+        let stderr_file = d.join("ok.stderr");
+        let (child, rx) = spawn_node(&path, &stderr_file);
+        let nodes = Nodes {
+            children: vec![child],
+            stdout: vec![rx],
+            stderr_files: vec![stderr_file],
+        };
+        let ready = nodes.wait_line(0, "tessera node: ready", Instant::now() + DEADLINE);
+        assert!(ready.contains("node_id="), "{ready}");
+    }
+}
