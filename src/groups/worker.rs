@@ -529,11 +529,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             hard_state,
         };
         if !batch.is_empty() {
-            let persisted = batch
-                .entries
-                .last()
-                .map(|e| (e.index, e.term))
-                .or_else(|| batch.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)));
+            let persisted = batch.persisted_position();
             if let Err(e) = self.storage.write(&batch) {
                 // Never acknowledge what is not durable: stop participating.
                 tracing::error!(node = %self.id, error = %e, "storage write failed; node stops");

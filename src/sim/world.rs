@@ -377,11 +377,7 @@ impl World {
             hard_state,
         };
         if !batch.is_empty() {
-            let persisted = batch
-                .entries
-                .last()
-                .map(|e| (e.index, e.term))
-                .or_else(|| batch.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)));
+            let persisted = batch.persisted_position();
             self.next_write_id += 1;
             let write = self.next_write_id;
             let slow = self.nodes[node].disk_slow_until_ms > self.now_ms;

@@ -36,6 +36,15 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
+
+    /// The log position this write makes durable (its last entry, else its snapshot): what
+    /// the driver reports to the core as `Input::Persisted` once the write returned.
+    pub fn persisted_position(&self) -> Option<(Index, crate::raft::Term)> {
+        self.entries
+            .last()
+            .map(|e| (e.index, e.term))
+            .or_else(|| self.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)))
+    }
 }
 
 /// A storage failure. Fatal ones (`Io`, `Corrupt`) must stop the node's participation:
