@@ -8,7 +8,9 @@
 //! Every implementation must pass [`conformance`].
 pub mod conformance;
 mod memory;
+mod rocksdb;
 
+pub use self::rocksdb::RocksDbStorage;
 pub use memory::MemoryStorage;
 
 use crate::raft::{Entry, HardState, Index, InitialState, Ready, Snapshot, SnapshotMeta};
