@@ -7,10 +7,12 @@
 //!
 //! Every implementation must pass [`conformance`].
 pub mod conformance;
+pub mod faulty;
 mod memory;
 mod rocksdb;
 
 pub use self::rocksdb::RocksDbStorage;
+pub use faulty::{FaultSwitch, FaultyStorage};
 pub use memory::MemoryStorage;
 
 use crate::raft::{Entry, HardState, Index, InitialState, Ready, Snapshot, SnapshotMeta};
