@@ -40,9 +40,10 @@ sim:
 	  $(CARGO) run --release --locked --bin tessera -- sim --seeds $(SEEDS) $(if $(NODES),--nodes $(NODES),); \
 	fi
 
-## soak: thousands of simulator seeds
+## soak: thousands of simulator seeds, and 200 SIGKILLs of a process writing to RocksDB
 soak:
 	$(CARGO) run --release --locked --bin tessera -- sim --seeds 5000
+	TESSERA_CRASH_ROUNDS=200 $(CARGO) test --release --locked --test storage_crash
 
 ## lint: formatting and clippy with warnings as errors
 lint:
