@@ -7,10 +7,14 @@ NODES ?=
 
 .PHONY: deps build test demo sim soak lint fmt bench-core bench clean
 
-## deps: install the system packages the build needs (Debian/Ubuntu), when missing
+## deps: install the system packages the build needs (Debian/Ubuntu), when missing.
+## RocksDB's bindings are generated with libclang (clang, libclang-dev).
 deps:
 	@missing=""; \
 	command -v cc >/dev/null || missing="$$missing gcc"; \
+	command -v clang >/dev/null || missing="$$missing clang"; \
+	compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null \
+	  || compgen -G '/usr/lib/*/libclang.so' >/dev/null || missing="$$missing libclang-dev"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; \
@@ -36,9 +40,10 @@ sim:
 	  $(CARGO) run --release --locked --bin tessera -- sim --seeds $(SEEDS) $(if $(NODES),--nodes $(NODES),); \
 	fi
 
-## soak: thousands of simulator seeds
+## soak: thousands of simulator seeds, and 200 SIGKILLs of a process writing to RocksDB
 soak:
 	$(CARGO) run --release --locked --bin tessera -- sim --seeds 5000
+	TESSERA_CRASH_ROUNDS=200 $(CARGO) test --release --locked --test storage_crash
 
 ## lint: formatting and clippy with warnings as errors
 lint:

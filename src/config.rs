@@ -15,7 +15,8 @@
 //! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)
 //! secret_key_file = "node.key"          # optional, development only; absent: a fresh key
 //! network_id = "tessera-dev"
-//! storage = "memory"                    # "memory" | "rocksdb" (not in this build yet)
+//! storage = "memory"                    # "memory" | "rocksdb" (durable, in <data_dir>/raft;
+//!                                       #   needs a build with --features rocksdb)
 //! log_level = "info"                    # a tracing filter
 //! metrics = "127.0.0.1:9101"            # optional: Prometheus text on GET /metrics
 //!
@@ -83,7 +84,7 @@ pub enum AttestationMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StorageKind {
     Memory,
-    /// Accepted by the schema; the node refuses to start until the RocksDB store lands.
+    /// Durable: RocksDB in `<data_dir>/raft` (mode 0700, locked against a second node).
     RocksDb,
 }
 

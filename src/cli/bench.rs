@@ -15,6 +15,8 @@ use tessera::cluster::{ClusterOptions, LocalCluster};
 use tessera::groups::{Group, GroupKey};
 use tessera::machine::{KvCommand, KvStore};
 use tessera::storage::MemoryStorage;
+#[cfg(feature = "rocksdb")]
+use tessera::storage::RocksDbStorage;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StorageKind {
@@ -104,14 +106,34 @@ async fn load(group: Arc<Group<KvStore>>, clients: usize, duration: Duration) ->
 }
 
 async fn run(args: BenchArgs) -> Result<serde_json::Value> {
-    if args.storage == StorageKind::Rocksdb {
-        bail!("--storage rocksdb: the RocksDB store is not in this build yet (issue 6); use --storage memory");
-    }
     if args.nodes == 0 || args.clients == 0 {
         bail!("--nodes and --clients must be at least 1");
     }
     let options = ClusterOptions::new(args.nodes, GroupKey::generate()?);
-    let cluster = LocalCluster::start(options, |_| Ok(MemoryStorage::new())).await?;
+    let scratch = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
+    let cluster = match args.storage {
+        StorageKind::Memory => LocalCluster::start(options, |_| Ok(MemoryStorage::new())).await?,
+        #[cfg(feature = "rocksdb")]
+        StorageKind::Rocksdb => {
+            let result = LocalCluster::start(options, |i| {
+                RocksDbStorage::open(scratch.join(format!("node-{i}"))).map_err(|e| e.to_string())
+            })
+            .await;
+            result?
+        }
+        #[cfg(not(feature = "rocksdb"))]
+        StorageKind::Rocksdb => {
+            bail!("--storage rocksdb: this build has no RocksDB store (build with `--features rocksdb`)")
+        }
+    };
+    let report = measure(&args, cluster).await;
+    if args.storage == StorageKind::Rocksdb {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    report
+}
+
+async fn measure(args: &BenchArgs, cluster: LocalCluster) -> Result<serde_json::Value> {
     let peers = args.nodes as u64 - 1;
     for m in &cluster.members {
         let mut rx = m.joined.bonds.stats();
@@ -195,7 +217,7 @@ async fn run(args: BenchArgs) -> Result<serde_json::Value> {
         "nodes": args.nodes,
         "clients": args.clients,
         "via": format!("{:?}", args.via).to_lowercase(),
-        "storage": "memory",
+        "storage": format!("{:?}", args.storage).to_lowercase(),
         "duration_s": elapsed,
         "commands": lat.len(),
         "errors": errors,

@@ -28,6 +28,8 @@ use tessera::groups::{keep_tickets_fresh, GroupBuilder, GroupKey};
 use tessera::machine::KvStore;
 use tessera::net::{endpoint::bound_addr, local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT};
 use tessera::storage::MemoryStorage;
+#[cfg(feature = "rocksdb")]
+use tessera::storage::RocksDbStorage;
 use tessera::tickets::{clock_from, system_clock, Clock, TdxTicketIssuer};
 use tessera_attestation::provider::configfs::ConfigfsTsmProvider;
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
@@ -97,6 +99,9 @@ struct Prepared {
     validator: Arc<dyn tessera::tickets::TicketValidator>,
     issuer: TdxTicketIssuer,
     clock: Clock,
+    /// The opened store when `storage = "rocksdb"`.
+    #[cfg(feature = "rocksdb")]
+    rocks: Option<RocksDbStorage>,
 }
 
 fn prepare(args: &NodeArgs) -> Result<Prepared> {
@@ -109,11 +114,22 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+    // Opened before anything binds: a data directory in use or open to others stops the
+    // node here, with the directory named.
+    #[cfg(feature = "rocksdb")]
+    let rocks = match config.storage {
+        StorageKind::RocksDb => Some(
+            RocksDbStorage::open(config.data_dir.join("raft"))
+                .map_err(|e| config.error("data_dir", e.to_string()))?,
+        ),
+        StorageKind::Memory => None,
+    };
+    #[cfg(not(feature = "rocksdb"))]
     if config.storage == StorageKind::RocksDb {
         return Err(config
             .error(
                 "storage",
-                "rocksdb storage is not in this build yet; use storage = \"memory\"",
+                "this build has no RocksDB store (build with `--features rocksdb`); use storage = \"memory\"",
             )
             .into());
     }
@@ -172,6 +188,8 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
         validator,
         issuer,
         clock,
+        #[cfg(feature = "rocksdb")]
+        rocks,
     })
 }
 
@@ -206,14 +224,20 @@ async fn serve(p: Prepared) -> Result<()> {
         .map_err(|e| start_failure(config.error("attestation", format!("first ticket: {e}"))))?;
     let (raft, worker) = config.consensus();
     let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_CONNECTIONS_QUEUE_MAX);
-    let joined = GroupBuilder::new(p.key, config.network_id.clone(), p.clock.clone())
+    let builder = GroupBuilder::new(p.key, config.network_id.clone(), p.clock.clone())
         .with_consensus_config(raft, worker)
         .require_ticket(p.validator)
         .with_tickets(tickets.clone())
         .with_peers(config.bootstrap.clone(), true)
-        .route_other_alpns(client_tx)
-        .join(endpoint.clone(), KvStore::new(), MemoryStorage::new())
-        .map_err(|e| start_failure(anyhow!("cannot join the group: {e}")))?;
+        .route_other_alpns(client_tx);
+    #[cfg(feature = "rocksdb")]
+    let joined = match p.rocks {
+        Some(store) => builder.join(endpoint.clone(), KvStore::new(), store),
+        None => builder.join(endpoint.clone(), KvStore::new(), MemoryStorage::new()),
+    };
+    #[cfg(not(feature = "rocksdb"))]
+    let joined = builder.join(endpoint.clone(), KvStore::new(), MemoryStorage::new());
+    let joined = joined.map_err(|e| start_failure(anyhow!("cannot join the group: {e}")))?;
 
     let service = Arc::new(
         ClientService::new(

@@ -7,8 +7,14 @@
 //!
 //! Every implementation must pass [`conformance`].
 pub mod conformance;
+pub mod faulty;
 mod memory;
+#[cfg(feature = "rocksdb")]
+mod rocksdb;
 
+#[cfg(feature = "rocksdb")]
+pub use self::rocksdb::RocksDbStorage;
+pub use faulty::{FaultSwitch, FaultyStorage};
 pub use memory::MemoryStorage;
 
 use crate::raft::{Entry, HardState, Index, InitialState, Ready, Snapshot, SnapshotMeta};

@@ -1,0 +1,289 @@
+//! Durability of a running group, in one process: what a node does when its disk fails,
+//! and a whole cluster restarted from RocksDB data directories. Waits are on published
+//! state (`Group::when`) with generous upper bounds; nothing sleeps to synchronise.
+use std::time::Duration;
+
+use tessera::groups::{
+    self, Consistency, Group, GroupError, LocalNetwork, MemberOptions, WorkerConfig,
+};
+use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
+use tessera::raft::{Membership, NodeId, RaftConfig};
+use tessera::storage::faulty::INJECTED_FAILURE;
+use tessera::storage::{FaultSwitch, FaultyStorage, MemoryStorage, Storage};
+
+const BOUND: Duration = Duration::from_secs(20);
+const SIZE: u64 = 3;
+
+fn options(id: u64, members: &Membership, snapshot_every: Option<u64>) -> MemberOptions {
+    MemberOptions {
+        node: NodeId(id),
+        raft: RaftConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            ..RaftConfig::default()
+        },
+        worker: WorkerConfig {
+            tick: Duration::from_millis(10),
+            forward_timeout: Duration::from_millis(500),
+            snapshot_every,
+            ..WorkerConfig::default()
+        },
+        seed: id,
+        request_timeout: Duration::from_secs(10),
+        bootstrap: Some(members.clone()),
+    }
+}
+
+/// Starts `SIZE` members on a fresh in-process network, member `id` on `storage(id)`.
+fn start_cluster<S: Storage + Send + 'static>(
+    snapshot_every: Option<u64>,
+    mut storage: impl FnMut(u64) -> S,
+) -> (LocalNetwork, Vec<Group<KvStore>>) {
+    let net = LocalNetwork::new();
+    let members = Membership::with_voters((1..=SIZE).map(NodeId));
+    let groups = (1..=SIZE)
+        .map(|id| {
+            let net = net.clone();
+            groups::start(
+                options(id, &members, snapshot_every),
+                KvStore::new(),
+                storage(id),
+                move |inbox| {
+                    net.register(NodeId(id), inbox);
+                    net.transport(NodeId(id))
+                },
+            )
+            .expect("member starts")
+        })
+        .collect();
+    (net, groups)
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
+}
+
+fn put(key: &str, value: &str) -> KvCommand {
+    KvCommand::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+async fn strong_get(g: &Group<KvStore>, key: &str) -> Option<Vec<u8>> {
+    match g
+        .query(
+            KvQuery::Get {
+                key: key.as_bytes().to_vec(),
+            },
+            Consistency::Strong,
+        )
+        .await
+        .expect("strong read")
+    {
+        KvQueryResult::Get { value } => value,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn ix(node: NodeId) -> usize {
+    (node.0 - 1) as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fails_stops_acknowledging_and_the_others_carry_on() {
+    let switches: Vec<FaultSwitch> = (0..SIZE).map(|_| FaultSwitch::new()).collect();
+    let (_net, groups) = start_cluster(None, |id| {
+        FaultyStorage::new(MemoryStorage::new(), switches[(id - 1) as usize].clone())
+    });
+    let old = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    let leader = &groups[ix(old)];
+
+    // The twin before the fault: the same kind of write on the same node succeeds.
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let key = format!("k{i}");
+        leader
+            .execute(put(&key, &i.to_string()))
+            .await
+            .expect("write while the disk is healthy");
+        acknowledged.push(key);
+    }
+    assert_eq!(switches[ix(old)].injected(), 0, "no fault injected yet");
+
+    switches[ix(old)].fail();
+    let err = leader
+        .execute(put("during", "failure"))
+        .await
+        .expect_err("a write the leader could not make durable must not be acknowledged");
+    match &err {
+        GroupError::Stopped(why) => assert!(
+            why.contains("storage write failed") && why.contains(INJECTED_FAILURE),
+            "the error names the storage failure: {why}"
+        ),
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    assert!(
+        switches[ix(old)].injected() >= 1,
+        "the failure came from the injected fault"
+    );
+    let reason = within("the node reports it stopped", leader.when().offline())
+        .await
+        .expect("status");
+    assert!(
+        reason.contains(INJECTED_FAILURE),
+        "status says why: {reason}"
+    );
+
+    // The disk comes back, the node does not: it no longer knows what it made durable.
+    switches[ix(old)].heal();
+    assert!(
+        matches!(
+            leader.execute(put("after-heal", "x")).await,
+            Err(GroupError::Stopped(_))
+        ),
+        "a stopped node keeps refusing writes"
+    );
+    assert!(
+        matches!(
+            leader
+                .query(
+                    KvQuery::Get {
+                        key: b"k0".to_vec()
+                    },
+                    Consistency::Strong
+                )
+                .await,
+            Err(GroupError::Stopped(_))
+        ),
+        "and strong reads"
+    );
+
+    // The other two elect a new leader and keep every write acknowledged before.
+    let survivor = &groups[(ix(old) + 1) % SIZE as usize];
+    let new = within("failover", survivor.when().leader_changed_from(Some(old)))
+        .await
+        .expect("new leader");
+    assert_ne!(new, old);
+    survivor
+        .execute(put("after-failover", "y"))
+        .await
+        .expect("the majority accepts writes");
+    for (i, key) in acknowledged.iter().enumerate() {
+        assert_eq!(
+            strong_get(survivor, key).await,
+            Some(i.to_string().into_bytes()),
+            "{key} was acknowledged and must survive"
+        );
+    }
+    assert_eq!(
+        strong_get(survivor, "after-failover").await.as_deref(),
+        Some(&b"y"[..])
+    );
+    for g in &groups {
+        g.shutdown();
+    }
+}
+
+/// Needs the `rocksdb` feature (`cargo test --features rocksdb`).
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use tessera::storage::RocksDbStorage;
+
+    fn open_rocks(path: &Path) -> RocksDbStorage {
+        RocksDbStorage::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_whole_cluster_restarted_from_disk_keeps_its_state_and_term() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths: Vec<PathBuf> = (1..=SIZE)
+            .map(|id| dir.path().join(format!("node-{id}")))
+            .collect();
+        // Snapshot often so the restart goes through snapshot + log tail, not only the log.
+        const SNAPSHOT_EVERY: u64 = 25;
+        const KEYS: usize = 80;
+
+        let (net, groups) = start_cluster(Some(SNAPSHOT_EVERY), |id| {
+            open_rocks(&paths[(id - 1) as usize])
+        });
+        within("election", groups[0].when().leader_elected())
+            .await
+            .expect("leader");
+        let mut expected = std::collections::BTreeMap::new();
+        for i in 0..KEYS {
+            let key = format!("k{}", i % 50);
+            let value = format!("v{i}");
+            groups[i % SIZE as usize]
+                .execute(put(&key, &value))
+                .await
+                .expect("write");
+            expected.insert(key, value);
+        }
+        groups[0]
+            .execute(KvCommand::Delete {
+                key: b"k7".to_vec(),
+            })
+            .await
+            .expect("delete");
+        expected.remove("k7");
+        let before: Vec<_> = groups.iter().map(|g| g.status()).collect();
+        let old_term = before.iter().map(|s| s.term).max().unwrap_or(0);
+        let old_commit = before.iter().map(|s| s.commit_index).max().unwrap_or(0);
+        assert!(
+            old_commit > SNAPSHOT_EVERY,
+            "enough entries for a snapshot ({old_commit})"
+        );
+        for g in &groups {
+            g.shutdown();
+        }
+        drop(groups);
+        drop(net);
+
+        let (_net, groups) = start_cluster(Some(SNAPSHOT_EVERY), |id| {
+            open_rocks(&paths[(id - 1) as usize])
+        });
+        let leader = within("election after restart", groups[0].when().leader_elected())
+            .await
+            .expect("leader");
+        for g in &groups {
+            for (key, value) in &expected {
+                assert_eq!(
+                    strong_get(g, key).await.as_deref(),
+                    Some(value.as_bytes()),
+                    "{key} after restart"
+                );
+            }
+            assert_eq!(
+                strong_get(g, "k7").await,
+                None,
+                "a deleted key stays deleted"
+            );
+        }
+        let after = groups[ix(leader)].status();
+        assert!(
+            after.term >= old_term,
+            "term went back: {} < {old_term}",
+            after.term
+        );
+        assert!(
+            after.commit_index >= old_commit,
+            "commit went back: {} < {old_commit}",
+            after.commit_index
+        );
+        // The restarted group still commits.
+        groups[ix(leader)]
+            .execute(put("after-restart", "z"))
+            .await
+            .expect("write after restart");
+        for g in &groups {
+            g.shutdown();
+        }
+    }
+}
