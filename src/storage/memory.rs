@@ -20,29 +20,7 @@ impl MemoryStorage {
     }
 
     fn check_entries(&self, entries: &[Entry]) -> Result<(), StorageError> {
-        let Some(first) = entries.first().map(|e| e.index) else {
-            return Ok(());
-        };
-        if first > self.last_index() + 1 {
-            return Err(StorageError::Gap {
-                max_first: self.last_index() + 1,
-                first,
-            });
-        }
-        if first <= self.snapshot_index() {
-            return Err(StorageError::BelowSnapshot {
-                index: first,
-                snapshot_index: self.snapshot_index(),
-            });
-        }
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
-                return Err(StorageError::NotContiguous {
-                    index: pair[1].index,
-                });
-            }
-        }
-        Ok(())
+        super::check_entries(entries, self.snapshot_index(), self.last_index())
     }
 }
 

@@ -81,6 +81,39 @@ impl StorageError {
     }
 }
 
+/// Checks that `entries` may be written to a log whose snapshot ends at `snapshot_index`
+/// and whose last entry is `last_index`: they start inside `snapshot_index + 1..=last_index
+/// + 1` and are contiguous. Shared by every store so that all refuse the same writes.
+pub(crate) fn check_entries(
+    entries: &[Entry],
+    snapshot_index: Index,
+    last_index: Index,
+) -> Result<(), StorageError> {
+    let Some(first) = entries.first().map(|e| e.index) else {
+        return Ok(());
+    };
+    if first > last_index + 1 {
+        return Err(StorageError::Gap {
+            max_first: last_index + 1,
+            first,
+        });
+    }
+    if first <= snapshot_index {
+        return Err(StorageError::BelowSnapshot {
+            index: first,
+            snapshot_index,
+        });
+    }
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index + 1 {
+            return Err(StorageError::NotContiguous {
+                index: pair[1].index,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The log and hard-state store of one node.
 ///
 /// Contract (checked by [`conformance`]):

@@ -462,36 +462,6 @@ impl RocksDbStorage {
         batch.delete_range_cf(self.cf(CF_LOG), log_key(at), log_key(Index::MAX));
         self.sync_write(batch, "truncate torn tail")
     }
-
-    fn check_entries(
-        entries: &[Entry],
-        snapshot_index: Index,
-        last_index: Index,
-    ) -> Result<(), StorageError> {
-        let Some(first) = entries.first().map(|e| e.index) else {
-            return Ok(());
-        };
-        if first > last_index + 1 {
-            return Err(StorageError::Gap {
-                max_first: last_index + 1,
-                first,
-            });
-        }
-        if first <= snapshot_index {
-            return Err(StorageError::BelowSnapshot {
-                index: first,
-                snapshot_index,
-            });
-        }
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
-                return Err(StorageError::NotContiguous {
-                    index: pair[1].index,
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Storage for RocksDbStorage {
@@ -512,7 +482,7 @@ impl Storage for RocksDbStorage {
             Some(s) => (s.meta.index, s.meta.index),
             None => (self.snapshot_index(), self.last_index),
         };
-        Self::check_entries(&batch.entries, snapshot_index, base_last)?;
+        super::check_entries(&batch.entries, snapshot_index, base_last)?;
 
         let log = self.cf(CF_LOG);
         let mut wb = rocksdb::WriteBatch::default();
