@@ -12,9 +12,9 @@ NODES ?=
 deps:
 	@missing=""; \
 	command -v cc >/dev/null || missing="$$missing gcc"; \
+	command -v c++ >/dev/null || missing="$$missing g++"; \
 	command -v clang >/dev/null || missing="$$missing clang"; \
-	compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null \
-	  || compgen -G '/usr/lib/*/libclang.so' >/dev/null || missing="$$missing libclang-dev"; \
+	compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || missing="$$missing libclang-dev"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; \

@@ -15,8 +15,8 @@
 //! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)
 //! secret_key_file = "node.key"          # optional, development only; absent: a fresh key
 //! network_id = "tessera-dev"
-//! storage = "memory"                    # "memory" | "rocksdb" (durable, in <data_dir>/raft;
-//!                                       #   needs a build with --features rocksdb)
+//! storage = "rocksdb"                   # the default: durable, in <data_dir>/raft (0700,
+//!                                       #   locked); "memory" forgets everything on restart
 //! log_level = "info"                    # a tracing filter
 //! metrics = "127.0.0.1:9101"            # optional: Prometheus text on GET /metrics
 //!
@@ -145,6 +145,9 @@ struct RawConfig {
     network_id: String,
     #[serde(default)]
     timers: RawTimers,
+    /// Durable unless asked otherwise: a node that forgets acknowledged writes on restart
+    /// must be a deliberate choice.
+    #[serde(default = "default_storage")]
     storage: String,
     #[serde(default = "default_log_level")]
     log_level: String,
@@ -165,6 +168,10 @@ struct RawTimers {
 #[serde(deny_unknown_fields)]
 struct RawClient {
     allow: Option<toml::Value>,
+}
+
+fn default_storage() -> String {
+    "rocksdb".into()
 }
 
 fn default_log_level() -> String {
@@ -617,13 +624,7 @@ allow = ["{k}"]
 
     #[test]
     fn missing_required_fields_are_named() {
-        for field in [
-            "listen",
-            "group_key_file",
-            "attestation",
-            "network_id",
-            "storage",
-        ] {
+        for field in ["listen", "group_key_file", "attestation", "network_id"] {
             let text: String = good()
                 .lines()
                 .filter(|l| !l.starts_with(&format!("{field} =")))
@@ -685,6 +686,16 @@ allow = ["{k}"]
     fn rocksdb_is_accepted_by_the_schema() {
         let c = parse(&good().replace("\"memory\"", "\"rocksdb\"")).expect("config");
         assert_eq!(c.storage, StorageKind::RocksDb);
+    }
+
+    #[test]
+    fn storage_is_durable_unless_memory_is_asked_for() {
+        let text: String = good()
+            .lines()
+            .filter(|l| !l.starts_with("storage ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(parse(&text).expect("config").storage, StorageKind::RocksDb);
     }
 
     #[test]

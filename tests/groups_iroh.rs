@@ -525,3 +525,58 @@ async fn a_late_attested_joiner_catches_up_through_a_snapshot_and_becomes_a_vote
     let status = cluster.members[leader].joined.group.status();
     assert_eq!(status.membership.voters.len(), 4, "{status:?}");
 }
+
+/// A snapshot larger than any frame may be (16 MiB) reaches a late joiner in chunks on a
+/// stream of its own, and is verified and installed there. Snapshots are taken by size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_a_frame_reaches_a_late_joiner_in_chunks() {
+    const VALUES: usize = 320; // 320 x 64 KiB = 20 MiB of state
+    let mut o = options(3);
+    // Snapshots by size only: the log is compacted every 4 MiB of commands, so the joiner
+    // can only catch up through a snapshot if that policy works.
+    o.worker.snapshot_every = None;
+    o.worker.snapshot_bytes = Some(4 << 20);
+    let cluster = LocalCluster::start(o, |_| Ok(MemoryStorage::new()))
+        .await
+        .expect("cluster");
+    let leader = leader_index(&cluster, 0).await;
+    let value = |i: usize| vec![(i % 251) as u8; 64 * 1024];
+    for batch in (0..VALUES).collect::<Vec<_>>().chunks(8) {
+        let commands = batch
+            .iter()
+            .map(|&i| KvCommand::Put {
+                key: format!("big{i}").into_bytes(),
+                value: value(i),
+            })
+            .collect();
+        let results = cluster.members[leader]
+            .joined
+            .group
+            .execute_many(commands)
+            .await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    }
+    let joiner = cluster
+        .candidate(
+            MockConfig::default(),
+            &cluster.options,
+            MemoryStorage::new(),
+        )
+        .await
+        .expect("joiner");
+    let target = cluster.members[leader].joined.group.status().commit_index;
+    let caught_up = tokio::time::timeout(WAIT, joiner.joined.group.when().applied(target)).await;
+    let stats = joiner.joined.bonds.stats().borrow().clone();
+    assert!(caught_up.is_ok(), "the joiner did not catch up: {stats:?}");
+    assert!(
+        stats.snapshots_in >= 1,
+        "no snapshot was received: {stats:?}"
+    );
+    for i in [0, VALUES / 2, VALUES - 1] {
+        assert_eq!(
+            get(&joiner, &format!("big{i}")).await,
+            Some(value(i)),
+            "value {i} at the joiner"
+        );
+    }
+}

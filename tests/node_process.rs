@@ -261,7 +261,7 @@ fn three_node_processes_replicate_and_report_status() {
         metrics.push(url.to_string());
     }
 
-    // Poll the status of all three until they agree on a leader.
+    // Poll the status of all three until they agree on a leader and are fully bonded.
     let all: Vec<&str> = peers.iter().flat_map(|p| ["--node", p.as_str()]).collect();
     let key_arg = client_key.to_str().expect("path");
     let mut status_args = vec!["status", "--key-file", key_arg];
@@ -272,12 +272,14 @@ fn three_node_processes_replicate_and_report_status() {
         let rows = status_rows(&stdout);
         let leaders = rows.iter().filter(|r| r[1] == "leader").count();
         let followers = rows.iter().filter(|r| r[1] == "follower").count();
-        if out.status.success() && rows.len() == 3 && leaders == 1 && followers == 2 {
+        // The follower-to-follower bond may come up after the election: wait for it too.
+        let bonded = rows.iter().all(|r| r.get(5).is_some_and(|b| b == "2"));
+        if out.status.success() && rows.len() == 3 && leaders == 1 && followers == 2 && bonded {
             break rows;
         }
         assert!(
             Instant::now() < deadline,
-            "no leader in time; last status:\n{stdout}{}\n{}",
+            "no leader (or not fully bonded) in time; last status:\n{stdout}{}\n{}",
             text(&out.stderr),
             nodes.logs()
         );

@@ -17,6 +17,7 @@ use tessera::machine::{KvCommand, KvStore};
 use tessera::storage::MemoryStorage;
 #[cfg(feature = "rocksdb")]
 use tessera::storage::RocksDbStorage;
+use tessera_attestation::provider::mock::MockConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StorageKind {
@@ -51,6 +52,10 @@ pub struct BenchArgs {
     /// Also stop the leader and measure the time until a survivor accepts a write.
     #[arg(long)]
     pub failover: bool,
+    /// Also add a new member after the load and measure how fast it catches up from the
+    /// leader's log (snapshots are off for this run, so the whole log is replicated).
+    #[arg(long)]
+    pub catch_up: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -109,7 +114,13 @@ async fn run(args: BenchArgs) -> Result<serde_json::Value> {
     if args.nodes == 0 || args.clients == 0 {
         bail!("--nodes and --clients must be at least 1");
     }
-    let options = ClusterOptions::new(args.nodes, GroupKey::generate()?);
+    let mut options = ClusterOptions::new(args.nodes, GroupKey::generate()?);
+    if args.catch_up {
+        options.worker.snapshot_every = None;
+        options.worker.snapshot_bytes = None;
+        // The new member stays a learner: stopping it afterwards must not cost a quorum.
+        options.raft.max_voters = args.nodes;
+    }
     let scratch = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
     let cluster = match args.storage {
         StorageKind::Memory => LocalCluster::start(options, |_| Ok(MemoryStorage::new())).await?,
@@ -126,14 +137,62 @@ async fn run(args: BenchArgs) -> Result<serde_json::Value> {
             bail!("--storage rocksdb: this build has no RocksDB store (build with `--features rocksdb`)")
         }
     };
-    let report = measure(&args, cluster).await;
+    let report = measure(&args, cluster, &scratch).await;
     if args.storage == StorageKind::Rocksdb {
         let _ = std::fs::remove_dir_all(&scratch);
     }
     report
 }
 
-async fn measure(args: &BenchArgs, cluster: LocalCluster) -> Result<serde_json::Value> {
+/// Adds a member and measures how long it takes to apply everything the leader has
+/// committed. Returns `(entries, seconds)`.
+async fn catch_up(
+    args: &BenchArgs,
+    cluster: &LocalCluster,
+    leader: &Group<KvStore>,
+    scratch: &std::path::Path,
+) -> Result<(u64, f64)> {
+    let target = leader.status().commit_index;
+    let started = Instant::now();
+    let joiner = match args.storage {
+        StorageKind::Memory => {
+            cluster
+                .candidate(
+                    MockConfig::default(),
+                    &cluster.options,
+                    MemoryStorage::new(),
+                )
+                .await?
+        }
+        #[cfg(feature = "rocksdb")]
+        StorageKind::Rocksdb => {
+            let storage = RocksDbStorage::open(scratch.join("joiner"))?;
+            cluster
+                .candidate(MockConfig::default(), &cluster.options, storage)
+                .await?
+        }
+        #[cfg(not(feature = "rocksdb"))]
+        StorageKind::Rocksdb => {
+            let _ = scratch;
+            bail!("--storage rocksdb: this build has no RocksDB store")
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        joiner.joined.group.when().applied(target),
+    )
+    .await
+    .context("the new member did not catch up within 300 s")??;
+    let seconds = started.elapsed().as_secs_f64();
+    joiner.joined.group.shutdown();
+    Ok((target, seconds))
+}
+
+async fn measure(
+    args: &BenchArgs,
+    cluster: LocalCluster,
+    scratch: &std::path::Path,
+) -> Result<serde_json::Value> {
     let peers = args.nodes as u64 - 1;
     for m in &cluster.members {
         let mut rx = m.joined.bonds.stats();
@@ -173,6 +232,7 @@ async fn measure(args: &BenchArgs, cluster: LocalCluster) -> Result<serde_json::
         Duration::from_millis(500),
     )
     .await;
+    let writes_before = handles[leader_ix].storage_writes();
     let started = Instant::now();
     let (lat, errors) = load(
         target.clone(),
@@ -182,12 +242,35 @@ async fn measure(args: &BenchArgs, cluster: LocalCluster) -> Result<serde_json::
     .await;
     let elapsed = started.elapsed().as_secs_f64();
     let throughput = lat.len() as f64 / elapsed;
+    // The leader's durable writes during the concurrent phase: one sync each.
+    let writes = handles[leader_ix].storage_writes();
+    let syncs = writes.writes - writes_before.writes;
+    let synced_entries = writes.entries - writes_before.entries;
+    let sync_ms_mean = if syncs == 0 {
+        f64::NAN
+    } else {
+        (writes.seconds_total - writes_before.seconds_total) * 1000.0 / syncs as f64
+    };
 
     let (seq_p50, seq_p99) = if args.sequential > 0 {
         let (seq, _) = load(target.clone(), 1, Duration::from_secs(args.sequential)).await;
         (percentile(&seq, 0.5), percentile(&seq, 0.99))
     } else {
         (f64::NAN, f64::NAN)
+    };
+
+    let catch_up = if args.catch_up {
+        if !args.json {
+            eprintln!("bench: a new member catches up from the log …");
+        }
+        let (entries, seconds) = catch_up(args, &cluster, &handles[leader_ix], scratch).await?;
+        Some(serde_json::json!({
+            "entries": entries,
+            "seconds": seconds,
+            "entries_per_sec": (entries as f64 / seconds).round(),
+        }))
+    } else {
+        None
     };
 
     let failover_ms = if args.failover && args.nodes >= 3 {
@@ -224,6 +307,12 @@ async fn measure(args: &BenchArgs, cluster: LocalCluster) -> Result<serde_json::
         "commands_per_sec": throughput.round(),
         "latency_ms": { "p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": percentile(&lat, 1.0) },
         "sequential_latency_ms": { "p50": seq_p50, "p99": seq_p99 },
+        "leader_durable_writes": {
+            "per_sec": (syncs as f64 / elapsed).round(),
+            "entries_per_write": if syncs == 0 { f64::NAN } else { synced_entries as f64 / syncs as f64 },
+            "mean_ms": sync_ms_mean,
+        },
+        "catch_up": catch_up,
         "failover_ms": failover_ms,
         "tick_ms": 50,
     }))

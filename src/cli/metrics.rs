@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tessera::client::server::role_name;
 use tessera::client::{ClientService, MemberKind};
+use tessera::storage::WriteTimes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -214,6 +215,13 @@ pub fn render(service: &ClientService) -> String {
             &one(expires.saturating_sub((service.clock)())),
         );
     }
+    let writes = service.group.storage_writes();
+    metric(
+        "tessera_storage_entries_written_total",
+        "counter",
+        "Log entries made durable.",
+        &one(writes.entries),
+    );
     let stats = &service.stats;
     metric(
         "tessera_client_requests_total",
@@ -239,7 +247,25 @@ pub fn render(service: &ClientService) -> String {
         "Client connections or requests refused at a limit.",
         &one(stats.busy.load(Ordering::Relaxed)),
     );
+    write_histogram(
+        &mut out,
+        "tessera_storage_write_seconds",
+        "Durable writes, one synced batch each: the fsync latency.",
+        &writes,
+    );
     out
+}
+
+/// A Prometheus histogram of durable-write latency.
+fn write_histogram(out: &mut String, name: &str, help: &str, writes: &WriteTimes) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (bound, n) in &writes.buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", writes.writes);
+    let _ = writeln!(out, "{name}_sum {}", writes.seconds_total);
+    let _ = writeln!(out, "{name}_count {}", writes.writes);
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //! After the handshake the stream carries [`BondMessage`]s: consensus frames, fresh tickets
 //! before the old ones expire (a bond whose peer lets its verdict expire is closed), and
 //! pings so that quiet bonds (follower to follower) stay open and dead ones are noticed.
+//! Snapshots do not ride on that stream: each goes on a stream of its own, in chunks,
+//! resumable and checked against its SHA-256 ([`super::snapshot_transfer`]).
 //!
 //! Among founding members only the peer with the smaller key dials, so a pair has one
 //! bond; a joiner dials everyone it knows. The dialer re-dials with back-off when the
@@ -27,9 +29,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::id::{GroupId, GroupKey};
+use super::snapshot_transfer::{self, ResumeSlot};
 use super::transport::{Inbox, InboxError, InboxItem, PeerFrame, Transport};
 use crate::net::{encode_message, read_message, write_message, FrameError, ALPN_BOND};
-use crate::raft::NodeId;
+use crate::raft::{Index, Message, MessageBody, NodeId, Snapshot, Term};
 use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketError};
 
 /// Frames queued towards one peer before further ones are dropped.
@@ -100,6 +103,11 @@ pub struct BondStats {
     pub frames_in: u64,
     /// Renewed tickets accepted from bonded peers.
     pub renewals: u64,
+    /// Snapshots received whole and verified, and sent whole.
+    pub snapshots_in: u64,
+    pub snapshots_out: u64,
+    /// Snapshot transfers that failed (cut off, declined, bad digest), both directions.
+    pub snapshot_failures: u64,
     /// The latest refusals (at most [`RECENT_REFUSALS_MAX`]), oldest first.
     pub recent_refusals: Vec<RefusalRecord>,
 }
@@ -156,6 +164,11 @@ pub struct Bonds {
     config: BondConfig,
     peers: Mutex<BTreeMap<NodeId, mpsc::Sender<PeerFrame>>>,
     stats: watch::Sender<BondStats>,
+    /// An incoming snapshot transfer that was cut off, kept to be resumed.
+    resume: ResumeSlot,
+    /// SHA-256 of the latest snapshot we sent, by (index, term, size): a snapshot is
+    /// re-sent on every retry and hashing a large one is not free.
+    sent_digest: Mutex<Option<(SnapshotKey, [u8; 32])>>,
 }
 
 impl Bonds {
@@ -187,6 +200,8 @@ impl Bonds {
             config,
             peers: Mutex::new(BTreeMap::new()),
             stats: watch::channel(BondStats::default()).0,
+            resume: ResumeSlot::default(),
+            sent_digest: Mutex::new(None),
         });
         let accepting = bonds.clone();
         let ep = endpoint.clone();
@@ -369,9 +384,19 @@ impl Bonds {
         });
         tracing::info!(peer = %peer_key.fmt_short(), %peer, "bonded");
 
-        let writer = tokio::spawn(write_bond(send, rx, tickets));
+        let snapshots = SnapshotSender {
+            bonds: self.clone(),
+            conn: conn.clone(),
+            current: None,
+        };
+        let writer = AbortOnDrop(tokio::spawn(write_bond(send, rx, tickets, snapshots)));
+        let receiver = AbortOnDrop(tokio::spawn(self.clone().receive_snapshots(
+            conn.clone(),
+            peer,
+            inbox.clone(),
+        )));
         let result = self.read_bond(&conn, recv, peer, expires_at, &inbox).await;
-        writer.abort();
+        drop((writer, receiver));
         match &result {
             Ok(()) => conn.close(VarInt::from_u32(0), b"bye"),
             Err((why, detail)) => self.refuse(&conn, *why, detail),
@@ -521,6 +546,134 @@ impl Bonds {
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, mpsc::Sender<PeerFrame>>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Receives the snapshots `peer` sends on streams of their own, one at a time, and
+    /// hands each verified one to the worker as the `InstallSnapshot` it stands for.
+    async fn receive_snapshots<C>(
+        self: Arc<Self>,
+        conn: Connection,
+        peer: NodeId,
+        inbox: Inbox<C>,
+    ) {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let received =
+                snapshot_transfer::receive_snapshot(&mut recv, &mut send, peer, &self.resume).await;
+            let message = match received {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "snapshot transfer from peer failed");
+                    self.stats.send_modify(|s| s.snapshot_failures += 1);
+                    continue;
+                }
+            };
+            let _ = send.finish();
+            self.stats.send_modify(|s| s.snapshots_in += 1);
+            let frame = PeerFrame::Raft(message);
+            match inbox.push(InboxItem::Frame { from: peer, frame }) {
+                // Full: dropped like any frame; the leader offers the snapshot again.
+                Ok(()) | Err(InboxError::Full) => {}
+                Err(InboxError::Closed) => return,
+            }
+        }
+    }
+
+    /// The SHA-256 of `snapshot`, from the cache when it is the one sent last.
+    async fn digest_of(&self, snapshot: &Snapshot) -> [u8; 32] {
+        let key = (
+            snapshot.meta.index,
+            snapshot.meta.term,
+            snapshot.data.len() as u64,
+        );
+        let lock = || self.sent_digest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, digest)) = *lock() {
+            if cached == key {
+                return digest;
+            }
+        }
+        let data = snapshot.data.clone();
+        // Hashing a large snapshot takes a while: not on the executor.
+        let digest =
+            match tokio::task::spawn_blocking(move || snapshot_transfer::sha256(&data)).await {
+                Ok(digest) => digest,
+                Err(_) => snapshot_transfer::sha256(&snapshot.data),
+            };
+        *lock() = Some((key, digest));
+        digest
+    }
+}
+
+/// A snapshot as the digest cache knows it: (index, term, size in bytes).
+type SnapshotKey = (Index, Term, u64);
+
+/// The sending side of a bond's snapshot transfers: at most one in flight. The core
+/// offers the same snapshot again while it waits; a transfer already under way for it
+/// carries on instead of starting over.
+struct SnapshotSender {
+    bonds: Arc<Bonds>,
+    conn: Connection,
+    current: Option<((Index, Term), AbortOnDrop)>,
+}
+
+impl SnapshotSender {
+    fn start(&mut self, message: Message) {
+        let MessageBody::InstallSnapshot { snapshot } = &message.body else {
+            return;
+        };
+        let key = (snapshot.meta.index, snapshot.meta.term);
+        if let Some((current, task)) = &self.current {
+            if *current == key && !task.0.is_finished() {
+                return;
+            }
+        }
+        let bonds = self.bonds.clone();
+        let conn = self.conn.clone();
+        let task = tokio::spawn(async move {
+            let MessageBody::InstallSnapshot { snapshot } = &message.body else {
+                return;
+            };
+            let digest = bonds.digest_of(snapshot).await;
+            let sent = async {
+                let (offer, data) = snapshot_transfer::offer_for(&message, digest)?;
+                let (mut send, mut recv) = tokio::time::timeout(DIAL_TIMEOUT, conn.open_bi())
+                    .await
+                    .map_err(|_| snapshot_transfer::TransferError::Timeout("opening a stream"))?
+                    .map_err(|e| {
+                        snapshot_transfer::TransferError::Frame(FrameError::Io(
+                            std::io::Error::other(e),
+                        ))
+                    })?;
+                let bytes =
+                    snapshot_transfer::send_snapshot(&mut recv, &mut send, &offer, &data).await?;
+                let _ = send.finish();
+                Ok::<_, snapshot_transfer::TransferError>(bytes)
+            };
+            match sent.await {
+                Ok(bytes) => {
+                    tracing::debug!(index = key.0, bytes, "snapshot sent");
+                    bonds.stats.send_modify(|s| s.snapshots_out += 1);
+                }
+                Err(e) => {
+                    tracing::warn!(index = key.0, error = %e, "snapshot transfer to peer failed");
+                    bonds.stats.send_modify(|s| s.snapshot_failures += 1);
+                }
+            }
+        });
+        self.current = Some((key, AbortOnDrop(task)));
+    }
+
+    /// The message to put on the bond stream for `frame`, or `None` when it is a snapshot
+    /// (which goes on a stream of its own).
+    fn route(&mut self, frame: PeerFrame) -> Option<BondMessage> {
+        match frame {
+            PeerFrame::Raft(message)
+                if matches!(message.body, MessageBody::InstallSnapshot { .. }) =>
+            {
+                self.start(message);
+                None
+            }
+            frame => Some(BondMessage::Frame(frame)),
+        }
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -564,13 +717,17 @@ async fn write_bond(
     mut send: SendStream,
     mut rx: mpsc::Receiver<PeerFrame>,
     mut tickets: watch::Receiver<Vec<Ticket>>,
+    mut snapshots: SnapshotSender,
 ) {
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut buf = Vec::new();
     loop {
         let message = tokio::select! {
             frame = rx.recv() => match frame {
-                Some(frame) => BondMessage::Frame(frame),
+                Some(frame) => match snapshots.route(frame) {
+                    Some(message) => message,
+                    None => continue,
+                },
                 None => return,
             },
             changed = tickets.changed() => match changed {
@@ -579,17 +736,23 @@ async fn write_bond(
             },
             _ = ping.tick() => BondMessage::Ping,
         };
-        // Coalesce what is already queued into one write: fewer syscalls and packets.
+        // Coalesce what is already queued into one write: fewer syscalls and packets. A
+        // frame that does not encode (over the frame limit) is dropped alone; `buf` keeps
+        // the others.
         buf.clear();
-        let mut encoded = encode_message(&mut buf, &message);
-        let mut more = 0;
-        while encoded.is_ok() && more < FRAMES_PER_WRITE_MAX {
+        let encode = |buf: &mut Vec<u8>, message: &BondMessage| {
+            if let Err(e) = encode_message(buf, message) {
+                tracing::warn!(error = %e, "bond frame not sent");
+            }
+        };
+        encode(&mut buf, &message);
+        for _ in 0..FRAMES_PER_WRITE_MAX {
             let Ok(frame) = rx.try_recv() else { break };
-            encoded = encode_message(&mut buf, &BondMessage::Frame(frame));
-            more += 1;
+            if let Some(message) = snapshots.route(frame) {
+                encode(&mut buf, &message);
+            }
         }
-        if let Err(e) = encoded {
-            tracing::warn!(error = %e, "bond frame not sent");
+        if buf.is_empty() {
             continue;
         }
         if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut send, &buf).await {

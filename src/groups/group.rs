@@ -54,6 +54,8 @@ pub(super) struct GroupShared {
     pub sessions: Mutex<SessionPool>,
     pub timeout: Duration,
     pub thread: Mutex<Option<JoinHandle<()>>>,
+    /// Latency of the worker's durable writes.
+    pub write_timing: Arc<crate::storage::WriteTiming>,
 }
 
 /// Free client sessions of this handle: (client id, next sequence number).
@@ -232,6 +234,11 @@ impl<M: StateMachine> Group<M> {
     /// The latest status the worker published.
     pub fn status(&self) -> GroupStatus {
         self.shared.status.borrow().clone()
+    }
+
+    /// Durable writes so far: how many, how many entries, how long they took.
+    pub fn storage_writes(&self) -> crate::storage::WriteTimes {
+        self.shared.write_timing.read()
     }
 
     /// Waits for changes of the group's state.

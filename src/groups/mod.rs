@@ -8,6 +8,7 @@ pub mod bond;
 mod builder;
 mod group;
 pub mod id;
+pub mod snapshot_transfer;
 pub mod transport;
 pub mod worker;
 
@@ -86,12 +87,14 @@ where
     let inbox = Inbox::new(tx);
     let transport = connect(inbox.clone());
     let (status_tx, status_rx) = tokio::sync::watch::channel(GroupStatus::default());
+    let write_timing = Arc::new(crate::storage::WriteTiming::default());
     let worker = Worker::new(
         options.node,
         options.worker.clone(),
         raft,
         sessions,
         storage,
+        write_timing.clone(),
         transport,
         rx,
         status_tx,
@@ -113,6 +116,7 @@ where
         }),
         timeout: options.request_timeout,
         thread: Mutex::new(Some(thread)),
+        write_timing,
     };
     Ok(Group {
         shared: Arc::new(shared),

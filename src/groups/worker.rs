@@ -19,7 +19,7 @@ use crate::raft::{
     EntryPayload, Event, Index, Input, Membership, MembershipChange, NodeId, Raft, ReadState,
     Ready, Rejection, Role, Term,
 };
-use crate::storage::{Storage, WriteBatch};
+use crate::storage::{Storage, WriteBatch, WriteTiming};
 
 /// Most inbox items handled before the worker writes and answers (bounds latency).
 pub const ITEMS_PER_ROUND_MAX: usize = 4096;
@@ -83,6 +83,10 @@ pub struct WorkerConfig {
     pub forward_timeout: Duration,
     /// Snapshot and compact every this many applied entries (`None`: never).
     pub snapshot_every: Option<u64>,
+    /// Snapshot and compact once the commands applied since the last snapshot add up to
+    /// this many bytes (`None`: never), whichever of the two limits comes first: a log of
+    /// few but large commands is bounded too.
+    pub snapshot_bytes: Option<u64>,
     /// As leader, add every bonded peer (bonds exist only with attested peers that proved
     /// the group key) that is not a member as a learner; the core promotes caught-up
     /// learners to voters up to `max_voters`.
@@ -98,6 +102,7 @@ impl Default for WorkerConfig {
             tick: Duration::from_millis(50),
             forward_timeout: Duration::from_secs(2),
             snapshot_every: Some(10_000),
+            snapshot_bytes: Some(64 << 20),
             auto_membership: true,
             removal_timeout: Some(Duration::from_secs(300)),
         }
@@ -125,6 +130,8 @@ pub struct Worker<M: StateMachine, S: Storage> {
     raft: Raft,
     machine: Sessions<M>,
     storage: S,
+    /// Latency of every durable write (the fsync metric).
+    write_timing: Arc<WriteTiming>,
     transport: Arc<dyn Transport>,
     inbox: Receiver<InboxItem<ClientRequest>>,
     status: watch::Sender<GroupStatus>,
@@ -138,6 +145,8 @@ pub struct Worker<M: StateMachine, S: Storage> {
     /// Reads whose read point is known, waiting for apply.
     waiting_reads: Vec<(Index, Bytes, Reply)>,
     last_snapshot_index: Index,
+    /// Bytes of commands applied since the last snapshot (taken or installed).
+    bytes_since_snapshot: u64,
     stopped: Option<String>,
     /// Peers with a live bond (admitted by the transport).
     bonded: BTreeSet<NodeId>,
@@ -153,6 +162,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         raft: Raft,
         machine: Sessions<M>,
         storage: S,
+        write_timing: Arc<WriteTiming>,
         transport: Arc<dyn Transport>,
         inbox: Receiver<InboxItem<ClientRequest>>,
         status: watch::Sender<GroupStatus>,
@@ -164,6 +174,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             raft,
             machine,
             storage,
+            write_timing,
             transport,
             inbox,
             status,
@@ -174,6 +185,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             reads: BTreeMap::new(),
             waiting_reads: Vec::new(),
             last_snapshot_index,
+            bytes_since_snapshot: 0,
             stopped: None,
             bonded: BTreeSet::new(),
             unreachable_since: BTreeMap::new(),
@@ -530,7 +542,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         };
         if !batch.is_empty() {
             let persisted = batch.persisted_position();
-            if let Err(e) = self.storage.write(&batch) {
+            let started = Instant::now();
+            let written = self.storage.write(&batch);
+            self.write_timing
+                .record(started.elapsed(), batch.entries.len());
+            if let Err(e) = written {
                 // Never acknowledge what is not durable: stop participating.
                 tracing::error!(node = %self.id, error = %e, "storage write failed; node stops");
                 self.stopped = Some(format!("storage write failed: {e}"));
@@ -552,6 +568,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 return;
             }
             self.last_snapshot_index = s.meta.index;
+            self.bytes_since_snapshot = 0;
             let keep = self.proposals.split_off(&(s.meta.index + 1));
             for (_, (_, waiter)) in std::mem::replace(&mut self.proposals, keep) {
                 self.answer(waiter, Err(ForwardRefusal::Unknown));
@@ -564,6 +581,9 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 term: entry.term,
                 timestamp_ms: entry.timestamp_ms,
             };
+            if let EntryPayload::Command(data) = &entry.payload {
+                self.bytes_since_snapshot += data.len() as u64;
+            }
             let output = match &entry.payload {
                 EntryPayload::Command(data) => match postcard::from_bytes(data) {
                     Ok(command) => {
@@ -669,11 +689,16 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     }
 
     fn maybe_snapshot(&mut self) {
-        let Some(every) = self.config.snapshot_every else {
-            return;
-        };
         let applied = self.raft.applied_index();
-        if applied < self.last_snapshot_index + every {
+        let by_entries = self
+            .config
+            .snapshot_every
+            .is_some_and(|every| applied >= self.last_snapshot_index + every);
+        let by_bytes = self
+            .config
+            .snapshot_bytes
+            .is_some_and(|bytes| self.bytes_since_snapshot >= bytes);
+        if !(by_entries || by_bytes) || applied <= self.last_snapshot_index {
             return;
         }
         let data = match self.machine.snapshot() {
@@ -688,6 +713,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             data,
         });
         self.last_snapshot_index = applied;
+        self.bytes_since_snapshot = 0;
         if let Some(snapshot) = self.raft.snapshot().cloned() {
             if let Err(e) = self.storage.compact(&snapshot) {
                 tracing::warn!(node = %self.id, error = %e, "storage compaction failed");

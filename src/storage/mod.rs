@@ -11,11 +11,13 @@ pub mod faulty;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
+pub mod timing;
 
 #[cfg(feature = "rocksdb")]
 pub use self::rocksdb::RocksDbStorage;
 pub use faulty::{FaultSwitch, FaultyStorage};
 pub use memory::MemoryStorage;
+pub use timing::{WriteTimes, WriteTiming};
 
 use crate::raft::{Entry, HardState, Index, InitialState, Ready, Snapshot, SnapshotMeta};
 
