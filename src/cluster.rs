@@ -63,6 +63,9 @@ pub struct ClusterOptions {
     pub key: GroupKey,
     /// Lifetime of each member's ticket; renewed at half of it.
     pub ticket_lifetime_secs: u64,
+    /// `None`: the members found the group with each other as voters. `Some(n)`: they
+    /// form it once `n` are bonded ([`GroupBuilder::bootstrap_expect`]).
+    pub bootstrap_expect: Option<usize>,
 }
 
 impl ClusterOptions {
@@ -73,6 +76,7 @@ impl ClusterOptions {
             worker: WorkerConfig::default(),
             key,
             ticket_lifetime_secs: TICKET_LIFETIME_SECS,
+            bootstrap_expect: None,
         }
     }
 }
@@ -135,9 +139,12 @@ impl LocalCluster {
         for (i, (ep, addr)) in endpoints.into_iter().enumerate() {
             let peers = addrs.iter().filter(|a| a.id != ep.id()).cloned().collect();
             let store = storage(i).map_err(|reason| ClusterError::Storage { index: i, reason })?;
-            let joined = member_builder(&options, &clock, MockConfig::default(), &ep)?
-                .with_peers(peers, true)
-                .join(ep.clone(), KvStore::new(), store)?;
+            let builder = member_builder(&options, &clock, MockConfig::default(), &ep)?;
+            let builder = match options.bootstrap_expect {
+                None => builder.with_peers(peers, true),
+                Some(n) => builder.with_peers(peers, false).bootstrap_expect(n),
+            };
+            let joined = builder.join(ep.clone(), KvStore::new(), store)?;
             members.push(ClusterMember {
                 node: node_id_of(&ep.id()),
                 endpoint: ep,
@@ -162,9 +169,11 @@ impl LocalCluster {
     ) -> Result<ClusterMember, ClusterError> {
         let (ep, addr) = loopback_endpoint(random_secret()?).await?;
         let peers = self.members.iter().map(|m| m.addr.clone()).collect();
-        let joined = member_builder(options, &self.clock, mock, &ep)?
-            .with_peers(peers, false)
-            .join(ep.clone(), KvStore::new(), storage)?;
+        let mut builder = member_builder(options, &self.clock, mock, &ep)?.with_peers(peers, false);
+        if let Some(n) = options.bootstrap_expect {
+            builder = builder.bootstrap_expect(n);
+        }
+        let joined = builder.join(ep.clone(), KvStore::new(), storage)?;
         Ok(ClusterMember {
             node: node_id_of(&ep.id()),
             endpoint: ep,

@@ -580,3 +580,61 @@ async fn a_snapshot_larger_than_a_frame_reaches_a_late_joiner_in_chunks() {
         );
     }
 }
+
+/// `bootstrap_expect`: members that only know each other's addresses form one group once
+/// enough are bonded; a fresh member arriving later with the same setting joins that group
+/// instead of bootstrapping another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_form_a_group_once_the_expected_number_is_bonded() {
+    let mut o = options(3);
+    o.bootstrap_expect = Some(3);
+    let cluster = LocalCluster::start(o, |_| Ok(MemoryStorage::new()))
+        .await
+        .expect("cluster");
+    let leader = leader_index(&cluster, 0).await;
+    let voters = cluster.members[leader]
+        .joined
+        .group
+        .status()
+        .membership
+        .voters
+        .clone();
+    let members: std::collections::BTreeSet<_> = cluster.members.iter().map(|m| m.node).collect();
+    assert_eq!(
+        voters, members,
+        "the founders are exactly the bonded members"
+    );
+    cluster.members[leader]
+        .joined
+        .group
+        .execute(put("formed", "yes"))
+        .await
+        .expect("write");
+
+    // A late fresh member expecting 2 would find enough fresh-looking peers only if the
+    // formed members did not say they are formed: it must join, not bootstrap.
+    let mut late = cluster.options.clone();
+    late.bootstrap_expect = Some(2);
+    let joiner = cluster
+        .candidate(MockConfig::default(), &late, MemoryStorage::new())
+        .await
+        .expect("joiner");
+    let me = joiner.node;
+    let mut when = joiner.joined.group.when();
+    let member = tokio::time::timeout(
+        WAIT,
+        when.membership_is(|m| m.voters.contains(&me) || m.learners.contains(&me)),
+    )
+    .await;
+    assert!(
+        member.is_ok(),
+        "the late member was not added: {:?}",
+        joiner.joined.group.status()
+    );
+    let status = joiner.joined.group.status();
+    assert!(
+        status.membership.voters.is_superset(&members),
+        "the late member holds the founders' configuration, not one of its own: {status:?}"
+    );
+    assert_eq!(get(&joiner, "formed").await.as_deref(), Some(&b"yes"[..]));
+}

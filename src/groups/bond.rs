@@ -162,7 +162,10 @@ pub fn node_id_of(key: &PublicKey) -> NodeId {
 pub struct Bonds {
     me: PublicKey,
     config: BondConfig,
-    peers: Mutex<BTreeMap<NodeId, mpsc::Sender<PeerFrame>>>,
+    /// The outgoing queues of the live bonds, per peer. Usually one; two when both sides
+    /// dialled at once (joiners dial everyone): frames go on the newest, and the peer
+    /// counts as unreachable only once none is left.
+    peers: Mutex<BTreeMap<NodeId, Vec<mpsc::Sender<PeerFrame>>>>,
     stats: watch::Sender<BondStats>,
     /// An incoming snapshot transfer that was cut off, kept to be resumed.
     resume: ResumeSlot,
@@ -276,7 +279,13 @@ impl Bonds {
         inbox: Inbox<C>,
     ) {
         let mut delay = REDIAL_DELAY_MIN;
+        let id = node_id_of(&peer.id);
         loop {
+            if self.lock_peers().contains_key(&id) {
+                // The peer dialled us and that bond is up: no second one. Look again later.
+                tokio::time::sleep(REDIAL_DELAY_MAX).await;
+                continue;
+            }
             match tokio::time::timeout(DIAL_TIMEOUT, ep.connect(peer.clone(), ALPN_BOND)).await {
                 Ok(Ok(conn)) => {
                     if self.serve(conn, true, inbox.clone(), None).await {
@@ -288,10 +297,12 @@ impl Bonds {
                 }
                 Err(_) => tracing::debug!(peer = %peer.id.fmt_short(), "dial timed out"),
             }
-            if inbox.push(InboxItem::PeerReachable {
-                peer: node_id_of(&peer.id),
-                reachable: false,
-            }) == Err(InboxError::Closed)
+            let bonded = self.lock_peers().contains_key(&id);
+            if !bonded
+                && inbox.push(InboxItem::PeerReachable {
+                    peer: id,
+                    reachable: false,
+                }) == Err(InboxError::Closed)
             {
                 return; // the worker is gone
             }
@@ -373,7 +384,7 @@ impl Bonds {
         let peer_key = conn.remote_id();
         let peer = node_id_of(&peer_key);
         let (tx, rx) = mpsc::channel(OUTGOING_FRAMES_MAX);
-        self.lock_peers().insert(peer, tx.clone());
+        self.lock_peers().entry(peer).or_default().push(tx.clone());
         self.stats.send_modify(|s| {
             s.bonded += 1;
             s.live += 1;
@@ -401,23 +412,26 @@ impl Bonds {
             Ok(()) => conn.close(VarInt::from_u32(0), b"bye"),
             Err((why, detail)) => self.refuse(&conn, *why, detail),
         }
-        {
+        let still_bonded = {
             let mut peers = self.lock_peers();
-            if peers
-                .get(&peer)
-                .is_some_and(|current| current.same_channel(&tx))
-            {
-                peers.remove(&peer);
+            if let Some(queues) = peers.get_mut(&peer) {
+                queues.retain(|q| !q.same_channel(&tx));
+                if queues.is_empty() {
+                    peers.remove(&peer);
+                }
             }
-        }
+            peers.contains_key(&peer)
+        };
         self.stats.send_modify(|s| {
             s.closed += 1;
             s.live -= 1;
         });
-        let _ = inbox.push(InboxItem::PeerReachable {
-            peer,
-            reachable: false,
-        });
+        if !still_bonded {
+            let _ = inbox.push(InboxItem::PeerReachable {
+                peer,
+                reachable: false,
+            });
+        }
         tracing::info!(peer = %peer_key.fmt_short(), %peer, "bond closed");
         true
     }
@@ -543,7 +557,9 @@ impl Bonds {
         }
     }
 
-    fn lock_peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, mpsc::Sender<PeerFrame>>> {
+    fn lock_peers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Vec<mpsc::Sender<PeerFrame>>>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -682,7 +698,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Transport for Bonds {
     fn send(&self, to: NodeId, frame: PeerFrame) {
-        if let Some(tx) = self.lock_peers().get(&to) {
+        if let Some(tx) = self.lock_peers().get(&to).and_then(|queues| queues.last()) {
             // A full queue drops the frame, as a congested link would; Raft retransmits.
             let _ = tx.try_send(frame);
         }

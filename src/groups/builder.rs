@@ -33,6 +33,7 @@ pub struct GroupBuilder {
     tickets: Option<watch::Receiver<Vec<Ticket>>>,
     peers: Vec<EndpointAddr>,
     bootstrap: bool,
+    bootstrap_expect: Option<usize>,
     clock: Clock,
     request_timeout: Duration,
     other_alpns: Option<mpsc::Sender<Connection>>,
@@ -49,6 +50,7 @@ impl GroupBuilder {
             tickets: None,
             peers: Vec::new(),
             bootstrap: false,
+            bootstrap_expect: None,
             clock,
             request_timeout: Duration::from_secs(10),
             other_alpns: None,
@@ -78,6 +80,15 @@ impl GroupBuilder {
     pub fn with_peers(mut self, peers: Vec<EndpointAddr>, bootstrap: bool) -> Self {
         self.peers = peers;
         self.bootstrap = bootstrap;
+        self
+    }
+
+    /// Instead of a fixed founding set: a fresh node forms the group once `n` members
+    /// (itself included) are bonded, with the `n` smallest node ids as voters
+    /// ([`WorkerConfig::bootstrap_expect`]). `n = 1` makes a single-node group at once.
+    pub fn bootstrap_expect(mut self, n: usize) -> Self {
+        self.bootstrap_expect = Some(n.max(1));
+        self.bootstrap = false;
         self
     }
 
@@ -124,10 +135,16 @@ impl GroupBuilder {
                 std::iter::once(me).chain(self.peers.iter().map(|p| node_id_of(&p.id))),
             )
         });
+        let single = self.bootstrap_expect == Some(1);
+        let bootstrap = bootstrap.or_else(|| single.then(|| Membership::with_voters([me])));
+        let mut worker = self.worker.clone();
+        if !single {
+            worker.bootstrap_expect = self.bootstrap_expect;
+        }
         let options = MemberOptions {
             node: me,
             raft: self.raft.clone(),
-            worker: self.worker.clone(),
+            worker,
             seed: u64::from_le_bytes(endpoint.id().as_bytes()[..8].try_into().unwrap_or_default()),
             request_timeout: self.request_timeout,
             bootstrap,
@@ -146,6 +163,9 @@ impl GroupBuilder {
         let mut bonds = None;
         let peers = self.peers.clone();
         let group = start(options, machine, storage, |inbox| {
+            // Founders listed each other: one dials. Anyone else (a joiner, or a member
+            // waiting for `bootstrap_expect` peers, who may be known to none of them)
+            // dials everyone it was given.
             let dial = if self.bootstrap {
                 Dial::SmallerKey
             } else {

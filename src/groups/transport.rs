@@ -35,6 +35,11 @@ pub enum PeerFrame {
         request_id: u64,
         result: Result<u64, ForwardRefusal>,
     },
+    /// Sent to every newly bonded peer: whether this member already belongs to a formed
+    /// group (holds a configuration). A fresh member waiting for `bootstrap_expect`
+    /// peers bootstraps only once that many have said they are fresh too, and never if
+    /// one says it is formed.
+    Formation { formed: bool },
 }
 
 /// Why a leader did not take a forwarded request.

@@ -94,6 +94,12 @@ pub struct WorkerConfig {
     /// As leader, remove a member that has been unreachable this long (`None`: never).
     /// It is added again, as a learner, when it bonds again.
     pub removal_timeout: Option<Duration>,
+    /// Form a new group once this many distinct members (this one included) are bonded
+    /// (DESIGN §7.2): the voters are the `n` smallest node ids among them, so members
+    /// that see the same peers agree; a member not among them waits to be added. Only a
+    /// fresh node bootstraps: one that has heard from an existing group never does.
+    /// Start exactly `n` founding members: more could pick different sets.
+    pub bootstrap_expect: Option<usize>,
 }
 
 impl Default for WorkerConfig {
@@ -105,6 +111,7 @@ impl Default for WorkerConfig {
             snapshot_bytes: Some(64 << 20),
             auto_membership: true,
             removal_timeout: Some(Duration::from_secs(300)),
+            bootstrap_expect: None,
         }
     }
 }
@@ -152,6 +159,8 @@ pub struct Worker<M: StateMachine, S: Storage> {
     bonded: BTreeSet<NodeId>,
     /// Since when each peer has been unreachable.
     unreachable_since: BTreeMap<NodeId, Instant>,
+    /// Bonded peers that said they hold no configuration (for `bootstrap_expect`).
+    fresh_peers: BTreeSet<NodeId>,
 }
 
 impl<M: StateMachine, S: Storage> Worker<M, S> {
@@ -189,6 +198,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             stopped: None,
             bonded: BTreeSet::new(),
             unreachable_since: BTreeMap::new(),
+            fresh_peers: BTreeSet::new(),
         }
     }
 
@@ -267,7 +277,13 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     // Whatever we forwarded to it will not be answered.
                     self.fail_forwards(|target| target == peer);
                 }
-                self.step(Input::PeerReachable { peer, reachable })
+                self.step(Input::PeerReachable { peer, reachable });
+                if reachable {
+                    let formed = self.is_formed();
+                    self.transport.send(peer, PeerFrame::Formation { formed });
+                } else {
+                    self.fresh_peers.remove(&peer);
+                }
             }
             InboxItem::Client(request) => self.handle_client(request),
             InboxItem::Shutdown => {}
@@ -434,7 +450,22 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     }
                 }
             }
+            PeerFrame::Formation { formed } => {
+                if formed {
+                    if self.config.bootstrap_expect.take().is_some() {
+                        tracing::info!(node = %self.id, %from, "a group exists; joining it instead of bootstrapping");
+                    }
+                } else if self.bonded.contains(&from) {
+                    self.fresh_peers.insert(from);
+                    self.maybe_bootstrap();
+                }
+            }
         }
+    }
+
+    /// Whether this member holds a configuration (bootstrapped, or heard from a leader).
+    fn is_formed(&self) -> bool {
+        self.raft.term() != 0 || self.raft.last_index() != 0 || self.raft.snapshot_index() != 0
     }
 
     /// The leader's automatic membership: bonded non-members join as learners, members
@@ -686,6 +717,44 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         postcard::to_allocvec(&result)
             .map(Bytes::from)
             .map_err(|e| RequestError::Refused(format!("result does not encode: {e}")))
+    }
+
+    /// Forms the group once `bootstrap_expect` members are bonded and have said they are
+    /// fresh (see [`WorkerConfig`]).
+    fn maybe_bootstrap(&mut self) {
+        let Some(expect) = self.config.bootstrap_expect else {
+            return;
+        };
+        if self.is_formed() {
+            self.config.bootstrap_expect = None;
+            return;
+        }
+        if self.fresh_peers.len() + 1 < expect.max(1) {
+            return;
+        }
+        let founders: BTreeSet<NodeId> = self
+            .fresh_peers
+            .iter()
+            .copied()
+            .chain([self.id])
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .take(expect)
+            .collect();
+        // Whatever happens now, this node never tries again.
+        self.config.bootstrap_expect = None;
+        if !founders.contains(&self.id) {
+            tracing::info!(node = %self.id, ?founders, "not among the founders; waiting to be added");
+            return;
+        }
+        match self
+            .raft
+            .bootstrap(Membership::with_voters(founders.iter().copied()))
+        {
+            Ok(()) => tracing::info!(node = %self.id, ?founders, "bootstrapped a new group"),
+            // Heard from an existing group first (a vote, an append): join it instead.
+            Err(e) => tracing::info!(node = %self.id, reason = %e, "did not bootstrap"),
+        }
     }
 
     fn maybe_snapshot(&mut self) {
