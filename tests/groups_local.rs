@@ -2,88 +2,18 @@
 //! (the iroh transport plugs into the same `Transport` trait), real workers, the real
 //! key-value machine. Waits are on published state with generous upper bounds; nothing
 //! sleeps to synchronise.
+mod common;
+
 use std::time::Duration;
 
-use tessera::groups::{self, Consistency, Group, LocalNetwork, MemberOptions, WorkerConfig};
-use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult, KvStore};
-use tessera::raft::{Membership, NodeId, RaftConfig};
-use tessera::storage::MemoryStorage;
-
-const BOUND: Duration = Duration::from_secs(20);
-
-fn options(id: u64, members: &Membership) -> MemberOptions {
-    MemberOptions {
-        node: NodeId(id),
-        raft: RaftConfig {
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            ..RaftConfig::default()
-        },
-        worker: WorkerConfig {
-            tick: Duration::from_millis(10),
-            forward_timeout: Duration::from_millis(500),
-            snapshot_every: Some(50),
-            ..WorkerConfig::default()
-        },
-        seed: id,
-        request_timeout: Duration::from_secs(10),
-        bootstrap: Some(members.clone()),
-    }
-}
-
-fn start_cluster(size: u64) -> (LocalNetwork, Vec<Group<KvStore>>) {
-    let net = LocalNetwork::new();
-    let members = Membership::with_voters((1..=size).map(NodeId));
-    let groups = (1..=size)
-        .map(|id| {
-            let net = net.clone();
-            groups::start(
-                options(id, &members),
-                KvStore::new(),
-                MemoryStorage::new(),
-                move |inbox| {
-                    net.register(NodeId(id), inbox);
-                    net.transport(NodeId(id))
-                },
-            )
-            .expect("member starts")
-        })
-        .collect();
-    (net, groups)
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
-}
-
-fn put(key: &str, value: &str) -> KvCommand {
-    KvCommand::Put {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-    }
-}
-
-async fn strong_get(g: &Group<KvStore>, key: &str) -> Option<Vec<u8>> {
-    match g
-        .query(
-            KvQuery::Get {
-                key: key.as_bytes().to_vec(),
-            },
-            Consistency::Strong,
-        )
-        .await
-        .expect("strong read")
-    {
-        KvQueryResult::Get { value } => value,
-        other => panic!("unexpected {other:?}"),
-    }
-}
+use common::{put, start_memory_cluster, strong_get, within};
+use tessera::groups::Consistency;
+use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+use tessera::raft::NodeId;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_leader_and_follower_are_read_back_everywhere() {
-    let (_net, groups) = start_cluster(3);
+    let (_net, groups) = start_memory_cluster(3);
     let leader = within("election", groups[0].when().leader_elected())
         .await
         .expect("leader");
@@ -126,7 +56,7 @@ async fn writes_through_leader_and_follower_are_read_back_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_is_lost() {
-    let (_net, groups) = start_cluster(3);
+    let (_net, groups) = start_memory_cluster(3);
     let old = within("election", groups[0].when().leader_elected())
         .await
         .expect("leader");
@@ -163,7 +93,7 @@ async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_cannot_commit_and_the_majority_moves_on() {
-    let (net, groups) = start_cluster(3);
+    let (net, groups) = start_memory_cluster(3);
     let old = within("election", groups[0].when().leader_elected())
         .await
         .expect("leader");
