@@ -35,6 +35,15 @@ pub enum PeerFrame {
         request_id: u64,
         result: Result<u64, ForwardRefusal>,
     },
+    /// A follower forwards a command whose caller wants only its log index
+    /// ([`Group::feed`](super::Group::feed)), not its output.
+    ForwardFeed { request_id: u64, command: Bytes },
+    /// The leader's answer to a forwarded feed: the index it appended the command at (not
+    /// yet committed), or why not.
+    ForwardFeedReply {
+        request_id: u64,
+        result: Result<u64, ForwardRefusal>,
+    },
 }
 
 /// Why a leader did not take a forwarded request.
