@@ -598,3 +598,44 @@ async fn write_bond(
         }
     }
 }
+
+/// The streams of a bond whose handshake [`dial_raw`] completed.
+#[doc(hidden)]
+pub struct RawBond {
+    pub connection: Connection,
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
+
+/// For tests and tools: dials `peer` and runs the bond handshake exactly as a member does
+/// (the same code, so the peer admits and counts the bond), then hands over the raw
+/// streams instead of running the bond, so that the caller can speak — or break — the
+/// protocol after the handshake. Needs what a member needs: the group key and a ticket
+/// the peer accepts.
+#[doc(hidden)]
+pub async fn dial_raw(
+    endpoint: &Endpoint,
+    config: BondConfig,
+    peer: EndpointAddr,
+) -> Result<RawBond, String> {
+    let bonds = Bonds {
+        me: endpoint.id(),
+        config,
+        peers: Mutex::new(BTreeMap::new()),
+        stats: watch::channel(BondStats::default()).0,
+    };
+    let connection = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(peer, ALPN_BOND))
+        .await
+        .map_err(|_| "dial timed out".to_string())?
+        .map_err(|e| format!("dial failed: {e}"))?;
+    let (send, recv, _, _) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, bonds.handshake(&connection, true))
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|(why, detail)| format!("{why:?}: {detail}"))?;
+    Ok(RawBond {
+        connection,
+        send,
+        recv,
+    })
+}
