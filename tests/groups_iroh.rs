@@ -1,23 +1,27 @@
 //! Groups over real iroh on loopback: mock-attested members bond and replicate; peers with
 //! bad tickets, another group key, another consensus config or a stolen group id never
-//! bond; garbage from a raw iroh client does not hurt a member.
+//! bond; garbage from a raw iroh client does not hurt a member; a bonded peer that renews
+//! with a bad ticket or sends a malformed message loses that bond and nothing else changes.
 //!
 //! Waits are on watches (`when()`, bond statistics) with timeouts, never on sleeps.
 use std::sync::Arc;
 use std::time::Duration;
 
+use iroh::endpoint::{ApplicationClose, ConnectionError, VarInt};
 use tessera::cluster::{
     loopback_endpoint, mock_validator, random_secret, ClusterMember, ClusterOptions, LocalCluster,
     NETWORK,
 };
+use tessera::groups::bond::dial_raw;
 use tessera::groups::{
-    BondConfig, BondStats, Bonds, Consistency, Dial, GroupKey, Inbox, InboxItem, WorkerConfig,
+    node_id_of, BondConfig, BondStats, Bonds, Consistency, Dial, GroupBuilder, GroupKey, Inbox,
+    InboxItem, Refusal, WorkerConfig,
 };
-use tessera::machine::{KvCommand, KvQuery, KvQueryResult};
-use tessera::net::ALPN_BOND;
+use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
+use tessera::net::{ALPN_BOND, WIRE_VERSION};
 use tessera::raft::RaftConfig;
 use tessera::storage::MemoryStorage;
-use tessera::tickets::{Admission, TdxTicketIssuer};
+use tessera::tickets::{Admission, TdxTicketIssuer, Ticket};
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
 use tokio::sync::watch;
 
@@ -637,4 +641,265 @@ async fn members_form_a_group_once_the_expected_number_is_bonded() {
         "the late member holds the founders' configuration, not one of its own: {status:?}"
     );
     assert_eq!(get(&joiner, "formed").await.as_deref(), Some(&b"yes"[..]));
+}
+
+/// Waits until `bonds`' counters satisfy `f`; panics with `what` and the counters if they
+/// do not within the wait.
+async fn wait_stats(bonds: &Bonds, what: &str, f: impl FnMut(&BondStats) -> bool) {
+    let mut rx = bonds.stats();
+    if tokio::time::timeout(WAIT, rx.wait_for(f)).await.is_err() {
+        panic!("{what}: not within {WAIT:?}; {:?}", bonds.stats().borrow());
+    }
+}
+
+/// A mock-attested ticket issuer; `mock` chooses what the quotes claim.
+fn issuer(mock: MockConfig) -> TdxTicketIssuer {
+    let provider = MockProvider::new(mock).expect("mock");
+    let collateral = provider.collateral().expect("collateral");
+    TdxTicketIssuer::new(Box::new(provider), collateral, NETWORK.into(), 300)
+}
+
+/// A member whose own ticket is renewed by the test instead of by `keep_tickets_fresh`
+/// joins `cluster` (becoming a voter), renews once with a good ticket, then with the one
+/// `bad` makes for its key at the given time. Each member must close its bond with `BadTicket` on that
+/// renewal, and the peer must get no log entry after.
+async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Ticket) {
+    let cluster = bonded_cluster(3).await;
+    let members = &cluster.members;
+    let good = issuer(MockConfig::default());
+    let (ep, _) = loopback_endpoint(random_secret().expect("key"))
+        .await
+        .expect("endpoint");
+    let key = *ep.id().as_bytes();
+    let me = node_id_of(&ep.id());
+    let (tickets, tickets_rx) = watch::channel(vec![good
+        .issue(key, None, cluster.clock()())
+        .expect("ticket")]);
+    let o = &cluster.options;
+    let peer = GroupBuilder::new(o.key.clone(), NETWORK, cluster.clock())
+        .with_consensus_config(o.raft.clone(), o.worker.clone())
+        .require_ticket(mock_validator().expect("validator"))
+        .with_tickets(tickets_rx)
+        .with_peers(members.iter().map(|m| m.addr.clone()).collect(), false)
+        .join(ep.clone(), KvStore::new(), MemoryStorage::new())
+        .expect("joins");
+    wait_stats(&peer.bonds, "the peer bonds with every member", |s| {
+        s.live == 3
+    })
+    .await;
+    let leader = leader_index(&cluster, 0).await;
+    members[leader]
+        .joined
+        .group
+        .execute(put("before", "1"))
+        .await
+        .expect("write");
+    tokio::time::timeout(
+        WAIT,
+        peer.group.when().membership_is(|m| m.voters.contains(&me)),
+    )
+    .await
+    .expect("the peer becomes a voter")
+    .expect("status");
+
+    // The twin: a good renewal is accepted by every member and the bonds stay.
+    tickets
+        .send(vec![good
+            .issue(key, None, cluster.clock()())
+            .expect("ticket")])
+        .expect("publish");
+    for m in members {
+        wait_stats(&m.joined.bonds, "a good renewal is accepted", |s| {
+            s.renewals >= 1
+        })
+        .await;
+    }
+    assert_eq!(
+        peer.bonds.stats().borrow().live,
+        3,
+        "good renewals keep bonds"
+    );
+
+    tickets
+        .send(vec![bad(key, cluster.clock()())])
+        .expect("publish");
+    for m in members {
+        let renewal_refused = |s: &BondStats| {
+            s.recent_refusals.iter().any(|r| {
+                r.peer == me
+                    && r.reason == Refusal::BadTicket
+                    && r.detail.starts_with("renewed tickets")
+            })
+        };
+        wait_stats(
+            &m.joined.bonds,
+            "the member closes the bond on the bad renewal",
+            renewal_refused,
+        )
+        .await;
+        let s = m.joined.bonds.stats().borrow().clone();
+        assert!(s.refused["BadTicket"] >= 1, "counted by reason: {s:?}");
+        assert_eq!(
+            s.renewals, 1,
+            "the bad renewal is not counted as one: {s:?}"
+        );
+    }
+    wait_stats(&peer.bonds, "the peer has no bond left", |s| s.live == 0).await;
+
+    // The peer gets nothing after: its redials are refused, it receives no frame, and the
+    // group commits without it. (Counted frames stop once its bonds are down; the peer's
+    // worker may still be working through the last ones, so its commit index is compared
+    // with the first index given out after, not with a snapshot.)
+    let frames_before = peer.bonds.stats().borrow().frames_in;
+    let bonded_before = peer.bonds.stats().borrow().bonded;
+    let follower = &members[(leader + 1) % 3];
+    let first_after = follower
+        .joined
+        .group
+        .feed(put("after0", "x"))
+        .await
+        .expect("feed through a follower");
+    for i in 1..10 {
+        follower
+            .joined
+            .group
+            .execute(put(&format!("after{i}"), "x"))
+            .await
+            .expect("the group commits without the peer");
+    }
+    tokio::time::timeout(
+        WAIT,
+        members[leader]
+            .joined
+            .group
+            .when()
+            .committed(first_after + 9),
+    )
+    .await
+    .expect("ten entries commit without the peer")
+    .expect("status");
+    // Its redials reach the members and are refused at the handshake.
+    wait_refused(members, "BadTicket", 3 + 3).await;
+    let s = peer.bonds.stats().borrow().clone();
+    assert_eq!(s.bonded, bonded_before, "the peer bonded again: {s:?}");
+    assert_eq!(
+        s.frames_in, frames_before,
+        "the peer received frames: {s:?}"
+    );
+    let status = peer.group.status();
+    assert!(
+        status.commit_index < first_after,
+        "the peer learned of an entry appended after its bonds closed: {status:?}"
+    );
+    assert_eq!(get(follower, "after0").await.as_deref(), Some(&b"x"[..]));
+    assert_eq!(get(follower, "after9").await.as_deref(), Some(&b"x"[..]));
+    peer.group.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_for_another_key_closes_a_live_bond() {
+    let other = [0x5a; 32];
+    a_bad_renewal_closes_a_live_bond(|_, now| {
+        issuer(MockConfig::default())
+            .issue(other, None, now)
+            .expect("ticket")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_with_another_measurement_closes_a_live_bond() {
+    a_bad_renewal_closes_a_live_bond(|key, now| {
+        issuer(MockConfig::default().with_mr_td([0x42; 48]))
+            .issue(key, None, now)
+            .expect("ticket")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
+    let cluster = bonded_cluster(3).await;
+    let members = &cluster.members;
+    let leader = leader_index(&cluster, 0).await;
+    let target = &members[leader];
+    let issuer = issuer(MockConfig::default());
+    let garbage: [(&str, Vec<u8>); 3] = [
+        (
+            "a frame that is no bond message",
+            vec![0, 0, 0, 5, WIRE_VERSION, 0xde, 0xad, 0xbe, 0xef],
+        ),
+        ("an absurd length", vec![0xff, 0xff, 0xff, 0xff]),
+        ("an unknown version", vec![0, 0, 0, 2, WIRE_VERSION + 1, 0]),
+    ];
+    for (i, (what, bytes)) in garbage.iter().enumerate() {
+        let (ep, _) = loopback_endpoint(random_secret().expect("key"))
+            .await
+            .expect("endpoint");
+        let ticket = issuer
+            .issue(*ep.id().as_bytes(), None, cluster.clock()())
+            .expect("ticket");
+        let config = BondConfig {
+            group_id: target.joined.id,
+            group_key: cluster.options.key.clone(),
+            network_id: NETWORK.into(),
+            tickets: watch::channel(vec![ticket]).1,
+            admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
+            clock: cluster.clock(),
+        };
+        let bonded = target.joined.bonds.stats().borrow().bonded;
+        let mut raw = dial_raw(&ep, config, target.addr.clone())
+            .await
+            .expect("the real handshake succeeds");
+        // The member counts the bond: what follows arrives on a live bond.
+        wait_stats(&target.joined.bonds, "the member bonds", |s| {
+            s.bonded == bonded + 1 && s.live == 3
+        })
+        .await;
+        raw.send.write_all(bytes).await.expect("send garbage");
+        let closed = tokio::time::timeout(WAIT, raw.connection.closed())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the member kept the bond"));
+        match closed {
+            ConnectionError::ApplicationClosed(ApplicationClose { error_code, .. }) => {
+                assert_eq!(
+                    error_code,
+                    VarInt::from_u32(Refusal::Malformed as u32),
+                    "{what}: closed with the Malformed code"
+                )
+            }
+            other => panic!("{what}: the bond ended otherwise: {other:?}"),
+        }
+        wait_refused(&members[leader..=leader], "Malformed", i as u64 + 1).await;
+        let s = target.joined.bonds.stats().borrow().clone();
+        let last = s.recent_refusals.last().expect("a refusal record");
+        assert_eq!(
+            (last.peer, last.reason),
+            (node_id_of(&ep.id()), Refusal::Malformed),
+            "{what}: {s:?}"
+        );
+        wait_stats(&target.joined.bonds, "only the bad bond closes", |s| {
+            s.live == 2
+        })
+        .await;
+    }
+    // The member still leads and replicates to the others over the bonds it kept.
+    for m in members {
+        let s = m.joined.bonds.stats().borrow().clone();
+        assert_eq!(s.live, 2, "honest bonds stay: {s:?}");
+        assert_eq!(
+            s.refused.get("Malformed").copied().unwrap_or(0),
+            if m.node == target.node { 3 } else { 0 },
+            "{s:?}"
+        );
+    }
+    target
+        .joined
+        .group
+        .execute(put("after", "garbage"))
+        .await
+        .expect("write");
+    for m in members {
+        assert_eq!(get(m, "after").await.as_deref(), Some(&b"garbage"[..]));
+    }
 }

@@ -2,88 +2,19 @@
 //! (the iroh transport plugs into the same `Transport` trait), real workers, the real
 //! key-value machine. Waits are on published state with generous upper bounds; nothing
 //! sleeps to synchronise.
+mod common;
+
 use std::time::Duration;
 
-use tessera::groups::{self, Consistency, Group, LocalNetwork, MemberOptions, WorkerConfig};
-use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult, KvStore};
-use tessera::raft::{Membership, NodeId, RaftConfig};
+use common::{ix, put, start_cluster, start_memory_cluster, strong_get, within};
+use tessera::groups::Consistency;
+use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+use tessera::raft::NodeId;
 use tessera::storage::MemoryStorage;
-
-const BOUND: Duration = Duration::from_secs(20);
-
-fn options(id: u64, members: &Membership) -> MemberOptions {
-    MemberOptions {
-        node: NodeId(id),
-        raft: RaftConfig {
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            ..RaftConfig::default()
-        },
-        worker: WorkerConfig {
-            tick: Duration::from_millis(10),
-            forward_timeout: Duration::from_millis(500),
-            snapshot_every: Some(50),
-            ..WorkerConfig::default()
-        },
-        seed: id,
-        request_timeout: Duration::from_secs(10),
-        bootstrap: Some(members.clone()),
-    }
-}
-
-fn start_cluster(size: u64) -> (LocalNetwork, Vec<Group<KvStore>>) {
-    let net = LocalNetwork::new();
-    let members = Membership::with_voters((1..=size).map(NodeId));
-    let groups = (1..=size)
-        .map(|id| {
-            let net = net.clone();
-            groups::start(
-                options(id, &members),
-                KvStore::new(),
-                MemoryStorage::new(),
-                move |inbox| {
-                    net.register(NodeId(id), inbox);
-                    net.transport(NodeId(id))
-                },
-            )
-            .expect("member starts")
-        })
-        .collect();
-    (net, groups)
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
-}
-
-fn put(key: &str, value: &str) -> KvCommand {
-    KvCommand::Put {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-    }
-}
-
-async fn strong_get(g: &Group<KvStore>, key: &str) -> Option<Vec<u8>> {
-    match g
-        .query(
-            KvQuery::Get {
-                key: key.as_bytes().to_vec(),
-            },
-            Consistency::Strong,
-        )
-        .await
-        .expect("strong read")
-    {
-        KvQueryResult::Get { value } => value,
-        other => panic!("unexpected {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_leader_and_follower_are_read_back_everywhere() {
-    let (_net, groups) = start_cluster(3);
+    let (_net, groups) = start_memory_cluster(3);
     let leader = within("election", groups[0].when().leader_elected())
         .await
         .expect("leader");
@@ -126,7 +57,7 @@ async fn writes_through_leader_and_follower_are_read_back_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_is_lost() {
-    let (_net, groups) = start_cluster(3);
+    let (_net, groups) = start_memory_cluster(3);
     let old = within("election", groups[0].when().leader_elected())
         .await
         .expect("leader");
@@ -163,7 +94,7 @@ async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_cannot_commit_and_the_majority_moves_on() {
-    let (net, groups) = start_cluster(3);
+    let (net, groups) = start_memory_cluster(3);
     let old = within("election", groups[0].when().leader_elected())
         .await
         .expect("leader");
@@ -224,6 +155,125 @@ async fn a_partitioned_leader_cannot_commit_and_the_majority_moves_on() {
         }
     })
     .await;
+    for g in &groups {
+        g.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_returns_increasing_indexes_at_the_leader_and_through_a_follower() {
+    let (_net, groups) = start_memory_cluster(3);
+    let leader = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    let follower = &groups[(ix(leader) + 1) % 3];
+    let mut last = 0;
+    for i in 0..40 {
+        // Half at the leader, half forwarded by a follower.
+        let via = if i < 20 {
+            &groups[ix(leader)]
+        } else {
+            follower
+        };
+        let index = via
+            .feed(put(&format!("f{i}"), &i.to_string()))
+            .await
+            .expect("feed");
+        assert!(index > last, "feed {i} got index {index} after {last}");
+        last = index;
+    }
+    // Concurrent feeds through the follower each get their own index.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let g = follower.clone();
+        set.spawn(async move { g.feed(put(&format!("c{i}"), "c")).await });
+    }
+    let mut indexes = std::collections::BTreeSet::new();
+    while let Some(joined) = set.join_next().await {
+        let index = joined.expect("task").expect("concurrent feed");
+        assert!(index > last, "index {index} reused or went back");
+        assert!(indexes.insert(index), "index {index} given twice");
+    }
+    let highest = indexes.last().copied().expect("twenty indexes");
+
+    // Once the follower knows the highest index committed, every fed command shows.
+    within(
+        "commit of the fed commands",
+        follower.when().committed(highest),
+    )
+    .await
+    .expect("committed");
+    for i in 0..40 {
+        assert_eq!(
+            strong_get(follower, &format!("f{i}")).await,
+            Some(i.to_string().into_bytes()),
+            "f{i} after commit"
+        );
+    }
+    for i in 0..20 {
+        assert_eq!(
+            strong_get(&groups[ix(leader)], &format!("c{i}"))
+                .await
+                .as_deref(),
+            Some(&b"c"[..]),
+            "c{i} after commit"
+        );
+    }
+    for g in &groups {
+        g.shutdown();
+    }
+}
+
+/// The twin: `feed` returns without waiting for commit, so a leader cut off from everyone
+/// still hands out an index, and that index never carries the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_at_a_cut_off_leader_returns_an_uncommitted_index_that_is_later_overwritten() {
+    // Without check-quorum the cut-off leader keeps leading (and appending) until it hears
+    // of the newer term: no race between the cut and its stepping down.
+    let (net, groups) = start_cluster(3, |o| o.raft.check_quorum = false, |_| MemoryStorage::new());
+    let old = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    let lonely = &groups[ix(old)];
+    lonely.execute(put("before", "x")).await.expect("write");
+    for other in 1..=3 {
+        if other != old.0 {
+            net.cut(old, NodeId(other));
+        }
+    }
+    let index = within("feed at the cut-off leader", lonely.feed(put("lost", "y")))
+        .await
+        .expect("the leader appends without its followers");
+    assert!(
+        lonely.status().commit_index < index,
+        "nothing can commit index {index} without a majority: {:?}",
+        lonely.status()
+    );
+
+    let majority = &groups[(ix(old) + 1) % 3];
+    within(
+        "election in the majority",
+        majority.when().leader_changed_from(Some(old)),
+    )
+    .await
+    .expect("new leader");
+    majority
+        .execute(put("after", "z"))
+        .await
+        .expect("majority commits");
+    net.heal();
+    within("the old leader catches up", lonely.when().applied(index))
+        .await
+        .expect("applied");
+    assert_eq!(
+        strong_get(lonely, "lost").await,
+        None,
+        "the new leader overwrote the uncommitted index"
+    );
+    assert_eq!(
+        strong_get(lonely, "after").await.as_deref(),
+        Some(&b"z"[..])
+    );
     for g in &groups {
         g.shutdown();
     }

@@ -1,101 +1,29 @@
 //! Durability of a running group, in one process: what a node does when its disk fails,
 //! and a whole cluster restarted from RocksDB data directories. Waits are on published
 //! state (`Group::when`) with generous upper bounds; nothing sleeps to synchronise.
-use std::time::Duration;
+mod common;
 
-use tessera::groups::{
-    self, Consistency, Group, GroupError, LocalNetwork, MemberOptions, WorkerConfig,
-};
-use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
-use tessera::raft::{Membership, NodeId, RaftConfig};
+use common::{ix, put, start_cluster, strong_get, within};
+use tessera::groups::{Consistency, Group, GroupError, LocalNetwork};
+use tessera::machine::{KvQuery, KvStore};
 use tessera::storage::faulty::INJECTED_FAILURE;
 use tessera::storage::{FaultSwitch, FaultyStorage, MemoryStorage, Storage};
 
-const BOUND: Duration = Duration::from_secs(20);
 const SIZE: u64 = 3;
 
-fn options(id: u64, members: &Membership, snapshot_every: Option<u64>) -> MemberOptions {
-    MemberOptions {
-        node: NodeId(id),
-        raft: RaftConfig {
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            ..RaftConfig::default()
-        },
-        worker: WorkerConfig {
-            tick: Duration::from_millis(10),
-            forward_timeout: Duration::from_millis(500),
-            snapshot_every,
-            ..WorkerConfig::default()
-        },
-        seed: id,
-        request_timeout: Duration::from_secs(10),
-        bootstrap: Some(members.clone()),
-    }
-}
-
-/// Starts `SIZE` members on a fresh in-process network, member `id` on `storage(id)`.
-fn start_cluster<S: Storage + Send + 'static>(
+/// Starts `SIZE` members, snapshotting every `snapshot_every` entries, member `id` on
+/// `storage(id)`.
+fn start_durable_cluster<S: Storage + Send + 'static>(
     snapshot_every: Option<u64>,
-    mut storage: impl FnMut(u64) -> S,
+    storage: impl FnMut(u64) -> S,
 ) -> (LocalNetwork, Vec<Group<KvStore>>) {
-    let net = LocalNetwork::new();
-    let members = Membership::with_voters((1..=SIZE).map(NodeId));
-    let groups = (1..=SIZE)
-        .map(|id| {
-            let net = net.clone();
-            groups::start(
-                options(id, &members, snapshot_every),
-                KvStore::new(),
-                storage(id),
-                move |inbox| {
-                    net.register(NodeId(id), inbox);
-                    net.transport(NodeId(id))
-                },
-            )
-            .expect("member starts")
-        })
-        .collect();
-    (net, groups)
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {BOUND:?}"))
-}
-
-fn put(key: &str, value: &str) -> KvCommand {
-    KvCommand::Put {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-    }
-}
-
-async fn strong_get(g: &Group<KvStore>, key: &str) -> Option<Vec<u8>> {
-    match g
-        .query(
-            KvQuery::Get {
-                key: key.as_bytes().to_vec(),
-            },
-            Consistency::Strong,
-        )
-        .await
-        .expect("strong read")
-    {
-        KvQueryResult::Get { value } => value,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn ix(node: NodeId) -> usize {
-    (node.0 - 1) as usize
+    start_cluster(SIZE, |o| o.worker.snapshot_every = snapshot_every, storage)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_fails_stops_acknowledging_and_the_others_carry_on() {
     let switches: Vec<FaultSwitch> = (0..SIZE).map(|_| FaultSwitch::new()).collect();
-    let (_net, groups) = start_cluster(None, |id| {
+    let (_net, groups) = start_durable_cluster(None, |id| {
         FaultyStorage::new(MemoryStorage::new(), switches[(id - 1) as usize].clone())
     });
     let old = within("election", groups[0].when().leader_elected())
@@ -194,6 +122,7 @@ async fn a_leader_whose_disk_fails_stops_acknowledging_and_the_others_carry_on()
 mod rocks {
     use super::*;
     use std::path::{Path, PathBuf};
+    use tessera::machine::KvCommand;
     use tessera::storage::RocksDbStorage;
 
     fn open_rocks(path: &Path) -> RocksDbStorage {
@@ -210,7 +139,7 @@ mod rocks {
         const SNAPSHOT_EVERY: u64 = 25;
         const KEYS: usize = 80;
 
-        let (net, groups) = start_cluster(Some(SNAPSHOT_EVERY), |id| {
+        let (net, groups) = start_durable_cluster(Some(SNAPSHOT_EVERY), |id| {
             open_rocks(&paths[(id - 1) as usize])
         });
         within("election", groups[0].when().leader_elected())
@@ -246,7 +175,7 @@ mod rocks {
         drop(groups);
         drop(net);
 
-        let (_net, groups) = start_cluster(Some(SNAPSHOT_EVERY), |id| {
+        let (_net, groups) = start_durable_cluster(Some(SNAPSHOT_EVERY), |id| {
             open_rocks(&paths[(id - 1) as usize])
         });
         let leader = within("election after restart", groups[0].when().leader_elected())

@@ -198,14 +198,7 @@ impl Bonds {
         dial: Dial,
         others: Option<mpsc::Sender<Connection>>,
     ) -> Arc<Self> {
-        let bonds = Arc::new(Self {
-            me: endpoint.id(),
-            config,
-            peers: Mutex::new(BTreeMap::new()),
-            stats: watch::channel(BondStats::default()).0,
-            resume: ResumeSlot::default(),
-            sent_digest: Mutex::new(None),
-        });
+        let bonds = Arc::new(Self::unstarted(endpoint.id(), config));
         let accepting = bonds.clone();
         let ep = endpoint.clone();
         let accept_inbox = inbox.clone();
@@ -260,6 +253,18 @@ impl Bonds {
             tokio::spawn(async move { bonds.dial_forever(ep, peer, inbox).await });
         }
         bonds
+    }
+
+    /// The bonds of `me`, with nothing accepted or dialled yet.
+    fn unstarted(me: PublicKey, config: BondConfig) -> Self {
+        Self {
+            me,
+            config,
+            peers: Mutex::new(BTreeMap::new()),
+            stats: watch::channel(BondStats::default()).0,
+            resume: ResumeSlot::default(),
+            sent_digest: Mutex::new(None),
+        }
     }
 
     /// Watches the counters.
@@ -776,4 +781,40 @@ async fn write_bond(
             return;
         }
     }
+}
+
+/// The streams of a bond whose handshake [`dial_raw`] completed.
+#[doc(hidden)]
+pub struct RawBond {
+    pub connection: Connection,
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
+
+/// For tests and tools: dials `peer` and runs the bond handshake exactly as a member does
+/// (the same code, so the peer admits and counts the bond), then hands over the raw
+/// streams instead of running the bond, so that the caller can speak — or break — the
+/// protocol after the handshake. Needs what a member needs: the group key and a ticket
+/// the peer accepts.
+#[doc(hidden)]
+pub async fn dial_raw(
+    endpoint: &Endpoint,
+    config: BondConfig,
+    peer: EndpointAddr,
+) -> Result<RawBond, String> {
+    let bonds = Bonds::unstarted(endpoint.id(), config);
+    let connection = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(peer, ALPN_BOND))
+        .await
+        .map_err(|_| "dial timed out".to_string())?
+        .map_err(|e| format!("dial failed: {e}"))?;
+    let (send, recv, _, _) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, bonds.handshake(&connection, true))
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|(why, detail)| format!("{why:?}: {detail}"))?;
+    Ok(RawBond {
+        connection,
+        send,
+        recv,
+    })
 }

@@ -1,7 +1,7 @@
 //! The [`Group`] handle: what an application holds. Async, cheap to clone, and safe to use
 //! from many tasks at once.
 //!
-//! Every `execute` runs in an exactly-once client session (DESIGN §7.3): the command carries
+//! Every `execute` and `feed` runs in an exactly-once client session (DESIGN §7.3): the command carries
 //! a `(client id, sequence)` pair that the replicated [`Sessions`](crate::machine::Sessions)
 //! table remembers, so the handle can retry through leader changes, lost forwards and
 //! timeouts without the command ever applying twice. A session is used by one call at a
@@ -130,6 +130,39 @@ impl<M: StateMachine> Group<M> {
             .collect()
     }
 
+    /// Appends `command` to the log and returns the index the leader gave it, as soon as
+    /// the leader has appended it: without waiting for commit or apply (DESIGN §7.3).
+    /// Works from any member (followers forward to the leader).
+    ///
+    /// The command runs in an exactly-once session like [`Group::execute`]: when a reply
+    /// is lost the handle retries, and the log may then hold the command twice; the
+    /// session applies it once, at or before the returned index. So once
+    /// [`When::committed`] reaches the index, a [`Consistency::Strong`] query sees the
+    /// command's effect — unless leadership changed before the entry committed: a new
+    /// leader may then overwrite the index with other entries and the command is lost.
+    /// Use `execute` when the outcome matters.
+    pub async fn feed(&self, command: M::Command) -> Result<Index, GroupError> {
+        let (client, seq) = self.lock_sessions().acquire();
+        let result = async {
+            let encoded = Bytes::from(
+                postcard::to_allocvec(&SessionCommand {
+                    client,
+                    seq,
+                    command,
+                })
+                .map_err(|e| GroupError::Encoding(e.to_string()))?,
+            );
+            self.retrying(|reply| ClientRequest::Feed {
+                command: encoded.clone(),
+                reply,
+            })
+            .await
+        }
+        .await;
+        self.lock_sessions().release(client, seq);
+        result
+    }
+
     async fn execute_in_session(
         &self,
         client: ClientId,
@@ -185,10 +218,10 @@ impl<M: StateMachine> Group<M> {
 
     /// Sends requests built by `make` until one completes, the node stops or the timeout
     /// passes. Only requests that are safe to repeat come through here.
-    async fn retrying(
+    async fn retrying<T>(
         &self,
-        make: impl Fn(oneshot::Sender<Result<Bytes, RequestError>>) -> ClientRequest,
-    ) -> Result<Bytes, GroupError> {
+        make: impl Fn(oneshot::Sender<Result<T, RequestError>>) -> ClientRequest,
+    ) -> Result<T, GroupError> {
         let timeout = self.shared.timeout;
         let deadline = Instant::now() + timeout;
         loop {
@@ -206,7 +239,7 @@ impl<M: StateMachine> Group<M> {
             match tokio::time::timeout_at(deadline, rx).await {
                 Err(_) => return Err(GroupError::Timeout(timeout)),
                 Ok(Err(_)) => return Err(GroupError::Stopped("the worker has stopped".into())),
-                Ok(Ok(Ok(bytes))) => return Ok(bytes),
+                Ok(Ok(Ok(answer))) => return Ok(answer),
                 Ok(Ok(Err(RequestError::NoLeader | RequestError::Unknown))) => {
                     self.backoff(deadline).await?
                 }

@@ -40,6 +40,15 @@ pub enum PeerFrame {
     /// peers bootstraps only once that many have said they are fresh too, and never if
     /// one says it is formed.
     Formation { formed: bool },
+    /// A follower forwards a command whose caller wants only its log index
+    /// ([`Group::feed`](super::Group::feed)), not its output.
+    ForwardFeed { request_id: u64, command: Bytes },
+    /// The leader's answer to a forwarded feed: the index it appended the command at (not
+    /// yet committed), or why not.
+    ForwardFeedReply {
+        request_id: u64,
+        result: Result<u64, ForwardRefusal>,
+    },
 }
 
 /// Why a leader did not take a forwarded request.

@@ -45,6 +45,12 @@ pub enum ClientRequest {
         command: Bytes,
         reply: oneshot::Sender<Result<Bytes, RequestError>>,
     },
+    /// An encoded `SessionCommand` the caller wants appended, not applied: answered with
+    /// the log index the leader gave it as soon as the leader has appended it.
+    Feed {
+        command: Bytes,
+        reply: oneshot::Sender<Result<Index, RequestError>>,
+    },
     /// A linearizable read point: answered once the local state machine has applied it,
     /// with the encoded query result.
     StrongQuery {
@@ -117,6 +123,37 @@ impl Default for WorkerConfig {
 }
 
 type Reply = oneshot::Sender<Result<Bytes, RequestError>>;
+type IndexReply = oneshot::Sender<Result<Index, RequestError>>;
+
+/// A local caller waiting for the leader's answer to a forwarded command.
+enum ForwardedReply {
+    /// `execute`: the command's output once applied.
+    Output(Reply),
+    /// `feed`: the index the leader appended the command at.
+    Index(IndexReply),
+}
+
+impl ForwardedReply {
+    fn fail(self, err: RequestError) {
+        match self {
+            Self::Output(reply) => {
+                let _ = reply.send(Err(err));
+            }
+            Self::Index(reply) => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+/// What a local caller learns from a refusal of the leader (the handle retries the first two).
+fn request_error(refusal: ForwardRefusal) -> RequestError {
+    match refusal {
+        ForwardRefusal::NotLeader(None) => RequestError::NoLeader,
+        ForwardRefusal::NotLeader(Some(_)) | ForwardRefusal::Unknown => RequestError::Unknown,
+        ForwardRefusal::Rejected(why) => RequestError::Refused(why),
+    }
+}
 
 /// Who is waiting for an entry or a read.
 enum Waiter {
@@ -144,8 +181,8 @@ pub struct Worker<M: StateMachine, S: Storage> {
     status: watch::Sender<GroupStatus>,
     proposals: BTreeMap<Index, (Term, Waiter)>,
     next_request_id: u64,
-    /// Our requests forwarded to the leader: request id → (reply, deadline, leader).
-    forwarded: BTreeMap<u64, (Reply, Instant, NodeId)>,
+    /// Our commands forwarded to the leader: request id → (reply, deadline, leader).
+    forwarded: BTreeMap<u64, (ForwardedReply, Instant, NodeId)>,
     /// Follower reads waiting for the leader's read point: request id → (query, reply, deadline).
     forwarded_reads: BTreeMap<u64, (Bytes, Reply, Instant, NodeId)>,
     reads: BTreeMap<u64, ReadWaiter>,
@@ -299,6 +336,9 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 | ClientRequest::WeakQuery { reply, .. } => {
                     let _ = reply.send(Err(err));
                 }
+                ClientRequest::Feed { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
                 ClientRequest::TransferLeadership { .. } => {}
             }
             return;
@@ -307,20 +347,16 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             ClientRequest::Execute { command, reply } => {
                 if self.raft.role() == Role::Leader {
                     self.propose(command, Waiter::Local(reply));
-                } else if let Some(leader) = self.raft.leader() {
-                    self.next_request_id += 1;
-                    let request_id = self.next_request_id;
-                    let deadline = Instant::now() + self.config.forward_timeout;
-                    self.forwarded.insert(request_id, (reply, deadline, leader));
-                    self.transport.send(
-                        leader,
-                        PeerFrame::Forward {
-                            request_id,
-                            command,
-                        },
-                    );
                 } else {
-                    let _ = reply.send(Err(RequestError::NoLeader));
+                    self.forward(command, ForwardedReply::Output(reply));
+                }
+            }
+            ClientRequest::Feed { command, reply } => {
+                if self.raft.role() == Role::Leader {
+                    let result = self.append(command).map(|(index, _)| index);
+                    let _ = reply.send(result.map_err(request_error));
+                } else {
+                    self.forward(command, ForwardedReply::Index(reply));
                 }
             }
             ClientRequest::WeakQuery { query, reply } => {
@@ -349,31 +385,51 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         }
     }
 
+    /// Sends a command to the leader for `reply`'s caller, or fails it if none is known.
+    fn forward(&mut self, command: Bytes, reply: ForwardedReply) {
+        let Some(leader) = self.raft.leader() else {
+            return reply.fail(RequestError::NoLeader);
+        };
+        self.next_request_id += 1;
+        let request_id = self.next_request_id;
+        let frame = match reply {
+            ForwardedReply::Output(_) => PeerFrame::Forward {
+                request_id,
+                command,
+            },
+            ForwardedReply::Index(_) => PeerFrame::ForwardFeed {
+                request_id,
+                command,
+            },
+        };
+        let deadline = Instant::now() + self.config.forward_timeout;
+        self.forwarded.insert(request_id, (reply, deadline, leader));
+        self.transport.send(leader, frame);
+    }
+
+    /// Appends one command to the log (leader only).
+    fn append(&mut self, command: Bytes) -> Result<(Index, Term), ForwardRefusal> {
+        self.raft
+            .propose(vec![command], Self::now_ms())
+            .map_err(|reason| match reason {
+                Rejection::NotLeader { leader } => ForwardRefusal::NotLeader(leader),
+                other => ForwardRefusal::Rejected(other.to_string()),
+            })
+    }
+
     fn propose(&mut self, command: Bytes, waiter: Waiter) {
-        match self.raft.propose(vec![command], Self::now_ms()) {
+        match self.append(command) {
             Ok((index, term)) => {
                 self.proposals.insert(index, (term, waiter));
             }
-            Err(reason) => {
-                let refusal = match reason {
-                    Rejection::NotLeader { leader } => ForwardRefusal::NotLeader(leader),
-                    other => ForwardRefusal::Rejected(other.to_string()),
-                };
-                self.answer(waiter, Err(refusal));
-            }
+            Err(refusal) => self.answer(waiter, Err(refusal)),
         }
     }
 
     fn answer(&mut self, waiter: Waiter, result: Result<Bytes, ForwardRefusal>) {
         match waiter {
             Waiter::Local(reply) => {
-                let _ = reply.send(result.map_err(|r| match r {
-                    ForwardRefusal::NotLeader(None) => RequestError::NoLeader,
-                    ForwardRefusal::NotLeader(Some(_)) | ForwardRefusal::Unknown => {
-                        RequestError::Unknown
-                    }
-                    ForwardRefusal::Rejected(why) => RequestError::Refused(why),
-                }));
+                let _ = reply.send(result.map_err(request_error));
             }
             Waiter::Remote { peer, request_id } => {
                 self.transport
@@ -414,9 +470,35 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     );
                 }
             }
+            PeerFrame::ForwardFeed {
+                request_id,
+                command,
+            } => {
+                let result = if self.raft.role() == Role::Leader && self.stopped.is_none() {
+                    self.append(command).map(|(index, _)| index)
+                } else {
+                    Err(ForwardRefusal::NotLeader(self.raft.leader()))
+                };
+                self.transport
+                    .send(from, PeerFrame::ForwardFeedReply { request_id, result });
+            }
             PeerFrame::ForwardReply { request_id, result } => {
-                if let Some((reply, _, _)) = self.forwarded.remove(&request_id) {
-                    self.answer(Waiter::Local(reply), result);
+                match self.forwarded.remove(&request_id) {
+                    Some((ForwardedReply::Output(reply), _, _)) => {
+                        self.answer(Waiter::Local(reply), result)
+                    }
+                    // A reply of the wrong kind: the leader is confused; the caller retries.
+                    Some((other, _, _)) => other.fail(RequestError::Unknown),
+                    None => {}
+                }
+            }
+            PeerFrame::ForwardFeedReply { request_id, result } => {
+                match self.forwarded.remove(&request_id) {
+                    Some((ForwardedReply::Index(reply), _, _)) => {
+                        let _ = reply.send(result.map_err(request_error));
+                    }
+                    Some((other, _, _)) => other.fail(RequestError::Unknown),
+                    None => {}
                 }
             }
             PeerFrame::ReadIndex { request_id } => {
@@ -518,7 +600,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             .collect();
         for id in ids {
             if let Some((reply, _, _)) = self.forwarded.remove(&id) {
-                let _ = reply.send(Err(RequestError::Unknown));
+                reply.fail(RequestError::Unknown);
             }
         }
         let ids: Vec<u64> = self
@@ -797,7 +879,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             }
         }
         for (_, (reply, _, _)) in std::mem::take(&mut self.forwarded) {
-            let _ = reply.send(Err(err.clone()));
+            reply.fail(err.clone());
         }
         for (_, (_, reply, _, _)) in std::mem::take(&mut self.forwarded_reads) {
             let _ = reply.send(Err(err.clone()));

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version byte of every frame.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame (version byte + payload) accepted or sent.
 pub const FRAME_BYTES_MAX: usize = 16 << 20;
 
