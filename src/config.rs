@@ -10,6 +10,9 @@
 //! data_dir = "data"
 //! listen = "127.0.0.1:7001"
 //! bootstrap = ["<64 hex node id>@127.0.0.1:7002", "<64 hex node id>@127.0.0.1:7003"]
+//! bootstrap_expect = 3                  # the default: a fresh node forms a group once 3
+//!                                       #   members are bonded and none is in a group yet,
+//!                                       #   else joins theirs; 1 = a single-node group
 //! group_key_file = "group.key"          # 64 hex characters, mode 0600
 //! policies = ["policies/mock.toml"]     # several: accepted if any one accepts (rollover)
 //! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)
@@ -114,8 +117,13 @@ pub struct NodeConfig {
     pub file: PathBuf,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// Founding peers: this node forms a group with them (and dials them).
+    /// Peers to dial at start.
     pub bootstrap: Vec<EndpointAddr>,
+    /// A fresh node forms a new group once this many members (itself included) are
+    /// bonded and none of them belongs to a group yet; otherwise it joins the group its
+    /// peers are in. Default 3 (DESIGN §7.2); 1 makes a single-node group. Start exactly
+    /// this many founders: more could form different voter sets.
+    pub bootstrap_expect: usize,
     pub group_key_file: PathBuf,
     pub policies: Vec<PathBuf>,
     pub attestation: AttestationMode,
@@ -137,6 +145,7 @@ struct RawConfig {
     listen: String,
     #[serde(default)]
     bootstrap: Vec<String>,
+    bootstrap_expect: Option<u64>,
     group_key_file: PathBuf,
     policies: Vec<PathBuf>,
     attestation: String,
@@ -169,6 +178,12 @@ struct RawTimers {
 struct RawClient {
     allow: Option<toml::Value>,
 }
+
+/// Largest `bootstrap_expect` accepted (a founding set larger than any sane voter count
+/// is a typo).
+const BOOTSTRAP_EXPECT_MAX: u64 = 64;
+/// Founding members a fresh node waits for when `bootstrap_expect` is not given.
+const BOOTSTRAP_EXPECT_DEFAULT: u64 = 3;
 
 fn default_storage() -> String {
     "rocksdb".into()
@@ -303,6 +318,16 @@ impl NodeConfig {
         for (i, entry) in raw.bootstrap.iter().enumerate() {
             bootstrap.push(parse_peer(entry).map_err(|r| field(&format!("bootstrap[{i}]"), r))?);
         }
+        let bootstrap_expect = match raw.bootstrap_expect {
+            None => BOOTSTRAP_EXPECT_DEFAULT as usize,
+            Some(n) if (1..=BOOTSTRAP_EXPECT_MAX).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(field(
+                    "bootstrap_expect",
+                    format!("must be in 1..={BOOTSTRAP_EXPECT_MAX}, got {n}"),
+                ))
+            }
+        };
         if raw.group_key_file.as_os_str().is_empty() {
             return Err(field("group_key_file", "must not be empty".into()));
         }
@@ -358,6 +383,7 @@ impl NodeConfig {
             data_dir: resolve(&raw.data_dir),
             listen,
             bootstrap,
+            bootstrap_expect,
             group_key_file: resolve(&raw.group_key_file),
             policies: raw.policies.iter().map(|p| resolve(p)).collect(),
             attestation,
@@ -686,6 +712,21 @@ allow = ["{k}"]
     fn rocksdb_is_accepted_by_the_schema() {
         let c = parse(&good().replace("\"memory\"", "\"rocksdb\"")).expect("config");
         assert_eq!(c.storage, StorageKind::RocksDb);
+    }
+
+    #[test]
+    fn bootstrap_expect_defaults_to_three_and_is_bounded() {
+        let c = parse(&good()).expect("config");
+        assert_eq!(c.bootstrap_expect, 3);
+        let c = parse(&format!("bootstrap_expect = 5\n{}", good())).expect("config");
+        assert_eq!(c.bootstrap_expect, 5);
+        for bad in ["0", "65"] {
+            let e = error_of(&format!("bootstrap_expect = {bad}\n{}", good()));
+            assert!(
+                e.contains("node.toml: bootstrap_expect: must be in 1..=64"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -228,7 +228,8 @@ async fn serve(p: Prepared) -> Result<()> {
         .with_consensus_config(raft, worker)
         .require_ticket(p.validator)
         .with_tickets(tickets.clone())
-        .with_peers(config.bootstrap.clone(), true)
+        .with_peers(config.bootstrap.clone(), false)
+        .bootstrap_expect(config.bootstrap_expect)
         .route_other_alpns(client_tx);
     #[cfg(feature = "rocksdb")]
     let joined = match p.rocks {

@@ -389,10 +389,15 @@ impl Bonds {
         let peer_key = conn.remote_id();
         let peer = node_id_of(&peer_key);
         let (tx, rx) = mpsc::channel(OUTGOING_FRAMES_MAX);
-        self.lock_peers().entry(peer).or_default().push(tx.clone());
+        let first = {
+            let mut peers = self.lock_peers();
+            let queues = peers.entry(peer).or_default();
+            queues.push(tx.clone());
+            queues.len() == 1
+        };
         self.stats.send_modify(|s| {
             s.bonded += 1;
-            s.live += 1;
+            s.live += u64::from(first);
         });
         let _ = inbox.push(InboxItem::PeerReachable {
             peer,
@@ -429,7 +434,7 @@ impl Bonds {
         };
         self.stats.send_modify(|s| {
             s.closed += 1;
-            s.live -= 1;
+            s.live -= u64::from(!still_bonded);
         });
         if !still_bonded {
             let _ = inbox.push(InboxItem::PeerReachable {
