@@ -15,8 +15,10 @@
 //!
 //! Among founding members only the peer with the smaller key dials, so a pair has one
 //! bond; a joiner dials everyone it knows. The dialer re-dials with back-off when the
-//! bond drops.
-use std::collections::BTreeMap;
+//! bond drops. Peers learned at run time (discovery, [`Bonds::add_peer`]) are dialled by
+//! the smaller key of the pair too (both sides learn of each other), and not while a bond
+//! the other side dialled is up.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +48,8 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIAL_DELAY_MIN: Duration = Duration::from_millis(50);
 const REDIAL_DELAY_MAX: Duration = Duration::from_secs(5);
+/// Peers learned at run time waiting to get a dialler; further ones are refused.
+pub const DIAL_REQUESTS_MAX: usize = 256;
 const PROOF_DOMAIN: &[u8] = b"tessera/bond/v1";
 
 /// Which of the given peers a member dials.
@@ -156,6 +160,11 @@ pub struct Bonds {
     config: BondConfig,
     peers: Mutex<BTreeMap<NodeId, mpsc::Sender<PeerFrame>>>,
     stats: watch::Sender<BondStats>,
+    /// Peers given at start; [`Bonds::add_peer`] leaves them to the start-up dial policy.
+    configured: BTreeSet<PublicKey>,
+    /// Peers added at run time that have (or are about to get) a dialler.
+    added: Mutex<BTreeSet<PublicKey>>,
+    dial_requests: mpsc::Sender<EndpointAddr>,
 }
 
 impl Bonds {
@@ -182,12 +191,29 @@ impl Bonds {
         dial: Dial,
         others: Option<mpsc::Sender<Connection>>,
     ) -> Arc<Self> {
+        let (dial_requests, mut requested) = mpsc::channel(DIAL_REQUESTS_MAX);
         let bonds = Arc::new(Self {
             me: endpoint.id(),
             config,
             peers: Mutex::new(BTreeMap::new()),
             stats: watch::channel(BondStats::default()).0,
+            configured: peers.iter().map(|p| p.id).collect(),
+            added: Mutex::new(BTreeSet::new()),
+            dial_requests,
         });
+        {
+            let bonds = bonds.clone();
+            let ep = endpoint.clone();
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                while let Some(peer) = requested.recv().await {
+                    let bonds = bonds.clone();
+                    let ep = ep.clone();
+                    let inbox = inbox.clone();
+                    tokio::spawn(async move { bonds.dial_added(ep, peer, inbox).await });
+                }
+            });
+        }
         let accepting = bonds.clone();
         let ep = endpoint.clone();
         let accept_inbox = inbox.clone();
@@ -252,6 +278,80 @@ impl Bonds {
     /// Peers bonded right now.
     pub fn bonded_peers(&self) -> Vec<NodeId> {
         self.lock_peers().keys().copied().collect()
+    }
+
+    /// Whether a bond with `peer` is up now (either side dialled).
+    pub fn is_bonded(&self, peer: &PublicKey) -> bool {
+        self.lock_peers().contains_key(&node_id_of(peer))
+    }
+
+    /// A peer learned at run time (e.g. from discovery) that may be in the group: dials it
+    /// with back-off until it bonds or [`Bonds::forget_peer`], if our key is the smaller
+    /// of the pair (the other side dials otherwise). The handshake decides as for any
+    /// peer. Returns whether a dialler was started; never blocks.
+    pub fn add_peer(&self, peer: EndpointAddr) -> bool {
+        if peer.id == self.me
+            || peer.id.as_bytes() < self.me.as_bytes()
+            || self.configured.contains(&peer.id)
+        {
+            return false;
+        }
+        let mut added = self.lock_added();
+        if added.contains(&peer.id) {
+            return false;
+        }
+        let id = peer.id;
+        if self.dial_requests.try_send(peer).is_err() {
+            tracing::warn!(peer = %id.fmt_short(), "too many peers to dial; not dialled now");
+            return false;
+        }
+        added.insert(id);
+        true
+    }
+
+    /// Stops re-dialling a peer given to [`Bonds::add_peer`]; a bond that is up stays.
+    pub fn forget_peer(&self, peer: &PublicKey) {
+        self.lock_added().remove(peer);
+    }
+
+    /// The dialler of a peer added at run time: like [`Bonds::dial_forever`], but it stops
+    /// when the peer is forgotten and waits while a bond the peer dialled is up.
+    async fn dial_added<C: Send + 'static>(
+        self: Arc<Self>,
+        ep: Endpoint,
+        peer: EndpointAddr,
+        inbox: Inbox<C>,
+    ) {
+        let mut stats = self.stats();
+        let mut delay = REDIAL_DELAY_MIN;
+        while self.lock_added().contains(&peer.id) {
+            if self.is_bonded(&peer.id) {
+                if stats.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            match tokio::time::timeout(DIAL_TIMEOUT, ep.connect(peer.clone(), ALPN_BOND)).await {
+                Ok(Ok(conn)) => {
+                    if self.serve(conn, true, inbox.clone(), None).await {
+                        delay = REDIAL_DELAY_MIN;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer.id.fmt_short(), error = %e, "dial failed")
+                }
+                Err(_) => tracing::debug!(peer = %peer.id.fmt_short(), "dial timed out"),
+            }
+            if inbox.push(InboxItem::PeerReachable {
+                peer: node_id_of(&peer.id),
+                reachable: false,
+            }) == Err(InboxError::Closed)
+            {
+                return; // the worker is gone
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(REDIAL_DELAY_MAX);
+        }
     }
 
     async fn dial_forever<C: Send + 'static>(
@@ -521,10 +621,28 @@ impl Bonds {
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, mpsc::Sender<PeerFrame>>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn lock_added(&self) -> std::sync::MutexGuard<'_, BTreeSet<PublicKey>> {
+        self.added.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl crate::discovery::PeerDialer for Bonds {
+    fn is_bonded(&self, peer: &PublicKey) -> bool {
+        Bonds::is_bonded(self, peer)
+    }
+
+    fn dial(&self, peer: EndpointAddr) {
+        self.add_peer(peer);
+    }
+
+    fn forget(&self, peer: &PublicKey) {
+        self.forget_peer(peer);
+    }
 }
 
 impl Transport for Bonds {
