@@ -94,10 +94,10 @@ impl ExchangeError {
 
     fn close_code(&self) -> u32 {
         match self {
+            ExchangeError::Frame(FrameError::Length { .. })
+            | ExchangeError::TooManyEntries { .. }
+            | ExchangeError::TooManyBytes { .. } => CLOSE_LIMIT,
             ExchangeError::Frame(_) | ExchangeError::Encode(_) => CLOSE_MALFORMED,
-            ExchangeError::TooManyEntries { .. } | ExchangeError::TooManyBytes { .. } => {
-                CLOSE_LIMIT
-            }
             ExchangeError::Timeout(_) => CLOSE_TIMEOUT,
             ExchangeError::Connection(_) => CLOSE_DONE,
         }
