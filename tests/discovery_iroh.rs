@@ -277,14 +277,11 @@ async fn garbage_oversized_forged_and_foreign_catalogs_are_refused_and_harmless(
     send.finish().expect("finish");
     // The node answers with its catalog: its own signed entry first.
     let mut answer: Vec<SignedPeerEntry> = Vec::new();
-    loop {
-        match read_message::<_, CatalogFrame>(&mut recv, "catalog frame")
-            .await
-            .expect("the node answers")
-        {
-            CatalogFrame::Entry(e) => answer.push(e),
-            CatalogFrame::End => break,
-        }
+    while let CatalogFrame::Entry(e) = read_message::<_, CatalogFrame>(&mut recv, "catalog frame")
+        .await
+        .expect("the node answers")
+    {
+        answer.push(e);
     }
     conn.close(VarInt::from_u32(0), b"done");
     let theirs = answer[0].open().expect("the node's entry verifies");
