@@ -272,7 +272,10 @@ fn three_node_processes_replicate_and_report_status() {
         let rows = status_rows(&stdout);
         let leaders = rows.iter().filter(|r| r[1] == "leader").count();
         let followers = rows.iter().filter(|r| r[1] == "follower").count();
-        if out.status.success() && rows.len() == 3 && leaders == 1 && followers == 2 {
+        // Formation is over when all agree on the term and every bond is up (a bond
+        // whose first dial failed comes up after a back-off).
+        let settled = rows.iter().all(|r| r[2] == rows[0][2] && r[5] == "2");
+        if out.status.success() && rows.len() == 3 && leaders == 1 && followers == 2 && settled {
             break rows;
         }
         assert!(
