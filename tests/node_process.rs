@@ -272,9 +272,10 @@ fn three_node_processes_replicate_and_report_status() {
         let rows = status_rows(&stdout);
         let leaders = rows.iter().filter(|r| r[1] == "leader").count();
         let followers = rows.iter().filter(|r| r[1] == "follower").count();
-        // The follower-to-follower bond may come up after the election: wait for it too.
-        let bonded = rows.iter().all(|r| r.get(5).is_some_and(|b| b == "2"));
-        if out.status.success() && rows.len() == 3 && leaders == 1 && followers == 2 && bonded {
+        // Formation is over when all agree on the term and every bond is up (a bond
+        // whose first dial failed comes up after a back-off).
+        let settled = rows.iter().all(|r| r[2] == rows[0][2] && r[5] == "2");
+        if out.status.success() && rows.len() == 3 && leaders == 1 && followers == 2 && settled {
             break rows;
         }
         assert!(
@@ -437,6 +438,94 @@ fn three_node_processes_replicate_and_report_status() {
         std::thread::sleep(POLL_PAUSE);
     };
     assert!(status.success(), "exit after SIGTERM: {status:?}");
+}
+
+/// Node 2 is given only node 0 as a bootstrap peer (0 and 1 know each other): it learns
+/// node 1 from node 0's catalog over `tessera/discovery/1` and bonds with it as well.
+#[test]
+fn a_node_process_given_one_bootstrap_peer_bonds_with_the_others_through_discovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("mock.toml"), tessera::cluster::MOCK_POLICY).expect("policy");
+    let group = tessera(&[
+        "keygen",
+        "--group",
+        "--out",
+        d.join("group.key").to_str().expect("path"),
+    ]);
+    assert!(group.status.success(), "{}", text(&group.stderr));
+    let keys: Vec<(PathBuf, String)> = (0..3).map(|i| keygen(d, &format!("node{i}.key"))).collect();
+    let sockets = free_ports(3);
+    let addrs: Vec<String> = sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").to_string())
+        .collect();
+    let peers: Vec<String> = keys
+        .iter()
+        .zip(&addrs)
+        .map(|((_, id), addr)| format!("{id}@{addr}"))
+        .collect();
+    let known = [
+        vec![peers[1].clone()],
+        vec![peers[0].clone()],
+        vec![peers[0].clone()],
+    ];
+    let configs: Vec<PathBuf> = (0..3)
+        .map(|i| node_config(d, i, &addrs[i], &known[i], &keys[i].0, "\"any\""))
+        .collect();
+    drop(sockets);
+    let mut nodes = Nodes {
+        children: Vec::new(),
+        stdout: Vec::new(),
+        stderr_files: Vec::new(),
+    };
+    for (i, config) in configs.iter().enumerate() {
+        let stderr_file = d.join(format!("node{i}.stderr"));
+        let (child, rx) = spawn_node(config, &stderr_file);
+        nodes.children.push(child);
+        nodes.stdout.push(rx);
+        nodes.stderr_files.push(stderr_file);
+    }
+    let deadline = Instant::now() + DEADLINE;
+    let metrics: Vec<String> = (0..3)
+        .map(|i| {
+            let ready = nodes.wait_line(i, "tessera node: ready", deadline);
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("metrics=http://"))
+                .and_then(|u| u.strip_suffix("/metrics"))
+                .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+                .to_string()
+        })
+        .collect();
+    // Polled under the deadline: bonds follow discovery rounds and handshakes.
+    for (i, url) in metrics.iter().enumerate() {
+        loop {
+            let page = scrape(url);
+            // Bonded with both others, and one group of three voters (not a group the
+            // node with one bootstrap peer founded with it alone).
+            if page.contains("\ntessera_bonds_live 2\n")
+                && page.contains("\ntessera_members{kind=\"voter\"} 3\n")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not bond with both others in one group of three:\n{page}\n{}",
+                nodes.logs()
+            );
+            std::thread::sleep(POLL_PAUSE);
+        }
+    }
+    let logs = std::fs::read_to_string(&nodes.stderr_files[2]).unwrap_or_default();
+    assert!(
+        logs.contains("discovered a group member") || {
+            let logs1 = std::fs::read_to_string(&nodes.stderr_files[1]).unwrap_or_default();
+            logs1.contains("discovered a group member")
+        },
+        "the bond between nodes 1 and 2 came from discovery\n{}",
+        nodes.logs()
+    );
 }
 
 /// Over one raw client connection: an announced 4 GiB request and an undecodable one get

@@ -4,8 +4,10 @@
 //!
 //! Start-up reads and checks everything first (config, key files, policies, the quote
 //! provider), so a bad config fails before any socket is bound, with a message naming the
-//! field. Then it binds the endpoint, joins the group with its bootstrap peers, serves the
-//! client protocol and, if configured, Prometheus metrics, and prints one line
+//! field. Then it binds the endpoint, joins the group with its bootstrap peers, runs
+//! discovery (catalog exchange with the bootstrap peers and then with the peers learned
+//! from them; group members learned that way are dialled), serves the client protocol
+//! and, if configured, Prometheus metrics, and prints one line
 //! `tessera node: ready node_id=<id> listen=<addr> group=<id>` on stdout.
 //!
 //! Exit status: 0 after a signal, 1 when the node fails while running, 2 when it cannot
@@ -24,9 +26,12 @@ use tessera::cluster::{random_secret, TICKET_LIFETIME_SECS};
 use tessera::config::{
     write_private_file, write_secret_key, AttestationMode, NodeConfig, StorageKind,
 };
+use tessera::discovery::{Discovery, DiscoveryConfig, OwnEntry, PeerDialer};
 use tessera::groups::{keep_tickets_fresh, GroupBuilder, GroupKey};
 use tessera::machine::KvStore;
-use tessera::net::{endpoint::bound_addr, local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT};
+use tessera::net::{
+    endpoint::bound_addr, local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY,
+};
 use tessera::storage::MemoryStorage;
 #[cfg(feature = "rocksdb")]
 use tessera::storage::RocksDbStorage;
@@ -39,6 +44,8 @@ use super::metrics;
 
 /// Client connections waiting for the client server before more are refused as busy.
 const CLIENT_CONNECTIONS_QUEUE_MAX: usize = 64;
+/// Discovery connections waiting for the discovery service before more are refused as busy.
+const DISCOVERY_CONNECTIONS_QUEUE_MAX: usize = 16;
 /// Bound on closing the endpoint at shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -213,7 +220,11 @@ async fn serve(p: Prepared) -> Result<()> {
         p.secret.clone(),
         &Listen {
             bind: config.listen,
-            alpns: vec![ALPN_BOND.to_vec(), ALPN_CLIENT.to_vec()],
+            alpns: vec![
+                ALPN_BOND.to_vec(),
+                ALPN_CLIENT.to_vec(),
+                ALPN_DISCOVERY.to_vec(),
+            ],
         },
     )
     .await
@@ -224,13 +235,16 @@ async fn serve(p: Prepared) -> Result<()> {
         .map_err(|e| start_failure(config.error("attestation", format!("first ticket: {e}"))))?;
     let (raft, worker) = config.consensus();
     let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_CONNECTIONS_QUEUE_MAX);
+    let (discovery_tx, discovery_rx) = tokio::sync::mpsc::channel(DISCOVERY_CONNECTIONS_QUEUE_MAX);
+    let (others_tx, others_rx) = tokio::sync::mpsc::channel(CLIENT_CONNECTIONS_QUEUE_MAX);
+    tokio::spawn(route_by_alpn(others_rx, client_tx, discovery_tx));
     let builder = GroupBuilder::new(p.key, config.network_id.clone(), p.clock.clone())
         .with_consensus_config(raft, worker)
         .require_ticket(p.validator)
         .with_tickets(tickets.clone())
         .with_peers(config.bootstrap.clone(), false)
         .bootstrap_expect(config.bootstrap_expect)
-        .route_other_alpns(client_tx);
+        .route_other_alpns(others_tx);
     #[cfg(feature = "rocksdb")]
     let joined = match p.rocks {
         Some(store) => builder.join(endpoint.clone(), KvStore::new(), store),
@@ -239,6 +253,26 @@ async fn serve(p: Prepared) -> Result<()> {
     #[cfg(not(feature = "rocksdb"))]
     let joined = builder.join(endpoint.clone(), KvStore::new(), MemoryStorage::new());
     let joined = joined.map_err(|e| start_failure(anyhow!("cannot join the group: {e}")))?;
+
+    // The node's own entry: its key (signing), listen address, network, group, tickets.
+    let discovery = Discovery::start(
+        endpoint.clone(),
+        DiscoveryConfig {
+            network_id: config.network_id.clone(),
+            own: OwnEntry {
+                addrs: vec![listen],
+                groups: vec![joined.id],
+                tickets: Vec::new(),
+            },
+            tickets: Some(tickets.clone()),
+            group: Some(joined.id),
+            bootstrap: config.bootstrap.clone(),
+            clock: p.clock.clone(),
+        },
+        discovery_rx,
+        Some(joined.bonds.clone() as Arc<dyn PeerDialer>),
+    )
+    .map_err(|e| start_failure(anyhow!("cannot start discovery: {e}")))?;
 
     let service = Arc::new(
         ClientService::new(
@@ -287,10 +321,31 @@ async fn serve(p: Prepared) -> Result<()> {
     if let Ok(signal) = &outcome {
         tracing::info!(signal, "shutting down");
     }
+    drop(discovery);
     let group = joined.group.clone();
     let _ = tokio::task::spawn_blocking(move || group.shutdown()).await;
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, endpoint.close()).await;
     outcome.map(|signal| println!("tessera node: stopped ({signal})"))
+}
+
+/// Hands each connection the bond layer passed on to the service of its ALPN; a service
+/// whose queue is full gets the connection closed as busy.
+async fn route_by_alpn(
+    mut others: tokio::sync::mpsc::Receiver<iroh::endpoint::Connection>,
+    clients: tokio::sync::mpsc::Sender<iroh::endpoint::Connection>,
+    discovery: tokio::sync::mpsc::Sender<iroh::endpoint::Connection>,
+) {
+    while let Some(conn) = others.recv().await {
+        // Anything but discovery goes to the client server, which refuses unknown ALPNs.
+        let to = if conn.alpn() == ALPN_DISCOVERY {
+            &discovery
+        } else {
+            &clients
+        };
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(conn)) = to.try_send(conn) {
+            conn.close(iroh::endpoint::VarInt::from_u32(0), b"busy");
+        }
+    }
 }
 
 pub fn keygen(args: KeygenArgs) -> ExitCode {

@@ -6,10 +6,14 @@
 //! key they name, for its own network, not issued in the future, not expired, and newer
 //! than what it holds (larger version wins). Catalogs are bounded.
 //!
-//! **Contract.** Pure: no network, no clock (`now` is passed in). Catalog exchange over
-//! the `tessera/discovery/1` ALPN builds on this module; an entry never admits a peer to
-//! a group by itself — only a bond handshake does (it re-checks the tickets against the
-//! key the connection authenticated).
+//! [`exchange`] decides what a node publishes, when it exchanges catalogs and which
+//! discovered members it asks the bond layer to dial; [`service`] runs that over the
+//! `tessera/discovery/1` ALPN.
+//!
+//! **Contract.** This module and [`exchange`] are pure: no network, no clock (`now` is
+//! passed in). Only [`service`] does IO. An entry never admits a peer to a group by
+//! itself — only a bond handshake does (it re-checks the tickets against the key the
+//! connection authenticated).
 use std::collections::BTreeMap;
 
 use iroh::{PublicKey, SecretKey, Signature};
@@ -28,6 +32,14 @@ pub const CATALOG_ENTRIES_MAX: usize = 4096;
 pub const ENTRY_BYTES_MAX: usize = 256 << 10;
 /// Most addresses in one entry.
 pub const ADDRS_MAX: usize = 16;
+pub mod exchange;
+pub mod service;
+
+pub use exchange::{BondCommands, DiscoveryStats, Exchange, OwnEntry};
+pub use service::{
+    CatalogFrame, Discovery, DiscoveryConfig, DiscoveryError, ExchangeError, PeerDialer,
+};
+
 const SIGNATURE_DOMAIN: &[u8] = b"tessera/discovery/entry/v1";
 
 /// What a peer says about itself.
@@ -212,6 +224,11 @@ impl Catalog {
             .map(|(e, _)| e)
             .filter(|e| e.group_ids().any(|g| g == group))
             .collect()
+    }
+
+    /// Every entry, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = &PeerEntry> {
+        self.entries.values().map(|(e, _)| e)
     }
 
     /// Every entry as signed, to send to a peer.

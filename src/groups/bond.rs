@@ -17,8 +17,10 @@
 //!
 //! Among founding members only the peer with the smaller key dials, so a pair has one
 //! bond; a joiner dials everyone it knows. The dialer re-dials with back-off when the
-//! bond drops.
-use std::collections::BTreeMap;
+//! bond drops. Peers learned at run time (discovery, [`Bonds::add_peer`]) are dialled by
+//! the smaller key of the pair too (both sides learn of each other), and not while a bond
+//! the other side dialled is up.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +51,8 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIAL_DELAY_MIN: Duration = Duration::from_millis(50);
 const REDIAL_DELAY_MAX: Duration = Duration::from_secs(5);
+/// Peers learned at run time waiting to get a dialler; further ones are refused.
+pub const DIAL_REQUESTS_MAX: usize = 256;
 const PROOF_DOMAIN: &[u8] = b"tessera/bond/v1";
 
 /// Which of the given peers a member dials.
@@ -172,6 +176,11 @@ pub struct Bonds {
     /// SHA-256 of the latest snapshot we sent, by (index, term, size): a snapshot is
     /// re-sent on every retry and hashing a large one is not free.
     sent_digest: Mutex<Option<(SnapshotKey, [u8; 32])>>,
+    /// Peers given at start; [`Bonds::add_peer`] leaves them to the start-up dial policy.
+    configured: BTreeSet<PublicKey>,
+    /// Peers added at run time that have (or are about to get) a dialler.
+    added: Mutex<BTreeSet<PublicKey>>,
+    dial_requests: mpsc::Sender<EndpointAddr>,
 }
 
 impl Bonds {
@@ -198,7 +207,22 @@ impl Bonds {
         dial: Dial,
         others: Option<mpsc::Sender<Connection>>,
     ) -> Arc<Self> {
-        let bonds = Arc::new(Self::unstarted(endpoint.id(), config));
+        let (bonds, mut requested) =
+            Self::unstarted(endpoint.id(), config, peers.iter().map(|p| p.id).collect());
+        let bonds = Arc::new(bonds);
+        {
+            let bonds = bonds.clone();
+            let ep = endpoint.clone();
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                while let Some(peer) = requested.recv().await {
+                    let bonds = bonds.clone();
+                    let ep = ep.clone();
+                    let inbox = inbox.clone();
+                    tokio::spawn(async move { bonds.dial_added(ep, peer, inbox).await });
+                }
+            });
+        }
         let accepting = bonds.clone();
         let ep = endpoint.clone();
         let accept_inbox = inbox.clone();
@@ -255,16 +279,26 @@ impl Bonds {
         bonds
     }
 
-    /// The bonds of `me`, with nothing accepted or dialled yet.
-    fn unstarted(me: PublicKey, config: BondConfig) -> Self {
-        Self {
+    /// The bonds of `me`, with nothing accepted or dialled yet, and the queue of peers
+    /// [`Bonds::add_peer`] asks to dial (`configured` are left to the start-up policy).
+    fn unstarted(
+        me: PublicKey,
+        config: BondConfig,
+        configured: BTreeSet<PublicKey>,
+    ) -> (Self, mpsc::Receiver<EndpointAddr>) {
+        let (dial_requests, requested) = mpsc::channel(DIAL_REQUESTS_MAX);
+        let bonds = Self {
             me,
             config,
             peers: Mutex::new(BTreeMap::new()),
             stats: watch::channel(BondStats::default()).0,
             resume: ResumeSlot::default(),
             sent_digest: Mutex::new(None),
-        }
+            configured,
+            added: Mutex::new(BTreeSet::new()),
+            dial_requests,
+        };
+        (bonds, requested)
     }
 
     /// Watches the counters.
@@ -275,6 +309,80 @@ impl Bonds {
     /// Peers bonded right now.
     pub fn bonded_peers(&self) -> Vec<NodeId> {
         self.lock_peers().keys().copied().collect()
+    }
+
+    /// Whether a bond with `peer` is up now (either side dialled).
+    pub fn is_bonded(&self, peer: &PublicKey) -> bool {
+        self.lock_peers().contains_key(&node_id_of(peer))
+    }
+
+    /// A peer learned at run time (e.g. from discovery) that may be in the group: dials it
+    /// with back-off until it bonds or [`Bonds::forget_peer`], if our key is the smaller
+    /// of the pair (the other side dials otherwise). The handshake decides as for any
+    /// peer. Returns whether a dialler was started; never blocks.
+    pub fn add_peer(&self, peer: EndpointAddr) -> bool {
+        if peer.id == self.me
+            || peer.id.as_bytes() < self.me.as_bytes()
+            || self.configured.contains(&peer.id)
+        {
+            return false;
+        }
+        let mut added = self.lock_added();
+        if added.contains(&peer.id) {
+            return false;
+        }
+        let id = peer.id;
+        if self.dial_requests.try_send(peer).is_err() {
+            tracing::warn!(peer = %id.fmt_short(), "too many peers to dial; not dialled now");
+            return false;
+        }
+        added.insert(id);
+        true
+    }
+
+    /// Stops re-dialling a peer given to [`Bonds::add_peer`]; a bond that is up stays.
+    pub fn forget_peer(&self, peer: &PublicKey) {
+        self.lock_added().remove(peer);
+    }
+
+    /// The dialler of a peer added at run time: like [`Bonds::dial_forever`], but it stops
+    /// when the peer is forgotten and waits while a bond the peer dialled is up.
+    async fn dial_added<C: Send + 'static>(
+        self: Arc<Self>,
+        ep: Endpoint,
+        peer: EndpointAddr,
+        inbox: Inbox<C>,
+    ) {
+        let mut stats = self.stats();
+        let mut delay = REDIAL_DELAY_MIN;
+        while self.lock_added().contains(&peer.id) {
+            if self.is_bonded(&peer.id) {
+                if stats.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            match tokio::time::timeout(DIAL_TIMEOUT, ep.connect(peer.clone(), ALPN_BOND)).await {
+                Ok(Ok(conn)) => {
+                    if self.serve(conn, true, inbox.clone(), None).await {
+                        delay = REDIAL_DELAY_MIN;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer.id.fmt_short(), error = %e, "dial failed")
+                }
+                Err(_) => tracing::debug!(peer = %peer.id.fmt_short(), "dial timed out"),
+            }
+            if inbox.push(InboxItem::PeerReachable {
+                peer: node_id_of(&peer.id),
+                reachable: false,
+            }) == Err(InboxError::Closed)
+            {
+                return; // the worker is gone
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(REDIAL_DELAY_MAX);
+        }
     }
 
     async fn dial_forever<C: Send + 'static>(
@@ -573,6 +681,10 @@ impl Bonds {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_added(&self) -> std::sync::MutexGuard<'_, BTreeSet<PublicKey>> {
+        self.added.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Receives the snapshots `peer` sends on streams of their own, one at a time, and
     /// hands each verified one to the worker as the `InstallSnapshot` it stands for.
     async fn receive_snapshots<C>(
@@ -706,6 +818,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl crate::discovery::PeerDialer for Bonds {
+    fn is_bonded(&self, peer: &PublicKey) -> bool {
+        Bonds::is_bonded(self, peer)
+    }
+
+    fn dial(&self, peer: EndpointAddr) {
+        self.add_peer(peer);
+    }
+
+    fn forget(&self, peer: &PublicKey) {
+        self.forget_peer(peer);
+    }
+}
+
 impl Transport for Bonds {
     fn send(&self, to: NodeId, frame: PeerFrame) {
         if let Some(tx) = self.lock_peers().get(&to).and_then(|queues| queues.last()) {
@@ -807,7 +933,7 @@ pub async fn dial_raw(
     config: BondConfig,
     peer: EndpointAddr,
 ) -> Result<RawBond, String> {
-    let bonds = Bonds::unstarted(endpoint.id(), config);
+    let (bonds, _) = Bonds::unstarted(endpoint.id(), config, BTreeSet::new());
     let connection = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(peer, ALPN_BOND))
         .await
         .map_err(|_| "dial timed out".to_string())?

@@ -14,6 +14,8 @@ use iroh::{Endpoint, NetReportConfig, RelayMode, SecretKey};
 pub const ALPN_BOND: &[u8] = b"tessera/bond/1";
 /// ALPN of the client protocol (`tessera kv`, `tessera status`).
 pub const ALPN_CLIENT: &[u8] = b"tessera/client/1";
+/// ALPN of the catalog exchange between nodes of one network (DESIGN §5).
+pub const ALPN_DISCOVERY: &[u8] = b"tessera/discovery/1";
 
 /// Where and how a node listens.
 #[derive(Clone, Debug)]

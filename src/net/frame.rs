@@ -79,14 +79,21 @@ pub fn encode_message<T: Serialize>(buf: &mut Vec<u8>, message: &T) -> Result<()
 
 /// Reads one frame and returns its payload.
 pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Vec<u8>, FrameError> {
+    read_frame_limited(input, FRAME_BYTES_MAX).await
+}
+
+/// Reads one frame of at most `max` bytes (version byte included, capped at
+/// [`FRAME_BYTES_MAX`]) and returns its payload; the length is checked before allocation.
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    input: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let max = max.min(FRAME_BYTES_MAX);
     let mut len = [0u8; 4];
     input.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > FRAME_BYTES_MAX {
-        return Err(FrameError::Length {
-            len,
-            max: FRAME_BYTES_MAX,
-        });
+    if len == 0 || len > max {
+        return Err(FrameError::Length { len, max });
     }
     let mut version = [0u8; 1];
     input.read_exact(&mut version).await?;
@@ -112,7 +119,16 @@ pub async fn read_message<R: AsyncRead + Unpin, T: DeserializeOwned>(
     input: &mut R,
     what: &'static str,
 ) -> Result<T, FrameError> {
-    let body = read_frame(input).await?;
+    read_message_limited(input, what, FRAME_BYTES_MAX).await
+}
+
+/// [`read_message`] with a smaller frame limit `max` (see [`read_frame_limited`]).
+pub async fn read_message_limited<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    input: &mut R,
+    what: &'static str,
+    max: usize,
+) -> Result<T, FrameError> {
+    let body = read_frame_limited(input, max).await?;
     postcard::from_bytes(&body).map_err(|e| FrameError::Decode {
         what,
         reason: e.to_string(),
@@ -181,6 +197,24 @@ mod tests {
                 read_frame(&mut input).await,
                 Err(FrameError::Closed)
             ));
+        });
+    }
+
+    #[test]
+    fn a_frame_over_a_smaller_limit_is_refused_and_one_at_it_is_read() {
+        block_on(async {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &[7u8; 9]).await.expect("write");
+            let mut input = &buf[..];
+            assert!(matches!(
+                read_frame_limited(&mut input, 9).await,
+                Err(FrameError::Length { len: 10, max: 9 })
+            ));
+            let mut input = &buf[..];
+            assert_eq!(
+                read_frame_limited(&mut input, 10).await.expect("read"),
+                vec![7u8; 9]
+            );
         });
     }
 

@@ -8,8 +8,8 @@
 pub mod endpoint;
 pub mod frame;
 
-pub use endpoint::{local_endpoint, EndpointError, Listen, ALPN_BOND, ALPN_CLIENT};
+pub use endpoint::{local_endpoint, EndpointError, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY};
 pub use frame::{
-    encode_message, read_frame, read_message, write_frame, write_message, FrameError,
-    FRAME_BYTES_MAX, WIRE_VERSION,
+    encode_message, read_frame, read_frame_limited, read_message, read_message_limited,
+    write_frame, write_message, FrameError, FRAME_BYTES_MAX, WIRE_VERSION,
 };

@@ -1,0 +1,485 @@
+//! The discovery driver: runs an [`Exchange`] on a node's iroh endpoint over the
+//! `tessera/discovery/1` ALPN and hands discovered group members to a [`PeerDialer`]
+//! (the bond layer).
+//!
+//! Protocol, one connection per exchange: the dialer opens a bi-stream and sends its
+//! catalog as [`CatalogFrame::Entry`] frames closed by [`CatalogFrame::End`]; the acceptor
+//! reads it all, answers with its own catalog the same way, and waits for the dialer to
+//! close the connection once it has read the answer (so no side closes on data in flight).
+//! Each frame is bounded by [`ENTRY_FRAME_BYTES_MAX`] before allocation, a catalog by
+//! [`EXCHANGE_ENTRIES_MAX`] and [`EXCHANGE_BYTES_MAX`], the whole exchange by
+//! [`EXCHANGE_TIMEOUT`]. A peer that breaks any of this gets its connection closed with a
+//! reason and a log line, and the failure is counted; entries that do not verify are
+//! dropped one by one and counted by the catalog merge.
+//!
+//! **Contract.** Thin: every decision (what to send, when, to whom, whom to dial) is the
+//! [`Exchange`]'s; this module moves bytes, reads the clock and bounds concurrency. It
+//! never admits a peer to a group: it only asks the bond layer to dial, and the bond
+//! handshake decides.
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::{Endpoint, EndpointAddr, PublicKey};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+use super::exchange::{
+    DiscoveryStats, Exchange, OwnEntry, EXCHANGE_BYTES_MAX, EXCHANGE_ENTRIES_MAX,
+};
+use super::{EntryError, PeerEntry, SignedPeerEntry, ENTRY_BYTES_MAX};
+use crate::net::{encode_message, read_message_limited, FrameError, ALPN_DISCOVERY};
+use crate::tickets::{Clock, Ticket};
+
+/// Bound on one whole exchange (connect, both catalogs, close).
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest catalog frame: one entry, its signature and the encoding overhead.
+pub const ENTRY_FRAME_BYTES_MAX: usize = ENTRY_BYTES_MAX + 256;
+/// Exchanges we answer at once; further discovery connections are closed as busy.
+pub const INCOMING_EXCHANGES_MAX: usize = 8;
+/// Exchanges we start at once; a round's further peers wait for the next round.
+pub const OUTGOING_EXCHANGES_MAX: usize = 8;
+/// How often the driver wakes when nothing else wakes it.
+pub const DRIVER_TICK: Duration = Duration::from_secs(1);
+/// Encoded catalog bytes buffered before they are written to the stream.
+const WRITE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Close codes of a discovery connection.
+pub const CLOSE_DONE: u32 = 0;
+pub const CLOSE_MALFORMED: u32 = 1;
+pub const CLOSE_LIMIT: u32 = 2;
+pub const CLOSE_TIMEOUT: u32 = 3;
+pub const CLOSE_BUSY: u32 = 4;
+
+/// One frame of a catalog on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogFrame {
+    Entry(SignedPeerEntry),
+    End,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExchangeError {
+    // The peer misbehaved.
+    #[error("bad catalog frame: {0}")]
+    Frame(FrameError),
+    #[error("catalog of more than {max} entries")]
+    TooManyEntries { max: usize },
+    #[error("catalog of more than {max} bytes")]
+    TooManyBytes { max: usize },
+    #[error("exchange did not finish within {0:?}")]
+    Timeout(Duration),
+    // The network failed.
+    #[error("connection: {0}")]
+    Connection(String),
+    // Local.
+    #[error("our catalog does not encode: {0}")]
+    Encode(FrameError),
+}
+
+impl ExchangeError {
+    /// The name the failure is counted under.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExchangeError::Frame(_) => "Frame",
+            ExchangeError::TooManyEntries { .. } => "TooManyEntries",
+            ExchangeError::TooManyBytes { .. } => "TooManyBytes",
+            ExchangeError::Timeout(_) => "Timeout",
+            ExchangeError::Connection(_) => "Connection",
+            ExchangeError::Encode(_) => "Encode",
+        }
+    }
+
+    fn close_code(&self) -> u32 {
+        match self {
+            ExchangeError::Frame(FrameError::Length { .. })
+            | ExchangeError::TooManyEntries { .. }
+            | ExchangeError::TooManyBytes { .. } => CLOSE_LIMIT,
+            ExchangeError::Frame(_) | ExchangeError::Encode(_) => CLOSE_MALFORMED,
+            ExchangeError::Timeout(_) => CLOSE_TIMEOUT,
+            ExchangeError::Connection(_) => CLOSE_DONE,
+        }
+    }
+}
+
+fn frame_error(e: FrameError) -> ExchangeError {
+    match e {
+        FrameError::Io(e) => ExchangeError::Connection(e.to_string()),
+        other => ExchangeError::Frame(other),
+    }
+}
+
+/// Why discovery could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    #[error("this node's own entry cannot be signed: {0}")]
+    OwnEntry(#[from] EntryError),
+}
+
+/// The bond layer, as discovery sees it. Implemented by [`crate::groups::Bonds`].
+pub trait PeerDialer: Send + Sync {
+    /// Whether a bond with `peer` is up now (either side dialled).
+    fn is_bonded(&self, peer: &PublicKey) -> bool;
+    /// `peer` says it is in our group: try to bond with it. Must not block.
+    fn dial(&self, peer: EndpointAddr);
+    /// `peer`'s entry is gone: stop re-dialling it (a live bond may stay).
+    fn forget(&self, peer: &PublicKey);
+}
+
+/// What a node runs discovery with.
+pub struct DiscoveryConfig {
+    pub network_id: String,
+    /// This node's entry; its tickets are replaced by the latest of `tickets` if given.
+    pub own: OwnEntry,
+    /// Renewed tickets: each change publishes a new version of our entry.
+    pub tickets: Option<watch::Receiver<Vec<Ticket>>>,
+    /// Members of this group found in catalogs are handed to the dialer.
+    pub group: Option<crate::groups::GroupId>,
+    /// Peers to exchange with from the start (`bootstrap` in node.toml).
+    pub bootstrap: Vec<EndpointAddr>,
+    pub clock: Clock,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    exchange: Mutex<Exchange>,
+    clock: Clock,
+    stats: watch::Sender<DiscoveryStats>,
+    wake: Notify,
+    outgoing: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Exchange> {
+        self.exchange.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_stats(&self, exchange: &Exchange) {
+        let stats = exchange.stats();
+        self.stats.send_if_modified(|s| {
+            let changed = s != stats;
+            if changed {
+                *s = stats.clone();
+            }
+            changed
+        });
+    }
+
+    fn failed(&self, conn: &Connection, e: &ExchangeError) {
+        tracing::warn!(peer = %conn.remote_id().fmt_short(), error = %e, "discovery exchange failed");
+        let reason = e.to_string();
+        conn.close(
+            VarInt::from_u32(e.close_code()),
+            &reason.as_bytes()[..reason.len().min(512)],
+        );
+        let mut exchange = self.lock();
+        exchange.handle_exchange_failed(e.kind());
+        self.publish_stats(&exchange);
+    }
+
+    /// Merges a peer's catalog off the executor (signature checks are CPU work).
+    async fn merge(self: &Arc<Self>, entries: Vec<SignedPeerEntry>) {
+        let shared = self.clone();
+        let merged = tokio::task::spawn_blocking(move || {
+            let now = (shared.clock)();
+            let mut exchange = shared.lock();
+            let new = exchange.handle_catalog(entries, now);
+            shared.publish_stats(&exchange);
+            new
+        })
+        .await;
+        match merged {
+            Ok(new) if new > 0 => self.wake.notify_one(),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "catalog merge task failed"),
+        }
+    }
+}
+
+/// Discovery running on a node. Dropping it stops it.
+pub struct Discovery {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Discovery {
+    /// Starts discovery on `endpoint` (which must accept [`ALPN_DISCOVERY`]): answers the
+    /// connections handed over on `connections` (others are closed), exchanges with the
+    /// bootstrap peers and then with catalog peers, and hands group members to `dialer`.
+    /// Must run inside a tokio runtime.
+    pub fn start(
+        endpoint: Endpoint,
+        mut config: DiscoveryConfig,
+        connections: mpsc::Receiver<Connection>,
+        dialer: Option<Arc<dyn PeerDialer>>,
+    ) -> Result<Self, DiscoveryError> {
+        if let Some(tickets) = &mut config.tickets {
+            config.own.tickets = tickets.borrow_and_update().clone();
+        }
+        let now = (config.clock)();
+        let exchange = Exchange::new(
+            endpoint.secret_key().clone(),
+            config.network_id,
+            config.own.clone(),
+            config.group,
+            config.bootstrap,
+            now,
+        )?;
+        let stats = watch::channel(exchange.stats().clone()).0;
+        let shared = Arc::new(Shared {
+            endpoint,
+            exchange: Mutex::new(exchange),
+            clock: config.clock,
+            stats,
+            wake: Notify::new(),
+            outgoing: Arc::new(Semaphore::new(OUTGOING_EXCHANGES_MAX)),
+        });
+        let tasks = vec![
+            tokio::spawn(accept(shared.clone(), connections)),
+            tokio::spawn(drive(shared.clone(), config.own, config.tickets, dialer)),
+        ];
+        Ok(Self { shared, tasks })
+    }
+
+    /// Watches the counters.
+    pub fn stats(&self) -> watch::Receiver<DiscoveryStats> {
+        self.shared.stats.subscribe()
+    }
+
+    /// The entry held for `peer`, if any.
+    pub fn entry(&self, peer: &PublicKey) -> Option<PeerEntry> {
+        self.shared.lock().catalog().get(peer.as_bytes()).cloned()
+    }
+
+    /// Every entry held.
+    pub fn entries(&self) -> Vec<PeerEntry> {
+        self.shared.lock().catalog().entries().cloned().collect()
+    }
+
+    /// Our own entry as published now.
+    pub fn own_entry(&self) -> PeerEntry {
+        self.shared.lock().own_entry().clone()
+    }
+}
+
+async fn accept(shared: Arc<Shared>, mut connections: mpsc::Receiver<Connection>) {
+    let permits = Arc::new(Semaphore::new(INCOMING_EXCHANGES_MAX));
+    while let Some(conn) = connections.recv().await {
+        if conn.alpn() != ALPN_DISCOVERY {
+            conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"unknown protocol");
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            conn.close(
+                VarInt::from_u32(CLOSE_BUSY),
+                b"too many discovery exchanges",
+            );
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            answer(&shared, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The acceptor's side of one exchange.
+async fn answer(shared: &Arc<Shared>, conn: Connection) {
+    let ours = shared.lock().outgoing();
+    let exchange = async {
+        let (mut send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| ExchangeError::Connection(e.to_string()))?;
+        let theirs = read_catalog(&mut recv).await?;
+        write_catalog(&mut send, &ours).await?;
+        Ok::<_, ExchangeError>((theirs, send))
+    };
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
+        Ok(Ok((theirs, _send))) => {
+            shared.merge(theirs).await;
+            // The dialer closes once it has read our catalog; keep the stream (and so
+            // the data in flight) until then.
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn.closed()).await;
+        }
+        Ok(Err(e)) => shared.failed(&conn, &e),
+        Err(_) => shared.failed(&conn, &ExchangeError::Timeout(EXCHANGE_TIMEOUT)),
+    }
+}
+
+/// The dialer's side of one exchange with `peer`.
+async fn exchange_with(shared: &Arc<Shared>, peer: EndpointAddr) {
+    let ours = shared.lock().outgoing();
+    let id = peer.id;
+    let connect = async {
+        shared
+            .endpoint
+            .connect(peer, ALPN_DISCOVERY)
+            .await
+            .map_err(|e| ExchangeError::Connection(e.to_string()))
+    };
+    let conn = match tokio::time::timeout(EXCHANGE_TIMEOUT, connect).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %id.fmt_short(), error = %e, "discovery dial failed");
+            shared.lock().handle_exchange_failed(e.kind());
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %id.fmt_short(), "discovery dial timed out");
+            shared.lock().handle_exchange_failed("Timeout");
+            return;
+        }
+    };
+    let exchange = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ExchangeError::Connection(e.to_string()))?;
+        write_catalog(&mut send, &ours).await?;
+        read_catalog(&mut recv).await
+    };
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
+        Ok(Ok(theirs)) => {
+            conn.close(VarInt::from_u32(CLOSE_DONE), b"done");
+            shared.merge(theirs).await;
+        }
+        Ok(Err(e)) => shared.failed(&conn, &e),
+        Err(_) => shared.failed(&conn, &ExchangeError::Timeout(EXCHANGE_TIMEOUT)),
+    }
+}
+
+/// Writes `entries` and [`CatalogFrame::End`], in chunks, and finishes the stream.
+async fn write_catalog(
+    send: &mut SendStream,
+    entries: &[SignedPeerEntry],
+) -> Result<(), ExchangeError> {
+    let mut buf = Vec::new();
+    for entry in entries {
+        encode_message(&mut buf, &CatalogFrame::Entry(entry.clone()))
+            .map_err(ExchangeError::Encode)?;
+        if buf.len() >= WRITE_CHUNK_BYTES {
+            write_all(send, &buf).await?;
+            buf.clear();
+        }
+    }
+    encode_message(&mut buf, &CatalogFrame::End).map_err(ExchangeError::Encode)?;
+    write_all(send, &buf).await?;
+    send.finish()
+        .map_err(|e| ExchangeError::Connection(e.to_string()))
+}
+
+async fn write_all(send: &mut SendStream, buf: &[u8]) -> Result<(), ExchangeError> {
+    tokio::io::AsyncWriteExt::write_all(send, buf)
+        .await
+        .map_err(|e| ExchangeError::Connection(e.to_string()))
+}
+
+/// Reads a catalog up to [`CatalogFrame::End`], within the limits.
+async fn read_catalog(recv: &mut RecvStream) -> Result<Vec<SignedPeerEntry>, ExchangeError> {
+    let mut entries = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        let frame: CatalogFrame =
+            read_message_limited(recv, "catalog frame", ENTRY_FRAME_BYTES_MAX)
+                .await
+                .map_err(frame_error)?;
+        match frame {
+            CatalogFrame::End => return Ok(entries),
+            CatalogFrame::Entry(entry) => {
+                if entries.len() == EXCHANGE_ENTRIES_MAX {
+                    return Err(ExchangeError::TooManyEntries {
+                        max: EXCHANGE_ENTRIES_MAX,
+                    });
+                }
+                bytes = bytes.saturating_add(entry.entry.len() + entry.signature.len());
+                if bytes > EXCHANGE_BYTES_MAX {
+                    return Err(ExchangeError::TooManyBytes {
+                        max: EXCHANGE_BYTES_MAX,
+                    });
+                }
+                entries.push(entry);
+            }
+        }
+    }
+}
+
+/// The driver: timers, our own entry, rounds of exchanges, and dial requests.
+async fn drive(
+    shared: Arc<Shared>,
+    mut own: OwnEntry,
+    mut tickets: Option<watch::Receiver<Vec<Ticket>>>,
+    dialer: Option<Arc<dyn PeerDialer>>,
+) {
+    let mut tick = tokio::time::interval(DRIVER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let renewed = async {
+            match &mut tickets {
+                Some(t) => t.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.wake.notified() => {}
+            ok = renewed => match (ok, &mut tickets) {
+                (true, Some(t)) => {
+                    own.tickets = t.borrow_and_update().clone();
+                    let now = (shared.clock)();
+                    if let Err(e) = shared.lock().handle_own(own.clone(), now) {
+                        tracing::error!(error = %e, "could not publish renewed tickets");
+                    }
+                }
+                _ => tickets = None, // the ticket source is gone: keep the last ones
+            },
+        }
+        if shared.endpoint.is_closed() {
+            return;
+        }
+        let now = (shared.clock)();
+        let (round, commands) = {
+            let mut exchange = shared.lock();
+            exchange.handle_timeout(now);
+            let round = exchange.poll_round(now);
+            let commands = match &dialer {
+                Some(d) => exchange.poll_bonds(|k| d.is_bonded(k)),
+                None => Default::default(),
+            };
+            shared.publish_stats(&exchange);
+            (round, commands)
+        };
+        for peer in round.unwrap_or_default() {
+            let Ok(permit) = shared.outgoing.clone().try_acquire_owned() else {
+                tracing::debug!("discovery round cut short: too many exchanges in flight");
+                break;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                exchange_with(&shared, peer).await;
+                drop(permit);
+            });
+        }
+        if let Some(d) = &dialer {
+            for peer in commands.forget {
+                d.forget(&peer);
+            }
+            for peer in commands.dial {
+                tracing::info!(peer = %peer.id.fmt_short(), "discovered a group member; dialling it");
+                d.dial(peer);
+            }
+        }
+    }
+}

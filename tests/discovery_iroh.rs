@@ -1,0 +1,305 @@
+//! Discovery over real iroh on loopback: a node that knows one member learns the others
+//! from catalog exchange and bonds with them; a raw client speaking
+//! `tessera/discovery/1` with garbage, over-large frames, forged or foreign entries neither
+//! crashes a node nor gets those entries into its catalog, and a good exchange still works.
+//!
+//! Waits are on watches (bond and discovery statistics) with timeouts, never on sleeps.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::endpoint::{ConnectionError, VarInt};
+use iroh::{Endpoint, EndpointAddr, SecretKey};
+use tessera::cluster::{mock_validator, random_secret, NETWORK};
+use tessera::discovery::service::{CLOSE_LIMIT, CLOSE_MALFORMED, ENTRY_FRAME_BYTES_MAX};
+use tessera::discovery::{
+    CatalogFrame, Discovery, DiscoveryConfig, DiscoveryStats, OwnEntry, PeerDialer, PeerEntry,
+    SignedPeerEntry,
+};
+use tessera::groups::{keep_tickets_fresh, GroupBuilder, GroupKey, JoinedGroup, WorkerConfig};
+use tessera::machine::KvStore;
+use tessera::net::endpoint::bound_addr;
+use tessera::net::{
+    encode_message, local_endpoint, read_message, Listen, ALPN_BOND, ALPN_DISCOVERY, WIRE_VERSION,
+};
+use tessera::raft::RaftConfig;
+use tessera::storage::MemoryStorage;
+use tessera::tickets::{clock_from, Clock, TdxTicketIssuer};
+use tessera_attestation::provider::mock::{MockConfig, MockProvider};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Node {
+    endpoint: Endpoint,
+    addr: EndpointAddr,
+    joined: JoinedGroup<KvStore>,
+    discovery: Discovery,
+}
+
+fn clock() -> Clock {
+    clock_from(MockConfig::default().valid_now())
+}
+
+async fn endpoint(alpns: Vec<Vec<u8>>) -> (Endpoint, EndpointAddr) {
+    let ep = local_endpoint(
+        random_secret().expect("secret"),
+        &Listen {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            alpns,
+        },
+    )
+    .await
+    .expect("endpoint");
+    let addr = EndpointAddr::new(ep.id()).with_ip_addr(bound_addr(&ep).expect("bound"));
+    (ep, addr)
+}
+
+/// A mock-attested member with discovery; `peers` are its only configured peers (and its
+/// bootstrap peers for discovery).
+async fn node(
+    (endpoint, addr): (Endpoint, EndpointAddr),
+    peers: Vec<EndpointAddr>,
+    founding: bool,
+    clock: &Clock,
+) -> Node {
+    let provider = MockProvider::new(MockConfig::default()).expect("mock provider");
+    let collateral = provider.collateral().expect("collateral");
+    let issuer = TdxTicketIssuer::new(Box::new(provider), collateral, NETWORK.into(), 300);
+    let tickets = keep_tickets_fresh(Arc::new(issuer), *endpoint.id().as_bytes(), clock.clone())
+        .expect("tickets");
+    let (others_tx, others_rx) = mpsc::channel(16);
+    let joined = GroupBuilder::new(GroupKey::from_bytes([7; 32]), NETWORK, clock.clone())
+        .with_consensus_config(
+            RaftConfig::default(),
+            WorkerConfig {
+                tick: Duration::from_millis(20),
+                ..WorkerConfig::default()
+            },
+        )
+        .require_ticket(mock_validator().expect("validator"))
+        .with_tickets(tickets.clone())
+        .with_peers(peers.clone(), founding)
+        .route_other_alpns(others_tx)
+        .join(endpoint.clone(), KvStore::new(), MemoryStorage::new())
+        .expect("join");
+    let discovery = Discovery::start(
+        endpoint.clone(),
+        DiscoveryConfig {
+            network_id: NETWORK.into(),
+            own: OwnEntry {
+                addrs: addr.ip_addrs().copied().collect(),
+                groups: vec![joined.id],
+                tickets: Vec::new(),
+            },
+            tickets: Some(tickets),
+            group: Some(joined.id),
+            bootstrap: peers,
+            clock: clock.clone(),
+        },
+        others_rx,
+        Some(joined.bonds.clone() as Arc<dyn PeerDialer>),
+    )
+    .expect("discovery");
+    Node {
+        endpoint,
+        addr,
+        joined,
+        discovery,
+    }
+}
+
+async fn both_alpns() -> (Endpoint, EndpointAddr) {
+    endpoint(vec![ALPN_BOND.to_vec(), ALPN_DISCOVERY.to_vec()]).await
+}
+
+async fn wait_bonded(from: &Node, to: &Node, why: &str) {
+    let mut stats = from.joined.bonds.stats();
+    let bonds = from.joined.bonds.clone();
+    let to_id = to.endpoint.id();
+    if tokio::time::timeout(WAIT, stats.wait_for(|_| bonds.is_bonded(&to_id)))
+        .await
+        .is_err()
+    {
+        panic!(
+            "{why}: not bonded; bonds {:?}, discovery {:?}",
+            from.joined.bonds.stats().borrow(),
+            from.discovery.stats().borrow()
+        );
+    }
+}
+
+async fn wait_discovery(
+    node: &Node,
+    what: &str,
+    mut until: impl FnMut(&DiscoveryStats) -> bool,
+) -> DiscoveryStats {
+    let mut stats = node.discovery.stats();
+    let got = match tokio::time::timeout(WAIT, stats.wait_for(|s| until(s))).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        _ => None,
+    };
+    got.unwrap_or_else(|| panic!("{what}: {:?}", node.discovery.stats().borrow()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_knows_one_member_learns_the_others_and_bonds_with_them() {
+    let clock = clock();
+    let (ea, eb, ec) = (both_alpns().await, both_alpns().await, both_alpns().await);
+    let (addr_a, addr_b) = (ea.1.clone(), eb.1.clone());
+    // A and B found the group knowing each other; C joins knowing only A.
+    let a = node(ea, vec![addr_b.clone()], true, &clock).await;
+    let b = node(eb, vec![addr_a.clone()], true, &clock).await;
+    wait_bonded(&a, &b, "founding members").await;
+    let c = node(ec, vec![addr_a.clone()], false, &clock).await;
+
+    wait_bonded(&c, &a, "C with its configured peer A").await;
+    wait_bonded(&c, &b, "C with B, learned through discovery").await;
+    wait_bonded(&b, &c, "B with C").await;
+
+    // C learned B's signed entry (not configured anywhere on C) and B learned C's.
+    let learned = c
+        .discovery
+        .entry(&b.endpoint.id())
+        .expect("C holds B's entry");
+    assert_eq!(
+        learned.addrs,
+        b.addr.ip_addrs().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(learned.groups, vec![c.joined.id.0]);
+    assert!(
+        !learned.tickets.is_empty(),
+        "entries carry the peer's tickets"
+    );
+    let c_id = c.endpoint.id();
+    wait_discovery(&b, "B learns C's entry through A", |_| {
+        b.discovery.entry(&c_id).is_some()
+    })
+    .await;
+    let stats = c.discovery.stats().borrow().clone();
+    assert!(stats.learned >= 2, "{stats:?}");
+    assert_eq!(
+        stats.refused_total() - stats.refused.get("Stale").copied().unwrap_or(0),
+        0
+    );
+    // The one who dialled is the smaller key of the pair, and there is one bond each way.
+    let dialled = if c.endpoint.id().as_bytes() < b.endpoint.id().as_bytes() {
+        &c
+    } else {
+        &b
+    };
+    assert!(dialled.discovery.stats().borrow().dials >= 1);
+    assert_eq!(b.joined.bonds.stats().borrow().live, 2);
+    assert_eq!(c.joined.bonds.stats().borrow().live, 2);
+}
+
+fn entry_of(secret: &SecretKey, network: &str, now: u64) -> PeerEntry {
+    PeerEntry {
+        peer_key: *secret.public().as_bytes(),
+        addrs: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+        network_id: network.into(),
+        groups: Vec::new(),
+        tickets: Vec::new(),
+        version: 1,
+        issued_at: now,
+    }
+}
+
+async fn expect_closed_with(conn: &iroh::endpoint::Connection, code: u32, what: &str) {
+    match tokio::time::timeout(WAIT, conn.closed()).await {
+        Ok(ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                VarInt::from_u32(code),
+                "{what}: {close:?}"
+            )
+        }
+        other => panic!("{what}: expected an application close, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_forged_and_foreign_catalogs_are_refused_and_harmless() {
+    let clock = clock();
+    let n = node(both_alpns().await, Vec::new(), true, &clock).await;
+    let (client, _) = endpoint(Vec::new()).await;
+
+    // Garbage: a frame that does not decode.
+    let conn = client
+        .connect(n.addr.clone(), ALPN_DISCOVERY)
+        .await
+        .expect("connect");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    let garbage = [0, 0, 0, 5, WIRE_VERSION, 0xff, 0xff, 0xff, 0xff];
+    tokio::io::AsyncWriteExt::write_all(&mut send, &garbage)
+        .await
+        .expect("write");
+    expect_closed_with(&conn, CLOSE_MALFORMED, "garbage").await;
+
+    // A frame announced larger than an entry can be: refused before it is read.
+    let conn = client
+        .connect(n.addr.clone(), ALPN_DISCOVERY)
+        .await
+        .expect("connect");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    let len = (ENTRY_FRAME_BYTES_MAX as u32 + 1).to_be_bytes();
+    tokio::io::AsyncWriteExt::write_all(&mut send, &[&len[..], &[WIRE_VERSION]].concat())
+        .await
+        .expect("write");
+    expect_closed_with(&conn, CLOSE_LIMIT, "over-large frame").await;
+
+    // A well-formed catalog: one forged entry, one for another network, one good one.
+    let now = clock();
+    let (forger, stranger, good) = (
+        random_secret().expect("secret"),
+        random_secret().expect("secret"),
+        random_secret().expect("secret"),
+    );
+    let mut forged = entry_of(&forger, NETWORK, now).sign(&forger).expect("sign");
+    forged.signature[10] ^= 0x40;
+    let foreign = entry_of(&stranger, "another-network", now)
+        .sign(&stranger)
+        .expect("sign");
+    let fine = entry_of(&good, NETWORK, now).sign(&good).expect("sign");
+    let mut buf = Vec::new();
+    for e in [forged, foreign, fine] {
+        encode_message(&mut buf, &CatalogFrame::Entry(e)).expect("encode");
+    }
+    encode_message(&mut buf, &CatalogFrame::End).expect("encode");
+    let conn = client
+        .connect(n.addr.clone(), ALPN_DISCOVERY)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    tokio::io::AsyncWriteExt::write_all(&mut send, &buf)
+        .await
+        .expect("write");
+    send.finish().expect("finish");
+    // The node answers with its catalog: its own signed entry first.
+    let mut answer: Vec<SignedPeerEntry> = Vec::new();
+    while let CatalogFrame::Entry(e) = read_message::<_, CatalogFrame>(&mut recv, "catalog frame")
+        .await
+        .expect("the node answers")
+    {
+        answer.push(e);
+    }
+    conn.close(VarInt::from_u32(0), b"done");
+    let theirs = answer[0].open().expect("the node's entry verifies");
+    assert_eq!(theirs.peer_key, *n.endpoint.id().as_bytes());
+    assert_eq!(theirs.groups, vec![n.joined.id.0]);
+
+    let stats = wait_discovery(&n, "the good entry taken", |s| s.learned >= 1).await;
+    assert_eq!(stats.refused.get("BadSignature"), Some(&1), "{stats:?}");
+    assert_eq!(stats.refused.get("OtherNetwork"), Some(&1), "{stats:?}");
+    assert_eq!(stats.failed.get("Frame"), Some(&2), "{stats:?}");
+    assert!(n.discovery.entry(&good.public()).is_some());
+    assert!(n.discovery.entry(&forger.public()).is_none());
+    assert!(n.discovery.entry(&stranger.public()).is_none());
+    assert_eq!(n.discovery.entries().len(), 1);
+
+    // Still serving: a second, real node exchanges with it and learns its entry.
+    let m = node(both_alpns().await, vec![n.addr.clone()], false, &clock).await;
+    wait_discovery(&m, "a good exchange after the garbage", |s| s.learned >= 2).await;
+    assert!(m.discovery.entry(&n.endpoint.id()).is_some());
+    assert!(m.discovery.entry(&good.public()).is_some(), "gossiped on");
+}
