@@ -5,7 +5,7 @@ SEEDS ?= 300
 SEED ?=
 NODES ?=
 
-.PHONY: deps build test demo sim soak lint fmt bench-core bench clean
+.PHONY: deps build test test-cluster demo sim soak lint fmt bench-core bench clean
 
 ## deps: install the system packages the build needs (Debian/Ubuntu), when missing.
 ## RocksDB's bindings are generated with libclang (clang, libclang-dev).
@@ -27,6 +27,12 @@ build:
 ## test: everything CI runs (unit, simulator seeds, attestation vectors, integration)
 test:
 	$(CARGO) test --workspace --locked
+
+## test-cluster: three nodes in Docker containers on a bridge network of their own (image
+## FROM scratch, nothing pulled): partition the leader, restart a follower from RocksDB.
+## Needs Docker; see scripts/test-cluster.sh for its settings (TESSERA_TEST_SUBNET, ...).
+test-cluster:
+	CARGO="$(CARGO)" scripts/test-cluster.sh
 
 ## demo: the embedded default
 demo:
