@@ -114,6 +114,7 @@ pub async fn loopback_endpoint(
         &Listen {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             alpns: vec![ALPN_BOND.to_vec()],
+            relay: None,
         },
     )
     .await?;

@@ -18,6 +18,8 @@
 //! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)
 //! secret_key_file = "node.key"          # optional, development only; absent: a fresh key
 //! network_id = "tessera-dev"
+//! relay_url = "https://relay.example.net" # optional: a relay for peers behind NAT (every
+//!                                       #   member names the same); absent: no relay
 //! storage = "rocksdb"                   # the default: durable, in <data_dir>/raft (0700,
 //!                                       #   locked); "memory" forgets everything on restart
 //! log_level = "info"                    # a tracing filter
@@ -119,6 +121,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Peers to dial at start.
     pub bootstrap: Vec<EndpointAddr>,
+    /// A relay server for peers behind NAT (every member of the network should name the
+    /// same one). Absent: no relay, nothing is contacted but the peers.
+    pub relay_url: Option<iroh::RelayUrl>,
     /// A fresh node forms a new group once this many members (itself included) are
     /// bonded and none of them belongs to a group yet; otherwise it joins the group its
     /// peers are in. Default 3 (DESIGN §7.2); 1 makes a single-node group. Start exactly
@@ -146,6 +151,7 @@ struct RawConfig {
     #[serde(default)]
     bootstrap: Vec<String>,
     bootstrap_expect: Option<u64>,
+    relay_url: Option<String>,
     group_key_file: PathBuf,
     policies: Vec<PathBuf>,
     attestation: String,
@@ -328,6 +334,10 @@ impl NodeConfig {
                 ))
             }
         };
+        let relay_url = match &raw.relay_url {
+            None => None,
+            Some(text) => Some(parse_relay_url(text).map_err(|r| field("relay_url", r))?),
+        };
         if raw.group_key_file.as_os_str().is_empty() {
             return Err(field("group_key_file", "must not be empty".into()));
         }
@@ -384,6 +394,7 @@ impl NodeConfig {
             listen,
             bootstrap,
             bootstrap_expect,
+            relay_url,
             group_key_file: resolve(&raw.group_key_file),
             policies: raw.policies.iter().map(|p| resolve(p)).collect(),
             attestation,
@@ -489,6 +500,17 @@ impl NodeConfig {
             ..WorkerConfig::default()
         };
         (raft, worker)
+    }
+}
+
+/// An `http(s)://host[:port]` relay URL.
+fn parse_relay_url(text: &str) -> Result<iroh::RelayUrl, String> {
+    let url: iroh::RelayUrl = text
+        .parse()
+        .map_err(|e| format!("expected an http(s) URL, got {text:?} ({e})"))?;
+    match url.scheme() {
+        "https" | "http" if url.host_str().is_some() => Ok(url),
+        _ => Err(format!("expected an http(s) URL with a host, got {text:?}")),
     }
 }
 
@@ -725,6 +747,27 @@ allow = ["{k}"]
             assert!(
                 e.contains("node.toml: bootstrap_expect: must be in 1..=64"),
                 "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn relay_is_off_unless_configured_and_must_be_an_http_url() {
+        assert_eq!(parse(&good()).expect("config").relay_url, None);
+        let c = parse(&format!(
+            "relay_url = \"https://relay.example.net\"\n{}",
+            good()
+        ))
+        .expect("config");
+        assert_eq!(
+            c.relay_url.map(|u| u.to_string()),
+            Some("https://relay.example.net/".to_string())
+        );
+        for bad in ["relay.example.net", "ftp://relay.example.net", "https://"] {
+            let e = error_of(&format!("relay_url = {bad:?}\n{}", good()));
+            assert!(
+                e.contains("node.toml: relay_url: expected an http(s) URL"),
+                "{bad}: {e}"
             );
         }
     }

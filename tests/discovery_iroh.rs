@@ -47,6 +47,7 @@ async fn endpoint(alpns: Vec<Vec<u8>>) -> (Endpoint, EndpointAddr) {
         &Listen {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             alpns,
+            relay: None,
         },
     )
     .await

@@ -543,6 +543,7 @@ fn malformed_requests_are_answered(peer: &str) {
         let listen = Listen {
             bind: "127.0.0.1:0".parse().expect("addr"),
             alpns: Vec::new(),
+            relay: None,
         };
         let ep = local_endpoint(secret, &listen).await.expect("endpoint");
         let conn = tokio::time::timeout(DEADLINE, ep.connect(addr, ALPN_CLIENT))

@@ -225,6 +225,7 @@ async fn serve(p: Prepared) -> Result<()> {
                 ALPN_CLIENT.to_vec(),
                 ALPN_DISCOVERY.to_vec(),
             ],
+            relay: config.relay_url.clone(),
         },
     )
     .await
@@ -233,6 +234,15 @@ async fn serve(p: Prepared) -> Result<()> {
 
     let tickets = keep_tickets_fresh(Arc::new(p.issuer), *node_key.as_bytes(), p.clock.clone())
         .map_err(|e| start_failure(config.error("attestation", format!("first ticket: {e}"))))?;
+    // With a relay, peers can also be reached through it (every member names the same).
+    let bootstrap: Vec<_> = config
+        .bootstrap
+        .iter()
+        .map(|peer| match &config.relay_url {
+            Some(url) => peer.clone().with_relay_url(url.clone()),
+            None => peer.clone(),
+        })
+        .collect();
     let (raft, worker) = config.consensus();
     let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_CONNECTIONS_QUEUE_MAX);
     let (discovery_tx, discovery_rx) = tokio::sync::mpsc::channel(DISCOVERY_CONNECTIONS_QUEUE_MAX);
@@ -242,7 +252,7 @@ async fn serve(p: Prepared) -> Result<()> {
         .with_consensus_config(raft, worker)
         .require_ticket(p.validator)
         .with_tickets(tickets.clone())
-        .with_peers(config.bootstrap.clone(), false)
+        .with_peers(bootstrap.clone(), false)
         .bootstrap_expect(config.bootstrap_expect)
         .route_other_alpns(others_tx);
     #[cfg(feature = "rocksdb")]
@@ -266,7 +276,7 @@ async fn serve(p: Prepared) -> Result<()> {
             },
             tickets: Some(tickets.clone()),
             group: Some(joined.id),
-            bootstrap: config.bootstrap.clone(),
+            bootstrap: bootstrap.clone(),
             clock: p.clock.clone(),
         },
         discovery_rx,

@@ -62,6 +62,7 @@ impl Client {
             &Listen {
                 bind: SocketAddr::new(bind_ip, 0),
                 alpns: Vec::new(),
+                relay: None,
             },
         )
         .await?;

@@ -4,11 +4,12 @@
 //! mapper is on by default and multicasts UPnP even with relays off, and the `N0` presets
 //! resolve DNS and publish to pkarr. So we start from `presets::Minimal` and switch off
 //! relays, address lookup, the port mapper and the net-report probes explicitly. Peers are
-//! dialled at the addresses configuration or discovery gives.
+//! dialled at the addresses configuration or discovery gives. A relay (for peers behind
+//! NAT) is used only when the operator configures one: [`Listen::relay`].
 use std::net::SocketAddr;
 
 use iroh::endpoint::{presets, PortmapperConfig};
-use iroh::{Endpoint, NetReportConfig, RelayMode, SecretKey};
+use iroh::{Endpoint, NetReportConfig, RelayMode, RelayUrl, SecretKey};
 
 /// ALPN of the bond protocol between group members (DESIGN §6).
 pub const ALPN_BOND: &[u8] = b"tessera/bond/1";
@@ -24,6 +25,9 @@ pub struct Listen {
     pub bind: SocketAddr,
     /// ALPNs the endpoint accepts.
     pub alpns: Vec<Vec<u8>>,
+    /// The relay server this node keeps a connection to and peers may reach it through.
+    /// `None` (the default everywhere): no relay, nothing contacted but the peers dialled.
+    pub relay: Option<RelayUrl>,
 }
 
 /// The endpoint could not be created.
@@ -36,14 +40,18 @@ pub enum EndpointError {
     Bind { addr: SocketAddr, reason: String },
 }
 
-/// Binds an endpoint that uses no relay, no public address lookup, no port mapper and no
-/// net-report probes.
+/// Binds an endpoint that uses no public address lookup, no port mapper, no net-report
+/// probes, and no relay unless [`Listen::relay`] names one.
 pub async fn local_endpoint(secret: SecretKey, listen: &Listen) -> Result<Endpoint, EndpointError> {
     let addr = listen.bind;
+    let relay = match &listen.relay {
+        Some(url) => RelayMode::custom([url.clone()]),
+        None => RelayMode::Disabled,
+    };
     Endpoint::builder(presets::Minimal)
         .secret_key(secret)
         .alpns(listen.alpns.clone())
-        .relay_mode(RelayMode::Disabled)
+        .relay_mode(relay)
         .clear_address_lookup()
         .portmapper_config(PortmapperConfig::Disabled)
         .net_report_config(NetReportConfig::minimal())
@@ -64,4 +72,58 @@ pub async fn local_endpoint(secret: SecretKey, listen: &Listen) -> Result<Endpoi
 /// The first address the endpoint is bound to (for dialling it on loopback).
 pub fn bound_addr(endpoint: &Endpoint) -> Option<SocketAddr> {
     endpoint.bound_sockets().into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> SecretKey {
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .expect("randomness");
+        SecretKey::from_bytes(&bytes)
+    }
+
+    /// An endpoint with a relay configured (here one that cannot be reached) still binds
+    /// and connects to peers directly, and does not claim an unreachable relay as its home.
+    #[tokio::test]
+    async fn a_configured_relay_does_not_stop_direct_connections() {
+        const ALPN: &[u8] = b"tessera/test/1";
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        // A loopback port nothing listens on: the relay is unreachable, nothing leaves.
+        let relay: RelayUrl = "http://127.0.0.1:9".parse().expect("url");
+        let with_relay = Listen {
+            bind: loopback,
+            alpns: vec![ALPN.to_vec()],
+            relay: Some(relay.clone()),
+        };
+        let without = Listen {
+            bind: loopback,
+            alpns: vec![ALPN.to_vec()],
+            relay: None,
+        };
+        let a = local_endpoint(secret(), &with_relay).await.expect("a");
+        let b = local_endpoint(secret(), &without).await.expect("b");
+        assert_eq!(
+            a.addr().relay_urls().cloned().collect::<Vec<_>>(),
+            Vec::<RelayUrl>::new(),
+            "an unreachable relay is never reported as home"
+        );
+        assert!(b.addr().relay_urls().next().is_none());
+        let accept = tokio::spawn({
+            let b = b.clone();
+            async move { b.accept().await.expect("incoming").await.expect("accepted") }
+        });
+        let to_b = iroh::EndpointAddr::new(b.id()).with_ip_addr(bound_addr(&b).expect("bound"));
+        let conn = tokio::time::timeout(std::time::Duration::from_secs(10), a.connect(to_b, ALPN))
+            .await
+            .expect("connect in time")
+            .expect("direct connection despite the relay setting");
+        let accepted = accept.await.expect("accept task");
+        assert_eq!(accepted.remote_id(), a.id());
+        conn.close(0u32.into(), b"done");
+        a.close().await;
+        b.close().await;
+    }
 }
