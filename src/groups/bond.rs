@@ -647,6 +647,12 @@ impl Bonds {
                 Err(_) => continue, // re-check expiry
                 Ok(None) => return Ok(()),
                 Ok(Some(Err(FrameError::Closed))) => return Ok(()),
+                // The connection went away (peer stopped, network cut): an ended bond, not
+                // a peer that sent garbage.
+                Ok(Some(Err(FrameError::Io(e)))) => {
+                    tracing::info!(%peer, error = %e, "bond connection lost");
+                    return Ok(());
+                }
                 Ok(Some(Err(e))) => return Err((Refusal::Malformed, e.to_string())),
                 Ok(Some(Ok(message))) => message,
             };
