@@ -165,6 +165,23 @@ fn spawn_node(config: &Path, stderr_file: &Path) -> (Child, mpsc::Receiver<Strin
     (child, rx)
 }
 
+/// Starts one `tessera node` per config, stderr of node `i` in `dir/node<i>.stderr`.
+fn start_nodes(dir: &Path, configs: &[PathBuf]) -> Nodes {
+    let mut nodes = Nodes {
+        children: Vec::new(),
+        stdout: Vec::new(),
+        stderr_files: Vec::new(),
+    };
+    for (i, config) in configs.iter().enumerate() {
+        let stderr_file = dir.join(format!("node{i}.stderr"));
+        let (child, rx) = spawn_node(config, &stderr_file);
+        nodes.children.push(child);
+        nodes.stdout.push(rx);
+        nodes.stderr_files.push(stderr_file);
+    }
+    nodes
+}
+
 /// The rows of a `tessera status` table: member, role, then the other columns.
 fn status_rows(stdout: &str) -> Vec<Vec<String>> {
     stdout
@@ -235,18 +252,7 @@ fn three_node_processes_replicate_and_report_status() {
         .collect();
     drop(sockets);
 
-    let mut nodes = Nodes {
-        children: Vec::new(),
-        stdout: Vec::new(),
-        stderr_files: Vec::new(),
-    };
-    for (i, config) in configs.iter().enumerate() {
-        let stderr_file = d.join(format!("node{i}.stderr"));
-        let (child, rx) = spawn_node(config, &stderr_file);
-        nodes.children.push(child);
-        nodes.stdout.push(rx);
-        nodes.stderr_files.push(stderr_file);
-    }
+    let mut nodes = start_nodes(d, &configs);
     let deadline = Instant::now() + DEADLINE;
     let mut metrics = Vec::new();
     for i in 0..3 {
@@ -474,18 +480,7 @@ fn a_node_process_given_one_bootstrap_peer_bonds_with_the_others_through_discove
         .map(|i| node_config(d, i, &addrs[i], &known[i], &keys[i].0, "\"any\""))
         .collect();
     drop(sockets);
-    let mut nodes = Nodes {
-        children: Vec::new(),
-        stdout: Vec::new(),
-        stderr_files: Vec::new(),
-    };
-    for (i, config) in configs.iter().enumerate() {
-        let stderr_file = d.join(format!("node{i}.stderr"));
-        let (child, rx) = spawn_node(config, &stderr_file);
-        nodes.children.push(child);
-        nodes.stdout.push(rx);
-        nodes.stderr_files.push(stderr_file);
-    }
+    let nodes = start_nodes(d, &configs);
     let deadline = Instant::now() + DEADLINE;
     let metrics: Vec<String> = (0..3)
         .map(|i| {

@@ -345,18 +345,46 @@ impl Bonds {
         self.lock_added().remove(peer);
     }
 
-    /// The dialler of a peer added at run time: like [`Bonds::dial_forever`], but it stops
-    /// when the peer is forgotten and waits while a bond the peer dialled is up.
+    /// The dialler of a peer added at run time: stops once the peer is forgotten.
     async fn dial_added<C: Send + 'static>(
         self: Arc<Self>,
         ep: Endpoint,
         peer: EndpointAddr,
         inbox: Inbox<C>,
     ) {
+        let key = peer.id;
+        self.dial_while(ep, peer, inbox, move |bonds| {
+            bonds.lock_added().contains(&key)
+        })
+        .await
+    }
+
+    /// The dialler of a peer given at start: dials for as long as the worker runs.
+    async fn dial_forever<C: Send + 'static>(
+        self: Arc<Self>,
+        ep: Endpoint,
+        peer: EndpointAddr,
+        inbox: Inbox<C>,
+    ) {
+        self.dial_while(ep, peer, inbox, |_| true).await
+    }
+
+    /// Dials `peer` with back-off while `wanted` holds, re-dialling when the bond drops,
+    /// but not while a bond the peer dialled is up (one bond per pair is enough). Stops
+    /// when the worker is gone.
+    async fn dial_while<C: Send + 'static>(
+        self: Arc<Self>,
+        ep: Endpoint,
+        peer: EndpointAddr,
+        inbox: Inbox<C>,
+        wanted: impl Fn(&Self) -> bool,
+    ) {
+        let id = node_id_of(&peer.id);
         let mut stats = self.stats();
         let mut delay = REDIAL_DELAY_MIN;
-        while self.lock_added().contains(&peer.id) {
+        while wanted(&self) {
             if self.is_bonded(&peer.id) {
+                // Woken by any change of the bond counters, e.g. that bond closing.
                 if stats.changed().await.is_err() {
                     return;
                 }
@@ -373,45 +401,7 @@ impl Bonds {
                 }
                 Err(_) => tracing::debug!(peer = %peer.id.fmt_short(), "dial timed out"),
             }
-            if inbox.push(InboxItem::PeerReachable {
-                peer: node_id_of(&peer.id),
-                reachable: false,
-            }) == Err(InboxError::Closed)
-            {
-                return; // the worker is gone
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(REDIAL_DELAY_MAX);
-        }
-    }
-
-    async fn dial_forever<C: Send + 'static>(
-        self: Arc<Self>,
-        ep: Endpoint,
-        peer: EndpointAddr,
-        inbox: Inbox<C>,
-    ) {
-        let mut delay = REDIAL_DELAY_MIN;
-        let id = node_id_of(&peer.id);
-        loop {
-            if self.lock_peers().contains_key(&id) {
-                // The peer dialled us and that bond is up: no second one. Look again later.
-                tokio::time::sleep(REDIAL_DELAY_MAX).await;
-                continue;
-            }
-            match tokio::time::timeout(DIAL_TIMEOUT, ep.connect(peer.clone(), ALPN_BOND)).await {
-                Ok(Ok(conn)) => {
-                    if self.serve(conn, true, inbox.clone(), None).await {
-                        delay = REDIAL_DELAY_MIN;
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer.id.fmt_short(), error = %e, "dial failed")
-                }
-                Err(_) => tracing::debug!(peer = %peer.id.fmt_short(), "dial timed out"),
-            }
-            let bonded = self.lock_peers().contains_key(&id);
-            if !bonded
+            if !self.is_bonded(&peer.id)
                 && inbox.push(InboxItem::PeerReachable {
                     peer: id,
                     reachable: false,
