@@ -512,6 +512,18 @@ fn a_node_process_given_one_bootstrap_peer_bonds_with_the_others_through_discove
             std::thread::sleep(POLL_PAUSE);
         }
     }
+    // The metrics page reports the exchanges that did it.
+    for url in &metrics {
+        let page = scrape(url);
+        let exchanges = page
+            .lines()
+            .find_map(|l| l.strip_prefix("tessera_discovery_exchanges_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        assert!(
+            exchanges.is_some_and(|n| n > 0),
+            "no discovery exchanges in:\n{page}"
+        );
+    }
     let logs = std::fs::read_to_string(&nodes.stderr_files[2]).unwrap_or_default();
     assert!(
         logs.contains("discovered a group member") || {

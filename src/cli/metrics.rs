@@ -247,6 +247,46 @@ pub fn render(service: &ClientService) -> String {
         "Client connections or requests refused at a limit.",
         &one(stats.busy.load(Ordering::Relaxed)),
     );
+    if let Some(discovery) = &service.discovery {
+        let d = discovery.borrow().clone();
+        let by =
+            |label: &str, counts: &std::collections::BTreeMap<String, u64>| -> Vec<(String, u64)> {
+                counts
+                    .iter()
+                    .map(|(k, n)| (format!("{{{label}=\"{}\"}}", escape_label(k)), *n))
+                    .collect()
+            };
+        metric(
+            "tessera_discovery_exchanges_total",
+            "counter",
+            "Catalog exchanges completed.",
+            &one(d.exchanges),
+        );
+        metric(
+            "tessera_discovery_exchanges_failed_total",
+            "counter",
+            "Catalog exchanges that failed, by kind.",
+            &by("kind", &d.failed),
+        );
+        metric(
+            "tessera_discovery_entries_learned_total",
+            "counter",
+            "Peer entries taken into the catalog.",
+            &one(d.learned),
+        );
+        metric(
+            "tessera_discovery_entries_refused_total",
+            "counter",
+            "Peer entries dropped, by reason.",
+            &by("reason", &d.refused),
+        );
+        metric(
+            "tessera_discovery_catalog_entries",
+            "gauge",
+            "Peer entries held now.",
+            &one(d.catalog_entries),
+        );
+    }
     write_histogram(
         &mut out,
         "tessera_storage_write_seconds",

@@ -293,7 +293,8 @@ async fn serve(p: Prepared) -> Result<()> {
             tickets,
             p.clock.clone(),
         )
-        .with_known_peers(config.bootstrap.iter().map(|a| a.id)),
+        .with_known_peers(config.bootstrap.iter().map(|a| a.id))
+        .with_discovery(discovery.stats()),
     );
     tokio::spawn(serve_clients(service.clone(), client_rx));
     let metrics_addr = match config.metrics {

@@ -49,6 +49,8 @@ pub struct ClientService {
     pub stats: ClientStats,
     /// Keys of members this node knows (itself and its bootstrap peers), by node id.
     known_keys: BTreeMap<NodeId, PublicKey>,
+    /// Counters of this node's catalog exchange, when it runs one.
+    pub discovery: Option<watch::Receiver<crate::discovery::DiscoveryStats>>,
     requests: Arc<Semaphore>,
     connections: Arc<Semaphore>,
 }
@@ -71,6 +73,7 @@ impl ClientService {
             clock,
             stats: ClientStats::default(),
             known_keys: BTreeMap::from([(node_id_of(&node_key), node_key)]),
+            discovery: None,
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
         }
@@ -80,6 +83,15 @@ impl ClientService {
     pub fn with_known_peers(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
         self.known_keys
             .extend(keys.into_iter().map(|k| (node_id_of(&k), k)));
+        self
+    }
+
+    /// Reports these discovery counters on the metrics page.
+    pub fn with_discovery(
+        mut self,
+        stats: watch::Receiver<crate::discovery::DiscoveryStats>,
+    ) -> Self {
+        self.discovery = Some(stats);
         self
     }
 
