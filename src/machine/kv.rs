@@ -10,7 +10,8 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_snapshot, encode_snapshot, ApplyContext, SignatureBuilder, SnapshotError, StateMachine,
+    decode_snapshot, encode_snapshot, encodes_exactly, ApplyContext, SignatureBuilder,
+    SnapshotError, StateMachine,
 };
 
 /// Default largest key, in bytes.
@@ -509,9 +510,17 @@ impl StateMachine for KvStore {
         };
         // The decoder accepts some non-canonical forms (overlong varints); refuse them so
         // that equal state always means equal snapshot bytes.
-        if restored.snapshot()? != snapshot {
+        let body = KvSnapshotBody {
+            entries: restored
+                .entries
+                .iter()
+                .map(|(key, value)| (key.as_slice(), value.as_slice()))
+                .collect(),
+        };
+        if !encodes_exactly(SNAPSHOT_FORMAT_VERSION, self.signature(), &body, snapshot)? {
             return Err(invalid("non-canonical encoding".into()));
         }
+        drop(body);
         *self = restored;
         Ok(())
     }

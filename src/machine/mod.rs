@@ -262,6 +262,51 @@ fn encode_snapshot<T: Serialize>(
     postcard::to_extend(body, out).map_err(encode_error)
 }
 
+/// Whether `header ‖ body` encodes to exactly `expected`: the canonical-encoding check of
+/// a restore, compared while encoding so that no second copy of a (possibly very large)
+/// snapshot is made.
+fn encodes_exactly<T: Serialize>(
+    format_version: u16,
+    signature: [u8; 32],
+    body: &T,
+    expected: &[u8],
+) -> Result<bool, SnapshotError> {
+    let header = SnapshotHeader {
+        format_version,
+        signature,
+    };
+    let encode_error = |e: postcard::Error| SnapshotError::Encode {
+        reason: e.to_string(),
+    };
+    let mut compare = CompareWriter {
+        rest: expected,
+        equal: true,
+    };
+    postcard::to_io(&header, &mut compare).map_err(encode_error)?;
+    postcard::to_io(body, &mut compare).map_err(encode_error)?;
+    Ok(compare.equal && compare.rest.is_empty())
+}
+
+/// A sink that checks what is written against the bytes expected, in order.
+struct CompareWriter<'a> {
+    rest: &'a [u8],
+    equal: bool,
+}
+
+impl std::io::Write for CompareWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.rest.strip_prefix(buf) {
+            Some(rest) if self.equal => self.rest = rest,
+            _ => self.equal = false,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Checks the header, then decodes the body, which must use every remaining byte.
 fn decode_snapshot<'a, T: Deserialize<'a>>(
     bytes: &'a [u8],

@@ -30,8 +30,8 @@ use std::num::NonZeroU32;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_snapshot, encode_snapshot, ApplyContext, LeadershipPreference, SignatureBuilder,
-    SnapshotError, StateMachine,
+    decode_snapshot, encode_snapshot, encodes_exactly, ApplyContext, LeadershipPreference,
+    SignatureBuilder, SnapshotError, StateMachine,
 };
 
 /// Default most sessions kept: above the 4096 concurrent clients the benchmarks run.
@@ -442,7 +442,7 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
         // The decoder accepts some non-canonical forms (overlong varints); refuse them so
         // that equal state always means equal snapshot bytes. The inner machine checks its
         // own part.
-        let canonical = encode_snapshot(
+        let canonical = encodes_exactly(
             SNAPSHOT_FORMAT_VERSION,
             self.signature(),
             &SnapshotBodyRef {
@@ -450,8 +450,9 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
                 sessions: sessions.iter().map(|(c, s)| (*c, s)).collect(),
                 inner: body.inner,
             },
+            snapshot,
         )?;
-        if canonical != snapshot {
+        if !canonical {
             return Err(invalid("non-canonical encoding".into()));
         }
         // Everything of ours is checked; the inner restore is the last fallible step and
