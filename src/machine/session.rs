@@ -319,6 +319,13 @@ struct SnapshotBodyRef<'a, O> {
     inner: &'a [u8],
 }
 
+/// The fields of [`SnapshotBodyRef`] before `inner`, encoded on their own.
+#[derive(Serialize)]
+struct SnapshotPrefixRef<'a, O> {
+    clock_ms: u64,
+    sessions: Vec<(ClientId, &'a Session<O>)>,
+}
+
 /// Snapshot body as read: same layout as [`SnapshotBodyRef`].
 #[derive(Deserialize)]
 struct SnapshotBody<'a, O> {
@@ -398,13 +405,24 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
-        let inner = self.inner.snapshot()?;
-        let body = SnapshotBodyRef {
-            clock_ms: self.clock_ms,
-            sessions: self.sessions.iter().map(|(c, s)| (*c, s)).collect(),
-            inner: &inner,
-        };
-        encode_snapshot(SNAPSHOT_FORMAT_VERSION, self.signature(), &body)
+        let mut inner = self.inner.snapshot()?;
+        // The encoding of `SnapshotBodyRef` (postcard writes a struct as its fields in
+        // order, a byte slice as its varint length then its bytes), built by moving the
+        // small prefix in front of the inner machine's bytes instead of copying those
+        // (possibly very large) bytes into a second buffer.
+        let mut prefix = encode_snapshot(
+            SNAPSHOT_FORMAT_VERSION,
+            self.signature(),
+            &SnapshotPrefixRef {
+                clock_ms: self.clock_ms,
+                sessions: self.sessions.iter().map(|(c, s)| (*c, s)).collect(),
+            },
+        )?;
+        prefix = postcard::to_extend(&inner.len(), prefix).map_err(|e| SnapshotError::Encode {
+            reason: e.to_string(),
+        })?;
+        inner.splice(0..0, prefix);
+        Ok(inner)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
@@ -537,6 +555,33 @@ mod tests {
 
     fn stored(machine: &Sessions<KvStore>) -> Option<Vec<u8>> {
         machine.inner().get(b"k").map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn the_snapshot_is_exactly_the_encoding_of_its_body() {
+        let mut machine = bounded(8, Some(60_000));
+        run(
+            &mut machine,
+            (1..=5)
+                .map(|c| cmd(c, 1, append(&"v".repeat(c as usize * 40))))
+                .collect(),
+        );
+        let inner = machine.inner().snapshot().expect("inner");
+        let reference = encode_snapshot(
+            SNAPSHOT_FORMAT_VERSION,
+            machine.signature(),
+            &SnapshotBodyRef {
+                clock_ms: machine.clock_ms,
+                sessions: machine.sessions.iter().map(|(c, s)| (*c, s)).collect(),
+                inner: &inner,
+            },
+        )
+        .expect("reference encoding");
+        let bytes = machine.snapshot().expect("snapshot");
+        assert_eq!(bytes, reference);
+        let mut restored = bounded(8, Some(60_000));
+        restored.restore(&bytes).expect("restores");
+        assert_eq!(restored.snapshot().expect("snapshot"), bytes);
     }
 
     #[test]
