@@ -80,6 +80,18 @@ async fn get(m: &ClusterMember, k: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// A fresh, well-attested member with memory storage joining `cluster`.
+async fn memory_joiner(cluster: &LocalCluster) -> ClusterMember {
+    cluster
+        .candidate(
+            MockConfig::default(),
+            &cluster.options,
+            MemoryStorage::new(),
+        )
+        .await
+        .expect("joiner")
+}
+
 async fn leader_index(cluster: &LocalCluster, via: usize) -> usize {
     let leader = tokio::time::timeout(
         WAIT,
@@ -508,14 +520,7 @@ async fn a_late_attested_joiner_catches_up_through_a_snapshot_and_becomes_a_vote
             .expect("write");
     }
     // The log before the last snapshot is gone: the joiner can only catch up from one.
-    let joiner = cluster
-        .candidate(
-            MockConfig::default(),
-            &cluster.options,
-            MemoryStorage::new(),
-        )
-        .await
-        .expect("joiner");
+    let joiner = memory_joiner(&cluster).await;
     let me = joiner.node;
     let mut status = joiner.joined.group.when();
     let voter = tokio::time::timeout(WAIT, status.membership_is(|m| m.voters.contains(&me))).await;
@@ -560,14 +565,7 @@ async fn a_snapshot_larger_than_a_frame_reaches_a_late_joiner_in_chunks() {
             .await;
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     }
-    let joiner = cluster
-        .candidate(
-            MockConfig::default(),
-            &cluster.options,
-            MemoryStorage::new(),
-        )
-        .await
-        .expect("joiner");
+    let joiner = memory_joiner(&cluster).await;
     let target = cluster.members[leader].joined.group.status().commit_index;
     let caught_up = tokio::time::timeout(WAIT, joiner.joined.group.when().applied(target)).await;
     let stats = joiner.joined.bonds.stats().borrow().clone();

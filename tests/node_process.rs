@@ -206,8 +206,8 @@ fn scrape(addr: &str) -> String {
     response
 }
 
-#[test]
-fn three_node_processes_replicate_and_report_status() {
+/// A scratch directory with the mock policy and a fresh group key (`tessera keygen`).
+fn group_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     std::fs::write(d.join("mock.toml"), tessera::cluster::MOCK_POLICY).expect("policy");
@@ -222,6 +222,13 @@ fn three_node_processes_replicate_and_report_status() {
         "group keygen: {}",
         text(&group.stderr)
     );
+    dir
+}
+
+#[test]
+fn three_node_processes_replicate_and_report_status() {
+    let dir = group_dir();
+    let d = dir.path();
 
     let keys: Vec<(PathBuf, String)> = (0..3).map(|i| keygen(d, &format!("node{i}.key"))).collect();
     let (client_key, client_id) = keygen(d, "client.key");
@@ -450,16 +457,8 @@ fn three_node_processes_replicate_and_report_status() {
 /// node 1 from node 0's catalog over `tessera/discovery/1` and bonds with it as well.
 #[test]
 fn a_node_process_given_one_bootstrap_peer_bonds_with_the_others_through_discovery() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = group_dir();
     let d = dir.path();
-    std::fs::write(d.join("mock.toml"), tessera::cluster::MOCK_POLICY).expect("policy");
-    let group = tessera(&[
-        "keygen",
-        "--group",
-        "--out",
-        d.join("group.key").to_str().expect("path"),
-    ]);
-    assert!(group.status.success(), "{}", text(&group.stderr));
     let keys: Vec<(PathBuf, String)> = (0..3).map(|i| keygen(d, &format!("node{i}.key"))).collect();
     let sockets = free_ports(3);
     let addrs: Vec<String> = sockets

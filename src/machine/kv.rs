@@ -423,6 +423,19 @@ impl KvStore {
     }
 }
 
+impl KvStore {
+    /// The snapshot body of the current state, borrowing every key and value.
+    fn snapshot_body(&self) -> KvSnapshotBody<'_> {
+        KvSnapshotBody {
+            entries: self
+                .entries
+                .iter()
+                .map(|(key, value)| (key.as_slice(), value.as_slice()))
+                .collect(),
+        }
+    }
+}
+
 /// Snapshot body: entries in strictly increasing key order, borrowed when decoding so a
 /// large snapshot is not copied twice.
 #[derive(Serialize, Deserialize)]
@@ -465,14 +478,11 @@ impl StateMachine for KvStore {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
-        let body = KvSnapshotBody {
-            entries: self
-                .entries
-                .iter()
-                .map(|(key, value)| (key.as_slice(), value.as_slice()))
-                .collect(),
-        };
-        encode_snapshot(SNAPSHOT_FORMAT_VERSION, self.signature(), &body)
+        encode_snapshot(
+            SNAPSHOT_FORMAT_VERSION,
+            self.signature(),
+            &self.snapshot_body(),
+        )
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
@@ -510,13 +520,7 @@ impl StateMachine for KvStore {
         };
         // The decoder accepts some non-canonical forms (overlong varints); refuse them so
         // that equal state always means equal snapshot bytes.
-        let body = KvSnapshotBody {
-            entries: restored
-                .entries
-                .iter()
-                .map(|(key, value)| (key.as_slice(), value.as_slice()))
-                .collect(),
-        };
+        let body = restored.snapshot_body();
         if !encodes_exactly(SNAPSHOT_FORMAT_VERSION, self.signature(), &body, snapshot)? {
             return Err(invalid("non-canonical encoding".into()));
         }
