@@ -8,24 +8,27 @@ NODES ?=
 .PHONY: deps build test test-cluster demo sim soak lint fmt bench-core bench clean
 
 ## deps: install the system packages the build needs (Debian/Ubuntu), when missing.
-## RocksDB's bindings are generated with libclang (clang, libclang-dev).
+## RocksDB's bindings are generated with libclang (clang, libclang-dev). Without apt-get
+## it only says what it found missing (install the equivalents by hand).
 deps:
 	@missing=""; \
 	command -v cc >/dev/null || missing="$$missing gcc"; \
 	command -v c++ >/dev/null || missing="$$missing g++"; \
 	command -v clang >/dev/null || missing="$$missing clang"; \
 	compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || missing="$$missing libclang-dev"; \
-	if [ -n "$$missing" ]; then \
+	if [ -z "$$missing" ]; then echo "deps: nothing to install"; \
+	elif command -v apt-get >/dev/null; then \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; \
-	else echo "deps: nothing to install"; fi
+	else echo "deps: not found:$$missing (no apt-get here; install them by hand)"; fi
 
 ## build: release build of the workspace
 build:
 	$(CARGO) build --release --workspace
 
-## test: everything CI runs (unit, simulator seeds, attestation vectors, integration)
-test:
+## test: everything CI runs (unit, simulator seeds, attestation vectors, integration);
+## installs the build's system packages first when they are missing (see deps)
+test: deps
 	$(CARGO) test --workspace --locked
 
 ## test-cluster: three nodes in Docker containers on a bridge network of their own (image
@@ -34,9 +37,10 @@ test:
 test-cluster:
 	CARGO="$(CARGO)" scripts/test-cluster.sh
 
-## demo: the embedded default
+## demo: the embedded default. It keeps everything in memory, so it is built without the
+## RocksDB store: no C++ build and no libclang needed, only the Rust toolchain and cc.
 demo:
-	$(CARGO) run --release --locked --bin tessera -- demo
+	$(CARGO) run --release --locked --no-default-features --bin tessera -- demo
 
 ## sim: run the deterministic simulator. SEED=<n> replays one seed; SEEDS=<n> runs n seeds.
 sim:
