@@ -30,7 +30,8 @@ use tessera::discovery::{Discovery, DiscoveryConfig, OwnEntry, PeerDialer};
 use tessera::groups::{keep_tickets_fresh, GroupBuilder, GroupKey};
 use tessera::machine::KvStore;
 use tessera::net::{
-    endpoint::bound_addr, local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY,
+    endpoint::{advertised_addrs, bound_addr},
+    local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY,
 };
 use tessera::storage::MemoryStorage;
 #[cfg(feature = "rocksdb")]
@@ -270,7 +271,7 @@ async fn serve(p: Prepared) -> Result<()> {
         DiscoveryConfig {
             network_id: config.network_id.clone(),
             own: OwnEntry {
-                addrs: vec![listen],
+                addrs: advertised_addrs(&endpoint, listen),
                 groups: vec![joined.id],
                 tickets: Vec::new(),
             },

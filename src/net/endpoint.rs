@@ -69,6 +69,25 @@ pub async fn local_endpoint(secret: SecretKey, listen: &Listen) -> Result<Endpoi
         })
 }
 
+/// Most addresses a node advertises (the discovery entry's limit).
+const ADVERTISED_ADDRS_MAX: usize = 16;
+
+/// The addresses peers should dial this node at: `listen` itself, or, for a node listening
+/// on every interface (`0.0.0.0` / `::`), the local interface addresses iroh found, with
+/// the bound port (an unspecified address cannot be dialled).
+pub fn advertised_addrs(endpoint: &Endpoint, listen: SocketAddr) -> Vec<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return vec![listen];
+    }
+    endpoint
+        .addr()
+        .ip_addrs()
+        .copied()
+        .filter(|a| !a.ip().is_unspecified())
+        .take(ADVERTISED_ADDRS_MAX)
+        .collect()
+}
+
 /// The first address the endpoint is bound to (for dialling it on loopback).
 pub fn bound_addr(endpoint: &Endpoint) -> Option<SocketAddr> {
     endpoint.bound_sockets().into_iter().next()
@@ -125,5 +144,32 @@ mod tests {
         conn.close(0u32.into(), b"done");
         a.close().await;
         b.close().await;
+    }
+
+    /// A node on a concrete address advertises it; one on every interface advertises
+    /// dialable interface addresses with its bound port, never `0.0.0.0`.
+    #[tokio::test]
+    async fn advertised_addresses_are_dialable() {
+        let listen = |bind: &str| Listen {
+            bind: bind.parse().expect("addr"),
+            alpns: Vec::new(),
+            relay: None,
+        };
+        let local = local_endpoint(secret(), &listen("127.0.0.1:0"))
+            .await
+            .expect("ep");
+        let bound = bound_addr(&local).expect("bound");
+        assert_eq!(advertised_addrs(&local, bound), vec![bound]);
+        let any = local_endpoint(secret(), &listen("0.0.0.0:0"))
+            .await
+            .expect("ep");
+        let bound = bound_addr(&any).expect("bound");
+        assert!(bound.ip().is_unspecified());
+        for addr in advertised_addrs(&any, bound) {
+            assert!(!addr.ip().is_unspecified(), "{addr}");
+            assert_eq!(addr.port(), bound.port(), "{addr}");
+        }
+        local.close().await;
+        any.close().await;
     }
 }
