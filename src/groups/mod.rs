@@ -76,9 +76,9 @@ where
     if let Some(snapshot) = &state.snapshot {
         sessions.restore(&snapshot.data)?;
     }
-    let fresh = state.hard_state.term == 0 && state.entries.is_empty() && state.snapshot.is_none();
     let mut raft = Raft::new(options.node, options.raft.clone(), options.seed, state)?;
-    if fresh {
+    // Never bootstrap twice: only a node with no state at all forms a group.
+    if raft.is_fresh() {
         if let Some(members) = options.bootstrap.clone() {
             raft.bootstrap(members)?;
         }

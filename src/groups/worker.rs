@@ -316,7 +316,8 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
                 self.step(Input::PeerReachable { peer, reachable });
                 if reachable {
-                    let formed = self.is_formed();
+                    // Any state at all (bootstrapped, or heard from a group) counts as formed.
+                    let formed = !self.raft.is_fresh();
                     self.transport.send(peer, PeerFrame::Formation { formed });
                 } else {
                     self.fresh_peers.remove(&peer);
@@ -543,11 +544,6 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
             }
         }
-    }
-
-    /// Whether this member holds a configuration (bootstrapped, or heard from a leader).
-    fn is_formed(&self) -> bool {
-        self.raft.term() != 0 || self.raft.last_index() != 0 || self.raft.snapshot_index() != 0
     }
 
     /// The leader's automatic membership: bonded non-members join as learners, members
@@ -807,22 +803,17 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         let Some(expect) = self.config.bootstrap_expect else {
             return;
         };
-        if self.is_formed() {
+        if !self.raft.is_fresh() {
             self.config.bootstrap_expect = None;
             return;
         }
         if self.fresh_peers.len() + 1 < expect.max(1) {
             return;
         }
-        let founders: BTreeSet<NodeId> = self
-            .fresh_peers
-            .iter()
-            .copied()
-            .chain([self.id])
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .take(expect)
-            .collect();
+        // The `expect` smallest ids among the fresh members, this one included.
+        let mut candidates = self.fresh_peers.clone();
+        candidates.insert(self.id);
+        let founders: BTreeSet<NodeId> = candidates.into_iter().take(expect).collect();
         // Whatever happens now, this node never tries again.
         self.config.bootstrap_expect = None;
         if !founders.contains(&self.id) {

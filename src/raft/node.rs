@@ -186,13 +186,19 @@ impl Raft {
         Ok(raft)
     }
 
+    /// Whether this node has no state at all: term 0, no entry, no snapshot. Only such a
+    /// node may [`bootstrap`](Self::bootstrap); any other has been part of a group.
+    pub fn is_fresh(&self) -> bool {
+        self.term == 0 && self.log.last_index() == 0 && self.log.snapshot_index() == 0
+    }
+
     /// Writes the initial configuration of a brand-new group as its first log entry.
     ///
     /// Every initial voter must bootstrap with the same membership (DESIGN §7.2: agreed
     /// deterministically from sorted keys), so the entry is identical everywhere and
     /// committed by construction. A node that has any state never bootstraps again.
     pub fn bootstrap(&mut self, membership: Membership) -> Result<(), StepError> {
-        if self.term != 0 || self.log.last_index() != 0 || self.log.snapshot_index() != 0 {
+        if !self.is_fresh() {
             return Err(StepError::NotFresh {
                 term: self.term,
                 last_index: self.log.last_index(),
