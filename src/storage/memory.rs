@@ -1,5 +1,5 @@
 //! An in-memory [`Storage`]: for tests and the simulator (which models the disk around it).
-use super::{Storage, StorageError, WriteBatch};
+use super::{needs_compaction, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
 #[derive(Clone, Debug, Default)]
@@ -62,14 +62,8 @@ impl Storage for MemoryStorage {
 
     fn compact(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let index = snapshot.meta.index;
-        if index <= self.snapshot_index() {
+        if !needs_compaction(index, self.snapshot_index(), self.last_index())? {
             return Ok(());
-        }
-        if index > self.last_index() {
-            return Err(StorageError::Unavailable {
-                index,
-                last_index: self.last_index(),
-            });
         }
         let drop = (index - self.snapshot_index()) as usize;
         self.entries.drain(..drop);

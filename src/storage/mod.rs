@@ -116,6 +116,24 @@ pub(crate) fn check_entries(
     Ok(())
 }
 
+/// Whether a store whose snapshot ends at `snapshot_index` and whose last entry is
+/// `last_index` has anything to compact for a snapshot at `index`: `false` when that
+/// prefix is already compacted, an error when the snapshot reaches past the log. Shared by
+/// every store so that all answer `compact` alike.
+pub(crate) fn needs_compaction(
+    index: Index,
+    snapshot_index: Index,
+    last_index: Index,
+) -> Result<bool, StorageError> {
+    if index <= snapshot_index {
+        return Ok(false);
+    }
+    if index > last_index {
+        return Err(StorageError::Unavailable { index, last_index });
+    }
+    Ok(true)
+}
+
 /// The log and hard-state store of one node.
 ///
 /// Contract (checked by [`conformance`]):

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, IteratorMode, Options, DB};
 use serde::{Deserialize, Serialize};
 
-use super::{Storage, StorageError, WriteBatch};
+use super::{needs_compaction, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
 /// Version byte at the start of every sealed record and in the `format` key.
@@ -531,14 +531,8 @@ impl Storage for RocksDbStorage {
 
     fn compact(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let index = snapshot.meta.index;
-        if index <= self.snapshot_index() {
+        if !needs_compaction(index, self.snapshot_index(), self.last_index)? {
             return Ok(());
-        }
-        if index > self.last_index {
-            return Err(StorageError::Unavailable {
-                index,
-                last_index: self.last_index,
-            });
         }
         let mut wb = rocksdb::WriteBatch::default();
         Self::put_snapshot(&mut wb, self.cf(CF_SNAPSHOT), snapshot);
