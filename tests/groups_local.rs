@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ix, put, start_cluster, start_memory_cluster, strong_get, within};
+use common::{
+    fails_over_keeping_every_write, ix, put, start_cluster, start_memory_cluster, strong_get,
+    within,
+};
 use tessera::groups::Consistency;
 use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
 use tessera::raft::NodeId;
@@ -72,21 +75,7 @@ async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_i
     }
     groups[(old.0 - 1) as usize].shutdown();
     let survivor = &groups[(old.0 % 3) as usize];
-    let new = within("failover", survivor.when().leader_changed_from(Some(old)))
-        .await
-        .expect("new leader");
-    assert_ne!(new, old);
-    survivor
-        .execute(put("after", "failover"))
-        .await
-        .expect("write after failover");
-    for (i, key) in acknowledged.iter().enumerate() {
-        assert_eq!(
-            strong_get(survivor, key).await,
-            Some(i.to_string().into_bytes()),
-            "{key} lost"
-        );
-    }
+    fails_over_keeping_every_write(survivor, old, &acknowledged, ("after", "failover")).await;
     for g in &groups {
         g.shutdown();
     }

@@ -225,13 +225,19 @@ fn group_dir() -> tempfile::TempDir {
     dir
 }
 
-#[test]
-fn three_node_processes_replicate_and_report_status() {
-    let dir = group_dir();
-    let d = dir.path();
+/// Keys, reserved loopback ports and `<node id>@<addr>` peer strings for three nodes
+/// (drop the sockets just before starting the nodes, to free the ports).
+type Members = (
+    Vec<(PathBuf, String)>,
+    Vec<UdpSocket>,
+    Vec<String>,
+    Vec<String>,
+);
 
-    let keys: Vec<(PathBuf, String)> = (0..3).map(|i| keygen(d, &format!("node{i}.key"))).collect();
-    let (client_key, client_id) = keygen(d, "client.key");
+fn three_members(dir: &Path) -> Members {
+    let keys: Vec<(PathBuf, String)> = (0..3)
+        .map(|i| keygen(dir, &format!("node{i}.key")))
+        .collect();
     let sockets = free_ports(3);
     let addrs: Vec<String> = sockets
         .iter()
@@ -242,6 +248,16 @@ fn three_node_processes_replicate_and_report_status() {
         .zip(&addrs)
         .map(|((_, id), addr)| format!("{id}@{addr}"))
         .collect();
+    (keys, sockets, addrs, peers)
+}
+
+#[test]
+fn three_node_processes_replicate_and_report_status() {
+    let dir = group_dir();
+    let d = dir.path();
+
+    let (keys, sockets, addrs, peers) = three_members(d);
+    let (client_key, client_id) = keygen(d, "client.key");
     let configs: Vec<PathBuf> = (0..3)
         .map(|i| {
             let others: Vec<String> = (0..3)
@@ -459,17 +475,7 @@ fn three_node_processes_replicate_and_report_status() {
 fn a_node_process_given_one_bootstrap_peer_bonds_with_the_others_through_discovery() {
     let dir = group_dir();
     let d = dir.path();
-    let keys: Vec<(PathBuf, String)> = (0..3).map(|i| keygen(d, &format!("node{i}.key"))).collect();
-    let sockets = free_ports(3);
-    let addrs: Vec<String> = sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").to_string())
-        .collect();
-    let peers: Vec<String> = keys
-        .iter()
-        .zip(&addrs)
-        .map(|((_, id), addr)| format!("{id}@{addr}"))
-        .collect();
+    let (keys, sockets, addrs, peers) = three_members(d);
     let known = [
         vec![peers[1].clone()],
         vec![peers[0].clone()],

@@ -3,7 +3,7 @@
 //! state (`Group::when`) with generous upper bounds; nothing sleeps to synchronise.
 mod common;
 
-use common::{ix, put, start_cluster, strong_get, within};
+use common::{fails_over_keeping_every_write, ix, put, start_cluster, strong_get, within};
 use tessera::groups::{Consistency, Group, GroupError, LocalNetwork};
 use tessera::machine::{KvQuery, KvStore};
 use tessera::storage::faulty::INJECTED_FAILURE;
@@ -93,21 +93,7 @@ async fn a_leader_whose_disk_fails_stops_acknowledging_and_the_others_carry_on()
 
     // The other two elect a new leader and keep every write acknowledged before.
     let survivor = &groups[(ix(old) + 1) % SIZE as usize];
-    let new = within("failover", survivor.when().leader_changed_from(Some(old)))
-        .await
-        .expect("new leader");
-    assert_ne!(new, old);
-    survivor
-        .execute(put("after-failover", "y"))
-        .await
-        .expect("the majority accepts writes");
-    for (i, key) in acknowledged.iter().enumerate() {
-        assert_eq!(
-            strong_get(survivor, key).await,
-            Some(i.to_string().into_bytes()),
-            "{key} was acknowledged and must survive"
-        );
-    }
+    fails_over_keeping_every_write(survivor, old, &acknowledged, ("after-failover", "y")).await;
     assert_eq!(
         strong_get(survivor, "after-failover").await.as_deref(),
         Some(&b"y"[..])

@@ -101,3 +101,28 @@ pub async fn strong_get(g: &Group<KvStore>, key: &str) -> Option<Vec<u8>> {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// After the leader `old` is gone: `survivor` sees another leader, accepts the write
+/// `after`, and reads back every acknowledged key `acknowledged[i]` with value `i`.
+pub async fn fails_over_keeping_every_write(
+    survivor: &Group<KvStore>,
+    old: NodeId,
+    acknowledged: &[String],
+    after: (&str, &str),
+) {
+    let new = within("failover", survivor.when().leader_changed_from(Some(old)))
+        .await
+        .expect("new leader");
+    assert_ne!(new, old);
+    survivor
+        .execute(put(after.0, after.1))
+        .await
+        .expect("the majority accepts writes after failover");
+    for (i, key) in acknowledged.iter().enumerate() {
+        assert_eq!(
+            strong_get(survivor, key).await,
+            Some(i.to_string().into_bytes()),
+            "{key} was acknowledged and must survive"
+        );
+    }
+}
