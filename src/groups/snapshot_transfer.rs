@@ -54,6 +54,8 @@ pub enum TransferError {
     },
     #[error("empty chunk before the snapshot was complete")]
     EmptyChunk,
+    #[error("snapshot incomplete: {received} of {size} bytes received")]
+    Incomplete { received: u64, size: u64 },
     #[error("snapshot at index {index} does not match its announced SHA-256")]
     Digest { index: Index },
     #[error("offer names sender {claimed}, but the bond is with {peer}")]
@@ -171,8 +173,7 @@ impl Partial {
     /// The whole snapshot, if every byte is in and the digest matches.
     pub fn finish(self) -> Result<Bytes, TransferError> {
         if !self.is_complete() {
-            return Err(TransferError::Overrun {
-                chunk: 0,
+            return Err(TransferError::Incomplete {
                 received: self.received(),
                 size: self.size,
             });
