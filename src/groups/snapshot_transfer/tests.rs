@@ -231,7 +231,13 @@ fn partial_refuses_empty_chunks_and_unfinished_results() {
         Bytes::from_static(b"abc")
     );
     assert!(
-        partial.finish().is_err(),
+        matches!(
+            partial.finish(),
+            Err(TransferError::Incomplete {
+                received: 2,
+                size: 3
+            })
+        ),
         "two of three bytes are not a snapshot"
     );
 }
