@@ -1,5 +1,5 @@
 //! An in-memory [`Storage`]: for tests and the simulator (which models the disk around it).
-use super::{needs_compaction, Storage, StorageError, WriteBatch};
+use super::{check_range, needs_compaction, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
 #[derive(Clone, Debug, Default)]
@@ -72,18 +72,7 @@ impl Storage for MemoryStorage {
     }
 
     fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
-        if lo < self.first_index() {
-            return Err(StorageError::Compacted {
-                index: lo,
-                first_index: self.first_index(),
-            });
-        }
-        if hi > self.last_index() + 1 {
-            return Err(StorageError::Unavailable {
-                index: hi - 1,
-                last_index: self.last_index(),
-            });
-        }
+        check_range(lo, hi, self.first_index(), self.last_index())?;
         let base = self.snapshot_index() + 1;
         Ok(self.entries[(lo - base) as usize..(hi.max(lo) - base) as usize].to_vec())
     }

@@ -116,6 +116,30 @@ pub(crate) fn check_entries(
     Ok(())
 }
 
+/// Checks that entries `lo..hi` can be read from a log holding `first_index..=last_index`:
+/// none compacted away, none beyond the last. Shared by every store so that all refuse
+/// the same reads.
+pub(crate) fn check_range(
+    lo: Index,
+    hi: Index,
+    first_index: Index,
+    last_index: Index,
+) -> Result<(), StorageError> {
+    if lo < first_index {
+        return Err(StorageError::Compacted {
+            index: lo,
+            first_index,
+        });
+    }
+    if hi > last_index + 1 {
+        return Err(StorageError::Unavailable {
+            index: hi - 1,
+            last_index,
+        });
+    }
+    Ok(())
+}
+
 /// Whether a store whose snapshot ends at `snapshot_index` and whose last entry is
 /// `last_index` has anything to compact for a snapshot at `index`: `false` when that
 /// prefix is already compacted, an error when the snapshot reaches past the log. Shared by

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, IteratorMode, Options, DB};
 use serde::{Deserialize, Serialize};
 
-use super::{needs_compaction, Storage, StorageError, WriteBatch};
+use super::{check_range, needs_compaction, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
 /// Version byte at the start of every sealed record and in the `format` key.
@@ -543,18 +543,7 @@ impl Storage for RocksDbStorage {
     }
 
     fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
-        if lo < self.first_index() {
-            return Err(StorageError::Compacted {
-                index: lo,
-                first_index: self.first_index(),
-            });
-        }
-        if hi > self.last_index + 1 {
-            return Err(StorageError::Unavailable {
-                index: hi - 1,
-                last_index: self.last_index,
-            });
-        }
+        check_range(lo, hi, self.first_index(), self.last_index)?;
         if hi <= lo {
             return Ok(Vec::new());
         }
