@@ -544,7 +544,7 @@ fn a_node_process_given_one_bootstrap_peer_bonds_with_the_others_through_discove
 /// "bad request" answers, then a well-formed status request is served.
 fn malformed_requests_are_answered(peer: &str) {
     use tessera::client::{ClientRequest, ClientResponse};
-    use tessera::net::{local_endpoint, read_message, write_message, Listen, ALPN_CLIENT};
+    use tessera::net::{encode_message, local_endpoint, read_message, Listen, ALPN_CLIENT};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -562,31 +562,32 @@ fn malformed_requests_are_answered(peer: &str) {
             .await
             .expect("connect in time")
             .expect("connect");
+        // One request per stream: `bytes` as they are, then the answer.
+        let ask = |bytes: Vec<u8>| {
+            let conn = conn.clone();
+            async move {
+                let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+                send.write_all(&bytes).await.expect("write");
+                send.finish().expect("finish");
+                tokio::time::timeout(
+                    DEADLINE,
+                    read_message::<_, ClientResponse>(&mut recv, "answer"),
+                )
+                .await
+                .expect("answer in time")
+                .expect("answer")
+            }
+        };
         let raw_frames: [&[u8]; 2] = [&[0xff, 0xff, 0xff, 0xff, 1], &[0, 0, 0, 3, 1, 0xff, 0xff]];
         for raw in raw_frames {
-            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-            send.write_all(raw).await.expect("write");
-            send.finish().expect("finish");
-            let answer: ClientResponse =
-                tokio::time::timeout(DEADLINE, read_message(&mut recv, "answer"))
-                    .await
-                    .expect("answer in time")
-                    .expect("answer");
-            match answer {
+            match ask(raw.to_vec()).await {
                 ClientResponse::Error(e) => assert!(e.starts_with("bad request"), "{e}"),
                 other => panic!("{raw:?} answered with {other:?}"),
             }
         }
-        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-        write_message(&mut send, &ClientRequest::Status)
-            .await
-            .expect("write");
-        send.finish().expect("finish");
-        let answer: ClientResponse =
-            tokio::time::timeout(DEADLINE, read_message(&mut recv, "answer"))
-                .await
-                .expect("answer in time")
-                .expect("answer");
+        let mut status = Vec::new();
+        encode_message(&mut status, &ClientRequest::Status).expect("encode");
+        let answer = ask(status).await;
         match answer {
             ClientResponse::Status(s) => assert_eq!(s.members.len(), 3),
             other => panic!("status answered with {other:?}"),
