@@ -130,6 +130,25 @@ pub enum SnapshotError {
         /// The invariant that does not hold.
         reason: String,
     },
+    /// Reading or writing the snapshot stream failed (disk full, a snapshot file that does
+    /// not match its recorded digest, ...).
+    #[error("snapshot I/O failed while {op}: {reason}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// What the reader or writer reported.
+        reason: String,
+    },
+}
+
+impl SnapshotError {
+    /// An [`Io`](Self::Io) error from `op`.
+    pub fn io(op: &'static str) -> impl Fn(std::io::Error) -> Self {
+        move |e| Self::Io {
+            op,
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// Application state replicated by Raft.
@@ -224,6 +243,41 @@ pub trait StateMachine: Send + 'static {
     /// A [`SnapshotError`] naming why the bytes are not a valid snapshot for this machine
     /// (undecodable, another format version or signature, or state breaking an invariant).
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+
+    /// Writes the same bytes as [`snapshot`](Self::snapshot) to `out`.
+    ///
+    /// The runtime writes snapshots to a file this way, so that a machine whose state is
+    /// large is not serialized into one buffer of that size first. Override it to stream;
+    /// the default encodes into memory and copies.
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::Encode`] if the state cannot be serialized, [`SnapshotError::Io`]
+    /// if `out` fails.
+    fn snapshot_to(&self, out: &mut dyn std::io::Write) -> Result<(), SnapshotError> {
+        let bytes = self.snapshot()?;
+        out.write_all(&bytes)
+            .map_err(SnapshotError::io("writing the snapshot"))
+    }
+
+    /// Replaces the whole state with the snapshot read from `input`, to its end: the same
+    /// as [`restore`](Self::restore) of those bytes, with the same guarantees (any input
+    /// yields `Ok` or an error, and on error the machine is unchanged).
+    ///
+    /// The runtime restores from a snapshot file this way; a machine that overrides it
+    /// decodes as it reads and never holds the whole snapshot in memory. The default reads
+    /// everything into memory first.
+    ///
+    /// # Errors
+    ///
+    /// As [`restore`](Self::restore), plus [`SnapshotError::Io`] if `input` fails.
+    fn restore_from(&mut self, input: &mut dyn std::io::Read) -> Result<(), SnapshotError> {
+        let mut bytes = Vec::new();
+        input
+            .read_to_end(&mut bytes)
+            .map_err(SnapshotError::io("reading the snapshot"))?;
+        self.restore(&bytes)
+    }
 }
 
 /// Lower-case hex of a signature, for error messages.
