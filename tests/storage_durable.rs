@@ -115,6 +115,114 @@ mod rocks {
         RocksDbStorage::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
     }
 
+    /// Names of the files in a data directory's snapshot directory.
+    fn snapshot_files(path: &Path) -> Vec<String> {
+        let dir = path.join(tessera::storage::SNAPSHOT_DIR);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("ls {}: {e}", dir.display()))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The value of `key` in `g`'s local state, without asking anyone (a weak read).
+    async fn local_get(g: &Group<KvStore>, key: &str) -> Option<Vec<u8>> {
+        let query = KvQuery::Get {
+            key: key.as_bytes().to_vec(),
+        };
+        match g.query(query, Consistency::Weak).await.expect("weak read") {
+            tessera::machine::KvQueryResult::Get { value } => value,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// A follower cut off while the others move on can only catch up from a snapshot (the
+    /// leader compacted its log). The snapshot reaches its disk as a file, replaces the
+    /// older one, and the follower restarted alone, with no peer to ask, has the state
+    /// from that file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_restarts_from_the_snapshot_file_it_installed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths: Vec<PathBuf> = (1..=SIZE)
+            .map(|id| dir.path().join(format!("node-{id}")))
+            .collect();
+        let (net, groups) =
+            start_durable_cluster(Some(10), |id| open_rocks(&paths[(id - 1) as usize]));
+        let leader = within("election", groups[0].when().leader_elected())
+            .await
+            .expect("leader");
+        let follower = (1..=SIZE)
+            .map(tessera::raft::NodeId)
+            .find(|n| *n != leader)
+            .expect("a follower");
+        for other in (1..=SIZE).map(tessera::raft::NodeId) {
+            if other != follower {
+                net.cut(other, follower);
+            }
+        }
+        for i in 0..45 {
+            groups[ix(leader)]
+                .execute(put(&format!("k{i}"), &format!("v{i}")))
+                .await
+                .expect("write while the follower is cut off");
+        }
+        let target = groups[ix(leader)].status().commit_index;
+        within(
+            "the leader compacts past the follower",
+            groups[ix(leader)].when().snapshot_at(40),
+        )
+        .await
+        .expect("snapshot");
+        net.heal();
+        let f = &groups[ix(follower)];
+        within("the follower catches up", f.when().applied(target))
+            .await
+            .expect("caught up");
+        let installed = f.status().snapshot_index;
+        assert!(
+            installed >= 40,
+            "caught up through a snapshot: {:?}",
+            f.status()
+        );
+        f.shutdown();
+        let files = snapshot_files(&paths[ix(follower)]);
+        assert_eq!(
+            files.len(),
+            1,
+            "one snapshot file, nothing left over: {files:?}"
+        );
+        assert!(files[0].ends_with(".snap"), "{files:?}");
+
+        // Alone on a network of its own: whatever it has comes from its own disk.
+        let members = tessera::raft::Membership::with_voters((1..=SIZE).map(tessera::raft::NodeId));
+        let alone = LocalNetwork::new();
+        let restarted = tessera::groups::start(
+            common::options(follower.0, &members),
+            KvStore::new(),
+            open_rocks(&paths[ix(follower)]),
+            move |inbox, snapshots| {
+                alone.register(follower, inbox, snapshots);
+                alone.transport(follower)
+            },
+        )
+        .expect("restarts");
+        within("restored from disk", restarted.when().applied(installed))
+            .await
+            .expect("applied the snapshot");
+        for i in 0..40 {
+            assert_eq!(
+                local_get(&restarted, &format!("k{i}")).await.as_deref(),
+                Some(format!("v{i}").as_bytes()),
+                "k{i} from the snapshot file"
+            );
+        }
+        restarted.shutdown();
+        for g in &groups {
+            g.shutdown();
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_whole_cluster_restarted_from_disk_keeps_its_state_and_term() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -160,6 +268,14 @@ mod rocks {
         }
         drop(groups);
         drop(net);
+        for path in &paths {
+            let files = snapshot_files(path);
+            assert!(
+                files.len() == 1 && files[0].ends_with(".snap"),
+                "{}: the latest snapshot file only, superseded ones deleted: {files:?}",
+                path.display()
+            );
+        }
 
         let (_net, groups) = start_durable_cluster(Some(SNAPSHOT_EVERY), |id| {
             open_rocks(&paths[(id - 1) as usize])

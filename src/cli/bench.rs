@@ -4,7 +4,10 @@
 //! Phases: concurrent clients for `--duration` seconds (at the leader, or through a
 //! follower with `--via follower`), one sequential client for a few seconds (latency), and
 //! with `--failover`, the leader is stopped and the time until a survivor acknowledges a
-//! write is measured. Prints a summary, or one JSON object with `--json`.
+//! write is measured. With `--catch-up` a new member then catches up from the log; with
+//! `--snapshot-install <MiB>` the leader's state is first filled to that size and a new
+//! member catches up from a snapshot of it (time, and the process's peak memory growth
+//! during the install). Prints a summary, or one JSON object with `--json`.
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use tessera::cluster::{ClusterOptions, LocalCluster};
 use tessera::groups::{Group, GroupKey};
-use tessera::machine::{KvCommand, KvStore};
+use tessera::machine::{KvCommand, KvStore, VALUE_BYTES_MAX_DEFAULT};
 use tessera::storage::MemoryStorage;
 #[cfg(feature = "rocksdb")]
 use tessera::storage::RocksDbStorage;
@@ -56,10 +59,19 @@ pub struct BenchArgs {
     /// leader's log (snapshots are off for this run, so the whole log is replicated).
     #[arg(long)]
     pub catch_up: bool,
+    /// Also fill the state to this many MiB (values of the largest size), let every member
+    /// snapshot it, then add a new member, which must install the snapshot: measures the
+    /// install and the process's peak memory growth meanwhile. Snapshots are taken only
+    /// once, when the fill is complete. At most 1024 (the store's default data limit).
+    #[arg(long, value_name = "MIB")]
+    pub snapshot_install: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
+
+/// Bytes of state a key of the fill holds: its value and its key (`fill/` + 8 digits).
+const FILL_ENTRY_BYTES: u64 = VALUE_BYTES_MAX_DEFAULT + 13;
 
 fn command(client: usize, n: u64) -> KvCommand {
     KvCommand::Put {
@@ -115,6 +127,15 @@ async fn run(args: BenchArgs) -> Result<serde_json::Value> {
         bail!("--nodes and --clients must be at least 1");
     }
     let mut options = ClusterOptions::new(args.nodes, GroupKey::generate()?);
+    if let Some(mib) = args.snapshot_install {
+        if mib == 0 || mib > 1024 || args.catch_up {
+            bail!("--snapshot-install takes 1..=1024 MiB and does not go with --catch-up");
+        }
+        // One snapshot per member, once the fill is (nearly) complete.
+        options.worker.snapshot_every = None;
+        options.worker.snapshot_bytes = Some(fill_keys(mib) * FILL_ENTRY_BYTES * 99 / 100);
+        options.raft.max_voters = args.nodes;
+    }
     if args.catch_up {
         options.worker.snapshot_every = None;
         options.worker.snapshot_bytes = None;
@@ -144,15 +165,99 @@ async fn run(args: BenchArgs) -> Result<serde_json::Value> {
     report
 }
 
-/// Adds a member and measures how long it takes to apply everything the leader has
-/// committed. Returns `(entries, seconds)`.
-async fn catch_up(
+/// Keys the fill writes for `mib` MiB of state.
+fn fill_keys(mib: u64) -> u64 {
+    (mib << 20) / FILL_ENTRY_BYTES
+}
+
+/// Writes `keys` values of the largest size through `group`, 16 writers at a time.
+async fn fill(group: Arc<Group<KvStore>>, keys: u64) -> Result<()> {
+    const WRITERS: u64 = 16;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let group = group.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in (w..keys).step_by(WRITERS as usize) {
+                let command = KvCommand::Put {
+                    key: format!("fill/{k:08}").into_bytes(),
+                    value: vec![(k % 251) as u8; VALUE_BYTES_MAX_DEFAULT as usize],
+                };
+                group.execute(command).await?;
+            }
+            Ok::<_, tessera::groups::GroupError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.context("fill task")??;
+    }
+    Ok(())
+}
+
+/// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`), if readable.
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Fills the state to `mib` MiB, waits for every member's snapshot, then adds a member
+/// and measures its install of the snapshot.
+async fn snapshot_install(
     args: &BenchArgs,
     cluster: &LocalCluster,
-    leader: &Group<KvStore>,
+    handles: &[Arc<Group<KvStore>>],
+    leader_ix: usize,
+    mib: u64,
     scratch: &std::path::Path,
-) -> Result<(u64, f64)> {
-    let target = leader.status().commit_index;
+) -> Result<serde_json::Value> {
+    let keys = fill_keys(mib);
+    let started = Instant::now();
+    fill(handles[leader_ix].clone(), keys).await?;
+    let fill_s = started.elapsed().as_secs_f64();
+    let target = handles[leader_ix].status().commit_index;
+    for (i, h) in handles.iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(300), h.when().snapshot_at(1))
+            .await
+            .with_context(|| format!("member {i} took no snapshot within 300 s"))??;
+    }
+    let snapshot_s = started.elapsed().as_secs_f64() - fill_s;
+    if !args.json {
+        eprintln!(
+            "bench: {keys} keys ({mib} MiB) written in {fill_s:.1} s and snapshotted; a new member installs the snapshot …"
+        );
+    }
+    // From here on VmHWM is the peak of the install (Linux: clear_refs 5 resets it).
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let rss_before = proc_status_kib("VmRSS");
+    let (joiner, seconds) = add_member(args, cluster, target, scratch).await?;
+    let peak = proc_status_kib("VmHWM");
+    let snapshots_in = joiner.joined.bonds.stats().borrow().snapshots_in;
+    let installed = joiner.joined.group.status().snapshot_index;
+    joiner.joined.group.shutdown();
+    if snapshots_in == 0 || installed == 0 {
+        bail!("the new member caught up without installing a snapshot");
+    }
+    let state_bytes = keys * FILL_ENTRY_BYTES;
+    Ok(serde_json::json!({
+        "state_mib": state_bytes as f64 / f64::from(1 << 20),
+        "keys": keys,
+        "fill_s": fill_s,
+        "snapshot_s": snapshot_s,
+        "install_s": seconds,
+        "install_mib_per_sec": state_bytes as f64 / f64::from(1 << 20) / seconds,
+        "rss_before_mib": rss_before.map(|k| k / 1024),
+        "peak_rss_growth_mib": if reset { peak.zip(rss_before).map(|(p, b)| p.saturating_sub(b) / 1024) } else { None },
+    }))
+}
+
+/// Adds a member and waits until it has applied `target`. Returns it and the seconds
+/// that took.
+async fn add_member(
+    args: &BenchArgs,
+    cluster: &LocalCluster,
+    target: u64,
+    scratch: &std::path::Path,
+) -> Result<(tessera::cluster::ClusterMember, f64)> {
     let started = Instant::now();
     let joiner = match args.storage {
         StorageKind::Memory => {
@@ -183,7 +288,19 @@ async fn catch_up(
     )
     .await
     .context("the new member did not catch up within 300 s")??;
-    let seconds = started.elapsed().as_secs_f64();
+    Ok((joiner, started.elapsed().as_secs_f64()))
+}
+
+/// Adds a member and measures how long it takes to apply everything the leader has
+/// committed. Returns `(entries, seconds)`.
+async fn catch_up(
+    args: &BenchArgs,
+    cluster: &LocalCluster,
+    leader: &Group<KvStore>,
+    scratch: &std::path::Path,
+) -> Result<(u64, f64)> {
+    let target = leader.status().commit_index;
+    let (joiner, seconds) = add_member(args, cluster, target, scratch).await?;
     joiner.joined.group.shutdown();
     Ok((target, seconds))
 }
@@ -273,6 +390,13 @@ async fn measure(
         None
     };
 
+    let snapshot_install = match args.snapshot_install {
+        Some(mib) => {
+            Some(snapshot_install(args, &cluster, &handles, leader_ix, mib, scratch).await?)
+        }
+        None => None,
+    };
+
     let failover_ms = if args.failover && args.nodes >= 3 {
         let survivor_ix = (leader_ix + 1) % args.nodes;
         let stop = Instant::now();
@@ -313,6 +437,7 @@ async fn measure(
             "mean_ms": sync_ms_mean,
         },
         "catch_up": catch_up,
+        "snapshot_install": snapshot_install,
         "failover_ms": failover_ms,
         "tick_ms": 50,
     }))

@@ -164,6 +164,7 @@ async fn run() -> Result<()> {
             tickets: watch::channel(vec![stolen]).1,
             admission: Arc::new(Admission::new(vec![mock_validator()?])),
             clock: cluster.clock(),
+            snapshots: Default::default(),
         },
         Inbox::new(tx),
         cluster.members.iter().map(|m| m.addr.clone()).collect(),

@@ -141,6 +141,12 @@ pub fn render(service: &ClientService) -> String {
         &one(status.applied_index),
     );
     metric(
+        "tessera_snapshot_index",
+        "gauge",
+        "Log index of the latest snapshot (the log before it is compacted).",
+        &one(status.snapshot_index),
+    );
+    metric(
         "tessera_apply_lag",
         "gauge",
         "Committed entries not yet applied.",

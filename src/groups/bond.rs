@@ -34,7 +34,8 @@ use super::id::{GroupId, GroupKey};
 use super::snapshot_transfer::{self, ResumeSlot};
 use super::transport::{Inbox, InboxError, InboxItem, PeerFrame, Transport};
 use crate::net::{encode_message, read_message, write_message, FrameError, ALPN_BOND};
-use crate::raft::{Index, Message, MessageBody, NodeId, Snapshot, Term};
+use crate::raft::{Index, Message, MessageBody, NodeId, Term};
+use crate::storage::SnapshotStore;
 use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketError};
 
 /// Frames queued towards one peer before further ones are dropped.
@@ -90,6 +91,9 @@ pub struct BondConfig {
     /// The group's validators.
     pub admission: Arc<Admission>,
     pub clock: Clock,
+    /// The member's snapshot bytes: snapshots are sent from here and received into here
+    /// (the worker's storage's [`Storage::snapshot_store`](crate::storage::Storage::snapshot_store)).
+    pub snapshots: Arc<SnapshotStore>,
 }
 
 /// Counters a test or the metrics endpoint can watch.
@@ -173,9 +177,6 @@ pub struct Bonds {
     stats: watch::Sender<BondStats>,
     /// An incoming snapshot transfer that was cut off, kept to be resumed.
     resume: ResumeSlot,
-    /// SHA-256 of the latest snapshot we sent, by (index, term, size): a snapshot is
-    /// re-sent on every retry and hashing a large one is not free.
-    sent_digest: Mutex<Option<(SnapshotKey, [u8; 32])>>,
     /// Peers given at start; [`Bonds::add_peer`] leaves them to the start-up dial policy.
     configured: BTreeSet<PublicKey>,
     /// Peers added at run time that have (or are about to get) a dialler.
@@ -293,7 +294,6 @@ impl Bonds {
             peers: Mutex::new(BTreeMap::new()),
             stats: watch::channel(BondStats::default()).0,
             resume: ResumeSlot::default(),
-            sent_digest: Mutex::new(None),
             configured,
             added: Mutex::new(BTreeSet::new()),
             dial_requests,
@@ -656,6 +656,18 @@ impl Bonds {
                         .map_err(|e| (Refusal::BadTicket, format!("renewed tickets: {e}")))?;
                     self.stats.send_modify(|s| s.renewals += 1);
                 }
+                // A snapshot's data names bytes in the receiver's own store, which only the
+                // verified transfer on a stream of its own puts there.
+                BondMessage::Frame(PeerFrame::Raft(Message {
+                    body: MessageBody::InstallSnapshot { .. },
+                    ..
+                })) => {
+                    return Err((
+                        Refusal::Malformed,
+                        "a snapshot on the message stream (snapshots have streams of their own)"
+                            .into(),
+                    ))
+                }
                 BondMessage::Frame(frame) => {
                     // Counted without waking watchers: this is the hot path.
                     self.stats.send_if_modified(|s| {
@@ -690,8 +702,14 @@ impl Bonds {
         inbox: Inbox<C>,
     ) {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let received =
-                snapshot_transfer::receive_snapshot(&mut recv, &mut send, peer, &self.resume).await;
+            let received = snapshot_transfer::receive_snapshot(
+                &mut recv,
+                &mut send,
+                peer,
+                &self.resume,
+                &self.config.snapshots,
+            )
+            .await;
             let message = match received {
                 Ok(message) => message,
                 Err(e) => {
@@ -702,42 +720,20 @@ impl Bonds {
             };
             let _ = send.finish();
             self.stats.send_modify(|s| s.snapshots_in += 1);
+            let handle = snapshot_transfer::handle_of(&message);
             let frame = PeerFrame::Raft(message);
-            match inbox.push(InboxItem::Frame { from: peer, frame }) {
+            if let Err(e) = inbox.push(InboxItem::Frame { from: peer, frame }) {
                 // Full: dropped like any frame; the leader offers the snapshot again.
-                Ok(()) | Err(InboxError::Full) => {}
-                Err(InboxError::Closed) => return,
+                if let Some(handle) = handle {
+                    self.config.snapshots.release(&handle);
+                }
+                if e == InboxError::Closed {
+                    return;
+                }
             }
         }
-    }
-
-    /// The SHA-256 of `snapshot`, from the cache when it is the one sent last.
-    async fn digest_of(&self, snapshot: &Snapshot) -> [u8; 32] {
-        let key = (
-            snapshot.meta.index,
-            snapshot.meta.term,
-            snapshot.data.len() as u64,
-        );
-        let lock = || self.sent_digest.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((cached, digest)) = *lock() {
-            if cached == key {
-                return digest;
-            }
-        }
-        let data = snapshot.data.clone();
-        // Hashing a large snapshot takes a while: not on the executor.
-        let digest =
-            match tokio::task::spawn_blocking(move || snapshot_transfer::sha256(&data)).await {
-                Ok(digest) => digest,
-                Err(_) => snapshot_transfer::sha256(&snapshot.data),
-            };
-        *lock() = Some((key, digest));
-        digest
     }
 }
-
-/// A snapshot as the digest cache knows it: (index, term, size in bytes).
-type SnapshotKey = (Index, Term, u64);
 
 /// The sending side of a bond's snapshot transfers: at most one in flight. The core
 /// offers the same snapshot again while it waits; a transfer already under way for it
@@ -762,12 +758,8 @@ impl SnapshotSender {
         let bonds = self.bonds.clone();
         let conn = self.conn.clone();
         let task = tokio::spawn(async move {
-            let MessageBody::InstallSnapshot { snapshot } = &message.body else {
-                return;
-            };
-            let digest = bonds.digest_of(snapshot).await;
             let sent = async {
-                let (offer, data) = snapshot_transfer::offer_for(&message, digest)?;
+                let (offer, handle) = snapshot_transfer::offer_for(&message)?;
                 let (mut send, mut recv) = tokio::time::timeout(DIAL_TIMEOUT, conn.open_bi())
                     .await
                     .map_err(|_| snapshot_transfer::TransferError::Timeout("opening a stream"))?
@@ -776,8 +768,10 @@ impl SnapshotSender {
                             std::io::Error::other(e),
                         ))
                     })?;
+                let store = &bonds.config.snapshots;
                 let bytes =
-                    snapshot_transfer::send_snapshot(&mut recv, &mut send, &offer, &data).await?;
+                    snapshot_transfer::send_snapshot(&mut recv, &mut send, &offer, store, &handle)
+                        .await?;
                 let _ = send.finish();
                 Ok::<_, snapshot_transfer::TransferError>(bytes)
             };

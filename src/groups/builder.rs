@@ -159,10 +159,11 @@ impl GroupBuilder {
                 .unwrap_or_else(|| watch::channel(Vec::new()).1),
             admission: Arc::new(Admission::new(self.validators.clone())),
             clock: self.clock.clone(),
+            snapshots: storage.snapshot_store(),
         };
         let mut bonds = None;
         let peers = self.peers.clone();
-        let group = start(options, machine, storage, |inbox| {
+        let group = start(options, machine, storage, |inbox, _snapshots| {
             // Founders listed each other: one dials. Anyone else (a joiner, or a member
             // waiting for `bootstrap_expect` peers, who may be known to none of them)
             // dials everyone it was given.

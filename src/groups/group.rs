@@ -349,6 +349,11 @@ impl When {
         self.wait(|s| s.applied_index >= index).await.map(|_| ())
     }
 
+    /// This node holds a snapshot at `index` or later (taken here or installed).
+    pub async fn snapshot_at(&mut self, index: Index) -> Result<(), GroupError> {
+        self.wait(|s| s.snapshot_index >= index).await.map(|_| ())
+    }
+
     /// The configuration differs from `old`.
     pub async fn membership_changed(
         &mut self,

@@ -24,7 +24,7 @@ pub use worker::{GroupStatus, WorkerConfig};
 
 use crate::machine::{Sessions, StateMachine};
 use crate::raft::{Membership, NodeId, Raft, RaftConfig};
-use crate::storage::Storage;
+use crate::storage::{SnapshotHandle, SnapshotStore, Storage};
 use group::{GroupShared, SessionPool};
 use worker::Worker;
 
@@ -51,6 +51,8 @@ pub enum StartError {
     Storage(#[from] crate::storage::StorageError),
     #[error("stored snapshot does not restore: {0}")]
     Snapshot(#[from] crate::machine::SnapshotError),
+    #[error("stored snapshot: {0}")]
+    SnapshotStore(#[from] crate::storage::SnapshotStoreError),
     #[error("consensus core: {0}")]
     Core(#[from] crate::raft::NewRaftError),
     #[error("bootstrap: {0}")]
@@ -60,12 +62,13 @@ pub enum StartError {
 }
 
 /// Starts a member: recovers from `storage`, bootstraps if asked and fresh, connects the
-/// transport `connect` returns for the worker's inbox, and spawns the worker thread.
+/// transport `connect` returns for the worker's inbox (and the storage's snapshot store,
+/// which snapshots are sent from and received into), and spawns the worker thread.
 pub fn start<M, S>(
     options: MemberOptions,
     machine: M,
     storage: S,
-    connect: impl FnOnce(Inbox<worker::ClientRequest>) -> Arc<dyn Transport>,
+    connect: impl FnOnce(Inbox<worker::ClientRequest>, Arc<SnapshotStore>) -> Arc<dyn Transport>,
 ) -> Result<Group<M>, StartError>
 where
     M: StateMachine,
@@ -73,9 +76,19 @@ where
 {
     let state = storage.initial_state()?;
     let mut sessions = Sessions::new(machine);
-    if let Some(snapshot) = &state.snapshot {
-        sessions.restore(&snapshot.data)?;
-    }
+    let snapshots = storage.snapshot_store();
+    let kept = match &state.snapshot {
+        Some(snapshot) => {
+            // The log records the snapshot's handle; its bytes stream from the store,
+            // checked against the handle's digest as they are read.
+            let handle = SnapshotHandle::decode(&snapshot.data)?;
+            sessions.restore_from(&mut snapshots.reader(&handle)?)?;
+            Some(handle)
+        }
+        None => None,
+    };
+    // Whatever the log does not refer to is left over from before a crash.
+    snapshots.sweep(kept.as_ref())?;
     let mut raft = Raft::new(options.node, options.raft.clone(), options.seed, state)?;
     // Never bootstrap twice: only a node with no state at all forms a group.
     if raft.is_fresh() {
@@ -85,7 +98,7 @@ where
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(INBOX_FRAMES_MAX);
     let inbox = Inbox::new(tx);
-    let transport = connect(inbox.clone());
+    let transport = connect(inbox.clone(), snapshots);
     let (status_tx, status_rx) = tokio::sync::watch::channel(GroupStatus::default());
     let write_timing = Arc::new(crate::storage::WriteTiming::default());
     let worker = Worker::new(

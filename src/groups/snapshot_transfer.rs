@@ -11,31 +11,39 @@
 //! sender → receiver   raw chunks of at most CHUNK_BYTES, from `offset` to `size`
 //! ```
 //!
-//! The receiver hashes as it receives, refuses anything beyond the announced size, and
-//! hands the snapshot to its worker only once all bytes are in and the SHA-256 matches
-//! the offer. A transfer cut off half-way is parked (one per node) and resumed from where
-//! it stopped when the same snapshot (same sender, index, term and digest) is offered
-//! again; a different snapshot replaces it.
+//! The snapshot's data in the message is a [`SnapshotHandle`] into the sender's
+//! [`SnapshotStore`]; the bytes are streamed from there, and the receiver writes them into
+//! its own store as they arrive (a file, for a durable node), so neither side holds a
+//! large snapshot in memory. The receiver hashes as it receives, refuses anything beyond
+//! the announced size, and hands the snapshot to its worker (as an `InstallSnapshot`
+//! whose handle names the now synced copy in its own store) only once all bytes are in
+//! and the SHA-256 matches the offer. A transfer cut off half-way is parked (one per node,
+//! its bytes staying in the unfinished file) and resumed from where it stopped when the
+//! same snapshot (same sender, index, term and digest) is offered again; a different
+//! snapshot replaces it.
 //!
-//! **Contract.** [`Partial`] and [`ResumeSlot`] are pure; [`send_snapshot`] and
-//! [`receive_snapshot`] run over any byte stream (QUIC streams in production, in-memory
-//! pipes in tests) and put every network await under a timeout. Nothing here decides
-//! *whether* a snapshot is needed: that is the core's job.
-use std::sync::Mutex;
+//! **Contract.** [`Partial`] and [`ResumeSlot`] decide nothing about the network;
+//! [`send_snapshot`] and [`receive_snapshot`] run over any byte stream (QUIC streams in
+//! production, in-memory pipes in tests), put every network await under a timeout and do
+//! the store's blocking IO off the executor. Nothing here decides *whether* a snapshot is
+//! needed: that is the core's job.
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::net::{read_frame, read_message, write_frame, write_message, FrameError};
 use crate::raft::{Index, Message, MessageBody, NodeId, Snapshot, SnapshotMeta, Term};
+use crate::storage::snapshot_store::SnapshotWriter;
+use crate::storage::{SnapshotHandle, SnapshotStore, SnapshotStoreError};
 
 /// Bytes per chunk on the wire.
 pub const CHUNK_BYTES: usize = 1 << 20;
-/// Largest snapshot a member accepts. The received bytes are held in memory until the
-/// worker restores them, so this bounds what a (bonded, attested) peer can make us hold.
-pub const SNAPSHOT_BYTES_MAX: u64 = 8 << 30;
+/// Largest snapshot a member accepts: bounds the disk (or, for a memory node, the memory)
+/// a (bonded, attested) peer can make us fill with one transfer.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// Bound on every single read or write of a transfer (not on the whole transfer, whose
 /// length depends on the snapshot's size).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,6 +66,10 @@ pub enum TransferError {
     Incomplete { received: u64, size: u64 },
     #[error("snapshot at index {index} does not match its announced SHA-256")]
     Digest { index: Index },
+    #[error("snapshot store: {0}")]
+    Store(#[from] SnapshotStoreError),
+    #[error("snapshot {0} while moving snapshot bytes")]
+    Blocking(String),
     #[error("offer names sender {claimed}, but the bond is with {peer}")]
     WrongSender { claimed: NodeId, peer: NodeId },
     #[error("the receiver declined the snapshot: {0}")]
@@ -115,27 +127,28 @@ pub struct TransferKey {
     pub sha256: [u8; 32],
 }
 
-/// The bytes of one snapshot received so far, hashed as they arrive.
+/// The bytes of one snapshot received so far, written to the store (and hashed) as they
+/// arrive.
 pub struct Partial {
     key: TransferKey,
     size: u64,
-    data: Vec<u8>,
-    hasher: ring::digest::Context,
+    writer: SnapshotWriter,
 }
 
 impl Partial {
-    /// A fresh transfer of `size` bytes.
-    pub fn start(key: TransferKey, size: u64) -> Result<Self, TransferError> {
+    /// A fresh transfer of `size` bytes into `store`.
+    pub fn start(
+        key: TransferKey,
+        size: u64,
+        store: &Arc<SnapshotStore>,
+    ) -> Result<Self, TransferError> {
         if size > SNAPSHOT_BYTES_MAX {
             return Err(TransferError::TooLarge { size });
         }
-        // Reserve a little up front only: the announced size is the peer's word.
-        let initial = size.min(CHUNK_BYTES as u64 * 4) as usize;
         Ok(Self {
             key,
             size,
-            data: Vec::with_capacity(initial),
-            hasher: ring::digest::Context::new(&ring::digest::SHA256),
+            writer: store.writer()?,
         })
     }
 
@@ -145,7 +158,7 @@ impl Partial {
 
     /// Bytes received so far: where a resumed transfer continues.
     pub fn received(&self) -> u64 {
-        self.data.len() as u64
+        self.writer.written()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -165,25 +178,32 @@ impl Partial {
                 size: self.size,
             });
         }
-        self.hasher.update(chunk);
-        self.data.extend_from_slice(chunk);
+        self.writer
+            .write_all(chunk)
+            .map_err(|e| SnapshotStoreError::Io {
+                op: "writing a received chunk of",
+                path: format!("the snapshot at index {}", self.key.index),
+                reason: e.to_string(),
+            })?;
         Ok(())
     }
 
-    /// The whole snapshot, if every byte is in and the digest matches.
-    pub fn finish(self) -> Result<Bytes, TransferError> {
+    /// The whole snapshot, synced in the store, if every byte is in and the digest
+    /// matches; otherwise its bytes are discarded.
+    pub fn finish(self) -> Result<SnapshotHandle, TransferError> {
         if !self.is_complete() {
             return Err(TransferError::Incomplete {
                 received: self.received(),
                 size: self.size,
             });
         }
-        if self.hasher.finish().as_ref() != self.key.sha256 {
-            return Err(TransferError::Digest {
+        match self.writer.finish(Some(&self.key.sha256)) {
+            Ok(handle) => Ok(handle),
+            Err(SnapshotStoreError::Digest { .. }) => Err(TransferError::Digest {
                 index: self.key.index,
-            });
+            }),
+            Err(e) => Err(e.into()),
         }
-        Ok(Bytes::from(self.data))
     }
 }
 
@@ -195,13 +215,18 @@ pub struct ResumeSlot {
 }
 
 impl ResumeSlot {
-    /// The partial transfer to continue for `offer`, or a fresh one.
-    pub fn open(&self, offer: &Offer) -> Result<Partial, TransferError> {
+    /// The partial transfer to continue for `offer`, or a fresh one into `store` (a
+    /// parked one for another snapshot is discarded).
+    pub fn open(
+        &self,
+        offer: &Offer,
+        store: &Arc<SnapshotStore>,
+    ) -> Result<Partial, TransferError> {
         let key = offer.key();
         let parked = self.lock().take();
         match parked {
             Some(partial) if partial.key == key && partial.size == offer.size => Ok(partial),
-            _ => Partial::start(key, offer.size),
+            _ => Partial::start(key, offer.size, store),
         }
     }
 
@@ -222,28 +247,39 @@ impl ResumeSlot {
     }
 }
 
-/// SHA-256 of a snapshot's bytes.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
-    out
-}
-
-/// The offer for an `InstallSnapshot` message, and its bytes. `digest` is the snapshot's
-/// SHA-256 (computed by the caller, which may cache it across retries).
-pub fn offer_for(message: &Message, digest: [u8; 32]) -> Result<(Offer, Bytes), TransferError> {
+/// The offer for an `InstallSnapshot` message, and the handle of its bytes in the
+/// sender's store (size and digest come from the handle: nothing is hashed again).
+pub fn offer_for(message: &Message) -> Result<(Offer, SnapshotHandle), TransferError> {
     let MessageBody::InstallSnapshot { snapshot } = &message.body else {
         return Err(TransferError::NotASnapshot);
     };
+    let handle = SnapshotHandle::decode(&snapshot.data)?;
     let offer = Offer {
         from: message.from,
         to: message.to,
         term: message.term,
         meta: snapshot.meta.clone(),
-        size: snapshot.data.len() as u64,
-        sha256: digest,
+        size: handle.size,
+        sha256: handle.sha256,
     };
-    Ok((offer, snapshot.data.clone()))
+    Ok((offer, handle))
+}
+
+/// The handle an `InstallSnapshot` message names, if it is one and names one.
+pub fn handle_of(message: &Message) -> Option<SnapshotHandle> {
+    match &message.body {
+        MessageBody::InstallSnapshot { snapshot } => SnapshotHandle::decode(&snapshot.data).ok(),
+        _ => None,
+    }
+}
+
+/// Runs blocking store IO off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransferError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TransferError::Blocking(e.to_string()))
 }
 
 async fn step<T, F: std::future::Future<Output = Result<T, FrameError>>>(
@@ -256,13 +292,15 @@ async fn step<T, F: std::future::Future<Output = Result<T, FrameError>>>(
     }
 }
 
-/// Sends one snapshot: the offer, then the bytes from wherever the receiver says it
-/// already is. Returns how many bytes were sent (less than the size on a resume).
+/// Sends one snapshot: the offer, then the bytes of `handle` in `store` from wherever the
+/// receiver says it already is. Returns how many bytes were sent (less than the size on a
+/// resume).
 pub async fn send_snapshot<R, W>(
     recv: &mut R,
     send: &mut W,
     offer: &Offer,
-    data: &Bytes,
+    store: &Arc<SnapshotStore>,
+    handle: &SnapshotHandle,
 ) -> Result<u64, TransferError>
 where
     R: AsyncRead + Unpin,
@@ -284,24 +322,47 @@ where
         }
         Reply::Decline { reason } => return Err(TransferError::Declined(reason)),
     };
-    for chunk in data[offset as usize..].chunks(CHUNK_BYTES) {
-        step("sending a snapshot chunk", write_frame(send, chunk)).await?;
+    let (store, handle) = (store.clone(), *handle);
+    let mut reader = blocking(move || store.raw_reader(&handle, offset)).await??;
+    // The handle's size, not the offer's: the two are one in production, and a test can
+    // make a sender that sends more than it announced.
+    let total = handle.size.saturating_sub(offset);
+    let mut remaining = total;
+    while remaining > 0 {
+        let want = remaining.min(CHUNK_BYTES as u64) as usize;
+        let (back, chunk) = blocking(move || {
+            let mut chunk = vec![0u8; want];
+            let read = reader.read_exact(&mut chunk).map(|()| chunk);
+            (reader, read)
+        })
+        .await?;
+        reader = back;
+        let chunk = chunk.map_err(|e| SnapshotStoreError::Io {
+            op: "reading",
+            path: format!("snapshot {handle} to send"),
+            reason: e.to_string(),
+        })?;
+        step("sending a snapshot chunk", write_frame(send, &chunk)).await?;
+        remaining -= want as u64;
     }
     step("flushing the snapshot", async {
         send.flush().await.map_err(FrameError::from)
     })
     .await?;
-    Ok(offer.size - offset)
+    Ok(total)
 }
 
-/// Receives one snapshot from `peer`, resuming a parked partial transfer of the same
-/// snapshot. On success returns the `InstallSnapshot` message for the worker; on an
-/// interrupted stream the partial transfer is parked in `slot` for the next offer.
+/// Receives one snapshot from `peer` into `store`, resuming a parked partial transfer of
+/// the same snapshot. On success returns the `InstallSnapshot` message for the worker: its
+/// data is the handle of the synced copy, counted as [delivered](SnapshotStore::delivered)
+/// (whoever consumes or drops the message releases it). On an interrupted stream the
+/// partial transfer is parked in `slot` for the next offer.
 pub async fn receive_snapshot<R, W>(
     recv: &mut R,
     send: &mut W,
     peer: NodeId,
     slot: &ResumeSlot,
+    store: &Arc<SnapshotStore>,
 ) -> Result<Message, TransferError>
 where
     R: AsyncRead + Unpin,
@@ -318,7 +379,7 @@ where
             peer,
         })
     } else {
-        slot.open(&offer)
+        slot.open(&offer, store)
     };
     let mut partial = match opened {
         Ok(partial) => partial,
@@ -348,9 +409,16 @@ where
             }
         };
         // A bad chunk discards the partial transfer: its bytes cannot be trusted.
-        partial.push(&chunk)?;
+        let (back, pushed) = blocking(move || {
+            let pushed = partial.push(&chunk);
+            (partial, pushed)
+        })
+        .await?;
+        partial = back;
+        pushed?;
     }
-    let data = partial.finish()?;
+    let handle = blocking(move || partial.finish()).await??;
+    store.delivered(&handle);
     Ok(Message {
         from: offer.from,
         to: offer.to,
@@ -358,7 +426,7 @@ where
         body: MessageBody::InstallSnapshot {
             snapshot: Snapshot {
                 meta: offer.meta,
-                data,
+                data: handle.encode(),
             },
         },
     })

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::snapshot_transfer::handle_of;
 use crate::raft::{Message, NodeId};
+use crate::storage::SnapshotStore;
 
 /// Most frames waiting in one worker's inbox before senders see `Full`.
 pub const INBOX_FRAMES_MAX: usize = 16 * 1024;
@@ -116,6 +118,10 @@ type FrameSink = Box<dyn Fn(NodeId, PeerFrame) -> Result<(), InboxError> + Send 
 
 /// An in-process network: frames go straight into the target worker's inbox. Links can be
 /// cut to test partitions; a cut is symmetric unless made with [`LocalNetwork::cut_one_way`].
+///
+/// A snapshot's data names bytes in the sender's snapshot store; on the way the network
+/// copies them into the receiver's store (as a transfer over a bond would) and counts the
+/// delivery there.
 #[derive(Clone, Default)]
 pub struct LocalNetwork {
     inner: Arc<Mutex<LocalNetworkInner>>,
@@ -123,7 +129,7 @@ pub struct LocalNetwork {
 
 #[derive(Default)]
 struct LocalNetworkInner {
-    sinks: BTreeMap<NodeId, FrameSink>,
+    sinks: BTreeMap<NodeId, (FrameSink, Arc<SnapshotStore>)>,
     cut: std::collections::BTreeSet<(NodeId, NodeId)>,
 }
 
@@ -132,11 +138,17 @@ impl LocalNetwork {
         Self::default()
     }
 
-    /// Connects a worker's inbox as `id`. Replaces an earlier registration of `id`.
-    pub fn register<C: Send + 'static>(&self, id: NodeId, inbox: Inbox<C>) {
+    /// Connects a worker's inbox (and its snapshot store) as `id`. Replaces an earlier
+    /// registration of `id`.
+    pub fn register<C: Send + 'static>(
+        &self,
+        id: NodeId,
+        inbox: Inbox<C>,
+        snapshots: Arc<SnapshotStore>,
+    ) {
         let sink: FrameSink =
             Box::new(move |from, frame| inbox.push(InboxItem::Frame { from, frame }));
-        self.lock().sinks.insert(id, sink);
+        self.lock().sinks.insert(id, (sink, snapshots));
     }
 
     /// Disconnects `id` (its process stopped).
@@ -177,15 +189,61 @@ struct LocalTransport {
     network: LocalNetwork,
 }
 
+impl LocalTransport {
+    /// For a frame carrying a snapshot: copies its bytes from our store into `to`'s and
+    /// returns `to`'s store, where the delivery is counted. `Err`: the frame cannot be
+    /// delivered (the bytes are gone, or not a snapshot handle).
+    fn carry_snapshot(
+        &self,
+        to: NodeId,
+        frame: &PeerFrame,
+    ) -> Result<Option<(Arc<SnapshotStore>, crate::storage::SnapshotHandle)>, ()> {
+        let PeerFrame::Raft(message) = frame else {
+            return Ok(None);
+        };
+        if !matches!(
+            message.body,
+            crate::raft::MessageBody::InstallSnapshot { .. }
+        ) {
+            return Ok(None);
+        }
+        let stores = {
+            let inner = self.network.lock();
+            let store = |id| inner.sinks.get(&id).map(|(_, s)| s.clone());
+            store(self.me).zip(store(to))
+        };
+        let ((ours, theirs), handle) = stores.zip(handle_of(message)).ok_or(())?;
+        match theirs.copy_from(&ours, &handle) {
+            Ok(()) => {
+                theirs.delivered(&handle);
+                Ok(Some((theirs, handle)))
+            }
+            Err(e) => {
+                tracing::warn!(from = %self.me, %to, error = %e, "snapshot not carried");
+                Err(())
+            }
+        }
+    }
+}
+
 impl Transport for LocalTransport {
     fn send(&self, to: NodeId, frame: PeerFrame) {
-        let inner = self.network.lock();
-        if inner.cut.contains(&(self.me, to)) {
+        if self.network.lock().cut.contains(&(self.me, to)) {
             return;
         }
-        if let Some(sink) = inner.sinks.get(&to) {
+        let Ok(snapshot) = self.carry_snapshot(to, &frame) else {
+            return;
+        };
+        let delivered = {
+            let inner = self.network.lock();
             // A full or closed inbox drops the frame, as a congested link would.
-            let _ = sink(self.me, frame);
+            inner
+                .sinks
+                .get(&to)
+                .is_some_and(|(sink, _)| sink(self.me, frame).is_ok())
+        };
+        if let (false, Some((store, handle))) = (delivered, snapshot) {
+            store.release(&handle);
         }
     }
 }

@@ -15,11 +15,12 @@ use tokio::sync::{oneshot, watch};
 
 use super::transport::{ForwardRefusal, InboxItem, PeerFrame, Transport};
 use crate::machine::{ApplyContext, Sessions, StateMachine};
+use crate::raft::Snapshot;
 use crate::raft::{
     EntryPayload, Event, Index, Input, Membership, MembershipChange, NodeId, Raft, ReadState,
     Ready, Rejection, Role, Term,
 };
-use crate::storage::{Storage, WriteBatch, WriteTiming};
+use crate::storage::{SnapshotHandle, SnapshotStore, Storage, WriteBatch, WriteTiming};
 
 /// Most inbox items handled before the worker writes and answers (bounds latency).
 pub const ITEMS_PER_ROUND_MAX: usize = 4096;
@@ -76,6 +77,9 @@ pub struct GroupStatus {
     pub leader: Option<NodeId>,
     pub commit_index: Index,
     pub applied_index: Index,
+    /// Index of the latest snapshot (taken here or installed from the leader); the log
+    /// before it is compacted away.
+    pub snapshot_index: Index,
     pub membership: Membership,
     /// Set when the node stopped participating, with the reason (e.g. a storage error).
     pub stopped: Option<String>,
@@ -174,6 +178,11 @@ pub struct Worker<M: StateMachine, S: Storage> {
     raft: Raft,
     machine: Sessions<M>,
     storage: S,
+    /// Where the storage keeps snapshot bytes (the log records only their handles).
+    snapshots: Arc<SnapshotStore>,
+    /// Received snapshots stepped into the core this round: released (deleted unless
+    /// installed) once the round's Readies are carried out.
+    delivered_snapshots: Vec<SnapshotHandle>,
     /// Latency of every durable write (the fsync metric).
     write_timing: Arc<WriteTiming>,
     transport: Arc<dyn Transport>,
@@ -214,12 +223,15 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         status: watch::Sender<GroupStatus>,
     ) -> Self {
         let last_snapshot_index = raft.snapshot_index();
+        let snapshots = storage.snapshot_store();
         Self {
             id,
             config,
             raft,
             machine,
             storage,
+            snapshots,
+            delivered_snapshots: Vec::new(),
             write_timing,
             transport,
             inbox,
@@ -442,6 +454,10 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     fn handle_frame(&mut self, from: NodeId, frame: PeerFrame) {
         match frame {
             PeerFrame::Raft(m) => {
+                // A received snapshot is kept for this delivery until the core has had it.
+                if let Some(handle) = super::snapshot_transfer::handle_of(&m) {
+                    self.delivered_snapshots.push(handle);
+                }
                 if m.from != from {
                     tracing::warn!(node = %self.id, %from, claimed = %m.from, "frame claims another sender; dropped");
                     return;
@@ -624,6 +640,9 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             }
             self.carry_out(ready);
         }
+        for handle in std::mem::take(&mut self.delivered_snapshots) {
+            self.snapshots.release(&handle);
+        }
         self.serve_waiting_reads();
         self.publish_status();
     }
@@ -671,9 +690,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             self.transport.send(m.to, PeerFrame::Raft(m));
         }
         if let Some(s) = snapshot {
-            if let Err(e) = self.machine.restore(&s.data) {
+            if let Err(e) = self.install(&s) {
+                tracing::error!(node = %self.id, index = s.meta.index, error = %e, "snapshot from the leader does not restore; node stops");
                 self.stopped = Some(format!("snapshot from the leader does not restore: {e}"));
                 self.fail_everything(RequestError::Stopped(format!("bad snapshot: {e}")));
+                self.publish_status();
                 return;
             }
             self.last_snapshot_index = s.meta.index;
@@ -843,8 +864,8 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         if !(by_entries || by_bytes) || applied <= self.last_snapshot_index {
             return;
         }
-        let data = match self.machine.snapshot() {
-            Ok(d) => Bytes::from(d),
+        let handle = match self.write_snapshot() {
+            Ok(handle) => handle,
             Err(e) => {
                 tracing::warn!(node = %self.id, error = %e, "snapshot failed; log not compacted");
                 return;
@@ -852,15 +873,41 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         };
         self.step(Input::Compact {
             index: applied,
-            data,
+            data: handle.encode(),
         });
         self.last_snapshot_index = applied;
         self.bytes_since_snapshot = 0;
-        if let Some(snapshot) = self.raft.snapshot().cloned() {
-            if let Err(e) = self.storage.compact(&snapshot) {
-                tracing::warn!(node = %self.id, error = %e, "storage compaction failed");
+        let taken = self.raft.snapshot().filter(|s| s.meta.index == applied);
+        if let Some(snapshot) = taken.cloned() {
+            match self.storage.compact(&snapshot) {
+                Ok(()) => self.snapshots.make_current(&handle),
+                // The core serves the new snapshot, the log store still refers to the
+                // previous one: both files stay (the next start-up sweeps the unused one).
+                Err(e) => tracing::warn!(node = %self.id, error = %e, "storage compaction failed"),
             }
         }
+    }
+
+    /// Streams the state machine into a new file of the snapshot store.
+    fn write_snapshot(&self) -> Result<SnapshotHandle, String> {
+        let mut writer = self.snapshots.writer().map_err(|e| e.to_string())?;
+        self.machine
+            .snapshot_to(&mut writer)
+            .map_err(|e| e.to_string())?;
+        writer.finish(None).map_err(|e| e.to_string())
+    }
+
+    /// Restores the state machine from a snapshot the log store now refers to, streaming
+    /// (and verifying) its bytes from the snapshot store.
+    fn install(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let handle = SnapshotHandle::decode(&snapshot.data).map_err(|e| e.to_string())?;
+        let mut reader = self.snapshots.reader(&handle).map_err(|e| e.to_string())?;
+        self.machine
+            .restore_from(&mut reader)
+            .map_err(|e| e.to_string())?;
+        self.snapshots.make_current(&handle);
+        tracing::info!(node = %self.id, index = snapshot.meta.index, %handle, "installed a snapshot from the leader");
+        Ok(())
     }
 
     fn fail_everything(&mut self, err: RequestError) {
@@ -893,6 +940,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             leader: self.raft.leader(),
             commit_index: self.raft.commit_index(),
             applied_index: self.raft.applied_index(),
+            snapshot_index: self.raft.snapshot_index(),
             membership: self.raft.membership().clone(),
             stopped: self.stopped.clone(),
         };

@@ -110,6 +110,10 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.last_index()
     }
 
+    fn snapshot_store(&self) -> Arc<super::SnapshotStore> {
+        self.inner.snapshot_store()
+    }
+
     fn snapshot_meta(&self) -> Option<SnapshotMeta> {
         self.inner.snapshot_meta()
     }

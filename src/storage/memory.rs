@@ -1,5 +1,7 @@
 //! An in-memory [`Storage`]: for tests and the simulator (which models the disk around it).
-use super::{check_range, needs_compaction, Storage, StorageError, WriteBatch};
+use std::sync::Arc;
+
+use super::{check_range, needs_compaction, SnapshotStore, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
 #[derive(Clone, Debug, Default)]
@@ -8,6 +10,8 @@ pub struct MemoryStorage {
     snapshot: Option<Snapshot>,
     /// Entries after the snapshot point; `entries[i].index == snapshot_index + 1 + i`.
     entries: Vec<Entry>,
+    /// Snapshot bytes, in memory too (shared by clones, like the rest of a "disk").
+    snapshots: Arc<SnapshotStore>,
 }
 
 impl MemoryStorage {
@@ -42,6 +46,7 @@ impl Storage for MemoryStorage {
                 hard_state: self.hard_state,
                 snapshot: Some(snapshot.clone()),
                 entries: Vec::new(),
+                snapshots: self.snapshots.clone(),
             });
         }
         let base = staged.as_ref().unwrap_or(self);
@@ -83,6 +88,10 @@ impl Storage for MemoryStorage {
 
     fn last_index(&self) -> Index {
         self.snapshot_index() + self.entries.len() as Index
+    }
+
+    fn snapshot_store(&self) -> Arc<SnapshotStore> {
+        self.snapshots.clone()
     }
 
     fn snapshot_meta(&self) -> Option<SnapshotMeta> {

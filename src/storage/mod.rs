@@ -11,15 +11,54 @@ pub mod faulty;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
+pub mod snapshot_store;
 pub mod timing;
 
 #[cfg(feature = "rocksdb")]
-pub use self::rocksdb::RocksDbStorage;
+pub use self::rocksdb::{RocksDbStorage, SNAPSHOT_DIR};
 pub use faulty::{FaultSwitch, FaultyStorage};
 pub use memory::MemoryStorage;
+pub use snapshot_store::{SnapshotHandle, SnapshotStore, SnapshotStoreError};
 pub use timing::{WriteTimes, WriteTiming};
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
 use crate::raft::{Entry, HardState, Index, InitialState, Ready, Snapshot, SnapshotMeta};
+
+/// Mode of a directory a store creates; any group/other bit on an existing one is refused
+/// (the log and the snapshots hold confidential state).
+const DIR_MODE: u32 = 0o700;
+const DIR_MODE_FORBIDDEN_BITS: u32 = 0o077;
+
+/// Creates `path` (and its parents) with mode 0700, or checks that an existing one is a
+/// directory that group and others cannot access. The error starts with the path.
+pub(crate) fn private_dir(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            if !meta.is_dir() {
+                return Err(format!("{} is not a directory", path.display()));
+            }
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & DIR_MODE_FORBIDDEN_BITS != 0 {
+                return Err(format!(
+                    "{} has mode {mode:04o}; it must not be accessible to group or others \
+                     (expected {DIR_MODE:04o}; fix with `chmod 700 {}`)",
+                    path.display(),
+                    path.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(path)
+            .map_err(|e| format!("{}: cannot create it: {e}", path.display())),
+        Err(e) => Err(format!("{}: cannot inspect it: {e}", path.display())),
+    }
+}
 
 /// One durable write: what a [`Ready`] asks to persist.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -180,4 +219,7 @@ pub trait Storage {
     fn first_index(&self) -> Index;
     fn last_index(&self) -> Index;
     fn snapshot_meta(&self) -> Option<SnapshotMeta>;
+    /// Where this store keeps snapshot bytes: the log store records only a snapshot's
+    /// handle, the runtime streams the bytes in and out of here.
+    fn snapshot_store(&self) -> Arc<SnapshotStore>;
 }

@@ -11,7 +11,10 @@
 //!   a sealed record holding the postcard encoding of the [`Entry`].
 //! - `hard_state`: one key, a sealed postcard [`HardState`].
 //! - `snapshot`: `meta` = a sealed record (snapshot metadata, data length, data SHA-256);
-//!   `data` = the raw state-machine bytes, verified against the SHA-256 when read.
+//!   `data` = the snapshot's data as the core hands it over, verified against the SHA-256
+//!   when read. The group runtime's data is a small [`SnapshotHandle`](super::SnapshotHandle):
+//!   the state-machine bytes themselves are a file in `snapshots/` ([`SNAPSHOT_DIR`]),
+//!   written and synced before the handle is recorded here.
 //! - `default`: `format` = the format version, checked at open.
 //!
 //! A *sealed* record is `[version u8][checksum 8 bytes][body]`, where the checksum is the
@@ -35,13 +38,14 @@
 //! access is refused (the log holds confidential commands). RocksDB's `LOCK` file makes a
 //! second open of the same directory, in this or another process, fail fast; the error says
 //! the directory is in use.
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, IteratorMode, Options, DB};
 use serde::{Deserialize, Serialize};
 
-use super::{check_range, needs_compaction, Storage, StorageError, WriteBatch};
+use std::sync::Arc;
+
+use super::{check_range, needs_compaction, SnapshotStore, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
 /// Version byte at the start of every sealed record and in the `format` key.
@@ -56,13 +60,12 @@ const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_SNAPSHOT_META: &[u8] = b"meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 
+/// Subdirectory of the data directory holding the snapshot files ([`SnapshotStore`]).
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
 /// Truncated SHA-256: enough to detect torn and flipped bytes (not an authenticator).
 const CHECKSUM_BYTES: usize = 8;
 const SEAL_HEADER_BYTES: usize = 1 + CHECKSUM_BYTES;
-
-/// Mode of a data directory we create; any group/other bit on an existing one is refused.
-const DIR_MODE: u32 = 0o700;
-const DIR_MODE_FORBIDDEN_BITS: u32 = 0o077;
 
 /// RocksDB keeps a WAL file alive until every column family with data in it has been
 /// flushed. The tiny `hard_state` and `snapshot` families would otherwise pin WAL files
@@ -88,6 +91,8 @@ pub struct RocksDbStorage {
     snapshot_meta: Option<SnapshotMeta>,
     /// Index of the last entry; equals the snapshot index when the log after it is empty.
     last_index: Index,
+    /// Snapshot files, in [`SNAPSHOT_DIR`] under the data directory (covered by its lock).
+    snapshots: Arc<SnapshotStore>,
 }
 
 impl std::fmt::Debug for RocksDbStorage {
@@ -181,43 +186,12 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, String> {
     Ok(entry)
 }
 
-/// Creates `path` with mode 0700, or checks that an existing one is a private directory.
+/// Creates the data directory (mode 0700) or checks that an existing one is private.
 fn prepare_dir(path: &Path) -> Result<(), StorageError> {
-    let fail = |reason: String| StorageError::Io { op: "open", reason };
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            if !meta.is_dir() {
-                return Err(fail(format!(
-                    "data directory {} is not a directory",
-                    path.display()
-                )));
-            }
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & DIR_MODE_FORBIDDEN_BITS != 0 {
-                return Err(fail(format!(
-                    "data directory {} has mode {mode:04o}; it must not be accessible to \
-                     group or others (expected {DIR_MODE:04o}; fix with `chmod 700 {}`)",
-                    path.display(),
-                    path.display()
-                )));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(path)
-            .map_err(|e| {
-                fail(format!(
-                    "cannot create data directory {}: {e}",
-                    path.display()
-                ))
-            }),
-        Err(e) => Err(fail(format!(
-            "cannot inspect data directory {}: {e}",
-            path.display()
-        ))),
-    }
+    super::private_dir(path).map_err(|reason| StorageError::Io {
+        op: "open",
+        reason: format!("data directory {reason}"),
+    })
 }
 
 /// RocksDB reports a held `LOCK` file in two ways: another process holds the POSIX lock
@@ -261,12 +235,19 @@ impl RocksDbStorage {
             };
             StorageError::Io { op: "open", reason }
         })?;
+        // Only now, with the directory's lock held: the snapshot store deletes stray files.
+        let snapshots =
+            SnapshotStore::open_dir(path.join(SNAPSHOT_DIR)).map_err(|e| StorageError::Io {
+                op: "open",
+                reason: e.to_string(),
+            })?;
         let mut store = Self {
             db,
             path,
             hard_state: HardState::default(),
             snapshot_meta: None,
             last_index: 0,
+            snapshots: Arc::new(snapshots),
         };
         store.check_format()?;
         store.hard_state = store.read_hard_state()?;
@@ -582,6 +563,10 @@ impl Storage for RocksDbStorage {
     fn snapshot_meta(&self) -> Option<SnapshotMeta> {
         self.snapshot_meta.clone()
     }
+
+    fn snapshot_store(&self) -> Arc<SnapshotStore> {
+        self.snapshots.clone()
+    }
 }
 
 #[cfg(test)]
@@ -589,6 +574,7 @@ mod tests {
     use super::*;
     use crate::raft::NodeId;
     use crate::storage::conformance::{self, entry, StorageHarness};
+    use std::os::unix::fs::PermissionsExt;
 
     /// Fresh stores live in their own temporary directories, kept until the harness drops.
     #[derive(Default)]

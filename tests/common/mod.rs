@@ -51,10 +51,15 @@ pub fn start_cluster<S: Storage + Send + 'static>(
             let net = net.clone();
             let mut options = options(id, &members);
             configure(&mut options);
-            groups::start(options, KvStore::new(), storage(id), move |inbox| {
-                net.register(NodeId(id), inbox);
-                net.transport(NodeId(id))
-            })
+            groups::start(
+                options,
+                KvStore::new(),
+                storage(id),
+                move |inbox, snapshots| {
+                    net.register(NodeId(id), inbox, snapshots);
+                    net.transport(NodeId(id))
+                },
+            )
             .expect("member starts")
         })
         .collect();

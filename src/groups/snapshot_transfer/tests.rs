@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -9,9 +10,33 @@ use crate::raft::Membership;
 const LEADER: NodeId = NodeId(1);
 const FOLLOWER: NodeId = NodeId(2);
 
-fn snapshot_message(len: usize, index: Index) -> Message {
+/// The two members' snapshot stores: the leader's in memory, the follower's in files (the
+/// directory lives as long as the value).
+struct Stores {
+    leader: Arc<SnapshotStore>,
+    follower: Arc<SnapshotStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn stores() -> Stores {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let follower = SnapshotStore::open_dir(dir.path().join("snapshots")).expect("store");
+    Stores {
+        leader: Arc::new(SnapshotStore::memory()),
+        follower: Arc::new(follower),
+        _dir: dir,
+    }
+}
+
+/// An `InstallSnapshot` of `len` bytes, stored in `store`.
+fn snapshot_message(store: &Arc<SnapshotStore>, len: usize, index: Index) -> Message {
     // Not all zeros, so a chunk in the wrong place changes the digest.
-    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let data: Vec<u8> = (0..len)
+        .map(|i| ((i * 31 + index as usize) % 251) as u8)
+        .collect();
+    let mut writer = store.writer().expect("writer");
+    writer.write_all(&data).expect("write");
+    let handle = writer.finish(None).expect("stored");
     Message {
         from: LEADER,
         to: FOLLOWER,
@@ -24,17 +49,14 @@ fn snapshot_message(len: usize, index: Index) -> Message {
                     membership: Membership::default(),
                     membership_index: 0,
                 },
-                data: Bytes::from(data),
+                data: handle.encode(),
             },
         },
     }
 }
 
-fn offer_of(message: &Message) -> (Offer, Bytes) {
-    let MessageBody::InstallSnapshot { snapshot } = &message.body else {
-        unreachable!("test messages are snapshots")
-    };
-    offer_for(message, sha256(&snapshot.data)).expect("an InstallSnapshot message")
+fn offer_of(message: &Message) -> (Offer, SnapshotHandle) {
+    offer_for(message).expect("an InstallSnapshot message")
 }
 
 type Half = (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>);
@@ -74,14 +96,16 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CutAfter<W> {
     }
 }
 
-/// Runs one transfer: the leader sends `offer`/`data` (its writes cut after `cut` bytes if
-/// given), the follower receives into `slot`.
+/// Runs one transfer: the leader sends `offer` with the bytes of `handle` (its writes cut
+/// after `cut` bytes if given), the follower receives into `slot` and its store.
 async fn transfer(
+    stores: &Stores,
     offer: &Offer,
-    data: &Bytes,
+    handle: &SnapshotHandle,
     slot: &ResumeSlot,
     cut: Option<usize>,
 ) -> (Result<u64, TransferError>, Result<Message, TransferError>) {
+    let data = &stores.leader;
     let ((mut leader_rx, leader_tx), (mut follower_rx, mut follower_tx)) = pipe();
     let sending = async move {
         match cut {
@@ -90,101 +114,181 @@ async fn transfer(
                     inner: leader_tx,
                     remaining,
                 };
-                send_snapshot(&mut leader_rx, &mut tx, offer, data).await
+                send_snapshot(&mut leader_rx, &mut tx, offer, data, handle).await
             }
             None => {
                 let mut tx = leader_tx;
-                send_snapshot(&mut leader_rx, &mut tx, offer, data).await
+                send_snapshot(&mut leader_rx, &mut tx, offer, data, handle).await
             }
         }
         // The sender's halves drop here, as a closed stream would.
     };
     // The receiver's halves drop when it returns, so a sender still writing sees the end.
-    let receiving =
-        async move { receive_snapshot(&mut follower_rx, &mut follower_tx, LEADER, slot).await };
+    let store = &stores.follower;
+    let receiving = async move {
+        receive_snapshot(&mut follower_rx, &mut follower_tx, LEADER, slot, store).await
+    };
     tokio::join!(sending, receiving)
+}
+
+/// The bytes the follower's store holds for the snapshot of `message`.
+fn received_bytes(stores: &Stores, message: &Message) -> Vec<u8> {
+    let (_, handle) = offer_of(message);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut stores.follower.reader(&handle).expect("stored"),
+        &mut out,
+    )
+    .expect("verified read");
+    out
+}
+
+fn leader_bytes(stores: &Stores, message: &Message) -> Vec<u8> {
+    let (_, handle) = offer_of(message);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut stores.leader.reader(&handle).expect("stored"),
+        &mut out,
+    )
+    .expect("verified read");
+    out
+}
+
+/// Files in the follower's snapshot directory (complete and unfinished).
+fn follower_files(stores: &Stores) -> usize {
+    let dir = stores.follower.dir().expect("a file store");
+    std::fs::read_dir(dir).expect("ls").count()
 }
 
 #[tokio::test]
 async fn a_snapshot_of_many_chunks_arrives_whole() {
-    let message = snapshot_message(5 * CHUNK_BYTES + 123, 40);
-    let (offer, data) = offer_of(&message);
+    let stores = stores();
+    let message = snapshot_message(&stores.leader, 5 * CHUNK_BYTES + 123, 40);
+    let (offer, handle) = offer_of(&message);
     let slot = ResumeSlot::default();
-    let (sent, received) = transfer(&offer, &data, &slot, None).await;
-    assert_eq!(sent.expect("sent"), data.len() as u64);
-    assert_eq!(received.expect("received"), message);
+    let (sent, received) = transfer(&stores, &offer, &handle, &slot, None).await;
+    assert_eq!(sent.expect("sent"), handle.size);
+    assert_eq!(
+        received.expect("received"),
+        message,
+        "the same snapshot, named by the same content handle"
+    );
+    assert_eq!(
+        received_bytes(&stores, &message),
+        leader_bytes(&stores, &message)
+    );
     assert_eq!(slot.parked_bytes(), 0);
+    assert_eq!(
+        follower_files(&stores),
+        1,
+        "one synced snapshot file, no leftovers"
+    );
 }
 
 #[tokio::test]
 async fn a_cut_transfer_resumes_where_it_stopped() {
-    let message = snapshot_message(6 * CHUNK_BYTES, 40);
-    let (offer, data) = offer_of(&message);
+    let stores = stores();
+    let message = snapshot_message(&stores.leader, 6 * CHUNK_BYTES, 40);
+    let (offer, handle) = offer_of(&message);
     let slot = ResumeSlot::default();
     // Cut in the middle of the fourth chunk: three whole chunks were received.
     let cut = 3 * (CHUNK_BYTES + 5) + CHUNK_BYTES / 2 + 200;
-    let (sent, received) = transfer(&offer, &data, &slot, Some(cut)).await;
+    let (sent, received) = transfer(&stores, &offer, &handle, &slot, Some(cut)).await;
     assert!(sent.is_err(), "the sender saw the cut");
     assert!(received.is_err(), "the receiver saw the cut");
     assert_eq!(slot.parked_bytes(), 3 * CHUNK_BYTES as u64);
+    assert!(
+        stores.follower.list().expect("list").is_empty(),
+        "a partial snapshot is not a snapshot"
+    );
 
-    let (sent, received) = transfer(&offer, &data, &slot, None).await;
+    let (sent, received) = transfer(&stores, &offer, &handle, &slot, None).await;
     assert_eq!(
         sent.expect("resumed"),
         3 * CHUNK_BYTES as u64,
         "only the missing half is sent again"
     );
     assert_eq!(received.expect("received"), message);
+    assert_eq!(
+        received_bytes(&stores, &message),
+        leader_bytes(&stores, &message)
+    );
 }
 
 #[tokio::test]
 async fn another_snapshot_replaces_a_parked_one() {
-    let old = snapshot_message(4 * CHUNK_BYTES, 40);
-    let (old_offer, old_data) = offer_of(&old);
+    let stores = stores();
+    let old = snapshot_message(&stores.leader, 4 * CHUNK_BYTES, 40);
+    let (old_offer, old_handle) = offer_of(&old);
     let slot = ResumeSlot::default();
-    let _ = transfer(&old_offer, &old_data, &slot, Some(2 * CHUNK_BYTES + 100)).await;
+    let cut = Some(2 * CHUNK_BYTES + 100);
+    let _ = transfer(&stores, &old_offer, &old_handle, &slot, cut).await;
     assert!(slot.parked_bytes() > 0);
 
-    let newer = snapshot_message(4 * CHUNK_BYTES, 80);
-    let (offer, data) = offer_of(&newer);
-    let (sent, received) = transfer(&offer, &data, &slot, None).await;
-    assert_eq!(
-        sent.expect("sent"),
-        data.len() as u64,
-        "sent from the start"
-    );
+    let newer = snapshot_message(&stores.leader, 4 * CHUNK_BYTES, 80);
+    let (offer, handle) = offer_of(&newer);
+    let (sent, received) = transfer(&stores, &offer, &handle, &slot, None).await;
+    assert_eq!(sent.expect("sent"), handle.size, "sent from the start");
     assert_eq!(received.expect("received"), newer);
+    assert_eq!(
+        follower_files(&stores),
+        1,
+        "the replaced partial file is gone, the new snapshot is there"
+    );
+}
+
+#[tokio::test]
+async fn a_received_snapshot_is_kept_until_its_delivery_is_released() {
+    let stores = stores();
+    let slot = ResumeSlot::default();
+    let first = snapshot_message(&stores.leader, 1000, 40);
+    let (offer, handle) = offer_of(&first);
+    let message = transfer(&stores, &offer, &handle, &slot, None)
+        .await
+        .1
+        .expect("received");
+    assert_eq!(handle_of(&message), Some(handle));
+    assert!(stores.follower.contains(&handle), "kept for the worker");
+    // The worker's core refused it (say, it was stale): released, nothing uses it.
+    stores.follower.release(&handle);
+    assert!(!stores.follower.contains(&handle));
+    assert_eq!(follower_files(&stores), 0);
 }
 
 #[tokio::test]
 async fn bytes_that_do_not_match_the_digest_are_never_delivered() {
-    let message = snapshot_message(2 * CHUNK_BYTES + 7, 40);
-    let (mut offer, data) = offer_of(&message);
+    let stores = stores();
+    let message = snapshot_message(&stores.leader, 2 * CHUNK_BYTES + 7, 40);
+    let (mut offer, handle) = offer_of(&message);
     offer.sha256[0] ^= 1;
     let slot = ResumeSlot::default();
-    let (_, received) = transfer(&offer, &data, &slot, None).await;
+    let (_, received) = transfer(&stores, &offer, &handle, &slot, None).await;
     assert!(matches!(received, Err(TransferError::Digest { index: 40 })));
     assert_eq!(slot.parked_bytes(), 0, "untrusted bytes are not kept");
+    assert_eq!(follower_files(&stores), 0, "nor left on disk");
 }
 
 #[tokio::test]
 async fn an_oversized_offer_is_declined_before_any_byte_is_held() {
-    let message = snapshot_message(10, 40);
-    let (mut offer, data) = offer_of(&message);
+    let stores = stores();
+    let message = snapshot_message(&stores.leader, 10, 40);
+    let (mut offer, handle) = offer_of(&message);
     offer.size = SNAPSHOT_BYTES_MAX + 1;
     let slot = ResumeSlot::default();
-    let (sent, received) = transfer(&offer, &data, &slot, None).await;
+    let (sent, received) = transfer(&stores, &offer, &handle, &slot, None).await;
     assert!(matches!(received, Err(TransferError::TooLarge { .. })));
     assert!(matches!(sent, Err(TransferError::Declined(reason)) if reason.contains("exceeds")));
+    assert_eq!(follower_files(&stores), 0);
 }
 
 #[tokio::test]
 async fn an_offer_in_another_members_name_is_declined() {
-    let mut message = snapshot_message(10, 40);
+    let stores = stores();
+    let mut message = snapshot_message(&stores.leader, 10, 40);
     message.from = NodeId(9);
-    let (offer, data) = offer_of(&message);
+    let (offer, handle) = offer_of(&message);
     let slot = ResumeSlot::default();
-    let (sent, received) = transfer(&offer, &data, &slot, None).await;
+    let (sent, received) = transfer(&stores, &offer, &handle, &slot, None).await;
     assert!(matches!(
         received,
         Err(TransferError::WrongSender {
@@ -197,11 +301,14 @@ async fn an_offer_in_another_members_name_is_declined() {
 
 #[tokio::test]
 async fn a_sender_that_sends_more_than_it_announced_is_cut_off() {
-    let message = snapshot_message(CHUNK_BYTES, 40);
-    let (mut offer, data) = offer_of(&message);
-    offer.size = 1000; // announces less than it then sends
+    let stores = stores();
+    let message = snapshot_message(&stores.leader, CHUNK_BYTES, 40);
+    let (mut offer, mut handle) = offer_of(&message);
+    // Announces less than it then sends.
+    offer.size = 1000;
+    handle.size = CHUNK_BYTES as u64;
     let slot = ResumeSlot::default();
-    let (_, received) = transfer(&offer, &data, &slot, None).await;
+    let (_, received) = transfer(&stores, &offer, &handle, &slot, None).await;
     assert!(matches!(
         received,
         Err(TransferError::Overrun {
@@ -210,25 +317,29 @@ async fn a_sender_that_sends_more_than_it_announced_is_cut_off() {
             ..
         })
     ));
+    assert_eq!(follower_files(&stores), 0);
 }
 
 #[test]
 fn partial_refuses_empty_chunks_and_unfinished_results() {
+    let store = Arc::new(SnapshotStore::memory());
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, b"abc").as_ref());
     let key = TransferKey {
         from: LEADER,
         index: 1,
         term: 1,
-        sha256: sha256(b"abc"),
+        sha256,
     };
-    let mut partial = Partial::start(key, 3).expect("small");
+    let mut partial = Partial::start(key, 3, &store).expect("small");
     assert!(matches!(partial.push(b""), Err(TransferError::EmptyChunk)));
     partial.push(b"ab").expect("fits");
     assert!(!partial.is_complete());
-    let mut done = Partial::start(key, 3).expect("small");
+    let mut done = Partial::start(key, 3, &store).expect("small");
     done.push(b"abc").expect("fits");
     assert_eq!(
         done.finish().expect("digest matches"),
-        Bytes::from_static(b"abc")
+        SnapshotHandle { size: 3, sha256 }
     );
     assert!(
         matches!(
@@ -243,7 +354,7 @@ fn partial_refuses_empty_chunks_and_unfinished_results() {
 }
 
 #[test]
-fn offer_for_refuses_other_messages() {
+fn offer_for_refuses_other_messages_and_data_that_is_no_handle() {
     let message = Message {
         from: LEADER,
         to: FOLLOWER,
@@ -251,7 +362,22 @@ fn offer_for_refuses_other_messages() {
         body: MessageBody::TimeoutNow,
     };
     assert!(matches!(
-        offer_for(&message, [0; 32]),
+        offer_for(&message),
         Err(TransferError::NotASnapshot)
+    ));
+    let raw = Message {
+        from: LEADER,
+        to: FOLLOWER,
+        term: 1,
+        body: MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                meta: SnapshotMeta::default(),
+                data: bytes::Bytes::from_static(b"raw machine bytes"),
+            },
+        },
+    };
+    assert!(matches!(
+        offer_for(&raw),
+        Err(TransferError::Store(SnapshotStoreError::NotAHandle { .. }))
     ));
 }

@@ -1,0 +1,272 @@
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use super::*;
+
+fn stores() -> Vec<(tempfile::TempDir, Arc<SnapshotStore>)> {
+    let memory = tempfile::tempdir().expect("tempdir");
+    let files = tempfile::tempdir().expect("tempdir");
+    let dir = files.path().join("snapshots");
+    vec![
+        (memory, Arc::new(SnapshotStore::memory())),
+        (files, Arc::new(SnapshotStore::open_dir(dir).expect("open"))),
+    ]
+}
+
+fn put(store: &Arc<SnapshotStore>, bytes: &[u8]) -> SnapshotHandle {
+    let mut w = store.writer().expect("writer");
+    // Several writes, as a machine streaming its state does.
+    for part in bytes.chunks(7) {
+        w.write_all(part).expect("write");
+    }
+    assert_eq!(w.written(), bytes.len() as u64);
+    w.finish(None).expect("finish")
+}
+
+fn read_all(store: &SnapshotStore, handle: &SnapshotHandle) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    store
+        .reader(handle)
+        .expect("reader")
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+#[test]
+fn a_written_snapshot_reads_back_under_its_content_handle() {
+    for (_dir, store) in stores() {
+        let bytes: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let handle = put(&store, &bytes);
+        assert_eq!(handle.size, bytes.len() as u64);
+        assert_eq!(handle.sha256, digest(&bytes));
+        assert!(store.contains(&handle));
+        assert_eq!(read_all(&store, &handle).expect("verified read"), bytes);
+        let mut tail = Vec::new();
+        store
+            .raw_reader(&handle, 1000)
+            .expect("raw")
+            .read_to_end(&mut tail)
+            .expect("read");
+        assert_eq!(tail, bytes[1000..], "a resumed send starts at the offset");
+        assert_eq!(store.list().expect("list"), vec![handle.sha256]);
+    }
+}
+
+#[test]
+fn the_handle_encoding_round_trips_and_other_bytes_are_refused() {
+    let handle = SnapshotHandle {
+        size: 42,
+        sha256: [7; 32],
+    };
+    assert_eq!(
+        SnapshotHandle::decode(&handle.encode()).expect("decode"),
+        handle
+    );
+    let encoded = handle.encode();
+    for len in 0..encoded.len() {
+        assert!(
+            SnapshotHandle::decode(&encoded[..len]).is_err(),
+            "a {len}-byte prefix"
+        );
+    }
+    let mut longer = encoded.to_vec();
+    longer.push(0);
+    assert!(SnapshotHandle::decode(&longer).is_err(), "trailing byte");
+    assert!(matches!(
+        SnapshotHandle::decode(b"a raw state-machine snapshot, not a handle"),
+        Err(SnapshotStoreError::NotAHandle { .. })
+    ));
+    let mut other_version = encoded.to_vec();
+    other_version[HANDLE_MAGIC.len()] = 9;
+    assert!(matches!(
+        SnapshotHandle::decode(&other_version),
+        Err(SnapshotStoreError::HandleVersion { found: 9 })
+    ));
+}
+
+#[test]
+fn an_unfinished_or_refused_writer_leaves_nothing_behind() {
+    for (_dir, store) in stores() {
+        let mut w = store.writer().expect("writer");
+        w.write_all(b"half a snapshot").expect("write");
+        drop(w);
+        assert!(store.list().expect("list").is_empty());
+        if let Some(dir) = store.dir() {
+            assert_eq!(
+                std::fs::read_dir(dir).expect("ls").count(),
+                0,
+                "no .part left"
+            );
+        }
+        let mut w = store.writer().expect("writer");
+        w.write_all(b"bytes").expect("write");
+        match w.finish(Some(&[0; 32])) {
+            Err(SnapshotStoreError::Digest { size: 5, .. }) => {}
+            other => panic!("bytes with another digest must be refused, got {other:?}"),
+        }
+        assert!(store.list().expect("list").is_empty());
+        if let Some(dir) = store.dir() {
+            assert_eq!(std::fs::read_dir(dir).expect("ls").count(), 0);
+        }
+    }
+}
+
+#[test]
+fn a_damaged_file_fails_the_verified_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SnapshotStore::open_dir(dir.path().join("s")).expect("open"));
+    let bytes = vec![5u8; 4096];
+    let handle = put(&store, &bytes);
+    let path = dir.path().join("s").join(handle.file_name());
+    let damage = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = bytes.clone();
+        f(&mut b);
+        std::fs::write(&path, &b).expect("write");
+    };
+    damage(&|b| b[100] ^= 1);
+    let err = read_all(&store, &handle).expect_err("flipped byte");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+    damage(&|b| b.truncate(4000));
+    let err = read_all(&store, &handle).expect_err("truncated");
+    assert!(err.to_string().contains("shorter"), "{err}");
+    damage(&|b| b.push(0));
+    let err = read_all(&store, &handle).expect_err("extended");
+    assert!(err.to_string().contains("longer"), "{err}");
+    std::fs::remove_file(&path).expect("rm");
+    assert!(matches!(
+        store.reader(&handle),
+        Err(SnapshotStoreError::Missing { .. })
+    ));
+}
+
+#[test]
+fn superseded_snapshots_are_deleted_once_nothing_uses_them() {
+    for (_dir, store) in stores() {
+        let a = put(&store, b"snapshot a");
+        store.make_current(&a);
+        // Received twice (the leader resent it), handed to the worker twice.
+        let b = put(&store, b"snapshot b");
+        store.delivered(&b);
+        store.delivered(&b);
+        assert_eq!(
+            store.list().expect("list").len(),
+            2,
+            "current and delivered kept"
+        );
+        store.release(&b);
+        assert!(
+            store.contains(&b),
+            "one delivery is still in the worker's inbox"
+        );
+        store.release(&b);
+        assert!(
+            !store.contains(&b),
+            "refused by the worker both times: deleted"
+        );
+        assert!(store.contains(&a));
+
+        // Installed: it becomes current, the previous current goes.
+        let c = put(&store, b"snapshot c");
+        store.delivered(&c);
+        store.make_current(&c);
+        assert!(
+            !store.contains(&a),
+            "the previous current one is superseded"
+        );
+        store.release(&c);
+        assert!(
+            store.contains(&c),
+            "the current one stays when its delivery is released"
+        );
+        store.make_current(&c);
+        assert!(
+            store.contains(&c),
+            "making the current one current again keeps it"
+        );
+
+        // A current one still delivered (a resend in the inbox) outlives being superseded.
+        store.delivered(&c);
+        let d = put(&store, b"snapshot d");
+        store.make_current(&d);
+        assert!(store.contains(&c), "still delivered");
+        store.release(&c);
+        assert!(!store.contains(&c));
+        // Releasing what was never delivered changes nothing.
+        store.release(&d);
+        assert!(store.contains(&d));
+    }
+}
+
+#[test]
+fn sweep_keeps_only_the_referenced_snapshot_and_removes_stray_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s");
+    let store = Arc::new(SnapshotStore::open_dir(&path).expect("open"));
+    let keep = put(&store, b"keep");
+    let other = put(&store, b"other");
+    // What a crash in the middle of a write leaves, and an unrelated file.
+    std::fs::write(path.join("0123.part"), b"torn").expect("write");
+    std::fs::write(path.join("README"), b"not ours").expect("write");
+    drop(store);
+    let store = Arc::new(SnapshotStore::open_dir(&path).expect("reopen"));
+    store.sweep(Some(&keep)).expect("sweep");
+    assert!(store.contains(&keep));
+    assert!(!store.contains(&other));
+    assert!(!path.join("0123.part").exists());
+    assert!(
+        path.join("README").exists(),
+        "files that are not ours are left alone"
+    );
+    store.sweep(None).expect("sweep");
+    assert!(store.list().expect("list").is_empty());
+}
+
+#[test]
+fn copy_between_stores_keeps_the_handle() {
+    let all = stores();
+    for (_a, from) in &all {
+        for (_b, to) in &all {
+            let bytes = format!("copied {:p} {:p}", from.as_ref(), to.as_ref()).into_bytes();
+            let handle = put(from, &bytes);
+            to.copy_from(from, &handle).expect("copy");
+            assert_eq!(read_all(to, &handle).expect("read"), bytes);
+        }
+    }
+    let (_dir, empty) = &all[0];
+    let missing = SnapshotHandle {
+        size: 1,
+        sha256: [1; 32],
+    };
+    assert!(matches!(
+        Arc::new(SnapshotStore::memory()).copy_from(empty, &missing),
+        Err(SnapshotStoreError::Missing { .. })
+    ));
+}
+
+#[test]
+fn a_snapshot_directory_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let created = dir.path().join("new");
+    SnapshotStore::open_dir(&created).expect("created");
+    let mode = std::fs::metadata(&created)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    std::fs::set_permissions(&created, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    match SnapshotStore::open_dir(&created) {
+        Err(SnapshotStoreError::Directory { reason, .. }) => {
+            assert!(reason.contains("0755"), "{reason}")
+        }
+        other => panic!("a world-readable snapshot directory must be refused, got {other:?}"),
+    }
+}
