@@ -2,11 +2,14 @@
 //!
 //! The parent test re-executes this test binary as a child (`crash_child_writer`) that
 //! appends to a store as fast as it can, group-committing random batches with a hard state,
-//! compacting now and then, and printing a line after every write that returned `Ok`. The
+//! compacting now and then (the snapshot's bytes written to a file of the store's
+//! [`SnapshotStore`], as the group runtime does, and its handle recorded in the log
+//! store), and printing a line after every write that returned `Ok`. The
 //! parent kills the child with SIGKILL after a random number of those acknowledgements,
 //! reopens the store and checks: every acknowledged entry is there with its exact content,
 //! the log is contiguous after the snapshot, everything beyond the acknowledged prefix is
-//! well formed, the hard state and snapshot did not go back. The same directory is reused
+//! well formed, the hard state and snapshot did not go back, the snapshot's file reads back
+//! whole and verified, and the start-up sweep leaves only that file. The same directory is reused
 //! round after round, so every round also recovers what the previous kills left.
 //!
 //! `TESSERA_CRASH_ROUNDS` sets the number of rounds (default: a fast variant);
@@ -22,7 +25,9 @@ use tessera::raft::{
     Entry, EntryPayload, HardState, Index, Membership, NodeId, Snapshot, SnapshotMeta, SplitMix64,
     Term,
 };
-use tessera::storage::{RocksDbStorage, Storage, StorageError, WriteBatch};
+use tessera::storage::{
+    RocksDbStorage, SnapshotHandle, Storage, StorageError, WriteBatch, SNAPSHOT_DIR,
+};
 
 const CHILD_TEST: &str = "crash_child_writer";
 const CHILD_DIR_ENV: &str = "TESSERA_CRASH_CHILD_DIR";
@@ -53,8 +58,13 @@ fn expected_entry(index: Index, term: Term) -> Entry {
     }
 }
 
-fn snapshot_data(index: Index) -> Bytes {
-    Bytes::from(format!("state-machine-at-{index}"))
+/// The state-machine bytes of the snapshot at `index`: large enough (about 1 MiB) that
+/// kills land in the middle of writing one.
+fn snapshot_bytes(index: Index) -> Vec<u8> {
+    let len = (1 << 20) + (index % 4096) as usize;
+    (0..len)
+        .map(|j| (index as usize).wrapping_mul(131) as u8 ^ j as u8)
+        .collect()
 }
 
 /// The child: a no-op unless the parent set the data directory.
@@ -95,6 +105,11 @@ fn crash_child_writer() {
         if last - snapshot_index >= COMPACT_AFTER_ENTRIES {
             let at = last - COMPACT_KEEP_ENTRIES;
             let at_term = store.entries(at, at + 1).expect("entry to compact at")[0].term;
+            let snapshots = store.snapshot_store();
+            let mut file = snapshots.writer().expect("child starts a snapshot file");
+            file.write_all(&snapshot_bytes(at))
+                .expect("child writes the snapshot");
+            let handle = file.finish(None).expect("child syncs the snapshot");
             store
                 .compact(&Snapshot {
                     meta: SnapshotMeta {
@@ -103,9 +118,10 @@ fn crash_child_writer() {
                         membership: Membership::with_voters([NodeId(1)]),
                         membership_index: 0,
                     },
-                    data: snapshot_data(at),
+                    data: handle.encode(),
                 })
                 .expect("child compacts");
+            snapshots.make_current(&handle);
             writeln!(out, "compacted {at}").expect("stdout");
             out.flush().expect("stdout");
         }
@@ -167,13 +183,38 @@ fn check_recovery(path: &Path, acked: &mut Acknowledged, context: &str) {
         "{context}: snapshot at {snapshot_index} is older than the acknowledged compaction at {}",
         acked.compacted
     );
-    if let Some(s) = &state.snapshot {
-        assert_eq!(
-            s.data,
-            snapshot_data(s.meta.index),
-            "{context}: snapshot data"
+    let snapshots = store.snapshot_store();
+    let kept = state.snapshot.as_ref().map(|s| {
+        let handle = SnapshotHandle::decode(&s.data)
+            .unwrap_or_else(|e| panic!("{context}: snapshot data is no handle: {e}"));
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut snapshots
+                .reader(&handle)
+                .unwrap_or_else(|e| panic!("{context}: snapshot file missing: {e}")),
+            &mut bytes,
+        )
+        .unwrap_or_else(|e| panic!("{context}: snapshot file damaged: {e}"));
+        assert!(
+            bytes == snapshot_bytes(s.meta.index),
+            "{context}: snapshot file content at {}",
+            s.meta.index
         );
-    }
+        handle
+    });
+    // What a crash left (an unfinished file, a snapshot never recorded) goes at start-up.
+    snapshots
+        .sweep(kept.as_ref())
+        .unwrap_or_else(|e| panic!("{context}: sweep: {e}"));
+    let files: Vec<String> = std::fs::read_dir(path.join(SNAPSHOT_DIR))
+        .expect("snapshot directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files.len(),
+        usize::from(kept.is_some()),
+        "{context}: only the recorded snapshot's file is left: {files:?}"
+    );
     assert_eq!(store.first_index(), snapshot_index + 1, "{context}");
     // Contiguous after the snapshot, and every entry, acknowledged or not, well formed.
     let mut previous_term = state.snapshot.as_ref().map_or(0, |s| s.meta.term);
