@@ -5,14 +5,15 @@
 //! way, so an oversized request costs one log entry and changes nothing.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    decode_snapshot, encode_snapshot, encodes_exactly, ApplyContext, SignatureBuilder,
-    SnapshotError, StateMachine,
+use super::stream::{
+    expect_end, read_bytes, read_header, read_varint, write_bytes, write_header, write_varint,
 };
+use super::{ApplyContext, SignatureBuilder, SnapshotError, StateMachine};
 
 /// Default largest key, in bytes.
 pub const KEY_BYTES_MAX_DEFAULT: u64 = 4 * 1024;
@@ -423,27 +424,6 @@ impl KvStore {
     }
 }
 
-impl KvStore {
-    /// The snapshot body of the current state, borrowing every key and value.
-    fn snapshot_body(&self) -> KvSnapshotBody<'_> {
-        KvSnapshotBody {
-            entries: self
-                .entries
-                .iter()
-                .map(|(key, value)| (key.as_slice(), value.as_slice()))
-                .collect(),
-        }
-    }
-}
-
-/// Snapshot body: entries in strictly increasing key order, borrowed when decoding so a
-/// large snapshot is not copied twice.
-#[derive(Serialize, Deserialize)]
-struct KvSnapshotBody<'a> {
-    #[serde(borrow)]
-    entries: Vec<(&'a [u8], &'a [u8])>,
-}
-
 impl StateMachine for KvStore {
     type Command = KvCommand;
     type Output = KvOutput;
@@ -478,61 +458,139 @@ impl StateMachine for KvStore {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
-        encode_snapshot(
-            SNAPSHOT_FORMAT_VERSION,
-            self.signature(),
-            &self.snapshot_body(),
-        )
+        // About the size (the data, at least two length bytes per entry, the header), so
+        // that a large store is not copied through a chain of doubling buffers.
+        let capacity = usize::try_from(self.data_bytes)
+            .unwrap_or(0)
+            .saturating_add(self.entries.len().saturating_mul(2))
+            .saturating_add(64);
+        let mut out = Vec::with_capacity(capacity);
+        self.snapshot_to(&mut out)?;
+        Ok(out)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let body: KvSnapshotBody<'_> =
-            decode_snapshot(snapshot, SNAPSHOT_FORMAT_VERSION, &self.signature())?;
-        let invalid = |reason: String| SnapshotError::Invalid { reason };
-        let mut entries = BTreeMap::new();
-        let mut data_bytes: u64 = 0;
-        let mut previous: Option<&[u8]> = None;
-        for (key, value) in body.entries {
-            // Strict order makes the encoding canonical: a snapshot that restores is
-            // byte-for-byte what `snapshot()` would write.
-            if previous.is_some_and(|previous| previous >= key) {
-                return Err(invalid("keys are not in strictly increasing order".into()));
-            }
-            previous = Some(key);
-            self.check_key(key)
-                .and_then(|()| self.check_value(value))
-                .map_err(|rejection| invalid(rejection.to_string()))?;
-            data_bytes = data_bytes
-                .saturating_add(len_u64(key))
-                .saturating_add(len_u64(value));
-            if data_bytes > self.limits.data_bytes_max {
-                return Err(invalid(format!(
-                    "entries exceed the data limit of {} bytes",
-                    self.limits.data_bytes_max
-                )));
-            }
-            entries.insert(key.to_vec(), value.to_vec());
+        self.restore_from(&mut &snapshot[..])
+    }
+
+    /// Writes the header, then the entries as postcard encodes a `Vec<(&[u8], &[u8])>`:
+    /// the entry count, then each key and value as varint length and bytes, in key order.
+    ///
+    /// Entry by entry through a buffer of `IO_BUFFER_BYTES`, so memory does not grow with
+    /// the store.
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<(), SnapshotError> {
+        let mut out = BufWriter::with_capacity(IO_BUFFER_BYTES, out);
+        write_header(&mut out, SNAPSHOT_FORMAT_VERSION, &self.signature())?;
+        // usize → u64 is lossless on every target Rust supports.
+        write_varint(&mut out, self.entries.len() as u64)?;
+        for (key, value) in &self.entries {
+            write_bytes(&mut out, key)?;
+            write_bytes(&mut out, value)?;
         }
-        let restored = Self {
-            limits: self.limits,
-            entries,
-            data_bytes,
-        };
-        // The decoder accepts some non-canonical forms (overlong varints); refuse them so
-        // that equal state always means equal snapshot bytes.
-        let body = restored.snapshot_body();
-        if !encodes_exactly(SNAPSHOT_FORMAT_VERSION, self.signature(), &body, snapshot)? {
-            return Err(invalid("non-canonical encoding".into()));
-        }
-        drop(body);
+        out.flush()
+            .map_err(SnapshotError::io("writing the snapshot"))
+    }
+
+    /// Decodes the entries as they are read, checking every length against the limits
+    /// before reading (or allocating for) what it announces.
+    ///
+    /// The decoding is canonical: varints in their shortest form, keys strictly increasing
+    /// and nothing after the last entry. So a snapshot that restores is byte-for-byte what
+    /// [`snapshot`](StateMachine::snapshot) writes for the restored state, and equal state
+    /// always means equal snapshot bytes.
+    fn restore_from(&mut self, input: &mut dyn Read) -> Result<(), SnapshotError> {
+        let mut input = BufReader::with_capacity(IO_BUFFER_BYTES, input);
+        read_header(&mut input, SNAPSHOT_FORMAT_VERSION, &self.signature())?;
+        let restored = self.read_entries(&mut input)?;
+        expect_end(&mut input)?;
         *self = restored;
         Ok(())
+    }
+}
+
+/// Buffer size for writing and reading snapshots: large enough that an unbuffered file
+/// sees few system calls, small next to any state worth streaming.
+const IO_BUFFER_BYTES: usize = 64 * 1024;
+
+impl KvStore {
+    /// Reads the entries of a snapshot (after its header) into a new store with this
+    /// store's limits, refusing whatever restored state would break them.
+    ///
+    /// Memory is bounded by the limits, not by the counts the input announces: a length is
+    /// checked before its bytes are read, and the entry count is never used to allocate.
+    /// The number of entries is itself bounded by `data_bytes_max + 1`, because keys are
+    /// distinct, so all but one (the empty key) have at least one byte.
+    fn read_entries<R: BufRead>(&self, input: &mut R) -> Result<Self, SnapshotError> {
+        let invalid = |reason: String| SnapshotError::Invalid { reason };
+        let limits = self.limits;
+        let count = read_varint(input, "the entry count")?;
+        if count > limits.data_bytes_max.saturating_add(1) {
+            return Err(invalid(format!(
+                "{count} entries cannot have distinct keys within the data limit of {} \
+                 bytes",
+                limits.data_bytes_max
+            )));
+        }
+        // Adds `len` to the running total, refusing to go over the data limit.
+        let add = |data_bytes: u64, len: u64| {
+            let total = data_bytes.saturating_add(len);
+            if total > limits.data_bytes_max {
+                return Err(invalid(format!(
+                    "entries exceed the data limit of {} bytes",
+                    limits.data_bytes_max
+                )));
+            }
+            Ok(total)
+        };
+        let mut entries: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut data_bytes: u64 = 0;
+        for _ in 0..count {
+            let key_bytes = read_varint(input, "a key length")?;
+            if key_bytes > limits.key_bytes_max {
+                return Err(invalid(
+                    KvRejection::KeyTooLarge {
+                        key_bytes,
+                        key_bytes_max: limits.key_bytes_max,
+                    }
+                    .to_string(),
+                ));
+            }
+            data_bytes = add(data_bytes, key_bytes)?;
+            let key = read_bytes(input, key_bytes, "a key")?;
+            // Strict order makes the encoding canonical (and every insertion below an append).
+            if entries
+                .last_key_value()
+                .is_some_and(|(previous, _)| *previous >= key)
+            {
+                return Err(invalid("keys are not in strictly increasing order".into()));
+            }
+            let value_bytes = read_varint(input, "a value length")?;
+            if value_bytes > limits.value_bytes_max {
+                return Err(invalid(
+                    KvRejection::ValueTooLarge {
+                        value_bytes,
+                        value_bytes_max: limits.value_bytes_max,
+                    }
+                    .to_string(),
+                ));
+            }
+            data_bytes = add(data_bytes, value_bytes)?;
+            let value = read_bytes(input, value_bytes, "a value")?;
+            entries.insert(key, value);
+        }
+        Ok(Self {
+            limits,
+            entries,
+            data_bytes,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::stream::encode_snapshot;
+    use crate::machine::stream::testing::{FailAfter, Sink, Trickle};
     use crate::machine::SnapshotError;
 
     const CTX: ApplyContext = ApplyContext {
@@ -975,7 +1033,10 @@ mod tests {
         kv.apply(put("keep", "me"), &CTX);
         let before = kv.clone();
         for len in 0..bytes.len() {
-            assert!(kv.restore(&bytes[..len]).is_err(), "prefix of {len} bytes");
+            assert!(
+                matches!(kv.restore(&bytes[..len]), Err(SnapshotError::Decode { .. })),
+                "prefix of {len} bytes"
+            );
         }
         let mut trailing = bytes.clone();
         trailing.push(0);
@@ -1011,14 +1072,244 @@ mod tests {
         );
     }
 
+    /// The snapshot bytes of `entries` as postcard encodes them, taken as they come (out
+    /// of order, over the limits): the format `snapshot()` writes, built independently.
     fn forged(entries: Vec<(&[u8], &[u8])>) -> Vec<u8> {
+        forged_for(&KvStore::new(), entries)
+    }
+
+    /// As [`forged`], for a store with other limits.
+    fn forged_for(kv: &KvStore, entries: Vec<(&[u8], &[u8])>) -> Vec<u8> {
+        encode_snapshot(SNAPSHOT_FORMAT_VERSION, kv.signature(), &entries)
+    }
+
+    /// A header for `kv` followed by `body`, for bodies postcard would not write.
+    fn with_header(kv: &KvStore, body: &[u8]) -> Vec<u8> {
+        let mut bytes = encode_snapshot(SNAPSHOT_FORMAT_VERSION, kv.signature(), &());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// Limits so large that only the input itself bounds a restore.
+    fn unlimited() -> KvStore {
+        KvStore::with_limits(KvLimits {
+            key_bytes_max: u64::MAX,
+            value_bytes_max: u64::MAX,
+            data_bytes_max: u64::MAX,
+            range_limit_max: u32::MAX,
+        })
+    }
+
+    #[test]
+    fn the_snapshot_is_the_postcard_encoding_of_the_entries_in_key_order() {
+        let kv = sample();
+        let expected = forged(vec![(b"", b"empty key"), (b"a", b"1"), (b"b", b"")]);
+        assert_eq!(kv.snapshot().expect("snapshot"), expected);
+        assert_eq!(
+            KvStore::new().snapshot().expect("snapshot"),
+            forged(Vec::new())
+        );
+    }
+
+    #[test]
+    fn snapshot_to_writes_the_snapshot_bytes_to_a_writer_taking_a_few_at_a_time() {
+        let kv = sample();
+        let mut sink = Sink {
+            trickle: true,
+            ..Sink::default()
+        };
+        kv.snapshot_to(&mut sink).expect("snapshot_to");
+        assert_eq!(sink.bytes, kv.snapshot().expect("snapshot"));
+    }
+
+    #[test]
+    fn snapshot_to_a_failing_writer_is_an_io_error() {
+        let mut sink = Sink {
+            trickle: true,
+            fail_at: Some(10),
+            ..Sink::default()
+        };
+        assert!(matches!(
+            sample().snapshot_to(&mut sink),
+            Err(SnapshotError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn restore_from_a_reader_giving_a_few_bytes_at_a_time_gives_the_same_store() {
+        let kv = sample();
+        let bytes = kv.snapshot().expect("snapshot");
+        let mut restored = KvStore::new();
+        restored.apply(put("stale", "gone"), &CTX);
+        let mut input = Trickle::new(&bytes);
+        restored.restore_from(&mut input).expect("restore_from");
+        assert_eq!(restored, kv);
+        assert!(input.reads > 1);
+        let mut from_slice = KvStore::new();
+        from_slice.restore(&bytes).expect("restore");
+        assert_eq!(from_slice, restored);
+    }
+
+    #[test]
+    fn restore_from_a_reader_that_fails_is_an_io_error_and_changes_nothing() {
+        let bytes = sample().snapshot().expect("snapshot");
+        let mut kv = KvStore::new();
+        kv.apply(put("keep", "me"), &CTX);
+        let before = kv.clone();
+        // Up to and including every byte: the check for the end of input reads too.
+        for good in 0..=bytes.len() {
+            let mut input = FailAfter {
+                rest: &bytes,
+                good,
+                reads: 0,
+            };
+            assert!(
+                matches!(kv.restore_from(&mut input), Err(SnapshotError::Io { .. })),
+                "failing after {good} bytes"
+            );
+        }
+        assert_eq!(kv, before);
+    }
+
+    /// Forged counts and lengths far beyond the input are refused without allocating what
+    /// they announce (the test would abort on an allocation of 2^60 bytes): by the limits
+    /// when they are over them, and by the end of input when the limits allow them.
+    #[test]
+    fn restore_refuses_huge_forged_counts_and_lengths_without_allocating() {
         let kv = KvStore::new();
-        encode_snapshot(
-            SNAPSHOT_FORMAT_VERSION,
-            kv.signature(),
-            &KvSnapshotBody { entries },
-        )
-        .expect("encode")
+        let mut body = Vec::new();
+        write_varint(&mut body, 1).expect("count");
+        write_varint(&mut body, 1 << 60).expect("key length");
+        body.extend_from_slice(b"short");
+        assert!(matches!(
+            KvStore::new().restore(&with_header(&kv, &body)),
+            Err(SnapshotError::Invalid { .. })
+        ));
+        let mut count = Vec::new();
+        write_varint(&mut count, 1 << 62).expect("count");
+        count.extend_from_slice(&[1, b'a', 1, b'1']);
+        assert!(matches!(
+            KvStore::new().restore(&with_header(&kv, &count)),
+            Err(SnapshotError::Invalid { .. })
+        ));
+
+        let mut unlimited = unlimited();
+        let huge = [
+            // 2^62 entries, one given.
+            count,
+            // A key of 2^60 bytes.
+            body,
+            // A value of 2^60 bytes.
+            [
+                &[1, 1, b'k'][..],
+                &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10],
+            ]
+            .concat(),
+        ];
+        for body in huge {
+            assert!(
+                matches!(
+                    unlimited.restore(&with_header(&unlimited, &body)),
+                    Err(SnapshotError::Decode { .. })
+                ),
+                "{body:x?}"
+            );
+        }
+        assert!(unlimited.is_empty());
+    }
+
+    #[test]
+    fn restore_refuses_overlong_varints_in_the_header_count_and_lengths() {
+        let canonical = forged(vec![(b"a", b"1")]);
+        // version (1 byte) ‖ signature (32) ‖ count ‖ key length ‖ "a" ‖ value length ‖ "1"
+        assert_eq!(canonical[33..], [1, 1, b'a', 1, b'1']);
+        for at in [0, 33, 34, 36] {
+            let mut overlong = canonical.clone();
+            overlong[at] |= 0x80;
+            overlong.insert(at + 1, 0x00);
+            assert!(
+                matches!(
+                    KvStore::new().restore(&overlong),
+                    Err(SnapshotError::Invalid { .. })
+                ),
+                "overlong varint at byte {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn restore_refuses_a_count_that_does_not_match_the_entries() {
+        let kv = KvStore::new();
+        // Two announced, one given: the input ends early.
+        assert!(matches!(
+            KvStore::new().restore(&with_header(&kv, &[2, 1, b'a', 1, b'1'])),
+            Err(SnapshotError::Decode { .. })
+        ));
+        // None announced, one given: trailing bytes.
+        assert!(matches!(
+            KvStore::new().restore(&with_header(&kv, &[0, 1, b'a', 1, b'1'])),
+            Err(SnapshotError::Decode { .. })
+        ));
+        // A count past 64 bits.
+        let mut overflow = vec![0xff; 10];
+        overflow.push(0x01);
+        assert!(matches!(
+            KvStore::new().restore(&with_header(&kv, &overflow)),
+            Err(SnapshotError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn restore_refuses_entries_over_the_value_and_data_limits() {
+        // small_limits: values up to 8 bytes, 20 bytes in all.
+        let mut kv = KvStore::with_limits(small_limits());
+        let full = forged_for(&kv, vec![(b"a", b"12345678"), (b"b", b"12345678")]);
+        assert_eq!(kv.restore(&full), Ok(()));
+        assert_eq!(kv.data_bytes(), 18);
+        let before = kv.clone();
+        for entries in [
+            vec![(&b"a"[..], &b"123456789"[..])],
+            vec![(b"a", b"12345678"), (b"b", b"12345678"), (b"c", b"12")],
+            vec![(b"a", b"12345678"), (b"b", b"12345678"), (b"cde", b"")],
+        ] {
+            assert!(
+                matches!(
+                    kv.restore(&forged_for(&kv, entries.clone())),
+                    Err(SnapshotError::Invalid { .. })
+                ),
+                "{entries:?}"
+            );
+        }
+        assert_eq!(kv, before);
+    }
+
+    /// The memory of a snapshot does not grow with the store: it reaches the writer in
+    /// pieces no larger than the buffer, whatever the total.
+    #[test]
+    fn snapshot_to_writes_a_large_store_in_bounded_pieces() {
+        let mut kv = KvStore::new();
+        for i in 0..20_000u32 {
+            let key = format!("key/{i:08}");
+            let value = format!("{i:0100}");
+            assert_eq!(kv.apply(put(&key, &value), &CTX), KvOutput::Put);
+        }
+        let mut sink = Sink::default();
+        kv.snapshot_to(&mut sink).expect("snapshot_to");
+        assert!(
+            sink.bytes.len() > 30 * IO_BUFFER_BYTES,
+            "{}",
+            sink.bytes.len()
+        );
+        assert!(
+            sink.largest_write <= IO_BUFFER_BYTES,
+            "{}",
+            sink.largest_write
+        );
+        let mut restored = KvStore::new();
+        restored
+            .restore_from(&mut Trickle::new(&sink.bytes))
+            .expect("restore_from");
+        assert_eq!(restored, kv);
     }
 
     #[test]

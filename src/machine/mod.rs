@@ -28,6 +28,7 @@
 mod kv;
 mod session;
 mod signature;
+mod stream;
 
 #[cfg(test)]
 mod proptests;
@@ -124,7 +125,8 @@ pub enum SnapshotError {
         found: String,
     },
     /// The snapshot decodes but breaks an invariant of the state (a key over the limit,
-    /// keys out of order, too many sessions).
+    /// keys out of order, too many sessions) or is not in canonical form (an overlong
+    /// varint), so it is not the snapshot the machine it claims to be would write.
     #[error("snapshot violates an invariant: {reason}")]
     Invalid {
         /// The invariant that does not hold.
@@ -278,117 +280,4 @@ pub trait StateMachine: Send + 'static {
             .map_err(SnapshotError::io("reading the snapshot"))?;
         self.restore(&bytes)
     }
-}
-
-/// Lower-case hex of a signature, for error messages.
-fn hex32(bytes: &[u8; 32]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut out, b| {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-/// The prefix of every snapshot this module writes: which format, and which machine (by
-/// signature, so a snapshot taken with other limits or of another type is refused before
-/// its body is read).
-#[derive(Serialize, Deserialize)]
-struct SnapshotHeader {
-    format_version: u16,
-    signature: [u8; 32],
-}
-
-/// Encodes `header ‖ body`.
-fn encode_snapshot<T: Serialize>(
-    format_version: u16,
-    signature: [u8; 32],
-    body: &T,
-) -> Result<Vec<u8>, SnapshotError> {
-    let header = SnapshotHeader {
-        format_version,
-        signature,
-    };
-    let encode_error = |e: postcard::Error| SnapshotError::Encode {
-        reason: e.to_string(),
-    };
-    let out = postcard::to_stdvec(&header).map_err(encode_error)?;
-    postcard::to_extend(body, out).map_err(encode_error)
-}
-
-/// Whether `header ‖ body` encodes to exactly `expected`: the canonical-encoding check of
-/// a restore, compared while encoding so that no second copy of a (possibly very large)
-/// snapshot is made.
-fn encodes_exactly<T: Serialize>(
-    format_version: u16,
-    signature: [u8; 32],
-    body: &T,
-    expected: &[u8],
-) -> Result<bool, SnapshotError> {
-    let header = SnapshotHeader {
-        format_version,
-        signature,
-    };
-    let encode_error = |e: postcard::Error| SnapshotError::Encode {
-        reason: e.to_string(),
-    };
-    let mut compare = CompareWriter {
-        rest: expected,
-        equal: true,
-    };
-    postcard::to_io(&header, &mut compare).map_err(encode_error)?;
-    postcard::to_io(body, &mut compare).map_err(encode_error)?;
-    Ok(compare.equal && compare.rest.is_empty())
-}
-
-/// A sink that checks what is written against the bytes expected, in order.
-struct CompareWriter<'a> {
-    rest: &'a [u8],
-    equal: bool,
-}
-
-impl std::io::Write for CompareWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.rest.strip_prefix(buf) {
-            Some(rest) if self.equal => self.rest = rest,
-            _ => self.equal = false,
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Checks the header, then decodes the body, which must use every remaining byte.
-fn decode_snapshot<'a, T: Deserialize<'a>>(
-    bytes: &'a [u8],
-    format_version: u16,
-    signature: &[u8; 32],
-) -> Result<T, SnapshotError> {
-    let decode_error = |e: postcard::Error| SnapshotError::Decode {
-        reason: e.to_string(),
-    };
-    let (header, body) =
-        postcard::take_from_bytes::<SnapshotHeader>(bytes).map_err(decode_error)?;
-    if header.format_version != format_version {
-        return Err(SnapshotError::UnsupportedVersion {
-            expected: format_version,
-            found: header.format_version,
-        });
-    }
-    if header.signature != *signature {
-        return Err(SnapshotError::SignatureMismatch {
-            expected: hex32(signature),
-            found: hex32(&header.signature),
-        });
-    }
-    let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(decode_error)?;
-    if !rest.is_empty() {
-        return Err(SnapshotError::Decode {
-            reason: format!("{} trailing bytes after the snapshot", rest.len()),
-        });
-    }
-    Ok(value)
 }

@@ -23,24 +23,48 @@
 //!
 //! Memory: at most `sessions_max` cached outputs, so `sessions_max` × the largest output
 //! (for [`KvStore`](super::KvStore), a value of `value_bytes_max`).
+//!
+//! # Snapshots
+//!
+//! A snapshot is the session table followed by the inner machine's own snapshot, which is
+//! streamed through ([`StateMachine::snapshot_to`], [`StateMachine::restore_from`]): only
+//! the table is held in memory, so `Sessions<M>` streams as well as `M` does. The table's
+//! encoding may take at most `sessions_max` × 1 MiB (plus 20 bytes), checked before it is
+//! read. A larger table (cached outputs averaging over 1 MiB per allowed session) fails to
+//! snapshot with [`SnapshotError::Encode`] rather than be written into a snapshot that no
+//! replica would restore.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufReader, Read, Write};
 use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    decode_snapshot, encode_snapshot, encodes_exactly, ApplyContext, LeadershipPreference,
-    SignatureBuilder, SnapshotError, StateMachine,
+use super::stream::{
+    encodes_exactly, read_bytes, read_header, read_varint, write_bytes, write_header,
 };
+use super::{ApplyContext, LeadershipPreference, SignatureBuilder, SnapshotError, StateMachine};
 
 /// Default most sessions kept: above the 4096 concurrent clients the benchmarks run.
 pub const SESSIONS_MAX_DEFAULT: u32 = 16 * 1024;
 
 /// Domain tag of the signature; bump the version when session semantics change.
 const SIGNATURE_DOMAIN: &str = "tessera.machine.sessions.v1";
-/// Version of the snapshot byte format.
-const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+/// Version of the snapshot byte format. 1 embedded the inner snapshot as a length-prefixed
+/// byte string; 2 makes it the tail of the stream (see `snapshot_to` below).
+const SNAPSHOT_FORMAT_VERSION: u16 = 2;
+
+/// Most bytes one session may take in a snapshot, on average over `sessions_max`: its four
+/// integers and its cached output. 16 times a [`KvStore`](super::KvStore) output holding a
+/// value of the default `value_bytes_max`.
+const SESSION_SNAPSHOT_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Most bytes of the table's encoding besides its sessions: the clock and the session
+/// count, 10-byte varints at most.
+const TABLE_SNAPSHOT_FIXED_BYTES_MAX: u64 = 20;
+
+/// Buffer size for reading snapshots: an unbuffered file sees few system calls.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Identifies a client across retries and leader changes. Chosen by the client (random
 /// 64 bits, say); two clients must not share one.
@@ -311,28 +335,122 @@ fn check_recency_order<O>(
     Ok(())
 }
 
-/// Snapshot body as written: borrows the table.
+/// The session table as a snapshot writes it: the clock, then the sessions in client
+/// order, borrowed.
 #[derive(Serialize)]
-struct SnapshotBodyRef<'a, O> {
-    clock_ms: u64,
-    sessions: Vec<(ClientId, &'a Session<O>)>,
-    inner: &'a [u8],
-}
-
-/// The fields of [`SnapshotBodyRef`] before `inner`, encoded on their own.
-#[derive(Serialize)]
-struct SnapshotPrefixRef<'a, O> {
+struct TableRef<'a, O> {
     clock_ms: u64,
     sessions: Vec<(ClientId, &'a Session<O>)>,
 }
 
-/// Snapshot body as read: same layout as [`SnapshotBodyRef`].
+/// The session table as a snapshot reads it: same layout as [`TableRef`].
 #[derive(Deserialize)]
-struct SnapshotBody<'a, O> {
+struct Table<O> {
     clock_ms: u64,
     sessions: Vec<(ClientId, Session<O>)>,
-    #[serde(borrow)]
-    inner: &'a [u8],
+}
+
+/// A restored session table, checked and ready to replace the current one.
+struct RestoredTable<O> {
+    clock_ms: u64,
+    sessions: BTreeMap<ClientId, Session<O>>,
+    by_recency: BTreeSet<(u64, ClientId)>,
+}
+
+impl<M: StateMachine> Sessions<M> {
+    /// Most bytes the encoded session table may take in a snapshot, checked when writing
+    /// and before reading so that a forged or corrupt length cannot make a restore read
+    /// the inner machine's (possibly very large) snapshot into memory as the table.
+    fn table_bytes_max(&self) -> u64 {
+        u64::from(self.config.sessions_max.get())
+            .saturating_mul(SESSION_SNAPSHOT_BYTES_MAX)
+            .saturating_add(TABLE_SNAPSHOT_FIXED_BYTES_MAX)
+    }
+
+    /// The encoding of the session table.
+    fn encode_table(&self) -> Result<Vec<u8>, SnapshotError> {
+        let table = TableRef {
+            clock_ms: self.clock_ms,
+            sessions: self.sessions.iter().map(|(c, s)| (*c, s)).collect(),
+        };
+        let bytes = postcard::to_stdvec(&table).map_err(|e| SnapshotError::Encode {
+            reason: e.to_string(),
+        })?;
+        // usize → u64 is lossless on every target Rust supports.
+        if bytes.len() as u64 > self.table_bytes_max() {
+            return Err(SnapshotError::Encode {
+                reason: format!(
+                    "the session table takes {} bytes, over the limit of {} for {} sessions",
+                    bytes.len(),
+                    self.table_bytes_max(),
+                    self.config.sessions_max
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes the session table and checks every invariant of it, without changing
+    /// `self`.
+    fn decode_table(&self, bytes: &[u8]) -> Result<RestoredTable<M::Output>, SnapshotError> {
+        let (table, rest) = postcard::take_from_bytes::<Table<M::Output>>(bytes).map_err(|e| {
+            SnapshotError::Decode {
+                reason: e.to_string(),
+            }
+        })?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::Decode {
+                reason: format!("{} trailing bytes after the session table", rest.len()),
+            });
+        }
+        let invalid = |reason: String| SnapshotError::Invalid { reason };
+        let sessions_max = self.config.sessions_max.get() as usize;
+        if table.sessions.len() > sessions_max {
+            return Err(invalid(format!(
+                "{} sessions, over the limit of {sessions_max}",
+                table.sessions.len()
+            )));
+        }
+        let mut sessions = BTreeMap::new();
+        let mut by_recency = BTreeSet::new();
+        let mut previous: Option<ClientId> = None;
+        for (client, session) in table.sessions {
+            // Strict order makes the encoding canonical.
+            if previous.is_some_and(|previous| previous >= client) {
+                return Err(invalid(
+                    "clients are not in strictly increasing order".into(),
+                ));
+            }
+            previous = Some(client);
+            if session.last_seen_ms > table.clock_ms {
+                return Err(invalid(format!(
+                    "{client:?} last seen at {} ms, after the session clock {} ms",
+                    session.last_seen_ms, table.clock_ms
+                )));
+            }
+            by_recency.insert((session.last_index, client));
+            sessions.insert(client, session);
+        }
+        check_recency_order(&sessions, &by_recency).map_err(invalid)?;
+        // The decoder accepts some non-canonical forms (overlong varints); refuse them so
+        // that equal state always means equal snapshot bytes. The inner machine checks its
+        // own part.
+        let canonical = encodes_exactly(
+            &TableRef {
+                clock_ms: table.clock_ms,
+                sessions: sessions.iter().map(|(c, s)| (*c, s)).collect(),
+            },
+            bytes,
+        )?;
+        if !canonical {
+            return Err(invalid("non-canonical encoding".into()));
+        }
+        Ok(RestoredTable {
+            clock_ms: table.clock_ms,
+            sessions,
+            by_recency,
+        })
+    }
 }
 
 impl<M: StateMachine> StateMachine for Sessions<M> {
@@ -405,80 +523,57 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
-        let mut inner = self.inner.snapshot()?;
-        // The encoding of `SnapshotBodyRef` (postcard writes a struct as its fields in
-        // order, a byte slice as its varint length then its bytes), built by moving the
-        // small prefix in front of the inner machine's bytes instead of copying those
-        // (possibly very large) bytes into a second buffer.
-        let mut prefix = encode_snapshot(
-            SNAPSHOT_FORMAT_VERSION,
-            self.signature(),
-            &SnapshotPrefixRef {
-                clock_ms: self.clock_ms,
-                sessions: self.sessions.iter().map(|(c, s)| (*c, s)).collect(),
-            },
-        )?;
-        prefix = postcard::to_extend(&inner.len(), prefix).map_err(|e| SnapshotError::Encode {
-            reason: e.to_string(),
-        })?;
-        inner.splice(0..0, prefix);
-        Ok(inner)
+        let mut out = Vec::new();
+        self.snapshot_to(&mut out)?;
+        Ok(out)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let body: SnapshotBody<'_, M::Output> =
-            decode_snapshot(snapshot, SNAPSHOT_FORMAT_VERSION, &self.signature())?;
-        let invalid = |reason: String| SnapshotError::Invalid { reason };
-        let sessions_max = self.config.sessions_max.get() as usize;
-        if body.sessions.len() > sessions_max {
-            return Err(invalid(format!(
-                "{} sessions, over the limit of {sessions_max}",
-                body.sessions.len()
-            )));
+        self.restore_from(&mut &snapshot[..])
+    }
+
+    /// Writes `header ‖ varint(table length) ‖ table ‖ inner snapshot`: the header as every
+    /// machine of this module writes it, the postcard encoding of the session table (the
+    /// clock, then the sessions in client order) as a byte string, then the inner
+    /// machine's [`snapshot_to`](StateMachine::snapshot_to) to the end.
+    ///
+    /// Only the table, bounded by `sessions_max`, is encoded in memory; the inner state
+    /// streams as the inner machine writes it.
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<(), SnapshotError> {
+        let table = self.encode_table()?;
+        write_header(out, SNAPSHOT_FORMAT_VERSION, &self.signature())?;
+        write_bytes(out, &table)?;
+        self.inner.snapshot_to(out)
+    }
+
+    /// Reads and checks the header and the session table, then hands the rest of the
+    /// input to the inner machine's [`restore_from`](StateMachine::restore_from), which
+    /// must use all of it. The table is committed only once the inner restore succeeded,
+    /// so on any error nothing changes.
+    fn restore_from(&mut self, input: &mut dyn Read) -> Result<(), SnapshotError> {
+        let mut input = BufReader::with_capacity(READ_BUFFER_BYTES, input);
+        read_header(&mut input, SNAPSHOT_FORMAT_VERSION, &self.signature())?;
+        let table_bytes = read_varint(&mut input, "the session table length")?;
+        if table_bytes > self.table_bytes_max() {
+            return Err(SnapshotError::Invalid {
+                reason: format!(
+                    "a session table of {table_bytes} bytes, over the limit of {} for {} \
+                     sessions",
+                    self.table_bytes_max(),
+                    self.config.sessions_max
+                ),
+            });
         }
-        let mut sessions = BTreeMap::new();
-        let mut by_recency = BTreeSet::new();
-        let mut previous: Option<ClientId> = None;
-        for (client, session) in body.sessions {
-            // Strict order makes the encoding canonical.
-            if previous.is_some_and(|previous| previous >= client) {
-                return Err(invalid(
-                    "clients are not in strictly increasing order".into(),
-                ));
-            }
-            previous = Some(client);
-            if session.last_seen_ms > body.clock_ms {
-                return Err(invalid(format!(
-                    "{client:?} last seen at {} ms, after the session clock {} ms",
-                    session.last_seen_ms, body.clock_ms
-                )));
-            }
-            by_recency.insert((session.last_index, client));
-            sessions.insert(client, session);
-        }
-        check_recency_order(&sessions, &by_recency).map_err(invalid)?;
-        // The decoder accepts some non-canonical forms (overlong varints); refuse them so
-        // that equal state always means equal snapshot bytes. The inner machine checks its
-        // own part.
-        let canonical = encodes_exactly(
-            SNAPSHOT_FORMAT_VERSION,
-            self.signature(),
-            &SnapshotBodyRef {
-                clock_ms: body.clock_ms,
-                sessions: sessions.iter().map(|(c, s)| (*c, s)).collect(),
-                inner: body.inner,
-            },
-            snapshot,
-        )?;
-        if !canonical {
-            return Err(invalid("non-canonical encoding".into()));
-        }
+        let table = read_bytes(&mut input, table_bytes, "the session table")?;
+        let restored = self.decode_table(&table)?;
+        drop(table);
         // Everything of ours is checked; the inner restore is the last fallible step and
-        // leaves the inner machine unchanged on error, so a failure changes nothing.
-        self.inner.restore(body.inner)?;
-        self.sessions = sessions;
-        self.by_recency = by_recency;
-        self.clock_ms = body.clock_ms;
+        // leaves the inner machine unchanged on error, so a failure changes nothing. It
+        // reads through our buffer, which may already hold the start of its snapshot.
+        self.inner.restore_from(&mut input)?;
+        self.sessions = restored.sessions;
+        self.by_recency = restored.by_recency;
+        self.clock_ms = restored.clock_ms;
         Ok(())
     }
 }
@@ -486,6 +581,8 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::stream::encode_snapshot;
+    use crate::machine::stream::testing::{FailAfter, Sink, Trickle};
     use crate::machine::{
         KvCommand, KvLimits, KvOutput, KvQuery, KvQueryResult, KvStore, ReplicatedKv,
     };
@@ -557,8 +654,20 @@ mod tests {
         machine.inner().get(b"k").map(<[u8]>::to_vec)
     }
 
-    #[test]
-    fn the_snapshot_is_exactly_the_encoding_of_its_body() {
+    /// The format, built independently of the streaming writer: header, the postcard
+    /// encoding of the table as a byte string, then the inner snapshot to the end.
+    fn reference_snapshot(machine: &Sessions<KvStore>) -> Vec<u8> {
+        let table = postcard::to_stdvec(&TableRef {
+            clock_ms: machine.clock_ms,
+            sessions: machine.sessions.iter().map(|(c, s)| (*c, s)).collect(),
+        })
+        .expect("table");
+        let mut bytes = encode_snapshot(SNAPSHOT_FORMAT_VERSION, machine.signature(), &table[..]);
+        bytes.extend_from_slice(&machine.inner().snapshot().expect("inner"));
+        bytes
+    }
+
+    fn five_clients() -> Sessions<KvStore> {
         let mut machine = bounded(8, Some(60_000));
         run(
             &mut machine,
@@ -566,22 +675,231 @@ mod tests {
                 .map(|c| cmd(c, 1, append(&"v".repeat(c as usize * 40))))
                 .collect(),
         );
+        machine
+    }
+
+    #[test]
+    fn the_snapshot_is_exactly_the_encoding_of_its_body() {
+        let machine = five_clients();
+        let bytes = machine.snapshot().expect("snapshot");
+        assert_eq!(bytes, reference_snapshot(&machine));
+        let mut restored = bounded(8, Some(60_000));
+        restored.restore(&bytes).expect("restores");
+        assert_eq!(restored.snapshot().expect("snapshot"), bytes);
+    }
+
+    #[test]
+    fn snapshot_to_and_restore_from_stream_the_snapshot_bytes() {
+        let machine = five_clients();
+        let bytes = machine.snapshot().expect("snapshot");
+        let mut sink = Sink {
+            trickle: true,
+            ..Sink::default()
+        };
+        machine.snapshot_to(&mut sink).expect("snapshot_to");
+        assert_eq!(sink.bytes, bytes);
+
+        let mut restored = bounded(8, Some(60_000));
+        run(&mut restored, vec![cmd(9, 1, append("stale"))]);
+        let mut input = Trickle::new(&bytes);
+        restored.restore_from(&mut input).expect("restore_from");
+        assert_eq!(restored, machine);
+        restored.validate();
+        let mut from_slice = bounded(8, Some(60_000));
+        from_slice.restore(&bytes).expect("restore");
+        assert_eq!(from_slice, restored);
+    }
+
+    #[test]
+    fn snapshot_to_a_failing_writer_is_an_io_error() {
+        let machine = five_clients();
+        let len = machine.snapshot().expect("snapshot").len();
+        // In the header, the table and the inner snapshot.
+        for fail_at in [0, 10, 100, len - 10] {
+            let mut sink = Sink {
+                fail_at: Some(fail_at),
+                ..Sink::default()
+            };
+            assert!(
+                matches!(
+                    machine.snapshot_to(&mut sink),
+                    Err(SnapshotError::Io { .. })
+                ),
+                "failing at {fail_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn restore_from_a_reader_that_fails_is_an_io_error_and_changes_nothing() {
+        let bytes = five_clients().snapshot().expect("snapshot");
+        let mut machine = bounded(8, Some(60_000));
+        run(&mut machine, vec![cmd(9, 1, append("keep"))]);
+        let before = machine.clone();
+        // Up to and including every byte: the inner check for the end of input reads too.
+        for good in 0..=bytes.len() {
+            let mut input = FailAfter {
+                rest: &bytes,
+                good,
+                reads: 0,
+            };
+            assert!(
+                matches!(
+                    machine.restore_from(&mut input),
+                    Err(SnapshotError::Io { .. })
+                ),
+                "failing after {good} bytes"
+            );
+        }
+        assert_eq!(machine, before);
+    }
+
+    /// Format 1 embedded the inner snapshot as a byte string inside the body.
+    #[test]
+    fn a_snapshot_of_format_version_1_is_refused() {
+        #[derive(Serialize)]
+        struct BodyV1<'a> {
+            clock_ms: u64,
+            sessions: Vec<(ClientId, &'a Session<KvOutput>)>,
+            inner: &'a [u8],
+        }
+        let mut machine = five_clients();
         let inner = machine.inner().snapshot().expect("inner");
-        let reference = encode_snapshot(
-            SNAPSHOT_FORMAT_VERSION,
+        let v1 = encode_snapshot(
+            1,
             machine.signature(),
-            &SnapshotBodyRef {
+            &BodyV1 {
                 clock_ms: machine.clock_ms,
                 sessions: machine.sessions.iter().map(|(c, s)| (*c, s)).collect(),
                 inner: &inner,
             },
-        )
-        .expect("reference encoding");
-        let bytes = machine.snapshot().expect("snapshot");
-        assert_eq!(bytes, reference);
-        let mut restored = bounded(8, Some(60_000));
-        restored.restore(&bytes).expect("restores");
-        assert_eq!(restored.snapshot().expect("snapshot"), bytes);
+        );
+        let before = machine.clone();
+        assert_eq!(
+            machine.restore(&v1),
+            Err(SnapshotError::UnsupportedVersion {
+                expected: 2,
+                found: 1
+            })
+        );
+        assert_eq!(machine, before);
+    }
+
+    /// Where the table starts in the snapshot of a small machine: after the header and a
+    /// one-byte table length.
+    const TABLE_AT: usize = 1 + 32 + 1;
+
+    #[test]
+    fn restore_refuses_a_table_length_over_the_limit_or_beyond_the_input() {
+        let mut machine = bounded(2, None);
+        run(&mut machine, vec![cmd(1, 1, append("x"))]);
+        let before = machine.clone();
+        let signature = machine.signature();
+        let table_bytes_max = machine.table_bytes_max();
+        let with_table_length = |len: u64, rest: &[u8]| {
+            let mut bytes = encode_snapshot(SNAPSHOT_FORMAT_VERSION, signature, &());
+            crate::machine::stream::write_varint(&mut bytes, len).expect("varint");
+            bytes.extend_from_slice(rest);
+            bytes
+        };
+        let good = machine.snapshot().expect("snapshot");
+        let table_len = u64::from(good[TABLE_AT - 1]);
+        let rest = &good[TABLE_AT..];
+        // Refused before reading: 2^60 bytes, and one byte over the limit.
+        let over = [1 << 60, table_bytes_max + 1];
+        for len in over {
+            assert!(
+                matches!(
+                    machine.restore(&with_table_length(len, rest)),
+                    Err(SnapshotError::Invalid { .. })
+                ),
+                "{len}"
+            );
+        }
+        // Within the limit but beyond the input: read as far as it goes, then refused.
+        assert!(matches!(
+            machine.restore(&with_table_length(table_bytes_max, rest)),
+            Err(SnapshotError::Decode { .. })
+        ));
+        // One byte too few or too many for the table.
+        for len in [table_len - 1, table_len + 1] {
+            assert!(
+                matches!(
+                    machine.restore(&with_table_length(len, rest)),
+                    Err(SnapshotError::Decode { .. })
+                ),
+                "{len}"
+            );
+        }
+        assert_eq!(machine, before);
+        assert_eq!(machine.restore(&with_table_length(table_len, rest)), Ok(()));
+    }
+
+    #[test]
+    fn restore_refuses_overlong_varints_in_the_table_and_its_length() {
+        let mut machine = bounded(2, None);
+        run(&mut machine, vec![cmd(1, 1, append("x"))]);
+        let good = machine.snapshot().expect("snapshot");
+        let mut overlong_length = good.clone();
+        overlong_length[TABLE_AT - 1] |= 0x80;
+        overlong_length.insert(TABLE_AT, 0x00);
+        // The clock (0, the first byte of the table) as 0x80 0x00, the length one more.
+        let mut overlong_clock = good.clone();
+        assert_eq!(overlong_clock[TABLE_AT], 0);
+        overlong_clock[TABLE_AT - 1] += 1;
+        overlong_clock[TABLE_AT] = 0x80;
+        overlong_clock.insert(TABLE_AT + 1, 0x00);
+        for bytes in [overlong_length, overlong_clock] {
+            assert!(matches!(
+                machine.restore(&bytes),
+                Err(SnapshotError::Invalid { .. })
+            ));
+        }
+        let mut overlong_version = good.clone();
+        overlong_version[0] |= 0x80;
+        overlong_version.insert(1, 0x00);
+        assert!(matches!(
+            machine.restore(&overlong_version),
+            Err(SnapshotError::Invalid { .. })
+        ));
+        let mut trailing = good;
+        trailing.push(0);
+        assert!(matches!(
+            machine.restore(&trailing),
+            Err(SnapshotError::Decode { .. })
+        ));
+    }
+
+    /// Outputs averaging more than the allowance per session make the table too large:
+    /// the snapshot is refused before anything is written, rather than written and then
+    /// refused by every restore.
+    #[test]
+    fn a_table_over_the_limit_is_not_snapshotted() {
+        let mut machine = Sessions::with_config(
+            KvStore::with_limits(KvLimits {
+                value_bytes_max: 2 * 1024 * 1024,
+                ..KvLimits::default()
+            }),
+            SessionConfig {
+                sessions_max: NonZeroU32::MIN,
+                session_ttl_ms: None,
+            },
+        );
+        let value = vec![b'v'; 1024 * 1024 + 100];
+        let put = KvCommand::Put { key: b("k"), value };
+        run(&mut machine, vec![cmd(1, 1, put), cmd(1, 2, get_k())]);
+        let mut sink = Sink::default();
+        assert!(matches!(
+            machine.snapshot_to(&mut sink),
+            Err(SnapshotError::Encode { .. })
+        ));
+        assert!(sink.bytes.is_empty());
+        // Once the cached output is small again, it is.
+        run(
+            &mut machine,
+            vec![cmd(1, 3, KvCommand::Delete { key: b("k") })],
+        );
+        assert!(machine.snapshot().is_ok());
     }
 
     #[test]
@@ -830,7 +1148,10 @@ mod tests {
         let good = machine.snapshot().expect("snapshot");
         for len in 0..good.len() {
             assert!(
-                machine.restore(&good[..len]).is_err(),
+                matches!(
+                    machine.restore(&good[..len]),
+                    Err(SnapshotError::Decode { .. })
+                ),
                 "prefix of {len} bytes"
             );
         }
@@ -844,12 +1165,14 @@ mod tests {
         sessions: Vec<(ClientId, Session<KvOutput>)>,
         inner: &[u8],
     ) -> Vec<u8> {
-        let body = SnapshotBodyRef {
+        let table = postcard::to_stdvec(&TableRef {
             clock_ms,
             sessions: sessions.iter().map(|(c, s)| (*c, s)).collect(),
-            inner,
-        };
-        encode_snapshot(SNAPSHOT_FORMAT_VERSION, machine.signature(), &body).expect("encode")
+        })
+        .expect("table");
+        let mut bytes = encode_snapshot(SNAPSHOT_FORMAT_VERSION, machine.signature(), &table[..]);
+        bytes.extend_from_slice(inner);
+        bytes
     }
 
     fn session_at(last_index: u64, last_seen_ms: u64) -> Session<KvOutput> {
