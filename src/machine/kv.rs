@@ -590,7 +590,7 @@ impl KvStore {
 mod tests {
     use super::*;
     use crate::machine::stream::encode_snapshot;
-    use crate::machine::stream::testing::{FailAfter, Sink, Trickle};
+    use crate::machine::stream::testing::{assert_failing_reader_changes_nothing, Sink, Trickle};
     use crate::machine::SnapshotError;
 
     const CTX: ApplyContext = ApplyContext {
@@ -1155,20 +1155,7 @@ mod tests {
         let bytes = sample().snapshot().expect("snapshot");
         let mut kv = KvStore::new();
         kv.apply(put("keep", "me"), &CTX);
-        let before = kv.clone();
-        // Up to and including every byte: the check for the end of input reads too.
-        for good in 0..=bytes.len() {
-            let mut input = FailAfter {
-                rest: &bytes,
-                good,
-                reads: 0,
-            };
-            assert!(
-                matches!(kv.restore_from(&mut input), Err(SnapshotError::Io { .. })),
-                "failing after {good} bytes"
-            );
-        }
-        assert_eq!(kv, before);
+        assert_failing_reader_changes_nothing(&mut kv, &bytes);
     }
 
     /// Forged counts and lengths far beyond the input are refused without allocating what

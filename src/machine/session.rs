@@ -582,7 +582,7 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
 mod tests {
     use super::*;
     use crate::machine::stream::encode_snapshot;
-    use crate::machine::stream::testing::{FailAfter, Sink, Trickle};
+    use crate::machine::stream::testing::{assert_failing_reader_changes_nothing, Sink, Trickle};
     use crate::machine::{
         KvCommand, KvLimits, KvOutput, KvQuery, KvQueryResult, KvStore, ReplicatedKv,
     };
@@ -735,23 +735,7 @@ mod tests {
         let bytes = five_clients().snapshot().expect("snapshot");
         let mut machine = bounded(8, Some(60_000));
         run(&mut machine, vec![cmd(9, 1, append("keep"))]);
-        let before = machine.clone();
-        // Up to and including every byte: the inner check for the end of input reads too.
-        for good in 0..=bytes.len() {
-            let mut input = FailAfter {
-                rest: &bytes,
-                good,
-                reads: 0,
-            };
-            assert!(
-                matches!(
-                    machine.restore_from(&mut input),
-                    Err(SnapshotError::Io { .. })
-                ),
-                "failing after {good} bytes"
-            );
-        }
-        assert_eq!(machine, before);
+        assert_failing_reader_changes_nothing(&mut machine, &bytes);
     }
 
     /// Format 1 embedded the inner snapshot as a byte string inside the body.

@@ -305,6 +305,33 @@ pub(super) fn encode_snapshot<T: Serialize + ?Sized>(
 pub(super) mod testing {
     use std::io::{self, Read, Write};
 
+    use crate::machine::{SnapshotError, StateMachine};
+
+    /// Restores `machine` from `bytes` through a reader that fails after each possible
+    /// number of good bytes (up to and including all of them: the check for the end of
+    /// input reads too): every attempt must be an I/O error and leave the machine as it was.
+    pub(crate) fn assert_failing_reader_changes_nothing<M>(machine: &mut M, bytes: &[u8])
+    where
+        M: StateMachine + Clone + PartialEq + std::fmt::Debug,
+    {
+        let before = machine.clone();
+        for good in 0..=bytes.len() {
+            let mut input = FailAfter {
+                rest: bytes,
+                good,
+                reads: 0,
+            };
+            assert!(
+                matches!(
+                    machine.restore_from(&mut input),
+                    Err(SnapshotError::Io { .. })
+                ),
+                "failing after {good} bytes"
+            );
+        }
+        assert_eq!(*machine, before);
+    }
+
     /// Yields its bytes 1 to 7 at a time, as a socket or a pipe may.
     pub(crate) struct Trickle<'a> {
         pub(crate) rest: &'a [u8],

@@ -131,26 +131,12 @@ async fn transfer(
     tokio::join!(sending, receiving)
 }
 
-/// The bytes the follower's store holds for the snapshot of `message`.
-fn received_bytes(stores: &Stores, message: &Message) -> Vec<u8> {
+/// The bytes `store` holds for the snapshot of `message`, read back verified.
+fn stored_bytes(store: &SnapshotStore, message: &Message) -> Vec<u8> {
     let (_, handle) = offer_of(message);
     let mut out = Vec::new();
-    std::io::Read::read_to_end(
-        &mut stores.follower.reader(&handle).expect("stored"),
-        &mut out,
-    )
-    .expect("verified read");
-    out
-}
-
-fn leader_bytes(stores: &Stores, message: &Message) -> Vec<u8> {
-    let (_, handle) = offer_of(message);
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(
-        &mut stores.leader.reader(&handle).expect("stored"),
-        &mut out,
-    )
-    .expect("verified read");
+    std::io::Read::read_to_end(&mut store.reader(&handle).expect("stored"), &mut out)
+        .expect("verified read");
     out
 }
 
@@ -174,8 +160,8 @@ async fn a_snapshot_of_many_chunks_arrives_whole() {
         "the same snapshot, named by the same content handle"
     );
     assert_eq!(
-        received_bytes(&stores, &message),
-        leader_bytes(&stores, &message)
+        stored_bytes(&stores.follower, &message),
+        stored_bytes(&stores.leader, &message)
     );
     assert_eq!(slot.parked_bytes(), 0);
     assert_eq!(
@@ -210,8 +196,8 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
     );
     assert_eq!(received.expect("received"), message);
     assert_eq!(
-        received_bytes(&stores, &message),
-        leader_bytes(&stores, &message)
+        stored_bytes(&stores.follower, &message),
+        stored_bytes(&stores.leader, &message)
     );
 }
 
