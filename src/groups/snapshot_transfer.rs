@@ -41,9 +41,6 @@ use crate::storage::{SnapshotHandle, SnapshotStore, SnapshotStoreError};
 
 /// Bytes per chunk on the wire.
 pub const CHUNK_BYTES: usize = 1 << 20;
-/// Largest snapshot a member accepts: bounds the disk (or, for a memory node, the memory)
-/// a (bonded, attested) peer can make us fill with one transfer.
-pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// Bound on every single read or write of a transfer (not on the whole transfer, whose
 /// length depends on the snapshot's size).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,8 +49,8 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransferError {
-    #[error("snapshot of {size} bytes exceeds the limit of {SNAPSHOT_BYTES_MAX}")]
-    TooLarge { size: u64 },
+    #[error("snapshot of {size} bytes exceeds this member's limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
     #[error("chunk of {chunk} bytes goes past the announced size ({received} of {size} received)")]
     Overrun {
         chunk: usize,
@@ -136,14 +133,16 @@ pub struct Partial {
 }
 
 impl Partial {
-    /// A fresh transfer of `size` bytes into `store`.
+    /// A fresh transfer of `size` bytes into `store` (refused beyond the store's
+    /// [`size_limit`](SnapshotStore::size_limit): the announced size is the peer's word).
     pub fn start(
         key: TransferKey,
         size: u64,
         store: &Arc<SnapshotStore>,
     ) -> Result<Self, TransferError> {
-        if size > SNAPSHOT_BYTES_MAX {
-            return Err(TransferError::TooLarge { size });
+        let limit = store.size_limit();
+        if size > limit {
+            return Err(TransferError::TooLarge { size, limit });
         }
         Ok(Self {
             key,
@@ -188,21 +187,33 @@ impl Partial {
         Ok(())
     }
 
-    /// The whole snapshot, synced in the store, if every byte is in and the digest
-    /// matches; otherwise its bytes are discarded.
-    pub fn finish(self) -> Result<SnapshotHandle, TransferError> {
+    /// The whole snapshot, synced in `store` and counted there as
+    /// [delivered](SnapshotStore::delivered) (before it appears under its name, so that
+    /// nothing deletes it in between), if every byte is in and the digest matches;
+    /// otherwise its bytes are discarded.
+    pub fn finish(self, store: &SnapshotStore) -> Result<SnapshotHandle, TransferError> {
         if !self.is_complete() {
             return Err(TransferError::Incomplete {
                 received: self.received(),
                 size: self.size,
             });
         }
+        let expected = SnapshotHandle {
+            size: self.size,
+            sha256: self.key.sha256,
+        };
+        store.delivered(&expected);
         match self.writer.finish(Some(&self.key.sha256)) {
             Ok(handle) => Ok(handle),
-            Err(SnapshotStoreError::Digest { .. }) => Err(TransferError::Digest {
-                index: self.key.index,
-            }),
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                store.release(&expected);
+                Err(match e {
+                    SnapshotStoreError::Digest { .. } => TransferError::Digest {
+                        index: self.key.index,
+                    },
+                    e => e.into(),
+                })
+            }
         }
     }
 }
@@ -417,8 +428,8 @@ where
         partial = back;
         pushed?;
     }
-    let handle = blocking(move || partial.finish()).await??;
-    store.delivered(&handle);
+    let into = store.clone();
+    let handle = blocking(move || partial.finish(&into)).await??;
     Ok(Message {
         from: offer.from,
         to: offer.to,

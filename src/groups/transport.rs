@@ -213,12 +213,12 @@ impl LocalTransport {
             store(self.me).zip(store(to))
         };
         let ((ours, theirs), handle) = stores.zip(handle_of(message)).ok_or(())?;
+        // Counted before the copy appears, so that nothing deletes it in between.
+        theirs.delivered(&handle);
         match theirs.copy_from(&ours, &handle) {
-            Ok(()) => {
-                theirs.delivered(&handle);
-                Ok(Some((theirs, handle)))
-            }
+            Ok(()) => Ok(Some((theirs, handle))),
             Err(e) => {
+                theirs.release(&handle);
                 tracing::warn!(from = %self.me, %to, error = %e, "snapshot not carried");
                 Err(())
             }

@@ -632,7 +632,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     fn process_ready(&mut self) {
         for _ in 0..64 {
             if self.stopped.is_some() {
-                return;
+                break;
             }
             let ready = self.raft.ready();
             if ready.is_empty() {
@@ -640,8 +640,12 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             }
             self.carry_out(ready);
         }
+        // Also once stopped: a delivered snapshot nobody will install must not stay.
         for handle in std::mem::take(&mut self.delivered_snapshots) {
             self.snapshots.release(&handle);
+        }
+        if self.stopped.is_some() {
+            return;
         }
         self.serve_waiting_reads();
         self.publish_status();
@@ -878,13 +882,16 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         self.last_snapshot_index = applied;
         self.bytes_since_snapshot = 0;
         let taken = self.raft.snapshot().filter(|s| s.meta.index == applied);
-        if let Some(snapshot) = taken.cloned() {
-            match self.storage.compact(&snapshot) {
-                Ok(()) => self.snapshots.make_current(&handle),
-                // The core serves the new snapshot, the log store still refers to the
-                // previous one: both files stay (the next start-up sweeps the unused one).
-                Err(e) => tracing::warn!(node = %self.id, error = %e, "storage compaction failed"),
-            }
+        let Some(snapshot) = taken.cloned() else {
+            self.snapshots.discard(&handle);
+            return;
+        };
+        self.snapshots.serve(&handle);
+        match self.storage.compact(&snapshot) {
+            Ok(()) => self.snapshots.make_current(&handle),
+            // The core serves the new snapshot, the log store still refers to the previous
+            // one: both files stay until a later compaction succeeds.
+            Err(e) => tracing::warn!(node = %self.id, error = %e, "storage compaction failed"),
         }
     }
 

@@ -8,13 +8,16 @@
 //! the state machine by streaming it back, so a large snapshot is never held in memory
 //! whole (DESIGN §8).
 //!
-//! **What it must not do.** Decide which snapshot is current: the worker tells it
-//! ([`SnapshotStore::make_current`]) once the log store durably refers to one. It deletes
-//! a file only when nothing can still use it: a superseded current snapshot, a received
-//! one whose every delivery to the worker was released ([`SnapshotStore::delivered`],
-//! [`SnapshotStore::release`]; the same content can be delivered twice when the leader
-//! resends), and at start-up ([`SnapshotStore::sweep`]) everything the log store does not
-//! refer to.
+//! **What it must not do.** Decide which snapshot is current: the worker tells it which one
+//! the core serves ([`SnapshotStore::serve`]) and which one the log store durably refers
+//! to ([`SnapshotStore::make_current`]). It deletes a file only when nothing can still use
+//! it: a superseded served or current snapshot, a received one whose every delivery to the
+//! worker was released ([`SnapshotStore::delivered`], [`SnapshotStore::release`]; the same
+//! content can be delivered twice, e.g. when the leader resends), one the worker discards,
+//! and at start-up ([`SnapshotStore::sweep`]) everything the log store does not refer to.
+//! The decision and the deletion happen under one lock, and a receiver counts its delivery
+//! before the file appears under its name, so a file is never deleted while a delivery
+//! of it is being made.
 //!
 //! **Durability.** A snapshot becomes visible under its final name only after its bytes
 //! are synced, by an atomic rename followed by a sync of the directory: a crash leaves a
@@ -37,6 +40,10 @@ const HANDLE_MAGIC: &[u8; 12] = b"tessera/snap";
 const HANDLE_VERSION: u8 = 1;
 /// Buffer of snapshot file readers and writers: snapshots are written entry by entry.
 const FILE_BUFFER_BYTES: usize = 1 << 20;
+/// Largest snapshot a memory store accepts from a peer (it holds the bytes in memory).
+pub const MEMORY_SNAPSHOT_BYTES_MAX: u64 = 8 << 30;
+/// Largest snapshot a file store accepts from a peer (it holds the bytes on disk).
+pub const FILE_SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// File name suffixes in a snapshot directory.
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const PARTIAL_SUFFIX: &str = ".part";
@@ -105,7 +112,7 @@ pub enum SnapshotStoreError {
     },
     #[error("snapshot directory {path}: {reason}")]
     Directory { path: String, reason: String },
-    #[error("{len} bytes are not a snapshot handle")]
+    #[error("{len} bytes are not a snapshot handle (a log store written before snapshots were kept as files holds the snapshot itself: start such a node on a fresh data directory)")]
     NotAHandle { len: usize },
     #[error("snapshot handle version {found} is not supported (expected {HANDLE_VERSION})")]
     HandleVersion { found: u8 },
@@ -140,8 +147,11 @@ enum Backend {
 /// Which stored snapshots are in use (see [`SnapshotStore::make_current`]).
 #[derive(Debug, Default)]
 struct Pins {
-    /// The snapshot the log store refers to (and the core serves to followers).
+    /// The snapshot the log store refers to.
     current: Option<SnapshotHandle>,
+    /// The snapshot the core sends to followers: the current one, or a newer one whose
+    /// compaction failed to reach the log store.
+    served: Option<SnapshotHandle>,
     /// Received snapshots handed to the worker and not yet released by it, by digest:
     /// how many deliveries are outstanding.
     delivered: BTreeMap<[u8; 32], usize>,
@@ -149,7 +159,9 @@ struct Pins {
 
 impl Pins {
     fn in_use(&self, handle: &SnapshotHandle) -> bool {
-        self.current.as_ref() == Some(handle) || self.delivered.contains_key(&handle.sha256)
+        self.current.as_ref() == Some(handle)
+            || self.served.as_ref() == Some(handle)
+            || self.delivered.contains_key(&handle.sha256)
     }
 }
 
@@ -184,10 +196,26 @@ impl SnapshotStore {
             path: dir.display().to_string(),
             reason,
         })?;
+        // A directory just created must itself be durable before a file in it is relied
+        // on: sync its entry in the parent (and the directory, for what a crash left).
+        for d in [Some(dir.as_path()), dir.parent()].into_iter().flatten() {
+            File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(io_error("syncing", d))?;
+        }
         Ok(Self {
             backend: Backend::Directory(dir),
             pins: Mutex::default(),
         })
+    }
+
+    /// Largest snapshot this store takes from a peer: the disk of a file store, and for a
+    /// memory store the memory, that a (bonded, attested) peer can make it fill.
+    pub fn size_limit(&self) -> u64 {
+        match self.backend {
+            Backend::Memory(_) => MEMORY_SNAPSHOT_BYTES_MAX,
+            Backend::Directory(_) => FILE_SNAPSHOT_BYTES_MAX,
+        }
     }
 
     /// The directory of a file store (`None` in memory).
@@ -304,42 +332,59 @@ impl SnapshotStore {
         writer.finish(Some(&handle.sha256)).map(|_| ())
     }
 
-    /// `handle` is what the log store now durably refers to: the previous current
-    /// snapshot is deleted unless something still uses it.
+    /// `handle` is what the core now sends to followers (a snapshot just taken, before
+    /// the log store has recorded it): the previously served one is deleted unless
+    /// something still uses it.
+    pub fn serve(&self, handle: &SnapshotHandle) {
+        let mut pins = lock(&self.pins);
+        let previous = pins.served.replace(*handle);
+        self.delete_unused(&pins, previous);
+    }
+
+    /// `handle` is what the log store now durably refers to, and what the core serves:
+    /// the previous current and served ones are deleted unless something still uses them.
     pub fn make_current(&self, handle: &SnapshotHandle) {
-        let superseded = {
-            let mut pins = lock(&self.pins);
-            let previous = pins.current.replace(*handle);
-            previous.filter(|p| !pins.in_use(p))
-        };
-        if let Some(old) = superseded {
-            self.delete(&old);
-        }
+        let mut pins = lock(&self.pins);
+        let previous = pins.current.replace(*handle);
+        let served = pins.served.replace(*handle);
+        self.delete_unused(&pins, previous);
+        self.delete_unused(&pins, served);
     }
 
     /// A received `handle` is being handed to the worker (in an `InstallSnapshot`): kept
-    /// until that delivery is [released](Self::release).
+    /// until that delivery is [released](Self::release). Count it before the file appears
+    /// under its name.
     pub fn delivered(&self, handle: &SnapshotHandle) {
         *lock(&self.pins).delivered.entry(handle.sha256).or_default() += 1;
     }
 
     /// One delivery of `handle` is done with (the worker installed it or refused it; or it
-    /// never reached the worker). Once none is left and it is not current, it is deleted.
-    /// A handle that was never delivered is left alone.
+    /// never reached the worker). Once none is left and nothing else uses it, it is
+    /// deleted. A handle that was never delivered is left alone.
     pub fn release(&self, handle: &SnapshotHandle) {
-        let unused = {
-            let mut pins = lock(&self.pins);
-            let Some(count) = pins.delivered.get_mut(&handle.sha256) else {
-                return;
-            };
-            *count -= 1;
-            if *count == 0 {
-                pins.delivered.remove(&handle.sha256);
-            }
-            !pins.in_use(handle)
+        let mut pins = lock(&self.pins);
+        let Some(count) = pins.delivered.get_mut(&handle.sha256) else {
+            return;
         };
-        if unused {
-            self.delete(handle);
+        *count -= 1;
+        if *count == 0 {
+            pins.delivered.remove(&handle.sha256);
+        }
+        self.delete_unused(&pins, Some(*handle));
+    }
+
+    /// `handle` was written but will not be used (the core did not take it): deleted
+    /// unless something else uses the same content.
+    pub fn discard(&self, handle: &SnapshotHandle) {
+        let pins = lock(&self.pins);
+        self.delete_unused(&pins, Some(*handle));
+    }
+
+    /// Deletes `handle`'s bytes if it is given and `pins` (held by the caller, so that no
+    /// delivery can start in between) says nothing uses it.
+    fn delete_unused(&self, pins: &Pins, handle: Option<SnapshotHandle>) {
+        if let Some(handle) = handle.filter(|h| !pins.in_use(h)) {
+            self.delete(&handle);
         }
     }
 
@@ -349,6 +394,7 @@ impl SnapshotStore {
         {
             let mut pins = lock(&self.pins);
             pins.current = keep.copied();
+            pins.served = keep.copied();
             pins.delivered.clear();
         }
         match &self.backend {
@@ -561,6 +607,9 @@ pub struct SnapshotReader {
 
 impl Read for SnapshotReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         if self.read > self.expected.size {

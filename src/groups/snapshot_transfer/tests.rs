@@ -259,7 +259,7 @@ async fn an_oversized_offer_is_declined_before_any_byte_is_held() {
     let stores = stores();
     let message = snapshot_message(&stores.leader, 10, 40);
     let (mut offer, handle) = offer_of(&message);
-    offer.size = SNAPSHOT_BYTES_MAX + 1;
+    offer.size = stores.follower.size_limit() + 1;
     let slot = ResumeSlot::default();
     let (sent, received) = transfer(&stores, &offer, &handle, &slot, None).await;
     assert!(matches!(received, Err(TransferError::TooLarge { .. })));
@@ -324,12 +324,12 @@ fn partial_refuses_empty_chunks_and_unfinished_results() {
     let mut done = Partial::start(key, 3, &store).expect("small");
     done.push(b"abc").expect("fits");
     assert_eq!(
-        done.finish().expect("digest matches"),
+        done.finish(&store).expect("digest matches"),
         SnapshotHandle { size: 3, sha256 }
     );
     assert!(
         matches!(
-            partial.finish(),
+            partial.finish(&store),
             Err(TransferError::Incomplete {
                 received: 2,
                 size: 3

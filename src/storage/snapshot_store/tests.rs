@@ -205,6 +205,37 @@ fn superseded_snapshots_are_deleted_once_nothing_uses_them() {
 }
 
 #[test]
+fn a_served_snapshot_whose_compaction_failed_stays_until_superseded() {
+    for (_dir, store) in stores() {
+        let durable = put(&store, b"recorded in the log store");
+        store.make_current(&durable);
+        // Taken and served, but the log store could not record it (disk full).
+        let served = put(&store, b"served, not recorded");
+        store.serve(&served);
+        assert!(
+            store.contains(&durable) && store.contains(&served),
+            "both in use"
+        );
+        // The next one is served too and also fails: the previous served one goes, the
+        // recorded one stays.
+        let next = put(&store, b"served next");
+        store.serve(&next);
+        assert!(!store.contains(&served));
+        assert!(store.contains(&durable) && store.contains(&next));
+        // A compaction that succeeds supersedes the recorded one.
+        store.make_current(&next);
+        assert!(!store.contains(&durable));
+        assert!(store.contains(&next));
+        // One the core did not take is discarded, unless it is in use.
+        let unused = put(&store, b"not taken by the core");
+        store.discard(&unused);
+        assert!(!store.contains(&unused));
+        store.discard(&next);
+        assert!(store.contains(&next), "the current one is never discarded");
+    }
+}
+
+#[test]
 fn sweep_keeps_only_the_referenced_snapshot_and_removes_stray_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s");
