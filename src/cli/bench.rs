@@ -211,6 +211,7 @@ async fn snapshot_install(
     scratch: &std::path::Path,
 ) -> Result<serde_json::Value> {
     let keys = fill_keys(mib);
+    let term_before = handles[leader_ix].status().term;
     let started = Instant::now();
     fill(handles[leader_ix].clone(), keys).await?;
     let fill_s = started.elapsed().as_secs_f64();
@@ -238,7 +239,10 @@ async fn snapshot_install(
         bail!("the new member caught up without installing a snapshot");
     }
     let state_bytes = keys * FILL_ENTRY_BYTES;
+    let term_after = handles.iter().map(|h| h.status().term).max().unwrap_or(0);
     Ok(serde_json::json!({
+        // Elections while members were busy writing their snapshots show up here.
+        "elections": term_after.saturating_sub(term_before),
         "state_mib": state_bytes as f64 / f64::from(1 << 20),
         "keys": keys,
         "fill_s": fill_s,
