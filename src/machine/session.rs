@@ -48,8 +48,10 @@ use super::{ApplyContext, LeadershipPreference, SignatureBuilder, SnapshotError,
 /// Default most sessions kept: above the 4096 concurrent clients the benchmarks run.
 pub const SESSIONS_MAX_DEFAULT: u32 = 16 * 1024;
 
-/// Domain tag of the signature; bump the version when session semantics change.
-const SIGNATURE_DOMAIN: &str = "tessera.machine.sessions.v1";
+/// Domain tag of the signature; bump the version when session semantics or the snapshot
+/// format change (v2: snapshot format 2), so that members that could not restore each
+/// other's snapshots derive different group ids and never bond.
+const SIGNATURE_DOMAIN: &str = "tessera.machine.sessions.v2";
 /// Version of the snapshot byte format. 1 embedded the inner snapshot as a length-prefixed
 /// byte string; 2 makes it the tail of the stream (see `snapshot_to` below).
 const SNAPSHOT_FORMAT_VERSION: u16 = 2;
