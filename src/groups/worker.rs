@@ -20,6 +20,7 @@ use crate::raft::{
     EntryPayload, Event, Index, Input, Membership, MembershipChange, NodeId, Raft, ReadState,
     Ready, Rejection, Role, Term,
 };
+use crate::storage::snapshot_store::SnapshotWriter;
 use crate::storage::{SnapshotHandle, SnapshotStore, Storage, WriteBatch, WriteTiming};
 
 /// Most inbox items handled before the worker writes and answers (bounds latency).
@@ -126,6 +127,14 @@ impl Default for WorkerConfig {
     }
 }
 
+/// See [`Worker::finish_snapshot`].
+struct SnapshotInProgress {
+    /// The applied index the snapshot was taken at.
+    index: Index,
+    /// Syncs the file and gives its handle.
+    syncing: std::thread::JoinHandle<Result<SnapshotHandle, String>>,
+}
+
 type Reply = oneshot::Sender<Result<Bytes, RequestError>>;
 type IndexReply = oneshot::Sender<Result<Index, RequestError>>;
 
@@ -183,6 +192,9 @@ pub struct Worker<M: StateMachine, S: Storage> {
     /// Received snapshots stepped into the core this round: released (deleted unless
     /// installed) once the round's Readies are carried out.
     delivered_snapshots: Vec<SnapshotHandle>,
+    /// A snapshot written by this worker whose file is being synced on a thread of its
+    /// own (a large one takes seconds): compacted once that is done.
+    snapshot_in_progress: Option<SnapshotInProgress>,
     /// Latency of every durable write (the fsync metric).
     write_timing: Arc<WriteTiming>,
     transport: Arc<dyn Transport>,
@@ -232,6 +244,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             storage,
             snapshots,
             delivered_snapshots: Vec::new(),
+            snapshot_in_progress: None,
             write_timing,
             transport,
             inbox,
@@ -282,12 +295,15 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 self.expire_forwarded(now);
                 self.manage_membership(now);
             }
+            self.finish_snapshot(false);
             self.process_ready();
         }
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
+        // A snapshot being synced is completed (and compacted) rather than left behind.
+        self.finish_snapshot(true);
         let reason = self.stopped.clone().unwrap_or_else(|| "shut down".into());
         self.fail_everything(RequestError::Stopped(reason.clone()));
         self.status.send_modify(|s| s.stopped = Some(reason));
@@ -865,23 +881,71 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             .config
             .snapshot_bytes
             .is_some_and(|bytes| self.bytes_since_snapshot >= bytes);
-        if !(by_entries || by_bytes) || applied <= self.last_snapshot_index {
+        if !(by_entries || by_bytes)
+            || applied <= self.last_snapshot_index
+            || self.snapshot_in_progress.is_some()
+        {
             return;
         }
-        let handle = match self.write_snapshot() {
-            Ok(handle) => handle,
+        let writer = match self.write_snapshot() {
+            Ok(writer) => writer,
             Err(e) => {
                 tracing::warn!(node = %self.id, error = %e, "snapshot failed; log not compacted");
                 return;
             }
         };
+        self.last_snapshot_index = applied;
+        self.bytes_since_snapshot = 0;
+        // Syncing the file is what takes long (seconds for a GiB): not on this thread,
+        // which must keep the consensus core ticking. Its bytes are all written already.
+        let syncing = std::thread::Builder::new()
+            .name(format!("tessera-snapshot-{}", self.id))
+            .spawn(move || writer.finish(None).map_err(|e| e.to_string()));
+        match syncing {
+            Ok(syncing) => {
+                self.snapshot_in_progress = Some(SnapshotInProgress {
+                    index: applied,
+                    syncing,
+                })
+            }
+            // The writer went with the closure: its file is discarded.
+            Err(e) => {
+                tracing::warn!(node = %self.id, error = %e, "snapshot not synced; log not compacted")
+            }
+        }
+    }
+
+    /// Once the snapshot in progress is durable (or at once, waiting for it, with `wait`):
+    /// hands it to the core and records it in the log store, which compacts the log.
+    fn finish_snapshot(&mut self, wait: bool) {
+        let Some(done) = self
+            .snapshot_in_progress
+            .take_if(|p| wait || p.syncing.is_finished())
+        else {
+            return;
+        };
+        let handle = match done.syncing.join() {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(e)) => {
+                tracing::warn!(node = %self.id, error = %e, "snapshot not synced; log not compacted");
+                return;
+            }
+            Err(_) => {
+                tracing::error!(node = %self.id, "the snapshot sync thread panicked; log not compacted");
+                return;
+            }
+        };
+        let applied = done.index;
         self.step(Input::Compact {
             index: applied,
             data: handle.encode(),
         });
-        self.last_snapshot_index = applied;
-        self.bytes_since_snapshot = 0;
-        let taken = self.raft.snapshot().filter(|s| s.meta.index == applied);
+        // Not taken when the core has moved past it meanwhile (a snapshot installed from
+        // the leader) or has stopped.
+        let taken = self
+            .raft
+            .snapshot()
+            .filter(|s| s.meta.index == applied && self.stopped.is_none());
         let Some(snapshot) = taken.cloned() else {
             self.snapshots.discard(&handle);
             return;
@@ -895,13 +959,13 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         }
     }
 
-    /// Streams the state machine into a new file of the snapshot store.
-    fn write_snapshot(&self) -> Result<SnapshotHandle, String> {
+    /// Streams the state machine into a new file of the snapshot store (not synced yet).
+    fn write_snapshot(&self) -> Result<SnapshotWriter, String> {
         let mut writer = self.snapshots.writer().map_err(|e| e.to_string())?;
         self.machine
             .snapshot_to(&mut writer)
             .map_err(|e| e.to_string())?;
-        writer.finish(None).map_err(|e| e.to_string())
+        Ok(writer)
     }
 
     /// Restores the state machine from a snapshot the log store now refers to, streaming
