@@ -935,17 +935,18 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 return;
             }
         };
-        let applied = done.index;
+        let data = handle.encode();
         self.step(Input::Compact {
-            index: applied,
-            data: handle.encode(),
+            index: done.index,
+            data: data.clone(),
         });
-        // Not taken when the core has moved past it meanwhile (a snapshot installed from
-        // the leader) or has stopped.
+        // Not taken when the core has moved on meanwhile (a snapshot installed from the
+        // leader, even at this very index) or has stopped: the core's snapshot must be
+        // this one, or the log store would be told of one and the pins of another.
         let taken = self
             .raft
             .snapshot()
-            .filter(|s| s.meta.index == applied && self.stopped.is_none());
+            .filter(|s| s.data == data && self.stopped.is_none());
         let Some(snapshot) = taken.cloned() else {
             self.snapshots.discard(&handle);
             return;
