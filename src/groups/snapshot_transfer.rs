@@ -276,6 +276,20 @@ pub fn offer_for(message: &Message) -> Result<(Offer, SnapshotHandle), TransferE
     Ok((offer, handle))
 }
 
+/// Parks the partial transfer it holds when dropped (see [`receive_snapshot`]).
+struct ParkOnDrop<'a> {
+    slot: &'a ResumeSlot,
+    partial: Option<Partial>,
+}
+
+impl Drop for ParkOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(partial) = self.partial.take() {
+            self.slot.park(partial);
+        }
+    }
+}
+
 /// The handle an `InstallSnapshot` message names, if it is one and names one.
 pub fn handle_of(message: &Message) -> Option<SnapshotHandle> {
     match &message.body {
@@ -392,7 +406,7 @@ where
     } else {
         slot.open(&offer, store)
     };
-    let mut partial = match opened {
+    let partial = match opened {
         Ok(partial) => partial,
         Err(e) => {
             let reason = Reply::Decline {
@@ -406,28 +420,28 @@ where
     let resume = Reply::Resume {
         offset: partial.received(),
     };
-    if let Err(e) = step("replying to the offer", write_message(send, &resume)).await {
-        slot.park(partial);
-        return Err(e);
-    }
-    while !partial.is_complete() {
-        let chunk = match step("receiving a snapshot chunk", read_frame(recv)).await {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                // Cut off (or timed out): keep what arrived for the next offer.
-                slot.park(partial);
-                return Err(e);
-            }
-        };
+    // From here on an interrupted transfer is parked for the next offer: on a network
+    // error, and also when this future is dropped (the bond closed and its tasks were
+    // aborted), which is how a lost connection usually ends a transfer.
+    let mut parking = ParkOnDrop {
+        slot,
+        partial: Some(partial),
+    };
+    step("replying to the offer", write_message(send, &resume)).await?;
+    let gone = || TransferError::Blocking("the partial transfer is gone".into());
+    while !parking.partial.as_ref().is_some_and(Partial::is_complete) {
+        let chunk = step("receiving a snapshot chunk", read_frame(recv)).await?;
+        let mut partial = parking.partial.take().ok_or_else(gone)?;
         // A bad chunk discards the partial transfer: its bytes cannot be trusted.
         let (back, pushed) = blocking(move || {
             let pushed = partial.push(&chunk);
             (partial, pushed)
         })
         .await?;
-        partial = back;
         pushed?;
+        parking.partial = Some(back);
     }
+    let partial = parking.partial.take().ok_or_else(gone)?;
     let into = store.clone();
     let handle = blocking(move || partial.finish(&into)).await??;
     Ok(Message {

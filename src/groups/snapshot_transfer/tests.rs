@@ -2,7 +2,7 @@ use std::io::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
 
 use super::*;
 use crate::raft::Membership;
@@ -194,6 +194,92 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
         3 * CHUNK_BYTES as u64,
         "only the missing half is sent again"
     );
+    assert_eq!(received.expect("received"), message);
+    assert_eq!(
+        stored_bytes(&stores.follower, &message),
+        stored_bytes(&stores.leader, &message)
+    );
+}
+
+/// A reader that passes on `remaining` bytes, then never yields another one and says so
+/// (once the receiver is waiting for more than those bytes).
+struct StallAfter<R> {
+    inner: R,
+    remaining: usize,
+    stalled: Arc<tokio::sync::Notify>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for StallAfter<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.remaining == 0 {
+            self.stalled.notify_one();
+            return Poll::Pending;
+        }
+        let want = buf.remaining().min(self.remaining);
+        let mut limited = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(want));
+        let polled = Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let got = limited.filled().len();
+        if let Poll::Ready(Ok(())) = polled {
+            buf.advance(got);
+            self.remaining -= got;
+        }
+        polled
+    }
+}
+
+/// The usual end of a transfer whose connection is lost: the bond closes and aborts the
+/// receiving task, so the receiver's future is dropped mid-transfer. What arrived is
+/// parked all the same, and the next offer resumes from it.
+#[tokio::test]
+async fn a_transfer_whose_receiver_is_dropped_mid_way_is_parked_and_resumed() {
+    let stores = stores();
+    let message = snapshot_message(&stores.leader, 5 * CHUNK_BYTES, 40);
+    let (offer, handle) = offer_of(&message);
+    let slot = ResumeSlot::default();
+    let ((mut leader_rx, mut leader_tx), (follower_rx, mut follower_tx)) = pipe();
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    // The offer frame, then two whole chunks (4-byte length, version byte, bytes).
+    let offer_frame = {
+        let mut buf = Vec::new();
+        crate::net::encode_message(&mut buf, &offer).expect("offer encodes");
+        buf.len()
+    };
+    let mut follower_rx = StallAfter {
+        inner: follower_rx,
+        remaining: offer_frame + 2 * (CHUNK_BYTES + 5),
+        stalled: stalled.clone(),
+    };
+    {
+        let store = &stores.follower;
+        let receiving = receive_snapshot(&mut follower_rx, &mut follower_tx, LEADER, &slot, store);
+        let sending = send_snapshot(
+            &mut leader_rx,
+            &mut leader_tx,
+            &offer,
+            &stores.leader,
+            &handle,
+        );
+        tokio::pin!(receiving, sending);
+        // Both run until the receiver waits for bytes that will not come (the sender is
+        // then blocked on the full pipe); then both are dropped, as an aborted task's
+        // future is.
+        tokio::select! {
+            _ = stalled.notified() => {}
+            r = &mut receiving => panic!("the receiver finished: {r:?}"),
+            r = &mut sending => panic!("the sender finished: {r:?}"),
+        }
+    }
+    assert_eq!(
+        slot.parked_bytes(),
+        2 * CHUNK_BYTES as u64,
+        "two chunks parked"
+    );
+    let (sent, received) = transfer(&stores, &offer, &handle, &slot, None).await;
+    assert_eq!(sent.expect("resumed"), 3 * CHUNK_BYTES as u64);
     assert_eq!(received.expect("received"), message);
     assert_eq!(
         stored_bytes(&stores.follower, &message),
