@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::snapshot_transfer::handle_of;
-use crate::raft::{Message, NodeId};
-use crate::storage::SnapshotStore;
+use crate::raft::{Message, MessageBody, NodeId};
+use crate::storage::{SnapshotHandle, SnapshotStore};
 
 /// Most frames waiting in one worker's inbox before senders see `Full`.
 pub const INBOX_FRAMES_MAX: usize = 16 * 1024;
@@ -197,22 +196,20 @@ impl LocalTransport {
         &self,
         to: NodeId,
         frame: &PeerFrame,
-    ) -> Result<Option<(Arc<SnapshotStore>, crate::storage::SnapshotHandle)>, ()> {
-        let PeerFrame::Raft(message) = frame else {
+    ) -> Result<Option<(Arc<SnapshotStore>, SnapshotHandle)>, ()> {
+        let PeerFrame::Raft(Message {
+            body: MessageBody::InstallSnapshot { snapshot },
+            ..
+        }) = frame
+        else {
             return Ok(None);
         };
-        if !matches!(
-            message.body,
-            crate::raft::MessageBody::InstallSnapshot { .. }
-        ) {
-            return Ok(None);
-        }
-        let stores = {
+        let handle = SnapshotHandle::decode(&snapshot.data).map_err(|_| ())?;
+        let (ours, theirs) = {
             let inner = self.network.lock();
             let store = |id| inner.sinks.get(&id).map(|(_, s)| s.clone());
-            store(self.me).zip(store(to))
+            store(self.me).zip(store(to)).ok_or(())?
         };
-        let ((ours, theirs), handle) = stores.zip(handle_of(message)).ok_or(())?;
         // Counted before the copy appears, so that nothing deletes it in between.
         theirs.delivered(&handle);
         match theirs.copy_from(&ours, &handle) {
