@@ -150,6 +150,7 @@ pub fn consensus_fields(raft: &RaftConfig, tick_micros: u64) -> Vec<(&'static st
         ("auto_promote", raft.auto_promote as u64),
         ("promotion_lag_entries", raft.promotion_lag_entries),
         ("max_pending_reads", raft.max_pending_reads as u64),
+        ("replace_after_rounds", raft.replace_after_rounds),
     ]
 }
 
@@ -280,6 +281,10 @@ mod tests {
             },
             RaftConfig {
                 max_pending_reads: raft.max_pending_reads + 1,
+                ..raft.clone()
+            },
+            RaftConfig {
+                replace_after_rounds: raft.replace_after_rounds + 1,
                 ..raft.clone()
             },
         ];

@@ -34,6 +34,11 @@ pub struct RaftConfig {
     pub auto_promote: bool,
     /// A learner within this many entries of the leader's log counts as caught up.
     pub promotion_lag_entries: u64,
+    /// A voter the leader has not heard from for this many election timeouts in a row is
+    /// removed when a caught-up learner is waiting to take its place (a restarted TD comes
+    /// back as a new identity: the dead one goes before the new one is promoted, so
+    /// replacements never raise the voter count while dead voters still count). 0: never.
+    pub replace_after_rounds: u64,
     /// Most read-index requests waiting for confirmation at once.
     pub max_pending_reads: usize,
     /// Test only: count quorums the way the reference runtime did (a majority of the
@@ -60,6 +65,7 @@ impl Default for RaftConfig {
             max_voters: 5,
             auto_promote: true,
             promotion_lag_entries: 64,
+            replace_after_rounds: 4,
             max_pending_reads: 4096,
             #[cfg(test)]
             dangerous_reference_quorum: false,

@@ -216,6 +216,11 @@ impl Raft {
                 }
             }
             for p in self.progress.values_mut() {
+                p.silent_rounds = if p.recent_active {
+                    0
+                } else {
+                    p.silent_rounds.saturating_add(1)
+                };
                 p.recent_active = false;
             }
             if let Some(to) = self.transfer_target.take() {

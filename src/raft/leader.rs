@@ -149,12 +149,14 @@ impl Raft {
         self.bcast_append(false);
     }
 
-    /// Promotes the first caught-up, responsive learner while voters are below the limit.
+    /// Promotes the first caught-up, responsive learner while voters are below the limit,
+    /// but never while a voter is silent: a learner that replaces a dead voter (a TD that
+    /// restarted as a new identity) waits until that voter is removed, so the voter count
+    /// never grows while dead voters still count towards it. A voter silent for
+    /// `replace_after_rounds` election timeouts is removed first, when a caught-up learner
+    /// is waiting and the voters that remain and answer still form a quorum.
     pub(super) fn maybe_promote_learner(&mut self) {
-        if !self.config.auto_promote
-            || self.membership.voters.len() >= self.config.max_voters
-            || self.membership_change_blocked().is_some()
-        {
+        if !self.config.auto_promote || self.membership_change_blocked().is_some() {
             return;
         }
         let last_index = self.log.last_index();
@@ -164,8 +166,60 @@ impl Raft {
                 .get(id)
                 .is_some_and(|p| p.recent_active && p.match_index + lag >= last_index)
         });
-        if let Some(id) = candidate {
-            self.change_membership(MembershipChange::Promote(id));
+        let Some(candidate) = candidate else {
+            return;
+        };
+        let silent_rounds = |id: &NodeId| -> u64 {
+            if *id == self.id {
+                return 0;
+            }
+            self.progress.get(id).map_or(u64::MAX, |p| p.silent_rounds)
+        };
+        // Silent: missed a whole round, or not heard from yet in this one.
+        // A voter whose bond is down (the transport said so) is silent at once.
+        let answering_now = |id: &NodeId| {
+            *id == self.id
+                || (!self.unreachable.contains(id)
+                    && self
+                        .progress
+                        .get(id)
+                        .is_some_and(|p| p.recent_active && p.silent_rounds == 0))
+        };
+        let silent: Vec<NodeId> = self
+            .membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| !answering_now(v))
+            .collect();
+        if silent.is_empty() {
+            if self.membership.voters.len() < self.config.max_voters {
+                self.change_membership(MembershipChange::Promote(candidate));
+            }
+            return;
+        }
+        let replace_after = self.config.replace_after_rounds;
+        if replace_after == 0 {
+            return;
+        }
+        let dead = silent
+            .iter()
+            .copied()
+            .filter(|v| silent_rounds(v) >= replace_after)
+            .max_by_key(|v| silent_rounds(v));
+        let Some(dead) = dead else {
+            return;
+        };
+        // Safe only if the voters left, counting those that answer, still make a quorum.
+        let mut remaining = self.membership.clone();
+        remaining.voters.remove(&dead);
+        let answering = remaining
+            .voters
+            .iter()
+            .filter(|v| silent_rounds(v) == 0)
+            .count();
+        if !remaining.voters.is_empty() && answering >= remaining.quorum() {
+            self.change_membership(MembershipChange::Remove(dead));
         }
     }
 }

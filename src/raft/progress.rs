@@ -24,6 +24,8 @@ pub struct Progress {
     pub inflight: VecDeque<Index>,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// Check-quorum rounds in a row (election timeouts) without a word from this follower.
+    pub silent_rounds: u64,
     /// Highest read-index round this follower has acknowledged.
     pub read_ack: u64,
     /// Ticks spent waiting for a snapshot to be installed.
@@ -39,6 +41,7 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: false,
+            silent_rounds: 0,
             read_ack: 0,
             snapshot_ticks: 0,
         }

@@ -859,6 +859,100 @@ fn caught_up_learners_are_promoted_automatically() {
     assert!(c.node(4).membership().is_voter(n(4)));
 }
 
+/// A restarted TD comes back as a new identity: its replacement waits as a learner until
+/// the dead voter has been silent for `replace_after_rounds` election timeouts, the dead
+/// voter is removed, and only then the replacement is promoted. The voter count never
+/// grows while the dead voter counts (four voters with one dead and a second death
+/// would leave two of four: no quorum, for good).
+#[test]
+fn a_dead_voter_is_removed_before_its_replacement_is_promoted() {
+    let mut c = Cluster::new(3);
+    c.tick_until_leader(1);
+    c.isolated[2] = true; // n3 dies; its new identity boots, which takes a while
+    for _ in 0..config().election_ticks {
+        c.node(1).step(Input::Tick).unwrap();
+        c.settle();
+    }
+    let mut replacement = fresh(4);
+    replacement.step(Input::Tick).unwrap();
+    c.nodes.push(replacement);
+    c.isolated.push(false);
+    c.applied.push(Vec::new());
+    c.node(1)
+        .step(Input::ChangeMembership(MembershipChange::AddLearner(n(4))))
+        .unwrap();
+    c.settle();
+    let rounds = config().replace_after_rounds;
+    let mut removed_at_round = None;
+    for round in 1..=rounds + 3 {
+        for _ in 0..config().election_ticks {
+            c.node(1).step(Input::Tick).unwrap();
+            c.settle();
+            let m = c.node(1).membership().clone();
+            assert!(
+                m.voters.len() <= 3,
+                "round {round}: the voter count grew while n3 is dead: {m:?}"
+            );
+            assert!(
+                !(m.is_voter(n(4)) && m.is_voter(n(3))),
+                "round {round}: n4 promoted before n3 was removed: {m:?}"
+            );
+            if removed_at_round.is_none() && !m.contains(n(3)) {
+                removed_at_round = Some(round);
+            }
+        }
+    }
+    let round = removed_at_round.expect("the dead voter was never removed");
+    assert!(
+        round + 1 >= rounds,
+        "n3 removed after {} silent rounds, before {rounds}",
+        round + 1
+    );
+    assert_eq!(c.node(1).membership().voters, voters(&[1, 2, 4]).voters);
+    assert_eq!(c.node(4).membership().voters, voters(&[1, 2, 4]).voters);
+}
+
+/// Removing a silent voter must leave a quorum that answers: with two of three voters
+/// silent, neither is removed even though a caught-up learner waits.
+#[test]
+fn a_silent_voter_is_not_removed_when_the_rest_would_not_answer_as_a_quorum() {
+    let mut cfg = config();
+    cfg.check_quorum = false; // keep the leader, to see what it would remove
+    cfg.max_voters = 3; // the learner waits as a learner while every voter answers
+    let ids = [1, 2, 3];
+    let mut c = Cluster::new(3);
+    for (i, node) in c.nodes.iter_mut().enumerate() {
+        let id = i as u64 + 1;
+        let mut r = Raft::new(n(id), cfg.clone(), id, InitialState::default()).unwrap();
+        r.bootstrap(voters(&ids)).unwrap();
+        let ready = r.ready();
+        persist(&mut r, &ready);
+        *node = r;
+    }
+    c.tick_until_leader(1);
+    let mut learner = Raft::new(n(4), cfg.clone(), 4, InitialState::default()).unwrap();
+    learner.step(Input::Tick).unwrap();
+    c.nodes.push(learner);
+    c.isolated.push(false);
+    c.applied.push(Vec::new());
+    c.node(1)
+        .step(Input::ChangeMembership(MembershipChange::AddLearner(n(4))))
+        .unwrap();
+    for _ in 0..cfg.election_ticks {
+        c.node(1).step(Input::Tick).unwrap();
+        c.settle();
+    }
+    assert!(c.node(1).membership().learners.contains(&n(4)));
+    c.isolated[1] = true;
+    c.isolated[2] = true;
+    for _ in 0..(cfg.replace_after_rounds + 3) * cfg.election_ticks {
+        c.node(1).step(Input::Tick).unwrap();
+        c.settle();
+    }
+    let m = c.node(1).membership().clone();
+    assert_eq!(m.voters, voters(&ids).voters, "{m:?}");
+}
+
 #[test]
 fn a_removed_leader_steps_down_once_the_change_commits() {
     let mut c = Cluster::new(3);
