@@ -442,6 +442,9 @@ fn three_node_processes_replicate_and_report_status() {
 
     // Malformed requests are answered as such and the connection stays usable.
     malformed_requests_are_answered(&peers[0]);
+    // A write sent again in its session (same sequence) applies once, through a follower
+    // too; another client key's session of the same number is its own.
+    retried_writes_apply_once(&peers);
 
     // SIGTERM stops a node cleanly.
     let pid = nodes.children[0].id().to_string();
@@ -593,6 +596,84 @@ fn malformed_requests_are_answered(peer: &str) {
             other => panic!("status answered with {other:?}"),
         }
         ep.close().await;
+    });
+}
+
+/// Sends `Append` as command 1 of session 7 twice to one node and once more to another,
+/// from one client key: the value grows once. The same session number from another key
+/// is another session: it grows again.
+fn retried_writes_apply_once(peers: &[String]) {
+    use tessera::client::{ClientRequest, ClientResponse};
+    use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+    use tessera::net::{local_endpoint, read_message, write_message, Listen, ALPN_CLIENT};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listen = Listen {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            alpns: Vec::new(),
+            relay: None,
+        };
+        let ask = |ep: iroh::Endpoint, peer: String, request: ClientRequest| async move {
+            let addr = tessera::config::parse_peer(&peer).expect("peer");
+            let conn = tokio::time::timeout(DEADLINE, ep.connect(addr, ALPN_CLIENT))
+                .await
+                .expect("connect in time")
+                .expect("connect");
+            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+            write_message(&mut send, &request).await.expect("write");
+            send.finish().expect("finish");
+            tokio::time::timeout(
+                DEADLINE,
+                read_message::<_, ClientResponse>(&mut recv, "answer"),
+            )
+            .await
+            .expect("answer in time")
+            .expect("answer")
+        };
+        let append = ClientRequest::Execute {
+            session: 7,
+            seq: 1,
+            command: KvCommand::Append {
+                key: b"once".to_vec(),
+                value: b"x".to_vec(),
+            },
+        };
+        let secret = tessera::cluster::random_secret().expect("key");
+        let ep = local_endpoint(secret, &listen).await.expect("endpoint");
+        for peer in [&peers[0], &peers[0], &peers[1]] {
+            match ask(ep.clone(), peer.clone(), append.clone()).await {
+                ClientResponse::Executed(KvOutput::Append { len_bytes }) => {
+                    assert_eq!(len_bytes, 1, "every answer is the first one")
+                }
+                other => panic!("append answered with {other:?}"),
+            }
+        }
+        let other = local_endpoint(tessera::cluster::random_secret().expect("key"), &listen)
+            .await
+            .expect("endpoint");
+        match ask(other.clone(), peers[0].clone(), append.clone()).await {
+            ClientResponse::Executed(KvOutput::Append { len_bytes }) => {
+                assert_eq!(len_bytes, 2, "another key's session 7 is another session")
+            }
+            answer => panic!("append answered with {answer:?}"),
+        }
+        let get = ClientRequest::Query {
+            query: KvQuery::Get {
+                key: b"once".to_vec(),
+            },
+            strong: true,
+        };
+        match ask(ep.clone(), peers[0].clone(), get).await {
+            ClientResponse::Queried(KvQueryResult::Get { value }) => {
+                assert_eq!(value.as_deref(), Some(&b"xx"[..]))
+            }
+            other => panic!("get answered with {other:?}"),
+        }
+        ep.close().await;
+        other.close().await;
     });
 }
 

@@ -1,18 +1,21 @@
 //! `tessera kv put|get|del|cas|scan --node <node id>@<ip:port>`: the key-value client.
 //!
 //! Dials one node over the client protocol with a fresh key (or `--key-file`, for nodes
-//! whose `[client] allow` lists keys). Writes go through the log from any member; `get` and
-//! `scan` are linearizable reads unless `--weak`.
+//! whose `[client] allow` lists keys). Writes go through the log from any member, exactly
+//! once: a write whose answer is lost or late is sent again in the same session with the
+//! same sequence number (see [`Client::execute`]) for up to `--patience` seconds, and only
+//! then reported as unknown. `get` and `scan` are linearizable reads unless `--weak`.
 //!
 //! Exit status: 0 done, 1 a negative answer (`get` of an absent key, a `cas` that did not
-//! match, a command the store rejected), 2 the request could not be made or failed.
+//! match, a command the store rejected), 2 the request could not be made or failed, 3 the
+//! outcome of a write is unknown (it applied once or not at all).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use tessera::client::{Client, ClientRequest, ClientResponse};
+use tessera::client::{Client, ClientError, ClientRequest, ClientResponse, EXECUTE_PATIENCE};
 use tessera::cluster::random_secret;
 use tessera::config::{parse_peer, read_secret_key};
 use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
@@ -26,6 +29,10 @@ pub struct KvArgs {
     /// key for this call, which only nodes with `[client] allow = "any"` serve.
     #[arg(long, global = true)]
     pub key_file: Option<PathBuf>,
+    /// How long a write is retried (same session, same sequence: it applies at most once)
+    /// before its outcome is reported as unknown, in seconds.
+    #[arg(long, global = true, default_value_t = EXECUTE_PATIENCE.as_secs())]
+    pub patience: u64,
     #[command(subcommand)]
     pub op: KvOp,
 }
@@ -87,18 +94,24 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn request_of(op: &KvOp) -> Result<ClientRequest> {
+/// What one `tessera kv` call sends: a command through the log, or a request.
+enum Call {
+    Execute(KvCommand),
+    Request(ClientRequest),
+}
+
+fn request_of(op: &KvOp) -> Result<Call> {
     let bytes = |s: &str| s.as_bytes().to_vec();
     Ok(match op {
-        KvOp::Put { key, value } => ClientRequest::Execute(KvCommand::Put {
+        KvOp::Put { key, value } => Call::Execute(KvCommand::Put {
             key: bytes(key),
             value: bytes(value),
         }),
-        KvOp::Get { key, weak } => ClientRequest::Query {
+        KvOp::Get { key, weak } => Call::Request(ClientRequest::Query {
             query: KvQuery::Get { key: bytes(key) },
             strong: !weak,
-        },
-        KvOp::Del { key } => ClientRequest::Execute(KvCommand::Delete { key: bytes(key) }),
+        }),
+        KvOp::Del { key } => Call::Execute(KvCommand::Delete { key: bytes(key) }),
         KvOp::Cas {
             key,
             expect,
@@ -112,7 +125,7 @@ fn request_of(op: &KvOp) -> Result<ClientRequest> {
             if new.is_none() && !delete {
                 bail!("cas needs --new VALUE or --delete");
             }
-            ClientRequest::Execute(KvCommand::CompareAndSwap {
+            Call::Execute(KvCommand::CompareAndSwap {
                 key: bytes(key),
                 expected: expect.as_deref().map(bytes),
                 new: new.as_deref().map(bytes),
@@ -122,13 +135,13 @@ fn request_of(op: &KvOp) -> Result<ClientRequest> {
             prefix,
             limit,
             weak,
-        } => ClientRequest::Query {
+        } => Call::Request(ClientRequest::Query {
             query: KvQuery::Range {
                 prefix: bytes(prefix),
                 limit: *limit,
             },
             strong: !weak,
-        },
+        }),
     })
 }
 
@@ -136,7 +149,7 @@ fn request_of(op: &KvOp) -> Result<ClientRequest> {
 fn print_answer(response: ClientResponse) -> Result<bool> {
     let mut out = std::io::stdout().lock();
     match response {
-        ClientResponse::Error(e) => bail!("the node answered: {e}"),
+        ClientResponse::Error(e) | ClientResponse::Retry(e) => bail!("the node answered: {e}"),
         ClientResponse::Executed(KvOutput::Rejected(why)) => {
             eprintln!("rejected: {why}");
             Ok(false)
@@ -188,23 +201,47 @@ fn print_answer(response: ClientResponse) -> Result<bool> {
     }
 }
 
-async fn kv(args: KvArgs) -> Result<bool> {
+/// What a call came to.
+enum Outcome {
+    Answered(bool),
+    /// A write was retried until `--patience` ran out.
+    Unknown(ClientError),
+}
+
+async fn kv(args: KvArgs) -> Result<Outcome> {
     let node = args
         .node
         .as_deref()
         .context("--node <node id>@<ip:port> is required")?;
-    let request = request_of(&args.op)?;
-    let client = connect(node, args.key_file.as_deref()).await?;
-    let response = client.request(&request).await;
+    let call = request_of(&args.op)?;
+    let mut client = connect(node, args.key_file.as_deref()).await?;
+    let response = match call {
+        Call::Request(request) => client.request(&request).await,
+        Call::Execute(command) => {
+            let patience = std::time::Duration::from_secs(args.patience);
+            match client.execute(command, patience).await {
+                Ok(output) => Ok(ClientResponse::Executed(output)),
+                Err(e @ ClientError::OutcomeUnknown { .. }) => {
+                    client.close().await;
+                    return Ok(Outcome::Unknown(e));
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
     client.close().await;
-    print_answer(response?)
+    print_answer(response?).map(Outcome::Answered)
 }
 
 pub fn run(args: KvArgs) -> ExitCode {
     let result = runtime().and_then(|rt| rt.block_on(kv(args)));
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(Outcome::Answered(true)) => ExitCode::SUCCESS,
+        Ok(Outcome::Answered(false)) => ExitCode::FAILURE,
+        Ok(Outcome::Unknown(e)) => {
+            eprintln!("tessera kv: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("tessera kv: {e:#}");
             ExitCode::from(2)

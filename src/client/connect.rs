@@ -1,5 +1,11 @@
 //! The client side: dial one node over `tessera/client/1` and send requests, one per
 //! bi-stream, each under [`REQUEST_TIMEOUT`] plus the IO bounds.
+//!
+//! [`Client::execute`] is exactly-once end to end: the client owns a session (a random
+//! id) and numbers its commands; a timeout, a lost connection or a
+//! [`ClientResponse::Retry`] sends the very same `(session, seq)` again (redialling the
+//! node when the connection is gone) until an answer arrives or its patience runs out, and
+//! only then reports the outcome as unknown.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -11,6 +17,10 @@ use crate::net::{local_endpoint, read_message, write_message, EndpointError, Lis
 
 /// Bound on connecting to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Client::execute`] keeps retrying one command by default.
+pub const EXECUTE_PATIENCE: Duration = Duration::from_secs(60);
+/// Pause between two attempts of one command.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Why a client request failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +42,40 @@ pub enum ClientError {
     Protocol(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("the node refused the command: {0}")]
+    Refused(String),
+    #[error(
+        "the outcome is unknown after {attempts} attempts over {waited:?} (the command \
+         applies at most once; command {seq} of session {session:#x}); last: {last}"
+    )]
+    OutcomeUnknown {
+        attempts: u32,
+        waited: Duration,
+        session: u64,
+        seq: u64,
+        last: String,
+    },
 }
 
-/// A connection to one node's client protocol.
+impl ClientError {
+    /// Whether the same request may get an answer if sent again (to this node).
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::ConnectTimeout(_) | Self::Closed(_) | Self::Timeout(_)
+        )
+    }
+}
+
+/// A connection to one node's client protocol, with this client's session.
 pub struct Client {
     endpoint: Endpoint,
     conn: Connection,
+    addr: EndpointAddr,
     node: String,
+    /// This client's session id (random) and the sequence number of its next command.
+    session: u64,
+    next_seq: u64,
 }
 
 impl Client {
@@ -66,26 +103,97 @@ impl Client {
             },
         )
         .await?;
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(node, ALPN_CLIENT))
-            .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
+        let conn = match dial(&endpoint, &node).await {
+            Ok(conn) => conn,
+            Err(e) => {
                 endpoint.close().await;
-                return Err(ClientError::Connect {
-                    node: name,
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                endpoint.close().await;
-                return Err(ClientError::ConnectTimeout(name));
+                return Err(e);
             }
         };
+        let mut session = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session)
+            .map_err(|_| ClientError::Protocol("no system randomness for a session id".into()))?;
         Ok(Self {
             endpoint,
             conn,
+            addr: node,
             node: name,
+            session: u64::from_le_bytes(session),
+            next_seq: 1,
+        })
+    }
+
+    /// This client's session id and the sequence number its next command will carry.
+    pub fn session(&self) -> (u64, u64) {
+        (self.session, self.next_seq)
+    }
+
+    /// Applies `command` exactly once: sends it as the next command of this client's
+    /// session and, on a timeout, a lost connection or a `Retry` answer, sends the same
+    /// request again (redialling the node if needed) until it is answered or `patience`
+    /// has passed; then the outcome is [`ClientError::OutcomeUnknown`]. A definite refusal
+    /// ([`ClientError::Refused`], [`ClientError::Unauthorized`]) is returned at once.
+    pub async fn execute(
+        &mut self,
+        command: crate::machine::KvCommand,
+        patience: Duration,
+    ) -> Result<crate::machine::KvOutput, ClientError> {
+        let seq = self.next_seq;
+        let request = ClientRequest::Execute {
+            session: self.session,
+            seq,
+            command,
+        };
+        let started = tokio::time::Instant::now();
+        let deadline = started + patience;
+        let mut attempts = 0u32;
+        let last = loop {
+            attempts += 1;
+            let why = match tokio::time::timeout_at(deadline, self.request(&request)).await {
+                Err(_) => format!("no answer within {patience:?}"),
+                Ok(Ok(ClientResponse::Executed(output))) => {
+                    self.next_seq = seq + 1;
+                    return Ok(output);
+                }
+                Ok(Ok(ClientResponse::Retry(why))) => why,
+                Ok(Ok(ClientResponse::Error(why))) => {
+                    // Refused as such: the session moves on (a retry would be refused too).
+                    self.next_seq = seq + 1;
+                    return Err(ClientError::Refused(why));
+                }
+                Ok(Ok(other)) => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected answer to a command: {other:?}"
+                    )))
+                }
+                Ok(Err(e)) if e.is_transient() => {
+                    if self.conn.close_reason().is_some() {
+                        // Gone: dial again (the session lives in the group, not the connection).
+                        if let Ok(Ok(conn)) =
+                            tokio::time::timeout_at(deadline, dial(&self.endpoint, &self.addr))
+                                .await
+                        {
+                            self.conn = conn;
+                        }
+                    }
+                    e.to_string()
+                }
+                Ok(Err(e)) => return Err(e),
+            };
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                break why;
+            }
+            tracing::debug!(node = %self.node, attempt = attempts, reason = %why, "command outcome unknown; sending it again");
+            tokio::time::sleep(RETRY_PAUSE).await;
+        };
+        // Never reuse this sequence number for another command: it may still apply.
+        self.next_seq = seq + 1;
+        Err(ClientError::OutcomeUnknown {
+            attempts,
+            waited: started.elapsed(),
+            session: self.session,
+            seq,
+            last,
         })
     }
 
@@ -144,5 +252,17 @@ impl Client {
     pub async fn close(self) {
         self.conn.close(VarInt::from_u32(0), b"done");
         let _ = tokio::time::timeout(IO_TIMEOUT, self.endpoint.close()).await;
+    }
+}
+
+/// Dials `node`'s client protocol from `endpoint`, under [`CONNECT_TIMEOUT`].
+async fn dial(endpoint: &Endpoint, node: &EndpointAddr) -> Result<Connection, ClientError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(node.clone(), ALPN_CLIENT)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(ClientError::Connect {
+            node: node.id.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(ClientError::ConnectTimeout(node.id.to_string())),
     }
 }

@@ -20,10 +20,10 @@ use std::time::Duration;
 use iroh::PublicKey;
 use serde::{Deserialize, Serialize};
 
-use crate::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+use crate::machine::{ClientId, KvCommand, KvOutput, KvQuery, KvQueryResult};
 use crate::raft::{Index, NodeId, Term};
 
-pub use connect::{Client, ClientError};
+pub use connect::{Client, ClientError, EXECUTE_PATIENCE};
 pub use server::{serve_clients, ClientService, ClientStats};
 
 /// Largest request frame a node reads: room for the largest KV command (a compare-and-swap
@@ -71,8 +71,18 @@ impl ClientAllow {
 /// What a client asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// Apply a command through the log (from any member: followers forward).
-    Execute(KvCommand),
+    /// Apply a command through the log (from any member: followers forward), exactly once
+    /// per (`session`, `seq`): the same request sent again (after a timeout, a lost
+    /// connection or a [`ClientResponse::Retry`], to this node or another) returns the
+    /// first outcome instead of applying twice. A client picks a random `session` and
+    /// numbers its commands 1, 2, 3, … in it, one at a time. Sessions are per client key:
+    /// the node derives the replicated session from the key the connection authenticated
+    /// and `session` ([`session_client`]), so no client can touch another's.
+    Execute {
+        session: u64,
+        seq: u64,
+        command: KvCommand,
+    },
     /// Read: `strong` is linearizable (read-index), otherwise this node's local state.
     Query { query: KvQuery, strong: bool },
     /// This node's view of the group.
@@ -85,8 +95,25 @@ pub enum ClientResponse {
     Executed(KvOutput),
     Queried(KvQueryResult),
     Status(NodeStatus),
-    /// The request failed; the message says why.
+    /// The request failed; the message says why. Sending it again gives the same answer.
     Error(String),
+    /// The outcome is not known yet (no leader, a leader change, a timeout): send the very
+    /// same request again (same session and sequence); a command applies at most once.
+    Retry(String),
+}
+
+/// The replicated session of a remote client: the client's key and its chosen `session`,
+/// hashed (SHA-256 with a domain tag, first 8 bytes). Two keys never share a session, so a
+/// client cannot make another's commands stale or read its cached outputs.
+pub fn session_client(key: &PublicKey, session: u64) -> ClientId {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"tessera/client-session/v1");
+    ctx.update(key.as_bytes());
+    ctx.update(&session.to_le_bytes());
+    let digest = ctx.finish();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest.as_ref()[..8]);
+    ClientId(u64::from_le_bytes(id))
 }
 
 /// How a configuration lists a member.

@@ -17,7 +17,7 @@ use super::{
     CLOSE_UNAUTHORIZED, CONNECTIONS_MAX, CONNECTION_IDLE_TIMEOUT, IO_TIMEOUT,
     REQUESTS_IN_FLIGHT_MAX, REQUEST_BYTES_MAX, REQUEST_TIMEOUT,
 };
-use crate::groups::{node_id_of, Bonds, Consistency, Group};
+use crate::groups::{node_id_of, Bonds, Consistency, Group, GroupError};
 use crate::machine::KvStore;
 use crate::net::{read_message, write_message, FrameError, ALPN_CLIENT};
 use crate::raft::{MemberRole, NodeId, Role};
@@ -142,13 +142,22 @@ impl ClientService {
         }
     }
 
-    async fn answer(&self, request: ClientRequest) -> ClientResponse {
+    async fn answer(&self, client: &PublicKey, request: ClientRequest) -> ClientResponse {
         match request {
             ClientRequest::Status => ClientResponse::Status(self.status()),
-            ClientRequest::Execute(command) => match self.group.execute(command).await {
-                Ok(output) => ClientResponse::Executed(output),
-                Err(e) => ClientResponse::Error(e.to_string()),
-            },
+            ClientRequest::Execute {
+                session,
+                seq,
+                command,
+            } => {
+                let session = super::session_client(client, session);
+                match self.group.execute_as(session, seq, command).await {
+                    Ok(output) => ClientResponse::Executed(output),
+                    // Still unknown: the client sends the same (session, seq) again.
+                    Err(e @ GroupError::Timeout(_)) => ClientResponse::Retry(e.to_string()),
+                    Err(e) => ClientResponse::Error(e.to_string()),
+                }
+            }
             ClientRequest::Query { query, strong } => {
                 let consistency = if strong {
                     Consistency::Strong
@@ -241,8 +250,9 @@ async fn serve_connection(service: &Arc<ClientService>, conn: &Connection) {
             }
         };
         let service = service.clone();
+        let client = conn.remote_id();
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(&service, send, recv).await {
+            if let Err(e) = serve_stream(&service, &client, send, recv).await {
                 tracing::debug!(error = %e, "client request failed");
             }
             drop(permit);
@@ -252,6 +262,7 @@ async fn serve_connection(service: &Arc<ClientService>, conn: &Connection) {
 
 async fn serve_stream(
     service: &ClientService,
+    client: &PublicKey,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), FrameError> {
@@ -264,12 +275,14 @@ async fn serve_stream(
             @ (FrameError::Length { .. } | FrameError::Version { .. } | FrameError::Decode { .. }),
         ) => ClientResponse::Error(format!("bad request: {e}")),
         Err(e) => return Err(e),
-        Ok(request) => match tokio::time::timeout(REQUEST_TIMEOUT, service.answer(request)).await {
-            Ok(response) => response,
-            Err(_) => ClientResponse::Error(format!(
-                "timed out after {REQUEST_TIMEOUT:?}; a command may still apply"
-            )),
-        },
+        Ok(request) => {
+            match tokio::time::timeout(REQUEST_TIMEOUT, service.answer(client, request)).await {
+                Ok(response) => response,
+                Err(_) => ClientResponse::Retry(format!(
+                    "timed out after {REQUEST_TIMEOUT:?}; a command may still apply, once: send it again"
+                )),
+            }
+        }
     };
     service.stats.requests.fetch_add(1, Ordering::Relaxed);
     if matches!(response, ClientResponse::Error(_)) {

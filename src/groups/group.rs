@@ -98,7 +98,7 @@ impl<M: StateMachine> Group<M> {
     /// (followers forward to the leader). Linearizable, exactly once.
     pub async fn execute(&self, command: M::Command) -> Result<M::Output, GroupError> {
         let (client, seq) = self.lock_sessions().acquire();
-        let result = self.execute_in_session(client, seq, command).await;
+        let result = self.execute_as(client, seq, command).await;
         self.lock_sessions().release(client, seq);
         result
     }
@@ -163,7 +163,13 @@ impl<M: StateMachine> Group<M> {
         result
     }
 
-    async fn execute_in_session(
+    /// Applies `command` as command `seq` of session `client`, for a caller that keeps its
+    /// own session across calls (a remote client retrying after a lost answer): the same
+    /// `(client, seq)` sent again returns the first outcome and applies nothing. Commands
+    /// of one session must be issued one at a time with increasing `seq`; an older `seq`
+    /// than the session's last is refused. Client ids must not collide with those of
+    /// other callers (this handle's own sessions start at a random id).
+    pub async fn execute_as(
         &self,
         client: ClientId,
         seq: u64,
