@@ -64,7 +64,8 @@ pub struct ClusterOptions {
     /// Lifetime of each member's ticket; renewed at half of it.
     pub ticket_lifetime_secs: u64,
     /// `None`: the members found the group with each other as voters. `Some(n)`: they
-    /// form it once `n` are bonded ([`GroupBuilder::bootstrap_expect`]).
+    /// found it once all `n` are bonded and have confirmed the same founding set
+    /// ([`GroupBuilder::bootstrap_expect`]).
     pub bootstrap_expect: Option<usize>,
 }
 

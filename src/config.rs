@@ -10,9 +10,12 @@
 //! data_dir = "data"
 //! listen = "127.0.0.1:7001"
 //! bootstrap = ["<64 hex node id>@127.0.0.1:7002", "<64 hex node id>@127.0.0.1:7003"]
-//! bootstrap_expect = 3                  # the default: a fresh node forms a group once 3
-//!                                       #   members are bonded and none is in a group yet,
-//!                                       #   else joins theirs; 1 = a single-node group
+//! bootstrap_expect = 3                  # the default. The founders are this node and its
+//!                                       #   bootstrap peers, and must be 3: a fresh node
+//!                                       #   founds once all of them are bonded and confirm
+//!                                       #   the same set, else joins the group one of them
+//!                                       #   is in; another count: it only joins;
+//!                                       #   1 = a single-node group
 //! group_key_file = "group.key"          # 64 hex characters, mode 0600
 //! policies = ["policies/mock.toml"]     # several: accepted if any one accepts (rollover)
 //! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)

@@ -19,6 +19,7 @@ use tessera::groups::{
 };
 use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
 use tessera::net::{ALPN_BOND, WIRE_VERSION};
+use tessera::raft::NodeId;
 use tessera::raft::RaftConfig;
 use tessera::storage::MemoryStorage;
 use tessera::tickets::{Admission, TdxTicketIssuer, Ticket};
@@ -928,4 +929,129 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
     for m in members {
         assert_eq!(get(m, "after").await.as_deref(), Some(&b"garbage"[..]));
     }
+}
+
+/// What every member of `members` agrees the voters are, once they all hold the same view
+/// and it is `expected`; panics with their views if that does not happen within the wait.
+async fn wait_voters(members: &[&ClusterMember], expected: &std::collections::BTreeSet<NodeId>) {
+    for m in members {
+        let mut when = m.joined.group.when();
+        let reached =
+            tokio::time::timeout(WAIT, when.membership_is(|s| s.voters == *expected)).await;
+        assert!(
+            reached.is_ok(),
+            "{} never saw voters {expected:?}: {:?}",
+            m.node,
+            m.joined.group.status()
+        );
+    }
+}
+
+/// Stops `member` as a process would, after leaving the group when `leave` is set (what
+/// `tessera node` does without a key file), or at once (a crash).
+async fn stop(member: &ClusterMember, leave: bool) {
+    if leave {
+        member
+            .joined
+            .group
+            .leave(WAIT)
+            .await
+            .expect("leave the group");
+    }
+    let group = member.joined.group.clone();
+    tokio::task::spawn_blocking(move || group.shutdown())
+        .await
+        .expect("shutdown");
+    member.endpoint.close().await;
+}
+
+/// Members without key files come back as new identities (as a TD does at every boot).
+/// Two of three are restarted one second apart, each leaving the group on the way out:
+/// the group never waits for a voter that cannot come back, writes resume at once, and it
+/// ends with three live voters holding every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_members_restarted_as_new_identities_keep_the_group_writable() {
+    let cluster = bonded_cluster(3).await;
+    let leader = leader_index(&cluster, 0).await;
+    cluster.members[leader]
+        .joined
+        .group
+        .execute(put("before", "1"))
+        .await
+        .expect("write");
+    let mut replacements = Vec::new();
+    for (round, i) in [0usize, 1].into_iter().enumerate() {
+        if round > 0 {
+            // The scenario: the second restart follows the first by a second.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        stop(&cluster.members[i], true).await;
+        replacements.push(memory_joiner(&cluster).await);
+    }
+    let last = replacements.last().expect("replacement");
+    last.joined
+        .group
+        .execute(put("after", "2"))
+        .await
+        .expect("a write after both restarts");
+    let expected: std::collections::BTreeSet<NodeId> = [
+        cluster.members[2].node,
+        replacements[0].node,
+        replacements[1].node,
+    ]
+    .into_iter()
+    .collect();
+    let live: Vec<&ClusterMember> = std::iter::once(&cluster.members[2])
+        .chain(replacements.iter())
+        .collect();
+    wait_voters(&live, &expected).await;
+    for m in &live {
+        assert_eq!(
+            get(m, "before").await.as_deref(),
+            Some(&b"1"[..]),
+            "{}",
+            m.node
+        );
+        assert_eq!(
+            get(m, "after").await.as_deref(),
+            Some(&b"2"[..]),
+            "{}",
+            m.node
+        );
+    }
+}
+
+/// A member that crashes (no leave) and comes back as a new identity: its replacement is
+/// promoted only once the dead voter has been removed, and the group ends with three
+/// voters, all alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_member_is_replaced_by_its_new_identity() {
+    let cluster = bonded_cluster(3).await;
+    let leader = leader_index(&cluster, 0).await;
+    let victim = (leader + 1) % 3;
+    let survivor = (leader + 2) % 3;
+    stop(&cluster.members[victim], false).await;
+    let replacement = memory_joiner(&cluster).await;
+    let expected: std::collections::BTreeSet<NodeId> = [
+        cluster.members[leader].node,
+        cluster.members[survivor].node,
+        replacement.node,
+    ]
+    .into_iter()
+    .collect();
+    wait_voters(
+        &[
+            &cluster.members[leader],
+            &cluster.members[survivor],
+            &replacement,
+        ],
+        &expected,
+    )
+    .await;
+    replacement
+        .joined
+        .group
+        .execute(put("replaced", "yes"))
+        .await
+        .expect("write through the replacement");
 }

@@ -49,6 +49,8 @@ const CLIENT_CONNECTIONS_QUEUE_MAX: usize = 64;
 const DISCOVERY_CONNECTIONS_QUEUE_MAX: usize = 16;
 /// Bound on closing the endpoint at shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on leaving the group when a node with an identity of its own process stops.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -332,6 +334,15 @@ async fn serve(p: Prepared) -> Result<()> {
     };
     if let Ok(signal) = &outcome {
         tracing::info!(signal, "shutting down");
+        // Without a key file this identity dies with the process: leave the group first,
+        // so no voter is left behind that the others would wait for (a restart comes back
+        // as a new member). With a key file the node comes back as itself: it stays.
+        if config.secret_key_file.is_none() {
+            match joined.group.leave(LEAVE_TIMEOUT).await {
+                Ok(()) => tracing::info!("left the group"),
+                Err(e) => tracing::warn!(error = %e, "could not leave the group before stopping"),
+            }
+        }
     }
     drop(discovery);
     let group = joined.group.clone();

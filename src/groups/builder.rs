@@ -9,6 +9,7 @@ use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{mpsc, watch};
 
 use super::bond::{node_id_of, BondConfig, Bonds, Dial};
+use super::formation::founding_set;
 use super::id::{GroupId, GroupKey};
 use super::{start, Group, MemberOptions, StartError, WorkerConfig};
 use crate::machine::StateMachine;
@@ -83,9 +84,11 @@ impl GroupBuilder {
         self
     }
 
-    /// Instead of a fixed founding set: a fresh node forms the group once `n` members
-    /// (itself included) are bonded, with the `n` smallest node ids as voters
-    /// ([`WorkerConfig::bootstrap_expect`]). `n = 1` makes a single-node group at once.
+    /// Instead of founding at once: the founding set is this node and its peers, which must
+    /// count `n` members; a fresh node founds only once every founder is bonded and has
+    /// confirmed the same set, and joins instead if one of them is already in a group
+    /// ([`WorkerConfig::founders`], [`super::formation`]). A node whose set has another size
+    /// only joins. `n = 1` makes a single-node group at once.
     pub fn bootstrap_expect(mut self, n: usize) -> Self {
         self.bootstrap_expect = Some(n.max(1));
         self.bootstrap = false;
@@ -138,8 +141,15 @@ impl GroupBuilder {
         let single = self.bootstrap_expect == Some(1);
         let bootstrap = bootstrap.or_else(|| single.then(|| Membership::with_voters([me])));
         let mut worker = self.worker.clone();
-        if !single {
-            worker.bootstrap_expect = self.bootstrap_expect;
+        if let Some(expect) = self.bootstrap_expect.filter(|_| !single) {
+            let peers = self.peers.iter().map(|p| node_id_of(&p.id));
+            worker.founders = match founding_set(me, peers, expect) {
+                Ok(founders) => Some(founders),
+                Err(e) => {
+                    tracing::warn!(node = %me, "{e}");
+                    None
+                }
+            };
         }
         let options = MemberOptions {
             node: me,

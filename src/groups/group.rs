@@ -295,6 +295,27 @@ impl<M: StateMachine> Group<M> {
             .map_err(|e| GroupError::Stopped(e.to_string()))
     }
 
+    /// Leaves the group for good (DESIGN §3: a TD's identity dies with it, so a member
+    /// that stops should not stay a voter the others wait for): hands leadership over if
+    /// this member leads, has the leader remove it, and returns once that removal is
+    /// committed. The leader does not add it back while its bond stays up. Call
+    /// [`Group::shutdown`] afterwards. Fails with [`GroupError::Timeout`] if that takes
+    /// longer than `timeout` (no leader, a partition), and is refused for the only member.
+    pub async fn leave(&self, timeout: Duration) -> Result<(), GroupError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .inbox
+            .push(InboxItem::Client(ClientRequest::Leave { reply: tx }))
+            .map_err(|e| GroupError::Stopped(e.to_string()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(GroupError::Timeout(timeout)),
+            Ok(Err(_)) => Err(GroupError::Stopped("the worker has stopped".into())),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(RequestError::Stopped(why)))) => Err(GroupError::Stopped(why)),
+            Ok(Ok(Err(other))) => Err(GroupError::Refused(other.to_string())),
+        }
+    }
+
     /// Stops this member's worker and waits for its thread to end.
     pub fn shutdown(&self) {
         let _ = self.shared.inbox.push(InboxItem::Shutdown);

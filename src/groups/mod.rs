@@ -6,6 +6,7 @@
 //! talks to the worker only through its bounded inbox.
 pub mod bond;
 mod builder;
+pub mod formation;
 mod group;
 pub mod id;
 pub mod snapshot_transfer;

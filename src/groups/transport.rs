@@ -36,11 +36,10 @@ pub enum PeerFrame {
         request_id: u64,
         result: Result<u64, ForwardRefusal>,
     },
-    /// Sent to every newly bonded peer: whether this member already belongs to a formed
-    /// group (holds a configuration). A fresh member waiting for `bootstrap_expect`
-    /// peers bootstraps only once that many have said they are fresh too, and never if
-    /// one says it is formed.
-    Formation { formed: bool },
+    /// Sent to every newly bonded peer, and to every bonded peer when it changes: whether
+    /// this member is fresh (and with which founding set) or already in a group. Only
+    /// fresh members read it ([`super::formation`]).
+    Formation(super::formation::FormationStatus),
     /// A follower forwards a command whose caller wants only its log index
     /// ([`Group::feed`](super::Group::feed)), not its output.
     ForwardFeed { request_id: u64, command: Bytes },
@@ -50,6 +49,12 @@ pub enum PeerFrame {
         request_id: u64,
         result: Result<u64, ForwardRefusal>,
     },
+    /// The sender asks the leader to remove it from the group (it is leaving for good),
+    /// again on every tick until the leader answers [`PeerFrame::Left`].
+    Leave,
+    /// The leader's answer to [`PeerFrame::Leave`]: a configuration without the sender is
+    /// committed (a removed member hears nothing more of the log, so it is told).
+    Left,
 }
 
 /// Why a leader did not take a forwarded request.

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use super::formation::{Decision, Formation, FormationStatus};
 use super::transport::{ForwardRefusal, InboxItem, PeerFrame, Transport};
 use crate::machine::{ApplyContext, Sessions, StateMachine};
 use crate::raft::Snapshot;
 use crate::raft::{
     EntryPayload, Event, Index, Input, Membership, MembershipChange, NodeId, Raft, ReadState,
-    Ready, Rejection, Role, Term,
+    Ready, Rejection, Role, StepError, Term,
 };
 use crate::storage::snapshot_store::SnapshotWriter;
 use crate::storage::{SnapshotHandle, SnapshotStore, Storage, WriteBatch, WriteTiming};
@@ -67,6 +68,13 @@ pub enum ClientRequest {
     TransferLeadership {
         to: NodeId,
     },
+    /// Leave the group for good: hand leadership over if this member leads, then have the
+    /// leader remove it; answered once the removal is committed. A member whose identity
+    /// dies with the process (a TD, which has a new key at every boot) does this before it
+    /// stops, so the group never waits for a voter that cannot come back.
+    Leave {
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
 }
 
 /// What the worker publishes after every round.
@@ -105,12 +113,11 @@ pub struct WorkerConfig {
     /// As leader, remove a member that has been unreachable this long (`None`: never).
     /// It is added again, as a learner, when it bonds again.
     pub removal_timeout: Option<Duration>,
-    /// Form a new group once this many distinct members (this one included) are bonded
-    /// (DESIGN §7.2): the voters are the `n` smallest node ids among them, so members
-    /// that see the same peers agree; a member not among them waits to be added. Only a
-    /// fresh node bootstraps: one that has heard from an existing group never does.
-    /// Start exactly `n` founding members: more could pick different sets.
-    pub bootstrap_expect: Option<usize>,
+    /// The configured founding set, this member included (DESIGN §7.2): a fresh member
+    /// writes the first configuration, with them as voters, once every one of them is
+    /// bonded and has confirmed the same set; it joins instead if one of them is already
+    /// in a group ([`super::formation`]). `None`: it only joins.
+    pub founders: Option<BTreeSet<NodeId>>,
 }
 
 impl Default for WorkerConfig {
@@ -122,7 +129,7 @@ impl Default for WorkerConfig {
             snapshot_bytes: Some(64 << 20),
             auto_membership: true,
             removal_timeout: Some(Duration::from_secs(300)),
-            bootstrap_expect: None,
+            founders: None,
         }
     }
 }
@@ -217,8 +224,13 @@ pub struct Worker<M: StateMachine, S: Storage> {
     bonded: BTreeSet<NodeId>,
     /// Since when each peer has been unreachable.
     unreachable_since: BTreeMap<NodeId, Instant>,
-    /// Bonded peers that said they hold no configuration (for `bootstrap_expect`).
-    fresh_peers: BTreeSet<NodeId>,
+    /// Whether to found, join or wait while the core holds no state.
+    formation: Formation,
+    /// A [`ClientRequest::Leave`] in progress.
+    leaving: Option<oneshot::Sender<Result<(), RequestError>>>,
+    /// Members that asked to leave (as leader): never added back automatically while
+    /// their bond stays up.
+    departed: BTreeSet<NodeId>,
 }
 
 impl<M: StateMachine, S: Storage> Worker<M, S> {
@@ -236,6 +248,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     ) -> Self {
         let last_snapshot_index = raft.snapshot_index();
         let snapshots = storage.snapshot_store();
+        let formation = Formation::new(id, config.founders.clone(), raft.is_fresh());
         Self {
             id,
             config,
@@ -260,13 +273,18 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             stopped: None,
             bonded: BTreeSet::new(),
             unreachable_since: BTreeMap::new(),
-            fresh_peers: BTreeSet::new(),
+            formation,
+            leaving: None,
+            departed: BTreeSet::new(),
         }
     }
 
     /// Runs until shutdown or until every handle and the transport let go of the inbox.
     pub fn run(mut self) {
         let mut next_tick = Instant::now() + self.config.tick;
+        // A founding set of this member alone founds at once.
+        let decision = self.formation.poll_initial();
+        self.act_on(decision);
         self.process_ready();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -294,6 +312,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 self.step(Input::Tick);
                 self.expire_forwarded(now);
                 self.manage_membership(now);
+                self.drive_leave();
             }
             self.finish_snapshot(false);
             self.process_ready();
@@ -313,9 +332,46 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         if self.stopped.is_some() {
             return;
         }
-        if let Err(e) = self.raft.step(input) {
+        match self.raft.step(input) {
+            Ok(()) => {}
+            // Two leaders in one term, or a committed entry overwritten: two groups share
+            // this id (or a member is not what it claims). Nothing more may be applied or
+            // acknowledged here: stop, loudly, with the evidence.
+            Err(e @ (StepError::SecondLeader { .. } | StepError::CommittedConflict { .. })) => {
+                tracing::error!(node = %self.id, error = %e, "consensus safety violated: node stops");
+                let reason = format!("consensus safety violated: {e}");
+                self.stopped = Some(reason.clone());
+                self.fail_everything(RequestError::Stopped(reason));
+                self.publish_status();
+            }
             // A bad frame from a peer: drop it, the core is unchanged.
-            tracing::warn!(node = %self.id, error = %e, "input refused by the core");
+            Err(e) => tracing::warn!(node = %self.id, error = %e, "input refused by the core"),
+        }
+    }
+
+    /// Founds the group when formation says so.
+    fn act_on(&mut self, decision: Decision) {
+        let Decision::Found(founders) = decision else {
+            return;
+        };
+        match self.raft.bootstrap(founders.clone()) {
+            Ok(()) => {
+                tracing::info!(node = %self.id, voters = ?founders.voters, "every founder confirmed: founded the group")
+            }
+            // Took a founder's log first: it founded the same group.
+            Err(e) => tracing::info!(node = %self.id, reason = %e, "did not found"),
+        }
+    }
+
+    /// Once the core holds state, formation is over: tells every bonded peer, so founders
+    /// still waiting for this one learn that it is in a group.
+    fn note_formed(&mut self) {
+        if self.raft.is_fresh() || !self.formation.handle_formed() {
+            return;
+        }
+        for peer in &self.bonded {
+            self.transport
+                .send(*peer, PeerFrame::Formation(FormationStatus::Formed));
         }
     }
 
@@ -332,6 +388,8 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 if reachable {
                     self.bonded.insert(peer);
                     self.unreachable_since.remove(&peer);
+                    // A new bond: a member that left and came back may be added again.
+                    self.departed.remove(&peer);
                 } else {
                     self.bonded.remove(&peer);
                     self.unreachable_since
@@ -344,11 +402,10 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
                 self.step(Input::PeerReachable { peer, reachable });
                 if reachable {
-                    // Any state at all (bootstrapped, or heard from a group) counts as formed.
-                    let formed = !self.raft.is_fresh();
-                    self.transport.send(peer, PeerFrame::Formation { formed });
+                    let status = self.formation.status();
+                    self.transport.send(peer, PeerFrame::Formation(status));
                 } else {
-                    self.fresh_peers.remove(&peer);
+                    self.formation.handle_bond_down(peer);
                 }
             }
             InboxItem::Client(request) => self.handle_client(request),
@@ -366,6 +423,9 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     let _ = reply.send(Err(err));
                 }
                 ClientRequest::Feed { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+                ClientRequest::Leave { reply } => {
                     let _ = reply.send(Err(err));
                 }
                 ClientRequest::TransferLeadership { .. } => {}
@@ -411,7 +471,51 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             ClientRequest::TransferLeadership { to } => {
                 self.step(Input::TransferLeadership { to });
             }
+            ClientRequest::Leave { reply } => {
+                let membership = self.raft.membership();
+                if membership.contains(self.id) && membership.members().all(|m| m == self.id) {
+                    let _ = reply.send(Err(RequestError::Refused(
+                        "the only member of a group cannot leave it".into(),
+                    )));
+                    return;
+                }
+                self.leaving = Some(reply);
+                self.drive_leave();
+            }
         }
+    }
+
+    /// One step of a [`ClientRequest::Leave`]: done once a configuration without this
+    /// member is committed; as leader, hands leadership to another voter first; as
+    /// follower, asks the leader to remove it (again on every tick until it does).
+    fn drive_leave(&mut self) {
+        let Some(reply) = self.leaving.take_if(|r| !r.is_closed()) else {
+            return;
+        };
+        let membership = self.raft.membership();
+        if !membership.contains(self.id) && self.raft.commit_index() >= self.raft.membership_index()
+        {
+            tracing::info!(node = %self.id, "left the group");
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        match (self.raft.role(), self.raft.leader()) {
+            (Role::Leader, _) => {
+                let successor = membership
+                    .voters
+                    .iter()
+                    .copied()
+                    .find(|v| *v != self.id && self.bonded.contains(v));
+                match successor {
+                    Some(to) => self.step(Input::TransferLeadership { to }),
+                    // No voter to hand over to (only learners): remove itself as leader.
+                    None => self.step(Input::ChangeMembership(MembershipChange::Remove(self.id))),
+                }
+            }
+            (_, Some(leader)) => self.transport.send(leader, PeerFrame::Leave),
+            (_, None) => {}
+        }
+        self.leaving = Some(reply);
     }
 
     /// Sends a command to the leader for `reply`'s caller, or fails it if none is known.
@@ -478,6 +582,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     tracing::warn!(node = %self.id, %from, claimed = %m.from, "frame claims another sender; dropped");
                     return;
                 }
+                if !self.formation.accepts_raft_from(from) {
+                    // A founder waiting for its founders takes no other group's log.
+                    tracing::debug!(node = %self.id, %from, "consensus traffic from a non-founder while founding; dropped");
+                    return;
+                }
                 self.step(Input::Message(m));
             }
             PeerFrame::Forward {
@@ -516,21 +625,21 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     .send(from, PeerFrame::ForwardFeedReply { request_id, result });
             }
             PeerFrame::ForwardReply { request_id, result } => {
-                match self.forwarded.remove(&request_id) {
-                    Some((ForwardedReply::Output(reply), _, _)) => {
+                match self.take_forwarded(from, request_id) {
+                    Some(ForwardedReply::Output(reply)) => {
                         self.answer(Waiter::Local(reply), result)
                     }
                     // A reply of the wrong kind: the leader is confused; the caller retries.
-                    Some((other, _, _)) => other.fail(RequestError::Unknown),
+                    Some(other) => other.fail(RequestError::Unknown),
                     None => {}
                 }
             }
             PeerFrame::ForwardFeedReply { request_id, result } => {
-                match self.forwarded.remove(&request_id) {
-                    Some((ForwardedReply::Index(reply), _, _)) => {
+                match self.take_forwarded(from, request_id) {
+                    Some(ForwardedReply::Index(reply)) => {
                         let _ = reply.send(result.map_err(request_error));
                     }
-                    Some((other, _, _)) => other.fail(RequestError::Unknown),
+                    Some(other) => other.fail(RequestError::Unknown),
                     None => {}
                 }
             }
@@ -558,6 +667,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
             }
             PeerFrame::ReadIndexReply { request_id, result } => {
+                let asked = self.forwarded_reads.get(&request_id).map(|r| r.3);
+                if asked.is_some_and(|to| to != from) {
+                    tracing::warn!(node = %self.id, %from, request_id, "a read point from a member the read did not go to; dropped");
+                    return;
+                }
                 if let Some((query, reply, _, _)) = self.forwarded_reads.remove(&request_id) {
                     match result {
                         Ok(index) => self.waiting_reads.push((index, query, reply)),
@@ -565,17 +679,64 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     }
                 }
             }
-            PeerFrame::Formation { formed } => {
-                if formed {
-                    if self.config.bootstrap_expect.take().is_some() {
-                        tracing::info!(node = %self.id, %from, "a group exists; joining it instead of bootstrapping");
+            PeerFrame::Leave => {
+                // `from` is the peer the bond authenticated: a member can remove only itself.
+                if self.raft.role() != Role::Leader {
+                    return;
+                }
+                let membership = self.raft.membership();
+                if !membership.contains(from) {
+                    // Gone from the latest configuration; once that is committed, say so
+                    // (and keep it out: it asked).
+                    if self.raft.membership_index() <= self.raft.commit_index() {
+                        self.departed.insert(from);
+                        self.transport.send(from, PeerFrame::Left);
                     }
-                } else if self.bonded.contains(&from) {
-                    self.fresh_peers.insert(from);
-                    self.maybe_bootstrap();
+                    return;
+                }
+                if self.departed.insert(from) {
+                    tracing::info!(node = %self.id, member = %from, "member asked to leave; removing it");
+                }
+                if self.raft.membership_index() <= self.raft.commit_index() {
+                    self.step(Input::ChangeMembership(MembershipChange::Remove(from)));
                 }
             }
+            PeerFrame::Left => {
+                // Believed only from the leader this member asked, while it is leaving.
+                if self.leaving.is_some() && self.raft.leader() == Some(from) {
+                    if let Some(reply) = self.leaving.take() {
+                        tracing::info!(node = %self.id, leader = %from, "left the group");
+                        let _ = reply.send(Ok(()));
+                    }
+                } else {
+                    tracing::warn!(node = %self.id, %from, "a 'left' from a member this one did not ask; ignored");
+                }
+            }
+            PeerFrame::Formation(status) => {
+                // Only before formation, and only from a peer whose bond is up.
+                if self.formation.is_formed() || !self.bonded.contains(&from) {
+                    tracing::debug!(node = %self.id, %from, "formation frame after formation or from an unbonded peer; ignored");
+                    return;
+                }
+                let decision = self.formation.handle_status(from, status);
+                self.act_on(decision);
+            }
         }
+    }
+
+    /// The caller waiting for forwarded request `request_id`, if `from` is the member the
+    /// request went to. A bonded member's answer to a request sent to another is dropped:
+    /// only the leader asked may say what became of a command (request ids are this
+    /// member's own counter, easy to guess).
+    fn take_forwarded(&mut self, from: NodeId, request_id: u64) -> Option<ForwardedReply> {
+        let (_, _, to) = self.forwarded.get(&request_id)?;
+        if *to != from {
+            tracing::warn!(node = %self.id, %from, asked = %to, request_id, "a reply from a member the request did not go to; dropped");
+            return None;
+        }
+        self.forwarded
+            .remove(&request_id)
+            .map(|(reply, _, _)| reply)
     }
 
     /// The leader's automatic membership: bonded non-members join as learners, members
@@ -589,7 +750,18 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             return;
         }
         let membership = self.raft.membership().clone();
-        let change = if let Some(peer) = self.bonded.iter().find(|p| !membership.contains(**p)) {
+        let departed = self
+            .departed
+            .iter()
+            .find(|p| membership.contains(**p) && **p != self.id);
+        let joiner = self
+            .bonded
+            .iter()
+            .find(|p| !membership.contains(**p) && !self.departed.contains(*p));
+        let change = if let Some(peer) = departed {
+            // Asked to leave while another change was in flight: remove it now.
+            Some(MembershipChange::Remove(*peer))
+        } else if let Some(peer) = joiner {
             Some(MembershipChange::AddLearner(*peer))
         } else if let Some(timeout) = self.config.removal_timeout {
             self.unreachable_since
@@ -663,6 +835,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         if self.stopped.is_some() {
             return;
         }
+        self.note_formed();
         self.serve_waiting_reads();
         self.publish_status();
     }
@@ -838,39 +1011,6 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             .map_err(|e| RequestError::Refused(format!("result does not encode: {e}")))
     }
 
-    /// Forms the group once `bootstrap_expect` members are bonded and have said they are
-    /// fresh (see [`WorkerConfig`]).
-    fn maybe_bootstrap(&mut self) {
-        let Some(expect) = self.config.bootstrap_expect else {
-            return;
-        };
-        if !self.raft.is_fresh() {
-            self.config.bootstrap_expect = None;
-            return;
-        }
-        if self.fresh_peers.len() + 1 < expect.max(1) {
-            return;
-        }
-        // The `expect` smallest ids among the fresh members, this one included.
-        let mut candidates = self.fresh_peers.clone();
-        candidates.insert(self.id);
-        let founders: BTreeSet<NodeId> = candidates.into_iter().take(expect).collect();
-        // Whatever happens now, this node never tries again.
-        self.config.bootstrap_expect = None;
-        if !founders.contains(&self.id) {
-            tracing::info!(node = %self.id, ?founders, "not among the founders; waiting to be added");
-            return;
-        }
-        match self
-            .raft
-            .bootstrap(Membership::with_voters(founders.iter().copied()))
-        {
-            Ok(()) => tracing::info!(node = %self.id, ?founders, "bootstrapped a new group"),
-            // Heard from an existing group first (a vote, an append): join it instead.
-            Err(e) => tracing::info!(node = %self.id, reason = %e, "did not bootstrap"),
-        }
-    }
-
     fn maybe_snapshot(&mut self) {
         let applied = self.raft.applied_index();
         let by_entries = self
@@ -1002,6 +1142,9 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         for (_, _, reply) in std::mem::take(&mut self.waiting_reads) {
             let _ = reply.send(Err(err.clone()));
         }
+        if let Some(reply) = self.leaving.take() {
+            let _ = reply.send(Err(err));
+        }
     }
 
     fn publish_status(&self) {
@@ -1026,3 +1169,6 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
