@@ -8,6 +8,10 @@
 //! only the network and the disk are simulated. A disk write becomes durable after a
 //! latency; a crash keeps a random prefix of the writes in flight and loses the rest.
 //!
+//! About one seed in three starts every node fresh: the founders (the first voters) form
+//! the group through the runtime's own formation rule, with bonds coming up, going down
+//! and carrying statuses in the seed's order; the other nodes join once added.
+//!
 //! A run has two phases:
 //! 1. **safety**: clients issue operations while faults are injected; after every event
 //!    the [`checks`] run (election safety, log matching, leader completeness, state-machine
@@ -46,9 +50,17 @@ pub struct SimOptions {
     pub liveness_ms: u64,
     /// Print the run's notable events as they happen.
     pub verbose: bool,
+    /// Start every node fresh and let them form the group through the runtime's
+    /// [`Formation`](crate::groups::formation::Formation), statuses exchanged over bonds
+    /// that come up in a seeded order; `None`: drawn per seed (about one in three).
+    pub fresh_start: Option<bool>,
     /// Test only: the reference runtime's quorum rule, to prove the checks catch it.
     #[cfg(test)]
     pub dangerous_reference_quorum: bool,
+    /// Test only: founders chosen from a partial view (the `n` smallest fresh peers heard
+    /// so far), to prove the checks catch the fork it allows. Implies a fresh start.
+    #[cfg(test)]
+    pub dangerous_formation: Option<usize>,
 }
 
 impl SimOptions {
@@ -59,8 +71,11 @@ impl SimOptions {
             safety_ms: None,
             liveness_ms: LIVENESS_MS_DEFAULT,
             verbose: false,
+            fresh_start: None,
             #[cfg(test)]
             dangerous_reference_quorum: false,
+            #[cfg(test)]
+            dangerous_formation: None,
         }
     }
 }

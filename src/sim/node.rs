@@ -52,6 +52,8 @@ pub struct SimNode {
     /// configuration was counted under this one).
     pub previous_membership: Option<crate::raft::Membership>,
     pub current_membership: Option<crate::raft::Membership>,
+    /// Found, join or wait, as the runtime decides it (fresh starts).
+    pub formation: crate::groups::formation::Formation,
 }
 
 impl SimNode {
@@ -71,6 +73,7 @@ impl SimNode {
             last_commit_seen: 0,
             previous_membership: None,
             current_membership: None,
+            formation: crate::groups::formation::Formation::new(NodeId(0), None, false),
         }
     }
 

@@ -48,6 +48,10 @@ fn simulator_seeds_pass() {
     );
     assert!(sum(|r| r.stats.messages_dropped) > 0, "no message loss");
     assert!(
+        sum(|r| r.stats.fresh_starts) > 0,
+        "no run formed its group from fresh nodes"
+    );
+    assert!(
         sum(|r| r.stats.duplicates) > 0,
         "no retry was ever deduplicated"
     );
@@ -90,4 +94,41 @@ fn reference_quorum_rule_is_caught_as_unsafe() {
         }
     }
     panic!("the reference quorum rule went unnoticed for {SEEDS_MAX} seeds");
+}
+
+/// Fresh nodes form their group through the runtime's formation rule, whatever order the
+/// bonds come up in and whatever faults hit them meanwhile: the founders found it (one
+/// group: every safety check holds), the others join, and clients are served.
+#[test]
+fn fresh_nodes_form_one_group_under_faults() {
+    for seed in 0..60 {
+        let mut options = SimOptions::new(seed);
+        options.fresh_start = Some(true);
+        let report = run(options).unwrap_or_else(|f| panic!("{f}"));
+        assert!(
+            report.stats.foundings >= 1 && report.operations > 0,
+            "seed {seed}: nobody founded or nothing was served: {report:?}"
+        );
+    }
+}
+
+/// Founders picked from a partial view (the `n` smallest fresh peers heard so far, the
+/// rule the review found) must be caught: members with different views found two groups
+/// under one id.
+#[test]
+fn founders_from_a_partial_view_are_caught_as_unsafe() {
+    const SEEDS_MAX: u64 = 200;
+    for seed in 0..SEEDS_MAX {
+        let mut options = SimOptions::new(seed);
+        options.nodes = Some(5);
+        options.dangerous_formation = Some(3);
+        match run(options) {
+            Err(f) if f.kind != FailureKind::Liveness => {
+                eprintln!("partial-view formation caught at seed {seed}:\n{f}");
+                return;
+            }
+            _ => {}
+        }
+    }
+    panic!("founders from a partial view went unnoticed for {SEEDS_MAX} seeds");
 }

@@ -10,6 +10,7 @@ use super::client::{History, InFlight, Outcome, SimClient};
 use super::faults::{FaultKind, FaultPlan};
 use super::node::{DiskWrite, Reply, Request, SimNode, Waiter, WaitingRead};
 use super::SimOptions;
+use crate::groups::formation::{Decision, Formation, FormationStatus};
 use crate::lincheck::kv::KvOutput as LinOutput;
 use crate::lincheck::Operation;
 use crate::machine::{
@@ -65,6 +66,12 @@ enum EventKind {
     EndSlowDisk {
         node: usize,
     },
+    /// A formation status on the bond `from`–`to` (fresh starts only).
+    Formation {
+        from: usize,
+        to: usize,
+        status: FormationStatus,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +114,10 @@ pub struct World {
     pub checkers: Checkers,
     /// Directed links that drop everything: (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Bonds up (both ends up, neither direction blocked), as pairs of indexes (i < j).
+    bonds: BTreeSet<(usize, usize)>,
+    /// Fresh starts: the configured founding set (the first voters).
+    founders: Option<BTreeSet<NodeId>>,
     pub faults_enabled: bool,
     pub clients_issue_new: bool,
     next_write_id: u64,
@@ -127,6 +138,10 @@ pub struct Stats {
     pub ops_completed: u64,
     /// Retries answered from the session table instead of being applied again.
     pub duplicates: u64,
+    /// Runs that started every node fresh (0 or 1), and founders that wrote the first
+    /// configuration in them.
+    pub fresh_starts: u64,
+    pub foundings: u64,
 }
 
 impl World {
@@ -154,6 +169,8 @@ impl World {
             history: Vec::new(),
             checkers: Checkers::new(),
             blocked: BTreeSet::new(),
+            bonds: BTreeSet::new(),
+            founders: None,
             faults_enabled: true,
             clients_issue_new: true,
             next_write_id: 0,
@@ -170,12 +187,30 @@ impl World {
             nodes
         };
         let bootstrap = Membership::with_voters(ids.iter().copied().take(initial_voters));
+        #[cfg(test)]
+        let dangerous_formation = world.options.dangerous_formation.is_some();
+        #[cfg(not(test))]
+        let dangerous_formation = false;
+        let fresh_start = dangerous_formation
+            || world
+                .options
+                .fresh_start
+                .unwrap_or_else(|| world.rng.chance(0.35));
+        if fresh_start {
+            world.stats.fresh_starts = 1;
+            world.founders = Some(bootstrap.voters.clone());
+            world.note(format!(
+                "fresh start: founders {:?}, the rest join",
+                bootstrap.voters
+            ));
+        }
         for i in 0..nodes {
             let mut raft = world.new_core(i, Default::default());
-            if i < initial_voters {
+            if i < initial_voters && !fresh_start {
                 raft.bootstrap(bootstrap.clone())
                     .expect("fresh core bootstraps");
             }
+            world.nodes[i].formation = world.formation_of(i, raft.is_fresh());
             world.nodes[i].raft = Some(raft);
             let phase = world.rng.range(0, TICK_MS);
             world.schedule(
@@ -194,6 +229,8 @@ impl World {
                 }
             }
         }
+        // Bonds come up: formation statuses go out in a seeded order.
+        world.update_reachability();
         for c in 0..clients {
             let delay = world.rng.range(0, 50);
             world.schedule(delay, EventKind::ClientNext { client: c });
@@ -201,6 +238,19 @@ impl World {
         let first_fault = world.plan.fault_interval_ms;
         world.schedule(first_fault, EventKind::Fault);
         world
+    }
+
+    /// Node `node`'s formation state: a founder of the configured set, or a joiner.
+    fn formation_of(&self, node: usize, fresh: bool) -> Formation {
+        let me = self.ids[node];
+        #[cfg(test)]
+        if let Some(expect) = self.options.dangerous_formation {
+            if fresh {
+                return Formation::dangerous_smallest_bonded(me, expect);
+            }
+        }
+        let founders = self.founders.as_ref().filter(|f| f.contains(&me)).cloned();
+        Formation::new(me, founders, fresh)
     }
 
     fn raft_config(&self) -> RaftConfig {
@@ -277,6 +327,9 @@ impl World {
                 let to = (m.to.0 - 1) as usize;
                 if self.blocked.contains(&(m.from, m.to)) || !self.nodes[to].is_up() {
                     self.stats.messages_dropped += 1;
+                } else if !self.nodes[to].formation.accepts_raft_from(m.from) {
+                    // A founder still waiting takes no log but its founders'.
+                    self.stats.messages_dropped += 1;
                 } else {
                     self.step_node(to, Input::Message(m))?;
                 }
@@ -320,6 +373,16 @@ impl World {
             EventKind::EndSlowDisk { node } => {
                 if self.nodes[node].disk_slow_until_ms <= self.now_ms {
                     self.nodes[node].disk_slow_until_ms = 0;
+                }
+            }
+            EventKind::Formation { from, to, status } => {
+                if self.bonds.contains(&(from.min(to), from.max(to))) {
+                    let decision = self.nodes[to]
+                        .formation
+                        .handle_status(self.ids[from], status);
+                    if let Decision::Found(founders) = decision {
+                        self.found(to, founders)?;
+                    }
                 }
             }
         }
@@ -640,6 +703,45 @@ impl World {
         })
     }
 
+    /// Every founder confirmed: node `node` writes the first configuration.
+    fn found(&mut self, node: usize, founders: Membership) -> Result<(), Violation> {
+        let id = self.ids[node];
+        let Some(raft) = self.nodes[node].raft.as_mut() else {
+            return Ok(());
+        };
+        if raft.bootstrap(founders.clone()).is_err() {
+            return Ok(()); // it took a founder's log first: the same group
+        }
+        let ready = raft.ready();
+        self.stats.foundings += 1;
+        self.note(format!("{id} founds the group with {:?}", founders.voters));
+        self.process_ready(node, ready)
+    }
+
+    /// Once a node's state is durable, formation is over for it: it tells its bonded peers
+    /// (never before: a founder that said "formed" and then lost an unsynced first entry
+    /// would leave the others waiting for a group nobody holds).
+    fn announce_formed(&mut self, node: usize) {
+        let n = &self.nodes[node];
+        let durable = n.durable.last_index() > 0 || n.durable.snapshot_meta().is_some();
+        if !durable || !self.nodes[node].formation.handle_formed() {
+            return;
+        }
+        let peers: Vec<usize> = self
+            .bonds
+            .iter()
+            .filter_map(|&(a, b)| (a == node).then_some(b).or((b == node).then_some(a)))
+            .collect();
+        for peer in peers {
+            self.send_formation(node, peer, FormationStatus::Formed);
+        }
+    }
+
+    fn send_formation(&mut self, from: usize, to: usize, status: FormationStatus) {
+        let delay = self.delay();
+        self.schedule(delay, EventKind::Formation { from, to, status });
+    }
+
     fn complete_write(&mut self, node: usize, write: u64) -> Result<(), Violation> {
         let n = &mut self.nodes[node];
         let Some(front) = n.disk_queue.pop_front() else {
@@ -652,6 +754,7 @@ impl World {
                 detail: format!("{}: {e}", self.ids[node]),
             });
         }
+        self.announce_formed(node);
         for m in front.messages {
             self.send_message(m);
         }
@@ -710,6 +813,7 @@ impl World {
         self.checkers
             .on_restart(id, state.snapshot.as_ref().map(|s| &s.meta), &state.entries)?;
         let raft = self.new_core(node, state);
+        self.nodes[node].formation = self.formation_of(node, raft.is_fresh());
         let n = &mut self.nodes[node];
         n.last_snapshot_index = snap.map_or(0, |s| s.0);
         n.machine = machine;
@@ -746,8 +850,30 @@ impl World {
             .range(self.plan.delay_ms_min, self.plan.delay_ms_max + 1)
     }
 
-    /// Tells every live core which peers it can reach (bond up/down in the real driver).
+    /// Tells every live core which peers it can reach (bond up/down in the real driver),
+    /// and every live node's formation which bonds came up (each end sends its status) or
+    /// went down.
     fn update_reachability(&mut self) {
+        for i in 0..self.nodes.len() {
+            for j in i + 1..self.nodes.len() {
+                let (a, b) = (self.ids[i], self.ids[j]);
+                let up = self.nodes[i].is_up()
+                    && self.nodes[j].is_up()
+                    && !self.blocked.contains(&(a, b))
+                    && !self.blocked.contains(&(b, a));
+                if up && self.bonds.insert((i, j)) {
+                    let (si, sj) = (
+                        self.nodes[i].formation.status(),
+                        self.nodes[j].formation.status(),
+                    );
+                    self.send_formation(i, j, si);
+                    self.send_formation(j, i, sj);
+                } else if !up && self.bonds.remove(&(i, j)) {
+                    self.nodes[i].formation.handle_bond_down(b);
+                    self.nodes[j].formation.handle_bond_down(a);
+                }
+            }
+        }
         for i in 0..self.nodes.len() {
             for j in 0..self.nodes.len() {
                 if i == j {
