@@ -142,6 +142,7 @@ fn a_large_snapshot_is_written_sent_and_restored_without_a_whole_copy_in_memory(
                     &mut follower_rx,
                     &mut follower_tx,
                     NodeId(1),
+                    &|_| Ok(()),
                     &slot,
                     &follower_store
                 ),

@@ -182,6 +182,9 @@ pub struct Bonds {
     /// Peers added at run time that have (or are about to get) a dialler.
     added: Mutex<BTreeSet<PublicKey>>,
     dial_requests: mpsc::Sender<EndpointAddr>,
+    /// The member's published status ([`Bonds::follow_group`]): who leads in which term,
+    /// the only peer a snapshot is taken from. Unset: no snapshot is taken from anyone.
+    group_status: std::sync::OnceLock<watch::Receiver<super::GroupStatus>>,
 }
 
 impl Bonds {
@@ -297,8 +300,15 @@ impl Bonds {
             configured,
             added: Mutex::new(BTreeSet::new()),
             dial_requests,
+            group_status: std::sync::OnceLock::new(),
         };
         (bonds, requested)
+    }
+
+    /// Takes snapshots only from the leader the member follows, in its current term, as
+    /// `status` publishes them. Until this is called no snapshot offer is accepted.
+    pub fn follow_group(&self, status: watch::Receiver<super::GroupStatus>) {
+        let _ = self.group_status.set(status);
     }
 
     /// Watches the counters.
@@ -702,10 +712,20 @@ impl Bonds {
         inbox: Inbox<C>,
     ) {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let from_leader = |offer: &snapshot_transfer::Offer| match self.group_status.get() {
+                Some(status) => snapshot_transfer::from_current_leader(offer, &status.borrow()),
+                None => Err(snapshot_transfer::TransferError::NotFromLeader {
+                    from: offer.from,
+                    term: offer.term,
+                    leader: None,
+                    current_term: 0,
+                }),
+            };
             let received = snapshot_transfer::receive_snapshot(
                 &mut recv,
                 &mut send,
                 peer,
+                &from_leader,
                 &self.resume,
                 &self.config.snapshots,
             )

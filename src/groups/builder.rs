@@ -195,6 +195,8 @@ impl GroupBuilder {
         })?;
         let bonds = bonds
             .ok_or_else(|| StartError::Thread(std::io::Error::other("transport not started")))?;
+        // Snapshots are taken only from the leader the worker follows, in its term.
+        bonds.follow_group(group.status_receiver());
         Ok(JoinedGroup { group, bonds, id })
     }
 }

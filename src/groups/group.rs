@@ -280,6 +280,11 @@ impl<M: StateMachine> Group<M> {
         self.shared.write_timing.read()
     }
 
+    /// The worker's published status, to watch from outside (the bonds use it).
+    pub(crate) fn status_receiver(&self) -> watch::Receiver<GroupStatus> {
+        self.shared.status.clone()
+    }
+
     /// Waits for changes of the group's state.
     pub fn when(&self) -> When {
         When {

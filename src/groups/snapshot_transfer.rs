@@ -69,6 +69,16 @@ pub enum TransferError {
     Blocking(String),
     #[error("offer names sender {claimed}, but the bond is with {peer}")]
     WrongSender { claimed: NodeId, peer: NodeId },
+    #[error(
+        "offer from {from} in term {term}, but this member follows {leader:?} in term \
+         {current_term}: snapshots are taken only from the current leader"
+    )]
+    NotFromLeader {
+        from: NodeId,
+        term: Term,
+        leader: Option<NodeId>,
+        current_term: Term,
+    },
     #[error("the receiver declined the snapshot: {0}")]
     Declined(String),
     #[error("resume offset {offset} beyond the snapshot's {size} bytes")]
@@ -382,10 +392,31 @@ where
 /// data is the handle of the synced copy, counted as [delivered](SnapshotStore::delivered)
 /// (whoever consumes or drops the message releases it). On an interrupted stream the
 /// partial transfer is parked in `slot` for the next offer.
+/// Accepts an offer only from the leader `status` names, in the term it names: a bonded
+/// member that is not the leader must not make this one write (and then install) a
+/// snapshot of its choosing.
+pub fn from_current_leader(
+    offer: &Offer,
+    status: &super::GroupStatus,
+) -> Result<(), TransferError> {
+    if status.leader == Some(offer.from) && status.term == offer.term {
+        return Ok(());
+    }
+    Err(TransferError::NotFromLeader {
+        from: offer.from,
+        term: offer.term,
+        leader: status.leader,
+        current_term: status.term,
+    })
+}
+
+/// Receives one snapshot transfer from `peer`: declines an offer in another member's name
+/// or one `allowed` refuses, before any byte of it is held.
 pub async fn receive_snapshot<R, W>(
     recv: &mut R,
     send: &mut W,
     peer: NodeId,
+    allowed: &(dyn Fn(&Offer) -> Result<(), TransferError> + Sync),
     slot: &ResumeSlot,
     store: &Arc<SnapshotStore>,
 ) -> Result<Message, TransferError>
@@ -404,7 +435,7 @@ where
             peer,
         })
     } else {
-        slot.open(&offer, store)
+        allowed(&offer).and_then(|()| slot.open(&offer, store))
     };
     let partial = match opened {
         Ok(partial) => partial,

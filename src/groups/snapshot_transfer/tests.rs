@@ -96,6 +96,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CutAfter<W> {
     }
 }
 
+/// The receiver's gate in tests that are not about it: every offer is welcome.
+fn any_offer(_: &Offer) -> Result<(), TransferError> {
+    Ok(())
+}
+
 /// Runs one transfer: the leader sends `offer` with the bytes of `handle` (its writes cut
 /// after `cut` bytes if given), the follower receives into `slot` and its store.
 async fn transfer(
@@ -104,6 +109,18 @@ async fn transfer(
     handle: &SnapshotHandle,
     slot: &ResumeSlot,
     cut: Option<usize>,
+) -> (Result<u64, TransferError>, Result<Message, TransferError>) {
+    transfer_gated(stores, offer, handle, slot, cut, &any_offer).await
+}
+
+/// [`transfer`] with the receiver's gate on offers.
+async fn transfer_gated(
+    stores: &Stores,
+    offer: &Offer,
+    handle: &SnapshotHandle,
+    slot: &ResumeSlot,
+    cut: Option<usize>,
+    allowed: &(dyn Fn(&Offer) -> Result<(), TransferError> + Sync),
 ) -> (Result<u64, TransferError>, Result<Message, TransferError>) {
     let data = &stores.leader;
     let ((mut leader_rx, leader_tx), (mut follower_rx, mut follower_tx)) = pipe();
@@ -126,7 +143,15 @@ async fn transfer(
     // The receiver's halves drop when it returns, so a sender still writing sees the end.
     let store = &stores.follower;
     let receiving = async move {
-        receive_snapshot(&mut follower_rx, &mut follower_tx, LEADER, slot, store).await
+        receive_snapshot(
+            &mut follower_rx,
+            &mut follower_tx,
+            LEADER,
+            allowed,
+            slot,
+            store,
+        )
+        .await
     };
     tokio::join!(sending, receiving)
 }
@@ -255,7 +280,14 @@ async fn a_transfer_whose_receiver_is_dropped_mid_way_is_parked_and_resumed() {
     };
     {
         let store = &stores.follower;
-        let receiving = receive_snapshot(&mut follower_rx, &mut follower_tx, LEADER, &slot, store);
+        let receiving = receive_snapshot(
+            &mut follower_rx,
+            &mut follower_tx,
+            LEADER,
+            &any_offer,
+            &slot,
+            store,
+        );
         let sending = send_snapshot(
             &mut leader_rx,
             &mut leader_tx,
@@ -369,6 +401,41 @@ async fn an_offer_in_another_members_name_is_declined() {
         })
     ));
     assert!(matches!(sent, Err(TransferError::Declined(_))));
+}
+
+/// A bonded member that is not the leader this one follows (or is, but in another term)
+/// cannot make it take a snapshot: declined before a byte is held.
+#[tokio::test]
+async fn an_offer_from_anyone_but_the_current_leader_in_its_term_is_declined() {
+    let stores = stores();
+    let message = snapshot_message(&stores.leader, 10, 40);
+    let (offer, handle) = offer_of(&message);
+    let status = |leader: Option<NodeId>, term| crate::groups::GroupStatus {
+        leader,
+        term,
+        ..Default::default()
+    };
+    let refusals = [
+        status(None, offer.term),
+        status(Some(NodeId(7)), offer.term),
+        status(Some(LEADER), offer.term + 1),
+    ];
+    for following in refusals {
+        let gate = |o: &Offer| from_current_leader(o, &following);
+        let slot = ResumeSlot::default();
+        let (sent, received) = transfer_gated(&stores, &offer, &handle, &slot, None, &gate).await;
+        assert!(
+            matches!(received, Err(TransferError::NotFromLeader { .. })),
+            "{following:?}: {received:?}"
+        );
+        assert!(matches!(sent, Err(TransferError::Declined(_))), "{sent:?}");
+        assert_eq!(follower_files(&stores), 0, "bytes were held");
+    }
+    let current = status(Some(LEADER), offer.term);
+    let gate = |o: &Offer| from_current_leader(o, &current);
+    let slot = ResumeSlot::default();
+    let (_, received) = transfer_gated(&stores, &offer, &handle, &slot, None, &gate).await;
+    assert!(received.is_ok(), "the current leader's offer: {received:?}");
 }
 
 #[tokio::test]
