@@ -19,7 +19,10 @@
 //! group_key_file = "group.key"          # 64 hex characters, mode 0600
 //! policies = ["policies/mock.toml"]     # several: accepted if any one accepts (rollover)
 //! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)
-//! secret_key_file = "node.key"          # optional, development only; absent: a fresh key
+//! secret_key_file = "node.key"          # optional, development only; absent: a fresh key.
+//!                                       #   Refused with attestation = "tdx" (a key on
+//!                                       #   host-visible disk) and with storage = "memory"
+//!                                       #   (a restart keeps the identity, forgets the vote)
 //! network_id = "tessera-dev"
 //! relay_url = "https://relay.example.net" # optional: a relay for peers behind NAT (every
 //!                                       #   member names the same); absent: no relay
@@ -380,6 +383,29 @@ impl NodeConfig {
                 ))
             }
         };
+        // A node key on disk is a development convenience with two combinations that
+        // break the model (DESIGN §3, §13), refused here so that no node starts with them.
+        if raw.secret_key_file.is_some() {
+            if attestation == AttestationMode::Tdx {
+                return Err(field(
+                    "secret_key_file",
+                    "refused with attestation = \"tdx\": the host can read this file, and \
+                     whoever holds the key can pass as this attested node; inside a TD the \
+                     key is generated at boot and never leaves it (remove secret_key_file)"
+                        .into(),
+                ));
+            }
+            if storage == StorageKind::Memory {
+                return Err(field(
+                    "secret_key_file",
+                    "refused with storage = \"memory\": a restart would keep this identity \
+                     but forget its term and vote, so it could vote twice in one term (two \
+                     leaders); use storage = \"rocksdb\", or remove secret_key_file (a \
+                     fresh identity on every start)"
+                        .into(),
+                ));
+            }
+        }
         if raw.log_level.trim().is_empty() {
             return Err(field("log_level", "must not be empty".into()));
         }
@@ -775,6 +801,54 @@ allow = ["{k}"]
         }
     }
 
+    /// Item 7 of issue 13: a key file is refused with `tdx` attestation and with memory
+    /// storage, naming the field and the one it clashes with; the combinations that keep
+    /// the model (mock + rocksdb + key file, memory without a key file) still parse.
+    #[test]
+    fn key_files_are_refused_where_they_break_the_model() {
+        let with = |attestation: &str, storage: &str, key: bool| {
+            let key = if key {
+                "secret_key_file = \"node.key\"\n"
+            } else {
+                ""
+            };
+            good()
+                .replace("attestation = \"mock\"", attestation)
+                .replace(
+                    "storage = \"memory\"",
+                    &format!("storage = {storage:?}\n{key}"),
+                )
+        };
+        let tdx = "attestation = \"tdx\"\ncollateral_file = \"c.json\"";
+        let refused = [
+            (
+                with(tdx, "rocksdb", true),
+                "node.toml: secret_key_file: refused with attestation = \"tdx\"",
+            ),
+            (
+                with(tdx, "memory", true),
+                "node.toml: secret_key_file: refused with attestation = \"tdx\"",
+            ),
+            (
+                with("attestation = \"mock\"", "memory", true),
+                "node.toml: secret_key_file: refused with storage = \"memory\"",
+            ),
+        ];
+        for (text, want) in refused {
+            let e = error_of(&text);
+            assert!(e.contains(want), "want {want:?} in {e:?}");
+        }
+        let c = parse(&with("attestation = \"mock\"", "rocksdb", true)).expect("mock, durable");
+        assert_eq!(
+            c.secret_key_file,
+            Some(PathBuf::from("/etc/tessera/node.key"))
+        );
+        let c = parse(&with("attestation = \"mock\"", "memory", false)).expect("fresh key");
+        assert_eq!((c.storage, c.secret_key_file), (StorageKind::Memory, None));
+        let c = parse(&with(tdx, "rocksdb", false)).expect("tdx without a key file");
+        assert_eq!(c.attestation, AttestationMode::Tdx);
+    }
+
     #[test]
     fn storage_is_durable_unless_memory_is_asked_for() {
         let text: String = good()
@@ -825,7 +899,7 @@ allow = ["{k}"]
             .replace(
                 "storage = \"memory\"",
                 &format!(
-                    "storage = \"memory\"\nsecret_key_file = {:?}",
+                    "storage = \"rocksdb\"\nsecret_key_file = {:?}",
                     node_key.display().to_string()
                 ),
             );

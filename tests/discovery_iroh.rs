@@ -97,6 +97,7 @@ async fn node(
             group: Some(joined.id),
             bootstrap: peers,
             clock: clock.clone(),
+            validator: Some(mock_validator().expect("validator")),
         },
         others_rx,
         Some(joined.bonds.clone() as Arc<dyn PeerDialer>),
@@ -262,8 +263,14 @@ async fn garbage_oversized_forged_and_foreign_catalogs_are_refused_and_harmless(
         .sign(&stranger)
         .expect("sign");
     let fine = entry_of(&good, NETWORK, now).sign(&good).expect("sign");
+    // Anyone can name the group (its id is public): an entry that does, with no ticket
+    // that verifies, is held but never dialled.
+    let impostor = random_secret().expect("secret");
+    let mut claims_membership = entry_of(&impostor, NETWORK, now);
+    claims_membership.groups = vec![n.joined.id.0];
+    let claims_membership = claims_membership.sign(&impostor).expect("sign");
     let mut buf = Vec::new();
-    for e in [forged, foreign, fine] {
+    for e in [forged, foreign, fine, claims_membership] {
         encode_message(&mut buf, &CatalogFrame::Entry(e)).expect("encode");
     }
     encode_message(&mut buf, &CatalogFrame::End).expect("encode");
@@ -289,14 +296,21 @@ async fn garbage_oversized_forged_and_foreign_catalogs_are_refused_and_harmless(
     assert_eq!(theirs.peer_key, *n.endpoint.id().as_bytes());
     assert_eq!(theirs.groups, vec![n.joined.id.0]);
 
-    let stats = wait_discovery(&n, "the good entry taken", |s| s.learned >= 1).await;
+    let stats = wait_discovery(
+        &n,
+        "the good entries taken, the impostor's ticket refused",
+        |s| s.learned >= 2 && s.tickets_refused >= 1,
+    )
+    .await;
+    assert_eq!(stats.dials, 0, "the impostor is not dialled: {stats:?}");
     assert_eq!(stats.refused.get("BadSignature"), Some(&1), "{stats:?}");
     assert_eq!(stats.refused.get("OtherNetwork"), Some(&1), "{stats:?}");
     assert_eq!(stats.failed.get("Frame"), Some(&2), "{stats:?}");
     assert!(n.discovery.entry(&good.public()).is_some());
     assert!(n.discovery.entry(&forger.public()).is_none());
     assert!(n.discovery.entry(&stranger.public()).is_none());
-    assert_eq!(n.discovery.entries().len(), 1);
+    assert!(n.discovery.entry(&impostor.public()).is_some());
+    assert_eq!(n.discovery.entries().len(), 2);
 
     // Still serving: a second, real node exchanges with it and learns its entry.
     let m = node(both_alpns().await, vec![n.addr.clone()], false, &clock).await;

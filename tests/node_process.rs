@@ -100,30 +100,49 @@ fn free_ports(n: usize) -> Vec<UdpSocket> {
         .collect()
 }
 
+/// Where a node's identity comes from. It decides the storage too: a key file needs
+/// durable storage (the config refuses `storage = "memory"` with one: a restart would keep
+/// the identity and forget its vote), and a fresh key is what a TD does on every boot.
+#[derive(Clone, Copy)]
+enum Identity<'a> {
+    /// `tessera keygen`'s file, with RocksDB storage.
+    KeyFile(&'a Path),
+    /// No key file: a fresh key each start, with memory storage.
+    Fresh,
+}
+
 fn node_config(
     dir: &Path,
     i: usize,
     listen: &str,
     bootstrap: &[String],
-    key: &Path,
+    identity: Identity<'_>,
     allow: &str,
 ) -> PathBuf {
-    let bootstrap: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
-    // With the `rocksdb` feature node 0 keeps its log in RocksDB: both stores in one group.
-    let storage = if i == 0 && cfg!(feature = "rocksdb") {
-        "rocksdb"
+    // Identities are learnt as nodes start, so no node can name the founders in advance:
+    // the first (given no peer) founds a group of one, which the others join (their sets
+    // do not match bootstrap_expect's default of 3) and whose leader promotes them.
+    let expect_line = if bootstrap.is_empty() {
+        "bootstrap_expect = 1\n"
     } else {
-        "memory"
+        ""
+    };
+    let bootstrap: Vec<String> = bootstrap.iter().map(|b| format!("{b:?}")).collect();
+    let (key_line, storage) = match identity {
+        Identity::KeyFile(key) => (
+            format!("secret_key_file = {:?}\n", key.display().to_string()),
+            "rocksdb",
+        ),
+        Identity::Fresh => (String::new(), "memory"),
     };
     let config = format!(
         r#"data_dir = "data{i}"
 listen = "{listen}"
-bootstrap = [{bootstrap}]
+{expect_line}bootstrap = [{bootstrap}]
 group_key_file = "group.key"
 policies = ["mock.toml"]
 attestation = "mock"
-secret_key_file = {key:?}
-network_id = "node-process-test"
+{key_line}network_id = "node-process-test"
 storage = "{storage}"
 log_level = "info"
 metrics = "127.0.0.1:0"
@@ -137,7 +156,6 @@ heartbeat_ticks = 2
 allow = {allow}
 "#,
         bootstrap = bootstrap.join(", "),
-        key = key.display().to_string(),
     );
     let path = dir.join(format!("node{i}.toml"));
     std::fs::write(&path, config).expect("write config");
@@ -165,21 +183,44 @@ fn spawn_node(config: &Path, stderr_file: &Path) -> (Child, mpsc::Receiver<Strin
     (child, rx)
 }
 
-/// Starts one `tessera node` per config, stderr of node `i` in `dir/node<i>.stderr`.
-fn start_nodes(dir: &Path, configs: &[PathBuf]) -> Nodes {
-    let mut nodes = Nodes {
-        children: Vec::new(),
-        stdout: Vec::new(),
-        stderr_files: Vec::new(),
-    };
-    for (i, config) in configs.iter().enumerate() {
+impl Nodes {
+    fn new() -> Self {
+        Self {
+            children: Vec::new(),
+            stdout: Vec::new(),
+            stderr_files: Vec::new(),
+        }
+    }
+
+    /// Starts one more `tessera node` on `config`, stderr of node `i` in
+    /// `dir/node<i>.stderr`, and waits for its ready line.
+    fn start(&mut self, dir: &Path, config: &Path, deadline: Instant) -> String {
+        let i = self.children.len();
         let stderr_file = dir.join(format!("node{i}.stderr"));
         let (child, rx) = spawn_node(config, &stderr_file);
-        nodes.children.push(child);
-        nodes.stdout.push(rx);
-        nodes.stderr_files.push(stderr_file);
+        self.children.push(child);
+        self.stdout.push(rx);
+        self.stderr_files.push(stderr_file);
+        self.wait_line(i, "tessera node: ready", deadline)
     }
-    nodes
+}
+
+/// `<ip:port>` of the metrics server named in a ready line (`metrics=http://…/metrics`).
+fn metrics_addr(ready: &str) -> String {
+    let url = ready_field(ready, "metrics");
+    url.strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .to_string()
+}
+
+/// The value of `name=` in a ready line.
+fn ready_field(ready: &str, name: &str) -> String {
+    ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name}= in {ready}"))
+        .to_string()
 }
 
 /// The rows of a `tessera status` table: member, role, then the other columns.
@@ -225,30 +266,54 @@ fn group_dir() -> tempfile::TempDir {
     dir
 }
 
-/// Keys, reserved loopback ports and `<node id>@<addr>` peer strings for three nodes
-/// (drop the sockets just before starting the nodes, to free the ports).
-type Members = (
-    Vec<(PathBuf, String)>,
-    Vec<UdpSocket>,
-    Vec<String>,
-    Vec<String>,
-);
+/// Three nodes started one after another on reserved loopback ports; node `i` is given
+/// the nodes listed in `bootstrap[i]` (started before it) as its bootstrap peers.
+struct Three {
+    nodes: Nodes,
+    /// Each node's ready line.
+    ready: Vec<String>,
+    /// `<node id>@<addr>` of each node.
+    peers: Vec<String>,
+}
 
-fn three_members(dir: &Path) -> Members {
-    let keys: Vec<(PathBuf, String)> = (0..3)
-        .map(|i| keygen(dir, &format!("node{i}.key")))
-        .collect();
+/// Node 0 has a key from `tessera keygen` and keeps its log in RocksDB when the build has
+/// it (both stores in one group, and the keygen → config → node id path checked); the
+/// others, and node 0 without RocksDB, take a fresh key each start and keep memory
+/// storage, so their ids are learnt from their ready lines: that is why they start in turn.
+fn start_three(d: &Path, bootstrap: [&[usize]; 3], allow: impl Fn(usize) -> String) -> Three {
+    let node0_key = cfg!(feature = "rocksdb").then(|| keygen(d, "node0.key"));
     let sockets = free_ports(3);
     let addrs: Vec<String> = sockets
         .iter()
         .map(|s| s.local_addr().expect("addr").to_string())
         .collect();
-    let peers: Vec<String> = keys
-        .iter()
-        .zip(&addrs)
-        .map(|((_, id), addr)| format!("{id}@{addr}"))
-        .collect();
-    (keys, sockets, addrs, peers)
+    drop(sockets);
+    let deadline = Instant::now() + DEADLINE;
+    let mut three = Three {
+        nodes: Nodes::new(),
+        ready: Vec::new(),
+        peers: Vec::new(),
+    };
+    for i in 0..3 {
+        let identity = match (&node0_key, i) {
+            (Some((path, _)), 0) => Identity::KeyFile(path),
+            _ => Identity::Fresh,
+        };
+        let known: Vec<String> = bootstrap[i]
+            .iter()
+            .map(|&j| three.peers[j].clone())
+            .collect();
+        let config = node_config(d, i, &addrs[i], &known, identity, &allow(i));
+        let ready = three.nodes.start(d, &config, deadline);
+        let id = ready_field(&ready, "node_id");
+        if let (Some((_, key_id)), 0) = (&node0_key, i) {
+            assert_eq!(&id, key_id, "the key file's id: {ready}");
+        }
+        assert_eq!(ready_field(&ready, "listen"), addrs[i], "{ready}");
+        three.peers.push(format!("{id}@{}", addrs[i]));
+        three.ready.push(ready);
+    }
+    three
 }
 
 #[test]
@@ -256,39 +321,19 @@ fn three_node_processes_replicate_and_report_status() {
     let dir = group_dir();
     let d = dir.path();
 
-    let (keys, sockets, addrs, peers) = three_members(d);
     let (client_key, client_id) = keygen(d, "client.key");
-    let configs: Vec<PathBuf> = (0..3)
-        .map(|i| {
-            let others: Vec<String> = (0..3)
-                .filter(|j| *j != i)
-                .map(|j| peers[j].clone())
-                .collect();
-            // Node 2 serves only the client key it lists; the others serve anyone.
-            let allow = if i == 2 {
-                format!("[{client_id:?}]")
-            } else {
-                "\"any\"".to_string()
-            };
-            node_config(d, i, &addrs[i], &others, &keys[i].0, &allow)
-        })
-        .collect();
-    drop(sockets);
-
-    let mut nodes = start_nodes(d, &configs);
+    // Each node is given all those started before it; the later ones dial in, so every
+    // pair is bonded. Node 2 serves only the client key it lists; the others serve anyone.
+    let three = start_three(d, [&[], &[0], &[0, 1]], |i| {
+        if i == 2 {
+            format!("[{client_id:?}]")
+        } else {
+            "\"any\"".to_string()
+        }
+    });
+    let (mut nodes, peers) = (three.nodes, three.peers);
     let deadline = Instant::now() + DEADLINE;
-    let mut metrics = Vec::new();
-    for i in 0..3 {
-        let ready = nodes.wait_line(i, "tessera node: ready", deadline);
-        assert!(ready.contains(&format!("node_id={}", keys[i].1)), "{ready}");
-        assert!(ready.contains(&format!("listen={}", addrs[i])), "{ready}");
-        let url = ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("metrics=http://"))
-            .and_then(|u| u.strip_suffix("/metrics"))
-            .unwrap_or_else(|| panic!("no metrics address in {ready}"));
-        metrics.push(url.to_string());
-    }
+    let metrics: Vec<String> = three.ready.iter().map(|r| metrics_addr(r)).collect();
 
     // Poll the status of all three until they agree on a leader and are fully bonded.
     let all: Vec<&str> = peers.iter().flat_map(|p| ["--node", p.as_str()]).collect();
@@ -316,7 +361,7 @@ fn three_node_processes_replicate_and_report_status() {
         std::thread::sleep(POLL_PAUSE);
     };
     let mut names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-    let mut ids: Vec<&str> = keys.iter().map(|(_, id)| &id[..10]).collect();
+    let mut ids: Vec<&str> = peers.iter().map(|p| &p[..10]).collect();
     names.sort();
     ids.sort();
     assert_eq!(names, ids, "members are named by their short node id");
@@ -472,42 +517,17 @@ fn three_node_processes_replicate_and_report_status() {
     assert!(status.success(), "exit after SIGTERM: {status:?}");
 }
 
-/// Node 2 is given only node 0 as a bootstrap peer (0 and 1 know each other): it learns
-/// node 1 from node 0's catalog over `tessera/discovery/1` and bonds with it as well.
+/// Node 2 is given only node 0 as a bootstrap peer (node 1 is given node 0 too, and node
+/// 0 learns node 1 when it dials in): node 2 learns node 1 from node 0's catalog over
+/// `tessera/discovery/1` and bonds with it as well.
 #[test]
 fn a_node_process_given_one_bootstrap_peer_bonds_with_the_others_through_discovery() {
     let dir = group_dir();
     let d = dir.path();
-    let (keys, sockets, addrs, peers) = three_members(d);
-    let known = [
-        vec![peers[1].clone()],
-        vec![peers[0].clone()],
-        vec![peers[0].clone()],
-    ];
-    let configs: Vec<PathBuf> = (0..3)
-        .map(|i| node_config(d, i, &addrs[i], &known[i], &keys[i].0, "\"any\""))
-        .collect();
-    // Nodes 0 and 1 are the founders (each lists the other: a set of two); node 2's set
-    // of two does not match the default bootstrap_expect of 3, so it only joins.
-    for config in &configs[..2] {
-        let text = std::fs::read_to_string(config).expect("read config");
-        let text = text.replacen("bootstrap = [", "bootstrap_expect = 2\nbootstrap = [", 1);
-        std::fs::write(config, text).expect("write config");
-    }
-    drop(sockets);
-    let nodes = start_nodes(d, &configs);
+    let three = start_three(d, [&[], &[0], &[0]], |_| "\"any\"".to_string());
+    let nodes = three.nodes;
     let deadline = Instant::now() + DEADLINE;
-    let metrics: Vec<String> = (0..3)
-        .map(|i| {
-            let ready = nodes.wait_line(i, "tessera node: ready", deadline);
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("metrics=http://"))
-                .and_then(|u| u.strip_suffix("/metrics"))
-                .unwrap_or_else(|| panic!("no metrics address in {ready}"))
-                .to_string()
-        })
-        .collect();
+    let metrics: Vec<String> = three.ready.iter().map(|r| metrics_addr(r)).collect();
     // Polled under the deadline: bonds follow discovery rounds and handshakes.
     for (i, url) in metrics.iter().enumerate() {
         loop {
@@ -737,6 +757,21 @@ fn bad_configs_exit_non_zero_naming_the_field() {
             "unknown storage",
             Box::new(|c| c.replace("\"memory\"", "\"disk\"")),
             vec!["node.toml: storage: expected \"memory\" or \"rocksdb\""],
+        ),
+        (
+            "key file with memory storage",
+            Box::new(|c| format!("{c}secret_key_file = \"node.key\"\n")),
+            vec!["node.toml: secret_key_file: refused with storage = \"memory\""],
+        ),
+        (
+            "key file with tdx attestation",
+            Box::new(|c| {
+                c.replace(
+                    "attestation = \"mock\"",
+                    "attestation = \"tdx\"\ncollateral_file = \"c.json\"\nsecret_key_file = \"node.key\"",
+                )
+            }),
+            vec!["node.toml: secret_key_file: refused with attestation = \"tdx\""],
         ),
         (
             "missing policy",

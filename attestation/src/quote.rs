@@ -115,6 +115,13 @@ impl Measurements {
     pub fn debug(&self) -> bool {
         self.td_attributes[0] & 0x01 != 0
     }
+
+    /// The TUD ("TD under debug") byte of the TD attributes: bit 0 DEBUG, bits 4-6
+    /// profiling and debug features, bits 1-3 and 7 reserved. A TD with any of them set is
+    /// not in its production state.
+    pub fn tud(&self) -> u8 {
+        self.td_attributes[0]
+    }
 }
 
 /// A parsed TD quote. Nothing here is verified yet.

@@ -254,6 +254,57 @@ fn debug_td_is_rejected_unless_the_policy_allows_it() {
     assert!(v.measurements.debug());
 }
 
+/// Issue 13, item 8: with `allow_debug = false` every TUD bit is refused, not only DEBUG.
+/// The policy pins no attributes, so the debug check alone stands between such a TD and
+/// acceptance (the shipped policies' attribute mask would catch these bits too).
+#[test]
+fn any_tud_bit_is_rejected_unless_the_policy_allows_debug() {
+    let unpinned = |allow_debug: bool| {
+        let text = std::fs::read_to_string(format!("{POLICIES}mock.toml"))
+            .unwrap()
+            .replace("attributes = \"0000001000000000\"\n", "")
+            .replace("attributes_mask = \"ffffffff00000000\"\n", "")
+            .replace(
+                "allow_debug = false",
+                &format!("allow_debug = {allow_debug}"),
+            );
+        assert!(!text.contains("attributes"), "{text}");
+        Policy::from_toml_str(&text).unwrap()
+    };
+    let (strict, lenient) = (unpinned(false), unpinned(true));
+    assert!(check(MockConfig::default(), &strict).is_ok());
+    // Bits 1-3 and 7 are reserved: DCAP refuses them whatever the policy says.
+    for bit in [1, 2, 3, 7] {
+        let mut config = MockConfig::default();
+        config.td_attributes[0] |= 1 << bit;
+        for policy in [&strict, &lenient] {
+            let err = check(config.clone(), policy).unwrap_err();
+            assert_eq!(
+                dcap_check(&err),
+                Some(DcapCheck::TdAttributes),
+                "bit {bit}: {err}"
+            );
+        }
+    }
+    // Bit 0 (DEBUG) and bits 4-6 (profiling): the policy decides. Before issue 13 bits
+    // 4-6 passed a policy that pins no attributes.
+    for bit in [0, 4, 5, 6] {
+        let mut config = MockConfig::default();
+        config.td_attributes[0] |= 1 << bit;
+        let err = check(config.clone(), &strict).unwrap_err();
+        match &err {
+            VerifyError::Policy(PolicyViolation::DebugTd { tud, .. }) => {
+                assert_eq!(*tud, 1 << bit, "bit {bit}")
+            }
+            other => panic!("TUD bit {bit}: expected DebugTd, got {other:?}"),
+        }
+        assert!(err.to_string().contains("allow_debug = false"), "{err}");
+        // The twin: a policy that allows debug TDs accepts the same quote.
+        let v = check(config, &lenient).unwrap_or_else(|e| panic!("TUD bit {bit}: {e}"));
+        assert_eq!(v.measurements.tud(), 1 << bit);
+    }
+}
+
 #[test]
 fn other_mrtd_or_rtmr_is_rejected_naming_the_register() {
     let err = check(MockConfig::default().with_mr_td([1; 48]), &mock_policy()).unwrap_err();

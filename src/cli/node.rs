@@ -253,7 +253,7 @@ async fn serve(p: Prepared) -> Result<()> {
     tokio::spawn(route_by_alpn(others_rx, client_tx, discovery_tx));
     let builder = GroupBuilder::new(p.key, config.network_id.clone(), p.clock.clone())
         .with_consensus_config(raft, worker)
-        .require_ticket(p.validator)
+        .require_ticket(p.validator.clone())
         .with_tickets(tickets.clone())
         .with_peers(bootstrap.clone(), false)
         .bootstrap_expect(config.bootstrap_expect)
@@ -281,6 +281,8 @@ async fn serve(p: Prepared) -> Result<()> {
             group: Some(joined.id),
             bootstrap: bootstrap.clone(),
             clock: p.clock.clone(),
+            // Discovered members are dialled only once their tickets pass this node's policy.
+            validator: Some(p.validator),
         },
         discovery_rx,
         Some(joined.bonds.clone() as Arc<dyn PeerDialer>),

@@ -4,7 +4,14 @@
 //! groups it is in, the tickets it presents and when it said so. The peer signs the entry
 //! with its own key; a [`Catalog`] accepts only entries whose signature verifies under the
 //! key they name, for its own network, not issued in the future, not expired, and newer
-//! than what it holds (larger version wins). Catalogs are bounded.
+//! than what it holds (larger version wins).
+//!
+//! Everything an unauthenticated peer can make a node hold is bounded: an entry by
+//! [`ENTRY_BYTES_MAX`] (near a real entry's size), the catalog by [`CATALOG_ENTRIES_MAX`]
+//! (each entry stored once, as its signed bytes, beside a small [`EntryHead`]), the new
+//! peers one exchange may add by [`exchange::NEW_PEERS_PER_EXCHANGE_MAX`], and the peers
+//! handed to the bond layer to dial by [`exchange::DIAL_POOL_MAX`], each only once its
+//! tickets verify.
 //!
 //! [`exchange`] decides what a node publishes, when it exchanges catalogs and which
 //! discovered members it asks the bond layer to dial; [`service`] runs that over the
@@ -15,6 +22,7 @@
 //! itself — only a bond handshake does (it re-checks the tickets against the key the
 //! connection authenticated).
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use iroh::{PublicKey, SecretKey, Signature};
 use serde::{Deserialize, Serialize};
@@ -26,12 +34,20 @@ use crate::tickets::Ticket;
 pub const ENTRY_TTL_SECS: u64 = 600;
 /// Allowed clock skew for `issued_at` in the future.
 pub const CLOCK_SKEW_SECS: u64 = 30;
-/// Most entries a catalog keeps.
-pub const CATALOG_ENTRIES_MAX: usize = 4096;
-/// Largest encoded entry accepted.
-pub const ENTRY_BYTES_MAX: usize = 256 << 10;
+/// Most entries a catalog keeps: a few groups' members and then some. With
+/// [`ENTRY_BYTES_MAX`] this bounds a catalog at 16 MiB of entry bytes, whatever peers send.
+pub const CATALOG_ENTRIES_MAX: usize = 256;
+/// Largest encoded entry accepted. A real entry is dominated by its TDX ticket: the quote
+/// (5,006 bytes in `tests/vectors/tdx`, up to ~8 KiB with a longer certification chain),
+/// the DCAP collateral it is verified with (16,072 and 18,793 bytes of JSON in the same
+/// vectors) and the claims (~150 bytes), plus addresses, groups and the key (< 1 KiB):
+/// about 20–28 KiB. 64 KiB leaves room for larger CRLs and TCB Info, and for a second
+/// ticket during a policy rollover.
+pub const ENTRY_BYTES_MAX: usize = 64 << 10;
 /// Most addresses in one entry.
 pub const ADDRS_MAX: usize = 16;
+/// Most groups one entry names.
+pub const GROUPS_MAX: usize = 16;
 pub mod exchange;
 pub mod service;
 
@@ -79,6 +95,8 @@ pub enum EntryError {
     OtherNetwork { got: String, want: String },
     #[error("entry lists {0} addresses, at most {ADDRS_MAX}")]
     TooManyAddrs(usize),
+    #[error("entry names {0} groups, at most {GROUPS_MAX}")]
+    TooManyGroups(usize),
     #[error("entry issued at {issued_at} is in the future (now {now})")]
     FromTheFuture { issued_at: u64, now: u64 },
     #[error("entry issued at {issued_at} expired at {expired_at} (now {now})")]
@@ -91,6 +109,8 @@ pub enum EntryError {
     Stale { got: u64, known: u64 },
     #[error("catalog is full ({CATALOG_ENTRIES_MAX} entries)")]
     Full,
+    #[error("more than {max} new peers in one exchange")]
+    NewPeersLimit { max: usize },
 }
 
 impl PeerEntry {
@@ -141,12 +161,62 @@ impl SignedPeerEntry {
     }
 }
 
-/// The entries a node knows, one per peer key.
-#[derive(Debug)]
+/// What a catalog keeps of an entry besides its signed bytes: the small fields it decides
+/// on every poll. The tickets (nearly all of an entry's bytes) stay only in the signed
+/// bytes, decoded again when needed ([`Catalog::get`], ticket checks before a dial).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryHead {
+    pub peer_key: [u8; 32],
+    pub addrs: Vec<std::net::SocketAddr>,
+    pub groups: Vec<[u8; 32]>,
+    pub version: u64,
+    pub issued_at: u64,
+}
+
+impl EntryHead {
+    fn of(entry: &PeerEntry) -> Self {
+        Self {
+            peer_key: entry.peer_key,
+            addrs: entry.addrs.clone(),
+            groups: entry.groups.clone(),
+            version: entry.version,
+            issued_at: entry.issued_at,
+        }
+    }
+
+    pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.iter().map(|g| GroupId(*g))
+    }
+
+    /// Bytes this head holds (for [`Catalog::held_bytes`]).
+    fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.addrs.len() * std::mem::size_of::<std::net::SocketAddr>()
+            + self.groups.len() * 32
+    }
+}
+
+struct Held {
+    head: EntryHead,
+    /// Shared with exchanges in flight ([`Catalog::signed_entries`]): sending the catalog
+    /// copies pointers, not entries.
+    signed: Arc<SignedPeerEntry>,
+}
+
+/// The entries a node knows, one per peer key, at most [`CATALOG_ENTRIES_MAX`].
 pub struct Catalog {
     network_id: String,
-    entries: BTreeMap<[u8; 32], (PeerEntry, SignedPeerEntry)>,
+    entries: BTreeMap<[u8; 32], Held>,
     max: usize,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("network_id", &self.network_id)
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Catalog {
@@ -161,6 +231,18 @@ impl Catalog {
     /// Takes `signed` if it is valid and newer than what is known. Returns whether the
     /// catalog changed.
     pub fn insert(&mut self, signed: SignedPeerEntry, now: u64) -> Result<bool, EntryError> {
+        let mut unlimited = usize::MAX;
+        self.insert_limited(signed, now, &mut unlimited)
+    }
+
+    /// As [`Catalog::insert`], taking a peer not known yet only while `new_peers_left` is
+    /// above zero (and counting it down): one exchange cannot fill the catalog.
+    fn insert_limited(
+        &mut self,
+        signed: SignedPeerEntry,
+        now: u64,
+        new_peers_left: &mut usize,
+    ) -> Result<bool, EntryError> {
         let entry = signed.open()?;
         if entry.network_id != self.network_id {
             return Err(EntryError::OtherNetwork {
@@ -170,6 +252,9 @@ impl Catalog {
         }
         if entry.addrs.len() > ADDRS_MAX {
             return Err(EntryError::TooManyAddrs(entry.addrs.len()));
+        }
+        if entry.groups.len() > GROUPS_MAX {
+            return Err(EntryError::TooManyGroups(entry.groups.len()));
         }
         if entry.issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
             return Err(EntryError::FromTheFuture {
@@ -185,23 +270,39 @@ impl Catalog {
                 now,
             });
         }
-        if let Some((known, _)) = self.entries.get(&entry.peer_key) {
-            if entry.version <= known.version {
-                if entry.version == known.version {
+        if let Some(known) = self.entries.get(&entry.peer_key) {
+            if entry.version <= known.head.version {
+                if entry.version == known.head.version {
                     return Ok(false); // already known: not news, not an error
                 }
                 return Err(EntryError::Stale {
                     got: entry.version,
-                    known: known.version,
+                    known: known.head.version,
                 });
             }
-        } else if self.entries.len() >= self.max {
-            self.expire(now);
-            if self.entries.len() >= self.max {
-                return Err(EntryError::Full);
+        } else {
+            if *new_peers_left == 0 {
+                return Err(EntryError::NewPeersLimit {
+                    max: exchange::NEW_PEERS_PER_EXCHANGE_MAX,
+                });
             }
+            if self.entries.len() >= self.max {
+                self.expire(now);
+                if self.entries.len() >= self.max {
+                    return Err(EntryError::Full);
+                }
+            }
+            *new_peers_left -= 1;
         }
-        self.entries.insert(entry.peer_key, (entry, signed));
+        let head = EntryHead::of(&entry);
+        // `entry` (with its decoded tickets) is dropped here: only the signed bytes stay.
+        self.entries.insert(
+            head.peer_key,
+            Held {
+                head,
+                signed: Arc::new(signed),
+            },
+        );
         Ok(true)
     }
 
@@ -209,45 +310,95 @@ impl Catalog {
     pub fn expire(&mut self, now: u64) -> usize {
         let before = self.entries.len();
         self.entries
-            .retain(|_, (e, _)| e.issued_at.saturating_add(ENTRY_TTL_SECS) > now);
+            .retain(|_, held| held.head.issued_at.saturating_add(ENTRY_TTL_SECS) > now);
         before - self.entries.len()
     }
 
-    pub fn get(&self, peer_key: &[u8; 32]) -> Option<&PeerEntry> {
-        self.entries.get(peer_key).map(|(e, _)| e)
+    /// The entry held for `peer_key`, decoded from its signed bytes.
+    pub fn get(&self, peer_key: &[u8; 32]) -> Option<PeerEntry> {
+        self.entries
+            .get(peer_key)
+            .and_then(|held| postcard::from_bytes(&held.signed.entry).ok())
+    }
+
+    /// The head of the entry held for `peer_key`.
+    pub fn head(&self, peer_key: &[u8; 32]) -> Option<&EntryHead> {
+        self.entries.get(peer_key).map(|held| &held.head)
     }
 
     /// Peers that say they are in `group`.
-    pub fn members_of(&self, group: GroupId) -> Vec<&PeerEntry> {
+    pub fn members_of(&self, group: GroupId) -> impl Iterator<Item = &EntryHead> {
+        self.heads()
+            .filter(move |e| e.group_ids().any(|g| g == group))
+    }
+
+    /// Every entry's head, in key order.
+    pub fn heads(&self) -> impl Iterator<Item = &EntryHead> {
+        self.entries.values().map(|held| &held.head)
+    }
+
+    /// Every entry, decoded, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = PeerEntry> + '_ {
         self.entries
             .values()
-            .map(|(e, _)| e)
-            .filter(|e| e.group_ids().any(|g| g == group))
-            .collect()
+            .filter_map(|held| postcard::from_bytes(&held.signed.entry).ok())
     }
 
-    /// Every entry, in key order.
-    pub fn entries(&self) -> impl Iterator<Item = &PeerEntry> {
-        self.entries.values().map(|(e, _)| e)
+    /// Every entry as signed, in key order, shared with the catalog (no entry is copied).
+    pub fn signed_entries(&self) -> impl Iterator<Item = Arc<SignedPeerEntry>> + '_ {
+        self.entries.values().map(|held| held.signed.clone())
     }
 
-    /// Every entry as signed, to send to a peer.
-    pub fn signed_entries(&self) -> Vec<SignedPeerEntry> {
-        self.entries.values().map(|(_, s)| s.clone()).collect()
+    /// The signed entries with keys after `after` (all with `None`), then the others: a
+    /// send that stops early resumes where it stopped the next time.
+    pub fn signed_entries_from(
+        &self,
+        after: Option<[u8; 32]>,
+    ) -> impl Iterator<Item = (&[u8; 32], &Arc<SignedPeerEntry>)> + '_ {
+        use std::ops::Bound::{Excluded, Unbounded};
+        type Range = (std::ops::Bound<[u8; 32]>, std::ops::Bound<[u8; 32]>);
+        let tail: Range = match after {
+            Some(k) => (Excluded(k), Unbounded),
+            None => (Unbounded, Unbounded),
+        };
+        // The entries up to `after` come last; none when starting from the beginning.
+        let head = after
+            .map(|k| self.entries.range(..=k))
+            .into_iter()
+            .flatten();
+        let tail = self.entries.range::<[u8; 32], Range>(tail);
+        tail.chain(head).map(|(k, held)| (k, &held.signed))
     }
 
-    /// Merges a peer's catalog; returns how many entries were new, and the refusals.
-    pub fn merge(&mut self, incoming: Vec<SignedPeerEntry>, now: u64) -> (usize, Vec<EntryError>) {
+    /// Merges a peer's catalog; returns how many entries were new, and the refusals. At
+    /// most `new_peers_max` peers not known before are taken.
+    pub fn merge(
+        &mut self,
+        incoming: Vec<SignedPeerEntry>,
+        now: u64,
+        new_peers_max: usize,
+    ) -> (usize, Vec<EntryError>) {
         let mut new = 0;
         let mut refused = Vec::new();
+        let mut new_peers_left = new_peers_max;
         for s in incoming {
-            match self.insert(s, now) {
+            match self.insert_limited(s, now, &mut new_peers_left) {
                 Ok(true) => new += 1,
                 Ok(false) => {}
                 Err(e) => refused.push(e),
             }
         }
         (new, refused)
+    }
+
+    /// Bytes the entries take: each entry's signed bytes once, and its head.
+    pub fn held_bytes(&self) -> usize {
+        self.entries
+            .values()
+            .map(|held| {
+                held.signed.entry.len() + held.signed.signature.len() + held.head.held_bytes()
+            })
+            .sum()
     }
 
     pub fn len(&self) -> usize {

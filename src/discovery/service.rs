@@ -13,7 +13,8 @@
 //! dropped one by one and counted by the catalog merge.
 //!
 //! **Contract.** Thin: every decision (what to send, when, to whom, whom to dial) is the
-//! [`Exchange`]'s; this module moves bytes, reads the clock and bounds concurrency. It
+//! [`Exchange`]'s; this module moves bytes, reads the clock, bounds concurrency and runs
+//! the ticket checks the exchange asks for (the group's validators, off the executor). It
 //! never admits a peer to a group: it only asks the bond layer to dial, and the bond
 //! handshake decides.
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,7 @@ use super::exchange::{
 };
 use super::{EntryError, PeerEntry, SignedPeerEntry, ENTRY_BYTES_MAX};
 use crate::net::{encode_message, read_message_limited, FrameError, ALPN_DISCOVERY};
-use crate::tickets::{Clock, Ticket};
+use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketValidator};
 
 /// Bound on one whole exchange (connect, both catalogs, close).
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +56,15 @@ pub const CLOSE_BUSY: u32 = 4;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogFrame {
     Entry(SignedPeerEntry),
+    End,
+}
+
+/// [`CatalogFrame`] by reference, for sending entries the catalog shares without copying
+/// them. Same variants in the same order: the same bytes on the wire.
+#[derive(Serialize)]
+enum CatalogFrameRef<'a> {
+    Entry(&'a SignedPeerEntry),
+    #[allow(dead_code)] // sent as `CatalogFrame::End`; here to keep the variant indices
     End,
 }
 
@@ -141,6 +151,10 @@ pub struct DiscoveryConfig {
     /// Peers to exchange with from the start (`bootstrap` in node.toml).
     pub bootstrap: Vec<EndpointAddr>,
     pub clock: Clock,
+    /// The group's ticket validator: a discovered member is dialled only once its entry's
+    /// tickets pass it (bound to the key that signed the entry). `None` only for a group
+    /// that admits peers without tickets.
+    pub validator: Option<Arc<dyn TicketValidator>>,
 }
 
 struct Shared {
@@ -150,6 +164,8 @@ struct Shared {
     stats: watch::Sender<DiscoveryStats>,
     wake: Notify,
     outgoing: Arc<Semaphore>,
+    network_id: String,
+    admission: Option<Admission>,
 }
 
 impl Shared {
@@ -230,7 +246,7 @@ impl Discovery {
         let now = (config.clock)();
         let exchange = Exchange::new(
             endpoint.secret_key().clone(),
-            config.network_id,
+            config.network_id.clone(),
             config.own.clone(),
             config.group,
             config.bootstrap,
@@ -244,6 +260,8 @@ impl Discovery {
             stats,
             wake: Notify::new(),
             outgoing: Arc::new(Semaphore::new(OUTGOING_EXCHANGES_MAX)),
+            network_id: config.network_id,
+            admission: config.validator.map(|v| Admission::new(vec![v])),
         });
         let tasks = vec![
             tokio::spawn(accept(shared.clone(), connections)),
@@ -259,12 +277,12 @@ impl Discovery {
 
     /// The entry held for `peer`, if any.
     pub fn entry(&self, peer: &PublicKey) -> Option<PeerEntry> {
-        self.shared.lock().catalog().get(peer.as_bytes()).cloned()
+        self.shared.lock().catalog().get(peer.as_bytes())
     }
 
     /// Every entry held.
     pub fn entries(&self) -> Vec<PeerEntry> {
-        self.shared.lock().catalog().entries().cloned().collect()
+        self.shared.lock().catalog().entries().collect()
     }
 
     /// Our own entry as published now.
@@ -364,12 +382,11 @@ async fn exchange_with(shared: &Arc<Shared>, peer: EndpointAddr) {
 /// Writes `entries` and [`CatalogFrame::End`], in chunks, and finishes the stream.
 async fn write_catalog(
     send: &mut SendStream,
-    entries: &[SignedPeerEntry],
+    entries: &[Arc<SignedPeerEntry>],
 ) -> Result<(), ExchangeError> {
     let mut buf = Vec::new();
     for entry in entries {
-        encode_message(&mut buf, &CatalogFrame::Entry(entry.clone()))
-            .map_err(ExchangeError::Encode)?;
+        encode_message(&mut buf, &CatalogFrameRef::Entry(entry)).map_err(ExchangeError::Encode)?;
         if buf.len() >= WRITE_CHUNK_BYTES {
             write_all(send, &buf).await?;
             buf.clear();
@@ -449,17 +466,17 @@ async fn drive(
         if shared.endpoint.is_closed() {
             return;
         }
-        let now = (shared.clock)();
-        let (round, commands) = {
-            let mut exchange = shared.lock();
-            exchange.handle_timeout(now);
-            let round = exchange.poll_round(now);
-            let commands = match &dialer {
-                Some(d) => exchange.poll_bonds(|k| d.is_bonded(k)),
-                None => Default::default(),
-            };
-            shared.publish_stats(&exchange);
-            (round, commands)
+        // Off the executor: polling for bonds may verify tickets (DCAP, ~ms each).
+        let polled = {
+            let (shared, dialer) = (shared.clone(), dialer.clone());
+            tokio::task::spawn_blocking(move || poll(&shared, dialer.as_deref())).await
+        };
+        let (round, commands) = match polled {
+            Ok(polled) => polled,
+            Err(e) => {
+                tracing::error!(error = %e, "discovery poll task failed");
+                continue;
+            }
         };
         for peer in round.unwrap_or_default() {
             let Ok(permit) = shared.outgoing.clone().try_acquire_owned() else {
@@ -481,5 +498,69 @@ async fn drive(
                 d.dial(peer);
             }
         }
+    }
+}
+
+/// One wake-up of the exchange: timers, the next round, and the members to dial.
+fn poll(
+    shared: &Shared,
+    dialer: Option<&dyn PeerDialer>,
+) -> (Option<Vec<EndpointAddr>>, super::BondCommands) {
+    let now = (shared.clock)();
+    let mut exchange = shared.lock();
+    exchange.handle_timeout(now);
+    let round = exchange.poll_round(now);
+    let commands = match dialer {
+        Some(d) => exchange.poll_bonds(
+            |k| d.is_bonded(k),
+            |entry| check_tickets(shared.admission.as_ref(), &shared.network_id, entry, now),
+        ),
+        None => Default::default(),
+    };
+    shared.publish_stats(&exchange);
+    (round, commands)
+}
+
+/// Whether `entry`'s tickets pass the group's validators, bound to the key that signed the
+/// entry (as the bond handshake will check them against the key the connection proves).
+fn check_tickets(
+    admission: Option<&Admission>,
+    network_id: &str,
+    entry: &PeerEntry,
+    now: u64,
+) -> Result<(), String> {
+    let Some(admission) = admission else {
+        return Ok(()); // the group admits without tickets: nothing to check
+    };
+    let ctx = PeerContext {
+        peer_key: entry.peer_key,
+        network_id: network_id.to_string(),
+        group_scope: None,
+        now,
+    };
+    admission
+        .admit(&entry.tickets, &ctx)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_sent_by_reference_is_the_frame_on_the_wire() {
+        let entry = SignedPeerEntry {
+            entry: vec![1, 2, 3],
+            signature: vec![4; 64],
+        };
+        let (mut by_ref, mut owned) = (Vec::new(), Vec::new());
+        encode_message(&mut by_ref, &CatalogFrameRef::Entry(&entry)).expect("encode");
+        encode_message(&mut owned, &CatalogFrame::Entry(entry)).expect("encode");
+        assert_eq!(by_ref, owned);
+        let (mut end_ref, mut end) = (Vec::new(), Vec::new());
+        encode_message(&mut end_ref, &CatalogFrameRef::End).expect("encode");
+        encode_message(&mut end, &CatalogFrame::End).expect("encode");
+        assert_eq!(end_ref, end);
     }
 }

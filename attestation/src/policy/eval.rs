@@ -56,11 +56,14 @@ pub enum PolicyViolation {
         /// Policy maximum.
         max_secs: u64,
     },
-    /// The TD runs in debug mode and the policy does not allow it.
-    #[error("TD is a debug TD (TD attributes {attributes}, DEBUG bit set), policy has allow_debug = false")]
+    /// A TUD ("TD under debug") bit is set in the TD attributes (DEBUG, or a profiling or
+    /// reserved debug bit) and the policy does not allow debug TDs.
+    #[error("TD is a debug TD (TD attributes {attributes}, TUD bits {tud:#010b} set; none may be), policy has allow_debug = false")]
     DebugTd {
         /// TD attributes (hex).
         attributes: String,
+        /// The TUD byte (bits 0-7 of the TD attributes).
+        tud: u8,
     },
     /// TD attributes differ under the mask.
     #[error("TD attributes {actual} do not match {expected} under mask {mask}")]
@@ -256,14 +259,22 @@ pub fn evaluate(
 
     let m = &quote.measurements;
     let td = &policy.td;
+    // Every TUD bit, not only DEBUG. The DCAP step runs with dcap-qvl's debug check off (so
+    // that the policy reports it), which also turns off its check of bits 4-6 (profiling);
+    // dcap-qvl refuses the reserved bits 1-3 and 7 itself. Checking the whole byte here
+    // covers all of them whatever dcap-qvl does.
+    let tud = m.tud();
     checks.push((
         "debug",
-        match (m.debug(), td.allow_debug) {
+        match (tud != 0, td.allow_debug) {
             (true, false) => Err(PolicyViolation::DebugTd {
                 attributes: hex::encode(m.td_attributes),
+                tud,
             }),
-            (true, true) => Ok("debug TD, allowed by the policy (allow_debug = true)".to_owned()),
-            (false, _) => Ok("not a debug TD".to_owned()),
+            (true, true) => Ok(format!(
+                "debug TD (TUD bits {tud:#010b}), allowed by the policy (allow_debug = true)"
+            )),
+            (false, _) => Ok("not a debug TD (no TUD bit set)".to_owned()),
         },
     ));
 

@@ -146,7 +146,8 @@ pub struct TdPolicy {
     pub profiles: Vec<Profile>,
 }
 
-/// One acceptable set of measurements. An absent field accepts any value.
+/// One acceptable set of measurements. An absent field accepts any value, except `mr_td`,
+/// which every profile must pin ([`Policy::validate`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -316,11 +317,29 @@ impl Policy {
                     format!("at most {LABEL_LEN_MAX} bytes"),
                 ));
             }
-            if profile.fields().iter().all(|(_, v)| v.is_none()) {
-                return Err(invalid(
-                    format!("td.profiles[{i}]"),
-                    "pins no measurement: give at least mr_td",
-                ));
+            // MRTD is the one register the host can neither choose nor fake: the TDX module
+            // measures the initial image into it. MRCONFIGID, MROWNER and MROWNERCONFIG are
+            // whatever the host passed at TD creation, and the RTMRs are extended by the
+            // very firmware MRTD measures: a profile without mr_td accepts any image the
+            // host likes to boot with those values.
+            if profile.mr_td.is_none() {
+                let pinned: Vec<&str> = profile
+                    .fields()
+                    .iter()
+                    .filter(|(_, v)| v.is_some())
+                    .map(|(name, _)| *name)
+                    .collect();
+                let reason = if pinned.is_empty() {
+                    "pins no measurement: give at least mr_td".to_owned()
+                } else {
+                    format!(
+                        "pins {} but not mr_td: without it any image matches, since the \
+                         host chooses mr_config_id, mr_owner and mr_owner_config and a \
+                         TD's own firmware extends the RTMRs; give mr_td",
+                        pinned.join(", ")
+                    )
+                };
+                return Err(invalid(format!("td.profiles[{i}].mr_td"), reason));
             }
         }
         let age = self.binding.max_quote_age_secs;

@@ -136,6 +136,44 @@ fn rules_beyond_the_schema() {
     }
 }
 
+/// Issue 13, item 8: a profile must pin mr_td. Host-chosen fields (and RTMRs, which the
+/// unpinned firmware extends) alone are refused, naming the profile and what it pins.
+#[test]
+fn profiles_without_mr_td_are_refused() {
+    let h = |b: &str| b.repeat(48);
+    let pins = [
+        format!("mr_owner = \"{}\"", h("11")),
+        format!("mr_config_id = \"{}\"", h("22")),
+        format!("mr_owner_config = \"{}\"", h("33")),
+        format!(
+            "mr_owner = \"{}\"\nmr_config_id = \"{}\"\nmr_owner_config = \"{}\"",
+            h("11"),
+            h("22"),
+            h("33")
+        ),
+        format!("rtmr1 = \"{}\"\nrtmr2 = \"{}\"", h("44"), h("55")),
+    ];
+    let mr_td = format!("mr_td = \"{}\"", h("66"));
+    for pin in &pins {
+        let text = format!(
+            "name = \"p\"\nversion = 1\ntrust_root = \"intel\"\n[td]\n\
+             [[td.profiles]]\nlabel = \"ok\"\n{mr_td}\n[[td.profiles]]\nlabel = \"host\"\n{pin}\n"
+        );
+        let err = Policy::from_toml_str(&text).unwrap_err();
+        let PolicyError::Invalid { field, reason } = &err else {
+            panic!("{pin}: {err:?}")
+        };
+        assert_eq!(field, "td.profiles[1].mr_td", "{pin}: {err}");
+        assert!(reason.contains("but not mr_td"), "{pin}: {err}");
+        let first = pin.split(' ').next().unwrap();
+        assert!(reason.contains(first), "{pin}: names {first}: {err}");
+        // The twin: the same pins with mr_td are accepted.
+        let with = text.replace(&format!("{pin}\n"), &format!("{pin}\n{mr_td}\n"));
+        let p = Policy::from_toml_str(&with).unwrap_or_else(|e| panic!("{pin}: {e}"));
+        assert!(p.td.profiles.iter().all(|profile| profile.mr_td.is_some()));
+    }
+}
+
 #[test]
 fn digest_ignores_formatting_order_and_defaults() {
     let a = Policy::from_toml_str(&example()).unwrap();

@@ -171,7 +171,8 @@ pub fn verify_dcap(
         .unwrap_or(&parsed.pck_chain_pem);
     check_chain_root(chain, root_der)?;
     let verifier = dcap_qvl::verify::QuoteVerifier::new(root_der.to_vec())
-        // The debug bit is the policy's business (`td.allow_debug`), reported as a named check.
+        // The debug bits are the policy's business (`td.allow_debug`, which refuses every TUD
+        // bit, where dcap-qvl would check only bits 0 and 4-6), reported as a named check.
         .allow_debug(true);
     let claims = verifier
         .verify_with_policy(quote, collateral.as_dcap().clone(), now, &AcceptAll)
