@@ -126,7 +126,7 @@ impl fmt::Display for GroupId {
 }
 
 /// Consensus parameters every member must share, with the tick length that turns ticks
-/// into time. Node-local choices (`reluctant`) are left out.
+/// into time. Node-local choices (`reluctant`, `observer`) are left out.
 pub fn consensus_fields(raft: &RaftConfig, tick_micros: u64) -> Vec<(&'static str, u64)> {
     vec![
         ("tick_micros", tick_micros),

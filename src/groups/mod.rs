@@ -23,7 +23,7 @@ pub use id::{GroupId, GroupKey};
 pub use transport::{Inbox, InboxItem, LocalNetwork, PeerFrame, Transport, INBOX_FRAMES_MAX};
 pub use worker::{GroupStatus, WorkerConfig};
 
-use crate::machine::{Sessions, StateMachine};
+use crate::machine::{LeadershipPreference, Sessions, StateMachine};
 use crate::raft::{Membership, NodeId, Raft, RaftConfig};
 use crate::storage::{SnapshotHandle, SnapshotStore, Storage};
 use group::{GroupShared, SessionPool};
@@ -90,7 +90,14 @@ where
     };
     // Whatever the log does not refer to is left over from before a crash.
     snapshots.sweep(kept.as_ref())?;
-    let mut raft = Raft::new(options.node, options.raft.clone(), options.seed, state)?;
+    // The member's own leadership preference (DESIGN §7.2) is enforced by its core too.
+    let mut raft_config = options.raft.clone();
+    match sessions.leadership_preference() {
+        LeadershipPreference::Normal => {}
+        LeadershipPreference::Reluctant => raft_config.reluctant = true,
+        LeadershipPreference::Observer => raft_config.observer = true,
+    }
+    let mut raft = Raft::new(options.node, raft_config, options.seed, state)?;
     // Never bootstrap twice: only a node with no state at all forms a group.
     if raft.is_fresh() {
         if let Some(members) = options.bootstrap.clone() {

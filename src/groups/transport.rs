@@ -55,6 +55,10 @@ pub enum PeerFrame {
     /// The leader's answer to [`PeerFrame::Leave`]: a configuration without the sender is
     /// committed (a removed member hears nothing more of the log, so it is told).
     Left,
+    /// Sent on every new bond: how the sender wants to take part. A leader adds a bonded
+    /// peer only once it has said so: an `Observer` as an observer (never a voter), any
+    /// other as a learner promoted once caught up.
+    Preference(crate::machine::LeadershipPreference),
 }
 
 /// Why a leader did not take a forwarded request.

@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::formation::{Decision, Formation, FormationStatus};
 use super::transport::{ForwardRefusal, InboxItem, PeerFrame, Transport};
-use crate::machine::{ApplyContext, Sessions, StateMachine};
+use crate::machine::{ApplyContext, LeadershipPreference, Sessions, StateMachine};
 use crate::raft::Snapshot;
 use crate::raft::{
     EntryPayload, Event, Index, Input, Membership, MembershipChange, NodeId, Raft, ReadState,
@@ -231,6 +231,8 @@ pub struct Worker<M: StateMachine, S: Storage> {
     /// Members that asked to leave (as leader): never added back automatically while
     /// their bond stays up.
     departed: BTreeSet<NodeId>,
+    /// What each bonded peer said of its leadership preference on its bond.
+    preferences: BTreeMap<NodeId, LeadershipPreference>,
 }
 
 impl<M: StateMachine, S: Storage> Worker<M, S> {
@@ -276,6 +278,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             formation,
             leaving: None,
             departed: BTreeSet::new(),
+            preferences: BTreeMap::new(),
         }
     }
 
@@ -404,8 +407,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 if reachable {
                     let status = self.formation.status();
                     self.transport.send(peer, PeerFrame::Formation(status));
+                    let preference = self.machine.leadership_preference();
+                    self.transport.send(peer, PeerFrame::Preference(preference));
                 } else {
                     self.formation.handle_bond_down(peer);
+                    self.preferences.remove(&peer);
                 }
             }
             InboxItem::Client(request) => self.handle_client(request),
@@ -701,6 +707,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     self.step(Input::ChangeMembership(MembershipChange::Remove(from)));
                 }
             }
+            PeerFrame::Preference(preference) => {
+                if self.bonded.contains(&from) {
+                    self.preferences.insert(from, preference);
+                }
+            }
             PeerFrame::Left => {
                 // Believed only from the leader this member asked, while it is leaving.
                 if self.leaving.is_some() && self.raft.leader() == Some(from) {
@@ -754,15 +765,21 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             .departed
             .iter()
             .find(|p| membership.contains(**p) && **p != self.id);
-        let joiner = self
-            .bonded
-            .iter()
-            .find(|p| !membership.contains(**p) && !self.departed.contains(*p));
+        // A joiner is added once it has said how it takes part: an observer never votes.
+        let joiner = self.bonded.iter().find_map(|p| {
+            let preference = self.preferences.get(p)?;
+            (!membership.contains(*p) && !self.departed.contains(p)).then_some((*p, *preference))
+        });
         let change = if let Some(peer) = departed {
             // Asked to leave while another change was in flight: remove it now.
             Some(MembershipChange::Remove(*peer))
-        } else if let Some(peer) = joiner {
-            Some(MembershipChange::AddLearner(*peer))
+        } else if let Some((peer, preference)) = joiner {
+            Some(match preference {
+                LeadershipPreference::Observer => MembershipChange::AddObserver(peer),
+                LeadershipPreference::Normal | LeadershipPreference::Reluctant => {
+                    MembershipChange::AddLearner(peer)
+                }
+            })
         } else if let Some(timeout) = self.config.removal_timeout {
             self.unreachable_since
                 .iter()

@@ -14,6 +14,9 @@ pub struct RaftConfig {
     pub reluctant_factor: u64,
     /// Whether this node prefers not to lead (`LeadershipPreference::Reluctant`).
     pub reluctant: bool,
+    /// Whether this node must never stand for election (`LeadershipPreference::Observer`),
+    /// even if a configuration names it a voter. Node-local, like `reluctant`.
+    pub observer: bool,
     /// Pre-vote (thesis §9.6): a partitioned node cannot inflate terms on return.
     pub pre_vote: bool,
     /// A leader that has not heard from a quorum for an election timeout steps down.
@@ -55,6 +58,7 @@ impl Default for RaftConfig {
             heartbeat_ticks: 2,
             reluctant_factor: 3,
             reluctant: false,
+            observer: false,
             pre_vote: true,
             check_quorum: true,
             max_entries_per_message: 1024,

@@ -386,6 +386,9 @@ impl Raft {
     /// quorums are counted over the latest configuration only. Without this, a group in
     /// which the only up-to-date node is being removed can never elect a leader again.
     pub(super) fn promotable(&self) -> bool {
+        if self.config.observer {
+            return false;
+        }
         if self.membership.is_voter(self.id) {
             return true;
         }

@@ -953,6 +953,29 @@ fn a_silent_voter_is_not_removed_when_the_rest_would_not_answer_as_a_quorum() {
     assert_eq!(m.voters, voters(&ids).voters, "{m:?}");
 }
 
+/// A node whose own preference is `Observer` never stands for election, even when a
+/// configuration names it a voter (and a transfer asks it to).
+#[test]
+fn a_node_that_prefers_to_observe_never_campaigns() {
+    let mut cfg = config();
+    cfg.observer = true;
+    let mut r = Raft::new(n(1), cfg, 1, InitialState::default()).unwrap();
+    r.bootstrap(voters(&[1])).unwrap();
+    let ready = r.ready();
+    persist(&mut r, &ready);
+    for _ in 0..100 {
+        r.step(Input::Tick).unwrap();
+        let ready = r.ready();
+        persist(&mut r, &ready);
+        assert!(
+            ready.messages.is_empty() && ready.persisted_messages.is_empty(),
+            "it asked for votes"
+        );
+    }
+    assert_eq!(r.role(), Role::Follower);
+    assert_eq!(r.term(), 1, "no election was started");
+}
+
 #[test]
 fn a_removed_leader_steps_down_once_the_change_commits() {
     let mut c = Cluster::new(3);

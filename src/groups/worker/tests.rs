@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::groups::formation::founders_digest;
-use crate::machine::{KvQuery, KvStore};
+use crate::machine::{KvQuery, KvStore, LeadershipPreference};
 use crate::raft::{Entry, Message, MessageBody, RaftConfig};
 use crate::storage::MemoryStorage;
 
@@ -85,6 +85,12 @@ impl Harness {
             peer,
             reachable: true,
         });
+    }
+
+    /// A new bond whose peer says it takes part as an ordinary member.
+    fn bond_member(&mut self, peer: NodeId) {
+        self.bond(peer);
+        self.frame(peer, PeerFrame::Preference(LeadershipPreference::Normal));
     }
 
     fn frame(&mut self, from: NodeId, frame: PeerFrame) {
@@ -354,7 +360,7 @@ impl Harness {
 #[test]
 fn a_member_that_asked_to_leave_is_removed_and_not_added_back_while_bonded() {
     let mut h = leader_alone();
-    h.bond(OTHER);
+    h.bond_member(OTHER);
     h.tick();
     assert!(
         h.status().membership.learners.contains(&OTHER),
@@ -378,7 +384,7 @@ fn a_member_that_asked_to_leave_is_removed_and_not_added_back_while_bonded() {
         peer: OTHER,
         reachable: false,
     });
-    h.bond(OTHER);
+    h.bond_member(OTHER);
     h.tick();
     assert!(h.status().membership.contains(OTHER), "{:?}", h.status());
 }
@@ -391,7 +397,7 @@ fn a_leave_frame_from_a_non_member_or_to_a_follower_changes_nothing() {
     assert_eq!(h.status().membership, before, "a follower removed someone");
     let mut h = leader_alone();
     let stranger = NodeId(9);
-    h.bond(stranger);
+    h.bond_member(stranger);
     h.frame(NodeId(10), PeerFrame::Leave);
     h.tick();
     assert!(
@@ -434,7 +440,7 @@ fn a_member_leaves_once_the_leader_it_asked_says_it_is_out() {
 #[test]
 fn the_leader_tells_a_removed_member_it_is_out_once_that_is_committed() {
     let mut h = leader_alone();
-    h.bond(OTHER);
+    h.bond_member(OTHER);
     h.tick();
     h.sent.take();
     h.frame(OTHER, PeerFrame::Leave);
@@ -451,4 +457,60 @@ fn the_leader_tells_a_removed_member_it_is_out_once_that_is_committed() {
         .map(|(to, _)| to)
         .collect();
     assert_eq!(told, vec![OTHER]);
+}
+
+#[test]
+fn a_bonded_peer_joins_as_it_said_it_takes_part() {
+    let mut h = leader_alone();
+    let (observer, reluctant, silent) = (NodeId(7), NodeId(8), NodeId(9));
+    for peer in [observer, reluctant, silent] {
+        h.bond(peer);
+    }
+    h.frame(
+        observer,
+        PeerFrame::Preference(LeadershipPreference::Observer),
+    );
+    h.frame(
+        reluctant,
+        PeerFrame::Preference(LeadershipPreference::Reluctant),
+    );
+    // A preference from a peer without a bond is not taken.
+    h.frame(
+        NodeId(10),
+        PeerFrame::Preference(LeadershipPreference::Normal),
+    );
+    for _ in 0..6 {
+        h.tick();
+    }
+    let m = h.status().membership;
+    assert!(
+        m.observers.contains(&observer),
+        "an observer never votes: {m:?}"
+    );
+    assert!(
+        m.learners.contains(&reluctant) || m.voters.contains(&reluctant),
+        "{m:?}"
+    );
+    assert!(
+        !m.contains(silent),
+        "added before it said how it takes part: {m:?}"
+    );
+    assert!(!m.contains(NodeId(10)), "{m:?}");
+}
+
+#[test]
+fn every_new_bond_hears_this_members_preference() {
+    let mut h = leader_alone();
+    h.bond(OTHER);
+    let said: Vec<PeerFrame> = h
+        .sent
+        .take()
+        .into_iter()
+        .filter(|(to, _)| *to == OTHER)
+        .map(|(_, f)| f)
+        .collect();
+    assert!(
+        said.contains(&PeerFrame::Preference(LeadershipPreference::Normal)),
+        "{said:?}"
+    );
 }
