@@ -352,12 +352,23 @@ impl Raft {
     }
 
     pub(super) fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
-        self.ready.messages.push(Message {
+        let message = Message {
             from: self.id,
             to,
             term,
             body,
-        });
+        };
+        // A leader whose own no-op is not yet durable may not have its term and vote on
+        // disk either: a group of one voter wins without asking anyone, in the very Ready
+        // that writes the new term. Were it to crash before that write, it would come back
+        // in the old term, win the same term again and write other entries at indexes a
+        // learner already holds for that term. Until then its messages wait for the write.
+        if self.role == Role::Leader && term == self.term && self.persisted < self.term_start_index
+        {
+            self.ready.persisted_messages.push(message);
+        } else {
+            self.ready.messages.push(message);
+        }
     }
 
     /// A message that must wait until this Ready is durable (votes, acknowledgements).

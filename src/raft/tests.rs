@@ -953,6 +953,56 @@ fn a_silent_voter_is_not_removed_when_the_rest_would_not_answer_as_a_quorum() {
     assert_eq!(m.voters, voters(&ids).voters, "{m:?}");
 }
 
+/// A lone voter wins its election in the Ready that writes its new term: its first
+/// messages as leader (to a learner) must wait for that write, or a crash before it would
+/// let it lead the same term twice with different entries.
+#[test]
+fn a_lone_voters_first_messages_as_leader_wait_for_its_term_to_be_durable() {
+    let mut r = fresh(1);
+    let mut members = voters(&[1]);
+    members.learners.insert(n(2));
+    r.bootstrap(members).unwrap();
+    let ready = r.ready();
+    persist(&mut r, &ready);
+    // Not yet leader (bootstrapped followers campaign on their timer).
+    let mut won = None;
+    for _ in 0..100 {
+        r.step(Input::Tick).unwrap();
+        let ready = r.ready();
+        if r.role() == Role::Leader {
+            won = Some(ready);
+            break;
+        }
+        persist(&mut r, &ready);
+    }
+    let ready = won.expect("a lone voter wins");
+    assert!(
+        ready.hard_state.is_some(),
+        "the new term is written in this Ready"
+    );
+    assert!(
+        ready.messages.iter().all(|m| m.term < r.term()),
+        "a message of the new term leaves before the term is durable: {:?}",
+        ready.messages
+    );
+    assert!(
+        ready.persisted_messages.iter().any(|m| m.to == n(2)),
+        "the learner's append waits for the write: {:?}",
+        ready.persisted_messages
+    );
+    persist(&mut r, &ready);
+    // Once durable, its messages leave at once again (the next heartbeat, here).
+    let mut sent_now = false;
+    for _ in 0..config().heartbeat_ticks {
+        r.step(Input::Tick).unwrap();
+        let ready = r.ready();
+        assert!(ready.persisted_messages.is_empty(), "{ready:?}");
+        sent_now |= ready.messages.iter().any(|m| m.to == n(2));
+        persist(&mut r, &ready);
+    }
+    assert!(sent_now, "no message to the learner after the term was durable");
+}
+
 /// A node whose own preference is `Observer` never stands for election, even when a
 /// configuration names it a voter (and a transfer asks it to).
 #[test]
