@@ -819,3 +819,73 @@ fn bad_configs_exit_non_zero_naming_the_field() {
         assert!(ready.contains("node_id="), "{ready}");
     }
 }
+
+/// A node without a key file has a new identity at every start (as in a TD). Restarted on
+/// the RocksDB directory of its previous identity, it sets those records aside (renamed,
+/// never read as its own) and starts as a new member: here, a group of one of its own
+/// that does not hold the previous identity's writes.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_new_identity_sets_the_previous_identitys_records_aside() {
+    let dir = group_dir();
+    let d = dir.path();
+    let listen = free_ports(1)[0].local_addr().expect("addr").to_string();
+    let config = d.join("ephemeral.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"data_dir = "data"
+listen = "{listen}"
+bootstrap_expect = 1
+bootstrap = []
+group_key_file = "group.key"
+policies = ["mock.toml"]
+attestation = "mock"
+network_id = "node-process-test"
+storage = "rocksdb"
+log_level = "info"
+
+[timers]
+tick_ms = 20
+election_ticks = 10
+heartbeat_ticks = 2
+
+[client]
+allow = "any"
+"#
+        ),
+    )
+    .expect("config");
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        let mut nodes = Nodes::new();
+        let ready = nodes.start(d, &config, Instant::now() + DEADLINE);
+        let id = ready_field(&ready, "node_id");
+        let peer = format!("{id}@{listen}");
+        if round == 0 {
+            let put = tessera(&["kv", "put", "old", "records", "--node", &peer]);
+            assert!(put.status.success(), "{}", text(&put.stderr));
+        } else {
+            let get = tessera(&["kv", "get", "old", "--node", &peer]);
+            assert_eq!(
+                get.status.code(),
+                Some(1),
+                "the new identity read the old one's data: {}",
+                text(&get.stdout)
+            );
+            let logs = nodes.logs();
+            assert!(logs.contains("set aside"), "{logs}");
+        }
+        ids.push(id);
+        drop(nodes); // kills the process
+    }
+    assert_ne!(ids[0], ids[1], "a new identity at every start");
+    let retired = d.join("data").join(format!("retired-{}", &ids[0][..16]));
+    assert!(
+        retired
+            .join(tessera::storage::identity::OWNER_FILE)
+            .exists(),
+        "the previous identity's records are kept aside in {}",
+        retired.display()
+    );
+}

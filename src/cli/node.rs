@@ -124,13 +124,17 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+    let (secret, fresh_secret) = match config.secret_key()? {
+        Some(secret) => (secret, false),
+        None => (random_secret()?, true),
+    };
     // Opened before anything binds: a data directory in use or open to others stops the
     // node here, with the directory named.
     #[cfg(feature = "rocksdb")]
     let rocks = match config.storage {
         StorageKind::RocksDb => Some(
-            RocksDbStorage::open(config.data_dir.join("raft"))
-                .map_err(|e| config.error("data_dir", e.to_string()))?,
+            open_own_store(&config.data_dir.join("raft"), &secret, fresh_secret)
+                .map_err(|e| config.error("data_dir", e))?,
         ),
         StorageKind::Memory => None,
     };
@@ -144,10 +148,6 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
             .into());
     }
     let key = config.group_key()?;
-    let (secret, fresh_secret) = match config.secret_key()? {
-        Some(secret) => (secret, false),
-        None => (random_secret()?, true),
-    };
     let validator = config.validator()?;
     let (provider, collateral, clock): (Box<dyn QuoteProvider + Send + Sync>, Collateral, Clock) =
         match config.attestation {
@@ -201,6 +201,42 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
         #[cfg(feature = "rocksdb")]
         rocks,
     })
+}
+
+/// Opens the RocksDB store in `dir` as node `secret`'s own (DESIGN §3): records another
+/// identity wrote (a previous start without a key file, as in a TD) are set aside and a
+/// fresh store is opened in their place, so this node joins as the new member it is and
+/// never takes a dead identity's votes or log for its own. Records with no owner recorded
+/// are adopted by a node with a key file (its identity persists) and set aside otherwise.
+#[cfg(feature = "rocksdb")]
+fn open_own_store(
+    dir: &std::path::Path,
+    secret: &SecretKey,
+    fresh_secret: bool,
+) -> std::result::Result<RocksDbStorage, String> {
+    use tessera::storage::identity::{self, Owner};
+    use tessera::storage::Storage as _;
+    let id = secret.public().to_string();
+    // Opening takes the directory's lock: nothing below touches a store in use.
+    let store = RocksDbStorage::open(dir).map_err(|e| e.to_string())?;
+    let has_records = store.last_index() > 0 || store.snapshot_meta().is_some();
+    let previous = match identity::owner(dir, &id, has_records).map_err(|e| e.to_string())? {
+        Owner::This => None,
+        Owner::Unrecorded if !fresh_secret => None,
+        Owner::Unrecorded => Some("unrecorded".to_owned()),
+        Owner::Other(previous) => Some(previous),
+    };
+    let store = match previous {
+        None => store,
+        Some(previous) => {
+            drop(store);
+            let to = identity::set_aside(dir, &previous).map_err(|e| e.to_string())?;
+            tracing::warn!(previous = %previous, moved_to = %to.display(), "the data directory held another identity's records (a restart with a new key): set aside; joining as a new member");
+            RocksDbStorage::open(dir).map_err(|e| e.to_string())?
+        }
+    };
+    identity::record(dir, &id).map_err(|e| e.to_string())?;
+    Ok(store)
 }
 
 fn node(args: NodeArgs) -> Result<()> {

@@ -8,6 +8,7 @@
 //! Every implementation must pass [`conformance`].
 pub mod conformance;
 pub mod faulty;
+pub mod identity;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
