@@ -105,8 +105,10 @@ pub struct Checkers {
     positions: HashMap<(Index, Term), u64>,
     /// Committed prefix digests by index (index 0 = empty prefix), the same for everyone.
     committed: Vec<u64>,
-    /// State-machine safety (§5.4.3): digest of the entry applied at each index.
-    applied: Vec<u64>,
+    /// State-machine safety (§5.4.3): digest of the entry applied at each index; `None`
+    /// where no node has applied the index itself yet (another node skipped it through a
+    /// snapshot). A gap is never a digest, so it cannot be mistaken for one.
+    applied: Vec<Option<u64>>,
     pub mirrors: BTreeMap<NodeId, LogMirror>,
 }
 
@@ -114,7 +116,7 @@ impl Checkers {
     pub fn new() -> Self {
         Self {
             committed: vec![0],
-            applied: vec![0],
+            applied: vec![None],
             ..Self::default()
         }
     }
@@ -293,8 +295,12 @@ impl Checkers {
     pub fn on_apply(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
         let d = entry_digest(entry);
         let i = entry.index as usize;
-        if i < self.applied.len() {
-            if self.applied[i] != d {
+        if i >= self.applied.len() {
+            // Indexes in between were applied through a snapshot: no digest seen yet.
+            self.applied.resize(i + 1, None);
+        }
+        match self.applied[i] {
+            Some(known) if known != d => {
                 return Err(violation(
                     "state-machine safety (Raft §5.4.3)",
                     format!(
@@ -303,12 +309,8 @@ impl Checkers {
                     ),
                 ));
             }
-        } else if i == self.applied.len() {
-            self.applied.push(d);
-        } else {
-            // Another node applied through a snapshot; fill the gap lazily.
-            self.applied.resize(i, u64::MAX);
-            self.applied.push(d);
+            Some(_) => {}
+            None => self.applied[i] = Some(d),
         }
         Ok(())
     }
@@ -404,6 +406,17 @@ mod tests {
         assert!(c.on_commit(NodeId(2), 1).is_err());
         c.on_apply(NodeId(1), &e(1, 1, "a")).unwrap();
         assert!(c.on_apply(NodeId(2), &e(1, 2, "b")).is_err());
+    }
+
+    #[test]
+    fn a_gap_in_applied_indexes_is_filled_by_the_first_apply() {
+        let mut c = Checkers::new();
+        // Node 1 applied 3 after a snapshot at 2: indexes 1 and 2 are gaps, not digests.
+        c.on_apply(NodeId(1), &e(3, 1, "c")).unwrap();
+        c.on_apply(NodeId(2), &e(1, 1, "a")).unwrap();
+        c.on_apply(NodeId(2), &e(2, 1, "b")).unwrap();
+        c.on_apply(NodeId(2), &e(3, 1, "c")).unwrap();
+        assert!(c.on_apply(NodeId(3), &e(2, 2, "x")).is_err());
     }
 
     #[test]
