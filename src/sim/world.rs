@@ -392,9 +392,11 @@ impl World {
     // ----- nodes -----
 
     fn step_node(&mut self, node: usize, input: Input) -> Result<(), Violation> {
-        let Some(raft) = self.nodes[node].raft.as_mut() else {
+        let n = &mut self.nodes[node];
+        let Some(raft) = n.raft.as_mut() else {
             return Ok(());
         };
+        n.step_membership = Some(raft.membership().clone());
         if let Err(e) = raft.step(input) {
             return Err(Violation {
                 property: "correct peers never send invalid messages",
@@ -545,9 +547,6 @@ impl World {
                             membership.voters
                         ));
                     }
-                    self.nodes[node].previous_membership = self.nodes[node]
-                        .current_membership
-                        .replace(membership.clone());
                     let leader_commit = self.nodes[node]
                         .raft
                         .as_ref()
@@ -681,24 +680,24 @@ impl World {
                     .entries(commit, commit + 1)
                     .is_ok_and(|e| e.first().is_some_and(|e| e.term == term))
         };
-        let durable_quorum =
-            |m: &Membership| m.voters.iter().filter(|v| on_disk(v)).count() >= m.quorum();
-        let current = raft.membership();
-        if durable_quorum(current)
-            || self.nodes[node]
-                .previous_membership
-                .as_ref()
-                .is_some_and(durable_quorum)
-        {
+        // The leader counted under the configuration in force when it took the input
+        // that advanced its commit (see `SimNode::step_membership`); without a step (a
+        // restart or a founding replays no count) it is the current one.
+        let counted = self.nodes[node]
+            .step_membership
+            .as_ref()
+            .unwrap_or_else(|| raft.membership());
+        let durable = counted.voters.iter().filter(|v| on_disk(v)).count();
+        if durable >= counted.quorum() {
             return Ok(());
         }
-        let durable = current.voters.iter().filter(|v| on_disk(v)).count();
         Err(Violation {
             property: "durability of committed entries",
             detail: format!(
-                "{} committed {commit} (term {term}) but only {durable} of {} voters have it on disk",
+                "{} committed {commit} (term {term}) but only {durable} of the {} voters it counted ({:?}) have it on disk",
                 self.ids[node],
-                current.voters.len()
+                counted.voters.len(),
+                counted.voters,
             ),
         })
     }
@@ -980,7 +979,9 @@ impl World {
         match request {
             Request::Command(command) => {
                 let data = Bytes::from(postcard::to_allocvec(&command).expect("commands encode"));
-                let raft = self.nodes[node].raft.as_mut().expect("node is up");
+                let n = &mut self.nodes[node];
+                let raft = n.raft.as_mut().expect("node is up");
+                n.step_membership = Some(raft.membership().clone());
                 let result = raft.step(Input::Propose {
                     commands: vec![data],
                     timestamp_ms: self.now_ms,
