@@ -2,6 +2,16 @@
 //! options are randomised per run, so a few hundred seeds cover many mixes).
 use crate::raft::SplitMix64;
 
+/// Nominal interval between a node's ticks; with skew each node's differs by up to
+/// [`TICK_SKEW_PERCENT_MAX`].
+pub const TICK_MS: u64 = 10;
+/// Most a node's tick interval differs from [`TICK_MS`], in percent: clocks of real
+/// machines run at slightly different rates, so election timeouts are not in lockstep.
+pub const TICK_SKEW_PERCENT_MAX: u64 = 20;
+/// Bounds of a long-tail message delay: long enough that terms move on meanwhile.
+pub const LONG_DELAY_MS_MIN: u64 = 500;
+pub const LONG_DELAY_MS_MAX: u64 = 5_000;
+
 /// Fault probabilities and rates of one run.
 #[derive(Clone, Debug)]
 pub struct FaultPlan {
@@ -13,6 +23,13 @@ pub struct FaultPlan {
     /// delays reorder messages.
     pub delay_ms_min: u64,
     pub delay_ms_max: u64,
+    /// Probability that a message takes a long-tail delay in
+    /// `[LONG_DELAY_MS_MIN, LONG_DELAY_MS_MAX]` instead (congestion, a retransmission
+    /// after a timeout): it arrives after elections have moved the terms on.
+    pub long_delay_probability: f64,
+    /// Each node's tick interval in milliseconds, within ±[`TICK_SKEW_PERCENT_MAX`] of
+    /// [`TICK_MS`] (all [`TICK_MS`] in runs without skew).
+    pub tick_ms: Vec<u64>,
     /// Disk write latency when the disk is fast, and when a node's disk is slow.
     pub disk_ms_fast: u64,
     pub disk_ms_slow_max: u64,
@@ -54,7 +71,7 @@ pub enum FaultKind {
 impl FaultPlan {
     /// Draws a plan. Every kind of fault is enabled in most runs; each is switched off in
     /// some so that runs without it exist too.
-    pub fn draw(rng: &mut SplitMix64) -> Self {
+    pub fn draw(rng: &mut SplitMix64, nodes: usize) -> Self {
         let mut weight = |base: u32| if rng.chance(0.85) { base } else { 0 };
         let weights = FaultWeights {
             partition_symmetric: weight(3),
@@ -67,6 +84,19 @@ impl FaultPlan {
             transfer_leader: weight(1),
         };
         let delay_ms_max = rng.range(1, 30);
+        let long_delay_probability = if rng.chance(0.7) {
+            rng.range(1, 20) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        let skew_ms_max = if rng.chance(0.8) {
+            TICK_MS * TICK_SKEW_PERCENT_MAX / 100
+        } else {
+            0
+        };
+        let tick_ms = (0..nodes)
+            .map(|_| rng.range(TICK_MS - skew_ms_max, TICK_MS + skew_ms_max + 1))
+            .collect();
         Self {
             drop_probability: if rng.chance(0.8) {
                 rng.range(0, 15) as f64 / 100.0
@@ -80,6 +110,8 @@ impl FaultPlan {
             },
             delay_ms_min: rng.range(0, delay_ms_max / 2 + 1),
             delay_ms_max,
+            long_delay_probability,
+            tick_ms,
             disk_ms_fast: rng.range(0, 2),
             disk_ms_slow_max: rng.range(5, 60),
             fault_interval_ms: rng.range(80, 800),

@@ -94,6 +94,8 @@ pub struct SimReport {
     pub committed_index: u64,
     pub leaders: usize,
     pub stats: world::Stats,
+    /// Each node's tick interval (skewed per node in most runs).
+    pub tick_ms: Vec<u64>,
     /// Virtual milliseconds from heal to a settled cluster.
     pub recovery_ms: u64,
 }
@@ -150,7 +152,7 @@ pub fn run(options: SimOptions) -> Result<SimReport, SimFailure> {
         .unwrap_or_else(|| [3, 5, 7][rng.range(0, 3) as usize]);
     let clients = rng.range(2, 6) as usize;
     let safety_ms = options.safety_ms.unwrap_or_else(|| rng.range(2_000, 6_000));
-    let plan = FaultPlan::draw(&mut rng);
+    let plan = FaultPlan::draw(&mut rng, nodes);
     let liveness_ms = options.liveness_ms;
     let seed = options.seed;
     if options.verbose {
@@ -231,6 +233,7 @@ pub fn run(options: SimOptions) -> Result<SimReport, SimFailure> {
         committed_index: world.checkers.committed_index(),
         leaders: world.checkers.leader_count(),
         stats: world.stats.clone(),
+        tick_ms: world.plan.tick_ms.clone(),
         recovery_ms,
     })
 }

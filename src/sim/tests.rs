@@ -47,6 +47,14 @@ fn simulator_seeds_pass() {
         "no snapshot was ever installed"
     );
     assert!(sum(|r| r.stats.messages_dropped) > 0, "no message loss");
+    assert!(sum(|r| r.stats.long_delays) > 0, "no long-tail delay");
+    assert!(
+        reports.iter().any(|r| {
+            let ticks = &r.tick_ms;
+            ticks.iter().min() != ticks.iter().max()
+        }),
+        "no run with skewed ticks"
+    );
     assert!(
         sum(|r| r.stats.fresh_starts) > 0,
         "no run formed its group from fresh nodes"

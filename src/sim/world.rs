@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::checks::{Checkers, Violation};
 use super::client::{History, InFlight, Outcome, SimClient};
-use super::faults::{FaultKind, FaultPlan};
+use super::faults::{FaultKind, FaultPlan, LONG_DELAY_MS_MAX, LONG_DELAY_MS_MIN};
 use super::node::{DiskWrite, Reply, Request, SimNode, Waiter, WaitingRead};
 use super::SimOptions;
 use crate::groups::formation::{Decision, Formation, FormationStatus};
@@ -23,7 +23,6 @@ use crate::raft::{
 };
 use crate::storage::{Storage, WriteBatch};
 
-const TICK_MS: u64 = 10;
 const CLIENT_TIMEOUT_MS: u64 = 400;
 const CLIENT_THINK_MS_MAX: u64 = 20;
 const KEYS: u64 = 3;
@@ -135,6 +134,8 @@ pub struct Stats {
     pub membership_changes: u64,
     pub transfers: u64,
     pub snapshots_installed: u64,
+    /// Messages that took a long-tail delay.
+    pub long_delays: u64,
     pub ops_completed: u64,
     /// Retries answered from the session table instead of being applied again.
     pub duplicates: u64,
@@ -212,7 +213,7 @@ impl World {
             }
             world.nodes[i].formation = world.formation_of(i, raft.is_fresh());
             world.nodes[i].raft = Some(raft);
-            let phase = world.rng.range(0, TICK_MS);
+            let phase = world.rng.range(0, world.plan.tick_ms[i]);
             world.schedule(
                 phase,
                 EventKind::Tick {
@@ -320,7 +321,8 @@ impl World {
             EventKind::Tick { node, incarnation } => {
                 if self.nodes[node].incarnation == incarnation && self.nodes[node].is_up() {
                     self.step_node(node, Input::Tick)?;
-                    self.schedule(TICK_MS, EventKind::Tick { node, incarnation });
+                    let tick_ms = self.plan.tick_ms[node];
+                    self.schedule(tick_ms, EventKind::Tick { node, incarnation });
                 }
             }
             EventKind::Deliver(m) => {
@@ -737,7 +739,9 @@ impl World {
     }
 
     fn send_formation(&mut self, from: usize, to: usize, status: FormationStatus) {
-        let delay = self.delay();
+        // A bond is one stream: its statuses never take a long-tail detour past a later
+        // bond's.
+        let delay = self.short_delay();
         self.schedule(delay, EventKind::Formation { from, to, status });
     }
 
@@ -819,7 +823,8 @@ impl World {
         n.raft = Some(raft);
         let incarnation = n.incarnation;
         self.note(format!("{id} restarts from disk"));
-        self.schedule(TICK_MS, EventKind::Tick { node, incarnation });
+        let tick_ms = self.plan.tick_ms[node];
+        self.schedule(tick_ms, EventKind::Tick { node, incarnation });
         self.update_reachability();
         let ready = self.nodes[node].raft.as_mut().map(Raft::ready);
         if let Some(ready) = ready {
@@ -844,7 +849,16 @@ impl World {
         self.schedule(delay, EventKind::Deliver(m));
     }
 
+    /// One-way delay of a message: usually short, sometimes a long tail.
     fn delay(&mut self) -> u64 {
+        if self.rng.chance(self.plan.long_delay_probability) {
+            self.stats.long_delays += 1;
+            return self.rng.range(LONG_DELAY_MS_MIN, LONG_DELAY_MS_MAX + 1);
+        }
+        self.short_delay()
+    }
+
+    fn short_delay(&mut self) -> u64 {
         self.rng
             .range(self.plan.delay_ms_min, self.plan.delay_ms_max + 1)
     }
@@ -1212,6 +1226,7 @@ impl World {
         self.faults_enabled = false;
         self.plan.drop_probability = 0.0;
         self.plan.duplicate_probability = 0.0;
+        self.plan.long_delay_probability = 0.0;
         self.blocked.clear();
         for n in &mut self.nodes {
             n.disk_slow_until_ms = 0;
