@@ -105,6 +105,11 @@ pub struct Checkers {
     positions: HashMap<(Index, Term), u64>,
     /// Committed prefix digests by index (index 0 = empty prefix), the same for everyone.
     committed: Vec<u64>,
+    /// For each committed index, a term by which it was known committed: the lowest term
+    /// of a node that reported it committed (a node learns of a commit in its own term or
+    /// later, so the leader that committed it led this term or an earlier one). Kept
+    /// non-decreasing: committing an index commits every index below it.
+    committed_by_term: Vec<Term>,
     /// State-machine safety (§5.4.3): digest of the entry applied at each index; `None`
     /// where no node has applied the index itself yet (another node skipped it through a
     /// snapshot). A gap is never a digest, so it cannot be mistaken for one.
@@ -116,6 +121,7 @@ impl Checkers {
     pub fn new() -> Self {
         Self {
             committed: vec![0],
+            committed_by_term: vec![0],
             applied: vec![None],
             ..Self::default()
         }
@@ -233,8 +239,8 @@ impl Checkers {
     }
 
     /// Committed entries never change (leader completeness, §5.4, seen from outside):
-    /// `node`'s commit index is now `commit`.
-    pub fn on_commit(&mut self, node: NodeId, commit: Index) -> Result<(), Violation> {
+    /// `node`, in `term`, has its commit index at `commit`.
+    pub fn on_commit(&mut self, node: NodeId, term: Term, commit: Index) -> Result<(), Violation> {
         let Some(mirror) = self.mirrors.get(&node) else {
             return Ok(());
         };
@@ -248,9 +254,19 @@ impl Checkers {
                 ));
             }
         }
+        // Everything up to `commit` was committed by `term` at the latest.
+        for by in self.committed_by_term[..=probe as usize].iter_mut().rev() {
+            if *by <= term {
+                break;
+            }
+            *by = term;
+        }
         for index in known + 1..=commit {
             match mirror.chain_at(index) {
-                Some(c) => self.committed.push(c),
+                Some(c) => {
+                    self.committed.push(c);
+                    self.committed_by_term.push(term);
+                }
                 None => {
                     return Err(violation(
                         "commit bound",
@@ -265,12 +281,18 @@ impl Checkers {
         Ok(())
     }
 
-    /// Leader completeness (§5.4): a new leader holds every entry committed so far.
+    /// Leader completeness (§5.4): the leader of `term` holds every entry committed in an
+    /// earlier term. Not every entry committed so far: a candidate of an old term may win
+    /// with votes that were delayed (or queued while it was paused) after later terms
+    /// committed more, which Raft allows; it steps down at the first newer message.
     pub fn on_leader_log(&self, node: NodeId, term: Term) -> Result<(), Violation> {
         let Some(mirror) = self.mirrors.get(&node) else {
             return Ok(());
         };
-        let known = self.committed.len() as Index - 1;
+        let earlier = self.committed_by_term.partition_point(|by| *by < term);
+        let Some(known) = (earlier as Index).checked_sub(1) else {
+            return Ok(());
+        };
         if mirror.last_index() < known {
             return Err(violation(
                 "leader completeness (Raft §5.4)",
@@ -402,8 +424,8 @@ mod tests {
         let mut c = Checkers::new();
         c.on_append(NodeId(1), &[e(1, 1, "a")]).unwrap();
         c.on_append(NodeId(2), &[e(1, 2, "b")]).unwrap();
-        c.on_commit(NodeId(1), 1).unwrap();
-        assert!(c.on_commit(NodeId(2), 1).is_err());
+        c.on_commit(NodeId(1), 1, 1).unwrap();
+        assert!(c.on_commit(NodeId(2), 2, 1).is_err());
         c.on_apply(NodeId(1), &e(1, 1, "a")).unwrap();
         assert!(c.on_apply(NodeId(2), &e(1, 2, "b")).is_err());
     }
@@ -424,10 +446,27 @@ mod tests {
         let mut c = Checkers::new();
         c.on_append(NodeId(1), &[e(1, 1, "a"), e(2, 1, "b")])
             .unwrap();
-        c.on_commit(NodeId(1), 2).unwrap();
+        c.on_commit(NodeId(1), 1, 2).unwrap();
         c.on_append(NodeId(2), &[e(1, 1, "a")]).unwrap();
         assert!(c.on_leader_log(NodeId(2), 2).is_err());
         assert!(c.on_leader_log(NodeId(1), 2).is_ok());
+        // A leader of the term of the commit (elected late with delayed votes) need not
+        // hold it.
+        assert!(c.on_leader_log(NodeId(2), 1).is_ok());
+    }
+
+    #[test]
+    fn a_commit_binds_leaders_of_later_terms_only() {
+        let mut c = Checkers::new();
+        c.on_append(NodeId(1), &[e(1, 3, "a")]).unwrap();
+        c.on_commit(NodeId(1), 3, 1).unwrap();
+        c.on_append(NodeId(2), &[e(1, 1, "x")]).unwrap();
+        assert!(c.on_leader_log(NodeId(2), 3).is_ok());
+        assert!(c.on_leader_log(NodeId(2), 4).is_err());
+        // A node still in term 2 knows it committed: term 3's leader must hold it too.
+        c.on_append(NodeId(3), &[e(1, 3, "a")]).unwrap();
+        c.on_commit(NodeId(3), 2, 1).unwrap();
+        assert!(c.on_leader_log(NodeId(2), 3).is_err());
     }
 
     #[test]

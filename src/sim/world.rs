@@ -621,9 +621,10 @@ impl World {
         let commit = raft.commit_index();
         let applied = raft.applied_index();
         let is_leader = raft.role() == Role::Leader;
+        let term = raft.term();
         if commit > self.nodes[node].last_commit_seen {
             self.nodes[node].last_commit_seen = commit;
-            self.checkers.on_commit(id, commit)?;
+            self.checkers.on_commit(id, term, commit)?;
             if is_leader {
                 self.check_durable_quorum(node, commit)?;
             }
