@@ -11,6 +11,9 @@ pub const TICK_SKEW_PERCENT_MAX: u64 = 20;
 /// Bounds of a long-tail message delay: long enough that terms move on meanwhile.
 pub const LONG_DELAY_MS_MIN: u64 = 500;
 pub const LONG_DELAY_MS_MAX: u64 = 5_000;
+/// Bounds of a pause (`docker pause`): from a few election timeouts to many.
+pub const PAUSE_MS_MIN: u64 = 50;
+pub const PAUSE_MS_MAX: u64 = 2_000;
 
 /// Fault probabilities and rates of one run.
 #[derive(Clone, Debug)]
@@ -51,6 +54,7 @@ pub struct FaultWeights {
     pub crash: u32,
     pub restart: u32,
     pub slow_disk: u32,
+    pub pause: u32,
     pub membership_change: u32,
     pub transfer_leader: u32,
 }
@@ -64,6 +68,8 @@ pub enum FaultKind {
     Crash,
     Restart,
     SlowDisk,
+    /// A node stops processing for a while; what is sent to it queues up.
+    Pause,
     MembershipChange,
     TransferLeader,
 }
@@ -80,6 +86,7 @@ impl FaultPlan {
             crash: weight(2),
             restart: 3,
             slow_disk: weight(2),
+            pause: weight(2),
             membership_change: weight(2),
             transfer_leader: weight(1),
         };
@@ -135,6 +142,7 @@ impl FaultPlan {
             (w.crash, FaultKind::Crash),
             (w.restart, FaultKind::Restart),
             (w.slow_disk, FaultKind::SlowDisk),
+            (w.pause, FaultKind::Pause),
             (w.membership_change, FaultKind::MembershipChange),
             (w.transfer_leader, FaultKind::TransferLeader),
         ];

@@ -2,8 +2,11 @@
 //! TigerBeetle's VOPR).
 //!
 //! One seed fixes everything: the cluster size (3, 5 or 7 unless given), the fault mix,
-//! every message delay, loss and duplicate, every partition, crash, slow disk, membership
-//! change and leader transfer, and every election timeout inside the cores. The nodes run
+//! every message delay (some take a long tail of seconds, so they arrive terms later),
+//! loss and duplicate, every partition, crash, pause (the node stops, what is sent to it
+//! queues up and arrives at once when it resumes, its timers fire late), slow disk,
+//! membership change and leader transfer, each node's tick interval (skewed by up to
+//! ±20 %), and every election timeout inside the cores. The nodes run
 //! the real [`Raft`](crate::raft::Raft) core and the real replicated key-value machine;
 //! only the network and the disk are simulated. A disk write becomes durable after a
 //! latency; a crash keeps a random prefix of the writes in flight and loses the rest.

@@ -1,13 +1,15 @@
 //! The simulated world: virtual time, an event queue, the network, nodes and clients.
 //! Everything happens in one thread in an order fixed by the seed.
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use bytes::Bytes;
 
 use super::checks::{Checkers, Violation};
 use super::client::{History, InFlight, Outcome, SimClient};
-use super::faults::{FaultKind, FaultPlan, LONG_DELAY_MS_MAX, LONG_DELAY_MS_MIN};
+use super::faults::{
+    FaultKind, FaultPlan, LONG_DELAY_MS_MAX, LONG_DELAY_MS_MIN, PAUSE_MS_MAX, PAUSE_MS_MIN,
+};
 use super::node::{DiskWrite, Reply, Request, SimNode, Waiter, WaitingRead};
 use super::SimOptions;
 use crate::groups::formation::{Decision, Formation, FormationStatus};
@@ -26,6 +28,9 @@ use crate::storage::{Storage, WriteBatch};
 const CLIENT_TIMEOUT_MS: u64 = 400;
 const CLIENT_THINK_MS_MAX: u64 = 20;
 const KEYS: u64 = 3;
+/// Most events a paused node queues; further messages to it are dropped, as a full
+/// socket buffer would. Ticks, disk completions and bond statuses are always kept.
+const PAUSE_BACKLOG_MAX: usize = 4096;
 
 #[derive(Clone, Debug)]
 enum EventKind {
@@ -64,6 +69,11 @@ enum EventKind {
     },
     EndSlowDisk {
         node: usize,
+    },
+    /// The end of a pause: the node's backlog is delivered.
+    Resume {
+        node: usize,
+        incarnation: u64,
     },
     /// A formation status on the bond `from`–`to` (fresh starts only).
     Formation {
@@ -115,6 +125,9 @@ pub struct World {
     blocked: BTreeSet<(NodeId, NodeId)>,
     /// Bonds up (both ends up, neither direction blocked), as pairs of indexes (i < j).
     bonds: BTreeSet<(usize, usize)>,
+    /// Paused nodes and what queued up for each, oldest first: a paused process takes no
+    /// tick, message or disk completion until it resumes (`docker pause`).
+    paused: BTreeMap<usize, Vec<EventKind>>,
     /// Fresh starts: the configured founding set (the first voters).
     founders: Option<BTreeSet<NodeId>>,
     pub faults_enabled: bool,
@@ -136,6 +149,9 @@ pub struct Stats {
     pub snapshots_installed: u64,
     /// Messages that took a long-tail delay.
     pub long_delays: u64,
+    /// Pauses, and the events queued during them that were delivered on resume.
+    pub pauses: u64,
+    pub backlog_delivered: u64,
     pub ops_completed: u64,
     /// Retries answered from the session table instead of being applied again.
     pub duplicates: u64,
@@ -171,6 +187,7 @@ impl World {
             checkers: Checkers::new(),
             blocked: BTreeSet::new(),
             bonds: BTreeSet::new(),
+            paused: BTreeMap::new(),
             founders: None,
             faults_enabled: true,
             clients_issue_new: true,
@@ -317,6 +334,24 @@ impl World {
     }
 
     fn dispatch(&mut self, kind: EventKind) -> Result<(), Violation> {
+        let target = match &kind {
+            EventKind::Tick { node, .. }
+            | EventKind::DiskDone { node, .. }
+            | EventKind::ToNode { node, .. } => Some(*node),
+            EventKind::Deliver(m) => Some((m.to.0 - 1) as usize),
+            EventKind::Formation { to, .. } => Some(*to),
+            _ => None,
+        };
+        if let Some(backlog) = target.and_then(|node| self.paused.get_mut(&node)) {
+            let message = matches!(kind, EventKind::Deliver(_) | EventKind::ToNode { .. });
+            if message && backlog.len() >= PAUSE_BACKLOG_MAX {
+                self.stats.messages_dropped += 1;
+            } else {
+                // Its next tick included: the node's timers fire late, at resume.
+                backlog.push(kind);
+            }
+            return Ok(());
+        }
         match kind {
             EventKind::Tick { node, incarnation } => {
                 if self.nodes[node].incarnation == incarnation && self.nodes[node].is_up() {
@@ -377,6 +412,11 @@ impl World {
                     self.nodes[node].disk_slow_until_ms = 0;
                 }
             }
+            EventKind::Resume { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.resume(node);
+                }
+            }
             EventKind::Formation { from, to, status } => {
                 if self.bonds.contains(&(from.min(to), from.max(to))) {
                     let decision = self.nodes[to]
@@ -394,6 +434,9 @@ impl World {
     // ----- nodes -----
 
     fn step_node(&mut self, node: usize, input: Input) -> Result<(), Violation> {
+        if self.paused.contains_key(&node) {
+            return Ok(()); // a paused process takes no input (an operator's command is lost)
+        }
         let n = &mut self.nodes[node];
         let Some(raft) = n.raft.as_mut() else {
             return Ok(());
@@ -781,6 +824,8 @@ impl World {
         }
         n.raft = None;
         n.incarnation += 1;
+        // A paused process that is killed loses what queued up for it.
+        self.paused.remove(&node);
         n.disk_busy_until_ms = 0;
         n.proposals.clear();
         n.reads.clear();
@@ -1163,6 +1208,26 @@ impl World {
                 self.schedule(until, EventKind::EndSlowDisk { node: victim });
                 self.note(format!("{} disk slow for {until} ms", self.ids[victim]));
             }
+            FaultKind::Pause => {
+                let unavailable =
+                    self.nodes.iter().filter(|x| !x.is_up()).count() + self.paused.len();
+                let victim = self.rng.range(0, n as u64) as usize;
+                let pausable = self.nodes[victim].is_up() && !self.paused.contains_key(&victim);
+                if unavailable < n.div_ceil(2) && pausable {
+                    let until = self.rng.range(PAUSE_MS_MIN, PAUSE_MS_MAX + 1);
+                    self.paused.insert(victim, Vec::new());
+                    let incarnation = self.nodes[victim].incarnation;
+                    self.schedule(
+                        until,
+                        EventKind::Resume {
+                            node: victim,
+                            incarnation,
+                        },
+                    );
+                    self.stats.pauses += 1;
+                    self.note(format!("{} paused for {until} ms", self.ids[victim]));
+                }
+            }
             FaultKind::MembershipChange => self.change_membership()?,
             FaultKind::TransferLeader => {
                 if let Some((leader, raft)) = self.current_leader() {
@@ -1178,6 +1243,22 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Ends a pause: everything that queued up is delivered now, in the order it came.
+    fn resume(&mut self, node: usize) {
+        let Some(backlog) = self.paused.remove(&node) else {
+            return;
+        };
+        self.stats.backlog_delivered += backlog.len() as u64;
+        self.note(format!(
+            "{} resumes; {} queued events delivered",
+            self.ids[node],
+            backlog.len()
+        ));
+        for kind in backlog {
+            self.schedule(0, kind);
+        }
     }
 
     fn current_leader(&self) -> Option<(usize, &Raft)> {
@@ -1233,6 +1314,10 @@ impl World {
             n.disk_slow_until_ms = 0;
         }
         self.note("heal: network whole, all nodes restarting, no more faults".into());
+        let paused: Vec<usize> = self.paused.keys().copied().collect();
+        for node in paused {
+            self.resume(node);
+        }
         for i in 0..self.nodes.len() {
             self.restart(i)?;
         }
