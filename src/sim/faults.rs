@@ -11,6 +11,10 @@ pub const TICK_SKEW_PERCENT_MAX: u64 = 20;
 /// Bounds of a long-tail message delay: long enough that terms move on meanwhile.
 pub const LONG_DELAY_MS_MIN: u64 = 500;
 pub const LONG_DELAY_MS_MAX: u64 = 5_000;
+/// Bounds of how long a client keeps retrying before it gives up: two to five of its
+/// timeouts (`CLIENT_TIMEOUT_MS` in `world.rs`).
+pub const CLIENT_GIVE_UP_MS_MIN: u64 = 800;
+pub const CLIENT_GIVE_UP_MS_MAX: u64 = 2_000;
 /// Bounds of a pause (`docker pause`): from a few election timeouts to many.
 pub const PAUSE_MS_MIN: u64 = 50;
 pub const PAUSE_MS_MAX: u64 = 2_000;
@@ -40,6 +44,10 @@ pub struct FaultPlan {
     pub fault_interval_ms: u64,
     /// Relative weights of the fault kinds (0 disables a kind for this run).
     pub weights: FaultWeights,
+    /// A client gives up on an operation at its first retry this long after the call,
+    /// records the outcome as unknown and goes on with its next sequence number; `None`:
+    /// clients retry until they get an answer.
+    pub client_give_up_ms: Option<u64>,
     /// Take a state-machine snapshot (and compact the log) every this many applied
     /// entries; `None` never.
     pub snapshot_every: Option<u64>,
@@ -122,6 +130,9 @@ impl FaultPlan {
             disk_ms_fast: rng.range(0, 2),
             disk_ms_slow_max: rng.range(5, 60),
             fault_interval_ms: rng.range(80, 800),
+            client_give_up_ms: rng
+                .chance(0.7)
+                .then(|| rng.range(CLIENT_GIVE_UP_MS_MIN, CLIENT_GIVE_UP_MS_MAX + 1)),
             weights,
             snapshot_every: match rng.range(0, 4) {
                 0 => None,

@@ -48,6 +48,7 @@ fn simulator_seeds_pass() {
     );
     assert!(sum(|r| r.stats.messages_dropped) > 0, "no message loss");
     assert!(sum(|r| r.stats.long_delays) > 0, "no long-tail delay");
+    assert!(sum(|r| r.stats.give_ups) > 0, "no client ever gave up");
     assert!(
         sum(|r| r.stats.pauses) > 0 && sum(|r| r.stats.backlog_delivered) > 0,
         "no pause, or no backlog delivered on resume"

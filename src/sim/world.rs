@@ -152,6 +152,8 @@ pub struct Stats {
     /// Pauses, and the events queued during them that were delivered on resume.
     pub pauses: u64,
     pub backlog_delivered: u64,
+    /// Operations whose clients gave up, leaving the outcome unknown.
+    pub give_ups: u64,
     pub ops_completed: u64,
     /// Retries answered from the session table instead of being applied again.
     pub duplicates: u64,
@@ -394,7 +396,19 @@ impl World {
             } => {
                 let current = self.clients[client].current.as_ref();
                 if current.is_some_and(|c| c.op == op && c.attempt == attempt) {
-                    self.send_attempt(client, None);
+                    let started_ms = current.map_or(self.now_ms, |c| c.started_ms);
+                    // Clients give up only under faults: after healing every operation
+                    // must complete, which is what the liveness phase checks.
+                    let give_up = self.faults_enabled
+                        && self
+                            .plan
+                            .client_give_up_ms
+                            .is_some_and(|after_ms| self.now_ms - started_ms >= after_ms);
+                    if give_up {
+                        self.give_up(client);
+                    } else {
+                        self.send_attempt(client, None);
+                    }
                 }
             }
             EventKind::ClientNext { client } => self.client_next(client),
@@ -983,8 +997,31 @@ impl World {
             op,
             request,
             attempt: 0,
+            started_ms: self.now_ms,
         });
         self.send_attempt(client, None);
+    }
+
+    /// The client stops retrying its operation: the history keeps it with an unknown
+    /// output (lincheck's convention for an operation that may or may not have taken
+    /// effect, at any time after its call), and the next operation takes the next
+    /// sequence number. A retry still in the network is answered `Stale` once the next
+    /// sequence is applied, or applies the command once before it, both of which the
+    /// unknown outcome allows.
+    fn give_up(&mut self, client: usize) {
+        let Some(current) = self.clients[client].current.take() else {
+            return;
+        };
+        self.stats.give_ups += 1;
+        if self.options.verbose {
+            let id = self.clients[client].id;
+            self.note(format!(
+                "{id:?} gives up on operation {} (outcome unknown)",
+                current.op
+            ));
+        }
+        let think = self.rng.range(0, CLIENT_THINK_MS_MAX);
+        self.schedule(think, EventKind::ClientNext { client });
     }
 
     fn send_attempt(&mut self, client: usize, target: Option<NodeId>) {
