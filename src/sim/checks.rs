@@ -115,6 +115,8 @@ pub struct Checkers {
     /// snapshot). A gap is never a digest, so it cannot be mistaken for one.
     applied: Vec<Option<u64>>,
     pub mirrors: BTreeMap<NodeId, LogMirror>,
+    /// Exactly-once (DESIGN §7.3): the index at which each (client, sequence) was applied.
+    commands_applied: HashMap<(u64, u64), Index>,
 }
 
 impl Checkers {
@@ -337,6 +339,34 @@ impl Checkers {
         Ok(())
     }
 
+    /// Exactly-once client commands (DESIGN §7.3): the session table applied `client`'s
+    /// command `seq` at `index` (a new sequence, not a duplicate); it must never apply it
+    /// at another index. `session_known`: whether the table held the client's session
+    /// just before, which tells a table bug from its documented bound.
+    pub fn on_command_applied(
+        &mut self,
+        node: NodeId,
+        client: u64,
+        seq: u64,
+        index: Index,
+        session_known: bool,
+    ) -> Result<(), Violation> {
+        let first = *self.commands_applied.entry((client, seq)).or_insert(index);
+        if first == index {
+            return Ok(());
+        }
+        let why = if session_known {
+            "although the table held its session: the session table is wrong"
+        } else {
+            "after its session was evicted or expired, the bound session.rs documents: \
+             the simulator's sessions_max or TTL leaves too little room"
+        };
+        Err(violation(
+            "exactly-once client commands (DESIGN §7.3)",
+            format!("{node} applied client {client}'s command {seq} at {index}, already applied at {first}, {why}"),
+        ))
+    }
+
     /// Configuration changes one at a time (thesis §4.1): a new configuration differs from
     /// the previous one by at most one voter, and a leader only appends one once the
     /// previous one is committed.
@@ -397,6 +427,17 @@ mod tests {
             timestamp_ms: 0,
             payload: EntryPayload::Command(Bytes::from(data.to_owned())),
         }
+    }
+
+    #[test]
+    fn a_command_applied_at_two_indexes_is_caught() {
+        let mut c = Checkers::new();
+        c.on_command_applied(NodeId(1), 7, 3, 10, false).unwrap();
+        // Every replica applies it at the same index.
+        c.on_command_applied(NodeId(2), 7, 3, 10, false).unwrap();
+        c.on_command_applied(NodeId(1), 7, 4, 11, true).unwrap();
+        assert!(c.on_command_applied(NodeId(1), 7, 3, 12, true).is_err());
+        assert!(c.on_command_applied(NodeId(1), 7, 4, 13, false).is_err());
     }
 
     #[test]

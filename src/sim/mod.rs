@@ -6,7 +6,10 @@
 //! loss and duplicate, every partition, crash, pause (the node stops, what is sent to it
 //! queues up and arrives at once when it resumes, its timers fire late), slow disk,
 //! membership change and leader transfer, each node's tick interval (skewed by up to
-//! ±20 %), and every election timeout inside the cores. The nodes run
+//! ±20 %), every election timeout inside the cores, and the clients: when they give up
+//! (the outcome stays unknown), when one leaves for a new one, and the session table's
+//! bounds (in some seeds one session above the concurrent clients, so sessions are
+//! evicted, and a TTL, so they expire). The nodes run
 //! the real [`Raft`](crate::raft::Raft) core and the real replicated key-value machine;
 //! only the network and the disk are simulated. A disk write becomes durable after a
 //! latency; a crash keeps a random prefix of the writes in flight and loses the rest.

@@ -2,13 +2,15 @@
 //! Everything happens in one thread in an order fixed by the seed.
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::num::NonZeroU32;
 
 use bytes::Bytes;
 
 use super::checks::{Checkers, Violation};
 use super::client::{History, InFlight, Outcome, SimClient};
 use super::faults::{
-    FaultKind, FaultPlan, LONG_DELAY_MS_MAX, LONG_DELAY_MS_MIN, PAUSE_MS_MAX, PAUSE_MS_MIN,
+    FaultKind, FaultPlan, CLIENT_RETIRE_PROBABILITY, CLIENT_TIMEOUT_MS, LONG_DELAY_MS_MAX,
+    LONG_DELAY_MS_MIN, PAUSE_MS_MAX, PAUSE_MS_MIN,
 };
 use super::node::{DiskWrite, Reply, Request, SimNode, Waiter, WaitingRead};
 use super::SimOptions;
@@ -17,15 +19,14 @@ use crate::lincheck::kv::KvOutput as LinOutput;
 use crate::lincheck::Operation;
 use crate::machine::{
     ApplyContext, ClientId, KvQuery, KvQueryResult, KvStore, ReplicatedKv, SessionCommand,
-    Sessions, StateMachine,
+    SessionConfig, SessionOutput, Sessions, StateMachine,
 };
 use crate::raft::{
-    EntryPayload, Event, Input, Membership, MembershipChange, Message, NodeId, Raft, RaftConfig,
-    Ready, Role, SplitMix64,
+    EntryPayload, Event, Index, Input, Membership, MembershipChange, Message, NodeId, Raft,
+    RaftConfig, Ready, Role, SplitMix64,
 };
 use crate::storage::{Storage, WriteBatch};
 
-const CLIENT_TIMEOUT_MS: u64 = 400;
 const CLIENT_THINK_MS_MAX: u64 = 20;
 const KEYS: u64 = 3;
 /// Most events a paused node queues; further messages to it are dropped, as a full
@@ -134,6 +135,13 @@ pub struct World {
     pub clients_issue_new: bool,
     next_write_id: u64,
     next_read_id: u64,
+    /// Bounds of every replica's session table.
+    session_config: SessionConfig,
+    /// Every client id of the run, departed ones included (for counting evictions).
+    client_ids: Vec<ClientId>,
+    last_retirement_ms: Option<u64>,
+    /// Indexes up to here had their session evictions and expiries counted.
+    session_drops_counted_through: Index,
     pub log: Vec<String>,
     pub stats: Stats,
 }
@@ -154,6 +162,11 @@ pub struct Stats {
     pub backlog_delivered: u64,
     /// Operations whose clients gave up, leaving the outcome unknown.
     pub give_ups: u64,
+    /// Clients that left and were replaced by a new one, and sessions the replicas'
+    /// tables dropped because they were full or idle past the TTL.
+    pub client_departures: u64,
+    pub sessions_evicted: u64,
+    pub sessions_expired: u64,
     pub ops_completed: u64,
     /// Retries answered from the session table instead of being applied again.
     pub duplicates: u64,
@@ -172,7 +185,20 @@ impl World {
         clients: usize,
     ) -> Self {
         let ids: Vec<NodeId> = (1..=nodes as u64).map(NodeId).collect();
-        let machine = || Sessions::new(KvStore::new());
+        // A small table holds one session more than there are clients at any time: never
+        // fewer, or live clients would evict each other and a retry apply twice, which
+        // session.rs documents as the table's bound; churn brings more clients through
+        // (see `FaultPlan::client_retire_spacing_ms`).
+        let session_config = SessionConfig {
+            sessions_max: if plan.small_session_table {
+                NonZeroU32::MIN.saturating_add(clients as u32)
+            } else {
+                SessionConfig::default().sessions_max
+            },
+            session_ttl_ms: plan.session_ttl_ms,
+        };
+        let machine = || Sessions::with_config(KvStore::new(), session_config);
+        let client_ids: Vec<ClientId> = (1..=clients as u64).map(ClientId).collect();
         let mut world = Self {
             options,
             plan,
@@ -182,9 +208,11 @@ impl World {
             next_seq: 0,
             nodes: ids.iter().map(|_| SimNode::new(machine())).collect(),
             ids: ids.clone(),
-            clients: (0..clients)
-                .map(|c| SimClient::new(ClientId(c as u64 + 1)))
-                .collect(),
+            clients: client_ids.iter().map(|id| SimClient::new(*id)).collect(),
+            client_ids,
+            last_retirement_ms: None,
+            session_drops_counted_through: 0,
+            session_config,
             history: Vec::new(),
             checkers: Checkers::new(),
             blocked: BTreeSet::new(),
@@ -569,7 +597,7 @@ impl World {
                             property: "committed commands decode",
                             detail: format!("{id}: entry {} does not decode: {e}", entry.index),
                         })?;
-                    Some(self.nodes[node].machine.apply(command, &ctx))
+                    Some(self.apply_command(node, command, &ctx)?)
                 }
                 _ => None,
             };
@@ -865,7 +893,7 @@ impl World {
                 property: "recovery",
                 detail: format!("{id}: storage cannot recover: {e}"),
             })?;
-        let mut machine: ReplicatedKv = Sessions::new(KvStore::new());
+        let mut machine: ReplicatedKv = Sessions::with_config(KvStore::new(), self.session_config);
         if let Some(s) = &state.snapshot {
             machine.restore(&s.data).map_err(|e| Violation {
                 property: "recovery",
@@ -969,11 +997,15 @@ impl World {
         if self.rng.chance(self.plan.drop_probability) {
             return;
         }
+        // A client that left gets no answer: its process is gone.
+        let Some(client) = self.clients.iter().position(|c| c.id == waiter.client) else {
+            return;
+        };
         let delay = self.delay();
         self.schedule(
             delay,
             EventKind::ToClient {
-                client: (waiter.client.0 - 1) as usize,
+                client,
                 op: waiter.op,
                 reply,
             },
@@ -1020,8 +1052,82 @@ impl World {
                 current.op
             ));
         }
+        self.maybe_retire(client);
         let think = self.rng.range(0, CLIENT_THINK_MS_MAX);
         self.schedule(think, EventKind::ClientNext { client });
+    }
+
+    /// Between operations, a client may leave and a new one (new id, new session, the
+    /// sequence from 1) take its place, so that more clients than the session table holds
+    /// pass through the run. Departures are spaced (`FaultPlan::client_retire_spacing_ms`)
+    /// so that eviction never drops a session whose client may still have a command in
+    /// flight.
+    fn maybe_retire(&mut self, client: usize) {
+        let Some(spacing_ms) = self.plan.client_retire_spacing_ms() else {
+            return;
+        };
+        if !self.faults_enabled
+            || self
+                .last_retirement_ms
+                .is_some_and(|at_ms| self.now_ms - at_ms < spacing_ms)
+            || !self.rng.chance(CLIENT_RETIRE_PROBABILITY)
+        {
+            return;
+        }
+        let id = ClientId(self.client_ids.len() as u64 + 1);
+        self.client_ids.push(id);
+        self.last_retirement_ms = Some(self.now_ms);
+        self.stats.client_departures += 1;
+        let old = std::mem::replace(&mut self.clients[client], SimClient::new(id));
+        self.note(format!("{:?} leaves; {id:?} takes its place", old.id));
+    }
+
+    /// Applies a client command on `node`'s machine, checking exactly-once and counting
+    /// the sessions the table dropped (once per index, on the first node to apply it).
+    fn apply_command(
+        &mut self,
+        node: usize,
+        command: SessionCommand<crate::machine::KvCommand>,
+        ctx: &ApplyContext,
+    ) -> Result<SessionOutput<crate::machine::KvOutput>, Violation> {
+        let (client, seq) = (command.client, command.seq);
+        let machine = &mut self.nodes[node].machine;
+        let session_known = machine.session(client).is_some();
+        let count_drops = ctx.index > self.session_drops_counted_through;
+        let before: Vec<(ClientId, crate::machine::SessionInfo)> = if count_drops {
+            self.client_ids
+                .iter()
+                .filter_map(|id| machine.session(*id).map(|info| (*id, info)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let output = machine.apply(command, ctx);
+        if count_drops {
+            self.session_drops_counted_through = ctx.index;
+            let clock_ms = machine.clock_ms();
+            let ttl_ms = self.session_config.session_ttl_ms;
+            for (id, info) in before {
+                if id == client || machine.session(id).is_some() {
+                    continue;
+                }
+                if ttl_ms.is_some_and(|ttl_ms| clock_ms - info.last_seen_ms > ttl_ms) {
+                    self.stats.sessions_expired += 1;
+                } else {
+                    self.stats.sessions_evicted += 1;
+                }
+            }
+        }
+        if matches!(output, SessionOutput::Applied(_)) {
+            self.checkers.on_command_applied(
+                self.ids[node],
+                client.0,
+                seq,
+                ctx.index,
+                session_known,
+            )?;
+        }
+        Ok(output)
     }
 
     fn send_attempt(&mut self, client: usize, target: Option<NodeId>) {
@@ -1143,6 +1249,7 @@ impl World {
                 record.output = output;
                 record.return_time = self.step;
                 self.stats.ops_completed += 1;
+                self.maybe_retire(client);
                 let think = self.rng.range(0, CLIENT_THINK_MS_MAX);
                 self.schedule(think, EventKind::ClientNext { client });
             }
