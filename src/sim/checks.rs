@@ -105,16 +105,26 @@ pub struct Checkers {
     positions: HashMap<(Index, Term), u64>,
     /// Committed prefix digests by index (index 0 = empty prefix), the same for everyone.
     committed: Vec<u64>,
-    /// State-machine safety (§5.4.3): digest of the entry applied at each index.
-    applied: Vec<u64>,
+    /// For each committed index, a term by which it was known committed: the lowest term
+    /// of a node that reported it committed (a node learns of a commit in its own term or
+    /// later, so the leader that committed it led this term or an earlier one). Kept
+    /// non-decreasing: committing an index commits every index below it.
+    committed_by_term: Vec<Term>,
+    /// State-machine safety (§5.4.3): digest of the entry applied at each index; `None`
+    /// where no node has applied the index itself yet (another node skipped it through a
+    /// snapshot). A gap is never a digest, so it cannot be mistaken for one.
+    applied: Vec<Option<u64>>,
     pub mirrors: BTreeMap<NodeId, LogMirror>,
+    /// Exactly-once (DESIGN §7.3): the index at which each (client, sequence) was applied.
+    commands_applied: HashMap<(u64, u64), Index>,
 }
 
 impl Checkers {
     pub fn new() -> Self {
         Self {
             committed: vec![0],
-            applied: vec![0],
+            committed_by_term: vec![0],
+            applied: vec![None],
             ..Self::default()
         }
     }
@@ -231,8 +241,8 @@ impl Checkers {
     }
 
     /// Committed entries never change (leader completeness, §5.4, seen from outside):
-    /// `node`'s commit index is now `commit`.
-    pub fn on_commit(&mut self, node: NodeId, commit: Index) -> Result<(), Violation> {
+    /// `node`, in `term`, has its commit index at `commit`.
+    pub fn on_commit(&mut self, node: NodeId, term: Term, commit: Index) -> Result<(), Violation> {
         let Some(mirror) = self.mirrors.get(&node) else {
             return Ok(());
         };
@@ -246,9 +256,19 @@ impl Checkers {
                 ));
             }
         }
+        // Everything up to `commit` was committed by `term` at the latest.
+        for by in self.committed_by_term[..=probe as usize].iter_mut().rev() {
+            if *by <= term {
+                break;
+            }
+            *by = term;
+        }
         for index in known + 1..=commit {
             match mirror.chain_at(index) {
-                Some(c) => self.committed.push(c),
+                Some(c) => {
+                    self.committed.push(c);
+                    self.committed_by_term.push(term);
+                }
                 None => {
                     return Err(violation(
                         "commit bound",
@@ -263,12 +283,18 @@ impl Checkers {
         Ok(())
     }
 
-    /// Leader completeness (§5.4): a new leader holds every entry committed so far.
+    /// Leader completeness (§5.4): the leader of `term` holds every entry committed in an
+    /// earlier term. Not every entry committed so far: a candidate of an old term may win
+    /// with votes that were delayed (or queued while it was paused) after later terms
+    /// committed more, which Raft allows; it steps down at the first newer message.
     pub fn on_leader_log(&self, node: NodeId, term: Term) -> Result<(), Violation> {
         let Some(mirror) = self.mirrors.get(&node) else {
             return Ok(());
         };
-        let known = self.committed.len() as Index - 1;
+        let earlier = self.committed_by_term.partition_point(|by| *by < term);
+        let Some(known) = (earlier as Index).checked_sub(1) else {
+            return Ok(());
+        };
         if mirror.last_index() < known {
             return Err(violation(
                 "leader completeness (Raft §5.4)",
@@ -293,8 +319,12 @@ impl Checkers {
     pub fn on_apply(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
         let d = entry_digest(entry);
         let i = entry.index as usize;
-        if i < self.applied.len() {
-            if self.applied[i] != d {
+        if i >= self.applied.len() {
+            // Indexes in between were applied through a snapshot: no digest seen yet.
+            self.applied.resize(i + 1, None);
+        }
+        match self.applied[i] {
+            Some(known) if known != d => {
                 return Err(violation(
                     "state-machine safety (Raft §5.4.3)",
                     format!(
@@ -303,14 +333,38 @@ impl Checkers {
                     ),
                 ));
             }
-        } else if i == self.applied.len() {
-            self.applied.push(d);
-        } else {
-            // Another node applied through a snapshot; fill the gap lazily.
-            self.applied.resize(i, u64::MAX);
-            self.applied.push(d);
+            Some(_) => {}
+            None => self.applied[i] = Some(d),
         }
         Ok(())
+    }
+
+    /// Exactly-once client commands (DESIGN §7.3): the session table applied `client`'s
+    /// command `seq` at `index` (a new sequence, not a duplicate); it must never apply it
+    /// at another index. `session_known`: whether the table held the client's session
+    /// just before, which tells a table bug from its documented bound.
+    pub fn on_command_applied(
+        &mut self,
+        node: NodeId,
+        client: u64,
+        seq: u64,
+        index: Index,
+        session_known: bool,
+    ) -> Result<(), Violation> {
+        let first = *self.commands_applied.entry((client, seq)).or_insert(index);
+        if first == index {
+            return Ok(());
+        }
+        let why = if session_known {
+            "although the table held its session: the session table is wrong"
+        } else {
+            "after its session was evicted or expired, the bound session.rs documents: \
+             the simulator's sessions_max or TTL leaves too little room"
+        };
+        Err(violation(
+            "exactly-once client commands (DESIGN §7.3)",
+            format!("{node} applied client {client}'s command {seq} at {index}, already applied at {first}, {why}"),
+        ))
     }
 
     /// Configuration changes one at a time (thesis §4.1): a new configuration differs from
@@ -376,6 +430,17 @@ mod tests {
     }
 
     #[test]
+    fn a_command_applied_at_two_indexes_is_caught() {
+        let mut c = Checkers::new();
+        c.on_command_applied(NodeId(1), 7, 3, 10, false).unwrap();
+        // Every replica applies it at the same index.
+        c.on_command_applied(NodeId(2), 7, 3, 10, false).unwrap();
+        c.on_command_applied(NodeId(1), 7, 4, 11, true).unwrap();
+        assert!(c.on_command_applied(NodeId(1), 7, 3, 12, true).is_err());
+        assert!(c.on_command_applied(NodeId(1), 7, 4, 13, false).is_err());
+    }
+
+    #[test]
     fn two_leaders_in_one_term_are_caught() {
         let mut c = Checkers::new();
         c.on_leader(NodeId(1), 3).unwrap();
@@ -400,10 +465,21 @@ mod tests {
         let mut c = Checkers::new();
         c.on_append(NodeId(1), &[e(1, 1, "a")]).unwrap();
         c.on_append(NodeId(2), &[e(1, 2, "b")]).unwrap();
-        c.on_commit(NodeId(1), 1).unwrap();
-        assert!(c.on_commit(NodeId(2), 1).is_err());
+        c.on_commit(NodeId(1), 1, 1).unwrap();
+        assert!(c.on_commit(NodeId(2), 2, 1).is_err());
         c.on_apply(NodeId(1), &e(1, 1, "a")).unwrap();
         assert!(c.on_apply(NodeId(2), &e(1, 2, "b")).is_err());
+    }
+
+    #[test]
+    fn a_gap_in_applied_indexes_is_filled_by_the_first_apply() {
+        let mut c = Checkers::new();
+        // Node 1 applied 3 after a snapshot at 2: indexes 1 and 2 are gaps, not digests.
+        c.on_apply(NodeId(1), &e(3, 1, "c")).unwrap();
+        c.on_apply(NodeId(2), &e(1, 1, "a")).unwrap();
+        c.on_apply(NodeId(2), &e(2, 1, "b")).unwrap();
+        c.on_apply(NodeId(2), &e(3, 1, "c")).unwrap();
+        assert!(c.on_apply(NodeId(3), &e(2, 2, "x")).is_err());
     }
 
     #[test]
@@ -411,10 +487,27 @@ mod tests {
         let mut c = Checkers::new();
         c.on_append(NodeId(1), &[e(1, 1, "a"), e(2, 1, "b")])
             .unwrap();
-        c.on_commit(NodeId(1), 2).unwrap();
+        c.on_commit(NodeId(1), 1, 2).unwrap();
         c.on_append(NodeId(2), &[e(1, 1, "a")]).unwrap();
         assert!(c.on_leader_log(NodeId(2), 2).is_err());
         assert!(c.on_leader_log(NodeId(1), 2).is_ok());
+        // A leader of the term of the commit (elected late with delayed votes) need not
+        // hold it.
+        assert!(c.on_leader_log(NodeId(2), 1).is_ok());
+    }
+
+    #[test]
+    fn a_commit_binds_leaders_of_later_terms_only() {
+        let mut c = Checkers::new();
+        c.on_append(NodeId(1), &[e(1, 3, "a")]).unwrap();
+        c.on_commit(NodeId(1), 3, 1).unwrap();
+        c.on_append(NodeId(2), &[e(1, 1, "x")]).unwrap();
+        assert!(c.on_leader_log(NodeId(2), 3).is_ok());
+        assert!(c.on_leader_log(NodeId(2), 4).is_err());
+        // A node still in term 2 knows it committed: term 3's leader must hold it too.
+        c.on_append(NodeId(3), &[e(1, 3, "a")]).unwrap();
+        c.on_commit(NodeId(3), 2, 1).unwrap();
+        assert!(c.on_leader_log(NodeId(2), 3).is_err());
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Simulated clients: they issue key-value operations one at a time, retry through leader
-//! changes and lost messages with the same sequence number, and record what they saw.
+//! changes and lost messages with the same sequence number, and record what they saw. In
+//! some runs a client gives up on an operation after a while: its outcome stays unknown in
+//! the history (it may or may not have taken effect) and the client goes on with its next
+//! sequence number, never reusing the one it gave up on.
 use crate::lincheck::kv::{KvInput, KvOutput as LinOutput};
 use crate::lincheck::Operation;
 use crate::machine::{ClientId, KvCommand, KvOutput, SessionOutput};
@@ -14,6 +17,8 @@ pub struct InFlight {
     pub op: usize,
     pub request: Request,
     pub attempt: u64,
+    /// Virtual time of the call, for giving up.
+    pub started_ms: u64,
 }
 
 pub struct SimClient {

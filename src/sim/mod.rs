@@ -2,8 +2,14 @@
 //! TigerBeetle's VOPR).
 //!
 //! One seed fixes everything: the cluster size (3, 5 or 7 unless given), the fault mix,
-//! every message delay, loss and duplicate, every partition, crash, slow disk, membership
-//! change and leader transfer, and every election timeout inside the cores. The nodes run
+//! every message delay (some take a long tail of seconds, so they arrive terms later),
+//! loss and duplicate, every partition, crash, pause (the node stops, what is sent to it
+//! queues up and arrives at once when it resumes, its timers fire late), slow disk,
+//! membership change and leader transfer, each node's tick interval (skewed by up to
+//! ±20 %), every election timeout inside the cores, and the clients: when they give up
+//! (the outcome stays unknown), when one leaves for a new one, and the session table's
+//! bounds (in some seeds one session above the concurrent clients, so sessions are
+//! evicted, and a TTL, so they expire). The nodes run
 //! the real [`Raft`](crate::raft::Raft) core and the real replicated key-value machine;
 //! only the network and the disk are simulated. A disk write becomes durable after a
 //! latency; a crash keeps a random prefix of the writes in flight and loses the rest.
@@ -94,6 +100,8 @@ pub struct SimReport {
     pub committed_index: u64,
     pub leaders: usize,
     pub stats: world::Stats,
+    /// Each node's tick interval (skewed per node in most runs).
+    pub tick_ms: Vec<u64>,
     /// Virtual milliseconds from heal to a settled cluster.
     pub recovery_ms: u64,
 }
@@ -150,7 +158,7 @@ pub fn run(options: SimOptions) -> Result<SimReport, SimFailure> {
         .unwrap_or_else(|| [3, 5, 7][rng.range(0, 3) as usize]);
     let clients = rng.range(2, 6) as usize;
     let safety_ms = options.safety_ms.unwrap_or_else(|| rng.range(2_000, 6_000));
-    let plan = FaultPlan::draw(&mut rng);
+    let plan = FaultPlan::draw(&mut rng, nodes);
     let liveness_ms = options.liveness_ms;
     let seed = options.seed;
     if options.verbose {
@@ -231,6 +239,7 @@ pub fn run(options: SimOptions) -> Result<SimReport, SimFailure> {
         committed_index: world.checkers.committed_index(),
         leaders: world.checkers.leader_count(),
         stats: world.stats.clone(),
+        tick_ms: world.plan.tick_ms.clone(),
         recovery_ms,
     })
 }

@@ -48,10 +48,12 @@ pub struct SimNode {
     pub waiting_reads: Vec<WaitingRead>,
     pub last_snapshot_index: Index,
     pub last_commit_seen: Index,
-    /// The configuration before the latest one (a commit in the same step as a new
-    /// configuration was counted under this one).
-    pub previous_membership: Option<crate::raft::Membership>,
-    pub current_membership: Option<crate::raft::Membership>,
+    /// The configuration in force when the core took its latest input: the one a leader
+    /// counts a commit under in that step. The core counts (`maybe_commit` over its
+    /// membership, `src/raft/replication.rs`) before any configuration it appends in the
+    /// same step (an automatic promotion follows the count), and appends nothing before
+    /// it, so this is exactly the configuration of the quorum it used.
+    pub step_membership: Option<crate::raft::Membership>,
     /// Found, join or wait, as the runtime decides it (fresh starts).
     pub formation: crate::groups::formation::Formation,
 }
@@ -71,8 +73,7 @@ impl SimNode {
             waiting_reads: Vec::new(),
             last_snapshot_index: 0,
             last_commit_seen: 0,
-            previous_membership: None,
-            current_membership: None,
+            step_membership: None,
             formation: crate::groups::formation::Formation::new(NodeId(0), None, false),
         }
     }

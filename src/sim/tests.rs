@@ -35,6 +35,25 @@ fn simulator_seeds_pass() {
     );
     // The runs must actually have exercised the faults and made progress.
     let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
+    eprintln!(
+        "sim: {count} seeds: {} crashes, {} partitions, {} pauses ({} events queued and \
+         delivered on resume), {} long-tail delays, {} runs with skewed ticks, {} give-ups, \
+         {} client departures, {} sessions evicted, {} expired, {} retries deduplicated",
+        sum(|r| r.stats.crashes),
+        sum(|r| r.stats.partitions),
+        sum(|r| r.stats.pauses),
+        sum(|r| r.stats.backlog_delivered),
+        sum(|r| r.stats.long_delays),
+        reports
+            .iter()
+            .filter(|r| r.tick_ms.iter().min() != r.tick_ms.iter().max())
+            .count(),
+        sum(|r| r.stats.give_ups),
+        sum(|r| r.stats.client_departures),
+        sum(|r| r.stats.sessions_evicted),
+        sum(|r| r.stats.sessions_expired),
+        sum(|r| r.stats.duplicates),
+    );
     assert!(sum(|r| r.stats.crashes) > 0, "no crashes injected");
     assert!(sum(|r| r.stats.partitions) > 0, "no partitions injected");
     assert!(
@@ -47,6 +66,27 @@ fn simulator_seeds_pass() {
         "no snapshot was ever installed"
     );
     assert!(sum(|r| r.stats.messages_dropped) > 0, "no message loss");
+    assert!(sum(|r| r.stats.long_delays) > 0, "no long-tail delay");
+    assert!(sum(|r| r.stats.give_ups) > 0, "no client ever gave up");
+    assert!(
+        sum(|r| r.stats.sessions_evicted) > 0,
+        "no session was ever evicted"
+    );
+    assert!(
+        sum(|r| r.stats.sessions_expired) > 0,
+        "no session ever expired"
+    );
+    assert!(
+        sum(|r| r.stats.pauses) > 0 && sum(|r| r.stats.backlog_delivered) > 0,
+        "no pause, or no backlog delivered on resume"
+    );
+    assert!(
+        reports.iter().any(|r| {
+            let ticks = &r.tick_ms;
+            ticks.iter().min() != ticks.iter().max()
+        }),
+        "no run with skewed ticks"
+    );
     assert!(
         sum(|r| r.stats.fresh_starts) > 0,
         "no run formed its group from fresh nodes"

@@ -1,13 +1,17 @@
 //! The simulated world: virtual time, an event queue, the network, nodes and clients.
 //! Everything happens in one thread in an order fixed by the seed.
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::num::NonZeroU32;
 
 use bytes::Bytes;
 
 use super::checks::{Checkers, Violation};
 use super::client::{History, InFlight, Outcome, SimClient};
-use super::faults::{FaultKind, FaultPlan};
+use super::faults::{
+    FaultKind, FaultPlan, CLIENT_RETIRE_PROBABILITY, CLIENT_TIMEOUT_MS, LONG_DELAY_MS_MAX,
+    LONG_DELAY_MS_MIN, PAUSE_MS_MAX, PAUSE_MS_MIN,
+};
 use super::node::{DiskWrite, Reply, Request, SimNode, Waiter, WaitingRead};
 use super::SimOptions;
 use crate::groups::formation::{Decision, Formation, FormationStatus};
@@ -15,18 +19,19 @@ use crate::lincheck::kv::KvOutput as LinOutput;
 use crate::lincheck::Operation;
 use crate::machine::{
     ApplyContext, ClientId, KvQuery, KvQueryResult, KvStore, ReplicatedKv, SessionCommand,
-    Sessions, StateMachine,
+    SessionConfig, SessionOutput, Sessions, StateMachine,
 };
 use crate::raft::{
-    EntryPayload, Event, Input, Membership, MembershipChange, Message, NodeId, Raft, RaftConfig,
-    Ready, Role, SplitMix64,
+    EntryPayload, Event, Index, Input, Membership, MembershipChange, Message, NodeId, Raft,
+    RaftConfig, Ready, Role, SplitMix64,
 };
 use crate::storage::{Storage, WriteBatch};
 
-const TICK_MS: u64 = 10;
-const CLIENT_TIMEOUT_MS: u64 = 400;
 const CLIENT_THINK_MS_MAX: u64 = 20;
 const KEYS: u64 = 3;
+/// Most events a paused node queues; further messages to it are dropped, as a full
+/// socket buffer would. Ticks, disk completions and bond statuses are always kept.
+const PAUSE_BACKLOG_MAX: usize = 4096;
 
 #[derive(Clone, Debug)]
 enum EventKind {
@@ -65,6 +70,11 @@ enum EventKind {
     },
     EndSlowDisk {
         node: usize,
+    },
+    /// The end of a pause: the node's backlog is delivered.
+    Resume {
+        node: usize,
+        incarnation: u64,
     },
     /// A formation status on the bond `from`–`to` (fresh starts only).
     Formation {
@@ -116,12 +126,22 @@ pub struct World {
     blocked: BTreeSet<(NodeId, NodeId)>,
     /// Bonds up (both ends up, neither direction blocked), as pairs of indexes (i < j).
     bonds: BTreeSet<(usize, usize)>,
+    /// Paused nodes and what queued up for each, oldest first: a paused process takes no
+    /// tick, message or disk completion until it resumes (`docker pause`).
+    paused: BTreeMap<usize, Vec<EventKind>>,
     /// Fresh starts: the configured founding set (the first voters).
     founders: Option<BTreeSet<NodeId>>,
     pub faults_enabled: bool,
     pub clients_issue_new: bool,
     next_write_id: u64,
     next_read_id: u64,
+    /// Bounds of every replica's session table.
+    session_config: SessionConfig,
+    /// Every client id of the run, departed ones included (for counting evictions).
+    client_ids: Vec<ClientId>,
+    last_retirement_ms: Option<u64>,
+    /// Indexes up to here had their session evictions and expiries counted.
+    session_drops_counted_through: Index,
     pub log: Vec<String>,
     pub stats: Stats,
 }
@@ -135,6 +155,18 @@ pub struct Stats {
     pub membership_changes: u64,
     pub transfers: u64,
     pub snapshots_installed: u64,
+    /// Messages that took a long-tail delay.
+    pub long_delays: u64,
+    /// Pauses, and the events queued during them that were delivered on resume.
+    pub pauses: u64,
+    pub backlog_delivered: u64,
+    /// Operations whose clients gave up, leaving the outcome unknown.
+    pub give_ups: u64,
+    /// Clients that left and were replaced by a new one, and sessions the replicas'
+    /// tables dropped because they were full or idle past the TTL.
+    pub client_departures: u64,
+    pub sessions_evicted: u64,
+    pub sessions_expired: u64,
     pub ops_completed: u64,
     /// Retries answered from the session table instead of being applied again.
     pub duplicates: u64,
@@ -153,7 +185,20 @@ impl World {
         clients: usize,
     ) -> Self {
         let ids: Vec<NodeId> = (1..=nodes as u64).map(NodeId).collect();
-        let machine = || Sessions::new(KvStore::new());
+        // A small table holds one session more than there are clients at any time: never
+        // fewer, or live clients would evict each other and a retry apply twice, which
+        // session.rs documents as the table's bound; churn brings more clients through
+        // (see `FaultPlan::client_retire_spacing_ms`).
+        let session_config = SessionConfig {
+            sessions_max: if plan.small_session_table {
+                NonZeroU32::MIN.saturating_add(clients as u32)
+            } else {
+                SessionConfig::default().sessions_max
+            },
+            session_ttl_ms: plan.session_ttl_ms,
+        };
+        let machine = || Sessions::with_config(KvStore::new(), session_config);
+        let client_ids: Vec<ClientId> = (1..=clients as u64).map(ClientId).collect();
         let mut world = Self {
             options,
             plan,
@@ -163,13 +208,16 @@ impl World {
             next_seq: 0,
             nodes: ids.iter().map(|_| SimNode::new(machine())).collect(),
             ids: ids.clone(),
-            clients: (0..clients)
-                .map(|c| SimClient::new(ClientId(c as u64 + 1)))
-                .collect(),
+            clients: client_ids.iter().map(|id| SimClient::new(*id)).collect(),
+            client_ids,
+            last_retirement_ms: None,
+            session_drops_counted_through: 0,
+            session_config,
             history: Vec::new(),
             checkers: Checkers::new(),
             blocked: BTreeSet::new(),
             bonds: BTreeSet::new(),
+            paused: BTreeMap::new(),
             founders: None,
             faults_enabled: true,
             clients_issue_new: true,
@@ -212,7 +260,7 @@ impl World {
             }
             world.nodes[i].formation = world.formation_of(i, raft.is_fresh());
             world.nodes[i].raft = Some(raft);
-            let phase = world.rng.range(0, TICK_MS);
+            let phase = world.rng.range(0, world.plan.tick_ms[i]);
             world.schedule(
                 phase,
                 EventKind::Tick {
@@ -316,11 +364,30 @@ impl World {
     }
 
     fn dispatch(&mut self, kind: EventKind) -> Result<(), Violation> {
+        let target = match &kind {
+            EventKind::Tick { node, .. }
+            | EventKind::DiskDone { node, .. }
+            | EventKind::ToNode { node, .. } => Some(*node),
+            EventKind::Deliver(m) => Some((m.to.0 - 1) as usize),
+            EventKind::Formation { to, .. } => Some(*to),
+            _ => None,
+        };
+        if let Some(backlog) = target.and_then(|node| self.paused.get_mut(&node)) {
+            let message = matches!(kind, EventKind::Deliver(_) | EventKind::ToNode { .. });
+            if message && backlog.len() >= PAUSE_BACKLOG_MAX {
+                self.stats.messages_dropped += 1;
+            } else {
+                // Its next tick included: the node's timers fire late, at resume.
+                backlog.push(kind);
+            }
+            return Ok(());
+        }
         match kind {
             EventKind::Tick { node, incarnation } => {
                 if self.nodes[node].incarnation == incarnation && self.nodes[node].is_up() {
                     self.step_node(node, Input::Tick)?;
-                    self.schedule(TICK_MS, EventKind::Tick { node, incarnation });
+                    let tick_ms = self.plan.tick_ms[node];
+                    self.schedule(tick_ms, EventKind::Tick { node, incarnation });
                 }
             }
             EventKind::Deliver(m) => {
@@ -357,7 +424,19 @@ impl World {
             } => {
                 let current = self.clients[client].current.as_ref();
                 if current.is_some_and(|c| c.op == op && c.attempt == attempt) {
-                    self.send_attempt(client, None);
+                    let started_ms = current.map_or(self.now_ms, |c| c.started_ms);
+                    // Clients give up only under faults: after healing every operation
+                    // must complete, which is what the liveness phase checks.
+                    let give_up = self.faults_enabled
+                        && self
+                            .plan
+                            .client_give_up_ms
+                            .is_some_and(|after_ms| self.now_ms - started_ms >= after_ms);
+                    if give_up {
+                        self.give_up(client);
+                    } else {
+                        self.send_attempt(client, None);
+                    }
                 }
             }
             EventKind::ClientNext { client } => self.client_next(client),
@@ -373,6 +452,11 @@ impl World {
             EventKind::EndSlowDisk { node } => {
                 if self.nodes[node].disk_slow_until_ms <= self.now_ms {
                     self.nodes[node].disk_slow_until_ms = 0;
+                }
+            }
+            EventKind::Resume { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.resume(node);
                 }
             }
             EventKind::Formation { from, to, status } => {
@@ -392,9 +476,14 @@ impl World {
     // ----- nodes -----
 
     fn step_node(&mut self, node: usize, input: Input) -> Result<(), Violation> {
-        let Some(raft) = self.nodes[node].raft.as_mut() else {
+        if self.paused.contains_key(&node) {
+            return Ok(()); // a paused process takes no input (an operator's command is lost)
+        }
+        let n = &mut self.nodes[node];
+        let Some(raft) = n.raft.as_mut() else {
             return Ok(());
         };
+        n.step_membership = Some(raft.membership().clone());
         if let Err(e) = raft.step(input) {
             return Err(Violation {
                 property: "correct peers never send invalid messages",
@@ -508,7 +597,7 @@ impl World {
                             property: "committed commands decode",
                             detail: format!("{id}: entry {} does not decode: {e}", entry.index),
                         })?;
-                    Some(self.nodes[node].machine.apply(command, &ctx))
+                    Some(self.apply_command(node, command, &ctx)?)
                 }
                 _ => None,
             };
@@ -545,9 +634,6 @@ impl World {
                             membership.voters
                         ));
                     }
-                    self.nodes[node].previous_membership = self.nodes[node]
-                        .current_membership
-                        .replace(membership.clone());
                     let leader_commit = self.nodes[node]
                         .raft
                         .as_ref()
@@ -620,9 +706,10 @@ impl World {
         let commit = raft.commit_index();
         let applied = raft.applied_index();
         let is_leader = raft.role() == Role::Leader;
+        let term = raft.term();
         if commit > self.nodes[node].last_commit_seen {
             self.nodes[node].last_commit_seen = commit;
-            self.checkers.on_commit(id, commit)?;
+            self.checkers.on_commit(id, term, commit)?;
             if is_leader {
                 self.check_durable_quorum(node, commit)?;
             }
@@ -681,24 +768,24 @@ impl World {
                     .entries(commit, commit + 1)
                     .is_ok_and(|e| e.first().is_some_and(|e| e.term == term))
         };
-        let durable_quorum =
-            |m: &Membership| m.voters.iter().filter(|v| on_disk(v)).count() >= m.quorum();
-        let current = raft.membership();
-        if durable_quorum(current)
-            || self.nodes[node]
-                .previous_membership
-                .as_ref()
-                .is_some_and(durable_quorum)
-        {
+        // The leader counted under the configuration in force when it took the input
+        // that advanced its commit (see `SimNode::step_membership`); without a step (a
+        // restart or a founding replays no count) it is the current one.
+        let counted = self.nodes[node]
+            .step_membership
+            .as_ref()
+            .unwrap_or_else(|| raft.membership());
+        let durable = counted.voters.iter().filter(|v| on_disk(v)).count();
+        if durable >= counted.quorum() {
             return Ok(());
         }
-        let durable = current.voters.iter().filter(|v| on_disk(v)).count();
         Err(Violation {
             property: "durability of committed entries",
             detail: format!(
-                "{} committed {commit} (term {term}) but only {durable} of {} voters have it on disk",
+                "{} committed {commit} (term {term}) but only {durable} of the {} voters it counted ({:?}) have it on disk",
                 self.ids[node],
-                current.voters.len()
+                counted.voters.len(),
+                counted.voters,
             ),
         })
     }
@@ -738,7 +825,9 @@ impl World {
     }
 
     fn send_formation(&mut self, from: usize, to: usize, status: FormationStatus) {
-        let delay = self.delay();
+        // A bond is one stream: its statuses never take a long-tail detour past a later
+        // bond's.
+        let delay = self.short_delay();
         self.schedule(delay, EventKind::Formation { from, to, status });
     }
 
@@ -777,6 +866,8 @@ impl World {
         }
         n.raft = None;
         n.incarnation += 1;
+        // A paused process that is killed loses what queued up for it.
+        self.paused.remove(&node);
         n.disk_busy_until_ms = 0;
         n.proposals.clear();
         n.reads.clear();
@@ -802,7 +893,7 @@ impl World {
                 property: "recovery",
                 detail: format!("{id}: storage cannot recover: {e}"),
             })?;
-        let mut machine: ReplicatedKv = Sessions::new(KvStore::new());
+        let mut machine: ReplicatedKv = Sessions::with_config(KvStore::new(), self.session_config);
         if let Some(s) = &state.snapshot {
             machine.restore(&s.data).map_err(|e| Violation {
                 property: "recovery",
@@ -820,7 +911,8 @@ impl World {
         n.raft = Some(raft);
         let incarnation = n.incarnation;
         self.note(format!("{id} restarts from disk"));
-        self.schedule(TICK_MS, EventKind::Tick { node, incarnation });
+        let tick_ms = self.plan.tick_ms[node];
+        self.schedule(tick_ms, EventKind::Tick { node, incarnation });
         self.update_reachability();
         let ready = self.nodes[node].raft.as_mut().map(Raft::ready);
         if let Some(ready) = ready {
@@ -845,7 +937,16 @@ impl World {
         self.schedule(delay, EventKind::Deliver(m));
     }
 
+    /// One-way delay of a message: usually short, sometimes a long tail.
     fn delay(&mut self) -> u64 {
+        if self.rng.chance(self.plan.long_delay_probability) {
+            self.stats.long_delays += 1;
+            return self.rng.range(LONG_DELAY_MS_MIN, LONG_DELAY_MS_MAX + 1);
+        }
+        self.short_delay()
+    }
+
+    fn short_delay(&mut self) -> u64 {
         self.rng
             .range(self.plan.delay_ms_min, self.plan.delay_ms_max + 1)
     }
@@ -896,11 +997,15 @@ impl World {
         if self.rng.chance(self.plan.drop_probability) {
             return;
         }
+        // A client that left gets no answer: its process is gone.
+        let Some(client) = self.clients.iter().position(|c| c.id == waiter.client) else {
+            return;
+        };
         let delay = self.delay();
         self.schedule(
             delay,
             EventKind::ToClient {
-                client: (waiter.client.0 - 1) as usize,
+                client,
                 op: waiter.op,
                 reply,
             },
@@ -924,8 +1029,105 @@ impl World {
             op,
             request,
             attempt: 0,
+            started_ms: self.now_ms,
         });
         self.send_attempt(client, None);
+    }
+
+    /// The client stops retrying its operation: the history keeps it with an unknown
+    /// output (lincheck's convention for an operation that may or may not have taken
+    /// effect, at any time after its call), and the next operation takes the next
+    /// sequence number. A retry still in the network is answered `Stale` once the next
+    /// sequence is applied, or applies the command once before it, both of which the
+    /// unknown outcome allows.
+    fn give_up(&mut self, client: usize) {
+        let Some(current) = self.clients[client].current.take() else {
+            return;
+        };
+        self.stats.give_ups += 1;
+        if self.options.verbose {
+            let id = self.clients[client].id;
+            self.note(format!(
+                "{id:?} gives up on operation {} (outcome unknown)",
+                current.op
+            ));
+        }
+        self.maybe_retire(client);
+        let think = self.rng.range(0, CLIENT_THINK_MS_MAX);
+        self.schedule(think, EventKind::ClientNext { client });
+    }
+
+    /// Between operations, a client may leave and a new one (new id, new session, the
+    /// sequence from 1) take its place, so that more clients than the session table holds
+    /// pass through the run. Departures are spaced (`FaultPlan::client_retire_spacing_ms`)
+    /// so that eviction never drops a session whose client may still have a command in
+    /// flight.
+    fn maybe_retire(&mut self, client: usize) {
+        let Some(spacing_ms) = self.plan.client_retire_spacing_ms() else {
+            return;
+        };
+        if !self.faults_enabled
+            || self
+                .last_retirement_ms
+                .is_some_and(|at_ms| self.now_ms - at_ms < spacing_ms)
+            || !self.rng.chance(CLIENT_RETIRE_PROBABILITY)
+        {
+            return;
+        }
+        let id = ClientId(self.client_ids.len() as u64 + 1);
+        self.client_ids.push(id);
+        self.last_retirement_ms = Some(self.now_ms);
+        self.stats.client_departures += 1;
+        let old = std::mem::replace(&mut self.clients[client], SimClient::new(id));
+        self.note(format!("{:?} leaves; {id:?} takes its place", old.id));
+    }
+
+    /// Applies a client command on `node`'s machine, checking exactly-once and counting
+    /// the sessions the table dropped (once per index, on the first node to apply it).
+    fn apply_command(
+        &mut self,
+        node: usize,
+        command: SessionCommand<crate::machine::KvCommand>,
+        ctx: &ApplyContext,
+    ) -> Result<SessionOutput<crate::machine::KvOutput>, Violation> {
+        let (client, seq) = (command.client, command.seq);
+        let machine = &mut self.nodes[node].machine;
+        let session_known = machine.session(client).is_some();
+        let count_drops = ctx.index > self.session_drops_counted_through;
+        let before: Vec<(ClientId, crate::machine::SessionInfo)> = if count_drops {
+            self.client_ids
+                .iter()
+                .filter_map(|id| machine.session(*id).map(|info| (*id, info)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let output = machine.apply(command, ctx);
+        if count_drops {
+            self.session_drops_counted_through = ctx.index;
+            let clock_ms = machine.clock_ms();
+            let ttl_ms = self.session_config.session_ttl_ms;
+            for (id, info) in before {
+                if id == client || machine.session(id).is_some() {
+                    continue;
+                }
+                if ttl_ms.is_some_and(|ttl_ms| clock_ms - info.last_seen_ms > ttl_ms) {
+                    self.stats.sessions_expired += 1;
+                } else {
+                    self.stats.sessions_evicted += 1;
+                }
+            }
+        }
+        if matches!(output, SessionOutput::Applied(_)) {
+            self.checkers.on_command_applied(
+                self.ids[node],
+                client.0,
+                seq,
+                ctx.index,
+                session_known,
+            )?;
+        }
+        Ok(output)
     }
 
     fn send_attempt(&mut self, client: usize, target: Option<NodeId>) {
@@ -980,7 +1182,9 @@ impl World {
         match request {
             Request::Command(command) => {
                 let data = Bytes::from(postcard::to_allocvec(&command).expect("commands encode"));
-                let raft = self.nodes[node].raft.as_mut().expect("node is up");
+                let n = &mut self.nodes[node];
+                let raft = n.raft.as_mut().expect("node is up");
+                n.step_membership = Some(raft.membership().clone());
                 let result = raft.step(Input::Propose {
                     commands: vec![data],
                     timestamp_ms: self.now_ms,
@@ -1045,6 +1249,7 @@ impl World {
                 record.output = output;
                 record.return_time = self.step;
                 self.stats.ops_completed += 1;
+                self.maybe_retire(client);
                 let think = self.rng.range(0, CLIENT_THINK_MS_MAX);
                 self.schedule(think, EventKind::ClientNext { client });
             }
@@ -1147,6 +1352,26 @@ impl World {
                 self.schedule(until, EventKind::EndSlowDisk { node: victim });
                 self.note(format!("{} disk slow for {until} ms", self.ids[victim]));
             }
+            FaultKind::Pause => {
+                let unavailable =
+                    self.nodes.iter().filter(|x| !x.is_up()).count() + self.paused.len();
+                let victim = self.rng.range(0, n as u64) as usize;
+                let pausable = self.nodes[victim].is_up() && !self.paused.contains_key(&victim);
+                if unavailable < n.div_ceil(2) && pausable {
+                    let until = self.rng.range(PAUSE_MS_MIN, PAUSE_MS_MAX + 1);
+                    self.paused.insert(victim, Vec::new());
+                    let incarnation = self.nodes[victim].incarnation;
+                    self.schedule(
+                        until,
+                        EventKind::Resume {
+                            node: victim,
+                            incarnation,
+                        },
+                    );
+                    self.stats.pauses += 1;
+                    self.note(format!("{} paused for {until} ms", self.ids[victim]));
+                }
+            }
             FaultKind::MembershipChange => self.change_membership()?,
             FaultKind::TransferLeader => {
                 if let Some((leader, raft)) = self.current_leader() {
@@ -1162,6 +1387,22 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Ends a pause: everything that queued up is delivered now, in the order it came.
+    fn resume(&mut self, node: usize) {
+        let Some(backlog) = self.paused.remove(&node) else {
+            return;
+        };
+        self.stats.backlog_delivered += backlog.len() as u64;
+        self.note(format!(
+            "{} resumes; {} queued events delivered",
+            self.ids[node],
+            backlog.len()
+        ));
+        for kind in backlog {
+            self.schedule(0, kind);
+        }
     }
 
     fn current_leader(&self) -> Option<(usize, &Raft)> {
@@ -1211,11 +1452,16 @@ impl World {
         self.faults_enabled = false;
         self.plan.drop_probability = 0.0;
         self.plan.duplicate_probability = 0.0;
+        self.plan.long_delay_probability = 0.0;
         self.blocked.clear();
         for n in &mut self.nodes {
             n.disk_slow_until_ms = 0;
         }
         self.note("heal: network whole, all nodes restarting, no more faults".into());
+        let paused: Vec<usize> = self.paused.keys().copied().collect();
+        for node in paused {
+            self.resume(node);
+        }
         for i in 0..self.nodes.len() {
             self.restart(i)?;
         }
