@@ -1000,7 +1000,10 @@ fn a_lone_voters_first_messages_as_leader_wait_for_its_term_to_be_durable() {
         sent_now |= ready.messages.iter().any(|m| m.to == n(2));
         persist(&mut r, &ready);
     }
-    assert!(sent_now, "no message to the learner after the term was durable");
+    assert!(
+        sent_now,
+        "no message to the learner after the term was durable"
+    );
 }
 
 /// A node whose own preference is `Observer` never stands for election, even when a
