@@ -97,11 +97,17 @@ impl LogMirror {
 }
 
 /// All safety checkers of one run.
+/// Log positions an append took: (index, term) and the digest of the prefix ending there.
+pub type Positions = Vec<((Index, Term), u64)>;
+
 #[derive(Default)]
 pub struct Checkers {
     /// Election safety (§5.2): at most one leader per term, ever.
     leaders: BTreeMap<Term, NodeId>,
-    /// Log matching (§5.3): (index, term) → prefix digest, over every node and all time.
+    /// Log matching (§5.3): (index, term) → prefix digest, over every node and all time,
+    /// for entries that reached some node's disk ([`Checkers::on_durable`]). An entry that
+    /// only ever lived in the memory of a node that crashed before writing it (and was
+    /// never sent) is not anyone's log: the node may write another at that position.
     positions: HashMap<(Index, Term), u64>,
     /// Committed prefix digests by index (index 0 = empty prefix), the same for everyone.
     committed: Vec<u64>,
@@ -142,11 +148,13 @@ impl Checkers {
         Ok(())
     }
 
-    /// Log matching: `node` appended `entries` (replacing its log from the first index on).
-    pub fn on_append(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+    /// Log matching: `node` appended `entries` (replacing its log from the first index on),
+    /// checked against every position that is durable somewhere. Returns the positions
+    /// the entries take, to pass to [`Checkers::on_durable`] once they are on disk.
+    pub fn on_append(&mut self, node: NodeId, entries: &[Entry]) -> Result<Positions, Violation> {
         let mirror = self.mirrors.entry(node).or_default();
         let Some(first) = entries.first() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if first.index <= mirror.base_index {
             return Err(violation(
@@ -169,24 +177,39 @@ impl Checkers {
             ));
         }
         mirror.chains.truncate(keep);
+        let mut taken = Vec::with_capacity(entries.len());
         for e in entries {
             let prev = mirror.chain_at(e.index - 1).unwrap_or(0);
             let c = chain(prev, e);
             mirror.chains.push((e.term, c));
-            match self.positions.get(&(e.index, e.term)) {
-                Some(known) if *known != c => {
-                    return Err(violation(
-                        "log matching (Raft §5.3)",
-                        format!(
-                            "{node} holds entry {} of term {} after a different prefix than another node",
-                            e.index, e.term
-                        ),
-                    ))
-                }
-                Some(_) => {}
-                None => {
-                    self.positions.insert((e.index, e.term), c);
-                }
+            taken.push(((e.index, e.term), c));
+        }
+        self.check_positions(node, &taken)?;
+        Ok(taken)
+    }
+
+    /// `positions` (from [`Checkers::on_append`]) are now on `node`'s disk.
+    pub fn on_durable(&mut self, node: NodeId, positions: &Positions) -> Result<(), Violation> {
+        self.check_positions(node, positions)?;
+        for (position, c) in positions {
+            self.positions.entry(*position).or_insert(*c);
+        }
+        Ok(())
+    }
+
+    fn check_positions(&self, node: NodeId, positions: &Positions) -> Result<(), Violation> {
+        for ((index, term), c) in positions {
+            if self
+                .positions
+                .get(&(*index, *term))
+                .is_some_and(|known| known != c)
+            {
+                return Err(violation(
+                    "log matching (Raft §5.3)",
+                    format!(
+                        "{node} holds entry {index} of term {term} after a different prefix than another node"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -237,7 +260,9 @@ impl Checkers {
                 self.mirrors.entry(node).or_default().last_config = None;
             }
         }
-        self.on_append(node, entries)
+        // What storage returned is on disk.
+        let positions = self.on_append(node, entries)?;
+        self.on_durable(node, &positions)
     }
 
     /// Committed entries never change (leader completeness, §5.4, seen from outside):
@@ -451,13 +476,33 @@ mod tests {
     #[test]
     fn same_position_after_different_prefixes_is_caught() {
         let mut c = Checkers::new();
-        c.on_append(NodeId(1), &[e(1, 1, "a"), e(2, 1, "b")])
+        let p = c
+            .on_append(NodeId(1), &[e(1, 1, "a"), e(2, 1, "b")])
             .unwrap();
+        c.on_durable(NodeId(1), &p).unwrap();
         c.on_append(NodeId(2), &[e(1, 1, "a")]).unwrap();
         // Same (index 2, term 1) but after a different entry 1 is impossible in Raft.
         assert!(c
             .on_append(NodeId(3), &[e(1, 1, "x"), e(2, 1, "b")])
             .is_err());
+        // Also when both were only in memory until now: caught when the second is written.
+        let mut c = Checkers::new();
+        let first = c.on_append(NodeId(1), &[e(1, 1, "a")]).unwrap();
+        let second = c.on_append(NodeId(2), &[e(1, 1, "x")]).unwrap();
+        c.on_durable(NodeId(1), &first).unwrap();
+        assert!(c.on_durable(NodeId(2), &second).is_err());
+    }
+
+    /// A node that crashed before writing entries it never sent may write others at those
+    /// positions: nobody holds the first ones.
+    #[test]
+    fn entries_lost_before_reaching_any_disk_are_nobodys_log() {
+        let mut c = Checkers::new();
+        let lost = c.on_append(NodeId(1), &[e(1, 1, "a")]).unwrap();
+        drop(lost);
+        c.on_restart(NodeId(1), None, &[]).unwrap();
+        let again = c.on_append(NodeId(1), &[e(1, 1, "b")]).unwrap();
+        c.on_durable(NodeId(1), &again).unwrap();
     }
 
     #[test]

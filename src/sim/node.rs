@@ -13,6 +13,8 @@ pub struct DiskWrite {
     pub persisted: Option<(Index, Term)>,
     /// `persisted_messages` of this Ready and of later Readies that had nothing to write.
     pub messages: Vec<Message>,
+    /// The log positions its entries take, durable once it completes.
+    pub positions: super::checks::Positions,
 }
 
 /// A client request a node accepted and still owes an answer to.

@@ -516,7 +516,7 @@ impl World {
         if let Some(s) = &snapshot {
             self.checkers.on_snapshot_installed(id, &s.meta)?;
         }
-        self.checkers.on_append(id, &entries)?;
+        let positions = self.checkers.on_append(id, &entries)?;
         self.on_events(node, events)?;
 
         for m in messages {
@@ -546,6 +546,7 @@ impl World {
                 batch,
                 persisted,
                 messages: persisted_messages,
+                positions,
             });
             let incarnation = n.incarnation;
             let delay = done_at - self.now_ms;
@@ -843,6 +844,7 @@ impl World {
                 detail: format!("{}: {e}", self.ids[node]),
             });
         }
+        self.checkers.on_durable(self.ids[node], &front.positions)?;
         self.announce_formed(node);
         for m in front.messages {
             self.send_message(m);
@@ -853,16 +855,18 @@ impl World {
         Ok(())
     }
 
-    fn crash(&mut self, node: usize) {
+    fn crash(&mut self, node: usize) -> Result<(), Violation> {
         let n = &mut self.nodes[node];
         if !n.is_up() {
-            return;
+            return Ok(());
         }
         // Writes in flight may or may not have reached the disk: a random prefix did.
         let reached = self.rng.range(0, n.disk_queue.len() as u64 + 1) as usize;
+        let mut durable = Vec::new();
         for w in n.disk_queue.drain(..).take(reached) {
             // A write that reached the disk is whole; storage validated it on the way in.
             let _ = n.durable.write(&w.batch);
+            durable.extend(w.positions);
         }
         n.raft = None;
         n.incarnation += 1;
@@ -879,6 +883,8 @@ impl World {
             "{id} crashes ({reached} in-flight writes reached the disk)"
         ));
         self.update_reachability();
+        // What reached the disk is durable: its log positions are now someone's log.
+        self.checkers.on_durable(self.ids[node], &durable)
     }
 
     fn restart(&mut self, node: usize) -> Result<(), Violation> {
@@ -1335,7 +1341,7 @@ impl World {
                 let down = self.nodes.iter().filter(|x| !x.is_up()).count();
                 if down < n.div_ceil(2) {
                     let victim = self.rng.range(0, n as u64) as usize;
-                    self.crash(victim);
+                    self.crash(victim)?;
                     let back = self.rng.range(50, 2000);
                     self.schedule(back, EventKind::Restart { node: victim });
                 }
