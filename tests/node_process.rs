@@ -574,7 +574,7 @@ fn a_node_process_given_one_bootstrap_peer_bonds_with_the_others_through_discove
 /// "bad request" answers, then a well-formed status request is served.
 fn malformed_requests_are_answered(peer: &str) {
     use tessera::client::{ClientRequest, ClientResponse};
-    use tessera::net::{encode_message, local_endpoint, read_message, Listen, ALPN_CLIENT};
+    use tessera::net::{encode_message, local_endpoint, Listen, ALPN_CLIENT};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -592,22 +592,7 @@ fn malformed_requests_are_answered(peer: &str) {
             .await
             .expect("connect in time")
             .expect("connect");
-        // One request per stream: `bytes` as they are, then the answer.
-        let ask = |bytes: Vec<u8>| {
-            let conn = conn.clone();
-            async move {
-                let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-                send.write_all(&bytes).await.expect("write");
-                send.finish().expect("finish");
-                tokio::time::timeout(
-                    DEADLINE,
-                    read_message::<_, ClientResponse>(&mut recv, "answer"),
-                )
-                .await
-                .expect("answer in time")
-                .expect("answer")
-            }
-        };
+        let ask = |bytes: Vec<u8>| ask_raw(&conn, bytes);
         let raw_frames: [&[u8]; 2] = [&[0xff, 0xff, 0xff, 0xff, 1], &[0, 0, 0, 3, 1, 0xff, 0xff]];
         for raw in raw_frames {
             match ask(raw.to_vec()).await {
@@ -626,13 +611,30 @@ fn malformed_requests_are_answered(peer: &str) {
     });
 }
 
+/// One request per stream on `conn`: `bytes` as they are, then the answer.
+async fn ask_raw(
+    conn: &iroh::endpoint::Connection,
+    bytes: Vec<u8>,
+) -> tessera::client::ClientResponse {
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&bytes).await.expect("write");
+    send.finish().expect("finish");
+    tokio::time::timeout(
+        DEADLINE,
+        tessera::net::read_message::<_, tessera::client::ClientResponse>(&mut recv, "answer"),
+    )
+    .await
+    .expect("answer in time")
+    .expect("answer")
+}
+
 /// Sends `Append` as command 1 of session 7 twice to one node and once more to another,
 /// from one client key: the value grows once. The same session number from another key
 /// is another session: it grows again.
 fn retried_writes_apply_once(peers: &[String]) {
     use tessera::client::{ClientRequest, ClientResponse};
     use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
-    use tessera::net::{local_endpoint, read_message, write_message, Listen, ALPN_CLIENT};
+    use tessera::net::{encode_message, local_endpoint, Listen, ALPN_CLIENT};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -649,16 +651,9 @@ fn retried_writes_apply_once(peers: &[String]) {
                 .await
                 .expect("connect in time")
                 .expect("connect");
-            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-            write_message(&mut send, &request).await.expect("write");
-            send.finish().expect("finish");
-            tokio::time::timeout(
-                DEADLINE,
-                read_message::<_, ClientResponse>(&mut recv, "answer"),
-            )
-            .await
-            .expect("answer in time")
-            .expect("answer")
+            let mut bytes = Vec::new();
+            encode_message(&mut bytes, &request).expect("encode");
+            ask_raw(&conn, bytes).await
         };
         let append = ClientRequest::Execute {
             session: 7,

@@ -102,6 +102,19 @@ impl Cluster {
         panic!("cluster did not settle");
     }
 
+    /// Adds `node` (one more, numbered after the others) and has `leader` add it as a
+    /// learner.
+    fn add_learner(&mut self, leader: u64, mut node: Raft) {
+        node.step(Input::Tick).unwrap();
+        let id = node.id();
+        self.nodes.push(node);
+        self.isolated.push(false);
+        self.applied.push(Vec::new());
+        self.node(leader)
+            .step(Input::ChangeMembership(MembershipChange::AddLearner(id)))
+            .unwrap();
+    }
+
     fn tick_until_leader(&mut self, id: u64) {
         for _ in 0..100 {
             self.node(id).step(Input::Tick).unwrap();
@@ -843,14 +856,7 @@ fn quorum_counts_the_latest_configuration_even_uncommitted() {
 fn caught_up_learners_are_promoted_automatically() {
     let mut c = Cluster::new(3);
     c.tick_until_leader(1);
-    let mut learner = fresh(4);
-    learner.step(Input::Tick).unwrap();
-    c.nodes.push(learner);
-    c.isolated.push(false);
-    c.applied.push(Vec::new());
-    c.node(1)
-        .step(Input::ChangeMembership(MembershipChange::AddLearner(n(4))))
-        .unwrap();
+    c.add_learner(1, fresh(4));
     for _ in 0..10 {
         c.node(1).step(Input::Tick).unwrap();
         c.settle();
@@ -873,14 +879,7 @@ fn a_dead_voter_is_removed_before_its_replacement_is_promoted() {
         c.node(1).step(Input::Tick).unwrap();
         c.settle();
     }
-    let mut replacement = fresh(4);
-    replacement.step(Input::Tick).unwrap();
-    c.nodes.push(replacement);
-    c.isolated.push(false);
-    c.applied.push(Vec::new());
-    c.node(1)
-        .step(Input::ChangeMembership(MembershipChange::AddLearner(n(4))))
-        .unwrap();
+    c.add_learner(1, fresh(4));
     c.settle();
     let rounds = config().replace_after_rounds;
     let mut removed_at_round = None;
@@ -930,14 +929,10 @@ fn a_silent_voter_is_not_removed_when_the_rest_would_not_answer_as_a_quorum() {
         *node = r;
     }
     c.tick_until_leader(1);
-    let mut learner = Raft::new(n(4), cfg.clone(), 4, InitialState::default()).unwrap();
-    learner.step(Input::Tick).unwrap();
-    c.nodes.push(learner);
-    c.isolated.push(false);
-    c.applied.push(Vec::new());
-    c.node(1)
-        .step(Input::ChangeMembership(MembershipChange::AddLearner(n(4))))
-        .unwrap();
+    c.add_learner(
+        1,
+        Raft::new(n(4), cfg.clone(), 4, InitialState::default()).unwrap(),
+    );
     for _ in 0..cfg.election_ticks {
         c.node(1).step(Input::Tick).unwrap();
         c.settle();
