@@ -35,6 +35,9 @@
 //! tick_ms = 50
 //! election_ticks = 10
 //! heartbeat_ticks = 2
+//! removal_timeout_secs = 300            # the leader removes a member unreachable this
+//!                                       #   long; 0 = never (a dead voter with a waiting
+//!                                       #   replacement goes much sooner, see README)
 //!
 //! [client]
 //! allow = "any"                         # or a list of client public keys; default: nobody
@@ -61,6 +64,8 @@ use crate::tickets::{AnyOf, MockTdxValidator, TdxValidator, TicketValidator};
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
 /// Largest accepted `timers.tick_ms`.
 pub const TICK_MS_MAX: u64 = 10_000;
+/// Largest accepted `timers.removal_timeout_secs` (a week).
+pub const REMOVAL_TIMEOUT_SECS_MAX: u64 = 7 * 24 * 3600;
 
 /// A config that cannot be used. The message names the file and, where there is one, the
 /// field.
@@ -105,6 +110,9 @@ pub struct Timers {
     pub tick_ms: u64,
     pub election_ticks: u64,
     pub heartbeat_ticks: u64,
+    /// The leader removes a member unreachable this long (0: never). Node-local: only the
+    /// leader's own setting matters while it leads.
+    pub removal_timeout_secs: u64,
 }
 
 impl Default for Timers {
@@ -114,6 +122,9 @@ impl Default for Timers {
             tick_ms: WorkerConfig::default().tick.as_millis() as u64,
             election_ticks: raft.election_ticks,
             heartbeat_ticks: raft.heartbeat_ticks,
+            removal_timeout_secs: WorkerConfig::default()
+                .removal_timeout
+                .map_or(0, |t| t.as_secs()),
         }
     }
 }
@@ -183,6 +194,7 @@ struct RawTimers {
     tick_ms: Option<u64>,
     election_ticks: Option<u64>,
     heartbeat_ticks: Option<u64>,
+    removal_timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -524,8 +536,10 @@ impl NodeConfig {
             heartbeat_ticks: self.timers.heartbeat_ticks,
             ..RaftConfig::default()
         };
+        let removal = self.timers.removal_timeout_secs;
         let worker = WorkerConfig {
             tick: Duration::from_millis(self.timers.tick_ms),
+            removal_timeout: (removal > 0).then(|| Duration::from_secs(removal)),
             ..WorkerConfig::default()
         };
         (raft, worker)
@@ -554,7 +568,19 @@ fn validate_timers(raw: &RawTimers) -> Result<Timers, (&'static str, String)> {
         tick_ms: raw.tick_ms.unwrap_or(default.tick_ms),
         election_ticks: raw.election_ticks.unwrap_or(default.election_ticks),
         heartbeat_ticks: raw.heartbeat_ticks.unwrap_or(default.heartbeat_ticks),
+        removal_timeout_secs: raw
+            .removal_timeout_secs
+            .unwrap_or(default.removal_timeout_secs),
     };
+    if timers.removal_timeout_secs > REMOVAL_TIMEOUT_SECS_MAX {
+        return Err((
+            "timers.removal_timeout_secs",
+            format!(
+                "must be at most {REMOVAL_TIMEOUT_SECS_MAX} (0: never), got {}",
+                timers.removal_timeout_secs
+            ),
+        ));
+    }
     if timers.tick_ms == 0 || timers.tick_ms > TICK_MS_MAX {
         return Err((
             "timers.tick_ms",
@@ -670,6 +696,18 @@ allow = ["{k}"]
         let (raft, worker) = c.consensus();
         assert_eq!(worker.tick, Duration::from_millis(20));
         assert_eq!(raft.election_ticks, Timers::default().election_ticks);
+        assert_eq!(worker.removal_timeout, Some(Duration::from_secs(300)));
+        for (secs, want) in [(60, Some(Duration::from_secs(60))), (0, None)] {
+            let text = good().replace(
+                "tick_ms = 20",
+                &format!("tick_ms = 20\nremoval_timeout_secs = {secs}"),
+            );
+            let (_, worker) = parse(&text).expect("config").consensus();
+            assert_eq!(
+                worker.removal_timeout, want,
+                "removal_timeout_secs = {secs}"
+            );
+        }
         let allowed = SecretKey::from_bytes(&[3; 32]).public();
         let other = SecretKey::from_bytes(&[4; 32]).public();
         assert!(c.client.allows(&allowed));
@@ -728,6 +766,7 @@ allow = ["{k}"]
             ("metrics = \"127.0.0.1:9100\"", "metrics = \"9100\"", "node.toml: metrics: expected <ip:port>"),
             ("tick_ms = 20", "tick_ms = 0", "node.toml: timers.tick_ms: must be in 1..="),
             ("tick_ms = 20", "election_ticks = 2\nheartbeat_ticks = 2", "node.toml: timers.election_ticks: must be greater than timers.heartbeat_ticks"),
+            ("tick_ms = 20", "tick_ms = 20\nremoval_timeout_secs = 99999999", "node.toml: timers.removal_timeout_secs: must be at most"),
             ("policies = [\"mock.toml\"]", "policies = []", "node.toml: policies: at least one"),
             ("network_id = \"test-net\"", "network_id = \"\"", "node.toml: network_id: must not be empty"),
             ("allow = [", "allow = [1, ", "node.toml: client.allow[0]: expected \"any\""),
