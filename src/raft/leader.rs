@@ -213,11 +213,7 @@ impl Raft {
         // Safe only if the voters left, counting those that answer, still make a quorum.
         let mut remaining = self.membership.clone();
         remaining.voters.remove(&dead);
-        let answering = remaining
-            .voters
-            .iter()
-            .filter(|v| silent_rounds(v) == 0)
-            .count();
+        let answering = remaining.voters.iter().filter(|v| answering_now(v)).count();
         if !remaining.voters.is_empty() && answering >= remaining.quorum() {
             self.change_membership(MembershipChange::Remove(dead));
         }
