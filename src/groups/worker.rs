@@ -175,6 +175,25 @@ fn request_error(refusal: ForwardRefusal) -> RequestError {
     }
 }
 
+/// Removes request `request_id` from `table` if `from` is the member it went to
+/// (`asked` reads that from an entry). A bonded member's answer to a request sent to
+/// another is dropped: only the member asked may say what became of a command or where a
+/// read may be served (request ids are this member's own counter, easy to guess).
+fn take_from_asked<T>(
+    me: NodeId,
+    table: &mut BTreeMap<u64, T>,
+    request_id: u64,
+    from: NodeId,
+    asked: impl Fn(&T) -> NodeId,
+) -> Option<T> {
+    let to = asked(table.get(&request_id)?);
+    if to != from {
+        tracing::warn!(node = %me, %from, asked = %to, request_id, "an answer from a member the request did not go to; dropped");
+        return None;
+    }
+    table.remove(&request_id)
+}
+
 /// Who is waiting for an entry or a read.
 enum Waiter {
     Local(Reply),
@@ -673,12 +692,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
             }
             PeerFrame::ReadIndexReply { request_id, result } => {
-                let asked = self.forwarded_reads.get(&request_id).map(|r| r.3);
-                if asked.is_some_and(|to| to != from) {
-                    tracing::warn!(node = %self.id, %from, request_id, "a read point from a member the read did not go to; dropped");
-                    return;
-                }
-                if let Some((query, reply, _, _)) = self.forwarded_reads.remove(&request_id) {
+                let asked =
+                    take_from_asked(self.id, &mut self.forwarded_reads, request_id, from, |r| {
+                        r.3
+                    });
+                if let Some((query, reply, _, _)) = asked {
                     match result {
                         Ok(index) => self.waiting_reads.push((index, query, reply)),
                         Err(refusal) => self.answer(Waiter::Local(reply), Err(refusal)),
@@ -736,17 +754,9 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     }
 
     /// The caller waiting for forwarded request `request_id`, if `from` is the member the
-    /// request went to. A bonded member's answer to a request sent to another is dropped:
-    /// only the leader asked may say what became of a command (request ids are this
-    /// member's own counter, easy to guess).
+    /// request went to (see [`take_from_asked`]).
     fn take_forwarded(&mut self, from: NodeId, request_id: u64) -> Option<ForwardedReply> {
-        let (_, _, to) = self.forwarded.get(&request_id)?;
-        if *to != from {
-            tracing::warn!(node = %self.id, %from, asked = %to, request_id, "a reply from a member the request did not go to; dropped");
-            return None;
-        }
-        self.forwarded
-            .remove(&request_id)
+        take_from_asked(self.id, &mut self.forwarded, request_id, from, |f| f.2)
             .map(|(reply, _, _)| reply)
     }
 
