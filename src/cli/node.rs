@@ -375,7 +375,7 @@ async fn serve(p: Prepared) -> Result<()> {
         // Without a key file this identity dies with the process: leave the group first,
         // so no voter is left behind that the others would wait for (a restart comes back
         // as a new member). With a key file the node comes back as itself: it stays.
-        if config.secret_key_file.is_none() {
+        if p.fresh_secret {
             match joined.group.leave(LEAVE_TIMEOUT).await {
                 Ok(()) => tracing::info!("left the group"),
                 Err(e) => tracing::warn!(error = %e, "could not leave the group before stopping"),
