@@ -153,8 +153,11 @@ impl ClientService {
                 let session = super::session_client(client, session);
                 match self.group.execute_as(session, seq, command).await {
                     Ok(output) => ClientResponse::Executed(output),
-                    // Still unknown: the client sends the same (session, seq) again.
-                    Err(e @ GroupError::Timeout(_)) => ClientResponse::Retry(e.to_string()),
+                    // Still unknown: the client sends the same (session, seq) again. A node
+                    // that stopped meanwhile may have appended it too: not a refusal.
+                    Err(e @ (GroupError::Timeout(_) | GroupError::Stopped(_))) => {
+                        ClientResponse::Retry(e.to_string())
+                    }
                     Err(e) => ClientResponse::Error(e.to_string()),
                 }
             }
