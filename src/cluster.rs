@@ -162,15 +162,28 @@ impl LocalCluster {
     }
 
     /// A new peer that tries to join with its own quote configuration and group options
-    /// (key, consensus config, ticket lifetime); it dials every member.
+    /// (key, consensus config, ticket lifetime); it dials every member the cluster started
+    /// with.
     pub async fn candidate<S: Storage + Send + 'static>(
         &self,
         mock: MockConfig,
         options: &ClusterOptions,
         storage: S,
     ) -> Result<ClusterMember, ClusterError> {
-        let (ep, addr) = loopback_endpoint(random_secret()?).await?;
         let peers = self.members.iter().map(|m| m.addr.clone()).collect();
+        self.candidate_dialling(peers, mock, options, storage).await
+    }
+
+    /// A new peer like [`LocalCluster::candidate`] that dials `peers` (members that joined
+    /// later included).
+    pub async fn candidate_dialling<S: Storage + Send + 'static>(
+        &self,
+        peers: Vec<EndpointAddr>,
+        mock: MockConfig,
+        options: &ClusterOptions,
+        storage: S,
+    ) -> Result<ClusterMember, ClusterError> {
+        let (ep, addr) = loopback_endpoint(random_secret()?).await?;
         let mut builder = member_builder(options, &self.clock, mock, &ep)?.with_peers(peers, false);
         if let Some(n) = options.bootstrap_expect {
             builder = builder.bootstrap_expect(n);
