@@ -9,6 +9,7 @@ mod builder;
 pub mod formation;
 mod group;
 pub mod id;
+pub mod member;
 pub mod snapshot_transfer;
 pub mod transport;
 pub mod worker;

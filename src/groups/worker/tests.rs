@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use super::*;
-use crate::groups::formation::founders_digest;
+use crate::groups::formation::{founders_digest, FormationStatus};
 use crate::machine::{KvQuery, KvStore, LeadershipPreference};
 use crate::raft::{Entry, Message, MessageBody, RaftConfig};
 use crate::storage::MemoryStorage;
@@ -286,7 +286,7 @@ fn a_fresh_founder_takes_no_strangers_log_and_founds_once_every_founder_confirme
         },
     );
     assert!(
-        h.worker.raft.is_fresh(),
+        h.worker.member.raft().is_fresh(),
         "took a stranger's log: {:?}",
         h.status()
     );
@@ -294,7 +294,7 @@ fn a_fresh_founder_takes_no_strangers_log_and_founds_once_every_founder_confirme
     h.frame(stranger, fresh.clone());
     h.frame(LEADER, fresh.clone());
     assert!(
-        h.worker.raft.is_fresh(),
+        h.worker.member.raft().is_fresh(),
         "founded before every founder confirmed"
     );
     h.sent.take();
@@ -341,7 +341,9 @@ fn leader_alone() -> Harness {
         if h.status().role == Some(Role::Leader) {
             return h;
         }
-        h.worker.step(Input::Tick);
+        h.worker
+            .member
+            .handle_tick(Worker::<KvStore, MemoryStorage>::now());
         h.worker.process_ready();
     }
     panic!("did not lead: {:?}", h.status());
@@ -350,9 +352,9 @@ fn leader_alone() -> Harness {
 impl Harness {
     /// One tick of the worker's loop: the core, then the leader's membership decisions.
     fn tick(&mut self) {
-        self.worker.step(Input::Tick);
-        self.worker.manage_membership(Instant::now());
-        self.worker.drive_leave();
+        self.worker
+            .member
+            .handle_tick(Worker::<KvStore, MemoryStorage>::now());
         self.worker.process_ready();
     }
 }

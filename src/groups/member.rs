@@ -1,0 +1,1110 @@
+//! The member: every decision a group member makes around its consensus core, as a
+//! sans-IO state machine in the shape of `quinn-proto`'s `Connection`.
+//!
+//! It owns the core ([`Raft`]) and what the runtime decides beside it: the tables of
+//! proposals, forwarded commands and reads (and who may answer them), how the core's
+//! rejections reach a caller, formation ([`super::formation`]), automatic membership
+//! (joiners, departures, dead members), leadership preferences, leaving the group, and when
+//! to take a snapshot.
+//!
+//! **What it must not do.** No IO and no clock of its own: it never touches storage, the
+//! state machine, a socket, a thread or `Instant::now()`. Inputs come in through `handle_*`
+//! methods that take the time as the driver sees it ([`Now`]); what to do comes out of
+//! [`Member::poll_action`], in the order it must be done. The worker
+//! ([`super::worker`]) drives it on a thread against real storage and a real state
+//! machine; the simulator drives the same decisions under faults. One seed, one history.
+//!
+//! **The driver's contract**, on top of the core's (`crate::raft::ready`):
+//! - [`Action::Send`]: hand the frame to the peer's bond (it may be lost).
+//! - [`Action::Write`]: make the batch durable, then send its `then` messages and report
+//!   [`Member::handle_persisted`] with the batch's position. Writes complete in order; a
+//!   driver may carry on with the actions after a write before it completes.
+//! - [`Action::Install`] and [`Action::Apply`]: restore the snapshot into the state machine,
+//!   apply the entry, in order; every `Apply` is answered with [`Member::handle_applied`]
+//!   before the next `poll_action`.
+//! - [`Action::Serve`]: run the local caller's strong query now (its read point is applied).
+//! - [`Action::TakeSnapshot`]: snapshot the state machine (at the index given, which is
+//!   the applied index) and report [`Member::handle_snapshot_taken`] once it is durable.
+//! - [`Action::Answer`]: deliver the answer to the local caller of that request.
+//! - [`Action::Observe`]: the core's events, for observers (metrics, the simulator's
+//!   checkers); nothing to do.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::formation::{Decision, Formation};
+use super::transport::{ForwardRefusal, PeerFrame};
+use super::worker::{RequestError, WorkerConfig};
+use crate::machine::LeadershipPreference;
+use crate::raft::{
+    Entry, EntryPayload, Event, Index, Input, Membership, MembershipChange, Message, NodeId, Raft,
+    ReadState, Ready, Rejection, Role, Snapshot, StepError, Term,
+};
+use crate::storage::WriteBatch;
+
+/// A local caller's request, named by the driver (unique among its requests in flight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// The time, as the driver sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic time: deadlines and how long a peer has been away.
+    pub instant: Instant,
+    /// Wall-clock milliseconds since the Unix epoch: the timestamp a proposed entry carries
+    /// (the core keeps them monotonic).
+    pub unix_ms: u64,
+}
+
+/// What a local caller asks of the group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Commit and apply an encoded `SessionCommand`: answered with its encoded output.
+    Execute(Bytes),
+    /// Append an encoded `SessionCommand`: answered with its index, once appended.
+    Feed(Bytes),
+    /// A linearizable read point: answered with [`Action::Serve`] once applied locally.
+    StrongRead,
+    /// Hand leadership to another voter (no answer).
+    TransferLeadership(NodeId),
+    /// A membership change (leader only): answered with the index the configuration was
+    /// appended at, or why not.
+    ChangeMembership(MembershipChange),
+    /// Leave the group for good: answered once a configuration without this member is
+    /// committed.
+    Leave,
+}
+
+/// A successful answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The encoded output of an executed command.
+    Output(Bytes),
+    /// The index a fed command was appended at.
+    Index(Index),
+    /// The member left the group.
+    Left,
+}
+
+/// What the driver must do, in order (see the module's contract).
+#[derive(Debug)]
+pub enum Action {
+    Send {
+        to: NodeId,
+        frame: PeerFrame,
+    },
+    /// Make `batch` durable; then send `then` and report [`Member::handle_persisted`].
+    Write {
+        batch: WriteBatch,
+        then: Vec<Message>,
+    },
+    /// Restore the state machine from this snapshot (the log store now refers to it).
+    Install(Snapshot),
+    /// Apply this committed entry; report [`Member::handle_applied`].
+    Apply(Entry),
+    /// The read point of local strong read `id` is applied: run its query now.
+    Serve(RequestId),
+    /// Snapshot the state machine, which has applied exactly `index`.
+    TakeSnapshot {
+        index: Index,
+    },
+    Answer {
+        id: RequestId,
+        result: Result<Reply, RequestError>,
+    },
+    Observe(Event),
+}
+
+/// Who waits for a proposed entry.
+#[derive(Clone, Copy, Debug)]
+enum Waiter {
+    Local(RequestId),
+    Remote { peer: NodeId, request_id: u64 },
+}
+
+/// Who waits for a read point of the core.
+#[derive(Clone, Copy, Debug)]
+enum ReadWaiter {
+    Local(RequestId),
+    Remote { peer: NodeId, request_id: u64 },
+}
+
+/// What a local caller of a forwarded command wants back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wants {
+    /// `execute`: the output once applied.
+    Output,
+    /// `feed`: the index the leader appended it at.
+    Index,
+}
+
+/// A command of ours forwarded to the leader.
+#[derive(Clone, Copy, Debug)]
+struct Forwarded {
+    caller: RequestId,
+    wants: Wants,
+    deadline: Instant,
+    /// The member it went to: the only one whose answer counts.
+    to: NodeId,
+}
+
+/// A strong read of ours whose read point was asked of the leader.
+#[derive(Clone, Copy, Debug)]
+struct ForwardedRead {
+    caller: RequestId,
+    deadline: Instant,
+    to: NodeId,
+}
+
+/// How a refusal of the core reaches a caller: as "not the leader" (retry elsewhere) when
+/// it is one of leadership, as a rejection otherwise.
+fn refusal_of(rejection: Rejection) -> ForwardRefusal {
+    match rejection {
+        Rejection::NotLeader { leader } => ForwardRefusal::NotLeader(leader),
+        // Passing states of a leader (handing over, just elected, busy): nothing was
+        // appended; the caller retries, here or with the next leader.
+        Rejection::TransferInProgress
+        | Rejection::LeadershipLost
+        | Rejection::LeaderNotReady
+        | Rejection::MembershipChangePending
+        | Rejection::TooManyReads { .. } => ForwardRefusal::NotLeader(None),
+        // What no retry changes.
+        other @ (Rejection::TooLarge { .. }
+        | Rejection::TooManyProposals { .. }
+        | Rejection::Membership(_)
+        | Rejection::NotAVoter(_)) => ForwardRefusal::Rejected(other.to_string()),
+    }
+}
+
+/// What a local caller learns from a refusal of the leader (the handle retries the first two).
+pub fn request_error(refusal: ForwardRefusal) -> RequestError {
+    match refusal {
+        ForwardRefusal::NotLeader(None) => RequestError::NoLeader,
+        ForwardRefusal::NotLeader(Some(_)) | ForwardRefusal::Unknown => RequestError::Unknown,
+        ForwardRefusal::Rejected(why) => RequestError::Refused(why),
+    }
+}
+
+/// Removes request `request_id` from `table` if `from` is the member it went to
+/// (`asked` reads that from an entry). A bonded member's answer to a request sent to
+/// another is dropped: only the member asked may say what became of a command or where a
+/// read may be served (request ids are this member's own counter, easy to guess).
+fn take_from_asked<T>(
+    me: NodeId,
+    table: &mut BTreeMap<u64, T>,
+    request_id: u64,
+    from: NodeId,
+    asked: impl Fn(&T) -> NodeId,
+) -> Option<T> {
+    let to = asked(table.get(&request_id)?);
+    if to != from {
+        tracing::warn!(node = %me, %from, asked = %to, request_id, "an answer from a member the request did not go to; dropped");
+        return None;
+    }
+    table.remove(&request_id)
+}
+
+pub struct Member {
+    id: NodeId,
+    config: WorkerConfig,
+    raft: Raft,
+    actions: VecDeque<Action>,
+    proposals: BTreeMap<Index, (Term, Waiter)>,
+    next_request_id: u64,
+    forwarded: BTreeMap<u64, Forwarded>,
+    forwarded_reads: BTreeMap<u64, ForwardedRead>,
+    /// Read points asked of the core, by the core's read id.
+    reads: BTreeMap<u64, ReadWaiter>,
+    /// Local reads whose read point is known, waiting for the driver to apply it.
+    waiting_reads: Vec<(Index, RequestId)>,
+    /// What the driver has applied (the core's own applied index runs ahead of it, by the
+    /// `Apply` actions not yet carried out).
+    applied: Index,
+    last_snapshot_index: Index,
+    /// Bytes of commands applied since the last snapshot (taken or installed).
+    bytes_since_snapshot: u64,
+    /// A `TakeSnapshot` is out and not yet reported back.
+    snapshot_pending: bool,
+    stopped: Option<String>,
+    /// Peers with a live bond (admitted by the transport).
+    bonded: BTreeSet<NodeId>,
+    /// Since when each peer has been unreachable.
+    unreachable_since: BTreeMap<NodeId, Instant>,
+    /// Whether to found, join or wait while the core holds no state.
+    formation: Formation,
+    /// A [`Request::Leave`] in progress.
+    leaving: Option<RequestId>,
+    /// A [`Request::ChangeMembership`] waiting for the core's verdict.
+    changing: Option<(RequestId, MembershipChange)>,
+    /// Members that asked to leave (as leader): never added back automatically while
+    /// their bond stays up.
+    departed: BTreeSet<NodeId>,
+    /// What each bonded peer said of its leadership preference on its bond.
+    preferences: BTreeMap<NodeId, LeadershipPreference>,
+    /// This member's own preference, said on every new bond.
+    preference: LeadershipPreference,
+    /// Whether this member wrote the group's first configuration.
+    founded: bool,
+    /// Inputs the core refused (bad frames from peers): correct peers never cause one.
+    inputs_refused: u64,
+}
+
+impl Member {
+    /// A member around `raft` (recovered from storage, perhaps bootstrapped). The state
+    /// machine the driver holds has applied everything up to the core's snapshot.
+    ///
+    /// `request_ids_from` starts the ids of the requests this member sends its peers
+    /// (forwarded commands, read points): the driver draws it at random, so that ids of a
+    /// restarted member do not repeat its earlier life's. A leader may still answer a
+    /// request of that earlier life once the bond is back, and the answer must not reach
+    /// a new caller that happens to have the same id.
+    pub fn new(
+        config: WorkerConfig,
+        raft: Raft,
+        preference: LeadershipPreference,
+        request_ids_from: u64,
+    ) -> Self {
+        let id = raft.id();
+        let formation = Formation::new(id, config.founders.clone(), raft.is_fresh());
+        let snapshot_index = raft.snapshot_index();
+        let mut member = Self {
+            id,
+            config,
+            raft,
+            actions: VecDeque::new(),
+            proposals: BTreeMap::new(),
+            next_request_id: request_ids_from,
+            forwarded: BTreeMap::new(),
+            forwarded_reads: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            waiting_reads: Vec::new(),
+            applied: snapshot_index,
+            last_snapshot_index: snapshot_index,
+            bytes_since_snapshot: 0,
+            snapshot_pending: false,
+            stopped: None,
+            bonded: BTreeSet::new(),
+            unreachable_since: BTreeMap::new(),
+            formation,
+            leaving: None,
+            changing: None,
+            departed: BTreeSet::new(),
+            preferences: BTreeMap::new(),
+            preference,
+            founded: false,
+            inputs_refused: 0,
+        };
+        // A founding set of this member alone founds at once.
+        let decision = member.formation.poll_initial();
+        member.act_on(decision);
+        member
+    }
+
+    // ----- what the driver reads -----
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The core, to read (status, the simulator's checks).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Why the member stopped taking part, once it has.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    /// Whether this member wrote the group's first configuration (founded it).
+    pub fn founded(&self) -> bool {
+        self.founded
+    }
+
+    /// How many inputs the core refused (frames that break the protocol).
+    pub fn inputs_refused(&self) -> u64 {
+        self.inputs_refused
+    }
+
+    /// Replaces the formation rule: the unsafe one, to show that the simulator catches
+    /// the fork it allows.
+    #[cfg(test)]
+    pub(crate) fn with_formation(mut self, formation: Formation) -> Self {
+        self.formation = formation;
+        self
+    }
+
+    /// Whether `from`'s consensus traffic is taken now (a founder still waiting takes
+    /// only its founders').
+    pub fn accepts_raft_from(&self, from: NodeId) -> bool {
+        self.formation.accepts_raft_from(from)
+    }
+
+    // ----- inputs -----
+
+    /// One tick of the driver's timer: the core's logical clock, forwarded requests'
+    /// deadlines, automatic membership and a leave in progress.
+    pub fn handle_tick(&mut self, now: Now) {
+        self.step(Input::Tick);
+        self.fail_forwarded_where(|deadline, _| deadline <= now.instant);
+        self.manage_membership(now.instant);
+        self.drive_leave();
+    }
+
+    /// A bond to `peer` came up or went down.
+    pub fn handle_reachable(&mut self, now: Now, peer: NodeId, reachable: bool) {
+        if reachable {
+            self.bonded.insert(peer);
+            self.unreachable_since.remove(&peer);
+            // A new bond: a member that left and came back may be added again.
+            self.departed.remove(&peer);
+        } else {
+            self.bonded.remove(&peer);
+            self.unreachable_since.entry(peer).or_insert(now.instant);
+            // Whatever we forwarded to it will not be answered.
+            self.fail_forwarded_where(|_, to| to == peer);
+        }
+        self.step(Input::PeerReachable { peer, reachable });
+        if reachable {
+            let status = self.formation.status();
+            self.send(peer, PeerFrame::Formation(status));
+            self.send(peer, PeerFrame::Preference(self.preference));
+        } else {
+            self.formation.handle_bond_down(peer);
+            self.preferences.remove(&peer);
+        }
+    }
+
+    /// A local caller's request. Once stopped, every request is refused with the reason.
+    pub fn handle_request(&mut self, now: Now, id: RequestId, request: Request) {
+        if let Some(reason) = &self.stopped {
+            if !matches!(request, Request::TransferLeadership(_)) {
+                let result = Err(RequestError::Stopped(reason.clone()));
+                self.actions.push_back(Action::Answer { id, result });
+            }
+            return;
+        }
+        match request {
+            Request::Execute(command) => {
+                if self.raft.role() == Role::Leader {
+                    self.propose(now, command, Waiter::Local(id));
+                } else {
+                    self.forward(now, id, Wants::Output, command);
+                }
+            }
+            Request::Feed(command) => {
+                if self.raft.role() == Role::Leader {
+                    let result = self
+                        .append(now, command)
+                        .map(|(index, _)| Reply::Index(index))
+                        .map_err(request_error);
+                    self.actions.push_back(Action::Answer { id, result });
+                } else {
+                    self.forward(now, id, Wants::Index, command);
+                }
+            }
+            Request::StrongRead => {
+                if self.raft.role() == Role::Leader {
+                    let read = self.next_id();
+                    self.reads.insert(read, ReadWaiter::Local(id));
+                    self.step(Input::ReadIndex { id: read });
+                } else if let Some(leader) = self.raft.leader() {
+                    let request_id = self.next_id();
+                    let read = ForwardedRead {
+                        caller: id,
+                        deadline: now.instant + self.config.forward_timeout,
+                        to: leader,
+                    };
+                    self.forwarded_reads.insert(request_id, read);
+                    self.send(leader, PeerFrame::ReadIndex { request_id });
+                } else {
+                    let result = Err(RequestError::NoLeader);
+                    self.actions.push_back(Action::Answer { id, result });
+                }
+            }
+            Request::TransferLeadership(to) => self.step(Input::TransferLeadership { to }),
+            Request::ChangeMembership(change) => {
+                if !self.leads() {
+                    let refusal = ForwardRefusal::NotLeader(self.raft.leader());
+                    return self.answer_local(id, Err(refusal));
+                }
+                if let Some((earlier, _)) = self.changing.replace((id, change)) {
+                    let result = Err(RequestError::Refused("a later change took over".into()));
+                    self.actions.push_back(Action::Answer {
+                        id: earlier,
+                        result,
+                    });
+                }
+                self.step(Input::ChangeMembership(change));
+            }
+            Request::Leave => {
+                let membership = self.raft.membership();
+                if membership.contains(self.id) && membership.members().all(|m| m == self.id) {
+                    let result = Err(RequestError::Refused(
+                        "the only member of a group cannot leave it".into(),
+                    ));
+                    self.actions.push_back(Action::Answer { id, result });
+                    return;
+                }
+                if let Some(earlier) = self.leaving.replace(id) {
+                    let result = Err(RequestError::Refused("a later leave took over".into()));
+                    self.actions.push_back(Action::Answer {
+                        id: earlier,
+                        result,
+                    });
+                }
+                self.drive_leave();
+            }
+        }
+    }
+
+    /// The caller of request `id` went away: a leave in progress is abandoned.
+    pub fn handle_cancel(&mut self, id: RequestId) {
+        if self.leaving == Some(id) {
+            self.leaving = None;
+        }
+    }
+
+    /// A frame from `from`, whose identity the bond authenticated.
+    pub fn handle_frame(&mut self, now: Now, from: NodeId, frame: PeerFrame) {
+        match frame {
+            PeerFrame::Raft(m) => {
+                if m.from != from {
+                    tracing::warn!(node = %self.id, %from, claimed = %m.from, "frame claims another sender; dropped");
+                    return;
+                }
+                if !self.formation.accepts_raft_from(from) {
+                    // A founder waiting for its founders takes no other group's log.
+                    tracing::debug!(node = %self.id, %from, "consensus traffic from a non-founder while founding; dropped");
+                    return;
+                }
+                self.step(Input::Message(m));
+            }
+            PeerFrame::Forward {
+                request_id,
+                command,
+            } => {
+                if self.leads() {
+                    let waiter = Waiter::Remote {
+                        peer: from,
+                        request_id,
+                    };
+                    self.propose(now, command, waiter);
+                } else {
+                    let result = Err(ForwardRefusal::NotLeader(self.raft.leader()));
+                    self.send(from, PeerFrame::ForwardReply { request_id, result });
+                }
+            }
+            PeerFrame::ForwardFeed {
+                request_id,
+                command,
+            } => {
+                let result = if self.leads() {
+                    self.append(now, command).map(|(index, _)| index)
+                } else {
+                    Err(ForwardRefusal::NotLeader(self.raft.leader()))
+                };
+                self.send(from, PeerFrame::ForwardFeedReply { request_id, result });
+            }
+            PeerFrame::ForwardReply { request_id, result } => {
+                self.on_forward_reply(from, request_id, Wants::Output, result.map(Reply::Output));
+            }
+            PeerFrame::ForwardFeedReply { request_id, result } => {
+                self.on_forward_reply(from, request_id, Wants::Index, result.map(Reply::Index));
+            }
+            PeerFrame::ReadIndex { request_id } => {
+                if self.leads() {
+                    let read = self.next_id();
+                    self.reads.insert(
+                        read,
+                        ReadWaiter::Remote {
+                            peer: from,
+                            request_id,
+                        },
+                    );
+                    self.step(Input::ReadIndex { id: read });
+                } else {
+                    let result = Err(ForwardRefusal::NotLeader(self.raft.leader()));
+                    self.send(from, PeerFrame::ReadIndexReply { request_id, result });
+                }
+            }
+            PeerFrame::ReadIndexReply { request_id, result } => {
+                let asked =
+                    take_from_asked(self.id, &mut self.forwarded_reads, request_id, from, |r| {
+                        r.to
+                    });
+                if let Some(read) = asked {
+                    match result {
+                        Ok(index) => self.waiting_reads.push((index, read.caller)),
+                        Err(refusal) => self.answer_local(read.caller, Err(refusal)),
+                    }
+                }
+            }
+            PeerFrame::Leave => self.on_leave_asked(from),
+            PeerFrame::Preference(preference) => {
+                if self.bonded.contains(&from) {
+                    self.preferences.insert(from, preference);
+                }
+            }
+            PeerFrame::Left => {
+                // Believed only from the leader this member asked, while it is leaving.
+                if self.leaving.is_some() && self.raft.leader() == Some(from) {
+                    if let Some(id) = self.leaving.take() {
+                        tracing::info!(node = %self.id, leader = %from, "left the group");
+                        self.actions.push_back(Action::Answer {
+                            id,
+                            result: Ok(Reply::Left),
+                        });
+                    }
+                } else {
+                    tracing::warn!(node = %self.id, %from, "a 'left' from a member this one did not ask; ignored");
+                }
+            }
+            PeerFrame::Formation(status) => {
+                // Only before formation, and only from a peer whose bond is up.
+                if self.formation.is_formed() || !self.bonded.contains(&from) {
+                    tracing::debug!(node = %self.id, %from, "formation frame after formation or from an unbonded peer; ignored");
+                    return;
+                }
+                let decision = self.formation.handle_status(from, status);
+                self.act_on(decision);
+            }
+        }
+    }
+
+    /// A [`Action::Write`] is durable up to (`index`, `term`).
+    pub fn handle_persisted(&mut self, index: Index, term: Term) {
+        self.step(Input::Persisted { index, term });
+        self.note_formed();
+    }
+
+    /// The driver applied entry (`index`, `term`) of an [`Action::Apply`]; `output` is the
+    /// encoded output of its command (`None`: not a command, or one that did not decode).
+    pub fn handle_applied(&mut self, index: Index, term: Term, output: Option<Bytes>) {
+        self.applied = index;
+        if let Some((proposed_in, waiter)) = self.proposals.remove(&index) {
+            let result = match output {
+                Some(out) if proposed_in == term => Ok(out),
+                _ => Err(ForwardRefusal::Unknown),
+            };
+            self.answer(waiter, result);
+        }
+    }
+
+    /// The snapshot asked for at `index` is durable (`Some(data)`: the handle the core
+    /// sends to followers) or failed (`None`). Returns whether the core took it: not when
+    /// it has moved past it meanwhile (a snapshot installed from the leader) or stopped.
+    pub fn handle_snapshot_taken(&mut self, index: Index, data: Option<Bytes>) -> bool {
+        self.snapshot_pending = false;
+        let Some(data) = data else {
+            return false;
+        };
+        self.step(Input::Compact {
+            index,
+            data: data.clone(),
+        });
+        self.stopped.is_none() && self.raft.snapshot().is_some_and(|s| s.data == data)
+    }
+
+    /// The driver cannot go on (a storage write or a snapshot failed): nothing more is
+    /// applied or acknowledged. Callers whose command may have been appended learn that
+    /// its outcome is unknown; the others that the member stopped.
+    pub fn stop(&mut self, reason: String) {
+        if self.stopped.is_some() {
+            return;
+        }
+        self.stopped = Some(reason.clone());
+        // Answers already decided still go out; nothing else is carried out.
+        self.actions
+            .retain(|action| matches!(action, Action::Answer { .. }));
+        self.fail_everything(&RequestError::Stopped(reason));
+    }
+
+    // ----- outputs -----
+
+    /// The next thing to do, `None` once there is nothing.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() && self.stopped.is_none() {
+            self.serve_waiting_reads();
+            self.maybe_snapshot();
+            if self.actions.is_empty() {
+                let ready = self.raft.ready();
+                if !ready.is_empty() {
+                    self.take_ready(ready);
+                }
+            }
+        }
+        self.actions.pop_front()
+    }
+
+    // ----- the core -----
+
+    fn leads(&self) -> bool {
+        self.raft.role() == Role::Leader && self.stopped.is_none()
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.next_request_id
+    }
+
+    fn send(&mut self, to: NodeId, frame: PeerFrame) {
+        self.actions.push_back(Action::Send { to, frame });
+    }
+
+    fn step(&mut self, input: Input) {
+        if self.stopped.is_some() {
+            return;
+        }
+        match self.raft.step(input) {
+            Ok(()) => {}
+            // Two leaders in one term, or a committed entry overwritten: two groups share
+            // this id (or a member is not what it claims). Nothing more may be applied or
+            // acknowledged here: stop, loudly, with the evidence.
+            Err(e @ (StepError::SecondLeader { .. } | StepError::CommittedConflict { .. })) => {
+                tracing::error!(node = %self.id, error = %e, "consensus safety violated: node stops");
+                self.stop(format!("consensus safety violated: {e}"));
+            }
+            // A bad frame from a peer: drop it, the core is unchanged.
+            Err(e) => {
+                self.inputs_refused += 1;
+                tracing::warn!(node = %self.id, error = %e, "input refused by the core");
+            }
+        }
+    }
+
+    /// Turns one Ready of the core into actions, in the core's order.
+    fn take_ready(&mut self, ready: Ready) {
+        let Ready {
+            hard_state,
+            snapshot,
+            entries,
+            messages,
+            persisted_messages,
+            committed_entries,
+            read_states,
+            events,
+        } = ready;
+        // Appends from a leader may leave before its own write (thesis §10.2.1).
+        for m in messages {
+            self.send(m.to, PeerFrame::Raft(m));
+        }
+        let batch = WriteBatch {
+            snapshot: snapshot.clone(),
+            entries,
+            hard_state,
+        };
+        // With nothing to write, `then` still waits for the writes in flight.
+        if !batch.is_empty() || !persisted_messages.is_empty() {
+            self.actions.push_back(Action::Write {
+                batch,
+                then: persisted_messages,
+            });
+        }
+        if let Some(s) = snapshot {
+            self.applied = s.meta.index;
+            self.last_snapshot_index = s.meta.index;
+            self.bytes_since_snapshot = 0;
+            // Proposals at or below the snapshot point have an unknown fate here.
+            let keep = self.proposals.split_off(&(s.meta.index + 1));
+            for (_, (_, waiter)) in std::mem::replace(&mut self.proposals, keep) {
+                self.answer(waiter, Err(ForwardRefusal::Unknown));
+            }
+            self.actions.push_back(Action::Install(s));
+        }
+        self.on_events(events);
+        for entry in committed_entries {
+            if let EntryPayload::Command(data) = &entry.payload {
+                self.bytes_since_snapshot += data.len() as u64;
+            }
+            self.actions.push_back(Action::Apply(entry));
+        }
+        self.on_read_states(read_states);
+    }
+
+    fn on_events(&mut self, events: Vec<Event>) {
+        for event in events {
+            match &event {
+                Event::StateChanged { role, leader, .. } => {
+                    // Requests forwarded to a former leader will not be answered by it.
+                    let leader = *leader;
+                    self.fail_forwarded_where(|_, to| Some(to) != leader);
+                    if *role != Role::Leader {
+                        // Proposals made as leader may or may not commit: the handle
+                        // retries with the same session sequence, safe either way.
+                        for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
+                            self.answer(waiter, Err(ForwardRefusal::Unknown));
+                        }
+                    }
+                }
+                Event::MembershipChangeProposed { change, index } => {
+                    if let Some((id, _)) = self.changing.take_if(|(_, c)| c == change) {
+                        self.answer_local(id, Ok(Reply::Index(*index)));
+                    }
+                }
+                Event::MembershipChangeRejected { change, reason } => {
+                    if let Some((id, _)) = self.changing.take_if(|(_, c)| c == change) {
+                        self.answer_local(id, Err(refusal_of(reason.clone())));
+                    }
+                }
+                Event::ReadRejected { id, reason } => {
+                    if let Some(waiter) = self.reads.remove(id) {
+                        let refusal = refusal_of(reason.clone());
+                        match waiter {
+                            ReadWaiter::Local(caller) => self.answer_local(caller, Err(refusal)),
+                            ReadWaiter::Remote { peer, request_id } => {
+                                let result = Err(refusal);
+                                self.send(peer, PeerFrame::ReadIndexReply { request_id, result });
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            self.actions.push_back(Action::Observe(event));
+        }
+    }
+
+    fn on_read_states(&mut self, read_states: Vec<ReadState>) {
+        for rs in read_states {
+            match self.reads.remove(&rs.id) {
+                Some(ReadWaiter::Local(caller)) => self.waiting_reads.push((rs.index, caller)),
+                Some(ReadWaiter::Remote { peer, request_id }) => {
+                    let result = Ok(rs.index);
+                    self.send(peer, PeerFrame::ReadIndexReply { request_id, result });
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn serve_waiting_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.waiting_reads = waiting;
+        for (_, caller) in ready {
+            self.actions.push_back(Action::Serve(caller));
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = self.applied;
+        let by_entries = self
+            .config
+            .snapshot_every
+            .is_some_and(|every| applied >= self.last_snapshot_index + every);
+        let by_bytes = self
+            .config
+            .snapshot_bytes
+            .is_some_and(|bytes| self.bytes_since_snapshot >= bytes);
+        if !(by_entries || by_bytes) || applied <= self.last_snapshot_index || self.snapshot_pending
+        {
+            return;
+        }
+        self.last_snapshot_index = applied;
+        self.bytes_since_snapshot = 0;
+        self.snapshot_pending = true;
+        self.actions
+            .push_back(Action::TakeSnapshot { index: applied });
+    }
+
+    // ----- formation -----
+
+    /// Founds the group when formation says so.
+    fn act_on(&mut self, decision: Decision) {
+        let Decision::Found(founders) = decision else {
+            return;
+        };
+        match self.raft.bootstrap(founders.clone()) {
+            Ok(()) => {
+                self.founded = true;
+                tracing::info!(node = %self.id, voters = ?founders.voters, "every founder confirmed: founded the group")
+            }
+            // Took a founder's log first: it founded the same group.
+            Err(e) => tracing::info!(node = %self.id, reason = %e, "did not found"),
+        }
+    }
+
+    /// Once the core holds durable state, formation is over: tells every bonded peer, so
+    /// founders still waiting for this one learn that it is in a group (never before the
+    /// state is durable: a founder that said "formed" and then lost an unsynced first
+    /// entry would leave the others waiting for a group nobody holds).
+    fn note_formed(&mut self) {
+        if self.raft.is_fresh() || !self.formation.handle_formed() {
+            return;
+        }
+        let peers: Vec<NodeId> = self.bonded.iter().copied().collect();
+        for peer in peers {
+            self.send(
+                peer,
+                PeerFrame::Formation(super::formation::FormationStatus::Formed),
+            );
+        }
+    }
+
+    // ----- commands -----
+
+    /// Appends one command to the log (leader only).
+    fn append(&mut self, now: Now, command: Bytes) -> Result<(Index, Term), ForwardRefusal> {
+        self.raft
+            .propose(vec![command], now.unix_ms)
+            .map_err(refusal_of)
+    }
+
+    fn propose(&mut self, now: Now, command: Bytes, waiter: Waiter) {
+        match self.append(now, command) {
+            Ok((index, term)) => {
+                self.proposals.insert(index, (term, waiter));
+            }
+            Err(refusal) => self.answer(waiter, Err(refusal)),
+        }
+    }
+
+    fn answer(&mut self, waiter: Waiter, result: Result<Bytes, ForwardRefusal>) {
+        match waiter {
+            Waiter::Local(id) => self.answer_local(id, result.map(Reply::Output)),
+            Waiter::Remote { peer, request_id } => {
+                self.send(peer, PeerFrame::ForwardReply { request_id, result })
+            }
+        }
+    }
+
+    fn answer_local(&mut self, id: RequestId, result: Result<Reply, ForwardRefusal>) {
+        let result = result.map_err(request_error);
+        self.actions.push_back(Action::Answer { id, result });
+    }
+
+    /// Sends a command to the leader for local caller `id`, or fails it if none is known.
+    fn forward(&mut self, now: Now, id: RequestId, wants: Wants, command: Bytes) {
+        let Some(leader) = self.raft.leader() else {
+            let result = Err(RequestError::NoLeader);
+            self.actions.push_back(Action::Answer { id, result });
+            return;
+        };
+        let request_id = self.next_id();
+        let frame = match wants {
+            Wants::Output => PeerFrame::Forward {
+                request_id,
+                command,
+            },
+            Wants::Index => PeerFrame::ForwardFeed {
+                request_id,
+                command,
+            },
+        };
+        let forwarded = Forwarded {
+            caller: id,
+            wants,
+            deadline: now.instant + self.config.forward_timeout,
+            to: leader,
+        };
+        self.forwarded.insert(request_id, forwarded);
+        self.send(leader, frame);
+    }
+
+    /// The leader's answer to a forwarded command, if `from` is the member it went to. A
+    /// reply of the wrong kind means the leader is confused: the caller retries.
+    fn on_forward_reply(
+        &mut self,
+        from: NodeId,
+        request_id: u64,
+        kind: Wants,
+        result: Result<Reply, ForwardRefusal>,
+    ) {
+        let asked = take_from_asked(self.id, &mut self.forwarded, request_id, from, |f| f.to);
+        let Some(forwarded) = asked else {
+            return;
+        };
+        if forwarded.wants == kind {
+            self.answer_local(forwarded.caller, result);
+        } else {
+            self.answer_local(forwarded.caller, Err(ForwardRefusal::Unknown));
+        }
+    }
+
+    /// Fails forwarded requests whose deadline or target matches `doomed`: the handle
+    /// retries them (with the same session sequence, so a write that did commit is not
+    /// applied twice).
+    fn fail_forwarded_where(&mut self, doomed: impl Fn(Instant, NodeId) -> bool) {
+        let ids: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, f)| doomed(f.deadline, f.to))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(f) = self.forwarded.remove(&id) {
+                self.answer_local(f.caller, Err(ForwardRefusal::Unknown));
+            }
+        }
+        let ids: Vec<u64> = self
+            .forwarded_reads
+            .iter()
+            .filter(|(_, r)| doomed(r.deadline, r.to))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(r) = self.forwarded_reads.remove(&id) {
+                self.answer_local(r.caller, Err(ForwardRefusal::Unknown));
+            }
+        }
+    }
+
+    /// Answers every local caller: a command that may have been appended (proposed here
+    /// or forwarded) with an unknown outcome, everything else with `err`. Remote callers
+    /// learn nothing: their own deadlines answer them.
+    fn fail_everything(&mut self, err: &RequestError) {
+        for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
+            if let Waiter::Local(id) = waiter {
+                let result = Err(RequestError::Unknown);
+                self.actions.push_back(Action::Answer { id, result });
+            }
+        }
+        for (_, f) in std::mem::take(&mut self.forwarded) {
+            let result = Err(RequestError::Unknown);
+            self.actions.push_back(Action::Answer {
+                id: f.caller,
+                result,
+            });
+        }
+        let mut callers: Vec<RequestId> = std::mem::take(&mut self.forwarded_reads)
+            .into_values()
+            .map(|r| r.caller)
+            .collect();
+        callers.extend(
+            std::mem::take(&mut self.reads)
+                .into_values()
+                .filter_map(|w| match w {
+                    ReadWaiter::Local(id) => Some(id),
+                    ReadWaiter::Remote { .. } => None,
+                }),
+        );
+        callers.extend(
+            std::mem::take(&mut self.waiting_reads)
+                .into_iter()
+                .map(|(_, id)| id),
+        );
+        callers.extend(self.leaving.take());
+        callers.extend(self.changing.take().map(|(id, _)| id));
+        for id in callers {
+            let result = Err(err.clone());
+            self.actions.push_back(Action::Answer { id, result });
+        }
+    }
+
+    // ----- membership -----
+
+    /// One step of a [`Request::Leave`]: done once a configuration without this member is
+    /// committed; as leader, hands leadership to another voter first; as follower, asks
+    /// the leader to remove it (again on every tick until it does).
+    fn drive_leave(&mut self) {
+        let Some(id) = self.leaving else {
+            return;
+        };
+        let membership = self.raft.membership();
+        if !membership.contains(self.id) && self.raft.commit_index() >= self.raft.membership_index()
+        {
+            tracing::info!(node = %self.id, "left the group");
+            self.leaving = None;
+            self.actions.push_back(Action::Answer {
+                id,
+                result: Ok(Reply::Left),
+            });
+            return;
+        }
+        match (self.raft.role(), self.raft.leader()) {
+            (Role::Leader, _) => {
+                let successor = membership
+                    .voters
+                    .iter()
+                    .copied()
+                    .find(|v| *v != self.id && self.bonded.contains(v));
+                match successor {
+                    Some(to) => self.step(Input::TransferLeadership { to }),
+                    // No voter to hand over to (only learners): remove itself as leader.
+                    None => self.step(Input::ChangeMembership(MembershipChange::Remove(self.id))),
+                }
+            }
+            (_, Some(leader)) => self.send(leader, PeerFrame::Leave),
+            (_, None) => {}
+        }
+    }
+
+    /// `from` (authenticated by its bond) asks this member, as leader, to remove it.
+    fn on_leave_asked(&mut self, from: NodeId) {
+        // `from` is the peer the bond authenticated: a member can remove only itself.
+        if self.raft.role() != Role::Leader {
+            return;
+        }
+        let committed = self.raft.membership_index() <= self.raft.commit_index();
+        if !self.raft.membership().contains(from) {
+            // Gone from the latest configuration; once that is committed, say so (and
+            // keep it out: it asked).
+            if committed {
+                self.departed.insert(from);
+                self.send(from, PeerFrame::Left);
+            }
+            return;
+        }
+        if self.departed.insert(from) {
+            tracing::info!(node = %self.id, member = %from, "member asked to leave; removing it");
+        }
+        if committed {
+            self.step(Input::ChangeMembership(MembershipChange::Remove(from)));
+        }
+    }
+
+    /// The leader's automatic membership: bonded non-members join as learners, members
+    /// unreachable for `removal_timeout` are removed. One change at a time, each only once
+    /// the previous one is committed.
+    fn manage_membership(&mut self, now: Instant) {
+        if !self.config.auto_membership || self.raft.role() != Role::Leader {
+            return;
+        }
+        if self.raft.membership_index() > self.raft.commit_index() {
+            return;
+        }
+        let membership: Membership = self.raft.membership().clone();
+        let departed = self
+            .departed
+            .iter()
+            .find(|p| membership.contains(**p) && **p != self.id);
+        // A joiner is added once it has said how it takes part: an observer never votes.
+        let joiner = self.bonded.iter().find_map(|p| {
+            let preference = self.preferences.get(p)?;
+            (!membership.contains(*p) && !self.departed.contains(p)).then_some((*p, *preference))
+        });
+        let change = if let Some(peer) = departed {
+            // Asked to leave while another change was in flight: remove it now.
+            Some(MembershipChange::Remove(*peer))
+        } else if let Some((peer, preference)) = joiner {
+            Some(match preference {
+                LeadershipPreference::Observer => MembershipChange::AddObserver(peer),
+                LeadershipPreference::Normal | LeadershipPreference::Reluctant => {
+                    MembershipChange::AddLearner(peer)
+                }
+            })
+        } else if let Some(timeout) = self.config.removal_timeout {
+            self.unreachable_since
+                .iter()
+                .find(|(peer, since)| {
+                    **peer != self.id
+                        && membership.contains(**peer)
+                        && now.duration_since(**since) >= timeout
+                })
+                .map(|(peer, _)| MembershipChange::Remove(*peer))
+        } else {
+            None
+        };
+        if let Some(change) = change {
+            tracing::info!(node = %self.id, ?change, "automatic membership change");
+            self.step(Input::ChangeMembership(change));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! The member driven by hand: a driver that writes at once and applies every command as
+//! its own output, recording the actions in the order the member gave them.
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::raft::RaftConfig;
+use crate::storage::{MemoryStorage, Storage};
+
+const ME: NodeId = NodeId(1);
+
+struct Driver {
+    member: Member,
+    start: Instant,
+    ticks: u64,
+    /// Every action carried out, in order (writes and applies reported back at once).
+    log: Vec<Action>,
+}
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        snapshot_every: None,
+        snapshot_bytes: None,
+        ..WorkerConfig::default()
+    }
+}
+
+/// A single-voter group of `ME`, ticked until it leads and its first entries are applied.
+fn leader(config: WorkerConfig) -> Driver {
+    let state = MemoryStorage::new().initial_state().expect("state");
+    let mut raft = Raft::new(ME, RaftConfig::default(), 3, state).expect("core");
+    raft.bootstrap(Membership::with_voters([ME]))
+        .expect("bootstrap");
+    let mut d = Driver {
+        member: Member::new(config, raft, LeadershipPreference::Normal, 0),
+        start: Instant::now(),
+        ticks: 0,
+        log: Vec::new(),
+    };
+    for _ in 0..200 {
+        d.run();
+        if d.member.raft().role() == Role::Leader
+            && d.member.applied == d.member.raft().commit_index()
+            && d.member.raft().commit_index() > 0
+        {
+            d.log.clear();
+            return d;
+        }
+        d.tick();
+    }
+    panic!("did not lead");
+}
+
+impl Driver {
+    fn now(&self) -> Now {
+        Now {
+            instant: self.start + Duration::from_millis(self.ticks * 50),
+            unix_ms: 1_000 + self.ticks * 50,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        let now = self.now();
+        self.member.handle_tick(now);
+    }
+
+    fn request(&mut self, id: u64, request: Request) {
+        let now = self.now();
+        self.member.handle_request(now, RequestId(id), request);
+    }
+
+    /// Carries out every action: writes durable at once, each command's output its input.
+    fn run(&mut self) {
+        while let Some(action) = self.member.poll_action() {
+            self.carry_out(action);
+        }
+    }
+
+    /// Carries out actions up to and including the next write.
+    fn run_through_write(&mut self) {
+        while let Some(action) = self.member.poll_action() {
+            let write = matches!(action, Action::Write { .. });
+            self.carry_out(action);
+            if write {
+                return;
+            }
+        }
+        panic!("no write: {:?}", self.log);
+    }
+
+    fn carry_out(&mut self, action: Action) {
+        match &action {
+            Action::Write { batch, .. } => {
+                if let Some((index, term)) = batch.persisted_position() {
+                    self.member.handle_persisted(index, term);
+                }
+            }
+            Action::Apply(entry) => {
+                let output = match &entry.payload {
+                    EntryPayload::Command(data) => Some(data.clone()),
+                    _ => None,
+                };
+                self.member.handle_applied(entry.index, entry.term, output);
+            }
+            _ => {}
+        }
+        self.log.push(action);
+    }
+
+    fn position(&self, what: impl Fn(&Action) -> bool) -> usize {
+        self.log
+            .iter()
+            .position(what)
+            .unwrap_or_else(|| panic!("not carried out: {:?}", self.log))
+    }
+
+    fn answers(&self) -> Vec<(RequestId, Result<Reply, RequestError>)> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Answer { id, result } => Some((*id, result.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_command_is_answered_with_its_output_once_applied() {
+    let mut d = leader(config());
+    d.request(1, Request::Execute(Bytes::from_static(b"put")));
+    d.run();
+    let applied = d
+        .log
+        .iter()
+        .position(|a| matches!(a, Action::Apply(e) if matches!(&e.payload, EntryPayload::Command(c) if c == "put")))
+        .expect("applied");
+    let answered = d
+        .log
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Answer {
+                    id: RequestId(1),
+                    ..
+                }
+            )
+        })
+        .expect("answered");
+    assert!(applied < answered, "{:?}", d.log);
+    assert_eq!(
+        d.answers(),
+        vec![(RequestId(1), Ok(Reply::Output(Bytes::from_static(b"put"))))]
+    );
+}
+
+/// The core's applied index runs ahead of the driver's (it advances when the Ready is
+/// taken): a read point is served only once the driver has applied it.
+#[test]
+fn a_strong_read_is_served_only_after_the_driver_applied_its_read_point() {
+    let mut d = leader(config());
+    d.request(1, Request::Execute(Bytes::from_static(b"a")));
+    // "a" is durable, so committed (one voter), and not applied yet: the read point.
+    d.run_through_write();
+    let committed = d.member.raft().commit_index();
+    assert!(committed > d.member.applied, "{:?}", d.log);
+    d.request(2, Request::StrongRead);
+    d.run();
+    let applied = d.position(|a| matches!(a, Action::Apply(e) if e.index == committed));
+    let served = d.position(|a| matches!(a, Action::Serve(RequestId(2))));
+    assert!(applied < served, "{:?}", d.log);
+}
+
+#[test]
+fn a_stop_answers_commands_in_flight_as_unknown_and_later_requests_as_stopped() {
+    let mut d = leader(config());
+    // Proposed but not yet written: the driver stops before carrying anything out.
+    d.request(1, Request::Execute(Bytes::from_static(b"x")));
+    d.member.stop("disk gone".into());
+    d.request(2, Request::Execute(Bytes::from_static(b"y")));
+    d.request(3, Request::StrongRead);
+    d.run();
+    let stopped = RequestError::Stopped("disk gone".into());
+    assert_eq!(
+        d.answers(),
+        vec![
+            (RequestId(1), Err(RequestError::Unknown)),
+            (RequestId(2), Err(stopped.clone())),
+            (RequestId(3), Err(stopped)),
+        ]
+    );
+    assert!(
+        !d.log
+            .iter()
+            .any(|a| matches!(a, Action::Write { .. } | Action::Apply(_))),
+        "a stopped member writes or applies nothing: {:?}",
+        d.log
+    );
+}
+
+#[test]
+fn a_snapshot_is_asked_for_at_the_applied_index_and_once_at_a_time() {
+    let mut d = leader(WorkerConfig {
+        snapshot_every: Some(4),
+        ..config()
+    });
+    let snapshots = |d: &Driver| -> Vec<Index> {
+        d.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::TakeSnapshot { index } => Some(*index),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        d.member.applied < 4,
+        "the set-up applied {}",
+        d.member.applied
+    );
+    for id in 1..=3 {
+        d.request(id, Request::Execute(Bytes::from_static(b"c")));
+    }
+    d.run();
+    // Asked once everything applied so far was applied: the machine is at that index.
+    let applied = d.member.applied;
+    assert!(applied >= 4);
+    assert_eq!(snapshots(&d), vec![applied], "{:?}", d.log);
+    let asked = d.position(|a| matches!(a, Action::TakeSnapshot { .. }));
+    let last_apply = d.log.iter().rposition(|a| matches!(a, Action::Apply(_)));
+    assert!(last_apply < Some(asked), "{:?}", d.log);
+    // Not another while that one is out, however much is applied.
+    d.log.clear();
+    for id in 4..=12 {
+        d.request(id, Request::Execute(Bytes::from_static(b"c")));
+    }
+    d.run();
+    assert_eq!(snapshots(&d), Vec::<Index>::new());
+    // Reported failed: asked again, being due, at what the machine has applied.
+    assert!(!d.member.handle_snapshot_taken(applied, None));
+    let due_at = d.member.applied;
+    d.request(13, Request::Execute(Bytes::from_static(b"c")));
+    d.run();
+    assert_eq!(snapshots(&d), vec![due_at]);
+}
+
+/// A leader handing over leadership appends nothing: its callers retry with the next one
+/// instead of being told their command was refused.
+#[test]
+fn refusals_of_leadership_are_retried_and_others_are_not() {
+    for rejection in [
+        Rejection::TransferInProgress,
+        Rejection::LeadershipLost,
+        Rejection::NotLeader { leader: None },
+    ] {
+        assert_eq!(
+            request_error(refusal_of(rejection.clone())),
+            RequestError::NoLeader,
+            "{rejection:?}"
+        );
+    }
+    assert!(matches!(
+        request_error(refusal_of(Rejection::TooLarge {
+            bytes: 2,
+            max_bytes: 1
+        })),
+        RequestError::Refused(_)
+    ));
+}
+
+#[test]
+fn a_leave_of_the_only_member_is_refused() {
+    let mut d = leader(config());
+    d.request(1, Request::Leave);
+    d.run();
+    assert!(matches!(
+        d.answers().as_slice(),
+        [(RequestId(1), Err(RequestError::Refused(_)))]
+    ));
+}
