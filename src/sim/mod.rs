@@ -9,10 +9,14 @@
 //! ±20 %), every election timeout inside the cores, and the clients: when they give up
 //! (the outcome stays unknown), when one leaves for a new one, and the session table's
 //! bounds (in some seeds one session above the concurrent clients, so sessions are
-//! evicted, and a TTL, so they expire). The nodes run
-//! the real [`Raft`](crate::raft::Raft) core and the real replicated key-value machine;
-//! only the network and the disk are simulated. A disk write becomes durable after a
-//! latency; a crash keeps a random prefix of the writes in flight and loses the rest.
+//! evicted, and a TTL, so they expire). Each node runs the real
+//! [`Member`](crate::groups::member::Member), the runtime's decisions as the worker makes
+//! them (formation, forwarding to the leader, follower reads through the leader's read
+//! point, automatic membership, snapshots), around the real [`Raft`](crate::raft::Raft)
+//! core, and the real replicated key-value machine; only the network, the bonds and the
+//! disk are simulated. Clients send to any node: a follower forwards. A disk write becomes
+//! durable after a latency; a crash keeps a random prefix of the writes in flight and
+//! loses the rest.
 //!
 //! About one seed in three starts every node fresh: the founders (the first voters) form
 //! the group through the runtime's own formation rule, with bonds coming up, going down

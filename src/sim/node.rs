@@ -1,9 +1,11 @@
-//! A simulated node: the real core, the real state machine, and a disk that makes writes
-//! durable only after a delay, so a crash can lose what was not yet synced.
+//! A simulated node: the real member (the runtime's decisions around the real core), the
+//! real state machine, and a disk that makes writes durable only after a delay, so a crash
+//! can lose what was not yet synced.
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::groups::member::{Member, RequestId};
 use crate::machine::{ClientId, KvCommand, ReplicatedKv, SessionCommand};
-use crate::raft::{Index, Message, NodeId, Raft, ReadState, Term};
+use crate::raft::{Index, Message, NodeId, Raft, Term};
 use crate::storage::{MemoryStorage, WriteBatch};
 
 /// A write on its way to the disk, and what waits for it.
@@ -24,18 +26,19 @@ pub struct Waiter {
     pub op: usize,
 }
 
-/// A read-index read waiting for its read point to be applied.
+/// A client request handed to a node's member, by the member's request id.
 #[derive(Clone, Debug)]
-pub struct WaitingRead {
-    pub state: ReadState,
-    pub key: Vec<u8>,
+pub struct Pending {
     pub waiter: Waiter,
+    /// The key of a strong read, run when the member says its read point is applied.
+    pub read_key: Option<Vec<u8>>,
 }
 
 pub struct SimNode {
     /// Bumped on every crash; events of an earlier incarnation are ignored.
     pub incarnation: u64,
-    pub raft: Option<Raft>,
+    /// The runtime's decisions and the core, as the worker runs them (`None`: down).
+    pub member: Option<Member>,
     pub machine: ReplicatedKv,
     /// What survives a crash.
     pub durable: MemoryStorage,
@@ -43,12 +46,9 @@ pub struct SimNode {
     pub disk_queue: VecDeque<DiskWrite>,
     pub disk_busy_until_ms: u64,
     pub disk_slow_until_ms: u64,
-    /// Proposals this node made as leader: index → (term, waiter).
-    pub proposals: BTreeMap<Index, (Term, Waiter)>,
-    /// Read-index requests by read id.
-    pub reads: BTreeMap<u64, (Vec<u8>, Waiter)>,
-    pub waiting_reads: Vec<WaitingRead>,
-    pub last_snapshot_index: Index,
+    /// Client requests the member owes an answer to.
+    pub requests: BTreeMap<RequestId, Pending>,
+    pub next_request: u64,
     pub last_commit_seen: Index,
     /// The configuration in force when the core took its latest input: the one a leader
     /// counts a commit under in that step. The core counts (`maybe_commit` over its
@@ -56,32 +56,38 @@ pub struct SimNode {
     /// same step (an automatic promotion follows the count), and appends nothing before
     /// it, so this is exactly the configuration of the quorum it used.
     pub step_membership: Option<crate::raft::Membership>,
-    /// Found, join or wait, as the runtime decides it (fresh starts).
-    pub formation: crate::groups::formation::Formation,
 }
 
 impl SimNode {
     pub fn new(machine: ReplicatedKv) -> Self {
         Self {
             incarnation: 0,
-            raft: None,
+            member: None,
             machine,
             durable: MemoryStorage::new(),
             disk_queue: VecDeque::new(),
             disk_busy_until_ms: 0,
             disk_slow_until_ms: 0,
-            proposals: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            waiting_reads: Vec::new(),
-            last_snapshot_index: 0,
+            requests: BTreeMap::new(),
+            next_request: 0,
             last_commit_seen: 0,
             step_membership: None,
-            formation: crate::groups::formation::Formation::new(NodeId(0), None, false),
         }
     }
 
     pub fn is_up(&self) -> bool {
-        self.raft.is_some()
+        self.member.is_some()
+    }
+
+    /// The core, while up.
+    pub fn raft(&self) -> Option<&Raft> {
+        self.member.as_ref().map(Member::raft)
+    }
+
+    /// A request id for the member, unique for this node's life.
+    pub fn next_request_id(&mut self) -> RequestId {
+        self.next_request += 1;
+        RequestId(self.next_request)
     }
 }
 

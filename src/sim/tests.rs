@@ -38,7 +38,8 @@ fn simulator_seeds_pass() {
     eprintln!(
         "sim: {count} seeds: {} crashes, {} partitions, {} pauses ({} events queued and \
          delivered on resume), {} long-tail delays, {} runs with skewed ticks, {} give-ups, \
-         {} client departures, {} sessions evicted, {} expired, {} retries deduplicated",
+         {} client departures, {} sessions evicted, {} expired, {} retries deduplicated, \
+         {} commands forwarded, {} follower reads, {} automatic membership changes",
         sum(|r| r.stats.crashes),
         sum(|r| r.stats.partitions),
         sum(|r| r.stats.pauses),
@@ -53,8 +54,24 @@ fn simulator_seeds_pass() {
         sum(|r| r.stats.sessions_evicted),
         sum(|r| r.stats.sessions_expired),
         sum(|r| r.stats.duplicates),
+        sum(|r| r.stats.forwards),
+        sum(|r| r.stats.follower_reads),
+        sum(|r| r.stats.automatic_changes),
     );
     assert!(sum(|r| r.stats.crashes) > 0, "no crashes injected");
+    // The runtime's own paths, through the member, not only the core's.
+    assert!(
+        sum(|r| r.stats.forwards) > 0,
+        "no command was forwarded to a leader"
+    );
+    assert!(
+        sum(|r| r.stats.follower_reads) > 0,
+        "no read was served through the leader's read point"
+    );
+    assert!(
+        sum(|r| r.stats.automatic_changes) > 0,
+        "no leader changed its membership by itself"
+    );
     assert!(sum(|r| r.stats.partitions) > 0, "no partitions injected");
     assert!(
         sum(|r| r.stats.membership_changes) > 0,

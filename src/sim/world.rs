@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -12,18 +13,22 @@ use super::faults::{
     FaultKind, FaultPlan, CLIENT_RETIRE_PROBABILITY, CLIENT_TIMEOUT_MS, LONG_DELAY_MS_MAX,
     LONG_DELAY_MS_MIN, PAUSE_MS_MAX, PAUSE_MS_MIN,
 };
-use super::node::{DiskWrite, Reply, Request, SimNode, Waiter, WaitingRead};
+use super::node::{DiskWrite, Pending, Reply, Request, SimNode, Waiter};
 use super::SimOptions;
-use crate::groups::formation::{Decision, Formation, FormationStatus};
+#[cfg(test)]
+use crate::groups::formation::Formation;
+use crate::groups::member::{Action, Member, Now, Reply as MemberReply, Request as MemberRequest};
+use crate::groups::worker::{RequestError, WorkerConfig};
+use crate::groups::PeerFrame;
 use crate::lincheck::kv::KvOutput as LinOutput;
 use crate::lincheck::Operation;
 use crate::machine::{
-    ApplyContext, ClientId, KvQuery, KvQueryResult, KvStore, ReplicatedKv, SessionCommand,
-    SessionConfig, SessionOutput, Sessions, StateMachine,
+    ApplyContext, ClientId, KvQuery, KvQueryResult, KvStore, LeadershipPreference, ReplicatedKv,
+    SessionCommand, SessionConfig, SessionOutput, Sessions, StateMachine,
 };
 use crate::raft::{
-    EntryPayload, Event, Index, Input, Membership, MembershipChange, Message, NodeId, Raft,
-    RaftConfig, Ready, Role, SplitMix64,
+    EntryPayload, Event, Index, Membership, MembershipChange, Message, NodeId, Raft, RaftConfig,
+    Role, SplitMix64,
 };
 use crate::storage::{Storage, WriteBatch};
 
@@ -32,6 +37,11 @@ const KEYS: u64 = 3;
 /// Most events a paused node queues; further messages to it are dropped, as a full
 /// socket buffer would. Ticks, disk completions and bond statuses are always kept.
 const PAUSE_BACKLOG_MAX: usize = 4096;
+/// A follower answers a command it forwarded "unknown" after this long without the
+/// leader's answer (the client then retries it, same sequence).
+const FORWARD_TIMEOUT_MS: u64 = 300;
+/// The leader removes a member unreachable this long (it joins again when it comes back).
+const REMOVAL_TIMEOUT_MS: u64 = 4_000;
 
 #[derive(Clone, Debug)]
 enum EventKind {
@@ -39,7 +49,12 @@ enum EventKind {
         node: usize,
         incarnation: u64,
     },
-    Deliver(Message),
+    /// A frame on the bond `from` → `to`.
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        frame: PeerFrame,
+    },
     DiskDone {
         node: usize,
         incarnation: u64,
@@ -76,11 +91,12 @@ enum EventKind {
         node: usize,
         incarnation: u64,
     },
-    /// A formation status on the bond `from`–`to` (fresh starts only).
-    Formation {
-        from: usize,
-        to: usize,
-        status: FormationStatus,
+    /// Node `node`'s bond to `peer` came up or went down (its transport tells it).
+    Bond {
+        node: usize,
+        incarnation: u64,
+        peer: NodeId,
+        up: bool,
     },
 }
 
@@ -113,6 +129,8 @@ pub struct World {
     pub plan: FaultPlan,
     pub rng: SplitMix64,
     pub now_ms: u64,
+    /// The members' monotonic clock reads `epoch + now_ms` (only differences count).
+    epoch: Instant,
     /// Logical clock for the history: bumps on every event, so call/return order is exact.
     pub step: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
@@ -134,7 +152,9 @@ pub struct World {
     pub faults_enabled: bool,
     pub clients_issue_new: bool,
     next_write_id: u64,
-    next_read_id: u64,
+    /// An operator's request is being carried out (its membership change is not the
+    /// member's own).
+    operator_acting: bool,
     /// Bounds of every replica's session table.
     session_config: SessionConfig,
     /// Every client id of the run, departed ones included (for counting evictions).
@@ -174,6 +194,11 @@ pub struct Stats {
     /// configuration in them.
     pub fresh_starts: u64,
     pub foundings: u64,
+    /// Commands a follower forwarded to the leader, and read points it asked of it.
+    pub forwards: u64,
+    pub follower_reads: u64,
+    /// Membership changes a leader's member made by itself (joiners, departures).
+    pub automatic_changes: u64,
 }
 
 impl World {
@@ -203,6 +228,7 @@ impl World {
             options,
             plan,
             now_ms: 0,
+            epoch: Instant::now(),
             step: 0,
             queue: BinaryHeap::new(),
             next_seq: 0,
@@ -222,7 +248,7 @@ impl World {
             faults_enabled: true,
             clients_issue_new: true,
             next_write_id: 0,
-            next_read_id: 0,
+            operator_acting: false,
             log: Vec::new(),
             stats: Stats::default(),
             rng: SplitMix64::new(rng.next_u64()),
@@ -258,8 +284,7 @@ impl World {
                 raft.bootstrap(bootstrap.clone())
                     .expect("fresh core bootstraps");
             }
-            world.nodes[i].formation = world.formation_of(i, raft.is_fresh());
-            world.nodes[i].raft = Some(raft);
+            world.nodes[i].member = Some(world.new_member(i, raft));
             let phase = world.rng.range(0, world.plan.tick_ms[i]);
             world.schedule(
                 phase,
@@ -270,14 +295,11 @@ impl World {
             );
         }
         for i in 0..nodes {
-            let ready = world.nodes[i].raft.as_mut().map(Raft::ready);
-            if let Some(ready) = ready {
-                if let Err(v) = world.process_ready(i, ready) {
-                    panic!("bootstrap violated an invariant: {v:?}");
-                }
+            if let Err(v) = world.drain(i) {
+                panic!("bootstrap violated an invariant: {v:?}");
             }
         }
-        // Bonds come up: formation statuses go out in a seeded order.
+        // Bonds come up, in a seeded order: formation statuses and preferences go out.
         world.update_reachability();
         for c in 0..clients {
             let delay = world.rng.range(0, 50);
@@ -288,17 +310,42 @@ impl World {
         world
     }
 
-    /// Node `node`'s formation state: a founder of the configured set, or a joiner.
-    fn formation_of(&self, node: usize, fresh: bool) -> Formation {
+    /// The member's settings: the worker's, in simulated time. Automatic membership is on
+    /// (bonded peers join as learners, members away for a few seconds are removed); in a
+    /// fresh start the founders are the configured set and the rest only join.
+    fn member_config(&self, node: usize) -> WorkerConfig {
         let me = self.ids[node];
-        #[cfg(test)]
-        if let Some(expect) = self.options.dangerous_formation {
-            if fresh {
-                return Formation::dangerous_smallest_bonded(me, expect);
-            }
+        WorkerConfig {
+            tick: Duration::from_millis(self.plan.tick_ms[node]),
+            forward_timeout: Duration::from_millis(FORWARD_TIMEOUT_MS),
+            snapshot_every: self.plan.snapshot_every,
+            snapshot_bytes: None,
+            auto_membership: true,
+            removal_timeout: Some(Duration::from_millis(REMOVAL_TIMEOUT_MS)),
+            founders: self.founders.as_ref().filter(|f| f.contains(&me)).cloned(),
         }
-        let founders = self.founders.as_ref().filter(|f| f.contains(&me)).cloned();
-        Formation::new(me, founders, fresh)
+    }
+
+    /// Node `node`'s member around `raft`.
+    fn new_member(&mut self, node: usize, raft: Raft) -> Member {
+        #[cfg(test)]
+        let dangerous = self
+            .options
+            .dangerous_formation
+            .filter(|_| raft.is_fresh())
+            .map(|expect| Formation::dangerous_smallest_bonded(self.ids[node], expect));
+        let request_ids_from = self.rng.next_u64();
+        let member = Member::new(
+            self.member_config(node),
+            raft,
+            LeadershipPreference::Normal,
+            request_ids_from,
+        );
+        #[cfg(test)]
+        if let Some(formation) = dangerous {
+            return member.with_formation(formation);
+        }
+        member
     }
 
     fn raft_config(&self) -> RaftConfig {
@@ -367,13 +414,13 @@ impl World {
         let target = match &kind {
             EventKind::Tick { node, .. }
             | EventKind::DiskDone { node, .. }
-            | EventKind::ToNode { node, .. } => Some(*node),
-            EventKind::Deliver(m) => Some((m.to.0 - 1) as usize),
-            EventKind::Formation { to, .. } => Some(*to),
+            | EventKind::ToNode { node, .. }
+            | EventKind::Bond { node, .. } => Some(*node),
+            EventKind::Deliver { to, .. } => Some(self.index(*to)),
             _ => None,
         };
         if let Some(backlog) = target.and_then(|node| self.paused.get_mut(&node)) {
-            let message = matches!(kind, EventKind::Deliver(_) | EventKind::ToNode { .. });
+            let message = matches!(kind, EventKind::Deliver { .. } | EventKind::ToNode { .. });
             if message && backlog.len() >= PAUSE_BACKLOG_MAX {
                 self.stats.messages_dropped += 1;
             } else {
@@ -385,20 +432,17 @@ impl World {
         match kind {
             EventKind::Tick { node, incarnation } => {
                 if self.nodes[node].incarnation == incarnation && self.nodes[node].is_up() {
-                    self.step_node(node, Input::Tick)?;
+                    self.drive(node, |m, now| m.handle_tick(now))?;
                     let tick_ms = self.plan.tick_ms[node];
                     self.schedule(tick_ms, EventKind::Tick { node, incarnation });
                 }
             }
-            EventKind::Deliver(m) => {
-                let to = (m.to.0 - 1) as usize;
-                if self.blocked.contains(&(m.from, m.to)) || !self.nodes[to].is_up() {
-                    self.stats.messages_dropped += 1;
-                } else if !self.nodes[to].formation.accepts_raft_from(m.from) {
-                    // A founder still waiting takes no log but its founders'.
+            EventKind::Deliver { from, to, frame } => {
+                let node = self.index(to);
+                if self.blocked.contains(&(from, to)) || !self.nodes[node].is_up() {
                     self.stats.messages_dropped += 1;
                 } else {
-                    self.step_node(to, Input::Message(m))?;
+                    self.drive(node, |m, now| m.handle_frame(now, from, frame))?;
                 }
             }
             EventKind::DiskDone {
@@ -459,14 +503,14 @@ impl World {
                     self.resume(node);
                 }
             }
-            EventKind::Formation { from, to, status } => {
-                if self.bonds.contains(&(from.min(to), from.max(to))) {
-                    let decision = self.nodes[to]
-                        .formation
-                        .handle_status(self.ids[from], status);
-                    if let Decision::Found(founders) = decision {
-                        self.found(to, founders)?;
-                    }
+            EventKind::Bond {
+                node,
+                incarnation,
+                peer,
+                up,
+            } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.drive(node, |m, now| m.handle_reachable(now, peer, up))?;
                 }
             }
         }
@@ -475,237 +519,304 @@ impl World {
 
     // ----- nodes -----
 
-    fn step_node(&mut self, node: usize, input: Input) -> Result<(), Violation> {
+    fn index(&self, id: NodeId) -> usize {
+        (id.0 - 1) as usize
+    }
+
+    /// The time as node `node`'s driver reads it.
+    fn now_of(&self) -> Now {
+        Now {
+            instant: self.epoch + Duration::from_millis(self.now_ms),
+            unix_ms: self.now_ms,
+        }
+    }
+
+    /// Gives node `node`'s member one input and carries out what it asks for.
+    fn drive(
+        &mut self,
+        node: usize,
+        input: impl FnOnce(&mut Member, Now),
+    ) -> Result<(), Violation> {
         if self.paused.contains_key(&node) {
             return Ok(()); // a paused process takes no input (an operator's command is lost)
         }
+        let now = self.now_of();
+        let id = self.ids[node];
         let n = &mut self.nodes[node];
-        let Some(raft) = n.raft.as_mut() else {
+        let Some(member) = n.member.as_mut() else {
             return Ok(());
         };
-        n.step_membership = Some(raft.membership().clone());
-        if let Err(e) = raft.step(input) {
+        n.step_membership = Some(member.raft().membership().clone());
+        let (founded, refused) = (member.founded(), member.inputs_refused());
+        input(member, now);
+        if member.inputs_refused() > refused {
             return Err(Violation {
                 property: "correct peers never send invalid messages",
-                detail: format!("{} refused an input: {e}", self.ids[node]),
+                detail: format!("{id}'s core refused an input (see the log)"),
             });
         }
-        let ready = raft.ready();
-        if let Err(detail) = raft.validate() {
+        if let Some(reason) = member.stopped() {
+            return Err(Violation {
+                property: "members never stop",
+                detail: format!("{id} stopped: {reason}"),
+            });
+        }
+        if let Err(detail) = member.raft().validate() {
             return Err(Violation {
                 property: "core state is consistent",
-                detail: format!("{}: {detail}", self.ids[node]),
+                detail: format!("{id}: {detail}"),
             });
         }
-        self.process_ready(node, ready)
+        if !founded && member.founded() {
+            let voters = member.raft().membership().voters.clone();
+            self.stats.foundings += 1;
+            self.note(format!("{id} founds the group with {voters:?}"));
+        }
+        self.drain(node)
     }
 
-    fn process_ready(&mut self, node: usize, ready: Ready) -> Result<(), Violation> {
+    /// Carries out node `node`'s actions, as the worker does, until there are none.
+    fn drain(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.ids[node];
-        let Ready {
-            hard_state,
-            snapshot,
-            entries,
-            messages,
-            persisted_messages,
-            committed_entries,
-            read_states,
-            events,
-        } = ready;
-
-        if let Some(s) = &snapshot {
-            self.checkers.on_snapshot_installed(id, &s.meta)?;
-        }
-        let positions = self.checkers.on_append(id, &entries)?;
-        self.on_events(node, events)?;
-
-        for m in messages {
-            self.send_message(m);
-        }
-
-        let batch = WriteBatch {
-            snapshot: snapshot.clone(),
-            entries,
-            hard_state,
-        };
-        if !batch.is_empty() {
-            let persisted = batch.persisted_position();
-            self.next_write_id += 1;
-            let write = self.next_write_id;
-            let slow = self.nodes[node].disk_slow_until_ms > self.now_ms;
-            let latency = if slow {
-                self.rng.range(1, self.plan.disk_ms_slow_max)
-            } else {
-                self.plan.disk_ms_fast
+        loop {
+            let Some(action) = self.nodes[node]
+                .member
+                .as_mut()
+                .and_then(Member::poll_action)
+            else {
+                break;
             };
-            let n = &mut self.nodes[node];
-            let done_at = n.disk_busy_until_ms.max(self.now_ms) + latency;
-            n.disk_busy_until_ms = done_at;
-            n.disk_queue.push_back(DiskWrite {
-                id: write,
-                batch,
-                persisted,
-                messages: persisted_messages,
-                positions,
-            });
-            let incarnation = n.incarnation;
-            let delay = done_at - self.now_ms;
-            self.schedule(
-                delay,
-                EventKind::DiskDone {
-                    node,
-                    incarnation,
-                    write,
-                },
-            );
-        } else if let Some(last) = self.nodes[node].disk_queue.back_mut() {
-            // These depend on writes still in flight: they leave with the last of them.
-            last.messages.extend(persisted_messages);
-        } else {
-            for m in persisted_messages {
-                self.send_message(m);
-            }
-        }
-
-        if let Some(s) = snapshot {
-            self.stats.snapshots_installed += 1;
-            let n = &mut self.nodes[node];
-            if let Err(e) = n.machine.restore(&s.data) {
-                return Err(Violation {
-                    property: "snapshots restore",
-                    detail: format!("{id} could not restore a snapshot: {e}"),
-                });
-            }
-            n.last_snapshot_index = s.meta.index;
-            // Proposals at or below the snapshot point have an unknown fate here.
-            let keep = n.proposals.split_off(&(s.meta.index + 1));
-            let stale = std::mem::replace(&mut n.proposals, keep);
-            for (_, (_, w)) in stale {
-                self.reply(w, Reply::Retry);
-            }
-        }
-        for entry in committed_entries {
-            self.checkers.on_apply(id, &entry)?;
-            let ctx = ApplyContext {
-                index: entry.index,
-                term: entry.term,
-                timestamp_ms: entry.timestamp_ms,
-            };
-            let output = match &entry.payload {
-                EntryPayload::Command(data) => {
-                    let command: SessionCommand<crate::machine::KvCommand> =
-                        postcard::from_bytes(data).map_err(|e| Violation {
-                            property: "committed commands decode",
-                            detail: format!("{id}: entry {} does not decode: {e}", entry.index),
-                        })?;
-                    Some(self.apply_command(node, command, &ctx)?)
-                }
-                _ => None,
-            };
-            if let Some((term, waiter)) = self.nodes[node].proposals.remove(&entry.index) {
-                match output {
-                    Some(out) if term == entry.term => self.reply(waiter, Reply::Output(out)),
-                    _ => self.reply(waiter, Reply::Retry),
-                }
-            }
-        }
-        self.serve_reads(node, read_states);
-        self.after_apply(node)?;
-        Ok(())
-    }
-
-    fn on_events(&mut self, node: usize, events: Vec<Event>) -> Result<(), Violation> {
-        let id = self.ids[node];
-        for event in events {
-            match event {
-                Event::StateChanged { role, term, leader } => {
-                    if role == Role::Leader {
-                        self.checkers.on_leader(id, term)?;
-                        self.checkers.on_leader_log(id, term)?;
-                        self.note(format!("{id} is leader of term {term}"));
-                    } else if leader.is_none() && role == Role::Follower {
-                        // A leader that stepped down forgets what it proposed.
-                        self.fail_proposals(node);
+            match action {
+                Action::Send { to, frame } => self.send_frame(id, to, frame),
+                Action::Write { batch, then } => self.write(node, batch, then)?,
+                Action::Install(snapshot) => {
+                    self.stats.snapshots_installed += 1;
+                    if let Err(e) = self.nodes[node].machine.restore(&snapshot.data) {
+                        return Err(Violation {
+                            property: "snapshots restore",
+                            detail: format!("{id} could not restore a snapshot: {e}"),
+                        });
                     }
                 }
-                Event::MembershipChanged { membership, index } => {
-                    if self.options.verbose {
-                        self.note(format!(
-                            "{id} configuration from {index}: voters {:?}",
-                            membership.voters
-                        ));
+                Action::Apply(entry) => {
+                    self.checkers.on_apply(id, &entry)?;
+                    let output = match &entry.payload {
+                        EntryPayload::Command(data) => {
+                            let ctx = ApplyContext {
+                                index: entry.index,
+                                term: entry.term,
+                                timestamp_ms: entry.timestamp_ms,
+                            };
+                            let command: SessionCommand<crate::machine::KvCommand> =
+                                postcard::from_bytes(data).map_err(|e| Violation {
+                                    property: "committed commands decode",
+                                    detail: format!(
+                                        "{id}: entry {} does not decode: {e}",
+                                        entry.index
+                                    ),
+                                })?;
+                            let output = self.apply_command(node, command, &ctx)?;
+                            Some(Bytes::from(
+                                postcard::to_allocvec(&output).expect("outputs encode"),
+                            ))
+                        }
+                        _ => None,
+                    };
+                    if let Some(member) = self.nodes[node].member.as_mut() {
+                        member.handle_applied(entry.index, entry.term, output);
                     }
-                    let leader_commit = self.nodes[node]
-                        .raft
-                        .as_ref()
-                        .filter(|r| r.role() == Role::Leader)
-                        .map(Raft::commit_index);
-                    self.checkers
-                        .on_membership(id, index, &membership, leader_commit)?;
                 }
-                Event::MembershipChangeProposed { change, index } => {
-                    self.stats.membership_changes += 1;
-                    self.note(format!("{id} proposes {change:?} at {index}"));
-                }
-                Event::ReadRejected { id: read, reason } => {
-                    if let Some((_, waiter)) = self.nodes[node].reads.remove(&read) {
-                        let hint = match reason {
-                            crate::raft::Rejection::NotLeader { leader } => leader,
+                Action::Serve(request) => {
+                    let pending = self.nodes[node].requests.remove(&request);
+                    if let Some(Pending {
+                        waiter,
+                        read_key: Some(key),
+                    }) = pending
+                    {
+                        let value = match self.nodes[node].machine.query(&KvQuery::Get { key }) {
+                            KvQueryResult::Get { value } => value,
                             _ => None,
                         };
-                        self.reply(waiter, Reply::NotLeader(hint));
+                        self.reply(waiter, Reply::Read(value));
                     }
                 }
-                _ => {}
+                Action::TakeSnapshot { index } => self.take_snapshot(node, index)?,
+                Action::Answer {
+                    id: request,
+                    result,
+                } => {
+                    if let Some(pending) = self.nodes[node].requests.remove(&request) {
+                        let reply = self.reply_of(id, result)?;
+                        self.reply(pending.waiter, reply);
+                    }
+                }
+                Action::Observe(event) => self.on_event(node, event)?,
+            }
+        }
+        self.after_apply(node)
+    }
+
+    /// What a client hears of a member's answer.
+    fn reply_of(
+        &self,
+        id: NodeId,
+        result: Result<MemberReply, RequestError>,
+    ) -> Result<Reply, Violation> {
+        Ok(match result {
+            Ok(MemberReply::Output(bytes)) => {
+                Reply::Output(postcard::from_bytes(&bytes).map_err(|e| Violation {
+                    property: "outputs decode",
+                    detail: format!("{id}: {e}"),
+                })?)
+            }
+            Ok(other) => {
+                return Err(Violation {
+                    property: "answers match requests",
+                    detail: format!("{id} answered a client command with {other:?}"),
+                })
+            }
+            Err(RequestError::NoLeader) => Reply::NotLeader(None),
+            // May or may not apply: the client sends the same (client, seq) again.
+            Err(RequestError::Unknown | RequestError::Stopped(_)) => Reply::Retry,
+            Err(RequestError::Refused(why)) => {
+                return Err(Violation {
+                    property: "valid client requests are never refused",
+                    detail: format!("{id} refused one: {why}"),
+                })
+            }
+        })
+    }
+
+    /// Queues `batch` on node `node`'s disk; `then` leaves when it (and every write
+    /// before it) is durable.
+    fn write(
+        &mut self,
+        node: usize,
+        batch: WriteBatch,
+        then: Vec<Message>,
+    ) -> Result<(), Violation> {
+        let id = self.ids[node];
+        if batch.is_empty() {
+            match self.nodes[node].disk_queue.back_mut() {
+                // These depend on writes still in flight: they leave with the last of them.
+                Some(last) => last.messages.extend(then),
+                None => {
+                    for m in then {
+                        self.send_frame(id, m.to, PeerFrame::Raft(m));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if let Some(s) = &batch.snapshot {
+            self.checkers.on_snapshot_installed(id, &s.meta)?;
+        }
+        let positions = self.checkers.on_append(id, &batch.entries)?;
+        let persisted = batch.persisted_position();
+        self.next_write_id += 1;
+        let write = self.next_write_id;
+        let slow = self.nodes[node].disk_slow_until_ms > self.now_ms;
+        let latency = if slow {
+            self.rng.range(1, self.plan.disk_ms_slow_max)
+        } else {
+            self.plan.disk_ms_fast
+        };
+        let n = &mut self.nodes[node];
+        let done_at = n.disk_busy_until_ms.max(self.now_ms) + latency;
+        n.disk_busy_until_ms = done_at;
+        n.disk_queue.push_back(DiskWrite {
+            id: write,
+            batch,
+            persisted,
+            messages: then,
+            positions,
+        });
+        let incarnation = n.incarnation;
+        let delay = done_at - self.now_ms;
+        self.schedule(
+            delay,
+            EventKind::DiskDone {
+                node,
+                incarnation,
+                write,
+            },
+        );
+        Ok(())
+    }
+
+    /// The member asked for a snapshot at `index` (its applied index): taken from the
+    /// machine at once; the durable log is compacted too when it holds the prefix.
+    fn take_snapshot(&mut self, node: usize, index: Index) -> Result<(), Violation> {
+        let id = self.ids[node];
+        let data = self.nodes[node].machine.snapshot().map_err(|e| Violation {
+            property: "snapshots encode",
+            detail: format!("{id}: {e}"),
+        })?;
+        let n = &mut self.nodes[node];
+        let Some(member) = n.member.as_mut() else {
+            return Ok(());
+        };
+        if !member.handle_snapshot_taken(index, Some(Bytes::from(data))) {
+            return Ok(());
+        }
+        // The compacted prefix is durable (applied <= persisted): store the snapshot and
+        // drop the prefix from the durable log too.
+        if let Some(snapshot) = member.raft().snapshot() {
+            if snapshot.meta.index <= n.durable.last_index() {
+                n.durable.compact(snapshot).map_err(|e| Violation {
+                    property: "compaction",
+                    detail: format!("{id}: durable compaction failed: {e}"),
+                })?;
             }
         }
         Ok(())
     }
 
-    fn fail_proposals(&mut self, node: usize) {
-        let waiters: Vec<Waiter> = std::mem::take(&mut self.nodes[node].proposals)
-            .into_values()
-            .map(|(_, w)| w)
-            .collect();
-        for w in waiters {
-            self.reply(w, Reply::Retry);
-        }
-    }
-
-    fn serve_reads(&mut self, node: usize, read_states: Vec<crate::raft::ReadState>) {
-        for state in read_states {
-            if let Some((key, waiter)) = self.nodes[node].reads.remove(&state.id) {
-                self.nodes[node]
-                    .waiting_reads
-                    .push(WaitingRead { state, key, waiter });
+    fn on_event(&mut self, node: usize, event: Event) -> Result<(), Violation> {
+        let id = self.ids[node];
+        match event {
+            Event::StateChanged {
+                role: Role::Leader,
+                term,
+                ..
+            } => {
+                self.checkers.on_leader(id, term)?;
+                self.checkers.on_leader_log(id, term)?;
+                self.note(format!("{id} is leader of term {term}"));
             }
+            Event::MembershipChanged { membership, index } => {
+                if self.options.verbose {
+                    self.note(format!(
+                        "{id} configuration from {index}: voters {:?}",
+                        membership.voters
+                    ));
+                }
+                let leader_commit = self.nodes[node]
+                    .raft()
+                    .filter(|r| r.role() == Role::Leader)
+                    .map(Raft::commit_index);
+                self.checkers
+                    .on_membership(id, index, &membership, leader_commit)?;
+            }
+            Event::MembershipChangeProposed { change, index } => {
+                self.stats.membership_changes += 1;
+                if !self.operator_acting {
+                    self.stats.automatic_changes += 1;
+                }
+                self.note(format!("{id} proposes {change:?} at {index}"));
+            }
+            _ => {}
         }
-        let applied = self.nodes[node]
-            .raft
-            .as_ref()
-            .map_or(0, Raft::applied_index);
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.nodes[node].waiting_reads)
-                .into_iter()
-                .partition(|r| r.state.index <= applied);
-        self.nodes[node].waiting_reads = waiting;
-        for r in ready {
-            let value = match self.nodes[node].machine.query(&KvQuery::Get { key: r.key }) {
-                KvQueryResult::Get { value } => value,
-                _ => None,
-            };
-            self.reply(r.waiter, Reply::Read(value));
-        }
+        Ok(())
     }
 
-    /// Commit bookkeeping, durability check and snapshots after a node applied entries.
+    /// Commit bookkeeping and the durability check after a node's actions.
     fn after_apply(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.ids[node];
-        let Some(raft) = self.nodes[node].raft.as_ref() else {
+        let Some(raft) = self.nodes[node].raft() else {
             return Ok(());
         };
         let commit = raft.commit_index();
-        let applied = raft.applied_index();
         let is_leader = raft.role() == Role::Leader;
         let term = raft.term();
         if commit > self.nodes[node].last_commit_seen {
@@ -715,44 +826,13 @@ impl World {
                 self.check_durable_quorum(node, commit)?;
             }
         }
-        let due = self
-            .plan
-            .snapshot_every
-            .is_some_and(|every| applied >= self.nodes[node].last_snapshot_index + every);
-        if due {
-            let data = self.nodes[node].machine.snapshot().map_err(|e| Violation {
-                property: "snapshots encode",
-                detail: format!("{id}: {e}"),
-            })?;
-            let n = &mut self.nodes[node];
-            let raft = n.raft.as_mut().expect("checked above");
-            raft.step(Input::Compact {
-                index: applied,
-                data: Bytes::from(data),
-            })
-            .map_err(|e| Violation {
-                property: "compaction",
-                detail: format!("{id}: {e}"),
-            })?;
-            n.last_snapshot_index = applied;
-            // The compacted prefix is durable (applied <= persisted): store the snapshot
-            // and drop the prefix from the durable log too.
-            if let Some(snapshot) = raft.snapshot() {
-                if snapshot.meta.index <= n.durable.last_index() {
-                    n.durable.compact(snapshot).map_err(|e| Violation {
-                        property: "compaction",
-                        detail: format!("{id}: durable compaction failed: {e}"),
-                    })?;
-                }
-            }
-        }
         Ok(())
     }
 
     /// Durability: an entry a leader counts as committed is on stable storage of a
     /// majority of its voters (Raft §5.3 with the persistence rule of Figure 2).
     fn check_durable_quorum(&self, node: usize, commit: u64) -> Result<(), Violation> {
-        let Some(raft) = self.nodes[node].raft.as_ref() else {
+        let Some(raft) = self.nodes[node].raft() else {
             return Ok(());
         };
         #[cfg(test)]
@@ -791,47 +871,6 @@ impl World {
         })
     }
 
-    /// Every founder confirmed: node `node` writes the first configuration.
-    fn found(&mut self, node: usize, founders: Membership) -> Result<(), Violation> {
-        let id = self.ids[node];
-        let Some(raft) = self.nodes[node].raft.as_mut() else {
-            return Ok(());
-        };
-        if raft.bootstrap(founders.clone()).is_err() {
-            return Ok(()); // it took a founder's log first: the same group
-        }
-        let ready = raft.ready();
-        self.stats.foundings += 1;
-        self.note(format!("{id} founds the group with {:?}", founders.voters));
-        self.process_ready(node, ready)
-    }
-
-    /// Once a node's state is durable, formation is over for it: it tells its bonded peers
-    /// (never before: a founder that said "formed" and then lost an unsynced first entry
-    /// would leave the others waiting for a group nobody holds).
-    fn announce_formed(&mut self, node: usize) {
-        let n = &self.nodes[node];
-        let durable = n.durable.last_index() > 0 || n.durable.snapshot_meta().is_some();
-        if !durable || !self.nodes[node].formation.handle_formed() {
-            return;
-        }
-        let peers: Vec<usize> = self
-            .bonds
-            .iter()
-            .filter_map(|&(a, b)| (a == node).then_some(b).or((b == node).then_some(a)))
-            .collect();
-        for peer in peers {
-            self.send_formation(node, peer, FormationStatus::Formed);
-        }
-    }
-
-    fn send_formation(&mut self, from: usize, to: usize, status: FormationStatus) {
-        // A bond is one stream: its statuses never take a long-tail detour past a later
-        // bond's.
-        let delay = self.short_delay();
-        self.schedule(delay, EventKind::Formation { from, to, status });
-    }
-
     fn complete_write(&mut self, node: usize, write: u64) -> Result<(), Violation> {
         let n = &mut self.nodes[node];
         let Some(front) = n.disk_queue.pop_front() else {
@@ -845,12 +884,12 @@ impl World {
             });
         }
         self.checkers.on_durable(self.ids[node], &front.positions)?;
-        self.announce_formed(node);
+        let id = self.ids[node];
         for m in front.messages {
-            self.send_message(m);
+            self.send_frame(id, m.to, PeerFrame::Raft(m));
         }
         if let Some((index, term)) = front.persisted {
-            self.step_node(node, Input::Persisted { index, term })?;
+            self.drive(node, |m, _| m.handle_persisted(index, term))?;
         }
         Ok(())
     }
@@ -868,14 +907,12 @@ impl World {
             let _ = n.durable.write(&w.batch);
             durable.extend(w.positions);
         }
-        n.raft = None;
+        n.member = None;
         n.incarnation += 1;
         // A paused process that is killed loses what queued up for it.
         self.paused.remove(&node);
         n.disk_busy_until_ms = 0;
-        n.proposals.clear();
-        n.reads.clear();
-        n.waiting_reads.clear();
+        n.requests.clear();
         n.last_commit_seen = 0;
         self.stats.crashes += 1;
         let id = self.ids[node];
@@ -906,41 +943,65 @@ impl World {
                 detail: format!("{id}: snapshot does not restore: {e}"),
             })?;
         }
-        let snap = state.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
         self.checkers
             .on_restart(id, state.snapshot.as_ref().map(|s| &s.meta), &state.entries)?;
         let raft = self.new_core(node, state);
-        self.nodes[node].formation = self.formation_of(node, raft.is_fresh());
+        let member = self.new_member(node, raft);
         let n = &mut self.nodes[node];
-        n.last_snapshot_index = snap.map_or(0, |s| s.0);
         n.machine = machine;
-        n.raft = Some(raft);
+        n.member = Some(member);
         let incarnation = n.incarnation;
         self.note(format!("{id} restarts from disk"));
         let tick_ms = self.plan.tick_ms[node];
         self.schedule(tick_ms, EventKind::Tick { node, incarnation });
+        self.drain(node)?;
         self.update_reachability();
-        let ready = self.nodes[node].raft.as_mut().map(Raft::ready);
-        if let Some(ready) = ready {
-            self.process_ready(node, ready)?;
-        }
         Ok(())
     }
 
     // ----- network -----
 
-    fn send_message(&mut self, m: Message) {
+    /// A frame on the bond `from` → `to`. Consensus traffic and the requests forwarded
+    /// beside it may be lost, duplicated or take a long detour (a bond that broke and
+    /// came back, a congested path); the bond's own signalling (formation, preference,
+    /// leave) arrives, quickly, while the bond is up.
+    fn send_frame(&mut self, from: NodeId, to: NodeId, frame: PeerFrame) {
         self.stats.messages_sent += 1;
-        if self.blocked.contains(&(m.from, m.to)) || self.rng.chance(self.plan.drop_probability) {
+        match frame {
+            PeerFrame::Forward { .. } => self.stats.forwards += 1,
+            PeerFrame::ReadIndex { .. } => self.stats.follower_reads += 1,
+            _ => {}
+        }
+        if self.blocked.contains(&(from, to)) {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        let lossy = matches!(
+            frame,
+            PeerFrame::Raft(_)
+                | PeerFrame::Forward { .. }
+                | PeerFrame::ForwardReply { .. }
+                | PeerFrame::ForwardFeed { .. }
+                | PeerFrame::ForwardFeedReply { .. }
+                | PeerFrame::ReadIndex { .. }
+                | PeerFrame::ReadIndexReply { .. }
+        );
+        if !lossy {
+            let delay = self.short_delay();
+            self.schedule(delay, EventKind::Deliver { from, to, frame });
+            return;
+        }
+        if self.rng.chance(self.plan.drop_probability) {
             self.stats.messages_dropped += 1;
             return;
         }
         if self.rng.chance(self.plan.duplicate_probability) {
             let delay = self.delay();
-            self.schedule(delay, EventKind::Deliver(m.clone()));
+            let frame = frame.clone();
+            self.schedule(delay, EventKind::Deliver { from, to, frame });
         }
         let delay = self.delay();
-        self.schedule(delay, EventKind::Deliver(m));
+        self.schedule(delay, EventKind::Deliver { from, to, frame });
     }
 
     /// One-way delay of a message: usually short, sometimes a long tail.
@@ -957,9 +1018,9 @@ impl World {
             .range(self.plan.delay_ms_min, self.plan.delay_ms_max + 1)
     }
 
-    /// Tells every live core which peers it can reach (bond up/down in the real driver),
-    /// and every live node's formation which bonds came up (each end sends its status) or
-    /// went down.
+    /// Bonds follow the network: a bond is up while both ends are up and neither
+    /// direction is cut. Each change reaches both ends' members as their transport would
+    /// report it (a paused end learns it when it resumes).
     fn update_reachability(&mut self) {
         for i in 0..self.nodes.len() {
             for j in i + 1..self.nodes.len() {
@@ -968,30 +1029,29 @@ impl World {
                     && self.nodes[j].is_up()
                     && !self.blocked.contains(&(a, b))
                     && !self.blocked.contains(&(b, a));
-                if up && self.bonds.insert((i, j)) {
-                    let (si, sj) = (
-                        self.nodes[i].formation.status(),
-                        self.nodes[j].formation.status(),
-                    );
-                    self.send_formation(i, j, si);
-                    self.send_formation(j, i, sj);
-                } else if !up && self.bonds.remove(&(i, j)) {
-                    self.nodes[i].formation.handle_bond_down(b);
-                    self.nodes[j].formation.handle_bond_down(a);
-                }
-            }
-        }
-        for i in 0..self.nodes.len() {
-            for j in 0..self.nodes.len() {
-                if i == j {
+                let changed = if up {
+                    self.bonds.insert((i, j))
+                } else {
+                    self.bonds.remove(&(i, j))
+                };
+                if !changed {
                     continue;
                 }
-                let (a, b) = (self.ids[i], self.ids[j]);
-                let reachable = self.nodes[j].is_up()
-                    && !self.blocked.contains(&(a, b))
-                    && !self.blocked.contains(&(b, a));
-                if let Some(raft) = self.nodes[i].raft.as_mut() {
-                    let _ = raft.step(Input::PeerReachable { peer: b, reachable });
+                // Both ends learn of the bond before any frame crosses it (as from a
+                // transport), so now; the frames' seeded delays order the rest.
+                for (node, peer) in [(i, b), (j, a)] {
+                    if self.nodes[node].is_up() {
+                        let incarnation = self.nodes[node].incarnation;
+                        self.schedule(
+                            0,
+                            EventKind::Bond {
+                                node,
+                                incarnation,
+                                peer,
+                                up,
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -1171,6 +1231,8 @@ impl World {
         );
     }
 
+    /// A client's request reaches node `node`: its member takes it (a follower forwards
+    /// commands and asks the leader for read points, as the worker does).
     fn on_request(
         &mut self,
         node: usize,
@@ -1178,62 +1240,25 @@ impl World {
         op: usize,
         request: Request,
     ) -> Result<(), Violation> {
-        if !self.nodes[node].is_up() {
+        if !self.nodes[node].is_up() || self.paused.contains_key(&node) {
             return Ok(());
         }
         let waiter = Waiter {
             client: self.clients[client].id,
             op,
         };
-        match request {
+        let id = self.nodes[node].next_request_id();
+        let (request, read_key) = match request {
             Request::Command(command) => {
                 let data = Bytes::from(postcard::to_allocvec(&command).expect("commands encode"));
-                let n = &mut self.nodes[node];
-                let raft = n.raft.as_mut().expect("node is up");
-                n.step_membership = Some(raft.membership().clone());
-                let result = raft.step(Input::Propose {
-                    commands: vec![data],
-                    timestamp_ms: self.now_ms,
-                });
-                if let Err(e) = result {
-                    return Err(Violation {
-                        property: "proposals",
-                        detail: e.to_string(),
-                    });
-                }
-                let mut ready = raft.ready();
-                for event in &ready.events {
-                    match event {
-                        Event::Proposed {
-                            first_index, term, ..
-                        } => {
-                            self.nodes[node]
-                                .proposals
-                                .insert(*first_index, (*term, waiter.clone()));
-                        }
-                        Event::ProposalRejected { reason, .. } => {
-                            let hint = match reason {
-                                crate::raft::Rejection::NotLeader { leader } => *leader,
-                                _ => None,
-                            };
-                            self.reply(waiter.clone(), Reply::NotLeader(hint));
-                        }
-                        _ => {}
-                    }
-                }
-                ready.events.retain(|e| {
-                    !matches!(e, Event::Proposed { .. } | Event::ProposalRejected { .. })
-                });
-                self.process_ready(node, ready)?;
+                (MemberRequest::Execute(data), None)
             }
-            Request::Read { key } => {
-                self.next_read_id += 1;
-                let read = self.next_read_id;
-                self.nodes[node].reads.insert(read, (key, waiter));
-                self.step_node(node, Input::ReadIndex { id: read })?;
-            }
-        }
-        Ok(())
+            Request::Read { key } => (MemberRequest::StrongRead, Some(key)),
+        };
+        self.nodes[node]
+            .requests
+            .insert(id, Pending { waiter, read_key });
+        self.drive(node, |m, now| m.handle_request(now, id, request))
     }
 
     fn on_reply(&mut self, client: usize, op: usize, reply: Reply) -> Result<(), Violation> {
@@ -1388,7 +1413,7 @@ impl World {
                         "{} asked to hand leadership to {to}",
                         self.ids[leader]
                     ));
-                    self.step_node(leader, Input::TransferLeadership { to })?;
+                    self.operator(leader, MemberRequest::TransferLeadership(to))?;
                 }
             }
         }
@@ -1415,7 +1440,7 @@ impl World {
         self.nodes
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| n.raft.as_ref().map(|r| (i, r)))
+            .filter_map(|(i, n)| n.raft().map(|r| (i, r)))
             .filter(|(_, r)| r.role() == Role::Leader)
             .max_by_key(|(_, r)| r.term())
     }
@@ -1450,7 +1475,16 @@ impl World {
                 MembershipChange::Remove(id)
             }
         };
-        self.step_node(leader, Input::ChangeMembership(change))
+        self.operator(leader, MemberRequest::ChangeMembership(change))
+    }
+
+    /// An operator's request to node `node` (nobody waits for its answer).
+    fn operator(&mut self, node: usize, request: MemberRequest) -> Result<(), Violation> {
+        let id = self.nodes[node].next_request_id();
+        self.operator_acting = true;
+        let result = self.drive(node, |m, now| m.handle_request(now, id, request));
+        self.operator_acting = false;
+        result
     }
 
     /// Ends the fault phase: heal the network, restart every node, fast disks, no loss.
@@ -1487,8 +1521,7 @@ impl World {
         let commit = leader.commit_index();
         leader.membership().members().all(|m| {
             self.nodes[(m.0 - 1) as usize]
-                .raft
-                .as_ref()
+                .raft()
                 .is_some_and(|r| r.leader() == Some(leader_id) && r.applied_index() >= commit)
         })
     }
@@ -1503,9 +1536,7 @@ impl World {
         let reference = self.nodes[li].machine.snapshot().ok();
         for m in leader.membership().members() {
             let n = &self.nodes[(m.0 - 1) as usize];
-            if n.raft
-                .as_ref()
-                .is_some_and(|r| r.applied_index() == applied)
+            if n.raft().is_some_and(|r| r.applied_index() == applied)
                 && n.machine.snapshot().ok() != reference
             {
                 return Err(Violation {
@@ -1525,7 +1556,7 @@ impl World {
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let id = self.ids[i];
-            match n.raft.as_ref() {
+            match n.raft() {
                 None => out.push_str(&format!("\n      {id}: down")),
                 Some(r) => out.push_str(&format!(
                     "\n      {id}: {:?} term {} leader {:?} last {} commit {} applied {} snapshot {} voters {:?} learners {:?} observers {:?}",
