@@ -43,6 +43,12 @@ use crate::raft::{
 };
 use crate::storage::WriteBatch;
 
+/// How much faster than the monotonic clock entry stamps may advance, in hundredths: enough
+/// for stamps that lag (a leader elected after a quiet spell starts from the last stamp)
+/// to catch up slowly, and a bound on how much earlier than their TTL says a jump of a
+/// leader's wall clock can expire sessions.
+const STAMP_CATCH_UP_PERCENT: u64 = 1;
+
 /// A local caller's request, named by the driver (unique among its requests in flight).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
@@ -248,6 +254,19 @@ pub struct Member {
     founded: bool,
     /// Inputs the core refused (bad frames from peers): correct peers never cause one.
     inputs_refused: u64,
+    /// The newest stamp known when this member began proposing in a term, and when
+    /// (monotonic): the stamps it proposes run from there with the monotonic clock.
+    stamp_anchor: Option<StampAnchor>,
+    /// The state machine's clock when the member started (the highest stamp applied, kept
+    /// in snapshots where the core's log may no longer hold an entry).
+    clock_floor_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct StampAnchor {
+    term: Term,
+    at: Instant,
+    stamp_ms: u64,
 }
 
 impl Member {
@@ -259,11 +278,16 @@ impl Member {
     /// restarted member do not repeat its earlier life's. A leader may still answer a
     /// request of that earlier life once the bond is back, and the answer must not reach
     /// a new caller that happens to have the same id.
+    ///
+    /// `clock_ms` is the state machine's session clock (the highest entry stamp it has
+    /// applied): where the stamps of this member's proposals start when its log holds no
+    /// newer one.
     pub fn new(
         config: WorkerConfig,
         raft: Raft,
         preference: LeadershipPreference,
         request_ids_from: u64,
+        clock_ms: u64,
     ) -> Self {
         let id = raft.id();
         let formation = Formation::new(id, config.founders.clone(), raft.is_fresh());
@@ -294,6 +318,8 @@ impl Member {
             preference,
             founded: false,
             inputs_refused: 0,
+            stamp_anchor: None,
+            clock_floor_ms: clock_ms,
         };
         // A founding set of this member alone founds at once.
         let decision = member.formation.poll_initial();
@@ -849,9 +875,38 @@ impl Member {
 
     /// Appends one command to the log (leader only).
     fn append(&mut self, now: Now, command: Bytes) -> Result<(Index, Term), ForwardRefusal> {
-        self.raft
-            .propose(vec![command], now.unix_ms)
-            .map_err(refusal_of)
+        let stamp = self.stamp(now);
+        self.raft.propose(vec![command], stamp).map_err(refusal_of)
+    }
+
+    /// The wall-clock stamp of an entry proposed now. Sessions expire by these stamps, and
+    /// the host owns the TD's clock: a leader whose clock jumped hours ahead would expire
+    /// every session, and a retried command would then apply twice. So the wall clock
+    /// counts only up to the newest stamp known when this member began proposing in its
+    /// term plus the monotonic time since (and [`STAMP_CATCH_UP_PERCENT`]); a clock that
+    /// jumped back is held at the last stamp by the core.
+    fn stamp(&mut self, now: Now) -> u64 {
+        let term = self.raft.term();
+        let anchor = match self.stamp_anchor {
+            Some(anchor) if anchor.term == term => anchor,
+            _ => {
+                let anchor = StampAnchor {
+                    term,
+                    at: now.instant,
+                    stamp_ms: self.raft.last_timestamp_ms().max(self.clock_floor_ms),
+                };
+                self.stamp_anchor = Some(anchor);
+                anchor
+            }
+        };
+        let elapsed_ms =
+            u64::try_from(now.instant.saturating_duration_since(anchor.at).as_millis())
+                .unwrap_or(u64::MAX);
+        let ceiling = anchor
+            .stamp_ms
+            .saturating_add(elapsed_ms)
+            .saturating_add(elapsed_ms / 100 * STAMP_CATCH_UP_PERCENT);
+        now.unix_ms.min(ceiling)
     }
 
     fn propose(&mut self, now: Now, command: Bytes, waiter: Waiter) {

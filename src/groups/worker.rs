@@ -242,6 +242,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             raft,
             machine.leadership_preference(),
             random_u64(),
+            machine.clock_ms(),
         );
         Self {
             id,

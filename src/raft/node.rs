@@ -311,6 +311,11 @@ impl Raft {
     pub fn last_term(&self) -> Term {
         self.log.last_term()
     }
+    /// The highest wall-clock stamp of an entry this core has seen (0: none since start).
+    pub fn last_timestamp_ms(&self) -> u64 {
+        self.last_timestamp_ms
+    }
+
     pub fn snapshot_index(&self) -> Index {
         self.log.snapshot_index()
     }

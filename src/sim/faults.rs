@@ -28,6 +28,9 @@ pub const SESSION_TTL_MARGIN_MS_MAX: u64 = 2_000;
 /// Bounds of a pause (`docker pause`): from a few election timeouts to many.
 pub const PAUSE_MS_MIN: u64 = 50;
 pub const PAUSE_MS_MAX: u64 = 2_000;
+/// How far a node's wall clock jumps, either way.
+pub const CLOCK_JUMP_MS_MIN: u64 = 60_000;
+pub const CLOCK_JUMP_MS_MAX: u64 = 10 * 3_600_000;
 
 /// Fault probabilities and rates of one run.
 #[derive(Clone, Debug)]
@@ -84,6 +87,7 @@ pub struct FaultWeights {
     pub pause: u32,
     pub membership_change: u32,
     pub transfer_leader: u32,
+    pub clock_jump: u32,
 }
 
 /// One injected fault.
@@ -99,6 +103,8 @@ pub enum FaultKind {
     Pause,
     MembershipChange,
     TransferLeader,
+    /// A node's wall clock jumps hours ahead or back (the host owns the TD's clock).
+    ClockJump,
 }
 
 impl FaultPlan {
@@ -116,6 +122,7 @@ impl FaultPlan {
             pause: weight(2),
             membership_change: weight(2),
             transfer_leader: weight(1),
+            clock_jump: weight(1),
         };
         let delay_ms_max = rng.range(1, 30);
         let long_delay_probability = if rng.chance(0.7) {
@@ -233,6 +240,7 @@ impl FaultPlan {
             (w.pause, FaultKind::Pause),
             (w.membership_change, FaultKind::MembershipChange),
             (w.transfer_leader, FaultKind::TransferLeader),
+            (w.clock_jump, FaultKind::ClockJump),
         ];
         let total: u64 = table.iter().map(|(w, _)| u64::from(*w)).sum();
         if total == 0 {

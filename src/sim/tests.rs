@@ -39,7 +39,8 @@ fn simulator_seeds_pass() {
         "sim: {count} seeds: {} crashes, {} partitions, {} pauses ({} events queued and \
          delivered on resume), {} long-tail delays, {} runs with skewed ticks, {} give-ups, \
          {} client departures, {} sessions evicted, {} expired, {} retries deduplicated, \
-         {} commands forwarded, {} follower reads, {} automatic membership changes",
+         {} commands forwarded, {} follower reads, {} automatic membership changes, \
+         {} wall-clock jumps",
         sum(|r| r.stats.crashes),
         sum(|r| r.stats.partitions),
         sum(|r| r.stats.pauses),
@@ -57,6 +58,7 @@ fn simulator_seeds_pass() {
         sum(|r| r.stats.forwards),
         sum(|r| r.stats.follower_reads),
         sum(|r| r.stats.automatic_changes),
+        sum(|r| r.stats.clock_jumps),
     );
     assert!(sum(|r| r.stats.crashes) > 0, "no crashes injected");
     // The runtime's own paths, through the member, not only the core's.
@@ -71,6 +73,10 @@ fn simulator_seeds_pass() {
     assert!(
         sum(|r| r.stats.automatic_changes) > 0,
         "no leader changed its membership by itself"
+    );
+    assert!(
+        sum(|r| r.stats.clock_jumps) > 0,
+        "no wall clock ever jumped"
     );
     assert!(sum(|r| r.stats.partitions) > 0, "no partitions injected");
     assert!(

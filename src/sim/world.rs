@@ -10,8 +10,8 @@ use bytes::Bytes;
 use super::checks::{Checkers, Violation};
 use super::client::{History, InFlight, Outcome, SimClient};
 use super::faults::{
-    FaultKind, FaultPlan, CLIENT_RETIRE_PROBABILITY, CLIENT_TIMEOUT_MS, LONG_DELAY_MS_MAX,
-    LONG_DELAY_MS_MIN, PAUSE_MS_MAX, PAUSE_MS_MIN,
+    FaultKind, FaultPlan, CLIENT_RETIRE_PROBABILITY, CLIENT_TIMEOUT_MS, CLOCK_JUMP_MS_MAX,
+    CLOCK_JUMP_MS_MIN, LONG_DELAY_MS_MAX, LONG_DELAY_MS_MIN, PAUSE_MS_MAX, PAUSE_MS_MIN,
 };
 use super::node::{DiskWrite, Pending, Reply, Request, SimNode, Waiter};
 use super::SimOptions;
@@ -131,6 +131,8 @@ pub struct World {
     pub now_ms: u64,
     /// The members' monotonic clock reads `epoch + now_ms` (only differences count).
     epoch: Instant,
+    /// How far each node's wall clock is off (the host sets it; faults make it jump).
+    wall_offset_ms: Vec<i64>,
     /// Logical clock for the history: bumps on every event, so call/return order is exact.
     pub step: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
@@ -199,6 +201,7 @@ pub struct Stats {
     pub follower_reads: u64,
     /// Membership changes a leader's member made by itself (joiners, departures).
     pub automatic_changes: u64,
+    pub clock_jumps: u64,
 }
 
 impl World {
@@ -229,6 +232,7 @@ impl World {
             plan,
             now_ms: 0,
             epoch: Instant::now(),
+            wall_offset_ms: vec![0; nodes],
             step: 0,
             queue: BinaryHeap::new(),
             next_seq: 0,
@@ -340,6 +344,7 @@ impl World {
             raft,
             LeadershipPreference::Normal,
             request_ids_from,
+            self.nodes[node].machine.clock_ms(),
         );
         #[cfg(test)]
         if let Some(formation) = dangerous {
@@ -524,10 +529,10 @@ impl World {
     }
 
     /// The time as node `node`'s driver reads it.
-    fn now_of(&self) -> Now {
+    fn now_of(&self, node: usize) -> Now {
         Now {
             instant: self.epoch + Duration::from_millis(self.now_ms),
-            unix_ms: self.now_ms,
+            unix_ms: self.now_ms.saturating_add_signed(self.wall_offset_ms[node]),
         }
     }
 
@@ -540,7 +545,7 @@ impl World {
         if self.paused.contains_key(&node) {
             return Ok(()); // a paused process takes no input (an operator's command is lost)
         }
-        let now = self.now_of();
+        let now = self.now_of(node);
         let id = self.ids[node];
         let n = &mut self.nodes[node];
         let Some(member) = n.member.as_mut() else {
@@ -946,9 +951,9 @@ impl World {
         self.checkers
             .on_restart(id, state.snapshot.as_ref().map(|s| &s.meta), &state.entries)?;
         let raft = self.new_core(node, state);
+        self.nodes[node].machine = machine;
         let member = self.new_member(node, raft);
         let n = &mut self.nodes[node];
-        n.machine = machine;
         n.member = Some(member);
         let incarnation = n.incarnation;
         self.note(format!("{id} restarts from disk"));
@@ -1415,6 +1420,14 @@ impl World {
                     ));
                     self.operator(leader, MemberRequest::TransferLeadership(to))?;
                 }
+            }
+            FaultKind::ClockJump => {
+                let victim = self.rng.range(0, n as u64) as usize;
+                let jump = self.rng.range(CLOCK_JUMP_MS_MIN, CLOCK_JUMP_MS_MAX + 1) as i64;
+                let jump = if self.rng.chance(0.7) { jump } else { -jump };
+                self.wall_offset_ms[victim] = self.wall_offset_ms[victim].saturating_add(jump);
+                self.stats.clock_jumps += 1;
+                self.note(format!("{} wall clock jumps {jump} ms", self.ids[victim]));
             }
         }
         Ok(())

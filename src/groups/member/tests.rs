@@ -12,6 +12,8 @@ struct Driver {
     member: Member,
     start: Instant,
     ticks: u64,
+    /// How far the wall clock has jumped from the monotonic one.
+    wall_jump_ms: i64,
     /// Every action carried out, in order (writes and applies reported back at once).
     log: Vec<Action>,
 }
@@ -31,9 +33,10 @@ fn leader(config: WorkerConfig) -> Driver {
     raft.bootstrap(Membership::with_voters([ME]))
         .expect("bootstrap");
     let mut d = Driver {
-        member: Member::new(config, raft, LeadershipPreference::Normal, 0),
+        member: Member::new(config, raft, LeadershipPreference::Normal, 0, 1_000),
         start: Instant::now(),
         ticks: 0,
+        wall_jump_ms: 0,
         log: Vec::new(),
     };
     for _ in 0..200 {
@@ -54,7 +57,7 @@ impl Driver {
     fn now(&self) -> Now {
         Now {
             instant: self.start + Duration::from_millis(self.ticks * 50),
-            unix_ms: 1_000 + self.ticks * 50,
+            unix_ms: (1_000 + self.ticks * 50).saturating_add_signed(self.wall_jump_ms),
         }
     }
 
@@ -278,4 +281,45 @@ fn a_leave_of_the_only_member_is_refused() {
         d.answers().as_slice(),
         [(RequestId(1), Err(RequestError::Refused(_)))]
     ));
+}
+
+fn stamps(d: &Driver) -> Vec<u64> {
+    d.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::Apply(e) if matches!(e.payload, EntryPayload::Command(_)) => {
+                Some(e.timestamp_ms)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sessions expire by entry stamps and the host owns the clock: a leader's wall clock that
+/// jumps hours ahead moves the stamps only as fast as the monotonic clock.
+#[test]
+fn a_wall_clock_jump_moves_entry_stamps_only_as_fast_as_monotonic_time() {
+    let mut d = leader(config());
+    d.request(1, Request::Execute(Bytes::from_static(b"before")));
+    d.run();
+    d.wall_jump_ms = 5 * 3_600_000;
+    for _ in 0..20 {
+        d.tick();
+    }
+    d.request(2, Request::Execute(Bytes::from_static(b"after")));
+    d.run();
+    let seen = stamps(&d);
+    let [before, after] = seen[..] else {
+        panic!("two commands applied: {seen:?}");
+    };
+    // 20 ticks of 50 ms passed: the stamp moved about that much, not five hours.
+    assert!(after >= before, "{seen:?}");
+    assert!(after - before <= 20 * 50 * 2, "{seen:?}");
+    // A clock that jumps back holds the stamps where they were.
+    d.wall_jump_ms = -3_600_000;
+    d.log.clear();
+    d.tick();
+    d.request(3, Request::Execute(Bytes::from_static(b"back")));
+    d.run();
+    assert_eq!(stamps(&d), vec![after]);
 }
