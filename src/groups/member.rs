@@ -1123,6 +1123,13 @@ impl Member {
             return;
         }
         let membership: Membership = self.raft.membership().clone();
+        // A member this leader has no bond with counts as away from now on, whether or
+        // not its bond was ever seen to go down (a new leader never saw a dead member's).
+        for member in membership.members() {
+            if member != self.id && !self.bonded.contains(&member) {
+                self.unreachable_since.entry(member).or_insert(now);
+            }
+        }
         let departed = self
             .departed
             .iter()

@@ -161,10 +161,14 @@ impl Raft {
         }
         let last_index = self.log.last_index();
         let lag = self.config.promotion_lag_entries;
+        // Caught up, and it said so: a learner this leader has never had an append
+        // acknowledged by (its progress starts "active" at election, and a short log
+        // makes anyone look caught up) may be dead, and promoting it would make a voter
+        // the group waits for.
         let candidate = self.membership.learners.iter().copied().find(|id| {
-            self.progress
-                .get(id)
-                .is_some_and(|p| p.recent_active && p.match_index + lag >= last_index)
+            self.progress.get(id).is_some_and(|p| {
+                p.recent_active && p.match_index > 0 && p.match_index + lag >= last_index
+            })
         });
         let Some(candidate) = candidate else {
             return;

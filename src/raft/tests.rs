@@ -865,6 +865,26 @@ fn caught_up_learners_are_promoted_automatically() {
     assert!(c.node(4).membership().is_voter(n(4)));
 }
 
+/// A learner that never acknowledged an append is not promoted, however short the log:
+/// it may be dead, and a dead voter is one the group waits for (in a group of one, for
+/// good).
+#[test]
+fn a_learner_that_never_answered_is_not_promoted() {
+    let mut c = Cluster::new(3);
+    c.tick_until_leader(1);
+    // n9 does not exist: nothing it is sent arrives, nothing comes back.
+    c.node(1)
+        .step(Input::ChangeMembership(MembershipChange::AddLearner(n(9))))
+        .unwrap();
+    for _ in 0..30 {
+        c.node(1).step(Input::Tick).unwrap();
+        c.settle();
+    }
+    let membership = c.node(1).membership().clone();
+    assert!(membership.learners.contains(&n(9)), "{membership:?}");
+    assert_eq!(membership.voters.len(), 3, "{membership:?}");
+}
+
 /// A restarted TD comes back as a new identity: its replacement waits as a learner until
 /// the dead voter has been silent for `replace_after_rounds` election timeouts, the dead
 /// voter is removed, and only then the replacement is promoted. The voter count never

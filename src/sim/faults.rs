@@ -88,6 +88,7 @@ pub struct FaultWeights {
     pub membership_change: u32,
     pub transfer_leader: u32,
     pub clock_jump: u32,
+    pub fresh_identity: u32,
 }
 
 /// One injected fault.
@@ -105,6 +106,8 @@ pub enum FaultKind {
     TransferLeader,
     /// A node's wall clock jumps hours ahead or back (the host owns the TD's clock).
     ClockJump,
+    /// A member's machine reboots as a new identity, its disk wiped.
+    FreshIdentity,
 }
 
 impl FaultPlan {
@@ -123,6 +126,7 @@ impl FaultPlan {
             membership_change: weight(2),
             transfer_leader: weight(1),
             clock_jump: weight(1),
+            fresh_identity: weight(1),
         };
         let delay_ms_max = rng.range(1, 30);
         let long_delay_probability = if rng.chance(0.7) {
@@ -241,6 +245,7 @@ impl FaultPlan {
             (w.membership_change, FaultKind::MembershipChange),
             (w.transfer_leader, FaultKind::TransferLeader),
             (w.clock_jump, FaultKind::ClockJump),
+            (w.fresh_identity, FaultKind::FreshIdentity),
         ];
         let total: u64 = table.iter().map(|(w, _)| u64::from(*w)).sum();
         if total == 0 {

@@ -40,7 +40,7 @@ fn simulator_seeds_pass() {
          delivered on resume), {} long-tail delays, {} runs with skewed ticks, {} give-ups, \
          {} client departures, {} sessions evicted, {} expired, {} retries deduplicated, \
          {} commands forwarded, {} follower reads, {} automatic membership changes, \
-         {} wall-clock jumps",
+         {} wall-clock jumps, {} members replaced by new identities",
         sum(|r| r.stats.crashes),
         sum(|r| r.stats.partitions),
         sum(|r| r.stats.pauses),
@@ -59,6 +59,7 @@ fn simulator_seeds_pass() {
         sum(|r| r.stats.follower_reads),
         sum(|r| r.stats.automatic_changes),
         sum(|r| r.stats.clock_jumps),
+        sum(|r| r.stats.identities_replaced),
     );
     assert!(sum(|r| r.stats.crashes) > 0, "no crashes injected");
     // The runtime's own paths, through the member, not only the core's.

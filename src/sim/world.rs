@@ -30,7 +30,7 @@ use crate::raft::{
     EntryPayload, Event, Index, Membership, MembershipChange, Message, NodeId, Raft, RaftConfig,
     Role, SplitMix64,
 };
-use crate::storage::{Storage, WriteBatch};
+use crate::storage::{MemoryStorage, Storage, WriteBatch};
 
 const CLIENT_THINK_MS_MAX: u64 = 20;
 const KEYS: u64 = 3;
@@ -154,6 +154,10 @@ pub struct World {
     pub faults_enabled: bool,
     pub clients_issue_new: bool,
     next_write_id: u64,
+    /// The highest node id given out (replacements take the next).
+    next_identity: u64,
+    /// The disks of identities that are gone, as they were when the identity died.
+    retired_disks: BTreeMap<NodeId, MemoryStorage>,
     /// An operator's request is being carried out (its membership change is not the
     /// member's own).
     operator_acting: bool,
@@ -202,6 +206,8 @@ pub struct Stats {
     /// Membership changes a leader's member made by itself (joiners, departures).
     pub automatic_changes: u64,
     pub clock_jumps: u64,
+    /// Members whose machine came back as a new identity.
+    pub identities_replaced: u64,
 }
 
 impl World {
@@ -253,6 +259,8 @@ impl World {
             clients_issue_new: true,
             next_write_id: 0,
             operator_acting: false,
+            next_identity: nodes as u64,
+            retired_disks: BTreeMap::new(),
             log: Vec::new(),
             stats: Stats::default(),
             rng: SplitMix64::new(rng.next_u64()),
@@ -421,7 +429,7 @@ impl World {
             | EventKind::DiskDone { node, .. }
             | EventKind::ToNode { node, .. }
             | EventKind::Bond { node, .. } => Some(*node),
-            EventKind::Deliver { to, .. } => Some(self.index(*to)),
+            EventKind::Deliver { to, .. } => self.slot(*to),
             _ => None,
         };
         if let Some(backlog) = target.and_then(|node| self.paused.get_mut(&node)) {
@@ -442,14 +450,13 @@ impl World {
                     self.schedule(tick_ms, EventKind::Tick { node, incarnation });
                 }
             }
-            EventKind::Deliver { from, to, frame } => {
-                let node = self.index(to);
-                if self.blocked.contains(&(from, to)) || !self.nodes[node].is_up() {
-                    self.stats.messages_dropped += 1;
-                } else {
+            EventKind::Deliver { from, to, frame } => match self.slot(to) {
+                Some(node) if self.nodes[node].is_up() && !self.blocked.contains(&(from, to)) => {
                     self.drive(node, |m, now| m.handle_frame(now, from, frame))?;
                 }
-            }
+                // Lost, or to an identity that is gone.
+                _ => self.stats.messages_dropped += 1,
+            },
             EventKind::DiskDone {
                 node,
                 incarnation,
@@ -524,8 +531,9 @@ impl World {
 
     // ----- nodes -----
 
-    fn index(&self, id: NodeId) -> usize {
-        (id.0 - 1) as usize
+    /// The slot node `id` runs in, `None` for an identity that is gone (replaced).
+    fn slot(&self, id: NodeId) -> Option<usize> {
+        self.ids.iter().position(|x| *x == id)
     }
 
     /// The time as node `node`'s driver reads it.
@@ -848,7 +856,15 @@ impl World {
             return Ok(());
         };
         let on_disk = |v: &NodeId| {
-            let store = &self.nodes[(v.0 - 1) as usize].durable;
+            // An identity that is gone counts with the disk it had when it died: what it
+            // acknowledged was durable then, and it never votes again.
+            let store = match self.slot(*v) {
+                Some(slot) => &self.nodes[slot].durable,
+                None => match self.retired_disks.get(v) {
+                    Some(disk) => disk,
+                    None => return false,
+                },
+            };
             store.snapshot_meta().is_some_and(|m| m.index >= commit)
                 || store
                     .entries(commit, commit + 1)
@@ -1213,7 +1229,14 @@ impl World {
             c.leader_guess = Some(t);
         }
         let node_id = c.target(&ids);
-        let node = (node_id.0 - 1) as usize;
+        // A guess may name an identity that is gone: then the next node in turn.
+        let node = match self.slot(node_id) {
+            Some(node) => node,
+            None => {
+                let next = self.clients[client].target(&ids);
+                self.slot(next).unwrap_or(0)
+            }
+        };
         if !self.rng.chance(self.plan.drop_probability) {
             let delay = self.delay();
             self.schedule(
@@ -1421,6 +1444,7 @@ impl World {
                     self.operator(leader, MemberRequest::TransferLeadership(to))?;
                 }
             }
+            FaultKind::FreshIdentity => self.replace_identity()?,
             FaultKind::ClockJump => {
                 let victim = self.rng.range(0, n as u64) as usize;
                 let jump = self.rng.range(CLOCK_JUMP_MS_MIN, CLOCK_JUMP_MS_MAX + 1) as i64;
@@ -1449,6 +1473,51 @@ impl World {
         }
     }
 
+    /// A member's machine reboots as a new identity (a TD has a new key at every boot):
+    /// its process dies, its disk is wiped (the old records belong to the dead identity),
+    /// and it comes back under a new id that joins the group as a new member. The dead
+    /// identity stays a voter until the leader replaces it. One at a time: only while
+    /// every member of the leader's configuration is a live identity, so that the group
+    /// never waits for more dead voters than it can remove.
+    fn replace_identity(&mut self) -> Result<(), Violation> {
+        let Some((_, leader)) = self.current_leader() else {
+            return Ok(());
+        };
+        let membership = leader.membership().clone();
+        let members: Vec<NodeId> = membership.members().collect();
+        let all_live = members.iter().all(|id| {
+            self.slot(*id)
+                .is_some_and(|slot| self.nodes[slot].is_up() && !self.paused.contains_key(&slot))
+        });
+        if !all_live || members.len() < 2 {
+            return Ok(());
+        }
+        let victim = members[self.rng.range(0, members.len() as u64) as usize];
+        // The voters left must still make a quorum, or nobody could ever remove the dead
+        // one (a group of two that loses one for good is stuck in any Raft).
+        let voters_left = membership.voters.iter().filter(|v| **v != victim).count();
+        if voters_left < membership.quorum() {
+            return Ok(());
+        }
+        let Some(slot) = self.slot(victim) else {
+            return Ok(());
+        };
+        self.crash(slot)?;
+        self.next_identity += 1;
+        let fresh = NodeId(self.next_identity);
+        self.ids[slot] = fresh;
+        let n = &mut self.nodes[slot];
+        let disk = std::mem::replace(&mut n.durable, MemoryStorage::new());
+        self.retired_disks.insert(victim, disk);
+        let n = &mut self.nodes[slot];
+        n.machine = Sessions::with_config(KvStore::new(), self.session_config);
+        self.stats.identities_replaced += 1;
+        self.note(format!("{victim} reboots as a new identity, {fresh}"));
+        let back = self.rng.range(20, 500);
+        self.schedule(back, EventKind::Restart { node: slot });
+        Ok(())
+    }
+
     fn current_leader(&self) -> Option<(usize, &Raft)> {
         self.nodes
             .iter()
@@ -1463,6 +1532,12 @@ impl World {
             return Ok(());
         };
         let m = raft.membership().clone();
+        // A careful operator changes nothing while a dead identity is still a member: the
+        // leader removes it first, and removing a live voter now could leave the dead one
+        // holding half the votes.
+        if m.members().any(|id| self.slot(id).is_none()) {
+            return Ok(());
+        }
         let outsiders: Vec<NodeId> = self
             .ids
             .iter()
@@ -1533,8 +1608,8 @@ impl World {
         let leader_id = leader.id();
         let commit = leader.commit_index();
         leader.membership().members().all(|m| {
-            self.nodes[(m.0 - 1) as usize]
-                .raft()
+            self.slot(m)
+                .and_then(|slot| self.nodes[slot].raft())
                 .is_some_and(|r| r.leader() == Some(leader_id) && r.applied_index() >= commit)
         })
     }
@@ -1548,7 +1623,10 @@ impl World {
         let applied = leader.applied_index();
         let reference = self.nodes[li].machine.snapshot().ok();
         for m in leader.membership().members() {
-            let n = &self.nodes[(m.0 - 1) as usize];
+            let Some(slot) = self.slot(m) else {
+                continue;
+            };
+            let n = &self.nodes[slot];
             if n.raft().is_some_and(|r| r.applied_index() == applied)
                 && n.machine.snapshot().ok() != reference
             {

@@ -28,10 +28,14 @@ fn config() -> WorkerConfig {
 
 /// A single-voter group of `ME`, ticked until it leads and its first entries are applied.
 fn leader(config: WorkerConfig) -> Driver {
+    leader_of(config, Membership::with_voters([ME]))
+}
+
+/// A group founded with `membership` (`ME` its only voter), ticked until `ME` leads.
+fn leader_of(config: WorkerConfig, membership: Membership) -> Driver {
     let state = MemoryStorage::new().initial_state().expect("state");
     let mut raft = Raft::new(ME, RaftConfig::default(), 3, state).expect("core");
-    raft.bootstrap(Membership::with_voters([ME]))
-        .expect("bootstrap");
+    raft.bootstrap(membership).expect("bootstrap");
     let mut d = Driver {
         member: Member::new(config, raft, LeadershipPreference::Normal, 0, 1_000),
         start: Instant::now(),
@@ -322,4 +326,35 @@ fn a_wall_clock_jump_moves_entry_stamps_only_as_fast_as_monotonic_time() {
     d.request(3, Request::Execute(Bytes::from_static(b"back")));
     d.run();
     assert_eq!(stamps(&d), vec![after]);
+}
+
+/// A leader removes a member it has had no bond with for `removal_timeout`, also one
+/// whose bond it never saw go down (a leader elected after that member died).
+#[test]
+fn a_member_never_bonded_is_removed_after_the_removal_timeout() {
+    const GHOST: NodeId = NodeId(9);
+    let mut founding = Membership::with_voters([ME]);
+    founding.learners.insert(GHOST);
+    let mut d = leader_of(
+        WorkerConfig {
+            removal_timeout: Some(Duration::from_millis(500)),
+            ..config()
+        },
+        founding,
+    );
+    let mut ticks = 0;
+    while d.member.raft().membership().contains(GHOST) {
+        assert!(
+            ticks < 40,
+            "still a member after {ticks} ticks of 50 ms: {:?}",
+            d.log
+        );
+        d.tick();
+        d.run();
+        ticks += 1;
+    }
+    assert!(
+        ticks >= 500 / 50,
+        "removed after {ticks} ticks, before the timeout"
+    );
 }
