@@ -60,3 +60,41 @@ fn the_check_itself_would_notice_an_offence() {
         .iter()
         .any(|w| sample.split("//").next().unwrap_or("").contains(w)));
 }
+
+/// What the member (the runtime's decisions) must not touch: it takes the time as an
+/// input and hands every effect to its driver (STYLE "sans-IO cores"), so that the
+/// simulator can drive it.
+const FORBIDDEN_IN_MEMBER: &[&str] = &[
+    "tokio",
+    "Instant::now",
+    "SystemTime",
+    "std::fs",
+    "std::net",
+    "std::thread",
+    "std::sync",
+    "rand::",
+    "getrandom",
+    "iroh",
+];
+
+#[test]
+fn the_member_reads_no_clock_and_does_no_io() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/groups/member.rs");
+    let text = fs::read_to_string(&path).expect("the member's source");
+    let offences: Vec<String> = text
+        .lines()
+        .enumerate()
+        .flat_map(|(number, line)| {
+            let code = line.split("//").next().unwrap_or("").to_string();
+            FORBIDDEN_IN_MEMBER
+                .iter()
+                .filter(move |word| code.contains(*word))
+                .map(move |word| format!("member.rs:{}: uses `{word}`", number + 1))
+        })
+        .collect();
+    assert!(
+        offences.is_empty(),
+        "the member must stay sans-IO:\n{}",
+        offences.join("\n")
+    );
+}
