@@ -512,12 +512,16 @@ impl NodeConfig {
     pub fn validator(&self) -> Result<Arc<dyn TicketValidator>, ConfigError> {
         let mut alternatives: Vec<Arc<dyn TicketValidator>> = Vec::new();
         for (i, policy) in self.load_policies()?.into_iter().enumerate() {
-            let validator = match self.attestation {
-                AttestationMode::Mock => MockTdxValidator::new(policy),
-                AttestationMode::Tdx => TdxValidator::new(policy),
-            }
-            .map_err(|e| self.error(&format!("policies[{i}]"), e.to_string()))?;
-            alternatives.push(Arc::new(validator));
+            let at = format!("policies[{i}]");
+            let validator: Arc<dyn TicketValidator> = match self.attestation {
+                AttestationMode::Mock => Arc::new(
+                    MockTdxValidator::new(policy).map_err(|e| self.error(&at, e.to_string()))?,
+                ),
+                AttestationMode::Tdx => {
+                    Arc::new(TdxValidator::new(policy).map_err(|e| self.error(&at, e.to_string()))?)
+                }
+            };
+            alternatives.push(validator);
         }
         if alternatives.len() == 1 {
             if let Some(only) = alternatives.pop() {
