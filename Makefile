@@ -38,9 +38,10 @@ test-cluster:
 	CARGO="$(CARGO)" scripts/test-cluster.sh
 
 ## demo: the embedded default. It keeps everything in memory, so it is built without the
-## RocksDB store: no C++ build and no libclang needed, only the Rust toolchain and cc.
+## RocksDB store: no C++ build and no libclang needed, only the Rust toolchain and cc. Its
+## members are mock-attested: it asks for the mock-attestation feature.
 demo:
-	$(CARGO) run --release --locked --no-default-features --bin tessera -- demo
+	$(CARGO) run --release --locked --no-default-features --features mock-attestation --bin tessera -- demo
 
 ## sim: run the deterministic simulator. SEED=<n> replays one seed; SEEDS=<n> runs n seeds.
 sim:

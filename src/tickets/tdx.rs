@@ -7,8 +7,8 @@
 //! Intel's root, and only such a policy: it refuses `trust_root = "mock"` when built and
 //! again before every verification, so no configuration makes the production validator
 //! accept a quote signed by the mock PKI, whose keys are public. [`MockTdxValidator`]
-//! (for tests and the demo) is the other half: the same pipeline, a policy that must
-//! trust the mock root. Both call one function; there is no
+//! (feature `mock-attestation`, for tests and the demo) is the other half: the same
+//! pipeline, a policy that must trust the mock root. Both call one function; there is no
 //! separate "mock" verification path to get wrong.
 use serde::{Deserialize, Serialize};
 use tessera_attestation::{
@@ -133,12 +133,14 @@ fn validate_tdx(
 
 /// The TDX pipeline with a policy that trusts the mock root, for tests and the demo.
 /// Refuses a policy that trusts Intel's root, so a test set-up cannot silently run against
-/// production trust.
+/// production trust. Only in builds with the `mock-attestation` feature.
+#[cfg(feature = "mock-attestation")]
 pub struct MockTdxValidator {
     policy: Policy,
     signature: [u8; 32],
 }
 
+#[cfg(feature = "mock-attestation")]
 impl MockTdxValidator {
     pub fn new(policy: Policy) -> Result<Self, TicketError> {
         if policy.trust_root != TrustRoot::Mock {
@@ -157,6 +159,7 @@ impl MockTdxValidator {
     }
 }
 
+#[cfg(feature = "mock-attestation")]
 impl TicketValidator for MockTdxValidator {
     fn kind(&self) -> &str {
         TDX_KIND
