@@ -5,7 +5,7 @@ SEEDS ?= 300
 SEED ?=
 NODES ?=
 
-.PHONY: deps build test test-cluster demo sim soak lint fmt bench-core bench clean
+.PHONY: deps build build-production check-production test test-cluster demo sim soak lint fmt bench-core bench clean
 
 ## deps: install the system packages the build needs (Debian/Ubuntu), when missing.
 ## RocksDB's bindings are generated with libclang (clang, libclang-dev). Without apt-get
@@ -22,14 +22,27 @@ deps:
 	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; \
 	else echo "deps: not found:$$missing (no apt-get here; install them by hand)"; fi
 
-## build: release build of the workspace
+## build: release build of the workspace (default features: RocksDB, no mock attestation)
 build:
 	$(CARGO) build --release --workspace
 
-## test: everything CI runs (unit, simulator seeds, attestation vectors, integration);
+## build-production: the binary the enclave image ships, target/release/tessera: RocksDB,
+## and none of the mock-attestation feature (no mock provider, test PKI or mock root), so
+## it refuses attestation = "mock" and trust_root = "mock"
+build-production:
+	$(CARGO) build --release --locked --no-default-features --features rocksdb --bin tessera
+
+## check-production: build tessera without the mock-attestation feature and check that the
+## binary refuses every way of asking for mock attestation, naming the setting
+check-production:
+	CARGO="$(CARGO)" scripts/check-production-build.sh
+
+## test: everything CI runs (unit, simulator seeds, attestation vectors, integration, with
+## mock attestation), then the production build's refusal of it (check-production);
 ## installs the build's system packages first when they are missing (see deps)
 test: deps
 	$(CARGO) test --workspace --locked
+	CARGO="$(CARGO)" scripts/check-production-build.sh
 
 ## test-cluster: three nodes in Docker containers on a bridge network of their own (image
 ## FROM scratch, nothing pulled): partition the leader, restart a follower from RocksDB.
@@ -38,9 +51,10 @@ test-cluster:
 	CARGO="$(CARGO)" scripts/test-cluster.sh
 
 ## demo: the embedded default. It keeps everything in memory, so it is built without the
-## RocksDB store: no C++ build and no libclang needed, only the Rust toolchain and cc.
+## RocksDB store: no C++ build and no libclang needed, only the Rust toolchain and cc. Its
+## members are mock-attested: it asks for the mock-attestation feature.
 demo:
-	$(CARGO) run --release --locked --no-default-features --bin tessera -- demo
+	$(CARGO) run --release --locked --no-default-features --features mock-attestation --bin tessera -- demo
 
 ## sim: run the deterministic simulator. SEED=<n> replays one seed; SEEDS=<n> runs n seeds.
 sim:
@@ -55,10 +69,12 @@ soak:
 	$(CARGO) run --release --locked --bin tessera -- sim --seeds 5000
 	TESSERA_CRASH_ROUNDS=200 $(CARGO) test --release --locked --test storage_crash
 
-## lint: formatting and clippy with warnings as errors
+## lint: formatting and clippy with warnings as errors, also on the production build (no
+## mock-attestation; test targets always have it, through tessera's dev-dependency)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --lib --bins -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -19,7 +19,8 @@
 # or `FAIL test-cluster: step ...` after the containers' logs.
 #
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (honoured), TESSERA_BIN (use this
-# binary instead of building one), TESSERA_TEST_SUBNET (a /24, default 172.31.250.0/24),
+# binary, built with --features mock-attestation, instead of building one),
+# TESSERA_TEST_SUBNET (a /24, default 172.31.250.0/24),
 # TESSERA_TEST_DEADLINE (seconds per wait, default 90), TESSERA_TEST_KEEP.
 set -euo pipefail
 
@@ -311,8 +312,9 @@ if [[ -n ${TESSERA_BIN:-} ]]; then
     BIN=$TESSERA_BIN
     say "using $BIN (TESSERA_BIN)"
 else
-    say "building the release binary (cargo build --release --bin tessera)"
-    (cd "$ROOT" && "$CARGO" build --release --locked --bin tessera)
+    # The nodes are mock-attested: the binary needs the mock-attestation feature.
+    say "building the release binary (cargo build --release --features mock-attestation --bin tessera)"
+    (cd "$ROOT" && "$CARGO" build --release --locked --features mock-attestation --bin tessera)
     TARGET_DIR=$(cd "$ROOT" && "$CARGO" metadata --format-version 1 --no-deps |
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
     [[ -n $TARGET_DIR ]] || fail "cannot find cargo's target directory"

@@ -6,22 +6,32 @@
 //! ticket validation of mock TDX quotes through the full DCAP pipeline against
 //! `policies/mock.toml`, the group worker and the consensus core. The mock collateral has
 //! a fixed validity window, so the cluster's clock runs from inside it.
+//!
+//! The cluster itself (`LocalCluster`, `mock_validator`, `MOCK_POLICY`) needs the
+//! `mock-attestation` feature; the helpers `tessera node` and `tessera kv` share with it
+//! ([`random_secret`], [`TICKET_LIFETIME_SECS`], [`loopback_endpoint`]) are in every build.
+#[cfg(feature = "mock-attestation")]
 use std::sync::Arc;
 
 use iroh::{Endpoint, EndpointAddr, SecretKey};
+#[cfg(feature = "mock-attestation")]
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
+#[cfg(feature = "mock-attestation")]
 use tessera_attestation::Policy;
 
-use crate::groups::{
-    keep_tickets_fresh, node_id_of, GroupBuilder, GroupKey, JoinedGroup, WorkerConfig,
-};
+#[cfg(feature = "mock-attestation")]
+use crate::groups::{keep_tickets_fresh, node_id_of, GroupBuilder};
+use crate::groups::{GroupKey, JoinedGroup, WorkerConfig};
 use crate::machine::KvStore;
 use crate::net::{endpoint::bound_addr, local_endpoint, Listen, ALPN_BOND};
 use crate::raft::{NodeId, RaftConfig};
+#[cfg(feature = "mock-attestation")]
 use crate::storage::Storage;
+#[cfg(feature = "mock-attestation")]
 use crate::tickets::{clock_from, Clock, MockTdxValidator, TdxTicketIssuer, TicketValidator};
 
 /// The policy mock-attested members verify each other against.
+#[cfg(feature = "mock-attestation")]
 pub const MOCK_POLICY: &str = include_str!("../policies/mock.toml");
 /// Network id of local clusters.
 pub const NETWORK: &str = "tessera-local";
@@ -83,6 +93,7 @@ impl ClusterOptions {
 }
 
 /// Members that founded a group together.
+#[cfg(feature = "mock-attestation")]
 pub struct LocalCluster {
     pub members: Vec<ClusterMember>,
     pub options: ClusterOptions,
@@ -98,6 +109,7 @@ pub fn random_secret() -> Result<SecretKey, ClusterError> {
 }
 
 /// The mock-root validator for [`MOCK_POLICY`].
+#[cfg(feature = "mock-attestation")]
 pub fn mock_validator() -> Result<Arc<dyn TicketValidator>, ClusterError> {
     let policy =
         Policy::from_toml_str(MOCK_POLICY).map_err(|e| ClusterError::Attestation(e.to_string()))?;
@@ -124,6 +136,7 @@ pub async fn loopback_endpoint(
     Ok((ep, addr))
 }
 
+#[cfg(feature = "mock-attestation")]
 impl LocalCluster {
     /// Starts `options.nodes` founding members; `storage(i)` gives member `i` its store.
     pub async fn start<S, F>(options: ClusterOptions, mut storage: F) -> Result<Self, ClusterError>
@@ -207,6 +220,7 @@ impl LocalCluster {
     }
 }
 
+#[cfg(feature = "mock-attestation")]
 fn member_builder(
     options: &ClusterOptions,
     clock: &Clock,

@@ -58,7 +58,9 @@ use tessera_attestation::{Policy, TrustRoot};
 use crate::client::ClientAllow;
 use crate::groups::{GroupKey, WorkerConfig};
 use crate::raft::RaftConfig;
-use crate::tickets::{AnyOf, MockTdxValidator, TdxValidator, TicketValidator};
+#[cfg(feature = "mock-attestation")]
+use crate::tickets::MockTdxValidator;
+use crate::tickets::{AnyOf, TdxValidator, TicketValidator};
 
 /// Largest config, policy or key file read.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
@@ -92,9 +94,21 @@ pub enum ConfigError {
 pub enum AttestationMode {
     /// Quotes from this TD through configfs-tsm, verified against Intel's root.
     Tdx,
-    /// Quotes from the mock provider (test PKI). Only with policies that trust the mock root.
+    /// Quotes from the mock provider (test PKI). Only with policies that trust the mock root,
+    /// and only in builds with the `mock-attestation` feature: elsewhere refused at load.
     Mock,
 }
+
+/// Whether this build carries the mock provider and the mock root (feature
+/// `mock-attestation`). Production builds do not: they refuse `attestation = "mock"` and
+/// policies with `trust_root = "mock"`.
+pub const MOCK_ATTESTATION_BUILT: bool = cfg!(feature = "mock-attestation");
+
+/// Why a build without the `mock-attestation` feature refuses a mock setting.
+const NO_MOCK_IN_THIS_BUILD: &str =
+    "this binary was built without the `mock-attestation` feature, as production builds \
+     are, so it carries no mock root (whose keys are public); mock attestation is for tests \
+     and the demo (build with `--features mock-attestation`)";
 
 /// Where the log and hard state live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,6 +389,12 @@ impl NodeConfig {
                 ))
             }
         };
+        if attestation == AttestationMode::Mock && !MOCK_ATTESTATION_BUILT {
+            return Err(field(
+                "attestation",
+                format!("\"mock\" refused: {NO_MOCK_IN_THIS_BUILD}"),
+            ));
+        }
         if attestation == AttestationMode::Tdx && raw.collateral_file.is_none() {
             return Err(field(
                 "collateral_file",
@@ -483,6 +503,15 @@ impl NodeConfig {
             let policy = Policy::from_toml_str(&text)
                 .map_err(|e| self.error(&at, format!("{}: {e}", path.display())))?;
             match (self.attestation, policy.trust_root) {
+                (_, TrustRoot::Mock) if !MOCK_ATTESTATION_BUILT => {
+                    return Err(self.error(
+                        &at,
+                        format!(
+                            "{}: trust_root = \"mock\" refused: {NO_MOCK_IN_THIS_BUILD}",
+                            path.display()
+                        ),
+                    ))
+                }
                 (AttestationMode::Tdx, TrustRoot::Mock) => {
                     return Err(self.error(
                         &at,
@@ -512,12 +541,25 @@ impl NodeConfig {
     pub fn validator(&self) -> Result<Arc<dyn TicketValidator>, ConfigError> {
         let mut alternatives: Vec<Arc<dyn TicketValidator>> = Vec::new();
         for (i, policy) in self.load_policies()?.into_iter().enumerate() {
-            let validator = match self.attestation {
-                AttestationMode::Mock => MockTdxValidator::new(policy),
-                AttestationMode::Tdx => TdxValidator::new(policy),
-            }
-            .map_err(|e| self.error(&format!("policies[{i}]"), e.to_string()))?;
-            alternatives.push(Arc::new(validator));
+            let at = format!("policies[{i}]");
+            let validator: Arc<dyn TicketValidator> = match self.attestation {
+                #[cfg(feature = "mock-attestation")]
+                AttestationMode::Mock => Arc::new(
+                    MockTdxValidator::new(policy).map_err(|e| self.error(&at, e.to_string()))?,
+                ),
+                // `load` refuses "mock" in this build; refused again rather than trusted.
+                #[cfg(not(feature = "mock-attestation"))]
+                AttestationMode::Mock => {
+                    return Err(self.error(
+                        "attestation",
+                        format!("\"mock\" refused: {NO_MOCK_IN_THIS_BUILD}"),
+                    ))
+                }
+                AttestationMode::Tdx => {
+                    Arc::new(TdxValidator::new(policy).map_err(|e| self.error(&at, e.to_string()))?)
+                }
+            };
+            alternatives.push(validator);
         }
         if alternatives.len() == 1 {
             if let Some(only) = alternatives.pop() {

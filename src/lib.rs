@@ -20,6 +20,10 @@
 //!   side that serves it, with client keys checked against an allow list.
 //! - [`config`]: the `node.toml` schema of `tessera node`, validated with errors that name
 //!   the field.
+//!
+//! Feature `mock-attestation` (off by default, on in test builds) brings the mock quote
+//! provider, its test PKI and the mock trust root: `MockTdxValidator`, `LocalCluster`,
+//! `attestation = "mock"`. Production builds leave it off and refuse those settings.
 #![forbid(unsafe_code)]
 pub mod client;
 pub mod cluster;

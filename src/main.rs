@@ -20,9 +20,22 @@ enum Command {
     /// Run the deterministic simulator (one seed with --seed, many with --seeds).
     Sim(cli::sim::SimArgs),
     /// The embedded default: a narrated run of a local three-node group.
+    #[cfg(feature = "mock-attestation")]
     Demo,
     /// Throughput, latency and failover of a local cluster over loopback iroh.
+    #[cfg(feature = "mock-attestation")]
     Bench(cli::bench::BenchArgs),
+    /// Not in this build: `demo` runs mock-attested members (feature `mock-attestation`).
+    #[cfg(not(feature = "mock-attestation"))]
+    #[command(hide = true)]
+    Demo,
+    /// Not in this build: `bench` runs mock-attested members (feature `mock-attestation`).
+    #[cfg(not(feature = "mock-attestation"))]
+    #[command(hide = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<String>,
+    },
     /// Run one member of a group, configured by node.toml, until SIGINT or SIGTERM.
     Node(cli::node::NodeArgs),
     /// Write a node secret key (or, with --group, a group key) to a new 0600 file.
@@ -38,8 +51,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Attest(command) => cli::attest::run(command),
         Command::Sim(args) => cli::sim::run(args),
+        #[cfg(feature = "mock-attestation")]
         Command::Demo => cli::demo::demo(),
+        #[cfg(feature = "mock-attestation")]
         Command::Bench(args) => cli::bench::bench(args),
+        #[cfg(not(feature = "mock-attestation"))]
+        Command::Demo => cli::without_mock_attestation("demo"),
+        #[cfg(not(feature = "mock-attestation"))]
+        Command::Bench { .. } => cli::without_mock_attestation("bench"),
         Command::Node(args) => cli::node::run(args),
         Command::Keygen(args) => cli::node::keygen(args),
         Command::Kv(args) => cli::kv::run(args),

@@ -60,7 +60,7 @@ pub enum VerifyError {
     #[error("quote rejected at parsing: {0}")]
     Parse(#[from] ParseError),
     /// The policy asks for a root this build does not have.
-    #[error("trust root {root:?} is not available in this build (the mock root needs the `mock` feature)")]
+    #[error("trust_root = \"{root}\" is not in this build: the mock root comes only with the `mock` feature (`mock-attestation` of tessera), which production builds leave off")]
     TrustRootUnavailable {
         /// The policy's root.
         root: TrustRoot,

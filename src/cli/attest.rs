@@ -15,12 +15,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use tessera_attestation::provider::configfs::ConfigfsTsmProvider;
+#[cfg(feature = "mock-attestation")]
 use tessera_attestation::provider::mock::{mock_root_der, MockConfig, MockProvider};
 use tessera_attestation::quote::{parse_quote, QUOTE_LEN_MAX};
 use tessera_attestation::verify::{format_unix, COLLATERAL_JSON_LEN_MAX};
+#[cfg(feature = "mock-attestation")]
+use tessera_attestation::TcbStatus;
 use tessera_attestation::{
     appraise, Appraisal, Binding, BindingContext, Claims, Collateral, Policy, QuoteProvider,
-    TcbStatus,
 };
 
 /// Largest policy or claims file read.
@@ -45,7 +47,8 @@ pub enum AttestCommand {
 pub enum ProviderArg {
     /// This TD, through configfs-tsm (/sys/kernel/config/tsm/report).
     Tdx,
-    /// The mock provider (test PKI; verifies only under `trust_root = "mock"`).
+    /// The mock provider (test PKI; verifies only under `trust_root = "mock"`). Only in
+    /// builds with the `mock-attestation` feature.
     Mock,
 }
 
@@ -241,61 +244,75 @@ fn run_quote(args: &QuoteArgs) -> Result<()> {
                 quote.as_bytes().len()
             );
         }
-        ProviderArg::Mock => {
-            let mut config = MockConfig {
-                collateral_issued_at: match args.mock_issued_at {
-                    Some(t) => t,
-                    None => wall_clock()?.saturating_sub(3_600),
-                },
-                ..MockConfig::default()
-            };
-            if let Some(h) = &args.mock_mrtd {
-                config.mr_td = hex_array("--mock-mrtd", h)?;
-            }
-            for (i, value) in [
-                &args.mock_rtmr0,
-                &args.mock_rtmr1,
-                &args.mock_rtmr2,
-                &args.mock_rtmr3,
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                if let Some(h) = value {
-                    config.rtmr[i] = hex_array(&format!("--mock-rtmr{i}"), h)?;
-                }
-            }
-            if let Some(h) = &args.mock_mr_config_id {
-                config.mr_config_id = hex_array("--mock-mr-config-id", h)?;
-            }
-            if args.mock_debug {
-                config = config.debug();
-            }
-            if let Some(s) = &args.mock_tcb_status {
-                let status: TcbStatus = s.parse().map_err(|e| anyhow!("--mock-tcb-status: {e}"))?;
-                config = config.with_tcb_status(status, &[]);
-            }
-            config.revoke_pck = args.mock_revoked_pck;
-            config.corrupt_signature = args.mock_corrupt_signature;
-            let provider = MockProvider::new(config).map_err(|e| ProviderFailed(e.to_string()))?;
-            let quote = provider
-                .quote(&report_data)
-                .map_err(|e| ProviderFailed(e.to_string()))?;
-            write(&args.out, quote.as_bytes(), "quote")?;
-            if let Some(path) = &args.collateral_out {
-                let collateral = provider
-                    .collateral()
-                    .map_err(|e| ProviderFailed(e.to_string()))?;
-                write(path, collateral.to_json().as_bytes(), "collateral")?;
-            }
-            eprintln!(
-                "tessera quote: wrote {} ({} bytes, MOCK provider: verifies only under trust_root = \"mock\")",
-                args.out.display(),
-                quote.as_bytes().len()
-            );
-        }
+        ProviderArg::Mock => run_mock_quote(args, &report_data)?,
     }
     Ok(())
+}
+
+/// `tessera quote --provider mock`.
+#[cfg(feature = "mock-attestation")]
+fn run_mock_quote(args: &QuoteArgs, report_data: &[u8; 64]) -> Result<()> {
+    let mut config = MockConfig {
+        collateral_issued_at: match args.mock_issued_at {
+            Some(t) => t,
+            None => wall_clock()?.saturating_sub(3_600),
+        },
+        ..MockConfig::default()
+    };
+    if let Some(h) = &args.mock_mrtd {
+        config.mr_td = hex_array("--mock-mrtd", h)?;
+    }
+    for (i, value) in [
+        &args.mock_rtmr0,
+        &args.mock_rtmr1,
+        &args.mock_rtmr2,
+        &args.mock_rtmr3,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(h) = value {
+            config.rtmr[i] = hex_array(&format!("--mock-rtmr{i}"), h)?;
+        }
+    }
+    if let Some(h) = &args.mock_mr_config_id {
+        config.mr_config_id = hex_array("--mock-mr-config-id", h)?;
+    }
+    if args.mock_debug {
+        config = config.debug();
+    }
+    if let Some(s) = &args.mock_tcb_status {
+        let status: TcbStatus = s.parse().map_err(|e| anyhow!("--mock-tcb-status: {e}"))?;
+        config = config.with_tcb_status(status, &[]);
+    }
+    config.revoke_pck = args.mock_revoked_pck;
+    config.corrupt_signature = args.mock_corrupt_signature;
+    let provider = MockProvider::new(config).map_err(|e| ProviderFailed(e.to_string()))?;
+    let quote = provider
+        .quote(report_data)
+        .map_err(|e| ProviderFailed(e.to_string()))?;
+    write(&args.out, quote.as_bytes(), "quote")?;
+    if let Some(path) = &args.collateral_out {
+        let collateral = provider
+            .collateral()
+            .map_err(|e| ProviderFailed(e.to_string()))?;
+        write(path, collateral.to_json().as_bytes(), "collateral")?;
+    }
+    eprintln!(
+        "tessera quote: wrote {} ({} bytes, MOCK provider: verifies only under trust_root = \"mock\")",
+        args.out.display(),
+        quote.as_bytes().len()
+    );
+    Ok(())
+}
+
+/// `tessera quote --provider mock` in a build without the mock provider.
+#[cfg(not(feature = "mock-attestation"))]
+fn run_mock_quote(_: &QuoteArgs, _: &[u8; 64]) -> Result<()> {
+    bail!(
+        "--provider mock: this binary was built without the `mock-attestation` feature, as \
+         production builds are, so it has no mock provider (build with `--features mock-attestation`)"
+    )
 }
 
 fn write(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
@@ -455,13 +472,26 @@ fn run_policy_check(file: &Path) -> Result<u8> {
     }
 }
 
+/// Whether `root` is the mock provider's root certificate. A build without the mock
+/// provider cannot tell, and writes `trust_root = "intel"`: such a policy never accepts a
+/// mock quote, which is the safe side.
+#[cfg(feature = "mock-attestation")]
+fn is_mock_root(root: &[u8]) -> bool {
+    root == mock_root_der()
+}
+
+#[cfg(not(feature = "mock-attestation"))]
+fn is_mock_root(_: &[u8]) -> bool {
+    false
+}
+
 fn run_from_quote(path: &Path, name: &str) -> Result<()> {
     let bytes = read_limited(path, QUOTE_LEN_MAX as u64, "quote")?;
     let parsed = parse_quote(&bytes).with_context(|| format!("quote {}", path.display()))?;
     let mock = parsed
         .pck_chain_der()
         .last()
-        .is_some_and(|root| root.as_slice() == mock_root_der());
+        .is_some_and(|root| is_mock_root(root));
     let m = &parsed.measurements;
     let label = format!("{} (measured from {})", name, path.display());
     let mut out = String::new();

@@ -36,8 +36,11 @@ use tessera::net::{
 use tessera::storage::MemoryStorage;
 #[cfg(feature = "rocksdb")]
 use tessera::storage::RocksDbStorage;
-use tessera::tickets::{clock_from, system_clock, Clock, TdxTicketIssuer};
+#[cfg(feature = "mock-attestation")]
+use tessera::tickets::clock_from;
+use tessera::tickets::{system_clock, Clock, TdxTicketIssuer};
 use tessera_attestation::provider::configfs::ConfigfsTsmProvider;
+#[cfg(feature = "mock-attestation")]
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
 use tessera_attestation::{Collateral, QuoteProvider};
 
@@ -151,6 +154,14 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
     let validator = config.validator()?;
     let (provider, collateral, clock): (Box<dyn QuoteProvider + Send + Sync>, Collateral, Clock) =
         match config.attestation {
+            // `NodeConfig::load` refuses "mock" in a build without the mock provider.
+            #[cfg(not(feature = "mock-attestation"))]
+            AttestationMode::Mock => {
+                return Err(config
+                    .error("attestation", "\"mock\": this build has no mock provider")
+                    .into())
+            }
+            #[cfg(feature = "mock-attestation")]
             AttestationMode::Mock => {
                 let mock = MockConfig::default();
                 let provider = MockProvider::new(mock.clone())

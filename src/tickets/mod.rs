@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 pub use any_of::AnyOf;
-pub use tdx::{MockTdxValidator, TdxTicketIssuer, TdxValidator, TDX_KIND};
+#[cfg(feature = "mock-attestation")]
+pub use tdx::MockTdxValidator;
+pub use tdx::{TdxTicketIssuer, TdxValidator, TDX_KIND};
 
 /// Largest ticket accepted (a TDX quote with its collateral is about 10–20 KiB).
 pub const TICKET_BYTES_MAX: usize = 256 << 10;

@@ -3,9 +3,13 @@
 //! vendor's PKI, so receiving it from the peer itself is safe: the verifier checks it
 //! against its own trust root.
 //!
-//! [`TdxValidator`] runs the attestation crate's whole pipeline with one policy;
-//! [`MockTdxValidator`] is the same validator with a policy that trusts the mock root, for
-//! tests and the demo — there is no separate "mock" code path to get wrong.
+//! [`TdxValidator`] runs the attestation crate's whole pipeline with one policy that trusts
+//! Intel's root, and only such a policy: it refuses `trust_root = "mock"` when built and
+//! again before every verification, so no configuration makes the production validator
+//! accept a quote signed by the mock PKI, whose keys are public. [`MockTdxValidator`]
+//! (feature `mock-attestation`, for tests and the demo) is the other half: the same
+//! pipeline, a policy that must trust the mock root. Both call one function; there is no
+//! separate "mock" verification path to get wrong.
 use serde::{Deserialize, Serialize};
 use tessera_attestation::{
     validator_digest, verify, Binding, BindingContext, Claims, Collateral, Policy, QuoteProvider,
@@ -25,14 +29,28 @@ struct TdxTicketBody {
     claims: Claims,
 }
 
-/// Validates TDX tickets against one policy.
+/// Validates TDX tickets against one policy whose DCAP chains end at Intel's root.
+///
+/// Invariant: `policy.trust_root` is [`TrustRoot::Intel`]. [`TdxValidator::new`] refuses
+/// any other root, and [`TicketValidator::validate`] checks it again before it verifies,
+/// so that the production validator fails closed even if the invariant were broken.
 pub struct TdxValidator {
     policy: Policy,
     signature: [u8; 32],
 }
 
 impl TdxValidator {
+    /// A validator for `policy`. Refused unless the policy trusts Intel's root: a policy
+    /// with `trust_root = "mock"` accepts quotes anyone can make (the mock PKI's keys are
+    /// public); tests and the demo use [`MockTdxValidator`] for it.
     pub fn new(policy: Policy) -> Result<Self, TicketError> {
+        if policy.trust_root != TrustRoot::Intel {
+            return Err(TicketError::Validator(format!(
+                "policy {}: trust_root = \"{}\" refused: the TDX validator trusts only Intel's \
+                 root (the mock root's keys are public; it is for tests and the demo)",
+                policy.name, policy.trust_root
+            )));
+        }
         let signature =
             validator_digest(&policy).map_err(|e| TicketError::Validator(e.to_string()))?;
         Ok(Self { policy, signature })
@@ -53,62 +71,106 @@ impl TicketValidator for TdxValidator {
     }
 
     fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError> {
-        let malformed = |reason: String| TicketError::Malformed {
-            kind: TDX_KIND.into(),
-            reason,
-        };
-        let body: TdxTicketBody =
-            postcard::from_bytes(&ticket.bytes).map_err(|e| malformed(e.to_string()))?;
-        let collateral = Collateral::from_json(&body.collateral)
-            .map_err(|e| malformed(format!("collateral: {e}")))?;
-        let context = BindingContext {
-            peer_key: ctx.peer_key,
-            network_id: Some(ctx.network_id.clone()),
-            group_scope: ctx.group_scope,
-        };
-        let binding = Binding {
-            claims: &body.claims,
-            context: &context,
-        };
-        let verified = verify(
-            &body.quote,
-            &collateral,
-            &self.policy,
-            ctx.now,
-            Some(binding),
-        )
-        .map_err(|e| TicketError::Rejected {
-            kind: TDX_KIND.into(),
-            check: e.check_name(),
-            reason: e.to_string(),
-        })?;
-        Ok(Validated {
-            kind: TDX_KIND.into(),
-            expires_at: verified.valid_until.min(ticket.expires_at),
-            detail: format!(
-                "TCB {:?}, profile {}, MRTD {}",
-                verified.tcb_status,
-                verified.matched_profile,
-                hex::encode(&verified.measurements.mr_td[..8])
-            ),
-        })
+        // Unreachable through `new`; checked anyway so that this validator never accepts a
+        // quote under any root but Intel's, whatever happens to the invariant.
+        if self.policy.trust_root != TrustRoot::Intel {
+            return Err(TicketError::Rejected {
+                kind: TDX_KIND.into(),
+                check: "trust_root",
+                reason: format!(
+                    "the TDX validator verifies only to Intel's root, its policy names {}",
+                    self.policy.trust_root
+                ),
+            });
+        }
+        validate_tdx(&self.policy, ticket, ctx)
     }
 }
 
-/// A [`TdxValidator`] whose policy trusts the mock root. Refuses a policy that trusts
-/// Intel's root, so a test set-up cannot silently run against production trust.
-pub struct MockTdxValidator;
+/// The pipeline both validators run: decode the ticket, verify quote, collateral and
+/// binding against `policy`.
+fn validate_tdx(
+    policy: &Policy,
+    ticket: &Ticket,
+    ctx: &PeerContext,
+) -> Result<Validated, TicketError> {
+    let malformed = |reason: String| TicketError::Malformed {
+        kind: TDX_KIND.into(),
+        reason,
+    };
+    let body: TdxTicketBody =
+        postcard::from_bytes(&ticket.bytes).map_err(|e| malformed(e.to_string()))?;
+    let collateral = Collateral::from_json(&body.collateral)
+        .map_err(|e| malformed(format!("collateral: {e}")))?;
+    let context = BindingContext {
+        peer_key: ctx.peer_key,
+        network_id: Some(ctx.network_id.clone()),
+        group_scope: ctx.group_scope,
+    };
+    let binding = Binding {
+        claims: &body.claims,
+        context: &context,
+    };
+    let verified =
+        verify(&body.quote, &collateral, policy, ctx.now, Some(binding)).map_err(|e| {
+            TicketError::Rejected {
+                kind: TDX_KIND.into(),
+                check: e.check_name(),
+                reason: e.to_string(),
+            }
+        })?;
+    Ok(Validated {
+        kind: TDX_KIND.into(),
+        expires_at: verified.valid_until.min(ticket.expires_at),
+        detail: format!(
+            "TCB {:?}, profile {}, MRTD {}",
+            verified.tcb_status,
+            verified.matched_profile,
+            hex::encode(&verified.measurements.mr_td[..8])
+        ),
+    })
+}
 
+/// The TDX pipeline with a policy that trusts the mock root, for tests and the demo.
+/// Refuses a policy that trusts Intel's root, so a test set-up cannot silently run against
+/// production trust. Only in builds with the `mock-attestation` feature.
+#[cfg(feature = "mock-attestation")]
+pub struct MockTdxValidator {
+    policy: Policy,
+    signature: [u8; 32],
+}
+
+#[cfg(feature = "mock-attestation")]
 impl MockTdxValidator {
-    #[allow(clippy::new_ret_no_self)]
-    pub fn new(policy: Policy) -> Result<TdxValidator, TicketError> {
+    pub fn new(policy: Policy) -> Result<Self, TicketError> {
         if policy.trust_root != TrustRoot::Mock {
             return Err(TicketError::Validator(format!(
                 "the mock validator needs a policy with trust_root = \"mock\", policy {} trusts {}",
                 policy.name, policy.trust_root
             )));
         }
-        TdxValidator::new(policy)
+        let signature =
+            validator_digest(&policy).map_err(|e| TicketError::Validator(e.to_string()))?;
+        Ok(Self { policy, signature })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+#[cfg(feature = "mock-attestation")]
+impl TicketValidator for MockTdxValidator {
+    fn kind(&self) -> &str {
+        TDX_KIND
+    }
+
+    fn signature(&self) -> [u8; 32] {
+        self.signature
+    }
+
+    fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError> {
+        validate_tdx(&self.policy, ticket, ctx)
     }
 }
 
@@ -173,5 +235,52 @@ impl TdxTicketIssuer {
             bytes,
             expires_at,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_attestation::provider::mock::{MockConfig, MockProvider};
+
+    use super::*;
+
+    const MOCK_POLICY: &str = include_str!("../../policies/mock.toml");
+
+    /// The second line of defence: a `TdxValidator` that somehow holds a mock-root policy
+    /// (which `new` refuses) still rejects a genuine mock-signed ticket, before verifying.
+    #[test]
+    fn a_tdx_validator_holding_a_mock_policy_still_rejects_a_mock_signed_quote() {
+        let policy = Policy::from_toml_str(MOCK_POLICY).expect("mock policy");
+        let signature = validator_digest(&policy).expect("digest");
+        let forced = TdxValidator { policy, signature };
+        let config = MockConfig::default();
+        let now = config.valid_now();
+        let provider = MockProvider::new(config).expect("mock provider");
+        let collateral = provider.collateral().expect("collateral");
+        let issuer = TdxTicketIssuer::new(Box::new(provider), collateral, "net".into(), 300);
+        let key = [7u8; 32];
+        let ticket = issuer.issue(key, None, now).expect("ticket");
+        let ctx = PeerContext {
+            peer_key: key,
+            network_id: "net".into(),
+            group_scope: None,
+            now,
+        };
+        // The same ticket passes the mock validator: the refusal is the root, nothing else.
+        MockTdxValidator::new(forced.policy.clone())
+            .expect("mock validator")
+            .validate(&ticket, &ctx)
+            .expect("a genuine mock ticket passes the mock validator");
+        let e = forced.validate(&ticket, &ctx).expect_err("fails closed");
+        assert!(
+            matches!(
+                e,
+                TicketError::Rejected {
+                    check: "trust_root",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -153,6 +153,18 @@ fn a_mock_ticket_is_refused_by_a_validator_trusting_intel() {
 }
 
 #[test]
+fn the_tdx_validator_refuses_a_policy_trusting_the_mock_root() {
+    let e = TdxValidator::new(policy())
+        .err()
+        .expect("the production validator must refuse the mock root");
+    assert!(matches!(e, TicketError::Validator(_)), "{e}");
+    assert!(
+        e.to_string().contains("trust_root = \"mock\"") && e.to_string().contains("Intel"),
+        "{e}"
+    );
+}
+
+#[test]
 fn any_of_accepts_either_policy_and_its_signature_covers_both() {
     let old = policy();
     let new_measurement = [0x42; 48];
