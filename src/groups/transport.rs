@@ -127,6 +127,10 @@ type FrameSink = Box<dyn Fn(NodeId, PeerFrame) -> Result<(), InboxError> + Send 
 /// An in-process network: frames go straight into the target worker's inbox. Links can be
 /// cut to test partitions; a cut is symmetric unless made with [`LocalNetwork::cut_one_way`].
 ///
+/// It reports no bonds (`InboxItem::PeerReachable`): members never learn of one another
+/// as bonded peers, so automatic membership adds nobody and, after `removal_timeout`,
+/// counts every other member as away (see `WorkerConfig::removal_timeout`).
+///
 /// A snapshot's data names bytes in the sender's snapshot store; on the way the network
 /// copies them into the receiver's store (as a transfer over a bond would) and counts the
 /// delivery there.

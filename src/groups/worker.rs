@@ -107,8 +107,11 @@ pub struct WorkerConfig {
     /// the group key) that is not a member as a learner; the core promotes caught-up
     /// learners to voters up to `max_voters`.
     pub auto_membership: bool,
-    /// As leader, remove a member that has been unreachable this long (`None`: never).
-    /// It is added again, as a learner, when it bonds again.
+    /// As leader, remove a member that has had no bond this long (`None`: never): one
+    /// whose bond went down, or one this leader has never been bonded with (a member that
+    /// died before it was elected). It is added again, as a learner, when it bonds again.
+    /// A transport that reports no bonds ([`LocalNetwork`](super::LocalNetwork)) makes
+    /// every member look away: use `None` with it for runs longer than the timeout.
     pub removal_timeout: Option<Duration>,
     /// The configured founding set, this member included (DESIGN §7.2): a fresh member
     /// writes the first configuration, with them as voters, once every one of them is
