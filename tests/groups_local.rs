@@ -267,3 +267,54 @@ async fn feed_at_a_cut_off_leader_returns_an_uncommitted_index_that_is_later_ove
         g.shutdown();
     }
 }
+
+/// The operator's membership API: the leader removes a member (and keeps it out), adds
+/// it back; a follower refuses, naming the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_removes_and_adds_members_through_the_leader() {
+    let (_net, groups) = start_memory_cluster(3);
+    let leader = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    let leader_ix = ix(leader);
+    let follower = NodeId(((leader_ix + 1) % 3) as u64 + 1);
+    let other = &groups[(leader_ix + 2) % 3];
+
+    let refused = other
+        .remove_member(follower)
+        .await
+        .expect_err("a follower does not change membership");
+    assert!(
+        refused.to_string().contains(&format!("ask {leader}")),
+        "{refused}"
+    );
+
+    groups[leader_ix]
+        .remove_member(follower)
+        .await
+        .expect("the leader removes a member");
+    assert!(!groups[leader_ix].members().contains(follower));
+    // Every other member learns it, and the removed one is not added back.
+    within(
+        "the removal reaches the other member",
+        other
+            .when()
+            .membership_is(|m| !m.contains(follower) && m.voters.len() == 2),
+    )
+    .await
+    .expect("membership");
+    groups[leader_ix]
+        .execute(put("after-removal", "1"))
+        .await
+        .expect("two voters commit");
+    assert!(!groups[leader_ix].members().contains(follower));
+
+    groups[leader_ix]
+        .add_member(follower)
+        .await
+        .expect("the leader adds it back");
+    assert!(groups[leader_ix].members().contains(follower));
+    for g in &groups {
+        g.shutdown();
+    }
+}

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::transport::{Inbox, InboxItem};
 use super::worker::{ClientRequest, GroupStatus, RequestError};
 use crate::machine::{ClientId, SessionCommand, SessionOutput, StateMachine};
-use crate::raft::{Index, NodeId};
+use crate::raft::{Index, Membership, MembershipChange, NodeId};
 
 /// Pause between retries when no leader is known or the outcome was unknown.
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
@@ -319,6 +319,68 @@ impl<M: StateMachine> Group<M> {
             Ok(Ok(Err(RequestError::Stopped(why)))) => Err(GroupError::Stopped(why)),
             Ok(Ok(Err(other))) => Err(GroupError::Refused(other.to_string())),
         }
+    }
+
+    /// The group's configuration as this member knows it: voters, learners, observers.
+    pub fn members(&self) -> Membership {
+        self.status().membership
+    }
+
+    /// Adds `node` as a learner (promoted to voter once caught up, if the group has room)
+    /// and returns once that configuration is committed. Leader only: on another member
+    /// it is refused, naming the leader. A member bonded and attested is added
+    /// automatically anyway; this is for a peer the operator wants in now.
+    pub async fn add_member(&self, node: NodeId) -> Result<(), GroupError> {
+        self.change_membership(MembershipChange::AddLearner(node), |m| m.contains(node))
+            .await
+    }
+
+    /// Removes `node` from the group and returns once that configuration is committed; the
+    /// leader does not add it back automatically while its bond stays up. Leader only: on
+    /// another member it is refused, naming the leader.
+    pub async fn remove_member(&self, node: NodeId) -> Result<(), GroupError> {
+        self.change_membership(MembershipChange::Remove(node), |m| !m.contains(node))
+            .await
+    }
+
+    /// Proposes `change`, waits for its commit and checks that the committed configuration
+    /// has the change (`holds`): a change overwritten after a leadership change is
+    /// reported, not taken for done.
+    async fn change_membership(
+        &self,
+        change: MembershipChange,
+        holds: impl Fn(&Membership) -> bool,
+    ) -> Result<(), GroupError> {
+        let timeout = self.shared.timeout;
+        let work = async {
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .inbox
+                .push(InboxItem::Client(ClientRequest::ChangeMembership {
+                    change,
+                    reply: tx,
+                }))
+                .map_err(|e| GroupError::Stopped(e.to_string()))?;
+            let index = match rx.await {
+                Err(_) => return Err(GroupError::Stopped("the worker has stopped".into())),
+                Ok(Ok(index)) => index,
+                Ok(Err(RequestError::Stopped(why))) => return Err(GroupError::Stopped(why)),
+                Ok(Err(other)) => return Err(GroupError::Refused(other.to_string())),
+            };
+            self.when().committed(index).await?;
+            let membership = self.members();
+            if holds(&membership) {
+                Ok(())
+            } else {
+                Err(GroupError::Refused(format!(
+                    "{change:?} was appended at {index} but is not in the committed \
+                     configuration {membership:?} (leadership changed); try again"
+                )))
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| GroupError::Timeout(timeout))?
     }
 
     /// Stops this member's worker and waits for its thread to end.

@@ -452,8 +452,24 @@ impl Member {
             Request::TransferLeadership(to) => self.step(Input::TransferLeadership { to }),
             Request::ChangeMembership(change) => {
                 if !self.leads() {
-                    let refusal = ForwardRefusal::NotLeader(self.raft.leader());
-                    return self.answer_local(id, Err(refusal));
+                    let why = match self.raft.leader() {
+                        Some(leader) => format!("not the leader; ask {leader}"),
+                        None => "not the leader, and no leader is known".into(),
+                    };
+                    let result = Err(RequestError::Refused(why));
+                    self.actions.push_back(Action::Answer { id, result });
+                    return;
+                }
+                // An operator's word on a member holds against automatic membership: a
+                // removed member stays out while its bond stays up, an added one is in.
+                match change {
+                    MembershipChange::Remove(node) => {
+                        self.departed.insert(node);
+                    }
+                    MembershipChange::AddLearner(node) | MembershipChange::AddObserver(node) => {
+                        self.departed.remove(&node);
+                    }
+                    _ => {}
                 }
                 if let Some((earlier, _)) = self.changing.replace((id, change)) {
                     let result = Err(RequestError::Refused("a later change took over".into()));

@@ -17,7 +17,9 @@ use tokio::sync::{oneshot, watch};
 use super::member::{self, Action, Member, Now, Request, RequestId};
 use super::transport::{InboxItem, PeerFrame, Transport};
 use crate::machine::{ApplyContext, Sessions, StateMachine};
-use crate::raft::{Entry, EntryPayload, Index, Membership, NodeId, Raft, Role, Snapshot, Term};
+use crate::raft::{
+    Entry, EntryPayload, Index, Membership, MembershipChange, NodeId, Raft, Role, Snapshot, Term,
+};
 use crate::storage::snapshot_store::SnapshotWriter;
 use crate::storage::{SnapshotHandle, SnapshotStore, Storage, WriteTiming};
 
@@ -71,6 +73,12 @@ pub enum ClientRequest {
     /// stops, so the group never waits for a voter that cannot come back.
     Leave {
         reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    /// An operator's membership change (leader only): answered with the index the new
+    /// configuration was appended at.
+    ChangeMembership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<Index, RequestError>>,
     },
 }
 
@@ -384,6 +392,9 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 (Request::StrongRead, Pending::Read { query, reply })
             }
             ClientRequest::Leave { reply } => (Request::Leave, Pending::Leave(reply)),
+            ClientRequest::ChangeMembership { change, reply } => {
+                (Request::ChangeMembership(change), Pending::Index(reply))
+            }
         };
         let id = self.next_request_id();
         self.pending.insert(id, pending);
