@@ -173,12 +173,17 @@ impl Shared {
         self.exchange.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish_stats(&self, exchange: &Exchange) {
-        let stats = exchange.stats();
+    /// Publishes `exchange`'s counters, taking (and so releasing) its lock first: a
+    /// reader holds the watch's lock while its `wait_for` closure runs, and that closure
+    /// may call [`Discovery::entry`], which takes the exchange's lock. Sending while
+    /// holding the exchange's lock would invert that order and deadlock.
+    fn publish_stats(&self, exchange: std::sync::MutexGuard<'_, Exchange>) {
+        let stats = exchange.stats().clone();
+        drop(exchange);
         self.stats.send_if_modified(|s| {
-            let changed = s != stats;
+            let changed = *s != stats;
             if changed {
-                *s = stats.clone();
+                *s = stats;
             }
             changed
         });
@@ -193,7 +198,7 @@ impl Shared {
         );
         let mut exchange = self.lock();
         exchange.handle_exchange_failed(e.kind());
-        self.publish_stats(&exchange);
+        self.publish_stats(exchange);
     }
 
     /// Merges a peer's catalog off the executor (signature checks are CPU work).
@@ -203,7 +208,7 @@ impl Shared {
             let now = (shared.clock)();
             let mut exchange = shared.lock();
             let new = exchange.handle_catalog(entries, now);
-            shared.publish_stats(&exchange);
+            shared.publish_stats(exchange);
             new
         })
         .await;
@@ -517,7 +522,7 @@ fn poll(
         ),
         None => Default::default(),
     };
-    shared.publish_stats(&exchange);
+    shared.publish_stats(exchange);
     (round, commands)
 }
 
