@@ -1000,27 +1000,23 @@ impl Member {
     /// retries them (with the same session sequence, so a write that did commit is not
     /// applied twice).
     fn fail_forwarded_where(&mut self, doomed: impl Fn(Instant, NodeId) -> bool) {
-        let ids: Vec<u64> = self
-            .forwarded
-            .iter()
-            .filter(|(_, f)| doomed(f.deadline, f.to))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            if let Some(f) = self.forwarded.remove(&id) {
-                self.answer_local(f.caller, Err(ForwardRefusal::Unknown));
+        let mut callers = Vec::new();
+        self.forwarded.retain(|_, f| {
+            let keep = !doomed(f.deadline, f.to);
+            if !keep {
+                callers.push(f.caller);
             }
-        }
-        let ids: Vec<u64> = self
-            .forwarded_reads
-            .iter()
-            .filter(|(_, r)| doomed(r.deadline, r.to))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            if let Some(r) = self.forwarded_reads.remove(&id) {
-                self.answer_local(r.caller, Err(ForwardRefusal::Unknown));
+            keep
+        });
+        self.forwarded_reads.retain(|_, r| {
+            let keep = !doomed(r.deadline, r.to);
+            if !keep {
+                callers.push(r.caller);
             }
+            keep
+        });
+        for caller in callers {
+            self.answer_local(caller, Err(ForwardRefusal::Unknown));
         }
     }
 
