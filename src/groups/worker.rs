@@ -231,6 +231,8 @@ pub struct Worker<M: StateMachine, S: Storage> {
     status: watch::Sender<GroupStatus>,
     /// Local callers waiting for the member, by the id the worker gave their request.
     pending: BTreeMap<RequestId, Pending>,
+    /// The latest leave request (see [`Worker::cancel_abandoned`]).
+    leave_request: Option<RequestId>,
     next_request: u64,
 }
 
@@ -269,6 +271,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             inbox,
             status,
             pending: BTreeMap::new(),
+            leave_request: None,
             next_request: 0,
         }
     }
@@ -333,17 +336,21 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         self.status.send_modify(|s| s.stopped = Some(reason));
     }
 
-    /// A leave whose caller went away (it gave up waiting) is not pursued.
+    /// A leave whose caller went away (it gave up waiting) is not pursued. Only the
+    /// latest leave is looked at (the member answers an earlier one when a later one comes),
+    /// not every request in flight.
     fn cancel_abandoned(&mut self) {
-        let abandoned: Vec<RequestId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| matches!(p, Pending::Leave(reply) if reply.is_closed()))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in abandoned {
-            self.pending.remove(&id);
-            self.member.handle_cancel(id);
+        let Some(id) = self.leave_request else {
+            return;
+        };
+        match self.pending.get(&id) {
+            Some(Pending::Leave(reply)) if reply.is_closed() => {
+                self.pending.remove(&id);
+                self.member.handle_cancel(id);
+                self.leave_request = None;
+            }
+            Some(_) => {}
+            None => self.leave_request = None,
         }
     }
 
@@ -397,6 +404,9 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             }
         };
         let id = self.next_request_id();
+        if matches!(pending, Pending::Leave(_)) {
+            self.leave_request = Some(id);
+        }
         self.pending.insert(id, pending);
         self.member.handle_request(Self::now(), id, request);
     }
