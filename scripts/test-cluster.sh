@@ -133,7 +133,7 @@ expect_running() {
 query() {
     local args=() i rc=0
     for i in "$@"; do args+=(--node "${PEER[$i]}"); done
-    STATUS=$(timeout 60 "$BIN" status --key-file "$WORK/client.key" "${args[@]}" 2>"$WORK/status.err") || rc=$?
+    STATUS=$(timeout 60 "$BIN" status --key-file "$WORK/client.key" --policy "$ROOT/policies/mock.toml" "${args[@]}" 2>"$WORK/status.err") || rc=$?
     LAST="$STATUS
 $(cat "$WORK/status.err")"
     ROWS=""
@@ -208,13 +208,14 @@ new_leader_among() {
 # ---------------------------------------------------------------------------------------
 # Clients: from the host over the bridge, or from inside a container over its loopback.
 
-kv() { timeout 60 "$BIN" kv --key-file "$WORK/client.key" "$@"; }
+# Clients verify the nodes' tickets against the policy the nodes run.
+kv() { timeout 60 "$BIN" kv --key-file "$WORK/client.key" --policy "$ROOT/policies/mock.toml" "$@"; }
 
 kv_inside() {
     local i=$1
     shift
     timeout 60 docker exec "${C[$i]}" /usr/local/bin/tessera kv \
-        --key-file /etc/tessera/client.key --node "${ID[$i]}@127.0.0.1:$PORT" "$@"
+        --key-file /etc/tessera/client.key --policy /etc/tessera/policies/mock.toml --node "${ID[$i]}@127.0.0.1:$PORT" "$@"
 }
 
 # put_ok I KEY VALUE: a put through node I answered OK.
@@ -252,7 +253,7 @@ weak_get_is() {
 stepped_down() {
     local out
     out=$(timeout 60 docker exec "${C[$1]}" /usr/local/bin/tessera status \
-        --key-file /etc/tessera/client.key --node "${ID[$1]}@127.0.0.1:$PORT" 2>&1) || true
+        --key-file /etc/tessera/client.key --policy /etc/tessera/policies/mock.toml --node "${ID[$1]}@127.0.0.1:$PORT" 2>&1) || true
     ROLE_INSIDE=$(awk -v s="${ID[$1]:0:10}" '$1 == s && $3 != "-" { print $2 }' <<<"$out")
     [[ -n $ROLE_INSIDE && $ROLE_INSIDE != leader ]] && return 0
     PROGRESS="inside $(name "$1"): role ${ROLE_INSIDE:-unknown}"
@@ -533,7 +534,7 @@ for kv_pair in "${WRITTEN[@]}"; do
     [[ $out == "${kv_pair#*=}" ]] || fail "isolated $(name "$F") read ${kv_pair%%=*} as \"$out\""
 done
 APPLIED_AFTER=$(timeout 60 docker exec "${C[$F]}" /usr/local/bin/tessera status \
-    --key-file /etc/tessera/client.key --node "${ID[$F]}@127.0.0.1:$PORT" 2>&1 |
+    --key-file /etc/tessera/client.key --policy /etc/tessera/policies/mock.toml --node "${ID[$F]}@127.0.0.1:$PORT" 2>&1 |
     awk -v s="${ID[$F]:0:10}" '$1 == s && $3 != "-" { print $5 }') || true
 RESTORED=$(($(printf '%s\n' "${WRITTEN[@]}" | grep -vc '^while-down=')))
 say "isolated, restarted $(name "$F") serves its $RESTORED earlier keys from RocksDB, not the one written while it was down (applied ${APPLIED_AFTER:-?} after the restart, ${APPLIED_BEFORE:-?} before)"

@@ -70,6 +70,17 @@ fn tessera(args: &[&str]) -> Output {
         .expect("run tessera")
 }
 
+/// The mock policy the nodes run: clients verify the nodes' tickets against it.
+const MOCK_POLICY_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/mock.toml");
+
+/// `tessera kv …` or `tessera status …`, checking the node's attestation against the mock
+/// policy (as a user does with `--policy`).
+fn client(args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--policy", MOCK_POLICY_FILE]);
+    tessera(&all)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -341,7 +352,7 @@ fn three_node_processes_replicate_and_report_status() {
     let mut status_args = vec!["status", "--key-file", key_arg];
     status_args.extend(&all);
     let rows = loop {
-        let out = tessera(&status_args);
+        let out = client(&status_args);
         let stdout = text(&out.stdout);
         let rows = status_rows(&stdout);
         let leaders = rows.iter().filter(|r| r[1] == "leader").count();
@@ -377,7 +388,7 @@ fn three_node_processes_replicate_and_report_status() {
     );
 
     // A write through node 0, read linearizably through node 1.
-    let put = tessera(&[
+    let put = client(&[
         "kv",
         "put",
         "greeting",
@@ -392,22 +403,22 @@ fn three_node_processes_replicate_and_report_status() {
         nodes.logs()
     );
     assert_eq!(text(&put.stdout).trim(), "OK");
-    let get = tessera(&["kv", "--node", &peers[1], "get", "greeting"]);
+    let get = client(&["kv", "--node", &peers[1], "get", "greeting"]);
     assert!(get.status.success(), "get: {}", text(&get.stderr));
     assert_eq!(text(&get.stdout).trim_end(), "hello tessera");
-    let missing = tessera(&["kv", "get", "absent", "--node", &peers[1]]);
+    let missing = client(&["kv", "get", "absent", "--node", &peers[1]]);
     assert_eq!(missing.status.code(), Some(1), "absent key: exit 1");
     assert!(text(&missing.stderr).contains("not found"));
 
     // Node 2 refuses a client key it does not list, and serves the one it does.
-    let refused = tessera(&["kv", "get", "greeting", "--node", &peers[2]]);
+    let refused = client(&["kv", "get", "greeting", "--node", &peers[2]]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stdout));
     assert!(
         text(&refused.stderr).contains("refused this client"),
         "{}",
         text(&refused.stderr)
     );
-    let allowed = tessera(&[
+    let allowed = client(&[
         "kv",
         "get",
         "greeting",
@@ -420,7 +431,7 @@ fn three_node_processes_replicate_and_report_status() {
     assert_eq!(text(&allowed.stdout).trim_end(), "hello tessera");
 
     // Compare-and-swap and scan through a follower.
-    let cas = tessera(&[
+    let cas = client(&[
         "kv",
         "cas",
         "greeting",
@@ -432,7 +443,7 @@ fn three_node_processes_replicate_and_report_status() {
         &peers[1],
     ]);
     assert!(cas.status.success(), "cas: {}", text(&cas.stderr));
-    let stale = tessera(&[
+    let stale = client(&[
         "kv",
         "cas",
         "greeting",
@@ -449,11 +460,74 @@ fn three_node_processes_replicate_and_report_status() {
         "{}",
         text(&stale.stderr)
     );
-    let scan = tessera(&["kv", "scan", "gr", "--node", &peers[0]]);
+    let scan = client(&["kv", "scan", "gr", "--node", &peers[0]]);
     assert_eq!(text(&scan.stdout), "greeting\tbye\n");
 
+    // The client checks the node before it sends anything. A policy that does not name
+    // the node's measurement (as for an impostor outside a TD): refused, nothing written.
+    let other_image = d.join("other-image.toml");
+    let mr_td = "6cb1c262a0f23144e19cfc8e2525aab9e31c16182aa342ad43d60ce499b49cedd4a7a761bbc286fd793f91a837b0027a";
+    assert!(tessera::cluster::MOCK_POLICY.contains(mr_td));
+    std::fs::write(
+        &other_image,
+        tessera::cluster::MOCK_POLICY.replace(mr_td, &"ab".repeat(48)),
+    )
+    .expect("policy");
+    let other_image = other_image.to_str().expect("path");
+    let wrong_image = tessera(&[
+        "kv",
+        "put",
+        "greeting",
+        "stolen",
+        "--node",
+        &peers[0],
+        "--policy",
+        other_image,
+    ]);
+    assert_eq!(
+        wrong_image.status.code(),
+        Some(2),
+        "{}",
+        text(&wrong_image.stdout)
+    );
+    assert!(
+        text(&wrong_image.stderr).contains("did not prove it runs an image"),
+        "{}",
+        text(&wrong_image.stderr)
+    );
+    let wrong_network = client(&[
+        "kv",
+        "put",
+        "greeting",
+        "stolen",
+        "--node",
+        &peers[0],
+        "--network",
+        "another-network",
+    ]);
+    assert_eq!(wrong_network.status.code(), Some(2));
+    assert!(
+        text(&wrong_network.stderr).contains("another-network"),
+        "{}",
+        text(&wrong_network.stderr)
+    );
+    let unchecked = tessera(&["kv", "get", "greeting", "--node", &peers[0]]);
+    assert_eq!(unchecked.status.code(), Some(2));
+    assert!(
+        text(&unchecked.stderr).contains("--insecure"),
+        "neither --policy nor --insecure is refused: {}",
+        text(&unchecked.stderr)
+    );
+    let insecure = tessera(&["kv", "get", "greeting", "--node", &peers[0], "--insecure"]);
+    assert!(insecure.status.success(), "{}", text(&insecure.stderr));
+    assert_eq!(
+        text(&insecure.stdout).trim_end(),
+        "bye",
+        "the refused writes never reached the node"
+    );
+
     // One node's view alone: three members, one leader.
-    let one = tessera(&["status", "--node", &peers[1]]);
+    let one = client(&["status", "--node", &peers[1]]);
     let rows = status_rows(&text(&one.stdout));
     assert_eq!(rows.len(), 3, "{}", text(&one.stdout));
     assert_eq!(
@@ -858,10 +932,10 @@ allow = "any"
         let id = ready_field(&ready, "node_id");
         let peer = format!("{id}@{listen}");
         if round == 0 {
-            let put = tessera(&["kv", "put", "old", "records", "--node", &peer]);
+            let put = client(&["kv", "put", "old", "records", "--node", &peer]);
             assert!(put.status.success(), "{}", text(&put.stderr));
         } else {
-            let get = tessera(&["kv", "get", "old", "--node", &peer]);
+            let get = client(&["kv", "get", "old", "--node", &peer]);
             assert_eq!(
                 get.status.code(),
                 Some(1),

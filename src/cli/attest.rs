@@ -206,7 +206,7 @@ fn hex_array<const N: usize>(what: &str, s: &str) -> Result<[u8; N]> {
     Ok(out)
 }
 
-fn load_policy(path: &Path) -> Result<Policy> {
+pub(crate) fn load_policy(path: &Path) -> Result<Policy> {
     let bytes = read_limited(path, SMALL_FILE_LEN_MAX, "policy")?;
     let text = String::from_utf8(bytes)
         .with_context(|| format!("policy {} is not UTF-8", path.display()))?;

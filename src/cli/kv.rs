@@ -6,19 +6,106 @@
 //! same sequence number (see [`Client::execute`]) for up to `--patience` seconds, and only
 //! then reported as unknown. `get` and `scan` are linearizable reads unless `--weak`.
 //!
+//! Before anything is sent the node must prove it runs an approved image: its tickets must
+//! pass `--policy` for the key the connection authenticated (a host could otherwise run an
+//! impostor outside any TD on the node's address and receive every write). `--insecure`
+//! skips that check, for nodes that are not attested.
+//!
 //! Exit status: 0 done, 1 a negative answer (`get` of an absent key, a `cas` that did not
 //! match, a command the store rejected), 2 the request could not be made or failed, 3 the
 //! outcome of a write is unknown (it applied once or not at all).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use tessera::client::{Client, ClientError, ClientRequest, ClientResponse, EXECUTE_PATIENCE};
+use tessera::client::{
+    Client, ClientError, ClientRequest, ClientResponse, NodeTrust, EXECUTE_PATIENCE,
+};
 use tessera::cluster::random_secret;
 use tessera::config::{parse_peer, read_secret_key};
 use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+use tessera::tickets::{system_clock, AnyOf, TdxValidator, TicketValidator};
+use tessera_attestation::TrustRoot;
+
+/// How a client checks the node it asks (`tessera kv`, `tessera status`).
+#[derive(Args, Debug, Clone)]
+pub struct TrustArgs {
+    /// A policy the node's tickets must pass (its quote, bound to the key the connection
+    /// authenticated). Repeat for several (any one may pass). Required unless --insecure.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub policy: Vec<PathBuf>,
+    /// The network id the node's tickets must be issued for (default: any).
+    #[arg(long, global = true, value_name = "ID")]
+    pub network: Option<String>,
+    /// Do not check the node's attestation: anyone holding its key, in a TD or not, gets
+    /// what this client sends. For nodes that are not attested.
+    #[arg(long, global = true, conflicts_with_all = ["policy", "network"])]
+    pub insecure: bool,
+}
+
+impl TrustArgs {
+    /// The check these flags ask for; neither `--policy` nor `--insecure` is an error.
+    pub fn node_trust(&self) -> Result<NodeTrust> {
+        if self.insecure {
+            return Ok(NodeTrust::Insecure);
+        }
+        if self.policy.is_empty() {
+            bail!(
+                "give --policy <file> (the node's tickets must pass it before anything is \
+                 sent), or --insecure to talk to a node without checking its attestation"
+            );
+        }
+        let mut validators: Vec<Arc<dyn TicketValidator>> = Vec::new();
+        let mut mock = Vec::new();
+        for path in &self.policy {
+            let policy = super::attest::load_policy(path)
+                .with_context(|| format!("--policy {}", path.display()))?;
+            mock.push(policy.trust_root == TrustRoot::Mock);
+            validators.push(validator_for(policy, path)?);
+        }
+        if mock.iter().any(|m| *m) && !mock.iter().all(|m| *m) {
+            bail!("--policy: the policies mix the mock root and Intel's root; give one kind");
+        }
+        let validator: Arc<dyn TicketValidator> = if validators.len() == 1 {
+            validators.remove(0)
+        } else {
+            Arc::new(AnyOf::new(validators).context("--policy")?)
+        };
+        Ok(NodeTrust::Verify {
+            validator,
+            network_id: self.network.clone(),
+            // Mock nodes run their clocks inside the mock collateral's window: take the
+            // node's. A real node is judged by this machine's clock.
+            clock: if mock.first() == Some(&true) {
+                None
+            } else {
+                Some(system_clock())
+            },
+        })
+    }
+}
+
+fn validator_for(
+    policy: tessera_attestation::Policy,
+    path: &Path,
+) -> Result<Arc<dyn TicketValidator>> {
+    let at = || format!("--policy {}", path.display());
+    match policy.trust_root {
+        #[cfg(feature = "mock-attestation")]
+        TrustRoot::Mock => Ok(Arc::new(
+            tessera::tickets::MockTdxValidator::new(policy).with_context(at)?,
+        )),
+        #[cfg(not(feature = "mock-attestation"))]
+        TrustRoot::Mock => bail!(
+            "{}: trust_root = \"mock\" refused: this build has no mock attestation",
+            at()
+        ),
+        _ => Ok(Arc::new(TdxValidator::new(policy).with_context(at)?)),
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct KvArgs {
@@ -33,6 +120,8 @@ pub struct KvArgs {
     /// before its outcome is reported as unknown, in seconds.
     #[arg(long, global = true, default_value_t = EXECUTE_PATIENCE.as_secs())]
     pub patience: u64,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     #[command(subcommand)]
     pub op: KvOp,
 }
@@ -75,14 +164,15 @@ pub enum KvOp {
     },
 }
 
-/// Dials `node` (`<node id>@<ip:port>`) with the key in `key_file` or a fresh one.
-pub async fn connect(node: &str, key_file: Option<&Path>) -> Result<Client> {
+/// Dials `node` (`<node id>@<ip:port>`) with the key in `key_file` or a fresh one, and
+/// checks it as `trust` says.
+pub async fn connect(node: &str, key_file: Option<&Path>, trust: NodeTrust) -> Result<Client> {
     let addr = parse_peer(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
     let secret = match key_file {
         Some(path) => read_secret_key(path).map_err(|e| anyhow::anyhow!("--key-file: {e}"))?,
         None => random_secret()?,
     };
-    Ok(Client::connect(addr, secret).await?)
+    Ok(Client::connect(addr, secret, trust).await?)
 }
 
 /// A runtime for one client call.
@@ -214,7 +304,8 @@ async fn kv(args: KvArgs) -> Result<Outcome> {
         .as_deref()
         .context("--node <node id>@<ip:port> is required")?;
     let call = request_of(&args.op)?;
-    let mut client = connect(node, args.key_file.as_deref()).await?;
+    let trust = args.trust.node_trust()?;
+    let mut client = connect(node, args.key_file.as_deref(), trust).await?;
     let response = match call {
         Call::Request(request) => client.request(&request).await,
         Call::Execute(command) => {

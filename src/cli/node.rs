@@ -342,6 +342,7 @@ async fn serve(p: Prepared) -> Result<()> {
             joined.bonds.clone(),
             config.client.clone(),
             node_key,
+            config.network_id.clone(),
             tickets,
             p.clock.clone(),
         )

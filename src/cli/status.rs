@@ -12,10 +12,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use tessera::client::{ClientRequest, ClientResponse, MemberKind, NodeStatus};
+use tessera::client::{ClientRequest, ClientResponse, MemberKind, NodeStatus, NodeTrust};
 use tessera::raft::NodeId;
 
-use super::kv::{connect, runtime};
+use super::kv::{connect, runtime, TrustArgs};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -25,10 +25,16 @@ pub struct StatusArgs {
     /// This client's secret key (see `tessera kv --key-file`).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
-async fn ask(node: &str, key_file: Option<&std::path::Path>) -> Result<NodeStatus> {
-    let client = connect(node, key_file).await?;
+pub(crate) async fn ask(
+    node: &str,
+    key_file: Option<&std::path::Path>,
+    trust: NodeTrust,
+) -> Result<NodeStatus> {
+    let client = connect(node, key_file, trust).await?;
     let response = client.request(&ClientRequest::Status).await;
     client.close().await;
     match response? {
@@ -38,7 +44,7 @@ async fn ask(node: &str, key_file: Option<&std::path::Path>) -> Result<NodeStatu
     }
 }
 
-fn kind_name(kind: MemberKind) -> &'static str {
+pub(crate) fn kind_name(kind: MemberKind) -> &'static str {
     match kind {
         MemberKind::Voter => "voter",
         MemberKind::Learner => "learner",
@@ -59,7 +65,7 @@ fn expiry(s: &NodeStatus) -> String {
 
 /// How the table names a member: the short form of its iroh key (as in the logs and the
 /// first characters of its node id) when any answer knows it, else its consensus id.
-fn name_of(statuses: &[NodeStatus], node: NodeId) -> String {
+pub(crate) fn name_of(statuses: &[NodeStatus], node: NodeId) -> String {
     let key = statuses.iter().find_map(|s| {
         if s.node == node {
             return Some(s.node_key);
@@ -193,10 +199,17 @@ pub fn run(args: StatusArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let trust = match args.trust.node_trust() {
+        Ok(trust) => trust,
+        Err(e) => {
+            eprintln!("tessera status: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let mut statuses = Vec::new();
     let mut failed = 0;
     for node in &args.node {
-        match rt.block_on(ask(node, args.key_file.as_deref())) {
+        match rt.block_on(ask(node, args.key_file.as_deref(), trust.clone())) {
             Ok(s) => statuses.push(s),
             Err(e) => {
                 failed += 1;

@@ -6,7 +6,12 @@
 //! [`ClientResponse::Retry`] sends the very same `(session, seq)` again (redialling the
 //! node when the connection is gone) until an answer arrives or its patience runs out, and
 //! only then reports the outcome as unknown.
+//!
+//! Every connection, the first and each redial, is checked as [`NodeTrust`] says before
+//! this client sends anything of its own on it: with [`NodeTrust::Verify`] the node must
+//! present tickets its policy accepts, bound to the key the connection authenticated.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use iroh::endpoint::{Connection, ConnectionError, VarInt};
@@ -14,6 +19,7 @@ use iroh::{Endpoint, EndpointAddr, SecretKey};
 
 use super::{ClientRequest, ClientResponse, CLOSE_UNAUTHORIZED, IO_TIMEOUT, REQUEST_TIMEOUT};
 use crate::net::{local_endpoint, read_message, write_message, EndpointError, Listen, ALPN_CLIENT};
+use crate::tickets::{Admission, Clock, PeerContext, TicketValidator};
 
 /// Bound on connecting to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +42,11 @@ pub enum ClientError {
     ConnectTimeout(String),
     #[error("the node refused this client (key {key}): {reason}")]
     Unauthorized { key: String, reason: String },
+    #[error(
+        "node {node} did not prove it runs an image the client's policy approves, so \
+         nothing was sent to it: {reason}"
+    )]
+    NotAttested { node: String, reason: String },
     #[error("the node closed the connection: {0}")]
     Closed(String),
     #[error("protocol error: {0}")]
@@ -67,12 +78,44 @@ impl ClientError {
     }
 }
 
+/// How a client decides that the node it dialled may receive its requests.
+#[derive(Clone)]
+pub enum NodeTrust {
+    /// The node must present tickets that `validator` accepts for the key the connection
+    /// authenticated: a quote of an approved image, bound to that key, issued for
+    /// `network_id` (any network the node names, when `None`).
+    Verify {
+        validator: Arc<dyn TicketValidator>,
+        network_id: Option<String>,
+        /// Unix seconds for the validity checks. `None`: the node's own clock, as it states
+        /// it; only for the mock root, whose collateral has a fixed window that mock nodes
+        /// run their clocks in (the mock proves nothing anyway: its keys are public).
+        clock: Option<Clock>,
+    },
+    /// No check: whoever holds the key may be an impostor outside any TD. For nodes that
+    /// are not attested (development); named so on purpose.
+    Insecure,
+}
+
+impl std::fmt::Debug for NodeTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeTrust::Verify { network_id, .. } => f
+                .debug_struct("Verify")
+                .field("network_id", network_id)
+                .finish_non_exhaustive(),
+            NodeTrust::Insecure => f.write_str("Insecure"),
+        }
+    }
+}
+
 /// A connection to one node's client protocol, with this client's session.
 pub struct Client {
     endpoint: Endpoint,
     conn: Connection,
     addr: EndpointAddr,
     node: String,
+    trust: NodeTrust,
     /// This client's session id (random) and the sequence number of its next command.
     session: u64,
     next_seq: u64,
@@ -80,8 +123,13 @@ pub struct Client {
 
 impl Client {
     /// Dials `node` from a fresh endpoint with key `secret` (for `[client] allow` lists) on
-    /// an ephemeral port of the node's address family (loopback for a loopback node).
-    pub async fn connect(node: EndpointAddr, secret: SecretKey) -> Result<Self, ClientError> {
+    /// an ephemeral port of the node's address family (loopback for a loopback node), and
+    /// checks the node as `trust` says before returning.
+    pub async fn connect(
+        node: EndpointAddr,
+        secret: SecretKey,
+        trust: NodeTrust,
+    ) -> Result<Self, ClientError> {
         let name = node.id.to_string();
         let target = node
             .ip_addrs()
@@ -103,7 +151,7 @@ impl Client {
             },
         )
         .await?;
-        let conn = match dial(&endpoint, &node).await {
+        let conn = match open(&endpoint, &node, &trust).await {
             Ok(conn) => conn,
             Err(e) => {
                 endpoint.close().await;
@@ -118,6 +166,7 @@ impl Client {
             conn,
             addr: node,
             node: name,
+            trust,
             session: u64::from_le_bytes(session),
             next_seq: 1,
         })
@@ -168,12 +217,13 @@ impl Client {
                 }
                 Ok(Err(e)) if e.is_transient() => {
                     if self.conn.close_reason().is_some() {
-                        // Gone: dial again (the session lives in the group, not the connection).
-                        if let Ok(Ok(conn)) =
-                            tokio::time::timeout_at(deadline, dial(&self.endpoint, &self.addr))
-                                .await
-                        {
-                            self.conn = conn;
+                        // Gone: dial again (the session lives in the group, not the
+                        // connection), and check the node again before resending.
+                        let redial = open(&self.endpoint, &self.addr, &self.trust);
+                        match tokio::time::timeout_at(deadline, redial).await {
+                            Ok(Ok(conn)) => self.conn = conn,
+                            Ok(Err(e @ ClientError::NotAttested { .. })) => return Err(e),
+                            Ok(Err(_)) | Err(_) => {}
                         }
                     }
                     e.to_string()
@@ -212,46 +262,122 @@ impl Client {
     }
 
     async fn exchange(&self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.lost(e))?;
-        write_message(&mut send, request)
-            .await
-            .map_err(|e| self.frame_error(e))?;
-        send.finish()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        read_message(&mut recv, "client response")
-            .await
-            .map_err(|e| self.frame_error(e))
-    }
-
-    /// Turns a failed stream into the reason the node gave, if it closed the connection.
-    fn frame_error(&self, e: crate::net::FrameError) -> ClientError {
-        match self.conn.close_reason() {
-            Some(reason) => self.lost(reason),
-            None => ClientError::Protocol(e.to_string()),
-        }
-    }
-
-    fn lost(&self, e: ConnectionError) -> ClientError {
-        match e {
-            ConnectionError::ApplicationClosed(close)
-                if close.error_code == VarInt::from_u32(CLOSE_UNAUTHORIZED) =>
-            {
-                ClientError::Unauthorized {
-                    key: self.endpoint.id().to_string(),
-                    reason: String::from_utf8_lossy(&close.reason).into_owned(),
-                }
-            }
-            ConnectionError::ApplicationClosed(close) => {
-                ClientError::Closed(String::from_utf8_lossy(&close.reason).into_owned())
-            }
-            other => ClientError::Closed(other.to_string()),
-        }
+        exchange(&self.endpoint, &self.conn, request).await
     }
 
     /// Closes the connection and the endpoint.
     pub async fn close(self) {
         self.conn.close(VarInt::from_u32(0), b"done");
         let _ = tokio::time::timeout(IO_TIMEOUT, self.endpoint.close()).await;
+    }
+}
+
+/// One request on a fresh bi-stream of `conn`.
+async fn exchange(
+    endpoint: &Endpoint,
+    conn: &Connection,
+    request: &ClientRequest,
+) -> Result<ClientResponse, ClientError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(endpoint, e))?;
+    write_message(&mut send, request)
+        .await
+        .map_err(|e| frame_error(endpoint, conn, e))?;
+    send.finish()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    read_message(&mut recv, "client response")
+        .await
+        .map_err(|e| frame_error(endpoint, conn, e))
+}
+
+/// Turns a failed stream into the reason the node gave, if it closed the connection.
+fn frame_error(endpoint: &Endpoint, conn: &Connection, e: crate::net::FrameError) -> ClientError {
+    match conn.close_reason() {
+        Some(reason) => lost(endpoint, reason),
+        None => ClientError::Protocol(e.to_string()),
+    }
+}
+
+fn lost(endpoint: &Endpoint, e: ConnectionError) -> ClientError {
+    match e {
+        ConnectionError::ApplicationClosed(close)
+            if close.error_code == VarInt::from_u32(CLOSE_UNAUTHORIZED) =>
+        {
+            ClientError::Unauthorized {
+                key: endpoint.id().to_string(),
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            }
+        }
+        ConnectionError::ApplicationClosed(close) => {
+            ClientError::Closed(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        other => ClientError::Closed(other.to_string()),
+    }
+}
+
+/// Dials `node` and checks it as `trust` says; a node that fails the check is hung up on.
+async fn open(
+    endpoint: &Endpoint,
+    node: &EndpointAddr,
+    trust: &NodeTrust,
+) -> Result<Connection, ClientError> {
+    let conn = dial(endpoint, node).await?;
+    let NodeTrust::Verify {
+        validator,
+        network_id,
+        clock,
+    } = trust
+    else {
+        return Ok(conn);
+    };
+    let not_attested = |reason: String| ClientError::NotAttested {
+        node: node.id.to_string(),
+        reason,
+    };
+    let request = exchange(endpoint, &conn, &ClientRequest::Attestation);
+    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            conn.close(VarInt::from_u32(0), b"not verified");
+            return Err(e);
+        }
+        Err(_) => {
+            conn.close(VarInt::from_u32(0), b"not verified");
+            return Err(ClientError::Timeout(REQUEST_TIMEOUT));
+        }
+    };
+    let verdict = match answer {
+        ClientResponse::Attestation {
+            network_id: stated,
+            tickets,
+            now,
+        } => {
+            let ctx = PeerContext {
+                // The key this connection authenticated, never one the node claims.
+                peer_key: *conn.remote_id().as_bytes(),
+                network_id: network_id.clone().unwrap_or(stated),
+                group_scope: None,
+                now: clock.as_ref().map_or(now, |clock| clock()),
+            };
+            let admission = Admission::new(vec![validator.clone()]);
+            match tokio::task::spawn_blocking(move || admission.admit(&tickets, &ctx)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(not_attested(e.to_string())),
+                Err(e) => Err(not_attested(format!("the verification task failed: {e}"))),
+            }
+        }
+        ClientResponse::Error(e) => Err(not_attested(format!(
+            "it answered the attestation request with an error: {e}"
+        ))),
+        other => Err(not_attested(format!(
+            "it answered the attestation request with {other:?}"
+        ))),
+    };
+    match verdict {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            conn.close(VarInt::from_u32(0), b"not attested");
+            Err(e)
+        }
     }
 }
 

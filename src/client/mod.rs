@@ -7,6 +7,12 @@
 //! the node serves only keys its `[client] allow` list names ([`ClientAllow`]; by default
 //! nobody) and closes other connections with [`CLOSE_UNAUTHORIZED`].
 //!
+//! Nodes are authenticated the other way round by attestation: before a client sends any
+//! request of its own on a connection it asks for the node's tickets and checks them
+//! against its policy for the key the connection authenticated ([`NodeTrust::Verify`]), so
+//! an impostor outside any TD (which the host can run on the node's address) never sees a
+//! command. [`NodeTrust::Insecure`] skips that, for nodes that are not attested.
+//!
 //! **IO contract.** [`server`] reads requests and writes answers under a timeout each, runs
 //! at most [`REQUESTS_IN_FLIGHT_MAX`] requests at once and holds at most
 //! [`CONNECTIONS_MAX`] client connections; it makes no decision about the group itself, it
@@ -23,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::machine::{ClientId, KvCommand, KvOutput, KvQuery, KvQueryResult};
 use crate::raft::{Index, NodeId, Term};
 
-pub use connect::{Client, ClientError, EXECUTE_PATIENCE};
+pub use connect::{Client, ClientError, NodeTrust, EXECUTE_PATIENCE};
 pub use server::{serve_clients, ClientService, ClientStats};
 
 /// Largest request frame a node reads: room for the largest KV command (a compare-and-swap
@@ -87,6 +93,9 @@ pub enum ClientRequest {
     Query { query: KvQuery, strong: bool },
     /// This node's view of the group.
     Status,
+    /// This node's current tickets, for a client to verify before it sends anything else
+    /// ([`NodeTrust::Verify`]).
+    Attestation,
 }
 
 /// What a node answers.
@@ -95,6 +104,14 @@ pub enum ClientResponse {
     Executed(KvOutput),
     Queried(KvQueryResult),
     Status(NodeStatus),
+    /// The node's tickets (a TDX quote bound to the key the client's connection
+    /// authenticated), the network id they are issued for, and the node's clock (Unix
+    /// seconds): what [`NodeTrust::Verify`] checks.
+    Attestation {
+        network_id: String,
+        tickets: Vec<crate::tickets::Ticket>,
+        now: u64,
+    },
     /// The request failed; the message says why. Sending it again gives the same answer.
     Error(String),
     /// The outcome is not known yet (no leader, a leader change, a timeout): send the very

@@ -43,7 +43,9 @@ pub struct ClientService {
     pub allow: ClientAllow,
     /// This node's iroh key.
     pub node_key: PublicKey,
-    /// This node's current tickets (for their expiry).
+    /// The network this node's tickets are issued for.
+    pub network_id: String,
+    /// This node's current tickets (for their expiry, and for clients to verify).
     pub tickets: watch::Receiver<Vec<Ticket>>,
     pub clock: Clock,
     pub stats: ClientStats,
@@ -61,6 +63,7 @@ impl ClientService {
         bonds: Arc<Bonds>,
         allow: ClientAllow,
         node_key: PublicKey,
+        network_id: String,
         tickets: watch::Receiver<Vec<Ticket>>,
         clock: Clock,
     ) -> Self {
@@ -69,6 +72,7 @@ impl ClientService {
             bonds,
             allow,
             node_key,
+            network_id,
             tickets,
             clock,
             stats: ClientStats::default(),
@@ -145,6 +149,11 @@ impl ClientService {
     async fn answer(&self, client: &PublicKey, request: ClientRequest) -> ClientResponse {
         match request {
             ClientRequest::Status => ClientResponse::Status(self.status()),
+            ClientRequest::Attestation => ClientResponse::Attestation {
+                network_id: self.network_id.clone(),
+                tickets: self.tickets.borrow().clone(),
+                now: (self.clock)(),
+            },
             ClientRequest::Execute {
                 session,
                 seq,
