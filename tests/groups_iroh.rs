@@ -410,6 +410,117 @@ async fn garbage_from_a_raw_iroh_client_is_refused_and_harmless() {
     assert_eq!(members[0].joined.bonds.stats().borrow().live, 2);
 }
 
+/// The close code of a connection the member ended, once it ends.
+async fn close_code(conn: &iroh::endpoint::Connection, what: &str) -> VarInt {
+    match tokio::time::timeout(WAIT, conn.closed()).await {
+        Ok(ConnectionError::ApplicationClosed(ApplicationClose { error_code, .. })) => error_code,
+        Ok(other) => panic!("{what}: ended otherwise: {other:?}"),
+        Err(_) => panic!("{what}: the member kept the connection"),
+    }
+}
+
+/// One host opening more bond connections than the whole handshake budget and never
+/// speaking gets only its own share: the rest are refused as busy, the share is closed
+/// when the first-frame deadline passes, and a peer from another address bonds meanwhile
+/// (before the change, 64 silent connections locked every peer out for 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_one_host_do_not_lock_out_another() {
+    use tessera::groups::bond::{HANDSHAKES_MAX, HANDSHAKES_PER_SOURCE_MAX};
+    let cluster = bonded_cluster(3).await;
+    let target = &cluster.members[0];
+    let (flooder, _) = loopback_endpoint(random_secret().expect("key"))
+        .await
+        .expect("endpoint");
+    let mut silent = Vec::new();
+    for _ in 0..HANDSHAKES_MAX + 4 {
+        let conn = tokio::time::timeout(WAIT, flooder.connect(target.addr.clone(), ALPN_BOND))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        silent.push(conn);
+    }
+    wait_refused(&cluster.members[..1], "Busy", 1).await;
+
+    // Another host (127.0.0.2: another source address on loopback) bonds meanwhile.
+    let newcomer = tessera::net::local_endpoint(
+        random_secret().expect("key"),
+        &tessera::net::Listen {
+            bind: "127.0.0.2:0".parse().expect("addr"),
+            alpns: vec![ALPN_BOND.to_vec()],
+            relay: None,
+        },
+    )
+    .await
+    .expect("endpoint on 127.0.0.2");
+    let ticket = issuer(MockConfig::default())
+        .issue(*newcomer.id().as_bytes(), None, cluster.clock()())
+        .expect("ticket");
+    let config = BondConfig {
+        group_id: target.joined.id,
+        group_key: cluster.options.key.clone(),
+        network_id: NETWORK.into(),
+        tickets: watch::channel(vec![ticket]).1,
+        admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
+        clock: cluster.clock(),
+        snapshots: Default::default(),
+    };
+    let bond = dial_raw(&newcomer, config, target.addr.clone())
+        .await
+        .expect("a peer from another address bonds while one host floods");
+
+    // The flooder's connections end: over its share as busy, its share by the deadline.
+    let mut codes = std::collections::BTreeMap::<u32, usize>::new();
+    for conn in &silent {
+        let code = close_code(conn, "a silent connection").await;
+        *codes
+            .entry(u32::try_from(code.into_inner()).expect("small code"))
+            .or_default() += 1;
+    }
+    // (The exact split depends on how fast the flood went: a permit freed by the deadline
+    // may be taken by a later connection of the flood.)
+    let busy = codes.get(&(Refusal::Busy as u32)).copied().unwrap_or(0);
+    let timed_out = codes.get(&(Refusal::Timeout as u32)).copied().unwrap_or(0);
+    assert_eq!(
+        busy + timed_out,
+        silent.len(),
+        "busy or timed out, nothing else: {codes:?}"
+    );
+    assert!(busy >= 1, "the per-source share was enforced: {codes:?}");
+    assert!(
+        timed_out >= HANDSHAKES_PER_SOURCE_MAX,
+        "the share held was closed at the first-frame deadline: {codes:?}"
+    );
+    bond.connection.close(VarInt::from_u32(0), b"done");
+}
+
+/// A stranger's first frame is read with a small limit: a hello that announces megabytes
+/// is refused at its length, before any ticket is read or verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_first_frame_is_refused_before_anything_is_read() {
+    let cluster = bonded_cluster(3).await;
+    let target = &cluster.members[0];
+    let (raw, _) = loopback_endpoint(random_secret().expect("key"))
+        .await
+        .expect("endpoint");
+    let conn = raw
+        .connect(target.addr.clone(), ALPN_BOND)
+        .await
+        .expect("connect");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    // 4 MiB announced (the old hello could be 16 MiB): only the length is sent.
+    send.write_all(&(4u32 << 20).to_be_bytes())
+        .await
+        .expect("send a length");
+    let code = close_code(&conn, "a 4 MiB first frame").await;
+    assert_eq!(code, VarInt::from_u32(Refusal::Malformed as u32));
+    wait_stats(&target.joined.bonds, "refused for its length", |s| {
+        s.recent_refusals
+            .iter()
+            .any(|r| r.reason == Refusal::Malformed && r.detail.contains("length"))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
     use std::sync::atomic::{AtomicU64, Ordering};

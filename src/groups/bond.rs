@@ -1,13 +1,21 @@
 //! Bonds over iroh (DESIGN §6): the [`Transport`] between group members on real QUIC
 //! connections, authenticated by iroh keys, admitted by tickets and proven by the group key.
 //!
-//! Handshake, on a bi-stream the dialer opens, both directions: `Hello { group id,
-//! tickets, proof }` with `proof = HMAC-SHA256(group key, "tessera/bond/v1" ‖ exporter ‖
-//! role)`, where `exporter` is the connection's TLS keying-material export (so a proof
-//! cannot be replayed on another connection or relayed) and `role` says which side sent
-//! it. Each side checks the group id, the proof, and every validator on the tickets against
-//! the remote key iroh authenticated (off the async executor, cached). Any failure closes
-//! the connection with a reason code and is counted in [`BondStats`].
+//! Handshake, on a bi-stream the dialer opens, both directions, in two steps. First a small
+//! `ProofHello { group id, proof }` (at most [`PROOF_FRAME_BYTES_MAX`], due within
+//! [`FIRST_FRAME_TIMEOUT`]) with `proof = HMAC-SHA256(group key, "tessera/bond/v1" ‖
+//! exporter ‖ role)`, where `exporter` is the connection's TLS keying-material export (so a
+//! proof cannot be replayed on another connection or relayed) and `role` says which side
+//! sent it. Only a peer that proved the group key gets our tickets and has its own read
+//! (at most [`TICKETS_FRAME_BYTES_MAX`]): a stranger costs a few hundred bytes and an HMAC,
+//! never a quote verification or a large buffer. Each side then checks every validator on
+//! the tickets against the remote key iroh authenticated (off the async executor, cached).
+//! Any failure closes the connection with a reason code and is counted in [`BondStats`].
+//!
+//! Work for unauthenticated peers is budgeted ([`crate::net::Budget`]): QUIC handshakes in
+//! progress and bond handshakes before they finish, each in total and per source address,
+//! so silent connections from one host exhaust only that host's share. Connections of
+//! other ALPNs are handed over as soon as QUIC completes and never hold a bond permit.
 //!
 //! After the handshake the stream carries [`BondMessage`]s: consensus frames, fresh tickets
 //! before the old ones expire (a bond whose peer lets its verdict expire is closed), and
@@ -33,7 +41,10 @@ use tokio::sync::{mpsc, watch};
 use super::id::{GroupId, GroupKey};
 use super::snapshot_transfer::{self, ResumeSlot};
 use super::transport::{Inbox, InboxError, InboxItem, PeerFrame, Transport};
-use crate::net::{encode_message, read_message, write_message, FrameError, ALPN_BOND};
+use crate::net::{
+    encode_message, read_message, read_message_limited, write_message, Budget, BudgetPermit,
+    FrameError, Source, ALPN_BOND,
+};
 use crate::raft::{Index, Message, MessageBody, NodeId, Term};
 use crate::storage::SnapshotStore;
 use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketError};
@@ -42,8 +53,22 @@ use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketError};
 pub const OUTGOING_FRAMES_MAX: usize = 8192;
 /// Bound on the whole handshake, ticket validation included.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Incoming handshakes in progress at once; further connections are refused.
+/// Incoming bond handshakes in progress at once; further bond connections are refused.
 pub const HANDSHAKES_MAX: usize = 64;
+/// Incoming bond handshakes in progress from one source address.
+pub const HANDSHAKES_PER_SOURCE_MAX: usize = 8;
+/// Incoming QUIC handshakes (any ALPN) in progress at once, and from one source address.
+pub const CONNECTING_MAX: usize = 128;
+pub const CONNECTING_PER_SOURCE_MAX: usize = 16;
+/// The peer's first handshake frame (its group-key proof) must arrive within this.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest first handshake frame: a group id, an HMAC and framing.
+pub const PROOF_FRAME_BYTES_MAX: usize = 128;
+/// Tickets a peer may present at once (one per validator kind, with room for a rollover).
+pub const TICKETS_PER_PEER_MAX: usize = 4;
+/// Largest tickets frame: [`TICKETS_PER_PEER_MAX`] tickets of the largest size, framed.
+pub const TICKETS_FRAME_BYTES_MAX: usize =
+    TICKETS_PER_PEER_MAX * (crate::tickets::TICKET_BYTES_MAX + 64) + 64;
 /// Bound on dialling a peer.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a bond sends a ping.
@@ -77,6 +102,8 @@ pub enum Refusal {
     TicketExpired = 6,
     /// Not a refusal of ours: the peer refused us (counted so that it is visible).
     RefusedByPeer = 7,
+    /// Too many handshakes in progress (in all, or from the peer's address).
+    Busy = 8,
 }
 
 /// What a member brings to its bonds.
@@ -151,11 +178,17 @@ enum Confirm {
     Accepted,
 }
 
+/// The first handshake frame: small, and all a peer without the group key gets to send.
 #[derive(Serialize, Deserialize)]
-struct Hello {
+struct ProofHello {
     group_id: [u8; 32],
+    proof: [u8; 32],
+}
+
+/// The second handshake frame, sent and read only once the peer's proof verified.
+#[derive(Serialize, Deserialize)]
+struct TicketsHello {
     tickets: Vec<Ticket>,
-    proof: Vec<u8>,
 }
 
 /// The small id the consensus core uses for a peer key: the first 8 bytes of its SHA-256.
@@ -231,17 +264,26 @@ impl Bonds {
         let ep = endpoint.clone();
         let accept_inbox = inbox.clone();
         tokio::spawn(async move {
-            let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+            // Bounded, in all and per source: a flood of connections cannot make us run
+            // unboundedly many QUIC or bond handshakes, nor lock out other hosts.
+            let connecting =
+                Budget::new("QUIC handshakes", CONNECTING_MAX, CONNECTING_PER_SOURCE_MAX);
+            let handshakes =
+                Budget::new("bond handshakes", HANDSHAKES_MAX, HANDSHAKES_PER_SOURCE_MAX);
             while let Some(incoming) = ep.accept().await {
-                // Bounded: a flood of connections cannot make us verify unboundedly many
-                // tickets at once. Dropping the incoming connection refuses it.
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    tracing::warn!("too many handshakes in progress; connection refused");
-                    continue;
+                let source = Source::of_incoming(&incoming);
+                let connecting_permit = match connecting.try_acquire(source) {
+                    Ok(permit) => permit,
+                    Err(over) => {
+                        accepting.count_busy(&over.to_string());
+                        incoming.refuse();
+                        continue;
+                    }
                 };
                 let bonds = accepting.clone();
                 let inbox = accept_inbox.clone();
                 let others = others.clone();
+                let handshakes = handshakes.clone();
                 tokio::spawn(async move {
                     let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
                         Ok(Ok(conn)) => conn,
@@ -250,6 +292,7 @@ impl Bonds {
                         }
                         Err(_) => return tracing::debug!("incoming connection timed out"),
                     };
+                    drop(connecting_permit);
                     if conn.alpn() != ALPN_BOND {
                         if let Some(others) = others {
                             if let Err(mpsc::error::TrySendError::Full(conn)) =
@@ -265,7 +308,12 @@ impl Bonds {
                         );
                         return;
                     }
-                    bonds.serve(conn, false, inbox, Some(permit)).await;
+                    match handshakes.try_acquire(source) {
+                        Ok(permit) => {
+                            bonds.serve(conn, false, inbox, Some(permit)).await;
+                        }
+                        Err(over) => bonds.refuse(&conn, Refusal::Busy, &over.to_string()),
+                    }
                 });
             }
         });
@@ -424,7 +472,7 @@ impl Bonds {
         }
     }
 
-    fn proof(&self, conn: &Connection, dialer: bool) -> Result<Vec<u8>, String> {
+    fn proof(&self, conn: &Connection, dialer: bool) -> Result<[u8; 32], String> {
         let mut exporter = [0u8; 32];
         conn.export_keying_material(&mut exporter, PROOF_DOMAIN, &self.config.group_id.0)
             .map_err(|e| format!("no keying material on this connection: {e:?}"))?;
@@ -433,27 +481,38 @@ impl Bonds {
         msg.extend_from_slice(PROOF_DOMAIN);
         msg.extend_from_slice(&exporter);
         msg.extend_from_slice(if dialer { b"dialer" } else { b"acceptor" });
-        Ok(hmac::sign(&key, &msg).as_ref().to_vec())
+        let mut proof = [0u8; 32];
+        proof.copy_from_slice(hmac::sign(&key, &msg).as_ref());
+        Ok(proof)
     }
 
     fn refuse(&self, conn: &Connection, why: Refusal, detail: &str) {
         tracing::warn!(peer = %conn.remote_id().fmt_short(), reason = ?why, detail, "bond refused");
-        let reason = format!("{why:?}: {detail}");
-        conn.close(
-            VarInt::from_u32(why as u32),
-            &reason.as_bytes()[..reason.len().min(512)],
-        );
         let record = RefusalRecord {
             peer: node_id_of(&conn.remote_id()),
             reason: why,
             detail: detail.to_string(),
         };
+        // Counted before the peer can see the close.
         self.stats.send_modify(|s| {
             *s.refused.entry(format!("{why:?}")).or_default() += 1;
             if s.recent_refusals.len() == RECENT_REFUSALS_MAX {
                 s.recent_refusals.remove(0);
             }
             s.recent_refusals.push(record);
+        });
+        let reason = format!("{why:?}: {detail}");
+        conn.close(
+            VarInt::from_u32(why as u32),
+            &reason.as_bytes()[..reason.len().min(512)],
+        );
+    }
+
+    /// Counts a connection refused before QUIC finished (no peer key known yet).
+    fn count_busy(&self, detail: &str) {
+        tracing::warn!(detail, "incoming connection refused: over budget");
+        self.stats.send_modify(|s| {
+            *s.refused.entry(format!("{:?}", Refusal::Busy)).or_default() += 1;
         });
     }
 
@@ -478,7 +537,7 @@ impl Bonds {
         conn: Connection,
         dialer: bool,
         inbox: Inbox<C>,
-        handshake_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        handshake_permit: Option<BudgetPermit>,
     ) -> bool {
         let handshake =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&conn, dialer)).await;
@@ -561,27 +620,37 @@ impl Bonds {
     ) -> Result<(SendStream, RecvStream, u64, watch::Receiver<Vec<Ticket>>), (Refusal, String)>
     {
         let malformed = |e: String| (Refusal::Malformed, e);
-        let (mut send, mut recv) = if dialer {
-            conn.open_bi().await.map_err(|e| malformed(e.to_string()))?
-        } else {
-            conn.accept_bi()
+        // The first frame is due soon after the connection: a silent peer holds a
+        // handshake permit for seconds, not for the whole handshake's bound.
+        let first = async {
+            let (mut send, mut recv) = if dialer {
+                conn.open_bi().await.map_err(|e| malformed(e.to_string()))?
+            } else {
+                conn.accept_bi()
+                    .await
+                    .map_err(|e| malformed(e.to_string()))?
+            };
+            let ours = ProofHello {
+                group_id: self.config.group_id.0,
+                proof: self.proof(conn, dialer).map_err(malformed)?,
+            };
+            write_message(&mut send, &ours)
                 .await
-                .map_err(|e| malformed(e.to_string()))?
+                .map_err(|e| malformed(e.to_string()))?;
+            let theirs: ProofHello =
+                read_message_limited(&mut recv, "bond proof", PROOF_FRAME_BYTES_MAX)
+                    .await
+                    .map_err(|e| malformed(e.to_string()))?;
+            Ok::<_, (Refusal, String)>((send, recv, theirs))
         };
-        // The tickets sent here are marked seen on this receiver: the writer sends every
-        // later renewal, and none can slip between the hello and the writer starting.
-        let mut tickets = self.config.tickets.clone();
-        let hello = Hello {
-            group_id: self.config.group_id.0,
-            tickets: tickets.borrow_and_update().clone(),
-            proof: self.proof(conn, dialer).map_err(malformed)?,
-        };
-        write_message(&mut send, &hello)
+        let (mut send, mut recv, theirs) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
             .await
-            .map_err(|e| malformed(e.to_string()))?;
-        let theirs: Hello = read_message(&mut recv, "bond hello")
-            .await
-            .map_err(|e| malformed(e.to_string()))?;
+            .map_err(|_| {
+                (
+                    Refusal::Timeout,
+                    format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
+                )
+            })??;
         if theirs.group_id != self.config.group_id.0 {
             return Err((
                 Refusal::WrongGroup,
@@ -595,6 +664,25 @@ impl Bonds {
                 Refusal::BadProof,
                 "group key proof does not verify on this connection".into(),
             ));
+        }
+        // The tickets sent here are marked seen on this receiver: the writer sends every
+        // later renewal, and none can slip between the hello and the writer starting.
+        let mut tickets = self.config.tickets.clone();
+        let ours = TicketsHello {
+            tickets: tickets.borrow_and_update().clone(),
+        };
+        write_message(&mut send, &ours)
+            .await
+            .map_err(|e| malformed(e.to_string()))?;
+        let theirs: TicketsHello =
+            read_message_limited(&mut recv, "bond tickets", TICKETS_FRAME_BYTES_MAX)
+                .await
+                .map_err(|e| malformed(e.to_string()))?;
+        if theirs.tickets.len() > TICKETS_PER_PEER_MAX {
+            return Err(malformed(format!(
+                "{} tickets presented, at most {TICKETS_PER_PEER_MAX} are read",
+                theirs.tickets.len()
+            )));
         }
         let expires_at = self
             .admit(conn, theirs.tickets)
@@ -659,6 +747,15 @@ impl Bonds {
             last_heard = tokio::time::Instant::now();
             match message {
                 BondMessage::Ping => {}
+                BondMessage::Tickets(tickets) if tickets.len() > TICKETS_PER_PEER_MAX => {
+                    return Err((
+                        Refusal::Malformed,
+                        format!(
+                            "{} renewed tickets, at most {TICKETS_PER_PEER_MAX} are read",
+                            tickets.len()
+                        ),
+                    ))
+                }
                 BondMessage::Tickets(tickets) => {
                     expires_at = self
                         .admit(conn, tickets)

@@ -5,9 +5,11 @@
 //! timeouts); it never interprets what a frame means to a group. It contacts nothing but
 //! the addresses it is given: relays, public address lookup, the port mapper and net-report
 //! probes are off unless the operator configures a relay.
+pub mod budget;
 pub mod endpoint;
 pub mod frame;
 
+pub use budget::{Budget, BudgetPermit, OverBudget, Source};
 pub use endpoint::{local_endpoint, EndpointError, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY};
 pub use frame::{
     encode_message, read_frame, read_frame_limited, read_message, read_message_limited,

@@ -1,0 +1,220 @@
+//! Budgets for the work a node does for a peer it has not authenticated yet: QUIC
+//! handshakes in progress, bond handshakes before the group-key proof. Each budget bounds
+//! the total and, separately, what one source may hold, so that one host opening silent
+//! connections exhausts its own share and not everyone's.
+//!
+//! A source is the remote IP address (an IPv6 address counts by its /64, which one host
+//! usually holds whole), or the endpoint id of a relayed peer. [`Budget::try_acquire`]
+//! never waits: a connection over budget is refused at once.
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use iroh::endpoint::{Incoming, IncomingAddr};
+
+/// Where a connection comes from, for per-source budgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// An IPv4 address, or the /64 prefix of an IPv6 address.
+    Ip(IpAddr),
+    /// A peer reached through a relay, by the endpoint id it claims there.
+    Relayed([u8; 32]),
+    /// Any other transport: one shared source.
+    Other,
+}
+
+impl Source {
+    /// The source of an IP address: IPv4 as it is, IPv6 by its /64 prefix (an IPv4-mapped
+    /// IPv6 address as the IPv4 address).
+    pub fn of_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Source::Ip(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source::Ip(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    Source::Ip(IpAddr::V6(prefix.into()))
+                }
+            },
+        }
+    }
+
+    /// The source of an incoming connection.
+    pub fn of_incoming(incoming: &Incoming) -> Self {
+        match incoming.remote_addr() {
+            IncomingAddr::Ip(addr) => Self::of_ip(addr.ip()),
+            IncomingAddr::Relay { endpoint_id, .. } => Source::Relayed(*endpoint_id.as_bytes()),
+            _ => Source::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Ip(ip @ IpAddr::V6(_)) => write!(f, "{ip}/64"),
+            Source::Ip(ip) => write!(f, "{ip}"),
+            Source::Relayed(id) => write!(f, "relayed peer {}", hex::encode(&id[..5])),
+            Source::Other => f.write_str("other transport"),
+        }
+    }
+}
+
+/// Why [`Budget::try_acquire`] refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OverBudget {
+    #[error("{what}: {max} in progress, the most allowed")]
+    Total { what: &'static str, max: usize },
+    #[error("{what}: {max} in progress from {from}, the most allowed from one source")]
+    Source {
+        what: &'static str,
+        from: Source,
+        max: usize,
+    },
+}
+
+/// A bounded count of things in progress, in total and per [`Source`].
+#[derive(Clone)]
+pub struct Budget {
+    what: &'static str,
+    total_max: usize,
+    per_source_max: usize,
+    held: Arc<Mutex<Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    total: usize,
+    by_source: HashMap<Source, usize>,
+}
+
+impl Budget {
+    /// A budget named `what` (in refusals) of `total_max` in all and `per_source_max` per
+    /// source.
+    pub fn new(what: &'static str, total_max: usize, per_source_max: usize) -> Self {
+        Self {
+            what,
+            total_max,
+            per_source_max: per_source_max.min(total_max),
+            held: Arc::default(),
+        }
+    }
+
+    /// Takes one unit for `source` if both bounds allow; it is given back when the permit
+    /// drops.
+    pub fn try_acquire(&self, source: Source) -> Result<BudgetPermit, OverBudget> {
+        let mut held = self.lock();
+        if held.total >= self.total_max {
+            return Err(OverBudget::Total {
+                what: self.what,
+                max: self.total_max,
+            });
+        }
+        let mine = held.by_source.entry(source).or_default();
+        if *mine >= self.per_source_max {
+            return Err(OverBudget::Source {
+                what: self.what,
+                from: source,
+                max: self.per_source_max,
+            });
+        }
+        *mine += 1;
+        held.total += 1;
+        Ok(BudgetPermit {
+            held: self.held.clone(),
+            source,
+        })
+    }
+
+    /// Units held now (in total, and by `source`).
+    pub fn in_use(&self, source: Source) -> (usize, usize) {
+        let held = self.lock();
+        (
+            held.total,
+            held.by_source.get(&source).copied().unwrap_or(0),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One unit of a [`Budget`], returned on drop.
+pub struct BudgetPermit {
+    held: Arc<Mutex<Held>>,
+    source: Source,
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.by_source.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Source {
+        Source::of_ip(s.parse().expect("ip"))
+    }
+
+    #[test]
+    fn one_source_takes_only_its_share_and_gets_it_back() {
+        let budget = Budget::new("test", 5, 2);
+        let a = ip("192.0.2.1");
+        let first = budget.try_acquire(a).expect("first");
+        let _second = budget.try_acquire(a).expect("second");
+        assert_eq!(
+            budget.try_acquire(a).err(),
+            Some(OverBudget::Source {
+                what: "test",
+                from: a,
+                max: 2
+            })
+        );
+        // Others still get in while `a` is at its share.
+        let _b = budget.try_acquire(ip("192.0.2.2")).expect("another source");
+        drop(first);
+        assert_eq!(budget.in_use(a), (2, 1));
+        budget
+            .try_acquire(a)
+            .expect("a unit given back is usable again");
+    }
+
+    #[test]
+    fn the_total_bounds_all_sources_together() {
+        let budget = Budget::new("test", 3, 2);
+        let held: Vec<_> = (1..=3)
+            .map(|i| {
+                budget
+                    .try_acquire(ip(&format!("192.0.2.{i}")))
+                    .expect("under total")
+            })
+            .collect();
+        assert!(matches!(
+            budget.try_acquire(ip("192.0.2.9")),
+            Err(OverBudget::Total { max: 3, .. })
+        ));
+        drop(held);
+        assert_eq!(budget.in_use(ip("192.0.2.1")), (0, 0));
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_one_source_across_its_slash_64() {
+        assert_eq!(ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff::9"));
+        assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
+        assert_eq!(ip("::ffff:192.0.2.7"), ip("192.0.2.7"));
+        let budget = Budget::new("test", 10, 1);
+        let _one = budget.try_acquire(ip("2001:db8::1")).expect("first");
+        assert!(budget.try_acquire(ip("2001:db8::2")).is_err());
+    }
+}
