@@ -521,6 +521,65 @@ async fn a_large_first_frame_is_refused_before_anything_is_read() {
     .await;
 }
 
+/// Two groups founded separately with the same key and settings share a group id; their
+/// logs descend from different first entries. Members of one refuse bonds with members of
+/// the other, naming why, and neither group's data reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_separately_founded_group_with_the_same_id_never_bond() {
+    let first = bonded_cluster(3).await;
+    let second = bonded_cluster(3).await;
+    assert_eq!(
+        first.members[0].joined.id, second.members[0].joined.id,
+        "same key and settings: the same group id"
+    );
+    let incarnation = |c: &LocalCluster| {
+        c.members[0]
+            .joined
+            .group
+            .status()
+            .incarnation
+            .expect("a formed member knows its incarnation")
+    };
+    assert_ne!(incarnation(&first), incarnation(&second));
+    let leader = leader_index(&first, 0).await;
+    first.members[leader]
+        .joined
+        .group
+        .execute(put("only", "first"))
+        .await
+        .expect("write");
+    // Each side learns of the other at run time (as discovery would tell it).
+    let (a, b) = (&first.members[0], &second.members[0]);
+    a.joined.bonds.add_peer(b.addr.clone());
+    b.joined.bonds.add_peer(a.addr.clone());
+    // The one that dials refuses the other's hello, or is refused by it: either way one
+    // side names the incarnation.
+    let either = |s: &BondStats| s.refused.get("OtherIncarnation").copied().unwrap_or(0) >= 1;
+    let (mut wa, mut wb) = (a.joined.bonds.stats(), b.joined.bonds.stats());
+    let named = tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            _ = wa.wait_for(either) => {},
+            _ = wb.wait_for(either) => {},
+        }
+    })
+    .await;
+    assert!(
+        named.is_ok(),
+        "no refusal named the incarnation: {:?} / {:?}",
+        a.joined.bonds.stats().borrow(),
+        b.joined.bonds.stats().borrow()
+    );
+    for (m, other) in [(a, b), (b, a)] {
+        assert!(
+            !m.joined.bonds.is_bonded(&other.endpoint.id()),
+            "bonded across groups"
+        );
+        assert!(!m.joined.group.status().membership.contains(other.node));
+    }
+    let second_leader = leader_index(&second, 0).await;
+    assert_eq!(get(&second.members[second_leader], "only").await, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -113,6 +113,7 @@ fn a_large_snapshot_is_written_sent_and_restored_without_a_whole_copy_in_memory(
                     term: 1,
                     membership: Membership::with_voters([NodeId(1), NodeId(2)]),
                     membership_index: 0,
+                    incarnation: None,
                 },
                 data: handle.encode(),
             },

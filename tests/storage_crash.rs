@@ -117,6 +117,7 @@ fn crash_child_writer() {
                         term: at_term,
                         membership: Membership::with_voters([NodeId(1)]),
                         membership_index: 0,
+                        incarnation: None,
                     },
                     data: handle.encode(),
                 })

@@ -45,7 +45,7 @@ use crate::net::{
     encode_message, read_message, read_message_limited, write_message, Budget, BudgetPermit,
     FrameError, Source, ALPN_BOND,
 };
-use crate::raft::{Index, Message, MessageBody, NodeId, Term};
+use crate::raft::{Incarnation, Index, Message, MessageBody, NodeId, Term};
 use crate::storage::SnapshotStore;
 use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketError};
 
@@ -104,6 +104,9 @@ pub enum Refusal {
     RefusedByPeer = 7,
     /// Too many handshakes in progress (in all, or from the peer's address).
     Busy = 8,
+    /// The peer's log descends from another founding of this group id
+    /// ([`crate::raft::Incarnation`]): another group that happens to share the id.
+    OtherIncarnation = 9,
 }
 
 /// What a member brings to its bonds.
@@ -183,6 +186,8 @@ enum Confirm {
 struct ProofHello {
     group_id: [u8; 32],
     proof: [u8; 32],
+    /// The sender's incarnation, `None` while it is fresh.
+    incarnation: Option<Incarnation>,
 }
 
 /// The second handshake frame, sent and read only once the peer's proof verified.
@@ -508,6 +513,11 @@ impl Bonds {
         );
     }
 
+    /// This member's incarnation, as its worker last published it.
+    fn incarnation(&self) -> Option<Incarnation> {
+        self.group_status.get().and_then(|s| s.borrow().incarnation)
+    }
+
     /// Counts a connection refused before QUIC finished (no peer key known yet).
     fn count_busy(&self, detail: &str) {
         tracing::warn!(detail, "incoming connection refused: over budget");
@@ -633,6 +643,7 @@ impl Bonds {
             let ours = ProofHello {
                 group_id: self.config.group_id.0,
                 proof: self.proof(conn, dialer).map_err(malformed)?,
+                incarnation: self.incarnation(),
             };
             write_message(&mut send, &ours)
                 .await
@@ -664,6 +675,19 @@ impl Bonds {
                 Refusal::BadProof,
                 "group key proof does not verify on this connection".into(),
             ));
+        }
+        // Both hold a log: it must descend from the same founding. (A fresh side joins
+        // whichever group adds it; its incarnation is then that group's.)
+        if let (Some(ours), Some(theirs)) = (self.incarnation(), theirs.incarnation) {
+            if ours != theirs {
+                return Err((
+                    Refusal::OtherIncarnation,
+                    format!(
+                        "the peer's log descends from another founding of this group id \
+                         (incarnation {theirs}, ours {ours}): a separately founded group"
+                    ),
+                ));
+            }
         }
         // The tickets sent here are marked seen on this receiver: the writer sends every
         // later renewal, and none can slip between the hello and the writer starting.

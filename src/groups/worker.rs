@@ -18,7 +18,8 @@ use super::member::{self, Action, Member, Now, Request, RequestId};
 use super::transport::{InboxItem, PeerFrame, Transport};
 use crate::machine::{ApplyContext, Sessions, StateMachine};
 use crate::raft::{
-    Entry, EntryPayload, Index, Membership, MembershipChange, NodeId, Raft, Role, Snapshot, Term,
+    Entry, EntryPayload, Incarnation, Index, Membership, MembershipChange, NodeId, Raft, Role,
+    Snapshot, Term,
 };
 use crate::storage::snapshot_store::SnapshotWriter;
 use crate::storage::{SnapshotHandle, SnapshotStore, Storage, WriteTiming};
@@ -95,6 +96,9 @@ pub struct GroupStatus {
     /// before it is compacted away.
     pub snapshot_index: Index,
     pub membership: Membership,
+    /// Which founding this member's log descends from (`None` while it is fresh); bonds
+    /// refuse members of another ([`crate::raft::Incarnation`]).
+    pub incarnation: Option<Incarnation>,
     /// Set when the node stopped participating, with the reason (e.g. a storage error).
     pub stopped: Option<String>,
 }
@@ -613,6 +617,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             applied_index: raft.applied_index(),
             snapshot_index: raft.snapshot_index(),
             membership: raft.membership().clone(),
+            incarnation: raft.incarnation(),
             stopped: self.member.stopped().map(str::to_string),
         };
         self.status.send_if_modified(|s| {

@@ -40,4 +40,6 @@ pub use message::{Message, MessageBody};
 pub use node::{InitialState, NewRaftError, Raft, StepError};
 pub use ready::{Event, Input, ReadState, Ready, Rejection, Role};
 pub use rng::SplitMix64;
-pub use types::{Entry, EntryPayload, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
+pub use types::{
+    Entry, EntryPayload, HardState, Incarnation, Index, NodeId, Snapshot, SnapshotMeta, Term,
+};

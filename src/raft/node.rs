@@ -12,7 +12,9 @@ use super::message::{Message, MessageBody};
 use super::progress::Progress;
 use super::ready::{Event, Input, Ready, Rejection, Role};
 use super::rng::SplitMix64;
-use super::types::{Entry, EntryPayload, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
+use super::types::{
+    Entry, EntryPayload, HardState, Incarnation, Index, NodeId, Snapshot, SnapshotMeta, Term,
+};
 
 /// What storage handed back at start-up: the durable state of this node.
 #[derive(Clone, Debug, Default)]
@@ -86,6 +88,8 @@ pub struct Raft {
     pub(super) snapshot_membership: (Index, Membership),
     /// The latest local snapshot (sent to followers that are too far behind).
     pub(super) snapshot: Option<Snapshot>,
+    /// Which founding this log descends from: from entry 1, or the snapshot past it.
+    pub(super) incarnation: Option<Incarnation>,
 
     pub(super) election_elapsed: u64,
     pub(super) heartbeat_elapsed: u64,
@@ -144,6 +148,7 @@ impl Raft {
             membership_index: snapshot_membership.0,
             membership_history: Vec::new(),
             snapshot_membership,
+            incarnation: snapshot.as_ref().and_then(|s| s.meta.incarnation),
             snapshot,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
@@ -184,6 +189,12 @@ impl Raft {
             .clamp(snapshot_index, raft.log.last_index());
         raft.reset_election_timer();
         Ok(raft)
+    }
+
+    /// Which founding this node's log descends from (`None` while it has no entry 1 and
+    /// no snapshot past it: a fresh node).
+    pub fn incarnation(&self) -> Option<Incarnation> {
+        self.incarnation
     }
 
     /// Whether this node has no state at all: term 0, no entry, no snapshot. Only such a
@@ -450,6 +461,9 @@ impl Raft {
 
     fn truncate_from(&mut self, index: Index) {
         self.log.truncate_from(index);
+        if index <= 1 {
+            self.incarnation = self.snapshot.as_ref().and_then(|s| s.meta.incarnation);
+        }
         self.persisted = self.persisted.min(index - 1);
         if self.membership_history.iter().any(|(i, _)| *i >= index) {
             self.membership_history.retain(|(i, _)| *i < index);
@@ -465,6 +479,9 @@ impl Raft {
     /// Bookkeeping for an entry entering the log: timestamps and configurations.
     fn note_appended(&mut self, entry: &Entry) {
         self.last_timestamp_ms = self.last_timestamp_ms.max(entry.timestamp_ms);
+        if entry.index == 1 {
+            self.incarnation = Some(Incarnation::of_first_entry(entry));
+        }
         if let EntryPayload::Membership(m) = &entry.payload {
             self.membership_history.push((entry.index, m.clone()));
             self.set_membership(entry.index, m.clone());
@@ -532,6 +549,7 @@ impl Raft {
                 term,
                 membership,
                 membership_index,
+                incarnation: self.incarnation,
             },
             data,
         });
@@ -548,6 +566,9 @@ impl Raft {
         self.membership_history.clear();
         self.snapshot_membership = (meta.membership_index, meta.membership.clone());
         self.set_membership(meta.membership_index, meta.membership);
+        if meta.incarnation.is_some() {
+            self.incarnation = meta.incarnation;
+        }
         // Entries pending persistence are superseded by the snapshot.
         self.ready.entries.clear();
         self.ready.committed_entries.clear();

@@ -1215,3 +1215,69 @@ fn a_three_node_cluster_applies_the_same_entries_everywhere() {
         .count();
     assert_eq!(commands, 10);
 }
+
+/// The incarnation names the founding: founders of one set agree on it, another set has
+/// another; it survives compaction past entry 1 (in the snapshot), a restart from that
+/// snapshot, and reaches a member that only ever saw the snapshot.
+#[test]
+fn the_incarnation_is_the_first_entry_and_outlives_it() {
+    assert_eq!(fresh(1).incarnation(), None, "a fresh node has none");
+    let ours = bootstrapped(1, &[1, 2, 3]).incarnation().expect("founded");
+    assert_eq!(bootstrapped(2, &[1, 2, 3]).incarnation(), Some(ours));
+    assert_ne!(bootstrapped(1, &[1, 2, 4]).incarnation(), Some(ours));
+
+    let mut c = Cluster::new(3);
+    c.tick_until_leader(1);
+    for i in 0..5 {
+        c.node(1)
+            .step(Input::Propose {
+                commands: vec![cmd(&format!("{i}"))],
+                timestamp_ms: 0,
+            })
+            .unwrap();
+        c.settle();
+    }
+    let applied = c.node(1).applied_index();
+    c.node(1)
+        .step(Input::Compact {
+            index: applied,
+            data: cmd("state"),
+        })
+        .unwrap();
+    let snapshot = c.node(1).snapshot().cloned().expect("a snapshot");
+    assert_eq!(
+        snapshot.meta.incarnation,
+        Some(ours),
+        "carried past entry 1"
+    );
+    assert_eq!(c.node(1).incarnation(), Some(ours));
+
+    let restarted = Raft::new(
+        n(1),
+        config(),
+        1,
+        InitialState {
+            hard_state: HardState {
+                term: c.node(1).term(),
+                vote: None,
+                commit: applied,
+            },
+            snapshot: Some(snapshot.clone()),
+            entries: Vec::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        restarted.incarnation(),
+        Some(ours),
+        "recovered from the snapshot"
+    );
+
+    let mut joiner = fresh(9);
+    joiner.restore_snapshot(snapshot);
+    assert_eq!(
+        joiner.incarnation(),
+        Some(ours),
+        "installed with the snapshot"
+    );
+}

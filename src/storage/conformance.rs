@@ -61,6 +61,7 @@ fn snapshot(index: Index, term: Term) -> Snapshot {
             term,
             membership: Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]),
             membership_index: 1,
+            incarnation: None,
         },
         data: Bytes::from(format!("state-at-{index}")),
     }

@@ -728,6 +728,7 @@ mod tests {
                 term: 1,
                 membership: crate::raft::Membership::with_voters([NodeId(1)]),
                 membership_index: 1,
+                incarnation: None,
             },
             data: bytes::Bytes::from_static(b"state machine bytes"),
         };

@@ -48,6 +48,7 @@ fn snapshot_message(store: &Arc<SnapshotStore>, len: usize, index: Index) -> Mes
                     term: 2,
                     membership: Membership::default(),
                     membership_index: 0,
+                    incarnation: None,
                 },
                 data: handle.encode(),
             },
