@@ -41,6 +41,8 @@
 //!
 //! [client]
 //! allow = "any"                         # or a list of client public keys; default: nobody
+//! operators = ["<64 hex>"]              # keys that may remove members (`tessera member
+//!                                       #   remove`); served as clients too; default: none
 //! ```
 //!
 //! Loading the schema ([`NodeConfig::load`]) reads only the config file; the files it points
@@ -172,6 +174,8 @@ pub struct NodeConfig {
     pub log_level: String,
     pub metrics: Option<SocketAddr>,
     pub client: ClientAllow,
+    /// Keys that may change the membership (`[client] operators`).
+    pub operators: Vec<PublicKey>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +219,7 @@ struct RawTimers {
 #[serde(deny_unknown_fields)]
 struct RawClient {
     allow: Option<toml::Value>,
+    operators: Option<toml::Value>,
 }
 
 /// Largest `bootstrap_expect` accepted (a founding set larger than any sane voter count
@@ -448,6 +453,18 @@ impl NodeConfig {
             .transpose()
             .map_err(|r| field("metrics", r))?;
         let client = parse_allow(raw.client.allow.as_ref()).map_err(|(f, r)| field(&f, r))?;
+        let operators = match raw.client.operators.as_ref() {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => {
+                parse_keys("client.operators", items).map_err(|(f, r)| field(&f, r))?
+            }
+            Some(other) => {
+                return Err(field(
+                    "client.operators",
+                    format!("expected a list of operator public keys (64 hex), got {other}"),
+                ))
+            }
+        };
 
         Ok(Self {
             file: file.to_path_buf(),
@@ -467,6 +484,7 @@ impl NodeConfig {
             log_level: raw.log_level,
             metrics,
             client,
+            operators,
         })
     }
 
@@ -649,22 +667,29 @@ fn parse_allow(value: Option<&toml::Value>) -> Result<ClientAllow, (String, Stri
     match value {
         None => Ok(ClientAllow::default()),
         Some(toml::Value::String(s)) if s == "any" => Ok(ClientAllow::Any),
-        Some(toml::Value::Array(items)) => {
-            let mut keys = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let at = format!("client.allow[{i}]");
-                let Some(text) = item.as_str() else {
-                    return Err((at, format!("{expected}, got {item}")));
-                };
-                let key: PublicKey = text
-                    .parse()
-                    .map_err(|e| (at, format!("not a public key: {text:?} ({e})")))?;
-                keys.push(key);
-            }
-            Ok(ClientAllow::Keys(keys))
-        }
+        Some(toml::Value::Array(items)) => parse_keys("client.allow", items)
+            .map(ClientAllow::Keys)
+            .map_err(|(at, reason)| (at, reason.replace(KEYS_EXPECTED, expected))),
         Some(other) => Err(("client.allow".into(), format!("{expected}, got {other}"))),
     }
+}
+
+const KEYS_EXPECTED: &str = "expected a public key (64 hex)";
+
+/// A list of public keys at `field` (`field[i]` named in errors).
+fn parse_keys(field: &str, items: &[toml::Value]) -> Result<Vec<PublicKey>, (String, String)> {
+    let mut keys = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let Some(text) = item.as_str() else {
+            return Err((at, format!("{KEYS_EXPECTED}, got {item}")));
+        };
+        let key: PublicKey = text
+            .parse()
+            .map_err(|e| (at, format!("not a public key: {text:?} ({e})")))?;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -754,6 +779,9 @@ allow = ["{k}"]
         let other = SecretKey::from_bytes(&[4; 32]).public();
         assert!(c.client.allows(&allowed));
         assert!(!c.client.allows(&other));
+        assert!(c.operators.is_empty(), "no operators unless listed");
+        let text = good().replace("[client]", &format!("[client]\noperators = [\"{other}\"]"));
+        assert_eq!(parse(&text).expect("config").operators, vec![other]);
     }
 
     #[test]
@@ -813,6 +841,8 @@ allow = ["{k}"]
             ("network_id = \"test-net\"", "network_id = \"\"", "node.toml: network_id: must not be empty"),
             ("allow = [", "allow = [1, ", "node.toml: client.allow[0]: expected \"any\""),
             ("allow = [", "allow = [\"nope\", ", "node.toml: client.allow[0]: not a public key"),
+            ("[client]", "[client]\noperators = [\"nope\"]", "node.toml: client.operators[0]: not a public key"),
+            ("[client]", "[client]\noperators = \"any\"", "node.toml: client.operators: expected a list of operator public keys"),
         ];
         for (from, to, want) in bad {
             let to = to.replace("KEY", &key_hex());

@@ -44,6 +44,8 @@ enum Command {
     Kv(cli::kv::KvArgs),
     /// Show the group as a table: members, roles, term, commit/applied, bonds, ticket expiry.
     Status(cli::status::StatusArgs),
+    /// List the group's members, or remove one (an operator's key, through the leader).
+    Member(cli::member::MemberArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,5 +65,6 @@ fn main() -> ExitCode {
         Command::Keygen(args) => cli::node::keygen(args),
         Command::Kv(args) => cli::kv::run(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Member(args) => cli::member::run(args),
     }
 }

@@ -333,14 +333,17 @@ fn three_node_processes_replicate_and_report_status() {
     let d = dir.path();
 
     let (client_key, client_id) = keygen(d, "client.key");
+    let (intruder_key, intruder_id) = keygen(d, "intruder.key");
     // Each node is given all those started before it; the later ones dial in, so every
-    // pair is bonded. Node 2 serves only the client key it lists; the others serve anyone.
+    // pair is bonded. Node 2 serves only the client keys it lists; the others serve
+    // anyone. Every node takes the client key (and only it) as an operator's.
     let three = start_three(d, [&[], &[0], &[0, 1]], |i| {
-        if i == 2 {
-            format!("[{client_id:?}]")
+        let allow = if i == 2 {
+            format!("[{client_id:?}, {intruder_id:?}]")
         } else {
             "\"any\"".to_string()
-        }
+        };
+        format!("{allow}\noperators = [{client_id:?}]")
     });
     let (mut nodes, peers) = (three.nodes, three.peers);
     let deadline = Instant::now() + DEADLINE;
@@ -564,6 +567,67 @@ fn three_node_processes_replicate_and_report_status() {
     // A write sent again in its session (same sequence) applies once, through a follower
     // too; another client key's session of the same number is its own.
     retried_writes_apply_once(&peers);
+
+    // Membership: listed by any member; a follower removed by an operator through the
+    // leader (a key that is no operator's is refused, and nothing changes).
+    let mut list = vec!["member", "list", "--key-file", key_arg];
+    list.extend(&all);
+    let list = client(&list);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let listed: Vec<Vec<String>> = text(&list.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    assert_eq!(listed.len(), 3, "{}", text(&list.stdout));
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|r| r.last().map(String::as_str) == Some("yes"))
+            .count(),
+        1
+    );
+    let follower = [1, 2]
+        .into_iter()
+        .find(|&i| {
+            listed
+                .iter()
+                .any(|r| peers[i].starts_with(&r[0]) && r.last().map(String::as_str) != Some("yes"))
+        })
+        .expect("node 1 or node 2 follows");
+    let name = &peers[follower][..10];
+    let intruder_arg = intruder_key.to_str().expect("path");
+    let mut remove = vec!["member", "remove", name];
+    remove.extend(&all);
+    let mut as_intruder = remove.clone();
+    as_intruder.extend(["--key-file", intruder_arg]);
+    let refused = client(&as_intruder);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("not an operator"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let mut as_operator = remove.clone();
+    as_operator.extend(["--key-file", key_arg]);
+    let removed = client(&as_operator);
+    assert!(
+        removed.status.success(),
+        "{}{}",
+        text(&removed.stderr),
+        nodes.logs()
+    );
+    assert_eq!(
+        text(&removed.stdout).lines().skip(1).count(),
+        2,
+        "two members after the removal: {}",
+        text(&removed.stdout)
+    );
+    assert!(
+        !text(&removed.stdout).contains(name),
+        "{name} still listed: {}",
+        text(&removed.stdout)
+    );
 
     // SIGTERM stops a node cleanly.
     let pid = nodes.children[0].id().to_string();

@@ -347,6 +347,7 @@ async fn serve(p: Prepared) -> Result<()> {
             p.clock.clone(),
         )
         .with_known_peers(config.bootstrap.iter().map(|a| a.id))
+        .with_operators(config.operators.iter().copied())
         .with_discovery(discovery.stats()),
     );
     tokio::spawn(serve_clients(service.clone(), client_rx));

@@ -96,6 +96,12 @@ pub enum ClientRequest {
     /// This node's current tickets, for a client to verify before it sends anything else
     /// ([`NodeTrust::Verify`]).
     Attestation,
+    /// Remove `node` from the group (an operator's call: only keys in `[client] operators`
+    /// may make it). The leader commits the change and does not add the node back while
+    /// its bond stays up; other members refuse, naming the leader. Answered with the
+    /// node's [`ClientResponse::Status`] once the change is committed. Sending it again is
+    /// harmless: a node that is no longer a member is reported as such.
+    RemoveMember { node: NodeId },
 }
 
 /// What a node answers.

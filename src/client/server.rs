@@ -41,6 +41,9 @@ pub struct ClientService {
     pub group: Group<KvStore>,
     pub bonds: Arc<Bonds>,
     pub allow: ClientAllow,
+    /// Keys that may change the group's membership (`[client] operators`); they are served
+    /// as clients too.
+    pub operators: Vec<PublicKey>,
     /// This node's iroh key.
     pub node_key: PublicKey,
     /// The network this node's tickets are issued for.
@@ -71,6 +74,7 @@ impl ClientService {
             group,
             bonds,
             allow,
+            operators: Vec::new(),
             node_key,
             network_id,
             tickets,
@@ -87,6 +91,12 @@ impl ClientService {
     pub fn with_known_peers(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
         self.known_keys
             .extend(keys.into_iter().map(|k| (node_id_of(&k), k)));
+        self
+    }
+
+    /// Lets these keys change the group's membership ([`ClientRequest::RemoveMember`]).
+    pub fn with_operators(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        self.operators.extend(keys);
         self
     }
 
@@ -154,6 +164,27 @@ impl ClientService {
                 tickets: self.tickets.borrow().clone(),
                 now: (self.clock)(),
             },
+            ClientRequest::RemoveMember { node } => {
+                if !self.operators.contains(client) {
+                    return ClientResponse::Error(format!(
+                        "not an operator: key {client} is not in this node's [client] operators"
+                    ));
+                }
+                if !self.group.members().contains(node) {
+                    return ClientResponse::Error(format!("{node} is not a member"));
+                }
+                match self.group.remove_member(node).await {
+                    Ok(()) => {
+                        tracing::info!(%node, operator = %client.fmt_short(), "member removed by an operator");
+                        ClientResponse::Status(self.status())
+                    }
+                    // Unknown whether it committed: asking again is safe.
+                    Err(e @ (GroupError::Timeout(_) | GroupError::Stopped(_))) => {
+                        ClientResponse::Retry(e.to_string())
+                    }
+                    Err(e) => ClientResponse::Error(e.to_string()),
+                }
+            }
             ClientRequest::Execute {
                 session,
                 seq,
@@ -208,7 +239,7 @@ pub async fn serve_clients(
             continue;
         }
         let peer = conn.remote_id();
-        if !service.allow.allows(&peer) {
+        if !service.allow.allows(&peer) && !service.operators.contains(&peer) {
             service.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client = %peer, "client refused: key not in [client] allow");
             conn.close(
