@@ -29,7 +29,7 @@
 //! - [`Action::Observe`]: the core's events, for observers (metrics, the simulator's
 //!   checkers); nothing to do.
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -48,6 +48,13 @@ use crate::storage::WriteBatch;
 /// to catch up slowly, and a bound on how much earlier than their TTL says a jump of a
 /// leader's wall clock can expire sessions.
 const STAMP_CATCH_UP_PERCENT: u64 = 1;
+
+/// How long a peer the group removed is not added back automatically while its bond stays
+/// up: longer than a dead peer's bond takes to idle out ([`super::bond::IDLE_TIMEOUT`]), so
+/// a crashed member replaced by its new identity is not re-added as a learner that no one
+/// answers for. A peer that bonds anew is added again at once; one whose bond stayed up
+/// (alive after all, e.g. paused) is added again after this.
+pub const READMIT_AFTER: Duration = Duration::from_secs(30);
 
 /// A local caller's request, named by the driver (unique among its requests in flight).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -246,6 +253,10 @@ pub struct Member {
     /// Members that asked to leave (as leader): never added back automatically while
     /// their bond stays up.
     departed: BTreeSet<NodeId>,
+    /// The configuration's members when this member last looked, and when each member
+    /// that dropped out of it since did (see [`READMIT_AFTER`]).
+    last_members: BTreeSet<NodeId>,
+    dropped_out: BTreeMap<NodeId, Instant>,
     /// What each bonded peer said of its leadership preference on its bond.
     preferences: BTreeMap<NodeId, LeadershipPreference>,
     /// This member's own preference, said on every new bond.
@@ -314,6 +325,8 @@ impl Member {
             leaving: None,
             changing: None,
             departed: BTreeSet::new(),
+            last_members: BTreeSet::new(),
+            dropped_out: BTreeMap::new(),
             preferences: BTreeMap::new(),
             preference,
             founded: false,
@@ -385,6 +398,7 @@ impl Member {
             self.unreachable_since.remove(&peer);
             // A new bond: a member that left and came back may be added again.
             self.departed.remove(&peer);
+            self.dropped_out.remove(&peer);
         } else {
             self.bonded.remove(&peer);
             self.unreachable_since.entry(peer).or_insert(now.instant);
@@ -1128,6 +1142,17 @@ impl Member {
     /// unreachable for `removal_timeout` are removed. One change at a time, each only once
     /// the previous one is committed.
     fn manage_membership(&mut self, now: Instant) {
+        // Members the group removed (a dead voter replaced, a timeout, an operator): a dead
+        // peer's bond stays up until it idles out, and must not get it added back.
+        let members: BTreeSet<NodeId> = self.raft.membership().members().collect();
+        if members != self.last_members {
+            for gone in self.last_members.difference(&members) {
+                self.dropped_out.insert(*gone, now);
+            }
+            self.last_members = members;
+        }
+        self.dropped_out
+            .retain(|_, at| now.duration_since(*at) < READMIT_AFTER);
         if !self.config.auto_membership || self.raft.role() != Role::Leader {
             return;
         }
@@ -1149,7 +1174,8 @@ impl Member {
         // A joiner is added once it has said how it takes part: an observer never votes.
         let joiner = self.bonded.iter().find_map(|p| {
             let preference = self.preferences.get(p)?;
-            (!membership.contains(*p) && !self.departed.contains(p)).then_some((*p, *preference))
+            let away = self.departed.contains(p) || self.dropped_out.contains_key(p);
+            (!membership.contains(*p) && !away).then_some((*p, *preference))
         });
         let change = if let Some(peer) = departed {
             // Asked to leave while another change was in flight: remove it now.

@@ -358,3 +358,64 @@ fn a_member_never_bonded_is_removed_after_the_removal_timeout() {
         "removed after {ticks} ticks, before the timeout"
     );
 }
+
+/// A peer the group removed (here as the core removes a dead voter) is not added back
+/// while its old bond stays up (a crashed peer's bond lingers until it idles out), only
+/// once it bonds anew, or after `READMIT_AFTER` if its bond stayed up all along.
+#[test]
+fn a_removed_peer_whose_bond_lingers_is_not_added_back_at_once() {
+    const PEER: NodeId = NodeId(5);
+    let mut d = leader(config());
+    let bond = |d: &mut Driver| {
+        let now = d.now();
+        d.member.handle_reachable(now, PEER, true);
+        d.member.handle_frame(
+            now,
+            PEER,
+            PeerFrame::Preference(LeadershipPreference::Normal),
+        );
+    };
+    let settle = |d: &mut Driver, ticks: u64| {
+        for _ in 0..ticks {
+            d.tick();
+            d.run();
+        }
+    };
+    bond(&mut d);
+    settle(&mut d, 3);
+    assert!(
+        d.member.raft().membership().contains(PEER),
+        "added on its bond"
+    );
+    d.member
+        .step(Input::ChangeMembership(MembershipChange::Remove(PEER)));
+    settle(&mut d, 10);
+    assert!(
+        !d.member.raft().membership().contains(PEER),
+        "re-added while its old bond lingers: {:?}",
+        d.member.raft().membership()
+    );
+    // A new bond proves it alive: added again.
+    let now = d.now();
+    d.member.handle_reachable(now, PEER, false);
+    bond(&mut d);
+    settle(&mut d, 3);
+    assert!(
+        d.member.raft().membership().contains(PEER),
+        "added on a new bond"
+    );
+
+    // Removed again, its bond never drops: added back only after READMIT_AFTER.
+    d.member
+        .step(Input::ChangeMembership(MembershipChange::Remove(PEER)));
+    let removed_at = d.ticks;
+    while !d.member.raft().membership().contains(PEER) {
+        assert!(d.ticks - removed_at < 2_000, "never added back");
+        settle(&mut d, 1);
+    }
+    assert!(
+        Duration::from_millis((d.ticks - removed_at) * 50) >= READMIT_AFTER,
+        "added back after {} ticks",
+        d.ticks - removed_at
+    );
+}
