@@ -9,7 +9,10 @@
 //! ```toml
 //! data_dir = "data"
 //! listen = "127.0.0.1:7001"
-//! bootstrap = ["<64 hex node id>@127.0.0.1:7002", "<64 hex node id>@127.0.0.1:7003"]
+//! bootstrap = ["<64 hex node id>@127.0.0.1:7002", "127.0.0.1:7003"]
+//!                                       # <id>@<ip:port>, or a bare <ip:port>: whoever
+//!                                       #   listens there now (a TD has a new id at every
+//!                                       #   boot; see net::announce)
 //! bootstrap_expect = 3                  # the default. The founders are this node and its
 //!                                       #   bootstrap peers, and must be 3: a fresh node
 //!                                       #   founds once all of them are bonded and confirm
@@ -152,8 +155,11 @@ pub struct NodeConfig {
     pub file: PathBuf,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// Peers to dial at start.
+    /// Peers to dial at start, named by id.
     pub bootstrap: Vec<EndpointAddr>,
+    /// Peers named by address alone: the node asks each who listens there now
+    /// ([`crate::net::announce`]) and dials that id, again whenever it changes.
+    pub bootstrap_addresses: Vec<SocketAddr>,
     /// A relay server for peers behind NAT (every member of the network should name the
     /// same one). Absent: no relay, nothing is contacted but the peers.
     pub relay_url: Option<iroh::RelayUrl>,
@@ -237,6 +243,28 @@ fn default_log_level() -> String {
 }
 
 /// Parses `<node id>@<ip:port>`: the node id is the peer's iroh public key (64 hex).
+/// How a configuration or a command line names a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeName {
+    /// `<node id>@<ip:port>`.
+    Id(EndpointAddr),
+    /// A bare `<ip:port>`: whoever listens there now.
+    Address(SocketAddr),
+}
+
+/// Reads `<node id>@<ip:port>` or a bare `<ip:port>`.
+pub fn parse_node(text: &str) -> Result<NodeName, String> {
+    if !text.contains('@') {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(NodeName::Address(addr));
+        }
+        return Err(format!(
+            "expected <node id>@<ip:port> or <ip:port>, got {text:?}"
+        ));
+    }
+    parse_peer(text).map(NodeName::Id)
+}
+
 pub fn parse_peer(text: &str) -> Result<EndpointAddr, String> {
     let expected = || format!("expected <node id>@<ip:port>, got {text:?}");
     let (id, addr) = text.split_once('@').ok_or_else(expected)?;
@@ -358,8 +386,12 @@ impl NodeConfig {
         }
         let listen = parse_socket_addr(&raw.listen).map_err(|r| field("listen", r))?;
         let mut bootstrap = Vec::with_capacity(raw.bootstrap.len());
+        let mut bootstrap_addresses = Vec::new();
         for (i, entry) in raw.bootstrap.iter().enumerate() {
-            bootstrap.push(parse_peer(entry).map_err(|r| field(&format!("bootstrap[{i}]"), r))?);
+            match parse_node(entry).map_err(|r| field(&format!("bootstrap[{i}]"), r))? {
+                NodeName::Id(peer) => bootstrap.push(peer),
+                NodeName::Address(addr) => bootstrap_addresses.push(addr),
+            }
         }
         let bootstrap_expect = match raw.bootstrap_expect {
             None => BOOTSTRAP_EXPECT_DEFAULT as usize,
@@ -471,6 +503,7 @@ impl NodeConfig {
             data_dir: resolve(&raw.data_dir),
             listen,
             bootstrap,
+            bootstrap_addresses,
             bootstrap_expect,
             relay_url,
             group_key_file: resolve(&raw.group_key_file),
@@ -827,7 +860,8 @@ allow = ["{k}"]
     fn bad_values_name_their_field() {
         let bad = [
             ("listen = \"127.0.0.1:7001\"", "listen = \"localhost\"", "node.toml: listen: expected <ip:port>, got \"localhost\""),
-            ("bootstrap = [", "bootstrap = [\"x\", ", "node.toml: bootstrap[0]: expected <node id>@<ip:port>, got \"x\""),
+            ("bootstrap = [", "bootstrap = [\"x\", ", "node.toml: bootstrap[0]: expected <node id>@<ip:port> or <ip:port>, got \"x\""),
+            ("bootstrap = [", "bootstrap = [\"127.0.0.1\", ", "node.toml: bootstrap[0]: expected <node id>@<ip:port> or <ip:port>, got \"127.0.0.1\""),
             ("127.0.0.1:7002\"]", "127.0.0.1:7002\", \"abc@127.0.0.1:1\"]", "node.toml: bootstrap[1]: expected <node id>@<ip:port>, got \"abc@127.0.0.1:1\" (node id"),
             ("127.0.0.1:7002\"]", "127.0.0.1:7002\", \"KEY@nowhere\"]", "node.toml: bootstrap[1]:"),
             ("attestation = \"mock\"", "attestation = \"sgx\"", "node.toml: attestation: expected \"tdx\" or \"mock\", got \"sgx\""),
@@ -858,6 +892,23 @@ allow = ["{k}"]
         );
         let e = error_of(&good().replace("tick_ms = 20", "tick_ms = \"fast\""));
         assert!(e.contains("tick_ms") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn a_bootstrap_peer_may_be_named_by_its_address_alone() {
+        let text = good().replace(
+            "bootstrap = [",
+            "bootstrap = [\"10.0.0.9:7001\", \"[::1]:7004\", ",
+        );
+        let c = parse(&text).expect("config");
+        assert_eq!(c.bootstrap.len(), 1, "the one named by id");
+        assert_eq!(
+            c.bootstrap_addresses,
+            vec![
+                "10.0.0.9:7001".parse::<SocketAddr>().expect("addr"),
+                "[::1]:7004".parse().expect("addr")
+            ]
+        );
     }
 
     #[test]

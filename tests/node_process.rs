@@ -206,13 +206,40 @@ impl Nodes {
     /// Starts one more `tessera node` on `config`, stderr of node `i` in
     /// `dir/node<i>.stderr`, and waits for its ready line.
     fn start(&mut self, dir: &Path, config: &Path, deadline: Instant) -> String {
+        let i = self.spawn(dir, config);
+        self.wait_line(i, "tessera node: ready", deadline)
+    }
+
+    /// Starts one more `tessera node` on `config` without waiting; returns its index.
+    fn spawn(&mut self, dir: &Path, config: &Path) -> usize {
         let i = self.children.len();
         let stderr_file = dir.join(format!("node{i}.stderr"));
         let (child, rx) = spawn_node(config, &stderr_file);
         self.children.push(child);
         self.stdout.push(rx);
         self.stderr_files.push(stderr_file);
-        self.wait_line(i, "tessera node: ready", deadline)
+        i
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) to node `i` and waits for it to exit.
+    fn stop(&mut self, i: usize, signal: &str, deadline: Instant) {
+        let pid = self.children[i].id().to_string();
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(kill.success(), "kill -{signal} {pid}");
+        loop {
+            if self.children[i].try_wait().expect("wait").is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not exit after SIG{signal}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(POLL_PAUSE);
+        }
     }
 }
 
@@ -879,7 +906,7 @@ fn bad_configs_exit_non_zero_naming_the_field() {
         (
             "bad bootstrap entry",
             Box::new(|c| c.replace("bootstrap = []", "bootstrap = [\"PEER\", \"x\"]")),
-            vec!["node.toml: bootstrap[1]: expected <node id>@<ip:port>, got \"x\""],
+            vec!["node.toml: bootstrap[1]: expected <node id>@<ip:port> or <ip:port>, got \"x\""],
         ),
         (
             "bad listen address",
@@ -1021,4 +1048,122 @@ allow = "any"
         "the previous identity's records are kept aside in {}",
         retired.display()
     );
+}
+
+/// What a TD does: no key file, so a new identity at every start, and peers named by
+/// address alone. Three such nodes find each other and found one group; two are stopped
+/// one right after the other (each leaves) and restarted as new identities on their
+/// addresses; then one is killed (it cannot leave) and restarted. Each time the others
+/// find the new id behind the address, and writes through any address resume, the
+/// earlier ones still readable.
+#[test]
+fn nodes_named_by_address_alone_survive_restarts_as_new_identities() {
+    let dir = group_dir();
+    let d = dir.path();
+    let sockets = free_ports(3);
+    let addrs: Vec<String> = sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").to_string())
+        .collect();
+    drop(sockets);
+    // Every node lists all three addresses (its own included): the founders are the three.
+    let configs: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let config = node_config(d, i, &addrs[i], &addrs, Identity::Fresh, "\"any\"");
+            let text = std::fs::read_to_string(&config).expect("config");
+            // node_config makes the first node of a list-less start a group of one: not here.
+            assert!(!text.contains("bootstrap_expect"), "{text}");
+            config
+        })
+        .collect();
+    let mut nodes = Nodes::new();
+    let deadline = Instant::now() + DEADLINE;
+    for config in &configs {
+        nodes.spawn(d, config);
+    }
+    let mut ids: Vec<String> = (0..3)
+        .map(|i| {
+            ready_field(
+                &nodes.wait_line(i, "tessera node: ready", deadline),
+                "node_id",
+            )
+        })
+        .collect();
+
+    // Clients name the nodes by address too.
+    let all: Vec<&str> = addrs.iter().flat_map(|a| ["--node", a.as_str()]).collect();
+    let settled = |nodes: &Nodes, ids: &[String], what: &str| {
+        let mut args = vec!["status"];
+        args.extend(&all);
+        loop {
+            let out = client(&args);
+            let rows = status_rows(&text(&out.stdout));
+            let leaders = rows.iter().filter(|r| r[1] == "leader").count();
+            let current = ids
+                .iter()
+                .all(|id| rows.iter().any(|r| id.starts_with(&r[0])));
+            // Voters all (a learner is shown as such, a node not yet added as "follower
+            // (not a member)"): caught up and promoted.
+            let voters = rows.iter().all(|r| {
+                r[1] == "leader"
+                    || (r[1] == "follower" && r.get(2).map(String::as_str) != Some("(not"))
+            });
+            if out.status.success() && rows.len() == 3 && leaders == 1 && voters && current {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no group of the three current nodes with one leader in time:\n{}{}\n{}",
+                text(&out.stdout),
+                text(&out.stderr),
+                nodes.logs()
+            );
+            std::thread::sleep(POLL_PAUSE);
+        }
+    };
+    settled(&nodes, &ids, "formation by address");
+    let put = client(&["kv", "put", "before", "restarts", "--node", &addrs[0]]);
+    assert!(
+        put.status.success(),
+        "{}{}",
+        text(&put.stderr),
+        nodes.logs()
+    );
+
+    // Nodes 1 and 2 are stopped one right after the other (each leaves the group first),
+    // then both come back on their addresses as new identities.
+    for i in [1, 2] {
+        nodes.stop(i, "TERM", deadline);
+    }
+    for i in [1, 2] {
+        let restarted = nodes.start(d, &configs[i], deadline);
+        let id = ready_field(&restarted, "node_id");
+        assert_ne!(id, ids[i], "a new identity at every start");
+        ids[i] = id;
+    }
+    settled(&nodes, &ids, "after two restarts as new identities");
+    // Then one is killed (it cannot leave) and comes back: the group replaces the dead
+    // voter with the new identity behind its address.
+    let victim = nodes.children.len() - 1;
+    nodes.stop(victim, "KILL", deadline);
+    let restarted = nodes.start(d, &configs[2], deadline);
+    ids[2] = ready_field(&restarted, "node_id");
+    settled(
+        &nodes,
+        &ids,
+        "after a crash and a restart as a new identity",
+    );
+    for (i, addr) in addrs.iter().enumerate() {
+        let key = format!("after-{i}");
+        let put = client(&["kv", "put", &key, "restarts", "--node", addr]);
+        assert!(
+            put.status.success(),
+            "put through {addr}: {}{}",
+            text(&put.stderr),
+            nodes.logs()
+        );
+    }
+    let get = client(&["kv", "get", "before", "--node", &addrs[2]]);
+    assert!(get.status.success(), "{}", text(&get.stderr));
+    assert_eq!(text(&get.stdout).trim_end(), "restarts");
 }

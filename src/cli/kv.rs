@@ -21,14 +21,19 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use iroh::EndpointAddr;
 use tessera::client::{
     Client, ClientError, ClientRequest, ClientResponse, NodeTrust, EXECUTE_PATIENCE,
 };
 use tessera::cluster::random_secret;
-use tessera::config::{parse_peer, read_secret_key};
+use tessera::config::{parse_node, read_secret_key, NodeName};
 use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+use tessera::net::announce;
 use tessera::tickets::{system_clock, AnyOf, TdxValidator, TicketValidator};
 use tessera_attestation::TrustRoot;
+
+/// Bound on asking a bare `--node <ip:port>` who listens there.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a client checks the node it asks (`tessera kv`, `tessera status`).
 #[derive(Args, Debug, Clone)]
@@ -109,7 +114,8 @@ fn validator_for(
 
 #[derive(Args, Debug)]
 pub struct KvArgs {
-    /// The node to ask: <node id>@<ip:port>.
+    /// The node to ask: <node id>@<ip:port>, or <ip:port> (whoever listens there now:
+    /// with --policy, it must still prove what it runs).
     #[arg(long, global = true)]
     pub node: Option<String>,
     /// This client's secret key (hex, mode 0600; see `tessera keygen`). Default: a fresh
@@ -164,10 +170,18 @@ pub enum KvOp {
     },
 }
 
-/// Dials `node` (`<node id>@<ip:port>`) with the key in `key_file` or a fresh one, and
-/// checks it as `trust` says.
+/// Dials `node` (`<node id>@<ip:port>`, or a bare `<ip:port>`: whoever listens there now)
+/// with the key in `key_file` or a fresh one, and checks it as `trust` says.
 pub async fn connect(node: &str, key_file: Option<&Path>, trust: NodeTrust) -> Result<Client> {
-    let addr = parse_peer(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
+    let addr = match parse_node(node).map_err(|e| anyhow::anyhow!("--node: {e}"))? {
+        NodeName::Id(addr) => addr,
+        NodeName::Address(at) => {
+            let answer = announce::resolve(at, RESOLVE_TIMEOUT)
+                .await
+                .with_context(|| format!("--node {at}: who listens there"))?;
+            EndpointAddr::new(answer.id).with_ip_addr(at)
+        }
+    };
     let secret = match key_file {
         Some(path) => read_secret_key(path).map_err(|e| anyhow::anyhow!("--key-file: {e}"))?,
         None => random_secret()?,

@@ -4,7 +4,11 @@
 //!
 //! Start-up reads and checks everything first (config, key files, policies, the quote
 //! provider), so a bad config fails before any socket is bound, with a message naming the
-//! field. Then it binds the endpoint, joins the group with its bootstrap peers, runs
+//! field. Then it binds the endpoint, answers "who listens here" on TCP at the same port
+//! ([`tessera::net::announce`]), asks its bootstrap addresses the same (a fresh node waits
+//! until all have answered or one says it is in a group; the answers are asked again
+//! every few seconds, and a new id behind an address is dialled), joins the group with its
+//! bootstrap peers, runs
 //! discovery (catalog exchange with the bootstrap peers and then with the peers learned
 //! from them; group members learned that way are dialled), serves the client protocol
 //! and, if configured, Prometheus metrics, and prints one line
@@ -12,7 +16,9 @@
 //!
 //! Exit status: 0 after a signal, 1 when the node fails while running, 2 when it cannot
 //! start (config, keys, policies, attestation, bind).
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,16 +26,18 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use iroh::SecretKey;
+use iroh::{EndpointAddr, PublicKey, SecretKey};
 use tessera::client::{serve_clients, ClientService};
 use tessera::cluster::{random_secret, TICKET_LIFETIME_SECS};
 use tessera::config::{
     write_private_file, write_secret_key, AttestationMode, NodeConfig, StorageKind,
 };
 use tessera::discovery::{Discovery, DiscoveryConfig, OwnEntry, PeerDialer};
+use tessera::groups::Bonds;
 use tessera::groups::{keep_tickets_fresh, GroupBuilder, GroupKey};
 use tessera::machine::KvStore;
 use tessera::net::{
+    announce,
     endpoint::{advertised_addrs, bound_addr},
     local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY,
 };
@@ -54,6 +62,15 @@ const DISCOVERY_CONNECTIONS_QUEUE_MAX: usize = 16;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on leaving the group when a node with an identity of its own process stops.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on asking one bootstrap address who listens there.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between rounds of asking the bootstrap addresses at start.
+const RESOLVE_PAUSE: Duration = Duration::from_millis(250);
+/// Rounds at start between two "still waiting" log lines.
+const RESOLVE_ROUNDS_PER_NOTE: u32 = 20;
+/// How often a running node asks its bootstrap addresses again (a peer that restarted
+/// has a new id).
+const RERESOLVE_INTERVAL: Duration = Duration::from_secs(3);
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -282,11 +299,40 @@ async fn serve(p: Prepared) -> Result<()> {
     .map_err(|e| start_failure(config.error("listen", e.to_string())))?;
     let listen = bound_addr(&endpoint).unwrap_or(config.listen);
 
+    #[cfg(feature = "rocksdb")]
+    let holds_state = p.rocks.as_ref().is_some_and(|store| {
+        use tessera::storage::Storage as _;
+        store.last_index() > 0 || store.snapshot_meta().is_some()
+    });
+    #[cfg(not(feature = "rocksdb"))]
+    let holds_state = false;
+    let (formed_tx, formed_rx) = tokio::sync::watch::channel(holds_state);
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => {
+            tokio::spawn(announce::serve(listener, node_key, formed_rx));
+        }
+        // Not fatal: peers that name this node by id still reach it.
+        Err(e) => {
+            tracing::warn!(%listen, error = %e, "cannot answer who listens here on TCP; peers and clients that name this node by address alone will not find it")
+        }
+    }
+    let mut by_address =
+        resolve_bootstrap(&config.bootstrap_addresses, node_key, holds_state).await;
+
     let tickets = keep_tickets_fresh(Arc::new(p.issuer), *node_key.as_bytes(), p.clock.clone())
         .map_err(|e| start_failure(config.error("attestation", format!("first ticket: {e}"))))?;
-    // With a relay, peers can also be reached through it (every member names the same).
-    let bootstrap: Vec<_> = config
+    let named: Vec<EndpointAddr> = config
         .bootstrap
+        .iter()
+        .cloned()
+        .chain(
+            by_address
+                .iter()
+                .map(|(addr, id)| EndpointAddr::new(*id).with_ip_addr(*addr)),
+        )
+        .collect();
+    // With a relay, peers can also be reached through it (every member names the same).
+    let bootstrap: Vec<_> = named
         .iter()
         .map(|peer| match &config.relay_url {
             Some(url) => peer.clone().with_relay_url(url.clone()),
@@ -346,11 +392,26 @@ async fn serve(p: Prepared) -> Result<()> {
             tickets,
             p.clock.clone(),
         )
-        .with_known_peers(config.bootstrap.iter().map(|a| a.id))
+        .with_known_peers(named.iter().map(|a| a.id))
         .with_operators(config.operators.iter().copied())
         .with_discovery(discovery.stats()),
     );
     tokio::spawn(serve_clients(service.clone(), client_rx));
+    {
+        let mut when = joined.group.when();
+        tokio::spawn(async move {
+            if when.formed().await.is_ok() {
+                formed_tx.send_replace(true);
+            }
+        });
+    }
+    if !config.bootstrap_addresses.is_empty() {
+        let (addresses, bonds) = (config.bootstrap_addresses.clone(), joined.bonds.clone());
+        let known = std::mem::take(&mut by_address);
+        tokio::spawn(follow_bootstrap_addresses(
+            addresses, known, node_key, bonds,
+        ));
+    }
     let metrics_addr = match config.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -400,6 +461,79 @@ async fn serve(p: Prepared) -> Result<()> {
     let _ = tokio::task::spawn_blocking(move || group.shutdown()).await;
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, endpoint.close()).await;
     outcome.map(|signal| println!("tessera node: stopped ({signal})"))
+}
+
+/// Asks each bootstrap address who listens there. A fresh node (`holds_state` false) asks
+/// until every address has answered or one answer says it is in a group (then it joins
+/// that group; the rest are found later), so that founders that name each other by address
+/// agree on one founding set. A node with state asks once. Addresses that name this node
+/// itself are left out.
+async fn resolve_bootstrap(
+    addresses: &[SocketAddr],
+    me: PublicKey,
+    holds_state: bool,
+) -> BTreeMap<SocketAddr, PublicKey> {
+    let mut found = BTreeMap::new();
+    let mut rounds = 0u32;
+    loop {
+        let mut formed = false;
+        for addr in addresses {
+            if found.contains_key(addr) {
+                continue;
+            }
+            match announce::resolve(*addr, RESOLVE_TIMEOUT).await {
+                Ok(answer) => {
+                    formed |= answer.formed;
+                    tracing::info!(%addr, node = %answer.id.fmt_short(), formed = answer.formed, "bootstrap address answered");
+                    found.insert(*addr, answer.id);
+                }
+                Err(e) => tracing::debug!(%addr, error = %e, "bootstrap address did not answer"),
+            }
+        }
+        let done = found.len() == addresses.len();
+        if done || formed || holds_state {
+            found.retain(|_, id| *id != me);
+            return found;
+        }
+        rounds += 1;
+        if rounds % RESOLVE_ROUNDS_PER_NOTE == 1 {
+            let waiting: Vec<String> = addresses
+                .iter()
+                .filter(|a| !found.contains_key(a))
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(waiting = %waiting.join(", "), "a fresh node waits for every bootstrap address to answer (or one that is in a group)");
+        }
+        tokio::time::sleep(RESOLVE_PAUSE).await;
+    }
+}
+
+/// Asks the bootstrap addresses again every [`RERESOLVE_INTERVAL`]; an address that now
+/// names another id (the node there restarted as a new identity) gets that id dialled.
+async fn follow_bootstrap_addresses(
+    addresses: Vec<SocketAddr>,
+    mut known: BTreeMap<SocketAddr, PublicKey>,
+    me: PublicKey,
+    bonds: Arc<Bonds>,
+) {
+    let mut every = tokio::time::interval(RERESOLVE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        for addr in &addresses {
+            let Ok(answer) = announce::resolve(*addr, RESOLVE_TIMEOUT).await else {
+                continue;
+            };
+            if answer.id == me || known.get(addr) == Some(&answer.id) {
+                continue;
+            }
+            tracing::info!(%addr, node = %answer.id.fmt_short(), "a bootstrap address names a new node; dialling it");
+            if let Some(old) = known.insert(*addr, answer.id) {
+                bonds.forget_peer(&old);
+            }
+            bonds.add_bootstrap_peer(EndpointAddr::new(answer.id).with_ip_addr(*addr));
+        }
+    }
 }
 
 /// Hands each connection the bond layer passed on to the service of its ALPN; a service

@@ -384,10 +384,22 @@ impl Bonds {
     /// of the pair (the other side dials otherwise). The handshake decides as for any
     /// peer. Returns whether a dialler was started; never blocks.
     pub fn add_peer(&self, peer: EndpointAddr) -> bool {
-        if peer.id == self.me
-            || peer.id.as_bytes() < self.me.as_bytes()
-            || self.configured.contains(&peer.id)
-        {
+        if peer.id.as_bytes() < self.me.as_bytes() {
+            return false;
+        }
+        self.add_dialled_peer(peer)
+    }
+
+    /// A bootstrap peer found at run time (a configured address that now names this id,
+    /// e.g. after the node there restarted as a new identity): dialled with back-off, as
+    /// peers given at start are, whatever the key order, until [`Bonds::forget_peer`].
+    /// Returns whether a dialler was started; never blocks.
+    pub fn add_bootstrap_peer(&self, peer: EndpointAddr) -> bool {
+        self.add_dialled_peer(peer)
+    }
+
+    fn add_dialled_peer(&self, peer: EndpointAddr) -> bool {
+        if peer.id == self.me || self.configured.contains(&peer.id) {
             return false;
         }
         let mut added = self.lock_added();

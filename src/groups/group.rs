@@ -433,6 +433,15 @@ impl When {
             .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or_default()))
     }
 
+    /// This node holds a group's log (it founded or joined one): its incarnation is known.
+    pub async fn formed(&mut self) -> Result<crate::raft::Incarnation, GroupError> {
+        let s = self
+            .wait(|s| s.incarnation.is_some() || s.stopped.is_some())
+            .await?;
+        s.incarnation
+            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or_default()))
+    }
+
     /// This node knows the log is committed up to at least `index`.
     pub async fn committed(&mut self, index: Index) -> Result<(), GroupError> {
         self.wait(|s| s.commit_index >= index).await.map(|_| ())

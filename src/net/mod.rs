@@ -5,6 +5,7 @@
 //! timeouts); it never interprets what a frame means to a group. It contacts nothing but
 //! the addresses it is given: relays, public address lookup, the port mapper and net-report
 //! probes are off unless the operator configures a relay.
+pub mod announce;
 pub mod budget;
 pub mod endpoint;
 pub mod frame;
