@@ -1101,6 +1101,53 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
     }
 }
 
+/// Each renewal costs a quote verification: a bonded peer that renews faster than a small
+/// burst and then one per refill loses its bond (sound tickets or not), and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_renewing_faster_than_allowed_loses_its_bond() {
+    use tessera::groups::bond::{BondMessage, RENEWALS_BURST};
+    let cluster = bonded_cluster(3).await;
+    let leader = leader_index(&cluster, 0).await;
+    let target = &cluster.members[leader];
+    let (ep, _) = loopback_endpoint(random_secret().expect("key"))
+        .await
+        .expect("endpoint");
+    let ticket = issuer(MockConfig::default())
+        .issue(*ep.id().as_bytes(), None, cluster.clock()())
+        .expect("ticket");
+    let config = BondConfig {
+        group_id: target.joined.id,
+        group_key: cluster.options.key.clone(),
+        network_id: NETWORK.into(),
+        tickets: watch::channel(vec![ticket.clone()]).1,
+        admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
+        clock: cluster.clock(),
+        snapshots: Default::default(),
+    };
+    let mut raw = dial_raw(&ep, config, target.addr.clone())
+        .await
+        .expect("the real handshake succeeds");
+    wait_stats(&target.joined.bonds, "the member bonds", |s| s.live == 3).await;
+    let mut burst = Vec::new();
+    for _ in 0..=RENEWALS_BURST {
+        tessera::net::encode_message(&mut burst, &BondMessage::Tickets(vec![ticket.clone()]))
+            .expect("encodes");
+    }
+    raw.send.write_all(&burst).await.expect("send renewals");
+    let code = close_code(&raw.connection, "renewals beyond the burst").await;
+    assert_eq!(code, VarInt::from_u32(Refusal::Malformed as u32));
+    wait_stats(&target.joined.bonds, "refused for its renewal rate", |s| {
+        s.recent_refusals
+            .iter()
+            .any(|r| r.reason == Refusal::Malformed && r.detail.contains("renewals faster"))
+    })
+    .await;
+    wait_stats(&target.joined.bonds, "only that bond closes", |s| {
+        s.live == 2
+    })
+    .await;
+}
+
 /// What every member of `members` agrees the voters are, once they all hold the same view
 /// and it is `expected`; panics with their views if that does not happen within the wait.
 async fn wait_voters(members: &[&ClusterMember], expected: &std::collections::BTreeSet<NodeId>) {

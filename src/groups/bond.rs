@@ -754,6 +754,7 @@ impl Bonds {
         let (tx, mut messages) = mpsc::channel(INCOMING_MESSAGES_MAX);
         let _reader = AbortOnDrop(tokio::spawn(read_messages(recv, tx)));
         let mut last_heard = tokio::time::Instant::now();
+        let mut renewals = RenewalAllowance::new(last_heard);
         loop {
             let now = (self.config.clock)();
             if now >= expires_at {
@@ -764,22 +765,24 @@ impl Bonds {
             }
             let expiry = tokio::time::Instant::now() + Duration::from_secs(expires_at - now);
             let idle = last_heard + IDLE_TIMEOUT;
-            let message = match tokio::time::timeout_at(expiry.min(idle), messages.recv()).await {
-                Err(_) if tokio::time::Instant::now() >= idle => {
-                    return Err((Refusal::Timeout, "bond idle for too long".into()))
-                }
-                Err(_) => continue, // re-check expiry
-                Ok(None) => return Ok(()),
-                Ok(Some(Err(FrameError::Closed))) => return Ok(()),
-                // The connection went away (peer stopped, network cut): an ended bond, not
-                // a peer that sent garbage.
-                Ok(Some(Err(FrameError::Io(e)))) => {
-                    tracing::info!(%peer, error = %e, "bond connection lost");
-                    return Ok(());
-                }
-                Ok(Some(Err(e))) => return Err((Refusal::Malformed, e.to_string())),
-                Ok(Some(Ok(message))) => message,
-            };
+            let (message, _read_ahead) =
+                match tokio::time::timeout_at(expiry.min(idle), messages.recv()).await {
+                    Err(_) if tokio::time::Instant::now() >= idle => {
+                        return Err((Refusal::Timeout, "bond idle for too long".into()))
+                    }
+                    Err(_) => continue, // re-check expiry
+                    Ok(None) => return Ok(()),
+                    Ok(Some((Err(FrameError::Closed), _))) => return Ok(()),
+                    // The connection went away (peer stopped, network cut): an ended bond, not
+                    // a peer that sent garbage.
+                    Ok(Some((Err(FrameError::Io(e)), _))) => {
+                        tracing::info!(%peer, error = %e, "bond connection lost");
+                        return Ok(());
+                    }
+                    Ok(Some((Err(e), _))) => return Err((Refusal::Malformed, e.to_string())),
+                    // Its read-ahead bytes stay held until this message is handled.
+                    Ok(Some((Ok(message), held))) => (message, held),
+                };
             last_heard = tokio::time::Instant::now();
             match message {
                 BondMessage::Ping => {}
@@ -789,6 +792,15 @@ impl Bonds {
                         format!(
                             "{} renewed tickets, at most {TICKETS_PER_PEER_MAX} are read",
                             tickets.len()
+                        ),
+                    ))
+                }
+                BondMessage::Tickets(_) if !renewals.take(last_heard) => {
+                    return Err((
+                        Refusal::Malformed,
+                        format!(
+                            "ticket renewals faster than {RENEWALS_BURST} at once and one per \
+                             {RENEWAL_REFILL:?} (each costs a quote verification)"
                         ),
                     ))
                 }
@@ -986,6 +998,49 @@ impl Transport for Bonds {
 
 /// Messages read ahead of the bond loop.
 const INCOMING_MESSAGES_MAX: usize = 1024;
+/// Bytes of messages read ahead of the bond loop (frames are up to 16 MiB each: counting
+/// messages alone would let one bond buffer 16 GiB).
+pub const READ_AHEAD_BYTES_MAX: usize = 32 << 20;
+/// Ticket renewals a bond takes in a burst, and how fast that allowance refills: each
+/// costs a full quote verification, and a correct peer renews at half its tickets'
+/// lifetime (at most once a second).
+pub const RENEWALS_BURST: u32 = 3;
+pub const RENEWAL_REFILL: Duration = Duration::from_secs(1);
+
+/// A token bucket for a bond's ticket renewals.
+#[derive(Debug)]
+struct RenewalAllowance {
+    tokens: u32,
+    refilled_at: tokio::time::Instant,
+}
+
+impl RenewalAllowance {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            tokens: RENEWALS_BURST,
+            refilled_at: now,
+        }
+    }
+
+    /// Takes one renewal if the allowance has one at `now`.
+    fn take(&mut self, now: tokio::time::Instant) -> bool {
+        let periods = now.saturating_duration_since(self.refilled_at).as_millis()
+            / RENEWAL_REFILL.as_millis().max(1);
+        if periods > 0 {
+            let periods = u32::try_from(periods).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(periods).min(RENEWALS_BURST);
+            self.refilled_at += RENEWAL_REFILL * periods.min(RENEWALS_BURST);
+            if self.tokens == RENEWALS_BURST {
+                self.refilled_at = now;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -995,11 +1050,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn read_messages(mut recv: RecvStream, tx: mpsc::Sender<Result<BondMessage, FrameError>>) {
+/// A message read ahead, holding its size in the bond's read-ahead budget until handled.
+type ReadAhead = (
+    Result<BondMessage, FrameError>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+/// Reads the bond's messages ahead of the bond loop, at most [`INCOMING_MESSAGES_MAX`]
+/// messages and [`READ_AHEAD_BYTES_MAX`] bytes: a frame is read only once its size fits.
+async fn read_messages(mut recv: RecvStream, tx: mpsc::Sender<ReadAhead>) {
+    let budget = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES_MAX));
     loop {
-        let message = read_message::<_, BondMessage>(&mut recv, "bond message").await;
+        let (message, permit) = match crate::net::read_frame(&mut recv).await {
+            Ok(body) => {
+                // Frames are at most FRAME_BYTES_MAX < READ_AHEAD_BYTES_MAX: always fits.
+                let size = u32::try_from(body.len()).unwrap_or(u32::MAX);
+                let Ok(permit) = budget.clone().acquire_many_owned(size.max(1)).await else {
+                    return;
+                };
+                let message =
+                    postcard::from_bytes::<BondMessage>(&body).map_err(|e| FrameError::Decode {
+                        what: "bond message",
+                        reason: e.to_string(),
+                    });
+                (message, Some(permit))
+            }
+            Err(e) => (Err(e), None),
+        };
         let stop = message.is_err();
-        if tx.send(message).await.is_err() || stop {
+        if tx.send((message, permit)).await.is_err() || stop {
             return;
         }
     }
@@ -1091,4 +1170,31 @@ pub async fn dial_raw(
         send,
         recv,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_come_in_a_small_burst_then_one_per_refill() {
+        let start = tokio::time::Instant::now();
+        let mut allowance = RenewalAllowance::new(start);
+        for i in 0..RENEWALS_BURST {
+            assert!(allowance.take(start), "renewal {i} of the burst");
+        }
+        assert!(!allowance.take(start), "beyond the burst");
+        assert!(!allowance.take(start + RENEWAL_REFILL / 2));
+        assert!(
+            allowance.take(start + RENEWAL_REFILL),
+            "one more per refill"
+        );
+        assert!(!allowance.take(start + RENEWAL_REFILL));
+        // A long quiet spell refills the burst, no more.
+        let later = start + RENEWAL_REFILL * 100;
+        for _ in 0..RENEWALS_BURST {
+            assert!(allowance.take(later));
+        }
+        assert!(!allowance.take(later));
+    }
 }
