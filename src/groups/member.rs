@@ -1134,7 +1134,18 @@ impl Member {
             tracing::info!(node = %self.id, member = %from, "member asked to leave; removing it");
         }
         if committed {
-            self.step(Input::ChangeMembership(MembershipChange::Remove(from)));
+            self.remove_departed(from);
+        }
+    }
+
+    /// Removes a member that asked to leave, unless that would leave the group unable to
+    /// commit (another voter is silent): then it waits, the leaving member asks again, and
+    /// the silent voter is replaced or comes back first.
+    fn remove_departed(&mut self, member: NodeId) {
+        if self.raft.can_remove_safely(member) {
+            self.step(Input::ChangeMembership(MembershipChange::Remove(member)));
+        } else {
+            tracing::debug!(node = %self.id, %member, "not removing a leaving member yet: the voters left that answer would not make a quorum");
         }
     }
 
@@ -1167,10 +1178,10 @@ impl Member {
                 self.unreachable_since.entry(member).or_insert(now);
             }
         }
-        let departed = self
-            .departed
-            .iter()
-            .find(|p| membership.contains(**p) && **p != self.id);
+        // A departed member is removed once that is safe (see `remove_departed`).
+        let departed = self.departed.iter().find(|p| {
+            membership.contains(**p) && **p != self.id && self.raft.can_remove_safely(**p)
+        });
         // A joiner is added once it has said how it takes part: an observer never votes.
         let joiner = self.bonded.iter().find_map(|p| {
             let preference = self.preferences.get(p)?;

@@ -149,6 +149,38 @@ impl Raft {
         self.bcast_append(false);
     }
 
+    /// Whether `id` answers this leader now. Silent: missed a whole round, or not heard
+    /// from yet in this one; a voter whose bond is down (the transport said so) is silent
+    /// at once.
+    fn answering_now(&self, id: NodeId) -> bool {
+        id == self.id
+            || (!self.unreachable.contains(&id)
+                && self
+                    .progress
+                    .get(&id)
+                    .is_some_and(|p| p.recent_active && p.silent_rounds == 0))
+    }
+
+    /// Whether this leader may remove `victim` now without leaving the group unable to
+    /// commit: the voters that remain, counting only those that answer, still make a
+    /// quorum of the configuration without it. A member asking to leave while another
+    /// voter is dead waits for the dead one to be replaced first. `false` when not leading.
+    pub fn can_remove_safely(&self, victim: NodeId) -> bool {
+        if self.role != Role::Leader {
+            return false;
+        }
+        let mut remaining = self.membership.clone();
+        remaining.voters.remove(&victim);
+        remaining.learners.remove(&victim);
+        remaining.observers.remove(&victim);
+        let answering = remaining
+            .voters
+            .iter()
+            .filter(|v| self.answering_now(**v))
+            .count();
+        !remaining.voters.is_empty() && answering >= remaining.quorum()
+    }
+
     /// Promotes the first caught-up, responsive learner while voters are below the limit,
     /// but never while a voter is silent: a learner that replaces a dead voter (a TD that
     /// restarted as a new identity) waits until that voter is removed, so the voter count
@@ -179,16 +211,7 @@ impl Raft {
             }
             self.progress.get(id).map_or(u64::MAX, |p| p.silent_rounds)
         };
-        // Silent: missed a whole round, or not heard from yet in this one.
-        // A voter whose bond is down (the transport said so) is silent at once.
-        let answering_now = |id: &NodeId| {
-            *id == self.id
-                || (!self.unreachable.contains(id)
-                    && self
-                        .progress
-                        .get(id)
-                        .is_some_and(|p| p.recent_active && p.silent_rounds == 0))
-        };
+        let answering_now = |id: &NodeId| self.answering_now(*id);
         let silent: Vec<NodeId> = self
             .membership
             .voters

@@ -40,7 +40,7 @@ fn simulator_seeds_pass() {
          delivered on resume), {} long-tail delays, {} runs with skewed ticks, {} give-ups, \
          {} client departures, {} sessions evicted, {} expired, {} retries deduplicated, \
          {} commands forwarded, {} follower reads, {} automatic membership changes, \
-         {} wall-clock jumps, {} members replaced by new identities",
+         {} wall-clock jumps, {} members replaced by new identities ({} of them left first)",
         sum(|r| r.stats.crashes),
         sum(|r| r.stats.partitions),
         sum(|r| r.stats.pauses),
@@ -60,6 +60,7 @@ fn simulator_seeds_pass() {
         sum(|r| r.stats.automatic_changes),
         sum(|r| r.stats.clock_jumps),
         sum(|r| r.stats.identities_replaced),
+        sum(|r| r.stats.left_before_reboot),
     );
     assert!(sum(|r| r.stats.crashes) > 0, "no crashes injected");
     // The runtime's own paths, through the member, not only the core's.
@@ -78,6 +79,10 @@ fn simulator_seeds_pass() {
     assert!(
         sum(|r| r.stats.clock_jumps) > 0,
         "no wall clock ever jumped"
+    );
+    assert!(
+        sum(|r| r.stats.left_before_reboot) > 0,
+        "no member left gracefully before rebooting as a new identity"
     );
     assert!(sum(|r| r.stats.partitions) > 0, "no partitions injected");
     assert!(

@@ -91,6 +91,13 @@ enum EventKind {
         node: usize,
         incarnation: u64,
     },
+    /// The end of a graceful reboot's leave: node `node`, still `identity`, reboots as a
+    /// new identity whether its leave completed or not (as `tessera node` waits at most
+    /// its leave timeout before it exits).
+    Reboot {
+        node: usize,
+        identity: NodeId,
+    },
     /// Node `node`'s bond to `peer` came up or went down (its transport tells it).
     Bond {
         node: usize,
@@ -208,6 +215,8 @@ pub struct Stats {
     pub clock_jumps: u64,
     /// Members whose machine came back as a new identity.
     pub identities_replaced: u64,
+    /// Of those, the ones that asked to leave the group first (a graceful shutdown).
+    pub left_before_reboot: u64,
 }
 
 impl World {
@@ -505,6 +514,20 @@ impl World {
                 }
             }
             EventKind::Restart { node } => self.restart(node)?,
+            EventKind::Reboot { node, identity } => {
+                // The group may have changed while the member was leaving (it may even be
+                // a voter again): it goes for good only if the group survives that.
+                if self.ids[node] == identity
+                    && self.nodes[node].is_up()
+                    && self.may_lose_for_good(identity)
+                {
+                    self.reboot_as_new_identity(node, identity)?;
+                } else {
+                    self.note(format!(
+                        "{identity} stays: losing it now would end the group"
+                    ));
+                }
+            }
             EventKind::EndSlowDisk { node } => {
                 if self.nodes[node].disk_slow_until_ms <= self.now_ms {
                     self.nodes[node].disk_slow_until_ms = 0;
@@ -1493,15 +1516,34 @@ impl World {
             return Ok(());
         }
         let victim = members[self.rng.range(0, members.len() as u64) as usize];
-        // The voters left must still make a quorum, or nobody could ever remove the dead
-        // one (a group of two that loses one for good is stuck in any Raft).
-        let voters_left = membership.voters.iter().filter(|v| **v != victim).count();
-        if voters_left < membership.quorum() {
+        if !self.may_lose_for_good(victim) {
             return Ok(());
         }
         let Some(slot) = self.slot(victim) else {
             return Ok(());
         };
+        // Half of the reboots are graceful: the member asks to leave first and the machine
+        // goes down when the leave is done or its time is up, whichever comes first.
+        if self.rng.chance(0.5) {
+            self.stats.left_before_reboot += 1;
+            self.note(format!("{victim} asks to leave before it reboots"));
+            self.operator(slot, MemberRequest::Leave)?;
+            let deadline = self.rng.range(20, 2_000);
+            self.schedule(
+                deadline,
+                EventKind::Reboot {
+                    node: slot,
+                    identity: victim,
+                },
+            );
+            return Ok(());
+        }
+        self.reboot_as_new_identity(slot, victim)
+    }
+
+    /// Crashes `slot` (now `victim`) and brings it back later as a fresh identity with a
+    /// wiped disk.
+    fn reboot_as_new_identity(&mut self, slot: usize, victim: NodeId) -> Result<(), Violation> {
         self.crash(slot)?;
         self.next_identity += 1;
         let fresh = NodeId(self.next_identity);
@@ -1516,6 +1558,27 @@ impl World {
         let back = self.rng.range(20, 500);
         self.schedule(back, EventKind::Restart { node: slot });
         Ok(())
+    }
+
+    /// Whether the group survives losing `victim` for good, in the current leader's
+    /// configuration: the voters left must still make a quorum, or nobody could ever
+    /// remove the dead one (a group of two that loses one for good is stuck in any Raft).
+    fn may_lose_for_good(&self, victim: NodeId) -> bool {
+        let Some((_, leader)) = self.current_leader() else {
+            return false;
+        };
+        let membership = leader.membership();
+        if !membership.voters.contains(&victim) {
+            return true;
+        }
+        // Voters that will answer again: any identity still on a machine (crashed ones
+        // restart), not those already gone for good.
+        let voters_left = membership
+            .voters
+            .iter()
+            .filter(|v| **v != victim && self.slot(**v).is_some())
+            .count();
+        voters_left > 0 && voters_left >= membership.quorum()
     }
 
     fn current_leader(&self) -> Option<(usize, &Raft)> {
