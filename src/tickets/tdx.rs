@@ -37,6 +37,7 @@ struct TdxTicketBody {
 pub struct TdxValidator {
     policy: Policy,
     signature: [u8; 32],
+    newest: NewestCollateral,
 }
 
 impl TdxValidator {
@@ -53,7 +54,11 @@ impl TdxValidator {
         }
         let signature =
             validator_digest(&policy).map_err(|e| TicketError::Validator(e.to_string()))?;
-        Ok(Self { policy, signature })
+        Ok(Self {
+            policy,
+            signature,
+            newest: NewestCollateral::default(),
+        })
     }
 
     pub fn policy(&self) -> &Policy {
@@ -83,7 +88,53 @@ impl TicketValidator for TdxValidator {
                 ),
             });
         }
-        validate_tdx(&self.policy, ticket, ctx)
+        validate_tdx(&self.policy, &self.newest, ticket, ctx)
+    }
+}
+
+/// Most platform models (FMSPCs) whose newest collateral a validator remembers; beyond
+/// that the oldest-seen entry is forgotten (real deployments have a handful).
+pub const NEWEST_COLLATERAL_FMSPCS_MAX: usize = 1024;
+
+/// The newest TCB evaluation data number this validator has accepted, per platform model
+/// (FMSPC). Intel raises it at a TCB recovery; collateral from before one may still call a
+/// platform UpToDate that is now OutOfDate, and each peer supplies its own collateral. So
+/// once collateral of number N was accepted for an FMSPC, older collateral for that FMSPC
+/// is refused (`collateral_rollback`): a peer must present collateral at least as new as
+/// the newest its verifier has seen. (A peer that cannot refresh its collateral is locked
+/// out after a recovery; that is the point.)
+#[derive(Default)]
+struct NewestCollateral {
+    by_fmspc: std::sync::Mutex<std::collections::HashMap<[u8; 6], u32>>,
+}
+
+impl NewestCollateral {
+    /// Checks `number` for `fmspc` against the newest seen, and records it if newer.
+    fn check_and_note(&self, fmspc: [u8; 6], number: u32) -> Result<(), TicketError> {
+        let mut seen = self.by_fmspc.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(&fmspc) {
+            Some(newest) if number < *newest => Err(TicketError::Rejected {
+                kind: TDX_KIND.into(),
+                check: "collateral_rollback",
+                reason: format!(
+                    "collateral of TCB evaluation data number {number} for FMSPC {}, but \
+                     number {newest} was already accepted for that platform (collateral \
+                     from before a TCB recovery)",
+                    hex::encode_upper(fmspc)
+                ),
+            }),
+            Some(newest) if number == *newest => Ok(()),
+            _ => {
+                if seen.len() >= NEWEST_COLLATERAL_FMSPCS_MAX && !seen.contains_key(&fmspc) {
+                    // Keep the bound: forget the model with the lowest number.
+                    if let Some(oldest) = seen.iter().min_by_key(|(_, n)| **n).map(|(f, _)| *f) {
+                        seen.remove(&oldest);
+                    }
+                }
+                seen.insert(fmspc, number);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -91,6 +142,7 @@ impl TicketValidator for TdxValidator {
 /// binding against `policy`.
 fn validate_tdx(
     policy: &Policy,
+    newest: &NewestCollateral,
     ticket: &Ticket,
     ctx: &PeerContext,
 ) -> Result<Validated, TicketError> {
@@ -119,6 +171,7 @@ fn validate_tdx(
                 reason: e.to_string(),
             }
         })?;
+    newest.check_and_note(verified.fmspc, verified.tcb_eval_data_number)?;
     Ok(Validated {
         kind: TDX_KIND.into(),
         expires_at: verified.valid_until.min(ticket.expires_at),
@@ -138,6 +191,7 @@ fn validate_tdx(
 pub struct MockTdxValidator {
     policy: Policy,
     signature: [u8; 32],
+    newest: NewestCollateral,
 }
 
 #[cfg(feature = "mock-attestation")]
@@ -151,7 +205,11 @@ impl MockTdxValidator {
         }
         let signature =
             validator_digest(&policy).map_err(|e| TicketError::Validator(e.to_string()))?;
-        Ok(Self { policy, signature })
+        Ok(Self {
+            policy,
+            signature,
+            newest: NewestCollateral::default(),
+        })
     }
 
     pub fn policy(&self) -> &Policy {
@@ -170,7 +228,7 @@ impl TicketValidator for MockTdxValidator {
     }
 
     fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError> {
-        validate_tdx(&self.policy, ticket, ctx)
+        validate_tdx(&self.policy, &self.newest, ticket, ctx)
     }
 }
 
@@ -252,7 +310,11 @@ mod tests {
     fn a_tdx_validator_holding_a_mock_policy_still_rejects_a_mock_signed_quote() {
         let policy = Policy::from_toml_str(MOCK_POLICY).expect("mock policy");
         let signature = validator_digest(&policy).expect("digest");
-        let forced = TdxValidator { policy, signature };
+        let forced = TdxValidator {
+            policy,
+            signature,
+            newest: NewestCollateral::default(),
+        };
         let config = MockConfig::default();
         let now = config.valid_now();
         let provider = MockProvider::new(config).expect("mock provider");

@@ -266,3 +266,40 @@ fn accepted_verdicts_are_cached_until_they_expire_and_per_peer() {
         "an expired verdict is not served from the cache"
     );
 }
+
+/// Collateral from before a TCB recovery (a lower TCB evaluation data number) is refused
+/// for a platform model once newer collateral was accepted for it; the same number and
+/// newer ones still pass, and the order of first sight does not matter otherwise.
+#[test]
+fn collateral_older_than_the_newest_accepted_for_the_platform_is_refused() {
+    let key = [7u8; 32];
+    let with_number = |n: u32| {
+        let config = MockConfig {
+            tcb_eval_data_number: n,
+            ..MockConfig::default()
+        };
+        issuer(config).issue(key, None, now()).expect("ticket")
+    };
+    let validator = MockTdxValidator::new(policy()).expect("validator");
+    validator
+        .validate(&with_number(17), &ctx(key))
+        .expect("first seen: accepted");
+    validator
+        .validate(&with_number(18), &ctx(key))
+        .expect("newer: accepted");
+    validator
+        .validate(&with_number(18), &ctx(key))
+        .expect("as new: accepted");
+    match validator.validate(&with_number(17), &ctx(key)) {
+        Err(TicketError::Rejected { check, reason, .. }) => {
+            assert_eq!(check, "collateral_rollback");
+            assert!(reason.contains("17") && reason.contains("18"), "{reason}");
+        }
+        other => panic!("older collateral must be refused, got {other:?}"),
+    }
+    // Another validator has its own memory: what it has not seen, it cannot compare.
+    let fresh = MockTdxValidator::new(policy()).expect("validator");
+    fresh
+        .validate(&with_number(17), &ctx(key))
+        .expect("a validator that saw nothing newer accepts it");
+}
