@@ -271,6 +271,16 @@ fn attributes_xfam_fmspc_and_advisory_rules_reject_with_expected_and_actual() {
         ),
         "{err}"
     );
+    // The age counts from the oldest of TCB Info (2025-06-19T10:16:03Z), QE Identity
+    // (10:32:27Z) and the PCK CRL (thisUpdate 10:00:35Z), not from the root CA CRL
+    // (2025-03-20, reissued about yearly).
+    const PCK_CRL_THIS_UPDATE: u64 = 1_750_327_235;
+    match err {
+        VerifyError::Policy(PolicyViolation::CollateralTooOld { age_secs, .. }) => {
+            assert_eq!(age_secs, UPTODATE_NOW - PCK_CRL_THIS_UPDATE)
+        }
+        other => panic!("{other}"),
+    }
 }
 
 #[test]

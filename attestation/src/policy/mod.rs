@@ -92,7 +92,8 @@ pub struct TcbPolicy {
     /// Acceptable FMSPCs (platform model); empty accepts any.
     #[serde(default)]
     pub allowed_fmspcs: Vec<HexBytes<6>>,
-    /// Maximum age of the TCB Info / QE Identity at verification time.
+    /// Maximum age of the collateral at verification time: of the oldest of the TCB Info,
+    /// the QE Identity and the PCK CRL (not the root CA CRL, reissued about yearly).
     #[serde(default)]
     pub max_collateral_age_secs: Option<u64>,
 }

@@ -69,10 +69,13 @@ impl ValidityItem {
     }
 }
 
+/// Items whose issue date counts toward the collateral's age ([`Window::issued_at`]).
+const FRESHNESS_ITEMS: [&str; 3] = ["TCB Info", "QE Identity", "PCK CRL"];
+
 /// The window in which every item is valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Window {
-    /// Older of the TCB Info and QE Identity issue dates.
+    /// Oldest issue date of the TCB Info, the QE Identity and the PCK CRL.
     pub issued_at: u64,
     /// Last second at which every item is valid.
     pub expires_at: u64,
@@ -192,9 +195,13 @@ impl Collateral {
             .filter_map(ValidityItem::last_valid)
             .min()
             .unwrap_or(u64::MAX);
+        // The issue dates that say how fresh the collateral is: TCB Info, QE Identity and
+        // the PCK CRL (which Intel reissues with them; an old one may predate a
+        // revocation). Not the root CA CRL: Intel reissues it about once a year, and its
+        // nextUpdate bounds it anyway.
         let issued_at = items
             .iter()
-            .take(2)
+            .filter(|i| FRESHNESS_ITEMS.contains(&i.name.as_str()))
             .map(|i| i.not_before)
             .min()
             .unwrap_or(0);

@@ -147,7 +147,7 @@ pub struct DcapVerified {
     pub platform: PlatformFlags,
     /// Lower of the TCB Info and QE Identity evaluation data numbers.
     pub tcb_eval_data_number: u32,
-    /// Older of the TCB Info and QE Identity issue dates (Unix seconds).
+    /// Oldest issue date of the TCB Info, the QE Identity and the PCK CRL (Unix seconds).
     pub collateral_issued_at: u64,
     /// Last second at which every collateral item and certificate is valid (Unix seconds).
     pub collateral_expires_at: u64,
