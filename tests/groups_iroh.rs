@@ -455,15 +455,7 @@ async fn silent_connections_from_one_host_do_not_lock_out_another() {
     let ticket = issuer(MockConfig::default())
         .issue(*newcomer.id().as_bytes(), None, cluster.clock()())
         .expect("ticket");
-    let config = BondConfig {
-        group_id: target.joined.id,
-        group_key: cluster.options.key.clone(),
-        network_id: NETWORK.into(),
-        tickets: watch::channel(vec![ticket]).1,
-        admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
-        clock: cluster.clock(),
-        snapshots: Default::default(),
-    };
+    let config = outsider_config(&cluster, target, ticket);
     let bond = dial_raw(&newcomer, config, target.addr.clone())
         .await
         .expect("a peer from another address bonds while one host floods");
@@ -1035,15 +1027,7 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
         let ticket = issuer
             .issue(*ep.id().as_bytes(), None, cluster.clock()())
             .expect("ticket");
-        let config = BondConfig {
-            group_id: target.joined.id,
-            group_key: cluster.options.key.clone(),
-            network_id: NETWORK.into(),
-            tickets: watch::channel(vec![ticket]).1,
-            admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
-            clock: cluster.clock(),
-            snapshots: Default::default(),
-        };
+        let config = outsider_config(&cluster, target, ticket);
         let bonded = target.joined.bonds.stats().borrow().bonded;
         let mut raw = dial_raw(&ep, config, target.addr.clone())
             .await
@@ -1115,15 +1099,7 @@ async fn a_peer_renewing_faster_than_allowed_loses_its_bond() {
     let ticket = issuer(MockConfig::default())
         .issue(*ep.id().as_bytes(), None, cluster.clock()())
         .expect("ticket");
-    let config = BondConfig {
-        group_id: target.joined.id,
-        group_key: cluster.options.key.clone(),
-        network_id: NETWORK.into(),
-        tickets: watch::channel(vec![ticket.clone()]).1,
-        admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
-        clock: cluster.clock(),
-        snapshots: Default::default(),
-    };
+    let config = outsider_config(&cluster, target, ticket.clone());
     let mut raw = dial_raw(&ep, config, target.addr.clone())
         .await
         .expect("the real handshake succeeds");
@@ -1146,6 +1122,20 @@ async fn a_peer_renewing_faster_than_allowed_loses_its_bond() {
         s.live == 2
     })
     .await;
+}
+
+/// What a peer outside `cluster` needs to bond with `target` by the real handshake
+/// ([`dial_raw`]): the group's id and key, the mock validator, and `ticket` as its own.
+fn outsider_config(cluster: &LocalCluster, target: &ClusterMember, ticket: Ticket) -> BondConfig {
+    BondConfig {
+        group_id: target.joined.id,
+        group_key: cluster.options.key.clone(),
+        network_id: NETWORK.into(),
+        tickets: watch::channel(vec![ticket]).1,
+        admission: Arc::new(Admission::new(vec![mock_validator().expect("validator")])),
+        clock: cluster.clock(),
+        snapshots: Default::default(),
+    }
 }
 
 /// What every member of `members` agrees the voters are, once they all hold the same view

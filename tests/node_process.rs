@@ -222,7 +222,7 @@ impl Nodes {
     }
 
     /// Sends `signal` (`TERM`, `KILL`) to node `i` and waits for it to exit.
-    fn stop(&mut self, i: usize, signal: &str, deadline: Instant) {
+    fn stop(&mut self, i: usize, signal: &str, deadline: Instant) -> std::process::ExitStatus {
         let pid = self.children[i].id().to_string();
         let kill = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
@@ -230,8 +230,8 @@ impl Nodes {
             .expect("kill");
         assert!(kill.success(), "kill -{signal} {pid}");
         loop {
-            if self.children[i].try_wait().expect("wait").is_some() {
-                return;
+            if let Some(status) = self.children[i].try_wait().expect("wait") {
+                return status;
             }
             assert!(
                 Instant::now() < deadline,
@@ -657,29 +657,10 @@ fn three_node_processes_replicate_and_report_status() {
     );
 
     // SIGTERM stops a node cleanly.
-    let pid = nodes.children[0].id().to_string();
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    nodes.wait_line(
-        0,
-        "tessera node: stopped (SIGTERM)",
-        Instant::now() + DEADLINE,
-    );
-    let exit_deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = nodes.children[0].try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < exit_deadline,
-            "node 0 did not exit after SIGTERM"
-        );
-        std::thread::sleep(POLL_PAUSE);
-    };
+    let deadline = Instant::now() + DEADLINE;
+    let status = nodes.stop(0, "TERM", deadline);
     assert!(status.success(), "exit after SIGTERM: {status:?}");
+    nodes.wait_line(0, "tessera node: stopped (SIGTERM)", deadline);
 }
 
 /// Node 2 is given only node 0 as a bootstrap peer (node 1 is given node 0 too, and node
