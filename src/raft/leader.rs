@@ -151,14 +151,17 @@ impl Raft {
 
     /// Whether `id` answers this leader now. Silent: missed a whole round, or not heard
     /// from yet in this one; a voter whose bond is down (the transport said so) is silent
-    /// at once.
+    /// at once. A new leader starts every progress as recently active (for check-quorum),
+    /// so a member also counts as silent until it has acknowledged an append of this
+    /// leader (`match_index > 0`): a voter that died just before the election must not
+    /// look alive for the new leader's first round.
     fn answering_now(&self, id: NodeId) -> bool {
         id == self.id
             || (!self.unreachable.contains(&id)
                 && self
                     .progress
                     .get(&id)
-                    .is_some_and(|p| p.recent_active && p.silent_rounds == 0))
+                    .is_some_and(|p| p.recent_active && p.silent_rounds == 0 && p.match_index > 0))
     }
 
     /// Whether this leader may remove `victim` now without leaving the group unable to
@@ -186,8 +189,10 @@ impl Raft {
     /// restarted as a new identity) waits until that voter is removed, so the voter count
     /// never grows while dead voters still count towards it. A voter silent for
     /// `replace_after_rounds` election timeouts is removed first, when a caught-up learner
-    /// is waiting and the voters that remain and answer still form a quorum.
+    /// is waiting (or more than three voters remain) and the voters that remain and answer
+    /// still form a quorum.
     pub(super) fn maybe_promote_learner(&mut self) {
+        const VOTERS_KEPT_WITHOUT_REPLACEMENT: usize = 3;
         if !self.config.auto_promote || self.membership_change_blocked().is_some() {
             return;
         }
@@ -202,9 +207,6 @@ impl Raft {
                 p.recent_active && p.match_index > 0 && p.match_index + lag >= last_index
             })
         });
-        let Some(candidate) = candidate else {
-            return;
-        };
         let silent_rounds = |id: &NodeId| -> u64 {
             if *id == self.id {
                 return 0;
@@ -220,9 +222,21 @@ impl Raft {
             .filter(|v| !answering_now(v))
             .collect();
         if silent.is_empty() {
-            if self.membership.voters.len() < self.config.max_voters {
-                self.change_membership(MembershipChange::Promote(candidate));
+            if let Some(candidate) = candidate {
+                if self.membership.voters.len() < self.config.max_voters {
+                    self.change_membership(MembershipChange::Promote(candidate));
+                }
             }
+            return;
+        }
+        // A dead voter is removed for a caught-up learner waiting to replace it, or, with
+        // none waiting, when more than `VOTERS_KEPT_WITHOUT_REPLACEMENT` voters remain: a
+        // replacement promoted in the round its predecessor died (when the dead one still
+        // looked alive) must not leave that one voting until `removal_timeout`. Removing a
+        // dead voter never lowers how many more failures the group survives.
+        let replacing =
+            candidate.is_some() || self.membership.voters.len() > VOTERS_KEPT_WITHOUT_REPLACEMENT;
+        if !replacing {
             return;
         }
         let replace_after = self.config.replace_after_rounds;

@@ -1281,3 +1281,60 @@ fn the_incarnation_is_the_first_entry_and_outlives_it() {
         "installed with the snapshot"
     );
 }
+
+/// A new leader starts every follower's progress as "recently active" (so that check-quorum
+/// does not depose it at once); that must not count as an answer from a voter that is in
+/// fact dead: right after a leadership change, a caught-up learner is not promoted while
+/// a voter has not been heard from in the new term.
+#[test]
+fn a_new_leader_does_not_promote_while_a_voter_it_has_not_heard_from_may_be_dead() {
+    let mut c = Cluster::new(3);
+    c.tick_until_leader(1);
+    // n3 dies; n1 sees it silent for a round, so it holds n4 back as a learner; then it
+    // hands leadership to n2 before n3 has been silent long enough to be replaced.
+    c.isolated[2] = true;
+    for _ in 0..config().election_ticks {
+        c.node(1).step(Input::Tick).unwrap();
+        c.settle();
+    }
+    c.add_learner(1, fresh(4));
+    c.settle();
+    let m = c.node(1).membership().clone();
+    assert!(!m.is_voter(n(4)), "n4 still a learner: {m:?}");
+    c.node(1)
+        .step(Input::TransferLeadership { to: n(2) })
+        .unwrap();
+    c.settle();
+    assert_eq!(c.node(2).role(), Role::Leader, "the transfer took");
+    for _ in 0..config().election_ticks {
+        c.node(2).step(Input::Tick).unwrap();
+        c.settle();
+        let m = c.node(2).membership().clone();
+        assert!(
+            !(m.is_voter(n(4)) && m.is_voter(n(3))),
+            "n4 promoted while dead n3 still votes: {m:?}"
+        );
+    }
+}
+
+/// A voter that dies in the same round as its replacement catches up still looks alive
+/// for that round, so the replacement is promoted beside it; the dead voter is removed
+/// after `replace_after_rounds` all the same (more than three voters remain), not left
+/// voting until the removal timeout.
+#[test]
+fn a_dead_voter_promoted_around_is_still_removed() {
+    let mut c = Cluster::new(3);
+    c.tick_until_leader(1);
+    c.isolated[2] = true; // n3 dies; n1 heard from it in this round
+    c.add_learner(1, fresh(4));
+    c.settle();
+    c.node(1).step(Input::Tick).unwrap();
+    c.settle();
+    let m = c.node(1).membership().clone();
+    assert!(m.is_voter(n(4)) && m.is_voter(n(3)), "the race: {m:?}");
+    for _ in 0..(config().replace_after_rounds + 3) * config().election_ticks {
+        c.node(1).step(Input::Tick).unwrap();
+        c.settle();
+    }
+    assert_eq!(c.node(1).membership().voters, voters(&[1, 2, 4]).voters);
+}
