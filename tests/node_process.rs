@@ -1147,4 +1147,16 @@ fn nodes_named_by_address_alone_survive_restarts_as_new_identities() {
     let get = client(&["kv", "get", "before", "--node", &addrs[2]]);
     assert!(get.status.success(), "{}", text(&get.stderr));
     assert_eq!(text(&get.stdout).trim_end(), "restarts");
+    // Members whose ids nobody configured are named by the key they bonded with, also by
+    // a node that did not restart (it resolved the old ids at its start).
+    let listed = client(&["member", "list", "--node", &addrs[0]]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    for row in text(&listed.stdout).lines().skip(1) {
+        let name = row.split_whitespace().next().unwrap_or("");
+        assert!(
+            ids.iter().any(|id| id.starts_with(name)),
+            "a member not named by its key: {row}\n{}",
+            text(&listed.stdout)
+        );
+    }
 }

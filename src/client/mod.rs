@@ -151,7 +151,8 @@ pub enum MemberKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub node: NodeId,
-    /// The member's iroh key, when the answering node knows it (itself, its bootstrap peers).
+    /// The member's iroh key, when the answering node knows it (itself, its bootstrap
+    /// peers, peers that have bonded with it).
     pub key: Option<[u8; 32]>,
     pub kind: MemberKind,
     /// The answering node believes this member leads.

@@ -131,7 +131,12 @@ impl ClientService {
                 };
                 Some(MemberStatus {
                     node,
-                    key: self.known_keys.get(&node).map(|k| *k.as_bytes()),
+                    key: self
+                        .known_keys
+                        .get(&node)
+                        .copied()
+                        .or_else(|| self.bonds.key_of(node))
+                        .map(|k| *k.as_bytes()),
                     kind,
                     leader: s.leader == Some(node),
                     this_node: node == me,

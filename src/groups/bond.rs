@@ -77,6 +77,8 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIAL_DELAY_MIN: Duration = Duration::from_millis(50);
 const REDIAL_DELAY_MAX: Duration = Duration::from_secs(5);
+/// Keys of peers that bonded, remembered for naming members ([`Bonds::key_of`]).
+pub const KNOWN_KEYS_MAX: usize = 1024;
 /// Peers learned at run time waiting to get a dialler; further ones are refused.
 pub const DIAL_REQUESTS_MAX: usize = 256;
 const PROOF_DOMAIN: &[u8] = b"tessera/bond/v1";
@@ -215,6 +217,9 @@ pub struct Bonds {
     stats: watch::Sender<BondStats>,
     /// An incoming snapshot transfer that was cut off, kept to be resumed.
     resume: ResumeSlot,
+    /// The key of every peer that bonded, by node id (kept after its bond ends; at most
+    /// [`KNOWN_KEYS_MAX`]), so that views of the group can name members by key.
+    keys: Mutex<BTreeMap<NodeId, PublicKey>>,
     /// Peers given at start; [`Bonds::add_peer`] leaves them to the start-up dial policy.
     configured: BTreeSet<PublicKey>,
     /// Peers added at run time that have (or are about to get) a dialler.
@@ -350,6 +355,7 @@ impl Bonds {
             peers: Mutex::new(BTreeMap::new()),
             stats: watch::channel(BondStats::default()).0,
             resume: ResumeSlot::default(),
+            keys: Mutex::new(BTreeMap::new()),
             configured,
             added: Mutex::new(BTreeSet::new()),
             dial_requests,
@@ -367,6 +373,15 @@ impl Bonds {
     /// Watches the counters.
     pub fn stats(&self) -> watch::Receiver<BondStats> {
         self.stats.subscribe()
+    }
+
+    /// The key of `peer`, if it ever bonded with this member.
+    pub fn key_of(&self, peer: NodeId) -> Option<PublicKey> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .copied()
     }
 
     /// Peers bonded right now.
@@ -577,6 +592,17 @@ impl Bonds {
         drop(handshake_permit);
         let peer_key = conn.remote_id();
         let peer = node_id_of(&peer_key);
+        {
+            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            if keys.len() >= KNOWN_KEYS_MAX && !keys.contains_key(&peer) {
+                // Bounded: forget one that is not bonded now.
+                let live = self.lock_peers();
+                if let Some(gone) = keys.keys().copied().find(|k| !live.contains_key(k)) {
+                    keys.remove(&gone);
+                }
+            }
+            keys.insert(peer, peer_key);
+        }
         let (tx, rx) = mpsc::channel(OUTGOING_FRAMES_MAX);
         let first = {
             let mut peers = self.lock_peers();
