@@ -115,6 +115,28 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Leader `leader` proposes `count` commands one at a time, each settled, then
+    /// compacts its log to what it applied; returns that index.
+    fn write_and_compact(&mut self, leader: u64, count: usize) -> Index {
+        for i in 0..count {
+            self.node(leader)
+                .step(Input::Propose {
+                    commands: vec![cmd(&format!("{i}"))],
+                    timestamp_ms: 0,
+                })
+                .unwrap();
+            self.settle();
+        }
+        let applied = self.node(leader).applied_index();
+        self.node(leader)
+            .step(Input::Compact {
+                index: applied,
+                data: cmd("state"),
+            })
+            .unwrap();
+        applied
+    }
+
     fn tick_until_leader(&mut self, id: u64) {
         for _ in 0..100 {
             self.node(id).step(Input::Tick).unwrap();
@@ -1099,22 +1121,7 @@ fn a_follower_too_far_behind_gets_a_snapshot() {
     let mut c = Cluster::new(3);
     c.tick_until_leader(1);
     c.isolated[2] = true;
-    for i in 0..20 {
-        c.node(1)
-            .step(Input::Propose {
-                commands: vec![cmd(&format!("{i}"))],
-                timestamp_ms: 0,
-            })
-            .unwrap();
-        c.settle();
-    }
-    let applied = c.node(1).applied_index();
-    c.node(1)
-        .step(Input::Compact {
-            index: applied,
-            data: cmd("state"),
-        })
-        .unwrap();
+    let applied = c.write_and_compact(1, 20);
     assert_eq!(c.node(1).snapshot_index(), applied);
     c.isolated[2] = false;
     for _ in 0..5 {
@@ -1228,22 +1235,7 @@ fn the_incarnation_is_the_first_entry_and_outlives_it() {
 
     let mut c = Cluster::new(3);
     c.tick_until_leader(1);
-    for i in 0..5 {
-        c.node(1)
-            .step(Input::Propose {
-                commands: vec![cmd(&format!("{i}"))],
-                timestamp_ms: 0,
-            })
-            .unwrap();
-        c.settle();
-    }
-    let applied = c.node(1).applied_index();
-    c.node(1)
-        .step(Input::Compact {
-            index: applied,
-            data: cmd("state"),
-        })
-        .unwrap();
+    let applied = c.write_and_compact(1, 5);
     let snapshot = c.node(1).snapshot().cloned().expect("a snapshot");
     assert_eq!(
         snapshot.meta.incarnation,
