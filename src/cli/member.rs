@@ -168,3 +168,65 @@ pub fn run(args: MemberArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera::client::{MemberKind, MemberStatus};
+
+    use super::*;
+
+    fn status_with(members: &[(u64, Option<[u8; 32]>)]) -> NodeStatus {
+        NodeStatus {
+            node_key: [0; 32],
+            node: NodeId(0),
+            role: "leader".into(),
+            term: 1,
+            leader: Some(NodeId(0)),
+            commit_index: 0,
+            applied_index: 0,
+            members: members
+                .iter()
+                .map(|(id, key)| MemberStatus {
+                    node: NodeId(*id),
+                    key: *key,
+                    kind: MemberKind::Voter,
+                    leader: false,
+                    this_node: false,
+                    bonded: true,
+                })
+                .collect(),
+            bonds_live: 0,
+            bonds_refused: Vec::new(),
+            ticket_expires_at: None,
+            now: 0,
+            stopped: None,
+        }
+    }
+
+    #[test]
+    fn members_are_named_by_id_full_key_or_unique_key_prefix_and_nothing_else() {
+        let a = [0xab; 32];
+        let b = [0xac; 32];
+        let all = [status_with(&[(1, Some(a)), (2, Some(b)), (3, None)])];
+        assert_eq!(resolve(&all, "n3").expect("by id"), NodeId(3));
+        let full = iroh::SecretKey::from_bytes(&[5; 32]).public();
+        assert_eq!(
+            resolve(&all, &full.to_string()).expect("a full key"),
+            node_id_of(&full)
+        );
+        assert_eq!(resolve(&all, "abab").expect("a prefix"), NodeId(1));
+        assert_eq!(resolve(&all, "ACAC").expect("any case"), NodeId(2));
+        for (bad, why) in [
+            ("a", "4+ hex digits"),
+            ("xyz1", "4+ hex digits"),
+            ("ffff", "no member whose key starts with"),
+            ("", "4+ hex digits"),
+        ] {
+            let e = resolve(&all, bad).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let twins = [status_with(&[(1, Some([0xab; 32])), (2, Some([0xab; 32]))])];
+        let e = resolve(&twins, "abab").expect_err("ambiguous").to_string();
+        assert!(e.contains("several members"), "{e}");
+    }
+}
