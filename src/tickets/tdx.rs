@@ -35,9 +35,7 @@ struct TdxTicketBody {
 /// any other root, and [`TicketValidator::validate`] checks it again before it verifies,
 /// so that the production validator fails closed even if the invariant were broken.
 pub struct TdxValidator {
-    policy: Policy,
-    signature: [u8; 32],
-    newest: NewestCollateral,
+    pipeline: Pipeline,
 }
 
 impl TdxValidator {
@@ -52,17 +50,13 @@ impl TdxValidator {
                 policy.name, policy.trust_root
             )));
         }
-        let signature =
-            validator_digest(&policy).map_err(|e| TicketError::Validator(e.to_string()))?;
         Ok(Self {
-            policy,
-            signature,
-            newest: NewestCollateral::default(),
+            pipeline: Pipeline::new(policy)?,
         })
     }
 
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.pipeline.policy
     }
 }
 
@@ -72,22 +66,46 @@ impl TicketValidator for TdxValidator {
     }
 
     fn signature(&self) -> [u8; 32] {
-        self.signature
+        self.pipeline.signature
     }
 
     fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError> {
         // Unreachable through `new`; checked anyway so that this validator never accepts a
         // quote under any root but Intel's, whatever happens to the invariant.
-        if self.policy.trust_root != TrustRoot::Intel {
+        let root = self.pipeline.policy.trust_root;
+        if root != TrustRoot::Intel {
             return Err(TicketError::Rejected {
                 kind: TDX_KIND.into(),
                 check: "trust_root",
                 reason: format!(
-                    "the TDX validator verifies only to Intel's root, its policy names {}",
-                    self.policy.trust_root
+                    "the TDX validator verifies only to Intel's root, its policy names {root}"
                 ),
             });
         }
+        self.pipeline.validate(ticket, ctx)
+    }
+}
+
+/// What both TDX validators hold and run: the policy, its digest (the validator's
+/// signature) and the newest collateral seen per platform model.
+struct Pipeline {
+    policy: Policy,
+    signature: [u8; 32],
+    newest: NewestCollateral,
+}
+
+impl Pipeline {
+    fn new(policy: Policy) -> Result<Self, TicketError> {
+        let signature =
+            validator_digest(&policy).map_err(|e| TicketError::Validator(e.to_string()))?;
+        Ok(Self {
+            policy,
+            signature,
+            newest: NewestCollateral::default(),
+        })
+    }
+
+    fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError> {
         validate_tdx(&self.policy, &self.newest, ticket, ctx)
     }
 }
@@ -189,9 +207,7 @@ fn validate_tdx(
 /// production trust. Only in builds with the `mock-attestation` feature.
 #[cfg(feature = "mock-attestation")]
 pub struct MockTdxValidator {
-    policy: Policy,
-    signature: [u8; 32],
-    newest: NewestCollateral,
+    pipeline: Pipeline,
 }
 
 #[cfg(feature = "mock-attestation")]
@@ -203,17 +219,13 @@ impl MockTdxValidator {
                 policy.name, policy.trust_root
             )));
         }
-        let signature =
-            validator_digest(&policy).map_err(|e| TicketError::Validator(e.to_string()))?;
         Ok(Self {
-            policy,
-            signature,
-            newest: NewestCollateral::default(),
+            pipeline: Pipeline::new(policy)?,
         })
     }
 
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.pipeline.policy
     }
 }
 
@@ -224,11 +236,11 @@ impl TicketValidator for MockTdxValidator {
     }
 
     fn signature(&self) -> [u8; 32] {
-        self.signature
+        self.pipeline.signature
     }
 
     fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError> {
-        validate_tdx(&self.policy, &self.newest, ticket, ctx)
+        self.pipeline.validate(ticket, ctx)
     }
 }
 
@@ -309,11 +321,8 @@ mod tests {
     #[test]
     fn a_tdx_validator_holding_a_mock_policy_still_rejects_a_mock_signed_quote() {
         let policy = Policy::from_toml_str(MOCK_POLICY).expect("mock policy");
-        let signature = validator_digest(&policy).expect("digest");
         let forced = TdxValidator {
-            policy,
-            signature,
-            newest: NewestCollateral::default(),
+            pipeline: Pipeline::new(policy).expect("pipeline"),
         };
         let config = MockConfig::default();
         let now = config.valid_now();
@@ -329,7 +338,7 @@ mod tests {
             now,
         };
         // The same ticket passes the mock validator: the refusal is the root, nothing else.
-        MockTdxValidator::new(forced.policy.clone())
+        MockTdxValidator::new(forced.policy().clone())
             .expect("mock validator")
             .validate(&ticket, &ctx)
             .expect("a genuine mock ticket passes the mock validator");
