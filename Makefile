@@ -5,7 +5,7 @@ SEEDS ?= 300
 SEED ?=
 NODES ?=
 
-.PHONY: deps build build-production check-production test test-cluster demo sim soak lint fmt bench-core bench clean
+.PHONY: deps build build-production check-production test test-cluster demo sim soak lint fmt bench-core bench clean image image-smoke image-repro image-deps
 
 ## deps: install the system packages the build needs (Debian/Ubuntu), when missing.
 ## RocksDB's bindings are generated with libclang (clang, libclang-dev). Without apt-get
@@ -55,6 +55,27 @@ test-cluster:
 ## members are mock-attested: it asks for the mock-attestation feature.
 demo:
 	$(CARGO) run --release --locked --no-default-features --features mock-attestation --bin tessera -- demo
+
+## image: the enclave image in enclave-image/out/production (firmware, kernel, initrd,
+## command line; pinned Debian packages, reproducible) and the SHA-256 of each artifact.
+## Needs curl, dpkg-deb, xz, gzip and python3; see enclave-image/README.md
+image:
+	VARIANT=production CARGO="$(CARGO)" enclave-image/build.sh
+
+## image-smoke: builds the smoke variant (mock attestation) and boots it under QEMU without
+## TDX as a one-member group, until the node serves a write (needs QEMU >= 10: image-deps)
+image-smoke:
+	VARIANT=smoke CARGO="$(CARGO)" enclave-image/build.sh
+	enclave-image/smoke.sh
+
+## image-repro: builds the image twice from clones of HEAD in different directories and
+## compares the artifacts byte for byte
+image-repro:
+	CARGO="$(CARGO)" enclave-image/repro.sh
+
+## image-deps: QEMU 10 for image-smoke (Debian bookworm: from bookworm-backports)
+image-deps:
+	enclave-image/deps.sh
 
 ## sim: run the deterministic simulator. SEED=<n> replays one seed; SEEDS=<n> runs n seeds.
 sim:

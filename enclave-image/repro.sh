@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# make image-repro: checks that the image build is reproducible. Clones the current commit
+# twice, into directories of different names and lengths, builds the image in each, one
+# after the other (so at different times, each with its own cargo target directory), and
+# compares every artifact byte for byte. Uncommitted changes are not part of the check.
+#
+# Settings: VARIANT (default production), REPRO_KEEP=1 keeps both trees.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+VARIANT="${VARIANT:-production}"
+base="$(mktemp -d)"
+cleanup() {
+  if [ "${REPRO_KEEP:-0}" = 1 ]; then echo "image-repro: kept $base" >&2; else rm -rf "$base"; fi
+}
+trap cleanup EXIT
+
+commit="$(git -C "$repo" rev-parse HEAD)"
+first="$base/a"
+second="$base/second-build-in-a-longer-path"
+for tree in "$first" "$second"; do
+  git clone --quiet --no-hardlinks "$repo" "$tree"
+  git -C "$tree" checkout --quiet "$commit"
+done
+echo "image-repro: building $VARIANT of $commit in $first" >&2
+VARIANT="$VARIANT" "$first/enclave-image/build.sh"
+echo "image-repro: building it again in $second" >&2
+VARIANT="$VARIANT" "$second/enclave-image/build.sh"
+
+different=0
+for artifact in firmware.fd vmlinuz initrd.gz cmdline; do
+  if cmp --silent "$first/enclave-image/out/$VARIANT/$artifact" "$second/enclave-image/out/$VARIANT/$artifact"; then
+    echo "image-repro: identical  $artifact  $(sha256sum <"$first/enclave-image/out/$VARIANT/$artifact" | cut -d' ' -f1)" >&2
+  else
+    echo "image-repro: DIFFERENT  $artifact" >&2
+    different=1
+  fi
+done
+if [ "$different" = 1 ]; then
+  echo "image-repro: FAIL: the two builds differ (REPRO_KEEP=1 keeps them for diffoscope)" >&2
+  exit 1
+fi
+echo "image-repro: PASS: two builds of $commit are byte-identical" >&2
