@@ -94,7 +94,10 @@ expect 'node with attestation = "mock"' 2 \
     'attestation: "mock" refused' 'mock-attestation' -- \
     "$BIN" node --config "$WORK/node-mock.toml"
 
-node_config tdx 'collateral_file = "collateral.json"' >"$WORK/node-tdx.toml"
+# With tdx the group key is provisioned ([provision]), never read from a file.
+PROVISIONER=$("$BIN" keygen --out "$WORK/provisioner.key")
+node_config tdx 'collateral_file = "collateral.json"' | sed '/^group_key_file = /d' >"$WORK/node-tdx.toml"
+printf '\n[provision]\nallow = ["%s"]\n' "$PROVISIONER" >>"$WORK/node-tdx.toml"
 expect 'node with a policy of trust_root = "mock"' 2 \
     'policies[0]' 'trust_root = "mock" refused' 'mock-attestation' -- \
     "$BIN" node --config "$WORK/node-tdx.toml"

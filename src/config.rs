@@ -19,7 +19,9 @@
 //!                                       #   the same set, else joins the group one of them
 //!                                       #   is in; another count: it only joins;
 //!                                       #   1 = a single-node group
-//! group_key_file = "group.key"          # 64 hex characters, mode 0600
+//! group_key_file = "group.key"          # 64 hex characters, mode 0600. Refused with
+//!                                       #   attestation = "tdx" (the host reads the
+//!                                       #   disk): there the key is provisioned instead
 //! policies = ["policies/mock.toml"]     # several: accepted if any one accepts (rollover)
 //! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)
 //! secret_key_file = "node.key"          # optional, development only; absent: a fresh key.
@@ -41,6 +43,11 @@
 //! removal_timeout_secs = 300            # the leader removes a member unreachable this
 //!                                       #   long; 0 = never (a dead voter with a waiting
 //!                                       #   replacement goes much sooner, see README)
+//!
+//! [provision]                           # instead of group_key_file: the node waits for
+//! allow = ["<64 hex>"]                  #   `tessera provision` from one of these keys,
+//!                                       #   which sends the key only after checking the
+//!                                       #   node's quote; the key stays in memory
 //!
 //! [client]
 //! allow = "any"                         # or a list of client public keys; default: nobody
@@ -168,7 +175,9 @@ pub struct NodeConfig {
     /// peers are in. Default 3 (DESIGN §7.2); 1 makes a single-node group. Start exactly
     /// this many founders: more could form different voter sets.
     pub bootstrap_expect: usize,
-    pub group_key_file: PathBuf,
+    /// Where the group key comes from: a file, or a provisioner after it checked this
+    /// node's attestation (`[provision]`).
+    pub group_key: GroupKeySource,
     pub policies: Vec<PathBuf>,
     pub attestation: AttestationMode,
     /// DCAP collateral (dcap-qvl JSON) for this platform's quotes; required with `tdx`.
@@ -193,7 +202,9 @@ struct RawConfig {
     bootstrap: Vec<String>,
     bootstrap_expect: Option<u64>,
     relay_url: Option<String>,
-    group_key_file: PathBuf,
+    group_key_file: Option<PathBuf>,
+    #[serde(default)]
+    provision: Option<RawProvision>,
     policies: Vec<PathBuf>,
     attestation: String,
     collateral_file: Option<PathBuf>,
@@ -219,6 +230,23 @@ struct RawTimers {
     election_ticks: Option<u64>,
     heartbeat_ticks: Option<u64>,
     removal_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvision {
+    allow: Vec<toml::Value>,
+}
+
+/// Where a node's group key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupKeySource {
+    /// `group_key_file`, read at start (development, or a host the operator trusts).
+    File(PathBuf),
+    /// `[provision] allow`: the node starts without the key and waits for one of these keys
+    /// to send it over the client protocol (`tessera provision`), after the sender has
+    /// checked the node's attestation. The key is kept in memory only.
+    Provisioned { allow: Vec<PublicKey> },
 }
 
 #[derive(Deserialize, Default)]
@@ -407,9 +435,37 @@ impl NodeConfig {
             None => None,
             Some(text) => Some(parse_relay_url(text).map_err(|r| field("relay_url", r))?),
         };
-        if raw.group_key_file.as_os_str().is_empty() {
-            return Err(field("group_key_file", "must not be empty".into()));
-        }
+        let group_key = match (&raw.group_key_file, &raw.provision) {
+            (Some(_), Some(_)) => {
+                return Err(field(
+                    "provision",
+                    "given with group_key_file: the group key comes from one place".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(field(
+                    "group_key_file",
+                    "missing: name the group key file, or a [provision] allow list of the \
+                     keys that may send the key to this node"
+                        .into(),
+                ))
+            }
+            (Some(path), None) if path.as_os_str().is_empty() => {
+                return Err(field("group_key_file", "must not be empty".into()));
+            }
+            (Some(path), None) => GroupKeySource::File(resolve(path)),
+            (None, Some(provision)) => {
+                let allow = parse_keys("provision.allow", &provision.allow)
+                    .map_err(|(f, r)| field(&f, r))?;
+                if allow.is_empty() {
+                    return Err(field(
+                        "provision.allow",
+                        "empty: nobody could send this node its group key".into(),
+                    ));
+                }
+                GroupKeySource::Provisioned { allow }
+            }
+        };
         if raw.policies.is_empty() {
             return Err(field(
                 "policies",
@@ -475,6 +531,15 @@ impl NodeConfig {
                 ));
             }
         }
+        if attestation == AttestationMode::Tdx && matches!(group_key, GroupKeySource::File(_)) {
+            return Err(field(
+                "group_key_file",
+                "refused with attestation = \"tdx\": the host can read this file, and the \
+                 group key admits members; list who may send it in [provision] allow and \
+                 send it with `tessera provision`, which checks this node's quote first"
+                    .into(),
+            ));
+        }
         if raw.log_level.trim().is_empty() {
             return Err(field("log_level", "must not be empty".into()));
         }
@@ -506,7 +571,7 @@ impl NodeConfig {
             bootstrap_addresses,
             bootstrap_expect,
             relay_url,
-            group_key_file: resolve(&raw.group_key_file),
+            group_key,
             policies: raw.policies.iter().map(|p| resolve(p)).collect(),
             attestation,
             collateral_file: raw.collateral_file.as_deref().map(resolve),
@@ -530,10 +595,14 @@ impl NodeConfig {
         }
     }
 
-    /// Reads the group key (`group_key_file`).
-    pub fn group_key(&self) -> Result<GroupKey, ConfigError> {
-        GroupKey::from_file(&self.group_key_file)
-            .map_err(|e| self.error("group_key_file", e.to_string()))
+    /// Reads the group key from `group_key_file`; `None` when it is to be provisioned.
+    pub fn group_key(&self) -> Result<Option<GroupKey>, ConfigError> {
+        match &self.group_key {
+            GroupKeySource::File(path) => GroupKey::from_file(path)
+                .map(Some)
+                .map_err(|e| self.error("group_key_file", e.to_string())),
+            GroupKeySource::Provisioned { .. } => Ok(None),
+        }
     }
 
     /// Reads the node's secret key (`secret_key_file`), if the config names one.
@@ -780,7 +849,10 @@ allow = ["{k}"]
             Some(&"127.0.0.1:7002".parse().expect("addr"))
         );
         assert_eq!(c.data_dir, Path::new("/etc/tessera/data"));
-        assert_eq!(c.group_key_file, Path::new("/etc/tessera/group.key"));
+        assert_eq!(
+            c.group_key,
+            GroupKeySource::File(PathBuf::from("/etc/tessera/group.key"))
+        );
         assert_eq!(c.policies, vec![PathBuf::from("/etc/tessera/mock.toml")]);
         assert_eq!(c.attestation, AttestationMode::Mock);
         assert_eq!(c.storage, StorageKind::Memory);
@@ -849,10 +921,13 @@ allow = ["{k}"]
                 .map(|l| format!("{l}\n"))
                 .collect();
             let e = error_of(&text);
-            assert!(
-                e.contains(&format!("missing field `{field}`")),
-                "{field}: {e}"
-            );
+            // The group key may come from [provision] instead: its absence says so.
+            let want = if field == "group_key_file" {
+                "node.toml: group_key_file: missing".to_string()
+            } else {
+                format!("missing field `{field}`")
+            };
+            assert!(e.contains(&want), "{field}: {e}");
         }
     }
 
@@ -963,6 +1038,54 @@ allow = ["{k}"]
         }
     }
 
+    /// The group key comes from exactly one place: a file, or (required in a TD) the keys
+    /// allowed to provision it; every other combination is refused naming the field.
+    #[test]
+    fn the_group_key_comes_from_a_file_or_a_provisioner() {
+        let provisioned = |allow: &str| {
+            good().replace("group_key_file = \"group.key\"\n", "")
+                + &format!("\n[provision]\nallow = {allow}\n")
+        };
+        let c = parse(&good()).expect("file");
+        assert_eq!(
+            c.group_key,
+            GroupKeySource::File(PathBuf::from("/etc/tessera/group.key"))
+        );
+        let c = parse(&provisioned(&format!("[\"{}\"]", key_hex()))).expect("provisioned");
+        match &c.group_key {
+            GroupKeySource::Provisioned { allow } => assert_eq!(allow.len(), 1),
+            other => panic!("expected a provisioned key, got {other:?}"),
+        }
+        assert!(c.group_key().expect("no file to read").is_none());
+        let tdx = |text: String| {
+            text.replace(
+                "attestation = \"mock\"",
+                "attestation = \"tdx\"\ncollateral_file = \"c.json\"",
+            )
+        };
+        parse(&tdx(provisioned(&format!("[\"{}\"]", key_hex())))).expect("tdx, provisioned");
+        for (text, want) in [
+            (
+                good() + &format!("\n[provision]\nallow = [\"{}\"]\n", key_hex()),
+                "node.toml: provision: given with group_key_file",
+            ),
+            (
+                good().replace("group_key_file = \"group.key\"\n", ""),
+                "node.toml: group_key_file: missing",
+            ),
+            (provisioned("[]"), "node.toml: provision.allow: empty"),
+            (provisioned("[\"nothex\"]"), "node.toml: provision.allow[0]"),
+            (provisioned("\"any\""), "node.toml: "),
+            (
+                tdx(good()),
+                "node.toml: group_key_file: refused with attestation = \"tdx\"",
+            ),
+        ] {
+            let e = error_of(&text);
+            assert!(e.contains(want), "want {want:?} in {e:?}");
+        }
+    }
+
     /// Item 7 of issue 13: a key file is refused with `tdx` attestation and with memory
     /// storage, naming the field and the one it clashes with; the combinations that keep
     /// the model (mock + rocksdb + key file, memory without a key file) still parse.
@@ -982,6 +1105,16 @@ allow = ["{k}"]
                 )
         };
         let tdx = "attestation = \"tdx\"\ncollateral_file = \"c.json\"";
+        // With tdx the group key is provisioned, never read from a file.
+        let with = |attestation: &str, storage: &str, key: bool| {
+            let text = with(attestation, storage, key);
+            if attestation == tdx {
+                text.replace("group_key_file = \"group.key\"\n", "")
+                    + &format!("\n[provision]\nallow = [\"{}\"]\n", key_hex())
+            } else {
+                text
+            }
+        };
         let refused = [
             (
                 with(tdx, "rocksdb", true),
@@ -1068,7 +1201,7 @@ allow = ["{k}"]
         let c = parse(&text).expect("config");
         assert_eq!(
             c.group_key().expect("group key"),
-            GroupKey::from_bytes([1; 32])
+            Some(GroupKey::from_bytes([1; 32]))
         );
         assert_eq!(
             c.secret_key().expect("secret").map(|k| k.public()),
@@ -1117,10 +1250,13 @@ allow = ["{k}"]
             "AnyOf covers both alternatives"
         );
 
-        let tdx = good().replace(
-            "attestation = \"mock\"",
-            "attestation = \"tdx\"\ncollateral_file = \"c.json\"",
-        );
+        let tdx = good()
+            .replace(
+                "attestation = \"mock\"",
+                "attestation = \"tdx\"\ncollateral_file = \"c.json\"",
+            )
+            .replace("group_key_file = \"group.key\"\n", "")
+            + &format!("\n[provision]\nallow = [\"{}\"]\n", key_hex());
         let c = NodeConfig::from_toml_str(&tdx, &dir.path().join("node.toml")).expect("config");
         let e = c
             .validator()

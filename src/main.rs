@@ -46,6 +46,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// List the group's members, or remove one (an operator's key, through the leader).
     Member(cli::member::MemberArgs),
+    /// Send the group key to a node started with [provision], after checking its quote.
+    Provision(cli::provision::ProvisionArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,5 +68,6 @@ fn main() -> ExitCode {
         Command::Kv(args) => cli::kv::run(args),
         Command::Status(args) => cli::status::run(args),
         Command::Member(args) => cli::member::run(args),
+        Command::Provision(args) => cli::provision::run(args),
     }
 }

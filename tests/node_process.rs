@@ -915,6 +915,19 @@ fn bad_configs_exit_non_zero_naming_the_field() {
             vec!["node.toml: secret_key_file: refused with attestation = \"tdx\""],
         ),
         (
+            "group key file with tdx attestation",
+            Box::new(|c| {
+                c.replace(
+                    "attestation = \"mock\"",
+                    "attestation = \"tdx\"\ncollateral_file = \"c.json\"",
+                )
+            }),
+            vec![
+                "node.toml: group_key_file: refused with attestation = \"tdx\"",
+                "[provision]",
+            ],
+        ),
+        (
             "missing policy",
             Box::new(|c| c.replace("mock.toml", "nowhere.toml")),
             vec!["node.toml: policies[0]: ", "nowhere.toml"],
@@ -1159,4 +1172,169 @@ fn nodes_named_by_address_alone_survive_restarts_as_new_identities() {
             text(&listed.stdout)
         );
     }
+}
+
+/// A node started with `[provision]` instead of a key file (as in a TD) serves nothing but
+/// its attestation until an allowed provisioner sends the key, and `tessera provision`
+/// sends it only to a node whose quote passes its policy: a policy for another image, a
+/// key outside the allow list and `--insecure` all leave the node waiting, keyless. Once
+/// provisioned the node forms its group and serves writes; the same key sent again is
+/// acknowledged, another refused.
+#[test]
+fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
+    let dir = group_dir();
+    let d = dir.path();
+    let deadline = Instant::now() + DEADLINE;
+    let (provisioner, provisioner_id) = keygen(d, "provisioner.key");
+    let (outsider, _) = keygen(d, "outsider.key");
+    let port = free_ports(1).remove(0).local_addr().expect("port").port();
+    let listen = format!("127.0.0.1:{port}");
+    let config = node_config(d, 0, &listen, &[], Identity::Fresh, "\"any\"");
+    let text_of = std::fs::read_to_string(&config).expect("config");
+    let provisioned = text_of.replace("group_key_file = \"group.key\"\n", "")
+        + &format!("\n[provision]\nallow = [\"{provisioner_id}\"]\n");
+    std::fs::write(&config, provisioned).expect("config");
+    let mut nodes = Nodes::new();
+    let i = nodes.spawn(d, &config);
+    let waiting = nodes.wait_line(i, "tessera node: waiting for the group key", deadline);
+    let node = format!("{}@{listen}", ready_field(&waiting, "node_id"));
+
+    let put = |value: &str| client(&["kv", "--node", &node, "put", "k", value]);
+    let out = put("early");
+    assert!(!out.status.success(), "a keyless node took a write");
+    assert!(
+        text(&out.stderr).contains("waiting for its group key"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let other_image = d.join("other-image.toml");
+    let mr_td = "6cb1c262a0f23144e19cfc8e2525aab9e31c16182aa342ad43d60ce499b49cedd4a7a761bbc286fd793f91a837b0027a";
+    std::fs::write(
+        &other_image,
+        tessera::cluster::MOCK_POLICY.replace(mr_td, &"cd".repeat(48)),
+    )
+    .expect("policy");
+    let group_key = d.join("group.key");
+    let provision = |key: &Path, policy: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "provision",
+            "--node",
+            &node,
+            "--group-key-file",
+            group_key.to_str().expect("path"),
+            "--key-file",
+            key.to_str().expect("path"),
+            "--policy",
+            policy.to_str().expect("path"),
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    let mock_policy = Path::new(MOCK_POLICY_FILE);
+    for (what, out, expected) in [
+        (
+            "a policy for another image",
+            provision(&provisioner, &other_image, &[]),
+            "did not prove it runs an image the client's policy approves",
+        ),
+        (
+            "a key outside [provision] allow",
+            provision(&outsider, mock_policy, &[]),
+            "[provision] allow",
+        ),
+        (
+            "--insecure",
+            tessera(&[
+                "provision",
+                "--node",
+                &node,
+                "--group-key-file",
+                group_key.to_str().expect("path"),
+                "--key-file",
+                provisioner.to_str().expect("path"),
+                "--insecure",
+            ]),
+            "--insecure refused",
+        ),
+    ] {
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{what}: want {expected:?} in {}",
+            text(&out.stderr)
+        );
+        let out = put("still-early");
+        assert!(
+            text(&out.stderr).contains("waiting for its group key"),
+            "after {what} the node must still be keyless: {}",
+            text(&out.stderr)
+        );
+    }
+
+    let out = provision(&provisioner, mock_policy, &[]);
+    assert!(
+        out.status.success(),
+        "provision: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("provisioned"),
+        "{}",
+        text(&out.stdout)
+    );
+    nodes.wait_line(i, "tessera node: ready", deadline);
+    loop {
+        let out = put("v1");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write after provisioning: {}\n{}",
+            text(&out.stderr),
+            nodes.logs()
+        );
+        std::thread::sleep(POLL_PAUSE);
+    }
+    let out = client(&["kv", "--node", &node, "get", "k"]);
+    assert_eq!(text(&out.stdout).trim(), "v1", "{}", text(&out.stderr));
+
+    let again = provision(&provisioner, mock_policy, &[]);
+    assert!(
+        again.status.success(),
+        "the same key again: {}",
+        text(&again.stderr)
+    );
+    let other_key = d.join("other-group.key");
+    let made = tessera(&[
+        "keygen",
+        "--group",
+        "--out",
+        other_key.to_str().expect("path"),
+    ]);
+    assert!(made.status.success());
+    let out = tessera(&[
+        "provision",
+        "--node",
+        &node,
+        "--group-key-file",
+        other_key.to_str().expect("path"),
+        "--key-file",
+        provisioner.to_str().expect("path"),
+        "--policy",
+        MOCK_POLICY_FILE,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "another key: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("another group key"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -8,6 +8,7 @@ pub mod kv;
 pub mod member;
 pub mod metrics;
 pub mod node;
+pub mod provision;
 pub mod sim;
 pub mod status;
 

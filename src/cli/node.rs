@@ -27,10 +27,11 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use iroh::{EndpointAddr, PublicKey, SecretKey};
+use tessera::client::provision::{await_group_key, AwaitKey};
 use tessera::client::{serve_clients, ClientService};
 use tessera::cluster::{random_secret, TICKET_LIFETIME_SECS};
 use tessera::config::{
-    write_private_file, write_secret_key, AttestationMode, NodeConfig, StorageKind,
+    write_private_file, write_secret_key, AttestationMode, GroupKeySource, NodeConfig, StorageKind,
 };
 use tessera::discovery::{Discovery, DiscoveryConfig, OwnEntry, PeerDialer};
 use tessera::groups::Bonds;
@@ -123,7 +124,8 @@ pub fn run(args: NodeArgs) -> ExitCode {
 /// Everything read and checked before the node binds anything.
 struct Prepared {
     config: NodeConfig,
-    key: GroupKey,
+    /// `None`: provisioned after start (`[provision]`).
+    key: Option<GroupKey>,
     secret: SecretKey,
     fresh_secret: bool,
     validator: Arc<dyn tessera::tickets::TicketValidator>,
@@ -321,6 +323,18 @@ async fn serve(p: Prepared) -> Result<()> {
 
     let tickets = keep_tickets_fresh(Arc::new(p.issuer), *node_key.as_bytes(), p.clock.clone())
         .map_err(|e| start_failure(config.error("attestation", format!("first ticket: {e}"))))?;
+    let key = match p.key {
+        Some(key) => key,
+        None => match await_key(config, &endpoint, node_key, listen, &tickets, &p.clock).await? {
+            Some(key) => key,
+            None => {
+                println!("tessera node: stopped before it was provisioned");
+                endpoint.close().await;
+                return Ok(());
+            }
+        },
+    };
+    let key_id = key.public_id();
     let named: Vec<EndpointAddr> = config
         .bootstrap
         .iter()
@@ -344,7 +358,7 @@ async fn serve(p: Prepared) -> Result<()> {
     let (discovery_tx, discovery_rx) = tokio::sync::mpsc::channel(DISCOVERY_CONNECTIONS_QUEUE_MAX);
     let (others_tx, others_rx) = tokio::sync::mpsc::channel(CLIENT_CONNECTIONS_QUEUE_MAX);
     tokio::spawn(route_by_alpn(others_rx, client_tx, discovery_tx));
-    let builder = GroupBuilder::new(p.key, config.network_id.clone(), p.clock.clone())
+    let builder = GroupBuilder::new(key, config.network_id.clone(), p.clock.clone())
         .with_consensus_config(raft, worker)
         .require_ticket(p.validator.clone())
         .with_tickets(tickets.clone())
@@ -394,6 +408,7 @@ async fn serve(p: Prepared) -> Result<()> {
         )
         .with_known_peers(named.iter().map(|a| a.id))
         .with_operators(config.operators.iter().copied())
+        .with_provisioners(provisioners(config), key_id)
         .with_discovery(discovery.stats()),
     );
     tokio::spawn(serve_clients(service.clone(), client_rx));
@@ -461,6 +476,42 @@ async fn serve(p: Prepared) -> Result<()> {
     let _ = tokio::task::spawn_blocking(move || group.shutdown()).await;
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, endpoint.close()).await;
     outcome.map(|signal| println!("tessera node: stopped ({signal})"))
+}
+
+/// The keys in `[provision] allow` (none when the key comes from a file).
+fn provisioners(config: &NodeConfig) -> Vec<PublicKey> {
+    match &config.group_key {
+        GroupKeySource::Provisioned { allow } => allow.clone(),
+        GroupKeySource::File(_) => Vec::new(),
+    }
+}
+
+/// Waits for an allowed provisioner to send the group key (`[provision]`); `None` when a
+/// signal stops the node first.
+async fn await_key(
+    config: &NodeConfig,
+    endpoint: &iroh::Endpoint,
+    node_key: PublicKey,
+    listen: std::net::SocketAddr,
+    tickets: &tokio::sync::watch::Receiver<Vec<tessera::tickets::Ticket>>,
+    clock: &Clock,
+) -> Result<Option<GroupKey>> {
+    let wait = AwaitKey {
+        allow: provisioners(config),
+        network_id: config.network_id.clone(),
+        tickets: tickets.clone(),
+        clock: clock.clone(),
+    };
+    tracing::info!(node_id = %node_key, %listen, "waiting for the group key from a provisioner");
+    println!("tessera node: waiting for the group key node_id={node_key} listen={listen}");
+    let _ = std::io::stdout().flush();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    tokio::select! {
+        key = await_group_key(endpoint, wait) => Ok(Some(key.map_err(start_failure)?)),
+        _ = tokio::signal::ctrl_c() => Ok(None),
+        _ = terminate.recv() => Ok(None),
+    }
 }
 
 /// Asks each bootstrap address who listens there. A fresh node (`holds_state` false) asks

@@ -19,6 +19,7 @@
 //! calls the [`crate::groups::Group`] handle. [`connect`] is the client side, dialling only
 //! the address it is given.
 pub mod connect;
+pub mod provision;
 pub mod server;
 
 use std::time::Duration;
@@ -102,6 +103,13 @@ pub enum ClientRequest {
     /// node's [`ClientResponse::Status`] once the change is committed. Sending it again is
     /// harmless: a node that is no longer a member is reported as such.
     RemoveMember { node: NodeId },
+    /// The group key, for a node started with `[provision]` instead of a key file. Only
+    /// keys in the node's `[provision] allow` may send it, and a sender checks the node's
+    /// attestation first ([`NodeTrust::Verify`]; `tessera provision` never skips it): the
+    /// key reaches only an approved image, over a connection to the key it attested.
+    /// Answered with [`ClientResponse::Provisioned`]; sending the same key again (to a node
+    /// that already has it) gets the same answer, another key an error.
+    ProvisionGroupKey { key: provision::GroupKeyBytes },
 }
 
 /// What a node answers.
@@ -117,6 +125,11 @@ pub enum ClientResponse {
         network_id: String,
         tickets: Vec<crate::tickets::Ticket>,
         now: u64,
+    },
+    /// The node holds the group key whose public id ([`crate::groups::GroupKey::public_id`])
+    /// this is: the one just sent, or the same key it already had.
+    Provisioned {
+        key_id: [u8; 32],
     },
     /// The request failed; the message says why. Sending it again gives the same answer.
     Error(String),

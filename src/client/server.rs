@@ -58,6 +58,10 @@ pub struct ClientService {
     pub discovery: Option<watch::Receiver<crate::discovery::DiscoveryStats>>,
     requests: Arc<Semaphore>,
     connections: Arc<Semaphore>,
+    /// Keys that may send the group key (`[provision] allow`), served so that a sender
+    /// retrying after a lost answer gets it; and the public id of the key this node holds.
+    provisioners: Vec<PublicKey>,
+    key_id: Option<[u8; 32]>,
 }
 
 impl ClientService {
@@ -84,7 +88,22 @@ impl ClientService {
             discovery: None,
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+            provisioners: Vec::new(),
+            key_id: None,
         }
+    }
+
+    /// Answers [`ClientRequest::ProvisionGroupKey`] from these keys: this node holds the
+    /// group key whose public id is `key_id` (the same key is acknowledged, another
+    /// refused).
+    pub fn with_provisioners(
+        mut self,
+        keys: impl IntoIterator<Item = PublicKey>,
+        key_id: [u8; 32],
+    ) -> Self {
+        self.provisioners.extend(keys);
+        self.key_id = Some(key_id);
+        self
     }
 
     /// Names these peers' keys in status answers (members are otherwise known by node id).
@@ -169,6 +188,14 @@ impl ClientService {
                 tickets: self.tickets.borrow().clone(),
                 now: (self.clock)(),
             },
+            ClientRequest::ProvisionGroupKey { key } => match &self.key_id {
+                Some(own) if self.provisioners.contains(client) => {
+                    super::provision::answer_when_running(own, &key)
+                }
+                _ => ClientResponse::Error(format!(
+                    "not a provisioner: key {client} is not in this node's [provision] allow"
+                )),
+            },
             ClientRequest::RemoveMember { node } => {
                 if !self.operators.contains(client) {
                     return ClientResponse::Error(format!(
@@ -244,7 +271,10 @@ pub async fn serve_clients(
             continue;
         }
         let peer = conn.remote_id();
-        if !service.allow.allows(&peer) && !service.operators.contains(&peer) {
+        if !service.allow.allows(&peer)
+            && !service.operators.contains(&peer)
+            && !service.provisioners.contains(&peer)
+        {
             service.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client = %peer, "client refused: key not in [client] allow");
             conn.close(
@@ -347,7 +377,7 @@ async fn serve_stream(
 }
 
 /// Reads one request, refusing a length over [`REQUEST_BYTES_MAX`] before allocating.
-async fn read_request(recv: &mut RecvStream) -> Result<ClientRequest, FrameError> {
+pub(super) async fn read_request(recv: &mut RecvStream) -> Result<ClientRequest, FrameError> {
     let mut header = [0u8; 4];
     AsyncReadExt::read_exact(recv, &mut header).await?;
     let len = u32::from_be_bytes(header) as usize;
