@@ -17,6 +17,21 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Attest(cli::attest::AttestCommand),
+    /// Compute offline the MRTD, RTMR1 and RTMR2 a TD image will have, and write a policy.
+    ///
+    /// For a QEMU direct kernel boot of a TDVF (TDX OVMF) firmware: MRTD from the firmware's
+    /// TDVF metadata, RTMR1 from the kernel (its Authenticode-style PE hash after QEMU's
+    /// setup-header patch, which depends on the initrd size and --memory, then OVMF's boot
+    /// events), RTMR2 from the command line as OVMF passes it and the initrd. RTMR3 is zero.
+    ///
+    /// RTMR0 (firmware configuration: ACPI tables, memory map, CPU count) depends on the
+    /// host's QEMU and machine shape and is not computed: computing it from the ACPI tables
+    /// QEMU generates (--acpi-tables) is not supported. Take it from a quote of a real boot
+    /// of the same image on the same host shape (--rtmr0-from-quote), or leave it open.
+    ///
+    /// MRTD and RTMR2's command-line event are checked against independent published
+    /// values; RTMR1 is not: compare it with a real boot's quote before relying on it.
+    Measure(cli::measure::MeasureArgs),
     /// Run the deterministic simulator (one seed with --seed, many with --seeds).
     Sim(cli::sim::SimArgs),
     /// The embedded default: a narrated run of a local three-node group.
@@ -54,6 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Attest(command) => cli::attest::run(command),
+        Command::Measure(args) => cli::measure::run(&args),
         Command::Sim(args) => cli::sim::run(args),
         #[cfg(feature = "mock-attestation")]
         Command::Demo => cli::demo::demo(),

@@ -98,3 +98,28 @@ fn the_member_reads_no_clock_and_does_no_io() {
         offences.join("\n")
     );
 }
+
+#[test]
+fn the_image_measurement_reads_no_file_clock_or_network() {
+    // attestation/src/measure: bytes in, digests out (its module doc); the CLI reads files.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("attestation/src/measure");
+    let files = sources(&dir);
+    assert!(files.len() >= 4, "found the measurement's sources");
+    let offences: Vec<String> = files
+        .iter()
+        .flat_map(|(path, text)| {
+            text.lines().enumerate().flat_map(move |(number, line)| {
+                let code = line.split("//").next().unwrap_or("").to_string();
+                FORBIDDEN_IN_CORE
+                    .iter()
+                    .filter(move |word| code.contains(*word))
+                    .map(move |word| format!("{path}:{}: uses `{word}`", number + 1))
+            })
+        })
+        .collect();
+    assert!(
+        offences.is_empty(),
+        "the measurement must stay IO-free:\n{}",
+        offences.join("\n")
+    );
+}

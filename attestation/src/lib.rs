@@ -14,11 +14,15 @@
 //! 4. [`binding`]: report data = SHA-512 over the claims, peer key, network, freshness.
 //!
 //! Untrusted bytes never cause a panic: parsing and verification return errors.
+//!
+//! Apart from the pipeline, [`measure`] computes offline what an image will measure (MRTD,
+//! RTMR1, RTMR2) so that a policy can pin it (DESIGN §4.5).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod binding;
 pub mod cache;
+pub mod measure;
 pub mod pipeline;
 pub mod policy;
 pub mod provider;

@@ -185,7 +185,7 @@ fn wall_clock() -> Result<u64> {
         .as_secs())
 }
 
-fn read_limited(path: &Path, len_max: u64, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_limited(path: &Path, len_max: u64, what: &str) -> Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
@@ -532,6 +532,6 @@ fn run_from_quote(path: &Path, name: &str) -> Result<()> {
 }
 
 /// A TOML basic string.
-fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
