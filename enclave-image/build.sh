@@ -7,7 +7,8 @@
 #   cmdline       the kernel command line
 #   SHA256SUMS    of the four
 #
-# and, for the production variant, policies/tessera-enclave.toml from `tessera measure`.
+# and measurements.txt/.json from `tessera measure` (for MEASURE_MEMORY, default 2G);
+# for the production variant also policies/tessera-enclave.toml, the policy that admits it.
 #
 # Variants (VARIANT=…):
 #   production  the node without the mock-attestation feature: it refuses attestation =
@@ -34,6 +35,9 @@ out="$here/out/$VARIANT"
 work="$here/out/.work-$VARIANT"
 target_dir="$repo/target/enclave-image"
 triple=x86_64-unknown-linux-gnu
+# The VM shape the measurements are computed for (run-tdx.sh's defaults).
+MEASURE_MEMORY="${MEASURE_MEMORY:-2G}"
+MEASURE_CPUS="${MEASURE_CPUS:-2}"
 started=$SECONDS
 
 case "$VARIANT" in
@@ -146,6 +150,21 @@ gzip -n -9 --stdout "$work/initrd.cpio" >"$out/initrd.gz"
 printf '%s' "console=ttyS0 net.ifnames=0 panic=-1 oops=panic" >"$out/cmdline"
 
 (cd "$out" && sha256sum firmware.fd vmlinuz initrd.gz cmdline >SHA256SUMS)
+
+# 5. The measurements a boot of these artifacts shows, from the binary just built; for the
+# production image, its policy too (policies/tessera-enclave.toml, committed).
+step measure "MRTD, RTMR1, RTMR2 for ${MEASURE_MEMORY} of memory, ${MEASURE_CPUS} vCPUs"
+# Run from the output directory with bare file names: the policy names its inputs, and a
+# path of this machine in it would differ between two builds.
+measure=("$bin_dir/tessera" measure --firmware firmware.fd --kernel vmlinuz
+  --initrd initrd.gz --cmdline-file cmdline
+  --memory "$MEASURE_MEMORY" --cpus "$MEASURE_CPUS")
+(cd "$out" && "${measure[@]}" >measurements.txt && "${measure[@]}" --json >measurements.json)
+if [ "$VARIANT" = production ]; then
+  (cd "$out" && "${measure[@]}" --policy-out "$repo/policies/tessera-enclave.toml" >/dev/null)
+  step measure "wrote policies/tessera-enclave.toml"
+fi
+sed -n 's/^\(MRTD\|RTMR[0-3]\) .*/&/p' "$out/measurements.txt" | sed 's/^/  /' >&2
 step done "artifacts in $out:"
 sed 's/^/  /' "$out/SHA256SUMS" >&2
 rm -rf "$work"

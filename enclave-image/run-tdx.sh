@@ -25,6 +25,8 @@ cpus=2
 port=7000
 qgs_port=4050
 QEMU="${QEMU:-qemu-system-x86_64}"
+# The host-side tessera (the image build's static binary runs on the host too).
+TESSERA="${TESSERA:-$here/../target/enclave-image/x86_64-unknown-linux-gnu/release/tessera}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --config-dir) config_dir="$2"; shift 2 ;;
@@ -42,16 +44,21 @@ for artifact in firmware.fd vmlinuz initrd.gz cmdline; do
   [ -f "$image/$artifact" ] || { echo "run-tdx: $image/$artifact missing (make image)" >&2; exit 1; }
 done
 
+# MRCONFIGID: the id of node.toml and its policies. The node refuses to start when its
+# TD report names another id, and a provisioner's policy pins it, so the configuration
+# passed below is the one the quotes vouch for.
+config_id="$("$TESSERA" config-id --config "$config_dir/node.toml" --base64)" ||
+  { echo "run-tdx: cannot compute the config id (TESSERA=$TESSERA)" >&2; exit 1; }
 fw_cfg=()
 for file in "$config_dir"/*; do
   [ -f "$file" ] && fw_cfg+=(-fw_cfg "name=opt/tessera/$(basename "$file"),file=$file")
 done
 
 # tdx-guest: the TD itself. sept-ve-disable=on is the attribute the policies expect
-# (SEPT_VE_DISABLE set). quote-generation-socket: where QEMU forwards the guest's quote
+# (SEPT_VE_DISABLE set); mrconfigid as above. quote-generation-socket: where QEMU forwards the guest's quote
 # requests (TDVMCALL GetQuote) to the host's Quote Generation Service (QGS, from Intel's
 # DCAP packages), over vsock to the host (CID 2).
-tdx_object="{\"qom-type\":\"tdx-guest\",\"id\":\"tdx0\",\"sept-ve-disable\":true,\"quote-generation-socket\":{\"type\":\"vsock\",\"cid\":\"2\",\"port\":\"$qgs_port\"}}"
+tdx_object="{\"qom-type\":\"tdx-guest\",\"id\":\"tdx0\",\"sept-ve-disable\":true,\"mrconfigid\":\"$config_id\",\"quote-generation-socket\":{\"type\":\"vsock\",\"cid\":\"2\",\"port\":\"$qgs_port\"}}"
 
 # q35 with a split IRQ chip (TDX needs it); the TD's private memory comes from guest_memfd,
 # which QEMU sets up for a confidential guest; direct kernel boot, so the firmware measures

@@ -74,6 +74,29 @@ use crate::raft::RaftConfig;
 use crate::tickets::MockTdxValidator;
 use crate::tickets::{AnyOf, TdxValidator, TicketValidator};
 
+/// Domain tag of [`NodeConfig::config_id`].
+const CONFIG_ID_DOMAIN: &[u8] = b"tessera/config-id/v1";
+
+/// Checks a quote of this node's own TD against the id of the config it runs
+/// ([`NodeConfig::config_id`]): the host sets MRCONFIGID when it starts the TD, and a node
+/// whose configuration is not the one its quotes name must not run (its quotes would
+/// vouch for a configuration it does not have).
+pub fn check_config_id(own_quote: &[u8], config_id: &[u8; 48]) -> Result<(), String> {
+    let quote = tessera_attestation::quote::parse_quote(own_quote)
+        .map_err(|e| format!("cannot read this TD's own quote: {e}"))?;
+    let measured = quote.measurements.mr_config_id;
+    if &measured == config_id {
+        return Ok(());
+    }
+    Err(format!(
+        "this TD was started with MRCONFIGID {} but its configuration (node.toml and its \
+         policies) has id {}: the host passed another configuration than the one it \
+         measured (start the TD with the id `tessera config-id` prints)",
+        hex::encode(measured),
+        hex::encode(config_id)
+    ))
+}
+
 /// Largest config, policy or key file read.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
 /// Largest accepted `timers.tick_ms`.
@@ -605,6 +628,37 @@ impl NodeConfig {
         }
     }
 
+    /// The config id: SHA-384 over this `node.toml` and every policy file it names, each
+    /// by file name and content, in order. A TD's host puts it into MRCONFIGID when it
+    /// starts the TD (`enclave-image/run-tdx.sh`, from `tessera config-id`); the node
+    /// refuses to start when its own TD report says otherwise ([`check_config_id`]), and a
+    /// provisioner's policy pins it (`mr_config_id`), so a node the host started with
+    /// another config than the one its quote names never gets the group key.
+    ///
+    /// Names are file names without directories: the host's directory and the TD's copy
+    /// (`/run/tessera`) give the same id.
+    pub fn config_id(&self) -> Result<[u8; 48], ConfigError> {
+        let mut files = vec![("config", self.file.clone())];
+        files.extend(self.policies.iter().map(|p| ("policies", p.clone())));
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA384);
+        hash.update(CONFIG_ID_DOMAIN);
+        hash.update(&(files.len() as u64).to_le_bytes());
+        for (field, path) in files {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = read_limited(&path).map_err(|r| self.error(field, r))?;
+            hash.update(&(name.len() as u64).to_le_bytes());
+            hash.update(name.as_bytes());
+            hash.update(&(text.len() as u64).to_le_bytes());
+            hash.update(text.as_bytes());
+        }
+        let mut id = [0u8; 48];
+        id.copy_from_slice(hash.finish().as_ref());
+        Ok(id)
+    }
+
     /// Reads the node's secret key (`secret_key_file`), if the config names one.
     pub fn secret_key(&self) -> Result<Option<SecretKey>, ConfigError> {
         self.secret_key_file
@@ -1036,6 +1090,78 @@ allow = ["{k}"]
                 "{bad}: {e}"
             );
         }
+    }
+
+    /// The config id covers node.toml and every policy it names (a change to either
+    /// changes it) and not the directory they are in (the host's copy and the TD's give the
+    /// same id).
+    #[test]
+    fn the_config_id_covers_the_config_and_its_policies_wherever_they_are() {
+        let id_in = |dir: &Path, config: &str, policy: &str| {
+            std::fs::write(dir.join("node.toml"), config).expect("config");
+            std::fs::write(dir.join("mock.toml"), policy).expect("policy");
+            NodeConfig::load(&dir.join("node.toml"))
+                .expect("load")
+                .config_id()
+                .expect("id")
+        };
+        let (a, b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let policy = crate::cluster::MOCK_POLICY;
+        let id = id_in(a.path(), &good(), policy);
+        assert_eq!(id_in(b.path(), &good(), policy), id, "another directory");
+        assert_ne!(
+            id_in(
+                b.path(),
+                &good().replace("tick_ms = 20", "tick_ms = 21"),
+                policy
+            ),
+            id,
+            "another node.toml"
+        );
+        assert_ne!(
+            id_in(
+                b.path(),
+                &good(),
+                &policy.replace("max_quote_age_secs = 600", "max_quote_age_secs = 601")
+            ),
+            id,
+            "another policy"
+        );
+        std::fs::remove_file(a.path().join("mock.toml")).expect("rm");
+        let e = NodeConfig::load(&a.path().join("node.toml"))
+            .expect("load")
+            .config_id()
+            .expect_err("a policy that cannot be read");
+        assert!(e.to_string().contains("policies: "), "{e}");
+    }
+
+    /// A TD whose MRCONFIGID is not its config's id refuses to run that config.
+    #[test]
+    fn a_td_runs_only_the_config_its_quote_names() {
+        use tessera_attestation::provider::mock::{MockConfig, MockProvider};
+        use tessera_attestation::QuoteProvider;
+        let quote_with = |mr_config_id: [u8; 48]| {
+            let provider = MockProvider::new(MockConfig {
+                mr_config_id,
+                ..MockConfig::default()
+            })
+            .expect("mock");
+            provider.quote(&[0u8; 64]).expect("quote").into_bytes()
+        };
+        let id = [0x5a; 48];
+        check_config_id(&quote_with(id), &id).expect("the config the TD was started with");
+        for other in [[0u8; 48], [0x5b; 48]] {
+            let e = check_config_id(&quote_with(other), &id).expect_err("another config");
+            assert!(
+                e.contains(&hex::encode(other)) && e.contains(&hex::encode(id)),
+                "{e}"
+            );
+        }
+        let e = check_config_id(b"not a quote", &id).expect_err("garbage");
+        assert!(e.contains("cannot read this TD's own quote"), "{e}");
     }
 
     /// The group key comes from exactly one place: a file, or (required in a TD) the keys

@@ -63,6 +63,8 @@ enum Command {
     Member(cli::member::MemberArgs),
     /// Send the group key to a node started with [provision], after checking its quote.
     Provision(cli::provision::ProvisionArgs),
+    /// Print the id of a node.toml and its policies: the MRCONFIGID to start its TD with.
+    ConfigId(cli::node::ConfigIdArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,5 +87,6 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::status::run(args),
         Command::Member(args) => cli::member::run(args),
         Command::Provision(args) => cli::provision::run(args),
+        Command::ConfigId(args) => cli::node::config_id(args),
     }
 }

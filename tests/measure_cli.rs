@@ -328,3 +328,65 @@ fn bad_inputs_exit_2_naming_the_input() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("initrd"));
 }
+
+/// `tessera config-id` names a node.toml and its policies (hex, or base64 for QEMU's
+/// `mrconfigid`), changes with either, and `--mr-config-id` pins it in the written policy.
+#[test]
+fn the_config_id_is_printed_and_pinned_in_the_policy() {
+    let img = image("config-id");
+    let policy = std::fs::read_to_string(format!("{ROOT}/policies/mock.toml")).unwrap();
+    img.dir.write("mock.toml", policy.as_bytes());
+    let node_toml = |tick: u32| {
+        format!(
+            "data_dir = \"data\"\nlisten = \"0.0.0.0:7000\"\nbootstrap_expect = 1\n\
+             group_key_file = \"group.key\"\npolicies = [\"mock.toml\"]\nattestation = \"mock\"\n\
+             network_id = \"config-id-test\"\nstorage = \"memory\"\n[timers]\ntick_ms = {tick}\n"
+        )
+    };
+    let config = img.dir.write("node.toml", node_toml(20).as_bytes());
+    let id_of = |extra: &[&str]| {
+        let mut args = vec!["config-id", "--config", &config];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let id = id_of(&[]);
+    assert_eq!(id.len(), 96, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    let b64 = id_of(&["--base64"]);
+    assert_eq!(b64.len(), 64, "48 bytes in base64: {b64}");
+    img.dir.write("node.toml", node_toml(21).as_bytes());
+    assert_ne!(id_of(&[]), id, "another node.toml, another id");
+    img.dir.write("node.toml", node_toml(20).as_bytes());
+    assert_eq!(id_of(&[]), id);
+
+    let policy_path = img.dir.path("provisioner.toml");
+    let out = measure(&img, &["--policy-out", &policy_path, "--mr-config-id", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = Policy::from_toml_str(&std::fs::read_to_string(&policy_path).unwrap()).unwrap();
+    let pinned = written.td.profiles[0]
+        .mr_config_id
+        .as_ref()
+        .map(|h| hex::encode(h.0));
+    assert_eq!(pinned.as_deref(), Some(id.as_str()));
+
+    let out = measure(
+        &img,
+        &["--policy-out", &policy_path, "--mr-config-id", "xyz"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mr-config-id: expected 96 hex"));
+    let missing = run(&["config-id", "--config", &img.dir.path("absent.toml")]);
+    assert_eq!(missing.status.code(), Some(2));
+}

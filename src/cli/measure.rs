@@ -85,6 +85,11 @@ pub struct MeasureArgs {
     /// Name of the written policy (default: the policy file's name without `.toml`).
     #[arg(long, value_name = "NAME", requires = "policy_out")]
     policy_name: Option<String>,
+    /// Pin MRCONFIGID in the written policy: the id of the node.toml the TD is started
+    /// with (`tessera config-id`, 96 hex). A provisioner's policy should: the key then
+    /// only reaches a node that runs exactly that config.
+    #[arg(long, value_name = "HEX", requires = "policy_out")]
+    mr_config_id: Option<String>,
 }
 
 /// The quote's MRTD is not this firmware's: RTMR0 from it would describe another image.
@@ -110,6 +115,11 @@ struct FromQuote {
 }
 
 fn measure(args: &MeasureArgs) -> Result<()> {
+    if let Some(id) = &args.mr_config_id {
+        if id.len() != 96 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--mr-config-id: expected 96 hex digits (tessera config-id), got {id:?}");
+        }
+    }
     let memory_bytes = parse_memory(&args.memory)?;
     let firmware = read_limited(&args.firmware, FIRMWARE_LEN_MAX, "firmware")?;
     let kernel = read_limited(&args.kernel, KERNEL_LEN_MAX, "kernel")?;
@@ -552,7 +562,12 @@ impl Report<'_> {
             "rtmr3 = \"{}\"  # runtime: zero at boot",
             hex::encode([0u8; 48])
         ));
-        line("# mr_config_id = \"…96 hex…\"              # optional: SHA-384 of the config the host passes (MRCONFIGID)");
+        match &self.args.mr_config_id {
+            Some(id) => line(&format!(
+                "mr_config_id = \"{id}\"  # the node.toml and policies the host passes (tessera config-id)"
+            )),
+            None => line("# mr_config_id = \"…96 hex…\"              # optional: the config's id (tessera config-id; MRCONFIGID)"),
+        }
         line("");
         line("[binding]");
         line("max_quote_age_secs = 600                  # a peer's claims may be at most 10 minutes old (plus 30 s clock skew)");

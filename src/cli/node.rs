@@ -91,6 +91,58 @@ pub struct KeygenArgs {
     pub group: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ConfigIdArgs {
+    /// The node.toml whose id to print (the policy files it names are read too).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Print it in base64, as QEMU's tdx-guest `mrconfigid` property takes it.
+    #[arg(long)]
+    pub base64: bool,
+}
+
+/// `tessera config-id`: the id a TD's host must start it with (MRCONFIGID) for it to run
+/// this config, and that a provisioner's policy pins (`mr_config_id`).
+pub fn config_id(args: ConfigIdArgs) -> ExitCode {
+    let id = NodeConfig::load(&args.config).and_then(|config| config.config_id());
+    match id {
+        Ok(id) if args.base64 => {
+            println!("{}", base64(&id));
+            ExitCode::SUCCESS
+        }
+        Ok(id) => {
+            println!("{}", hex::encode(id));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tessera config-id: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// A node that could not start (exit 2), as opposed to one that failed while running.
 #[derive(Debug)]
 struct StartFailure(anyhow::Error);
@@ -171,6 +223,7 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
     }
     let key = config.group_key()?;
     let validator = config.validator()?;
+    let config_id = config.config_id()?;
     let (provider, collateral, clock): (Box<dyn QuoteProvider + Send + Sync>, Collateral, Clock) =
         match config.attestation {
             // `NodeConfig::load` refuses "mock" in a build without the mock provider.
@@ -182,7 +235,12 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
             }
             #[cfg(feature = "mock-attestation")]
             AttestationMode::Mock => {
-                let mock = MockConfig::default();
+                // The mock "host" starts the mock TD with this config's id, as run-tdx.sh
+                // does: its quotes name the config, and policies can pin it.
+                let mock = MockConfig {
+                    mr_config_id: config_id,
+                    ..MockConfig::default()
+                };
                 let provider = MockProvider::new(mock.clone())
                     .map_err(|e| config.error("attestation", format!("mock provider: {e}")))?;
                 let collateral = provider
@@ -199,6 +257,12 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
                         format!("\"tdx\" but this machine cannot produce TDX quotes: {e}"),
                     )
                 })?;
+                // Before anything else: this TD must run the config its quotes will name.
+                let own = provider.quote(&[0u8; 64]).map_err(|e| {
+                    config.error("attestation", format!("cannot quote this TD: {e}"))
+                })?;
+                tessera::config::check_config_id(own.as_bytes(), &config_id)
+                    .map_err(|e| config.error("attestation", e))?;
                 let path = config
                     .collateral_file
                     .clone()
@@ -641,5 +705,27 @@ pub fn keygen(args: KeygenArgs) -> ExitCode {
             eprintln!("tessera keygen: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    /// RFC 4648 §10's test vectors, and a 48-byte id (no padding).
+    #[test]
+    fn base64_follows_rfc_4648() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected, "{input:?}");
+        }
+        assert_eq!(base64(&[0xff; 48]), "/".repeat(64));
     }
 }
