@@ -2,7 +2,8 @@
 # make image-repro: checks that the image build is reproducible. Clones the current commit
 # twice, into directories of different names and lengths, builds the image in each, one
 # after the other (so at different times, each with its own cargo target directory), and
-# compares every artifact byte for byte. Uncommitted changes are not part of the check.
+# compares every artifact byte for byte, and the policy each writes with the committed
+# policies/tessera-enclave.toml. Uncommitted changes are not part of the check.
 #
 # Settings: VARIANT (default production), REPRO_KEEP=1 keeps both trees.
 set -euo pipefail
@@ -36,6 +37,19 @@ for artifact in firmware.fd vmlinuz initrd.gz cmdline; do
     different=1
   fi
 done
+# The committed policy must be the one this commit's image measures to.
+for tree in "$first" "$second"; do
+  if ! git -C "$tree" diff --quiet -- policies/tessera-enclave.toml 2>/dev/null; then
+    if [ "$VARIANT" = production ]; then
+      echo "image-repro: policies/tessera-enclave.toml is not the one this image measures to:" >&2
+      git -C "$tree" diff -- policies/tessera-enclave.toml >&2
+      different=1
+    fi
+  fi
+done
+if [ "$VARIANT" = production ] && [ "$different" = 0 ]; then
+  echo "image-repro: identical  policies/tessera-enclave.toml (as committed)" >&2
+fi
 if [ "$different" = 1 ]; then
   echo "image-repro: FAIL: the two builds differ (REPRO_KEEP=1 keeps them for diffoscope)" >&2
   exit 1
