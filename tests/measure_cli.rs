@@ -2,9 +2,7 @@
 //! tests/vectors/measure/ (MRTD, RTMR2), its JSON, the policy it writes (which the policy
 //! parser must load), RTMR0 from a quote, and its exit codes (0 computed, 1 the quote is
 //! of another firmware, 2 bad input).
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
 use tessera_attestation::{Policy, TcbStatus, TrustRoot};
@@ -19,35 +17,27 @@ fn vector(name: &str) -> String {
     format!("{ROOT}/tests/vectors/{name}")
 }
 
-/// A fresh directory for one test, removed when dropped.
-struct Scratch(PathBuf);
+/// A fresh directory for one test (tempfile's), removed when dropped.
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tessera-measure-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        Scratch(
+            tempfile::Builder::new()
+                .prefix(&format!("tessera-measure-{tag}-"))
+                .tempdir()
+                .unwrap(),
+        )
     }
 
     fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
+        self.0.path().join(name).to_str().unwrap().to_owned()
     }
 
     fn write(&self, name: &str, contents: &[u8]) -> String {
         let path = self.path(name);
         std::fs::write(&path, contents).unwrap();
         path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -85,6 +85,22 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `out` failed with exit status 2 and said `expected` on stderr.
+fn assert_exit_2_saying(out: &Output, what: &str, expected: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains(expected),
+        "{what}: want {expected:?} in {}",
+        text(&out.stderr)
+    );
+}
+
 fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     let out = tessera(&["keygen", "--out", path.to_str().expect("utf-8 path")]);
@@ -514,16 +530,10 @@ fn three_node_processes_replicate_and_report_status() {
         "--policy",
         other_image,
     ]);
-    assert_eq!(
-        wrong_image.status.code(),
-        Some(2),
-        "{}",
-        text(&wrong_image.stdout)
-    );
-    assert!(
-        text(&wrong_image.stderr).contains("did not prove it runs an image"),
-        "{}",
-        text(&wrong_image.stderr)
+    assert_exit_2_saying(
+        &wrong_image,
+        "another image",
+        "did not prove it runs an image",
     );
     let wrong_network = client(&[
         "kv",
@@ -535,19 +545,9 @@ fn three_node_processes_replicate_and_report_status() {
         "--network",
         "another-network",
     ]);
-    assert_eq!(wrong_network.status.code(), Some(2));
-    assert!(
-        text(&wrong_network.stderr).contains("another-network"),
-        "{}",
-        text(&wrong_network.stderr)
-    );
+    assert_exit_2_saying(&wrong_network, "another network", "another-network");
     let unchecked = tessera(&["kv", "get", "greeting", "--node", &peers[0]]);
-    assert_eq!(unchecked.status.code(), Some(2));
-    assert!(
-        text(&unchecked.stderr).contains("--insecure"),
-        "neither --policy nor --insecure is refused: {}",
-        text(&unchecked.stderr)
-    );
+    assert_exit_2_saying(&unchecked, "neither --policy nor --insecure", "--insecure");
     let insecure = tessera(&["kv", "get", "greeting", "--node", &peers[0], "--insecure"]);
     assert!(insecure.status.success(), "{}", text(&insecure.stderr));
     assert_eq!(
@@ -1258,12 +1258,7 @@ fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
             "--insecure refused",
         ),
     ] {
-        assert_eq!(out.status.code(), Some(2), "{what}: {}", text(&out.stderr));
-        assert!(
-            text(&out.stderr).contains(expected),
-            "{what}: want {expected:?} in {}",
-            text(&out.stderr)
-        );
+        assert_exit_2_saying(&out, what, expected);
         let out = put("still-early");
         assert!(
             text(&out.stderr).contains("waiting for its group key"),
@@ -1326,15 +1321,5 @@ fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
         "--policy",
         MOCK_POLICY_FILE,
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "another key: {}",
-        text(&out.stdout)
-    );
-    assert!(
-        text(&out.stderr).contains("another group key"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_exit_2_saying(&out, "another key", "another group key");
 }
