@@ -23,7 +23,7 @@
 #
 # Settings: MIRROR (Debian mirror; a snapshot.debian.org URL once deb.debian.org drops the
 # pinned versions), TESSERA_IMAGE_CACHE (downloaded packages; default ~/.cache/tessera-image),
-# CARGO, SOURCE_DATE_EPOCH (default: the commit's time).
+# CARGO, SOURCE_DATE_EPOCH (default: a fixed 2025-01-01).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -45,9 +45,9 @@ case "$VARIANT" in
   smoke) features=(--no-default-features --features mock-attestation); tdx_module=optional ;;
   *) echo "image: unknown VARIANT=$VARIANT (production or smoke)" >&2; exit 2 ;;
 esac
-if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
-  SOURCE_DATE_EPOCH="$(git -C "$repo" log -1 --format=%ct 2>/dev/null || echo 1)"
-fi
+# One fixed time for every file of the initrd. Not the commit's time: the commit that
+# records the image's policy would change the image it describes.
+SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1735689600}" # 2025-01-01T00:00:00Z
 export SOURCE_DATE_EPOCH
 
 step() { printf 'image [%s] %-10s %3ds  %s\n' "$VARIANT" "$1" $((SECONDS - started)) "$2" >&2; }
