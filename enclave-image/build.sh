@@ -6,6 +6,7 @@
 #   initrd.gz     /init (tessera-init), /bin/tessera, the kernel modules it loads
 #   cmdline       the kernel command line
 #   SHA256SUMS    of the four
+#   tessera       the initrd's /bin/tessera, for use on the host (static)
 #
 # and measurements.txt/.json from `tessera measure` (for MEASURE_MEMORY, default 2G);
 # for the production variant also policies/tessera-enclave.toml, the policy that admits it.
@@ -109,6 +110,9 @@ root="$work/root"
 mkdir -p "$root"/{bin,dev,etc/tessera,lib/modules,proc,run,sys,tmp}
 install -m 0755 "$bin_dir/tessera-init" "$root/init"
 install -m 0755 "$bin_dir/tessera" "$root/bin/tessera"
+# The same binary beside the artifacts, for the host side (smoke.sh's client, run-tdx.sh's
+# config id); not an artifact of the image itself.
+install -m 0755 "$bin_dir/tessera" "$out/tessera"
 
 # module_file <name>: the .ko.xz of a module name (names use _ where files may use -).
 module_file() {

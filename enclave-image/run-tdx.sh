@@ -25,8 +25,6 @@ cpus=2
 port=7000
 qgs_port=4050
 QEMU="${QEMU:-qemu-system-x86_64}"
-# The host-side tessera (the image build's static binary runs on the host too).
-TESSERA="${TESSERA:-$here/../target/enclave-image/x86_64-unknown-linux-gnu/release/tessera}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --config-dir) config_dir="$2"; shift 2 ;;
@@ -38,6 +36,8 @@ while [ $# -gt 0 ]; do
     *) echo "run-tdx: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+# The host-side tessera: the image's own static binary, which runs on the host too.
+TESSERA="${TESSERA:-$image/tessera}"
 [ -n "$config_dir" ] && [ -f "$config_dir/node.toml" ] ||
   { echo "run-tdx: --config-dir must name a directory holding node.toml" >&2; exit 2; }
 for artifact in firmware.fd vmlinuz initrd.gz cmdline; do

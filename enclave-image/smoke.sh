@@ -20,7 +20,7 @@ repo="$(cd "$here/.." && pwd)"
 image="$here/out/smoke"
 QEMU="${QEMU:-qemu-system-x86_64}"
 TIMEOUT="${SMOKE_TIMEOUT:-600}"
-client="$repo/target/enclave-image/x86_64-unknown-linux-gnu/release/tessera"
+client="$image/tessera"
 started=$SECONDS
 
 say() { printf 'image-smoke %4ds  %s\n' $((SECONDS - started)) "$*" >&2; }
