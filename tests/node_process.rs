@@ -1216,7 +1216,8 @@ fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
     )
     .expect("policy");
     let group_key = d.join("group.key");
-    let provision = |key: &Path, policy: &Path, extra: &[&str]| {
+    // `tessera provision` of `group_key` to the node, as `key`, checking it with `trust`.
+    let provision = |group_key: &Path, key: &Path, trust: &[&str]| {
         let mut args = vec![
             "provision",
             "--node",
@@ -1225,36 +1226,29 @@ fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
             group_key.to_str().expect("path"),
             "--key-file",
             key.to_str().expect("path"),
-            "--policy",
-            policy.to_str().expect("path"),
         ];
-        args.extend(extra);
+        args.extend(trust);
         tessera(&args)
     };
-    let mock_policy = Path::new(MOCK_POLICY_FILE);
+    let mock_policy = ["--policy", MOCK_POLICY_FILE];
     for (what, out, expected) in [
         (
             "a policy for another image",
-            provision(&provisioner, &other_image, &[]),
+            provision(
+                &group_key,
+                &provisioner,
+                &["--policy", other_image.to_str().expect("path")],
+            ),
             "did not prove it runs an image the client's policy approves",
         ),
         (
             "a key outside [provision] allow",
-            provision(&outsider, mock_policy, &[]),
+            provision(&group_key, &outsider, &mock_policy),
             "[provision] allow",
         ),
         (
             "--insecure",
-            tessera(&[
-                "provision",
-                "--node",
-                &node,
-                "--group-key-file",
-                group_key.to_str().expect("path"),
-                "--key-file",
-                provisioner.to_str().expect("path"),
-                "--insecure",
-            ]),
+            provision(&group_key, &provisioner, &["--insecure"]),
             "--insecure refused",
         ),
     ] {
@@ -1267,7 +1261,7 @@ fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
         );
     }
 
-    let out = provision(&provisioner, mock_policy, &[]);
+    let out = provision(&group_key, &provisioner, &mock_policy);
     assert!(
         out.status.success(),
         "provision: {}{}",
@@ -1296,7 +1290,7 @@ fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
     let out = client(&["kv", "--node", &node, "get", "k"]);
     assert_eq!(text(&out.stdout).trim(), "v1", "{}", text(&out.stderr));
 
-    let again = provision(&provisioner, mock_policy, &[]);
+    let again = provision(&group_key, &provisioner, &mock_policy);
     assert!(
         again.status.success(),
         "the same key again: {}",
@@ -1310,16 +1304,6 @@ fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
         other_key.to_str().expect("path"),
     ]);
     assert!(made.status.success());
-    let out = tessera(&[
-        "provision",
-        "--node",
-        &node,
-        "--group-key-file",
-        other_key.to_str().expect("path"),
-        "--key-file",
-        provisioner.to_str().expect("path"),
-        "--policy",
-        MOCK_POLICY_FILE,
-    ]);
+    let out = provision(&other_key, &provisioner, &mock_policy);
     assert_exit_2_saying(&out, "another key", "another group key");
 }
