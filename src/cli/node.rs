@@ -382,8 +382,6 @@ async fn serve(p: Prepared) -> Result<()> {
             tracing::warn!(%listen, error = %e, "cannot answer who listens here on TCP; peers and clients that name this node by address alone will not find it")
         }
     }
-    let mut by_address =
-        resolve_bootstrap(&config.bootstrap_addresses, node_key, holds_state).await;
 
     let tickets = keep_tickets_fresh(Arc::new(p.issuer), *node_key.as_bytes(), p.clock.clone())
         .map_err(|e| start_failure(config.error("attestation", format!("first ticket: {e}"))))?;
@@ -399,6 +397,9 @@ async fn serve(p: Prepared) -> Result<()> {
         },
     };
     let key_id = key.public_id();
+    // After the key: a node waiting to be provisioned must not first wait for its peers.
+    let mut by_address =
+        resolve_bootstrap(&config.bootstrap_addresses, node_key, holds_state).await;
     let named: Vec<EndpointAddr> = config
         .bootstrap
         .iter()
