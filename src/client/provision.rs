@@ -25,8 +25,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::server::read_request;
 use super::{
-    ClientRequest, ClientResponse, CLOSE_BUSY, CLOSE_UNAUTHORIZED, CONNECTION_IDLE_TIMEOUT,
-    IO_TIMEOUT,
+    ClientRequest, ClientResponse, CLOSE_UNAUTHORIZED, CONNECTION_IDLE_TIMEOUT, IO_TIMEOUT,
 };
 use crate::groups::GroupKey;
 use crate::net::{write_message, FrameError, ALPN_CLIENT};
@@ -124,7 +123,7 @@ async fn handshake(incoming: Incoming) -> Option<Connection> {
 async fn serve(conn: &Connection, wait: &AwaitKey, key_tx: &watch::Sender<Option<GroupKey>>) {
     if conn.alpn() != ALPN_CLIENT {
         conn.close(
-            VarInt::from_u32(CLOSE_BUSY),
+            VarInt::from_u32(0),
             b"waiting for the group key: only the client protocol is served",
         );
         return;
