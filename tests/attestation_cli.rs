@@ -647,3 +647,25 @@ fn quote_usage_errors_and_tdx_outside_a_td() {
         assert!(!Path::new(&out_path).exists());
     }
 }
+
+/// Every committed policy (the example, the mock's, the enclave image's, which `make image`
+/// writes) loads and passes `tessera policy check`: a hand edit that breaks one fails here.
+#[test]
+fn every_committed_policy_passes_policy_check() {
+    let mut names: Vec<String> = std::fs::read_dir(format!("{ROOT}/policies"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".toml"))
+        .collect();
+    names.sort();
+    for expected in ["example.toml", "mock.toml", "tessera-enclave.toml"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "policies/{expected} is missing: {names:?}"
+        );
+    }
+    for name in &names {
+        let out = run(&["policy", "check", &policy(name)]);
+        assert_eq!(code(&out), 0, "policies/{name}: {}", stderr(&out));
+    }
+}
