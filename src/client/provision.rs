@@ -23,12 +23,10 @@ use iroh::{Endpoint, PublicKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
 
-use super::server::read_request;
-use super::{
-    ClientRequest, ClientResponse, CLOSE_UNAUTHORIZED, CONNECTION_IDLE_TIMEOUT, IO_TIMEOUT,
-};
+use super::server::{receive_request, send_response};
+use super::{ClientRequest, ClientResponse, CLOSE_UNAUTHORIZED, CONNECTION_IDLE_TIMEOUT};
 use crate::groups::GroupKey;
-use crate::net::{write_message, FrameError, ALPN_CLIENT};
+use crate::net::ALPN_CLIENT;
 use crate::tickets::{Clock, Ticket};
 
 /// Connections a waiting node serves at once (handshakes included).
@@ -147,26 +145,13 @@ async fn serve(conn: &Connection, wait: &AwaitKey, key_tx: &watch::Sender<Option
                 }
                 Ok(Err(_)) => return,
             };
-        let request = match tokio::time::timeout(IO_TIMEOUT, read_request(&mut recv)).await {
-            Ok(Ok(request)) => Ok(request),
-            Ok(Err(
-                e @ (FrameError::Length { .. }
-                | FrameError::Version { .. }
-                | FrameError::Decode { .. }),
-            )) => Err(format!("bad request: {e}")),
+        let response = match receive_request(&mut recv).await {
+            Ok(Ok(request)) => answer(&sender, request, wait, key_tx),
+            Ok(Err(bad)) => bad,
             // A stream that broke or stalled: nothing to answer.
-            _ => continue,
+            Err(_) => continue,
         };
-        let response = match request {
-            Ok(request) => answer(&sender, request, wait, key_tx),
-            Err(e) => ClientResponse::Error(e),
-        };
-        let _ = tokio::time::timeout(IO_TIMEOUT, async {
-            write_message(&mut send, &response).await?;
-            send.finish()
-                .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))
-        })
-        .await;
+        let _ = send_response(&mut send, &response).await;
     }
 }
 

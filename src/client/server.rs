@@ -344,15 +344,8 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), FrameError> {
-    let request = tokio::time::timeout(IO_TIMEOUT, read_request(&mut recv))
-        .await
-        .map_err(|_| FrameError::Io(std::io::Error::other("request not received in time")))?;
-    let response = match request {
-        Err(
-            e
-            @ (FrameError::Length { .. } | FrameError::Version { .. } | FrameError::Decode { .. }),
-        ) => ClientResponse::Error(format!("bad request: {e}")),
-        Err(e) => return Err(e),
+    let response = match receive_request(&mut recv).await? {
+        Err(bad) => bad,
         Ok(request) => {
             match tokio::time::timeout(REQUEST_TIMEOUT, service.answer(client, request)).await {
                 Ok(response) => response,
@@ -366,18 +359,44 @@ async fn serve_stream(
     if matches!(response, ClientResponse::Error(_)) {
         service.stats.request_errors.fetch_add(1, Ordering::Relaxed);
     }
+    send_response(&mut send, &response).await
+}
+
+/// Reads one request under [`IO_TIMEOUT`]. `Ok(Err(answer))`: a frame arrived that is not
+/// a request (too long, another version, undecodable), to be answered with `answer`;
+/// `Err`: the stream broke or stalled, and there is nothing to answer.
+pub(super) async fn receive_request(
+    recv: &mut RecvStream,
+) -> Result<Result<ClientRequest, ClientResponse>, FrameError> {
+    let request = tokio::time::timeout(IO_TIMEOUT, read_request(recv))
+        .await
+        .map_err(|_| FrameError::Io(std::io::Error::other("request not received in time")))?;
+    match request {
+        Ok(request) => Ok(Ok(request)),
+        Err(
+            e
+            @ (FrameError::Length { .. } | FrameError::Version { .. } | FrameError::Decode { .. }),
+        ) => Ok(Err(ClientResponse::Error(format!("bad request: {e}")))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `response` and finishes the stream, under [`IO_TIMEOUT`].
+pub(super) async fn send_response(
+    send: &mut SendStream,
+    response: &ClientResponse,
+) -> Result<(), FrameError> {
     tokio::time::timeout(IO_TIMEOUT, async {
-        write_message(&mut send, &response).await?;
+        write_message(send, response).await?;
         send.finish()
             .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))
     })
     .await
-    .map_err(|_| FrameError::Io(std::io::Error::other("answer not sent in time")))??;
-    Ok(())
+    .map_err(|_| FrameError::Io(std::io::Error::other("answer not sent in time")))?
 }
 
 /// Reads one request, refusing a length over [`REQUEST_BYTES_MAX`] before allocating.
-pub(super) async fn read_request(recv: &mut RecvStream) -> Result<ClientRequest, FrameError> {
+async fn read_request(recv: &mut RecvStream) -> Result<ClientRequest, FrameError> {
     let mut header = [0u8; 4];
     AsyncReadExt::read_exact(recv, &mut header).await?;
     let len = u32::from_be_bytes(header) as usize;
