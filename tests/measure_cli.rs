@@ -351,6 +351,10 @@ fn the_config_id_is_printed_and_pinned_in_the_policy() {
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     let b64 = id_of(&["--base64"]);
     assert_eq!(b64.len(), 64, "48 bytes in base64: {b64}");
+    let decoded = data_encoding::BASE64
+        .decode(b64.as_bytes())
+        .expect("base64");
+    assert_eq!(hex::encode(decoded), id, "the same id in base64");
     img.dir.write("node.toml", node_toml(21).as_bytes());
     assert_ne!(id_of(&[]), id, "another node.toml, another id");
     img.dir.write("node.toml", node_toml(20).as_bytes());

@@ -107,7 +107,7 @@ pub fn config_id(args: ConfigIdArgs) -> ExitCode {
     let id = NodeConfig::load(&args.config).and_then(|config| config.config_id());
     match id {
         Ok(id) if args.base64 => {
-            println!("{}", base64(&id));
+            println!("{}", data_encoding::BASE64.encode(&id));
             ExitCode::SUCCESS
         }
         Ok(id) => {
@@ -119,28 +119,6 @@ pub fn config_id(args: ConfigIdArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Standard base64 with padding (RFC 4648 §4).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A node that could not start (exit 2), as opposed to one that failed while running.
@@ -706,27 +684,5 @@ pub fn keygen(args: KeygenArgs) -> ExitCode {
             eprintln!("tessera keygen: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64;
-
-    /// RFC 4648 §10's test vectors, and a 48-byte id (no padding).
-    #[test]
-    fn base64_follows_rfc_4648() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), expected, "{input:?}");
-        }
-        assert_eq!(base64(&[0xff; 48]), "/".repeat(64));
     }
 }
