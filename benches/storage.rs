@@ -60,8 +60,11 @@ fn filesystem_of(path: &Path) -> String {
 }
 
 fn synced_writes(dir: &Path, batch_entries: u64, run: Duration) -> serde_json::Value {
-    let mut store = RocksDbStorage::open(dir.join(format!("batch-{batch_entries}")))
-        .expect("open the bench store");
+    let mut store = RocksDbStorage::open(
+        dir.join(format!("batch-{batch_entries}")),
+        tessera::storage::StorageKey::derive(&[0xBE; 32], &[1; 32]),
+    )
+    .expect("open the bench store");
     let payload = Bytes::from(vec![0xA5u8; ENTRY_PAYLOAD_BYTES]);
     let write = |store: &mut RocksDbStorage| {
         let first = store.last_index() + 1;

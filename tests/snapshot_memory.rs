@@ -82,9 +82,10 @@ fn filled_machine() -> ReplicatedKv {
 #[test]
 fn a_large_snapshot_is_written_sent_and_restored_without_a_whole_copy_in_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let leader_store = Arc::new(SnapshotStore::open_dir(dir.path().join("leader")).expect("store"));
+    let leader_store =
+        Arc::new(SnapshotStore::open_dir(dir.path().join("leader"), test_key()).expect("store"));
     let follower_store =
-        Arc::new(SnapshotStore::open_dir(dir.path().join("follower")).expect("store"));
+        Arc::new(SnapshotStore::open_dir(dir.path().join("follower"), test_key()).expect("store"));
     let machine = filled_machine();
 
     // Taking the snapshot: streamed into a file.
@@ -183,4 +184,8 @@ fn a_large_snapshot_is_written_sent_and_restored_without_a_whole_copy_in_memory(
         state >> 20,
         restoring >> 20
     );
+}
+
+fn test_key() -> tessera::storage::StorageKey {
+    tessera::storage::StorageKey::derive(&[4; 32], &[1; 32])
 }

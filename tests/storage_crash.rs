@@ -67,6 +67,11 @@ fn snapshot_bytes(index: Index) -> Vec<u8> {
         .collect()
 }
 
+/// The key both the child and the parent open the store with.
+fn test_key() -> tessera::storage::StorageKey {
+    tessera::storage::StorageKey::derive(&[0xC7; 32], &[1; 32])
+}
+
 /// The child: a no-op unless the parent set the data directory.
 #[test]
 fn crash_child_writer() {
@@ -78,7 +83,7 @@ fn crash_child_writer() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut rng = SplitMix64::new(seed);
-    let mut store = RocksDbStorage::open(&dir).expect("child opens the store");
+    let mut store = RocksDbStorage::open(&dir, test_key()).expect("child opens the store");
     let state = store.initial_state().expect("child reads the store");
     // A new term per life, as a restarted node would vote in a new election.
     let term = state.hard_state.term + 1;
@@ -166,8 +171,8 @@ impl Acknowledged {
 
 /// Reopens the store after a kill and checks it against what was acknowledged.
 fn check_recovery(path: &Path, acked: &mut Acknowledged, context: &str) {
-    let store =
-        RocksDbStorage::open(path).unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
+    let store = RocksDbStorage::open(path, test_key())
+        .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
     let state = store
         .initial_state()
         .unwrap_or_else(|e| panic!("{context}: recovered state unreadable: {e}"));
@@ -304,7 +309,7 @@ fn killed_writers_never_lose_an_acknowledged_entry() {
             }
             if round == 0 && acks == 1 {
                 // A second process on a directory in use must be turned away, clearly.
-                match RocksDbStorage::open(&path) {
+                match RocksDbStorage::open(&path, test_key()) {
                     Err(StorageError::Io { op: "open", reason }) => assert!(
                         reason.contains("in use by another process (lock held)"),
                         "{context}: unclear lock error: {reason}"

@@ -111,8 +111,13 @@ mod rocks {
     use tessera::machine::KvCommand;
     use tessera::storage::RocksDbStorage;
 
+    fn test_key() -> tessera::storage::StorageKey {
+        tessera::storage::StorageKey::derive(&[0x17; 32], &[1; 32])
+    }
+
     fn open_rocks(path: &Path) -> RocksDbStorage {
-        RocksDbStorage::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        RocksDbStorage::open(path, test_key())
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
     }
 
     /// Names of the files in a data directory's snapshot directory.

@@ -148,7 +148,11 @@ async fn run(args: BenchArgs) -> Result<serde_json::Value> {
         #[cfg(feature = "rocksdb")]
         StorageKind::Rocksdb => {
             let result = LocalCluster::start(options, |i| {
-                RocksDbStorage::open(scratch.join(format!("node-{i}"))).map_err(|e| e.to_string())
+                RocksDbStorage::open(
+                    scratch.join(format!("node-{i}")),
+                    bench_storage_key(i as u8),
+                )
+                .map_err(|e| e.to_string())
             })
             .await;
             result?
@@ -275,7 +279,7 @@ async fn add_member(
         }
         #[cfg(feature = "rocksdb")]
         StorageKind::Rocksdb => {
-            let storage = RocksDbStorage::open(scratch.join("joiner"))?;
+            let storage = RocksDbStorage::open(scratch.join("joiner"), bench_storage_key(u8::MAX))?;
             cluster
                 .candidate(MockConfig::default(), &cluster.options, storage)
                 .await?
@@ -476,4 +480,11 @@ pub fn bench(args: BenchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The storage key of bench member `member`: the bench's stores are scratch data, never
+/// reopened by another run, so a fixed group key is enough.
+#[cfg(feature = "rocksdb")]
+fn bench_storage_key(member: u8) -> tessera::storage::StorageKey {
+    tessera::storage::StorageKey::derive(&[0xBE; 32], &[member; 32])
 }

@@ -44,7 +44,7 @@ use tessera::net::{
 };
 use tessera::storage::MemoryStorage;
 #[cfg(feature = "rocksdb")]
-use tessera::storage::RocksDbStorage;
+use tessera::storage::{LockedRocksDb, RocksDbStorage, StorageKey};
 #[cfg(feature = "mock-attestation")]
 use tessera::tickets::clock_from;
 use tessera::tickets::{system_clock, Clock, TdxTicketIssuer};
@@ -161,9 +161,9 @@ struct Prepared {
     validator: Arc<dyn tessera::tickets::TicketValidator>,
     issuer: TdxTicketIssuer,
     clock: Clock,
-    /// The opened store when `storage = "rocksdb"`.
+    /// The taken data directory when `storage = "rocksdb"`, and whether it holds records.
     #[cfg(feature = "rocksdb")]
-    rocks: Option<RocksDbStorage>,
+    rocks: Option<(LockedRocksDb, bool)>,
 }
 
 fn prepare(args: &NodeArgs) -> Result<Prepared> {
@@ -185,7 +185,7 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
     #[cfg(feature = "rocksdb")]
     let rocks = match config.storage {
         StorageKind::RocksDb => Some(
-            open_own_store(&config.data_dir.join("raft"), &secret, fresh_secret)
+            lock_own_store(&config.data_dir.join("raft"), &secret, fresh_secret)
                 .map_err(|e| config.error("data_dir", e))?,
         ),
         StorageKind::Memory => None,
@@ -275,40 +275,41 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
     })
 }
 
-/// Opens the RocksDB store in `dir` as node `secret`'s own (DESIGN §3): records another
-/// identity wrote (a previous start without a key file, as in a TD) are set aside and a
-/// fresh store is opened in their place, so this node joins as the new member it is and
-/// never takes a dead identity's votes or log for its own. Records with no owner recorded
-/// are adopted by a node with a key file (its identity persists) and set aside otherwise.
+/// Takes the RocksDB data directory `dir` as node `secret`'s own (DESIGN §3): records
+/// another identity wrote (a previous start without a key file, as in a TD) are set aside
+/// and a fresh directory is taken in their place, so this node joins as the new member it
+/// is and never takes a dead identity's votes or log for its own. Records with no owner
+/// recorded are adopted by a node with a key file (its identity persists) and set aside
+/// otherwise. The records are read (unsealed) once the group key is known. Also returns
+/// whether the directory holds records.
 #[cfg(feature = "rocksdb")]
-fn open_own_store(
+fn lock_own_store(
     dir: &std::path::Path,
     secret: &SecretKey,
     fresh_secret: bool,
-) -> std::result::Result<RocksDbStorage, String> {
+) -> std::result::Result<(LockedRocksDb, bool), String> {
     use tessera::storage::identity::{self, Owner};
-    use tessera::storage::Storage as _;
     let id = secret.public().to_string();
-    // Opening takes the directory's lock: nothing below touches a store in use.
-    let store = RocksDbStorage::open(dir).map_err(|e| e.to_string())?;
-    let has_records = store.last_index() > 0 || store.snapshot_meta().is_some();
+    // Locking holds the directory: nothing below touches a store in use.
+    let store = RocksDbStorage::lock(dir).map_err(|e| e.to_string())?;
+    let has_records = store.has_records().map_err(|e| e.to_string())?;
     let previous = match identity::owner(dir, &id, has_records).map_err(|e| e.to_string())? {
         Owner::This => None,
         Owner::Unrecorded if !fresh_secret => None,
         Owner::Unrecorded => Some("unrecorded".to_owned()),
         Owner::Other(previous) => Some(previous),
     };
-    let store = match previous {
-        None => store,
+    let (store, has_records) = match previous {
+        None => (store, has_records),
         Some(previous) => {
             drop(store);
             let to = identity::set_aside(dir, &previous).map_err(|e| e.to_string())?;
             tracing::warn!(previous = %previous, moved_to = %to.display(), "the data directory held another identity's records (a restart with a new key): set aside; joining as a new member");
-            RocksDbStorage::open(dir).map_err(|e| e.to_string())?
+            (RocksDbStorage::lock(dir).map_err(|e| e.to_string())?, false)
         }
     };
     identity::record(dir, &id).map_err(|e| e.to_string())?;
-    Ok(store)
+    Ok((store, has_records))
 }
 
 fn node(args: NodeArgs) -> Result<()> {
@@ -344,10 +345,10 @@ async fn serve(p: Prepared) -> Result<()> {
     let listen = bound_addr(&endpoint).unwrap_or(config.listen);
 
     #[cfg(feature = "rocksdb")]
-    let holds_state = p.rocks.as_ref().is_some_and(|store| {
-        use tessera::storage::Storage as _;
-        store.last_index() > 0 || store.snapshot_meta().is_some()
-    });
+    let holds_state = p
+        .rocks
+        .as_ref()
+        .is_some_and(|(_, has_records)| *has_records);
     #[cfg(not(feature = "rocksdb"))]
     let holds_state = false;
     let (formed_tx, formed_rx) = tokio::sync::watch::channel(holds_state);
@@ -375,6 +376,9 @@ async fn serve(p: Prepared) -> Result<()> {
         },
     };
     let key_id = key.public_id();
+    // The records are sealed under a key only this member of this group has.
+    #[cfg(feature = "rocksdb")]
+    let storage_key = StorageKey::derive(key.as_bytes(), node_key.as_bytes());
     // After the key: a node waiting to be provisioned must not first wait for its peers.
     let mut by_address =
         resolve_bootstrap(&config.bootstrap_addresses, node_key, holds_state).await;
@@ -410,7 +414,12 @@ async fn serve(p: Prepared) -> Result<()> {
         .route_other_alpns(others_tx);
     #[cfg(feature = "rocksdb")]
     let joined = match p.rocks {
-        Some(store) => builder.join(endpoint.clone(), KvStore::new(), store),
+        Some((locked, _)) => {
+            let store = locked
+                .unseal(storage_key)
+                .map_err(|e| start_failure(config.error("data_dir", e.to_string())))?;
+            builder.join(endpoint.clone(), KvStore::new(), store)
+        }
         None => builder.join(endpoint.clone(), KvStore::new(), MemoryStorage::new()),
     };
     #[cfg(not(feature = "rocksdb"))]

@@ -12,13 +12,16 @@ pub mod identity;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
+pub mod seal;
+pub mod sealed_file;
 pub mod snapshot_store;
 pub mod timing;
 
 #[cfg(feature = "rocksdb")]
-pub use self::rocksdb::{RocksDbStorage, SNAPSHOT_DIR};
+pub use self::rocksdb::{LockedRocksDb, RocksDbStorage, SNAPSHOT_DIR};
 pub use faulty::{FaultSwitch, FaultyStorage};
 pub use memory::MemoryStorage;
+pub use seal::StorageKey;
 pub use snapshot_store::{SnapshotHandle, SnapshotStore, SnapshotStoreError};
 pub use timing::{WriteTimes, WriteTiming};
 

@@ -2,95 +2,138 @@
 //!
 //! **What it owns.** One data directory: the RocksDB files in it, the lock on it and the
 //! on-disk format below. It only does storage IO, synchronously on the caller's thread; it
-//! never talks to the network and decides nothing about consensus (which entries are
-//! committed is the core's business — the commit index in the hard state is used only to
-//! tell a torn tail from lost committed data at open).
+//! never talks to the network and decides nothing about consensus.
+//!
+//! **The host owns the disk** (DESIGN §13): it can read, alter, swap, delete and replay
+//! any file. So every record is sealed ([`super::seal`]: ChaCha20-Poly1305 under a key
+//! derived from the group key and this member's node id) and the records are chained, so
+//! that the only state the store accepts at open is one it wrote as a whole:
+//! - log entry `i` is sealed with the tag of entry `i - 1` in its associated data (entry
+//!   `snapshot + 1` with the snapshot's *anchor*: the tag of the compacted entry at the
+//!   snapshot index, or the snapshot record's own tag when it was installed from a leader);
+//! - the *tip*, rewritten in every write batch, holds the hard state, the last index, the
+//!   last entry's tag and the snapshot record's tag.
+//!
+//! A flipped byte, a record moved to another index, an entry replayed from an overwritten
+//! suffix, a truncated suffix brought back, an old hard state beside a newer log: each
+//! breaks a tag or the chain, and the open fails with [`StorageError::Corrupt`] naming the
+//! record. Nothing is ever truncated as a "torn tail": every write is one synced RocksDB
+//! batch, which RocksDB either replays whole or, when the crash tore it, drops as the
+//! incomplete last WAL record ([`DBRecoveryMode::TolerateCorruptedTailRecords`]); damage
+//! anywhere else in the WAL stops the open instead of silently dropping synced batches
+//! after it (RocksDB's default, point-in-time recovery, would). What the host can still
+//! do is roll the whole directory back to an earlier state; a node in a TD never reads its
+//! directory across a reboot (a new identity, a new key), and the README says so.
 //!
 //! **On-disk format** (version [`FORMAT_VERSION`]), one column family per kind of record:
 //! - `log`: key = entry index (u64, big-endian, so the key order is the log order); value =
-//!   a sealed record holding the postcard encoding of the [`Entry`].
-//! - `hard_state`: one key, a sealed postcard [`HardState`].
-//! - `snapshot`: `meta` = a sealed record (snapshot metadata, data length, data SHA-256);
-//!   `data` = the snapshot's data as the core hands it over, verified against the SHA-256
-//!   when read. The group runtime's data is a small [`SnapshotHandle`](super::SnapshotHandle):
-//!   the state-machine bytes themselves are a file in `snapshots/` ([`SNAPSHOT_DIR`]),
-//!   written and synced before the handle is recorded here.
+//!   a sealed postcard [`Entry`].
+//! - `tip`: one sealed record, [`Tip`].
+//! - `snapshot`: one sealed record, [`StoredSnapshot`] (metadata, anchor and data). The
+//!   group runtime's data is a small [`SnapshotHandle`](super::SnapshotHandle): the
+//!   state-machine bytes are a file in `snapshots/` ([`SNAPSHOT_DIR`]) whose SHA-256 the
+//!   handle names, so the sealed record authenticates the file too.
 //! - `default`: `format` = the format version, checked at open.
-//!
-//! A *sealed* record is `[version u8][checksum 8 bytes][body]`, where the checksum is the
-//! SHA-256 of (column family tag, key, body) truncated to 8 bytes: including the key means
-//! a value found under the wrong key is caught too, not only flipped or torn bytes.
 //!
 //! **Durability.** Every [`Storage::write`] and [`Storage::compact`] is one RocksDB write
 //! batch, written with `sync = true`: atomic across column families and durable when it
 //! returns. Many entries share one batch and one sync (group commit).
 //!
-//! **Recovery.** At open the whole log after the snapshot is read back and checked. The
-//! first bad entry (bad checksum, undecodable, held under the wrong key, or missing) ends
-//! the usable log:
-//! - above the durable commit index, it is a torn or damaged tail: it and everything after
-//!   it are deleted (with a warning) so it can never be applied; the leader re-sends what
-//!   is missing;
-//! - at or below the commit index, committed data is lost: open fails with
-//!   [`StorageError::Corrupt`] rather than silently forgetting it.
-//!
 //! **Directory.** Created with mode 0700; an existing directory that group or others may
-//! access is refused (the log holds confidential commands). RocksDB's `LOCK` file makes a
-//! second open of the same directory, in this or another process, fail fast; the error says
-//! the directory is in use.
+//! access is refused. RocksDB's `LOCK` file makes a second open of the same directory, in
+//! this or another process, fail fast; the error says the directory is in use. Opening is
+//! two steps: [`RocksDbStorage::lock`] takes the directory (before the node binds anything,
+//! when the group key may not be provisioned yet), [`LockedRocksDb::unseal`] reads and
+//! checks the records with the key.
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, IteratorMode, Options, DB};
 use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use super::seal::{tag_of, RecordKind, SealError, Sealer, StorageKey, Tag, TAG_BYTES};
 use super::{check_range, needs_compaction, SnapshotStore, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
-/// Version byte at the start of every sealed record and in the `format` key.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version of the on-disk format, in the `format` key.
+pub const FORMAT_VERSION: u8 = 2;
 
 const CF_LOG: &str = "log";
-const CF_HARD_STATE: &str = "hard_state";
+const CF_TIP: &str = "tip";
 const CF_SNAPSHOT: &str = "snapshot";
+const RECORD_FAMILIES: [&str; 3] = [CF_LOG, CF_TIP, CF_SNAPSHOT];
 
 const KEY_FORMAT: &[u8] = b"format";
-const KEY_HARD_STATE: &[u8] = b"hard_state";
-const KEY_SNAPSHOT_META: &[u8] = b"meta";
-const KEY_SNAPSHOT_DATA: &[u8] = b"data";
+const KEY_TIP: &[u8] = b"tip";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// What the tip and the snapshot record chain to: they stand alone.
+const NO_CHAIN: Tag = [0; TAG_BYTES];
 
 /// Subdirectory of the data directory holding the snapshot files ([`SnapshotStore`]).
 pub const SNAPSHOT_DIR: &str = "snapshots";
 
-/// Truncated SHA-256: enough to detect torn and flipped bytes (not an authenticator).
-const CHECKSUM_BYTES: usize = 8;
-const SEAL_HEADER_BYTES: usize = 1 + CHECKSUM_BYTES;
-
 /// RocksDB keeps a WAL file alive until every column family with data in it has been
-/// flushed. The tiny `hard_state` and `snapshot` families would otherwise pin WAL files
-/// for a long time; past this total size RocksDB flushes them.
+/// flushed. The tiny `tip` and `snapshot` families would otherwise pin WAL files for a long
+/// time; past this total size RocksDB flushes them.
 const WAL_TOTAL_BYTES_MAX: u64 = 64 << 20;
 /// RocksDB's own info log (`LOG*` files) in the data directory: bounded.
 const INFO_LOG_FILES_MAX: usize = 4;
 const INFO_LOG_FILE_BYTES_MAX: usize = 8 << 20;
 
-/// Snapshot metadata as stored, with what is needed to verify the data record.
+/// The record that closes the store's state: rewritten by every write and compaction.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Tip {
+    hard_state: HardState,
+    last_index: Index,
+    /// Tag of the entry at `last_index` (the snapshot's anchor when no entry follows it).
+    last_tag: Tag,
+    /// The snapshot record's index and tag, when there is one.
+    snapshot: Option<(Index, Tag)>,
+}
+
+/// The snapshot record.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshotMeta {
+struct StoredSnapshot {
     meta: SnapshotMeta,
-    data_len: u64,
-    data_sha256: [u8; 32],
+    /// The tag the entry after the snapshot chains to: the compacted entry's at the
+    /// snapshot index, or `None` for a snapshot installed from a leader (the log was
+    /// replaced; the next entry chains to this record's own tag).
+    anchor: Option<Tag>,
+    data: Bytes,
+}
+
+/// A data directory taken (locked, format checked) but whose records are not read yet.
+pub struct LockedRocksDb {
+    db: DB,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LockedRocksDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockedRocksDb")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A Raft log and hard-state store in a RocksDB data directory. See the module docs.
 pub struct RocksDbStorage {
     db: DB,
     path: PathBuf,
+    sealer: Sealer,
     hard_state: HardState,
     snapshot_meta: Option<SnapshotMeta>,
-    /// Index of the last entry; equals the snapshot index when the log after it is empty.
-    last_index: Index,
+    /// The snapshot record's tag.
+    snapshot_tag: Option<Tag>,
+    /// What the entry after the snapshot chains to ([`NO_CHAIN`] without a snapshot).
+    anchor: Tag,
+    /// Tags of the entries `first_index..=last_index`, in order: what every read checks a
+    /// record against, so a record replayed while the node runs is caught too.
+    tags: VecDeque<Tag>,
     /// Snapshot files, in [`SNAPSHOT_DIR`] under the data directory (covered by its lock).
     snapshots: Arc<SnapshotStore>,
 }
@@ -101,7 +144,7 @@ impl std::fmt::Debug for RocksDbStorage {
             .field("path", &self.path)
             .field("hard_state", &self.hard_state)
             .field("snapshot_index", &self.snapshot_index())
-            .field("last_index", &self.last_index)
+            .field("last_index", &self.last_index())
             .finish()
     }
 }
@@ -117,73 +160,28 @@ fn corrupt(what: impl Into<String>) -> StorageError {
     StorageError::Corrupt { what: what.into() }
 }
 
+fn seal_failed(e: SealError) -> StorageError {
+    StorageError::Io {
+        op: "seal",
+        reason: e.to_string(),
+    }
+}
+
+fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(value).map_err(|e| StorageError::Io {
+        op: what,
+        reason: e.to_string(),
+    })
+}
+
 fn log_key(index: Index) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn checksum(cf: &str, key: &[u8], body: &[u8]) -> [u8; CHECKSUM_BYTES] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    // Length-prefix the column family and key so (cf, key, body) splits are unambiguous.
-    ctx.update(&(cf.len() as u64).to_be_bytes());
-    ctx.update(cf.as_bytes());
-    ctx.update(&(key.len() as u64).to_be_bytes());
-    ctx.update(key);
-    ctx.update(body);
-    let digest = ctx.finish();
-    let mut out = [0u8; CHECKSUM_BYTES];
-    out.copy_from_slice(&digest.as_ref()[..CHECKSUM_BYTES]);
-    out
-}
-
-/// `[version][checksum(cf, key, body)][body]`.
-fn seal(cf: &str, key: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SEAL_HEADER_BYTES + body.len());
-    out.push(FORMAT_VERSION);
-    out.extend_from_slice(&checksum(cf, key, body));
-    out.extend_from_slice(body);
-    out
-}
-
-/// The body of a sealed record, or why it cannot be trusted.
-fn unseal<'a>(cf: &str, key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {
-    if value.len() < SEAL_HEADER_BYTES {
-        return Err(format!(
-            "record of {} bytes is shorter than its {SEAL_HEADER_BYTES}-byte header",
-            value.len()
-        ));
-    }
-    let (header, body) = value.split_at(SEAL_HEADER_BYTES);
-    if header[0] != FORMAT_VERSION {
-        return Err(format!(
-            "record format version {} (expected {FORMAT_VERSION})",
-            header[0]
-        ));
-    }
-    if header[1..] != checksum(cf, key, body) {
-        return Err("checksum mismatch".into());
-    }
-    Ok(body)
-}
-
-fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
-    let body = postcard::to_allocvec(entry).map_err(|e| StorageError::Io {
-        op: "encode entry",
-        reason: e.to_string(),
-    })?;
-    Ok(seal(CF_LOG, &log_key(entry.index), &body))
-}
-
-/// Decodes and checks the log record stored under `key`.
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, String> {
-    let index = <[u8; 8]>::try_from(key)
+fn key_index(key: &[u8]) -> Result<Index, String> {
+    <[u8; 8]>::try_from(key)
         .map(Index::from_be_bytes)
-        .map_err(|_| format!("log key of {} bytes (expected 8)", key.len()))?;
-    let body = unseal(CF_LOG, key, value)?;
-    let entry: Entry = postcard::from_bytes(body).map_err(|e| format!("undecodable: {e}"))?;
-    if entry.index != index {
-        return Err(format!("holds entry {} under key {index}", entry.index));
-    }
-    Ok(entry)
+        .map_err(|_| format!("log key of {} bytes (expected 8)", key.len()))
 }
 
 /// Creates the data directory (mode 0700) or checks that an existing one is private.
@@ -205,9 +203,9 @@ fn db_options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // A torn write at the end of the WAL (crash mid-append) is dropped back to the last
-    // complete batch; anything worse stops the open instead of skipping records.
-    opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    // Only the incomplete last record of a WAL (a write torn by a crash, never
+    // acknowledged) is dropped; damage anywhere else stops the open.
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     opts.set_paranoid_checks(true);
     opts.set_max_total_wal_size(WAL_TOTAL_BYTES_MAX);
     opts.set_keep_log_file_num(INFO_LOG_FILES_MAX);
@@ -215,13 +213,102 @@ fn db_options() -> Options {
     opts
 }
 
+fn cf<'a>(db: &'a DB, name: &'static str) -> &'a ColumnFamily {
+    // The families are created at open (`create_missing_column_families`): a missing one
+    // is a bug in this module, not bad data.
+    db.cf_handle(name)
+        .unwrap_or_else(|| panic!("column family {name} was opened with the database"))
+}
+
+fn sync_write(db: &DB, batch: rocksdb::WriteBatch, op: &'static str) -> Result<(), StorageError> {
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(io(op))
+}
+
+impl LockedRocksDb {
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the directory holds any record (a log, a tip or a snapshot).
+    pub fn has_records(&self) -> Result<bool, StorageError> {
+        for name in RECORD_FAMILIES {
+            if let Some(item) = self
+                .db
+                .iterator_cf(cf(&self.db, name), IteratorMode::Start)
+                .next()
+            {
+                item.map_err(io("read records"))?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn check_format(&self) -> Result<(), StorageError> {
+        match self.db.get(KEY_FORMAT).map_err(io("read format"))? {
+            Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
+            Some(v) => Err(corrupt(format!(
+                "data directory {} has format {v:?}; this build reads format {FORMAT_VERSION}",
+                self.path.display()
+            ))),
+            None => {
+                // A store that already holds records but no format marker was not written
+                // by this module: refuse it rather than guess.
+                if self.has_records()? {
+                    return Err(corrupt(format!(
+                        "data directory {} holds records but no format marker",
+                        self.path.display()
+                    )));
+                }
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put(KEY_FORMAT, [FORMAT_VERSION]);
+                sync_write(&self.db, batch, "write format")
+            }
+        }
+    }
+
+    /// Reads and checks every record with `key` (see the module docs): the store, or why
+    /// its records cannot be trusted. A failed check changes nothing on disk.
+    pub fn unseal(self, key: StorageKey) -> Result<RocksDbStorage, StorageError> {
+        // Only now, with the directory's lock held: the snapshot store deletes stray files.
+        let snapshots = SnapshotStore::open_dir(self.path.join(SNAPSHOT_DIR), key.clone())
+            .map_err(|e| StorageError::Io {
+                op: "open",
+                reason: e.to_string(),
+            })?;
+        let sealer = Sealer::new(key).map_err(seal_failed)?;
+        let mut store = RocksDbStorage {
+            db: self.db,
+            path: self.path,
+            sealer,
+            hard_state: HardState::default(),
+            snapshot_meta: None,
+            snapshot_tag: None,
+            anchor: NO_CHAIN,
+            tags: VecDeque::new(),
+            snapshots: Arc::new(snapshots),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+}
+
 impl RocksDbStorage {
-    /// Opens (creating if needed) the store in the data directory `path`, and recovers:
-    /// checks every stored record and truncates a torn log tail (see the module docs).
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+    /// Opens (creating if needed) the store in the data directory `path` and reads its
+    /// records with `key`: [`lock`](Self::lock) then [`LockedRocksDb::unseal`].
+    pub fn open(path: impl AsRef<Path>, key: StorageKey) -> Result<Self, StorageError> {
+        Self::lock(path)?.unseal(key)
+    }
+
+    /// Takes the data directory `path` (creating it if needed): checks its mode, holds its
+    /// lock and checks the format, without reading any record.
+    pub fn lock(path: impl AsRef<Path>) -> Result<LockedRocksDb, StorageError> {
         let path = path.as_ref().to_path_buf();
         prepare_dir(&path)?;
-        let cfs = [CF_LOG, CF_HARD_STATE, CF_SNAPSHOT]
+        let cfs = [CF_LOG, CF_TIP, CF_SNAPSHOT]
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(|e| {
             let message = e.into_string();
@@ -235,27 +322,9 @@ impl RocksDbStorage {
             };
             StorageError::Io { op: "open", reason }
         })?;
-        // Only now, with the directory's lock held: the snapshot store deletes stray files.
-        let snapshots =
-            SnapshotStore::open_dir(path.join(SNAPSHOT_DIR)).map_err(|e| StorageError::Io {
-                op: "open",
-                reason: e.to_string(),
-            })?;
-        let mut store = Self {
-            db,
-            path,
-            hard_state: HardState::default(),
-            snapshot_meta: None,
-            last_index: 0,
-            snapshots: Arc::new(snapshots),
-        };
-        store.check_format()?;
-        store.hard_state = store.read_hard_state()?;
-        let snapshot = store.read_snapshot_meta()?;
-        store.last_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
-        store.snapshot_meta = snapshot.map(|s| s.meta);
-        store.recover_log()?;
-        Ok(store)
+        let locked = LockedRocksDb { db, path };
+        locked.check_format()?;
+        Ok(locked)
     }
 
     /// The data directory.
@@ -263,192 +332,228 @@ impl RocksDbStorage {
         &self.path
     }
 
-    fn cf(&self, name: &'static str) -> &ColumnFamily {
-        // The families are created at open (`create_missing_column_families`): a missing
-        // one is a bug in this module, not bad data.
-        self.db
-            .cf_handle(name)
-            .unwrap_or_else(|| panic!("column family {name} was opened with the database"))
-    }
-
     fn snapshot_index(&self) -> Index {
         self.snapshot_meta.as_ref().map_or(0, |m| m.index)
     }
 
-    fn sync_write(&self, batch: rocksdb::WriteBatch, op: &'static str) -> Result<(), StorageError> {
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts).map_err(io(op))
-    }
-
-    fn check_format(&self) -> Result<(), StorageError> {
-        match self.db.get(KEY_FORMAT).map_err(io("read format"))? {
-            Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
-            Some(v) => Err(corrupt(format!(
-                "data directory {} has format {v:?}; this build reads format {FORMAT_VERSION}",
-                self.path.display()
-            ))),
-            None => {
-                // A store that already holds records but no format marker was not written
-                // by this module: refuse it rather than guess.
-                for name in [CF_LOG, CF_HARD_STATE, CF_SNAPSHOT] {
-                    if self
-                        .db
-                        .iterator_cf(self.cf(name), IteratorMode::Start)
-                        .next()
-                        .is_some()
-                    {
-                        return Err(corrupt(format!(
-                            "data directory {} holds records but no format marker",
-                            self.path.display()
-                        )));
-                    }
-                }
-                let mut batch = rocksdb::WriteBatch::default();
-                batch.put(KEY_FORMAT, [FORMAT_VERSION]);
-                self.sync_write(batch, "write format")
-            }
-        }
-    }
-
-    fn read_hard_state(&self) -> Result<HardState, StorageError> {
-        let Some(value) = self
-            .db
-            .get_pinned_cf(self.cf(CF_HARD_STATE), KEY_HARD_STATE)
-            .map_err(io("read hard state"))?
-        else {
-            return Ok(HardState::default());
-        };
-        let body = unseal(CF_HARD_STATE, KEY_HARD_STATE, &value)
-            .map_err(|e| corrupt(format!("hard state: {e}")))?;
-        postcard::from_bytes(body).map_err(|e| corrupt(format!("hard state: undecodable: {e}")))
-    }
-
-    fn read_snapshot_meta(&self) -> Result<Option<StoredSnapshotMeta>, StorageError> {
-        let Some(value) = self
-            .db
-            .get_pinned_cf(self.cf(CF_SNAPSHOT), KEY_SNAPSHOT_META)
-            .map_err(io("read snapshot metadata"))?
-        else {
-            return Ok(None);
-        };
-        let body = unseal(CF_SNAPSHOT, KEY_SNAPSHOT_META, &value)
-            .map_err(|e| corrupt(format!("snapshot metadata: {e}")))?;
-        postcard::from_bytes(body)
-            .map(Some)
-            .map_err(|e| corrupt(format!("snapshot metadata: undecodable: {e}")))
-    }
-
-    /// Reads the snapshot and verifies its data against the stored SHA-256.
-    fn read_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(stored) = self.read_snapshot_meta()? else {
-            return Ok(None);
-        };
-        let data = self
-            .db
-            .get_cf(self.cf(CF_SNAPSHOT), KEY_SNAPSHOT_DATA)
-            .map_err(io("read snapshot data"))?
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "snapshot at {}: data record is missing",
-                    stored.meta.index
-                ))
-            })?;
-        if data.len() as u64 != stored.data_len {
-            return Err(corrupt(format!(
-                "snapshot at {}: data is {} bytes, metadata says {}",
-                stored.meta.index,
-                data.len(),
-                stored.data_len
-            )));
-        }
-        let digest = ring::digest::digest(&ring::digest::SHA256, &data);
-        if digest.as_ref() != stored.data_sha256 {
-            return Err(corrupt(format!(
-                "snapshot at {}: data SHA-256 {} does not match the stored {}",
-                stored.meta.index,
-                hex::encode(digest.as_ref()),
-                hex::encode(stored.data_sha256)
-            )));
-        }
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            data: data.into(),
-        }))
-    }
-
-    fn put_snapshot(batch: &mut rocksdb::WriteBatch, cf: &ColumnFamily, snapshot: &Snapshot) {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &snapshot.data);
-        let mut data_sha256 = [0u8; 32];
-        data_sha256.copy_from_slice(digest.as_ref());
-        let stored = StoredSnapshotMeta {
-            meta: snapshot.meta.clone(),
-            data_len: snapshot.data.len() as u64,
-            data_sha256,
-        };
-        // Serialising plain structs into a Vec cannot fail.
-        let body = postcard::to_allocvec(&stored).expect("snapshot metadata encodes");
-        batch.put_cf(
-            cf,
-            KEY_SNAPSHOT_META,
-            seal(CF_SNAPSHOT, KEY_SNAPSHOT_META, &body),
-        );
-        batch.put_cf(cf, KEY_SNAPSHOT_DATA, &snapshot.data);
-    }
-
-    /// Walks the log after the snapshot; finds the end of the valid log and deletes a bad
-    /// tail, or fails if the damage reaches committed entries.
-    fn recover_log(&mut self) -> Result<(), StorageError> {
+    /// The tag of the entry at `index` (the anchor at the snapshot index), `None` outside
+    /// the log.
+    fn tag_at(&self, index: Index) -> Option<Tag> {
         let snapshot_index = self.snapshot_index();
-        let mut expected = snapshot_index + 1;
-        let mut bad: Option<(Index, String)> = None;
-        let start = log_key(expected);
-        let iter = self.db.iterator_cf(
-            self.cf(CF_LOG),
-            IteratorMode::From(&start, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (key, value) = item.map_err(io("read log"))?;
-            let at = expected;
-            let problem = match decode_entry(&key, &value) {
-                Err(e) => Some(e),
-                Ok(entry) if entry.index != at => Some(format!("entry {at} is missing")),
-                Ok(_) => None,
-            };
-            if let Some(problem) = problem {
-                bad = Some((at, problem));
-                break;
-            }
-            expected += 1;
+        if index == snapshot_index {
+            return Some(self.anchor);
         }
-        self.last_index = expected - 1;
-        let Some((at, problem)) = bad else {
+        let offset = index.checked_sub(snapshot_index + 1)?;
+        self.tags.get(usize::try_from(offset).ok()?).copied()
+    }
+
+    /// `what` in this store's directory is corrupt.
+    fn corrupt_record(&self, what: impl std::fmt::Display) -> StorageError {
+        corrupt(format!("{what} in {}", self.path.display()))
+    }
+
+    /// Reads the snapshot record the tip names and checks it is that record.
+    fn read_snapshot(
+        &self,
+        index: Index,
+        tag: &Tag,
+    ) -> Result<(StoredSnapshot, Tag), StorageError> {
+        let record = self
+            .db
+            .get_pinned_cf(cf(&self.db, CF_SNAPSHOT), KEY_SNAPSHOT)
+            .map_err(io("read snapshot"))?
+            .ok_or_else(|| {
+                self.corrupt_record(format!("snapshot at {index}: record is missing"))
+            })?;
+        if tag_of(&record).as_ref() != Some(tag) {
+            return Err(self.corrupt_record(format!(
+                "snapshot at {index}: not the record the tip names (replaced or replayed)"
+            )));
+        }
+        let body = self
+            .sealer
+            .open(RecordKind::Snapshot, index, &NO_CHAIN, &record)
+            .map_err(|e| self.corrupt_record(format!("snapshot at {index}: {e}")))?;
+        let stored: StoredSnapshot = postcard::from_bytes(&body)
+            .map_err(|e| self.corrupt_record(format!("snapshot at {index}: undecodable: {e}")))?;
+        if stored.meta.index != index {
+            return Err(self.corrupt_record(format!(
+                "snapshot record at {index} holds the snapshot at {}",
+                stored.meta.index
+            )));
+        }
+        Ok((stored, *tag))
+    }
+
+    /// Opens the log record at `index`, which must chain to `chain`: the entry and its tag.
+    fn open_entry(&self, index: Index, chain: &Tag, record: &[u8]) -> Result<(Entry, Tag), String> {
+        let body = self
+            .sealer
+            .open(RecordKind::Entry, index, chain, record)
+            .map_err(|e| e.to_string())?;
+        let entry: Entry = postcard::from_bytes(&body).map_err(|e| format!("undecodable: {e}"))?;
+        if entry.index != index {
+            return Err(format!("holds entry {} under key {index}", entry.index));
+        }
+        // `open` succeeded, so the record is at least as long as its tag.
+        let tag = tag_of(record).ok_or("shorter than its tag")?;
+        Ok((entry, tag))
+    }
+
+    /// Reads the tip, the snapshot and the whole log, checking the chain from the snapshot's
+    /// anchor to the tip (see the module docs).
+    fn recover(&mut self) -> Result<(), StorageError> {
+        let tip_record = self
+            .db
+            .get_pinned_cf(cf(&self.db, CF_TIP), KEY_TIP)
+            .map_err(io("read tip"))?
+            .map(|v| v.to_vec());
+        let Some(tip_record) = tip_record else {
+            // No tip: nothing was ever written (`check_format` refuses records without a
+            // format marker, and every write leaves a tip).
+            for name in [CF_LOG, CF_SNAPSHOT] {
+                if self
+                    .db
+                    .iterator_cf(cf(&self.db, name), IteratorMode::Start)
+                    .next()
+                    .is_some()
+                {
+                    return Err(
+                        self.corrupt_record(format!("{name} records without the store's tip"))
+                    );
+                }
+            }
             return Ok(());
         };
-        if at <= self.hard_state.commit {
-            return Err(corrupt(format!(
-                "log entry {at} in {} is bad ({problem}) but entries up to {} are committed",
-                self.path.display(),
-                self.hard_state.commit
+        let body = self
+            .sealer
+            .open(RecordKind::Tip, 0, &NO_CHAIN, &tip_record)
+            .map_err(|e| self.corrupt_record(format!("the tip (hard state) record: {e}")))?;
+        let tip: Tip = postcard::from_bytes(&body).map_err(|e| {
+            self.corrupt_record(format!("the tip (hard state) record: undecodable: {e}"))
+        })?;
+
+        match tip.snapshot {
+            Some((index, tag)) => {
+                let (stored, tag) = self.read_snapshot(index, &tag)?;
+                self.anchor = stored.anchor.unwrap_or(tag);
+                self.snapshot_tag = Some(tag);
+                self.snapshot_meta = Some(stored.meta);
+            }
+            None => {
+                if self
+                    .db
+                    .get_pinned_cf(cf(&self.db, CF_SNAPSHOT), KEY_SNAPSHOT)
+                    .map_err(io("read snapshot"))?
+                    .is_some()
+                {
+                    return Err(self.corrupt_record("a snapshot record the tip does not name"));
+                }
+            }
+        }
+
+        let snapshot_index = self.snapshot_index();
+        if tip.last_index < snapshot_index {
+            return Err(self.corrupt_record(format!(
+                "the tip ends the log at {} before its snapshot at {snapshot_index}",
+                tip.last_index
             )));
         }
-        tracing::warn!(
-            path = %self.path.display(),
-            index = at,
-            commit = self.hard_state.commit,
-            %problem,
-            "torn or damaged log tail above the commit index; truncating it"
-        );
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_LOG), log_key(at), log_key(Index::MAX));
-        self.sync_write(batch, "truncate torn tail")
+        let mut chain = self.anchor;
+        let mut expected = snapshot_index + 1;
+        let mut tags = VecDeque::new();
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOG), IteratorMode::Start)
+        {
+            let (key, value) = item.map_err(io("read log"))?;
+            let index = key_index(&key).map_err(|e| self.corrupt_record(e))?;
+            if index != expected {
+                let problem = if index <= snapshot_index {
+                    format!("log entry {index}, which the snapshot at {snapshot_index} covers")
+                } else if index > tip.last_index {
+                    format!(
+                        "log entry {index} beyond the last durable entry {} (a deleted \
+                         suffix brought back?)",
+                        tip.last_index
+                    )
+                } else {
+                    format!("log entry {expected} is missing (next is {index})")
+                };
+                return Err(self.corrupt_record(problem));
+            }
+            if index > tip.last_index {
+                return Err(self.corrupt_record(format!(
+                    "log entry {index} beyond the last durable entry {} (a deleted suffix \
+                     brought back?)",
+                    tip.last_index
+                )));
+            }
+            let (_, tag) = self
+                .open_entry(index, &chain, &value)
+                .map_err(|e| self.corrupt_record(format!("log entry {index}: {e}")))?;
+            tags.push_back(tag);
+            chain = tag;
+            expected += 1;
+        }
+        if expected != tip.last_index + 1 {
+            return Err(self.corrupt_record(format!(
+                "log entries {expected}..={} are missing",
+                tip.last_index
+            )));
+        }
+        if chain != tip.last_tag {
+            return Err(self.corrupt_record(format!(
+                "log entry {} is not the last entry the tip names (an older log or tip \
+                 replayed)",
+                tip.last_index
+            )));
+        }
+        self.tags = tags;
+        self.hard_state = tip.hard_state;
+        Ok(())
+    }
+
+    /// The tip describing the store after a write: its hard state, log end and snapshot.
+    fn seal_tip(&mut self, tip: &Tip) -> Result<Vec<u8>, StorageError> {
+        let body = encode(tip, "encode tip")?;
+        self.sealer
+            .seal(RecordKind::Tip, 0, &NO_CHAIN, &body)
+            .map_err(seal_failed)
+    }
+
+    fn seal_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        anchor: Option<Tag>,
+    ) -> Result<Vec<u8>, StorageError> {
+        let body = encode(
+            &StoredSnapshot {
+                meta: snapshot.meta.clone(),
+                anchor,
+                data: snapshot.data.clone(),
+            },
+            "encode snapshot",
+        )?;
+        self.sealer
+            .seal(RecordKind::Snapshot, snapshot.meta.index, &NO_CHAIN, &body)
+            .map_err(seal_failed)
     }
 }
 
 impl Storage for RocksDbStorage {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
-        let snapshot = self.read_snapshot()?;
-        let entries = self.entries(self.first_index(), self.last_index + 1)?;
+        let snapshot = match (&self.snapshot_meta, &self.snapshot_tag) {
+            (Some(meta), Some(tag)) => {
+                let (stored, _) = self.read_snapshot(meta.index, tag)?;
+                Some(Snapshot {
+                    meta: stored.meta,
+                    data: stored.data,
+                })
+            }
+            _ => None,
+        };
+        let entries = self.entries(self.first_index(), self.last_index() + 1)?;
         Ok(InitialState {
             hard_state: self.hard_state,
             snapshot,
@@ -461,90 +566,152 @@ impl Storage for RocksDbStorage {
         // database: a refused write changes nothing.
         let (snapshot_index, base_last) = match &batch.snapshot {
             Some(s) => (s.meta.index, s.meta.index),
-            None => (self.snapshot_index(), self.last_index),
+            None => (self.snapshot_index(), self.last_index()),
         };
         super::check_entries(&batch.entries, snapshot_index, base_last)?;
 
-        let log = self.cf(CF_LOG);
         let mut wb = rocksdb::WriteBatch::default();
+        // The snapshot after this write: its record's index and tag, and the anchor.
+        let mut snapshot_state = (self.snapshot_tag, self.anchor);
+        // How many of the current entries' tags stay.
+        let mut kept = self.tags.len();
         if let Some(snapshot) = &batch.snapshot {
-            Self::put_snapshot(&mut wb, self.cf(CF_SNAPSHOT), snapshot);
-            // The snapshot replaces the whole log.
-            wb.delete_range_cf(log, log_key(0), log_key(Index::MAX));
+            let record = self.seal_snapshot(snapshot, None)?;
+            let tag = tag_of(&record).ok_or_else(|| seal_failed(SealError::Short { len: 0 }))?;
+            wb.put_cf(cf(&self.db, CF_SNAPSHOT), KEY_SNAPSHOT, record);
+            // The snapshot replaces the whole log; the next entry chains to its record.
+            wb.delete_range_cf(cf(&self.db, CF_LOG), log_key(0), log_key(Index::MAX));
+            snapshot_state = (Some(tag), tag);
+            kept = 0;
         }
-        if let Some(last) = batch.entries.last() {
+        let mut new_tags = Vec::with_capacity(batch.entries.len());
+        if let (Some(first), Some(last)) = (batch.entries.first(), batch.entries.last()) {
+            // `check_entries` holds `snapshot_index < first <= base_last + 1`.
+            kept = usize::try_from(first.index - 1 - snapshot_index).map_err(|_| {
+                StorageError::Gap {
+                    max_first: base_last + 1,
+                    first: first.index,
+                }
+            })?;
+            let mut chain = if kept == 0 {
+                snapshot_state.1
+            } else {
+                self.tags[kept - 1]
+            };
             // Entries after the new last one belong to the replaced suffix. Only a
             // conflicting append from a new leader gets here, so one range tombstone is
             // cheap. With a snapshot in the batch the whole log is already deleted.
-            if batch.snapshot.is_none() && last.index < self.last_index {
-                wb.delete_range_cf(log, log_key(last.index + 1), log_key(Index::MAX));
+            if batch.snapshot.is_none() && last.index < self.last_index() {
+                wb.delete_range_cf(
+                    cf(&self.db, CF_LOG),
+                    log_key(last.index + 1),
+                    log_key(Index::MAX),
+                );
             }
             for entry in &batch.entries {
-                wb.put_cf(log, log_key(entry.index), encode_entry(entry)?);
+                let body = encode(entry, "encode entry")?;
+                let record = self
+                    .sealer
+                    .seal(RecordKind::Entry, entry.index, &chain, &body)
+                    .map_err(seal_failed)?;
+                chain = tag_of(&record).ok_or_else(|| seal_failed(SealError::Short { len: 0 }))?;
+                new_tags.push(chain);
+                wb.put_cf(cf(&self.db, CF_LOG), log_key(entry.index), record);
             }
         }
-        if let Some(hs) = &batch.hard_state {
-            let body = postcard::to_allocvec(hs).map_err(|e| StorageError::Io {
-                op: "encode hard state",
-                reason: e.to_string(),
-            })?;
-            wb.put_cf(
-                self.cf(CF_HARD_STATE),
-                KEY_HARD_STATE,
-                seal(CF_HARD_STATE, KEY_HARD_STATE, &body),
-            );
-        }
-        self.sync_write(wb, "write")?;
+        let last_tag = match new_tags.last() {
+            Some(tag) => *tag,
+            None if kept > 0 => self.tags[kept - 1],
+            None => snapshot_state.1,
+        };
+        let hard_state = batch.hard_state.unwrap_or(self.hard_state);
+        let tip = Tip {
+            hard_state,
+            last_index: snapshot_index + kept as Index + new_tags.len() as Index,
+            last_tag,
+            snapshot: snapshot_state.0.map(|tag| (snapshot_index, tag)),
+        };
+        let tip = self.seal_tip(&tip)?;
+        wb.put_cf(cf(&self.db, CF_TIP), KEY_TIP, tip);
+        sync_write(&self.db, wb, "write")?;
 
         // Durable: now mirror it in memory.
         if let Some(snapshot) = &batch.snapshot {
             self.snapshot_meta = Some(snapshot.meta.clone());
-            self.last_index = snapshot.meta.index;
         }
-        if let Some(last) = batch.entries.last() {
-            self.last_index = last.index;
-        }
-        if let Some(hs) = batch.hard_state {
-            self.hard_state = hs;
-        }
+        (self.snapshot_tag, self.anchor) = snapshot_state;
+        self.tags.truncate(kept);
+        self.tags.extend(new_tags);
+        self.hard_state = hard_state;
         Ok(())
     }
 
     fn compact(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let index = snapshot.meta.index;
-        if !needs_compaction(index, self.snapshot_index(), self.last_index)? {
+        if !needs_compaction(index, self.snapshot_index(), self.last_index())? {
             return Ok(());
         }
+        // `needs_compaction` holds `snapshot_index < index <= last_index`.
+        let anchor = self.tag_at(index).ok_or(StorageError::Unavailable {
+            index,
+            last_index: self.last_index(),
+        })?;
+        let dropped = usize::try_from(index - self.snapshot_index()).unwrap_or(usize::MAX);
+        let record = self.seal_snapshot(snapshot, Some(anchor))?;
+        let tag = tag_of(&record).ok_or_else(|| seal_failed(SealError::Short { len: 0 }))?;
+        let tip = Tip {
+            hard_state: self.hard_state,
+            last_index: self.last_index(),
+            last_tag: self.tag_at(self.last_index()).unwrap_or(anchor),
+            snapshot: Some((index, tag)),
+        };
+        let tip = self.seal_tip(&tip)?;
         let mut wb = rocksdb::WriteBatch::default();
-        Self::put_snapshot(&mut wb, self.cf(CF_SNAPSHOT), snapshot);
-        wb.delete_range_cf(self.cf(CF_LOG), log_key(0), log_key(index + 1));
-        self.sync_write(wb, "compact")?;
+        wb.put_cf(cf(&self.db, CF_SNAPSHOT), KEY_SNAPSHOT, record);
+        wb.delete_range_cf(cf(&self.db, CF_LOG), log_key(0), log_key(index + 1));
+        wb.put_cf(cf(&self.db, CF_TIP), KEY_TIP, tip);
+        sync_write(&self.db, wb, "compact")?;
         self.snapshot_meta = Some(snapshot.meta.clone());
+        self.snapshot_tag = Some(tag);
+        self.anchor = anchor;
+        self.tags.drain(..dropped.min(self.tags.len()));
         Ok(())
     }
 
     fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
-        check_range(lo, hi, self.first_index(), self.last_index)?;
+        check_range(lo, hi, self.first_index(), self.last_index())?;
         if hi <= lo {
             return Ok(Vec::new());
         }
         let start = log_key(lo);
         let iter = self.db.iterator_cf(
-            self.cf(CF_LOG),
+            cf(&self.db, CF_LOG),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         let mut out = Vec::with_capacity((hi - lo) as usize);
         for (expected, item) in (lo..hi).zip(iter) {
             let (key, value) = item.map_err(io("read log"))?;
-            let entry = decode_entry(&key, &value)
-                .map_err(|e| corrupt(format!("log entry {expected}: {e}")))?;
-            if entry.index != expected {
-                return Err(corrupt(format!("log entry {expected} is missing")));
+            let index = key_index(&key).map_err(|e| self.corrupt_record(e))?;
+            if index != expected {
+                return Err(self.corrupt_record(format!("log entry {expected} is missing")));
+            }
+            // Both tags are in memory: `check_range` holds `first_index <= lo`, `hi <= last + 1`.
+            let (chain, own) = match (self.tag_at(expected - 1), self.tag_at(expected)) {
+                (Some(chain), Some(own)) => (chain, own),
+                _ => return Err(self.corrupt_record(format!("log entry {expected} has no tag"))),
+            };
+            let (entry, tag) = self
+                .open_entry(expected, &chain, &value)
+                .map_err(|e| self.corrupt_record(format!("log entry {expected}: {e}")))?;
+            if tag != own {
+                return Err(self.corrupt_record(format!(
+                    "log entry {expected}: not the record this store wrote (replayed)"
+                )));
             }
             out.push(entry);
         }
         if out.len() as u64 != hi - lo {
-            return Err(corrupt(format!(
+            return Err(self.corrupt_record(format!(
                 "log entries {}..{hi} are missing",
                 lo + out.len() as u64
             )));
@@ -557,7 +724,7 @@ impl Storage for RocksDbStorage {
     }
 
     fn last_index(&self) -> Index {
-        self.last_index
+        self.snapshot_index() + self.tags.len() as Index
     }
 
     fn snapshot_meta(&self) -> Option<SnapshotMeta> {
@@ -575,6 +742,14 @@ mod tests {
     use crate::raft::NodeId;
     use crate::storage::conformance::{self, entry, StorageHarness};
     use std::os::unix::fs::PermissionsExt;
+
+    fn key() -> StorageKey {
+        member_key(1)
+    }
+
+    fn member_key(member: u8) -> StorageKey {
+        StorageKey::derive(&[5; 32], &[member; 32])
+    }
 
     /// Fresh stores live in their own temporary directories, kept until the harness drops.
     #[derive(Default)]
@@ -595,12 +770,12 @@ mod tests {
         type S = RocksDbStorage;
         fn fresh(&mut self) -> RocksDbStorage {
             let path = self.new_path();
-            RocksDbStorage::open(path).expect("open a fresh store")
+            RocksDbStorage::open(path, key()).expect("open a fresh store")
         }
         fn reopen(&mut self, store: RocksDbStorage) -> RocksDbStorage {
             let path = store.path().to_path_buf();
             drop(store);
-            RocksDbStorage::open(path).expect("reopen")
+            RocksDbStorage::open(path, key()).expect("reopen")
         }
     }
 
@@ -609,29 +784,32 @@ mod tests {
         conformance::run_all(&mut Harness::default());
     }
 
-    fn append(store: &mut RocksDbStorage, range: std::ops::RangeInclusive<Index>, commit: Index) {
+    fn write(store: &mut RocksDbStorage, range: std::ops::RangeInclusive<Index>, term: u64) {
         store
             .write(&WriteBatch {
-                entries: range.map(|i| entry(i, 1)).collect(),
+                entries: range.map(|i| entry(i, term)).collect(),
                 hard_state: Some(HardState {
-                    term: 1,
+                    term,
                     vote: Some(NodeId(1)),
-                    commit,
+                    commit: 2,
                 }),
                 ..WriteBatch::default()
             })
-            .expect("append");
+            .expect("write");
     }
 
-    /// Overwrites a raw record behind the store's back, as a torn write or bit rot would.
-    fn put_raw(store: &RocksDbStorage, cf: &'static str, key: &[u8], value: &[u8]) {
-        store.db.put_cf(store.cf(cf), key, value).expect("raw put");
-    }
-
-    fn raw(store: &RocksDbStorage, cf: &'static str, key: &[u8]) -> Vec<u8> {
+    /// Overwrites a raw record behind the store's back, as the host could.
+    fn put_raw(store: &RocksDbStorage, family: &'static str, key: &[u8], value: &[u8]) {
         store
             .db
-            .get_cf(store.cf(cf), key)
+            .put_cf(cf(&store.db, family), key, value)
+            .expect("raw put");
+    }
+
+    fn raw(store: &RocksDbStorage, family: &'static str, key: &[u8]) -> Vec<u8> {
+        store
+            .db
+            .get_cf(cf(&store.db, family), key)
             .expect("raw get")
             .expect("record exists")
     }
@@ -639,128 +817,322 @@ mod tests {
     fn reopen(store: RocksDbStorage) -> Result<RocksDbStorage, StorageError> {
         let path = store.path().to_path_buf();
         drop(store);
-        RocksDbStorage::open(path)
+        RocksDbStorage::open(path, key())
+    }
+
+    /// The open fails as corrupt, with a message holding every one of `words`.
+    fn assert_refused(result: Result<RocksDbStorage, StorageError>, what: &str, words: &[&str]) {
+        match result {
+            Err(e @ StorageError::Corrupt { .. }) => {
+                assert!(e.is_fatal());
+                let message = e.to_string();
+                for word in words {
+                    assert!(message.contains(word), "{what}: {message:?} names {word:?}");
+                }
+            }
+            Err(other) => panic!("{what}: expected Corrupt, got {other:?}"),
+            Ok(store) => panic!("{what}: the store opened: {store:?}"),
+        }
     }
 
     #[test]
-    fn a_torn_tail_above_the_commit_index_is_truncated_and_stays_truncated() {
-        let mut h = Harness::default();
-        let mut store = h.fresh();
-        append(&mut store, 1..=6, 3);
-        // Entry 5 torn (half its bytes), entry 6 intact after it: both must go, since the
-        // log after a hole cannot be used.
-        let torn = raw(&store, CF_LOG, &log_key(5));
-        put_raw(&store, CF_LOG, &log_key(5), &torn[..torn.len() / 2]);
-        let store = reopen(store).expect("a torn tail does not stop the open");
-        assert_eq!(store.last_index(), 4, "truncated from the torn entry on");
-        let state = store.initial_state().expect("state");
-        assert_eq!(
-            state.entries,
-            (1..=4).map(|i| entry(i, 1)).collect::<Vec<_>>()
-        );
-        // The truncation was durable, and the log continues where it now ends.
-        let mut store = reopen(store).expect("reopen after truncation");
-        assert_eq!(store.last_index(), 4);
-        append(&mut store, 5..=5, 4);
-        let store = reopen(store).expect("reopen after append");
-        assert_eq!(store.entries(5, 6).expect("read"), vec![entry(5, 1)]);
-    }
-
-    #[test]
-    fn flipped_byte_misplaced_record_and_missing_key_are_detected_at_the_tail() {
+    fn damaged_moved_or_missing_entries_stop_the_open_at_any_index() {
         type Damage = fn(&RocksDbStorage);
-        let cases: [(&str, Damage); 3] = [
-            ("flipped byte", |s| {
-                let mut v = raw(s, CF_LOG, &log_key(4));
-                let last = v.len() - 1;
-                v[last] ^= 0x01;
-                put_raw(s, CF_LOG, &log_key(4), &v);
-            }),
-            ("record under the wrong key", |s| {
-                let v = raw(s, CF_LOG, &log_key(3));
-                put_raw(s, CF_LOG, &log_key(4), &v);
-            }),
-            ("missing key", |s| {
-                s.db.delete_cf(s.cf(CF_LOG), log_key(4)).expect("delete");
-            }),
+        let cases: [(&str, Damage, &[&str]); 4] = [
+            (
+                "flipped byte above the commit index",
+                |s| {
+                    let mut v = raw(s, CF_LOG, &log_key(5));
+                    let last = v.len() - 1;
+                    v[last] ^= 0x01;
+                    put_raw(s, CF_LOG, &log_key(5), &v);
+                },
+                &["log entry 5", "authentication failed"],
+            ),
+            (
+                "flipped byte in a committed entry",
+                |s| {
+                    let mut v = raw(s, CF_LOG, &log_key(2));
+                    v[30] ^= 0x80;
+                    put_raw(s, CF_LOG, &log_key(2), &v);
+                },
+                &["log entry 2", "authentication failed"],
+            ),
+            (
+                "record under the wrong key",
+                |s| {
+                    let v = raw(s, CF_LOG, &log_key(3));
+                    put_raw(s, CF_LOG, &log_key(4), &v);
+                },
+                &["log entry 4", "authentication failed"],
+            ),
+            (
+                "missing entry",
+                |s| {
+                    s.db.delete_cf(cf(&s.db, CF_LOG), log_key(4))
+                        .expect("delete");
+                },
+                &["log entry 4 is missing"],
+            ),
         ];
-        for (what, damage) in cases {
+        for (what, damage, words) in cases {
             let mut h = Harness::default();
             let mut store = h.fresh();
-            append(&mut store, 1..=5, 2);
+            write(&mut store, 1..=6, 1);
             damage(&store);
-            let store = reopen(store).unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(store.last_index(), 3, "{what}: log ends before entry 4");
+            let path = store.path().to_path_buf();
+            assert_refused(reopen(store), what, words);
+            // Nothing was deleted: the refused open leaves the data for an operator.
+            let again = RocksDbStorage::open(&path, key());
+            assert_refused(again, what, words);
         }
     }
 
     #[test]
-    fn damage_at_or_below_the_commit_index_is_corruption_not_truncation() {
+    fn an_entry_replayed_from_an_overwritten_suffix_is_caught_running_and_at_open() {
         let mut h = Harness::default();
         let mut store = h.fresh();
-        append(&mut store, 1..=6, 4);
-        let mut v = raw(&store, CF_LOG, &log_key(4));
-        v[SEAL_HEADER_BYTES] ^= 0xff;
-        put_raw(&store, CF_LOG, &log_key(4), &v);
-        let path = store.path().to_path_buf();
-        let err = reopen(store).expect_err("committed entry 4 is damaged");
-        match &err {
-            StorageError::Corrupt { what } => {
-                assert!(what.contains("log entry 4"), "names the entry: {what}");
-                assert!(what.contains("committed"), "says why it is fatal: {what}");
+        write(&mut store, 1..=5, 1);
+        let old_4 = raw(&store, CF_LOG, &log_key(4));
+        // A new leader's entries replace 4..=5.
+        write(&mut store, 4..=5, 2);
+        put_raw(&store, CF_LOG, &log_key(4), &old_4);
+        match store.entries(4, 5) {
+            Err(StorageError::Corrupt { what }) => {
+                assert!(what.contains("log entry 4"), "{what}");
+                assert!(what.contains("replayed"), "{what}");
             }
-            other => panic!("expected Corrupt, got {other:?}"),
+            other => panic!("a replayed entry must not be read: {other:?}"),
         }
-        assert!(err.is_fatal());
-        // Nothing was deleted: the failed open left the data for an operator to inspect.
-        let err_again = RocksDbStorage::open(&path).expect_err("still corrupt");
-        assert_eq!(err, err_again);
+        // At open the chain breaks at the entry after it.
+        assert_refused(reopen(store), "replayed entry", &["log entry 5"]);
     }
 
     #[test]
-    fn a_corrupt_snapshot_is_rejected_on_read() {
+    fn a_deleted_suffix_brought_back_or_an_old_tip_stops_the_open() {
         let mut h = Harness::default();
         let mut store = h.fresh();
-        append(&mut store, 1..=4, 4);
-        let snapshot = Snapshot {
+        write(&mut store, 1..=6, 1);
+        let old: Vec<_> = (5..=6).map(|i| raw(&store, CF_LOG, &log_key(i))).collect();
+        // A new leader's entry 4 replaces 4..=6: 5 and 6 are deleted.
+        write(&mut store, 4..=4, 2);
+        for (i, record) in (5..=6).zip(&old) {
+            put_raw(&store, CF_LOG, &log_key(i), record);
+        }
+        let store = reopen(store).err().map(|e| e.to_string());
+        assert!(
+            store
+                .as_deref()
+                .is_some_and(|m| m.contains("log entry 5 beyond the last durable entry 4")),
+            "resurrected suffix: {store:?}"
+        );
+
+        // The older tip beside the newer log: the chain does not end where it says.
+        let mut h = Harness::default();
+        let mut store = h.fresh();
+        write(&mut store, 1..=4, 1);
+        let old_tip_4 = raw(&store, CF_TIP, KEY_TIP);
+        write(&mut store, 4..=4, 2);
+        put_raw(&store, CF_TIP, KEY_TIP, &old_tip_4);
+        assert_refused(
+            reopen(store),
+            "old tip",
+            &["log entry 4", "not the last entry"],
+        );
+    }
+
+    #[test]
+    fn a_damaged_tip_or_another_members_key_stops_the_open() {
+        let mut h = Harness::default();
+        let mut store = h.fresh();
+        write(&mut store, 1..=3, 1);
+        let path = store.path().to_path_buf();
+        drop(store);
+        match RocksDbStorage::open(&path, member_key(2)) {
+            Err(StorageError::Corrupt { what }) => {
+                assert!(what.contains("tip"), "{what}");
+                assert!(what.contains("another key"), "{what}");
+                assert!(what.contains(&path.display().to_string()), "{what}");
+            }
+            other => panic!("another member's key must not open the store: {other:?}"),
+        }
+        let store = RocksDbStorage::open(&path, key()).expect("the owner's key opens it");
+        let mut tip = raw(&store, CF_TIP, KEY_TIP);
+        tip[20] ^= 0x04;
+        put_raw(&store, CF_TIP, KEY_TIP, &tip);
+        assert_refused(reopen(store), "damaged tip", &["tip (hard state) record"]);
+    }
+
+    fn snapshot_at(index: Index, data: &'static [u8]) -> Snapshot {
+        Snapshot {
             meta: SnapshotMeta {
-                index: 3,
+                index,
                 term: 1,
                 membership: crate::raft::Membership::with_voters([NodeId(1)]),
                 membership_index: 1,
                 incarnation: None,
             },
-            data: bytes::Bytes::from_static(b"state machine bytes"),
-        };
-        store.compact(&snapshot).expect("compact");
-        let store = reopen(store).expect("reopen");
-        assert_eq!(
-            store.initial_state().expect("intact snapshot").snapshot,
-            Some(snapshot.clone()),
-            "the intact snapshot reads back"
-        );
-        put_raw(
-            &store,
-            CF_SNAPSHOT,
-            KEY_SNAPSHOT_DATA,
-            b"state machine bytez",
-        );
-        let store = reopen(store).expect("metadata is intact");
-        match store.initial_state() {
-            Err(StorageError::Corrupt { what }) => {
-                assert!(what.contains("SHA-256"), "names the check: {what}")
-            }
-            other => panic!("a snapshot with altered data must be refused, got {other:?}"),
+            data: Bytes::from_static(data),
         }
-        // Damaged metadata is caught at open.
-        let mut meta = raw(&store, CF_SNAPSHOT, KEY_SNAPSHOT_META);
-        meta[SEAL_HEADER_BYTES] ^= 0x01;
-        put_raw(&store, CF_SNAPSHOT, KEY_SNAPSHOT_META, &meta);
-        match reopen(store) {
-            Err(StorageError::Corrupt { what }) => {
-                assert!(what.contains("snapshot metadata"), "{what}")
+    }
+
+    #[test]
+    fn a_damaged_or_replaced_snapshot_record_stops_the_open() {
+        let mut h = Harness::default();
+        let mut store = h.fresh();
+        write(&mut store, 1..=6, 1);
+        store
+            .compact(&snapshot_at(2, b"state at 2"))
+            .expect("compact");
+        let old_snapshot = raw(&store, CF_SNAPSHOT, KEY_SNAPSHOT);
+        store
+            .compact(&snapshot_at(4, b"state at 4"))
+            .expect("compact");
+        let store = reopen(store).expect("reopen");
+        let state = store.initial_state().expect("state");
+        assert_eq!(state.snapshot, Some(snapshot_at(4, b"state at 4")));
+        assert_eq!(
+            state.entries,
+            (5..=6).map(|i| entry(i, 1)).collect::<Vec<_>>(),
+            "entries after the snapshot chain to its anchor"
+        );
+
+        put_raw(&store, CF_SNAPSHOT, KEY_SNAPSHOT, &old_snapshot);
+        assert_refused(
+            reopen(store),
+            "older snapshot record",
+            &["snapshot at 4", "not the record the tip names"],
+        );
+
+        let mut h = Harness::default();
+        let mut store = h.fresh();
+        write(&mut store, 1..=3, 1);
+        store
+            .compact(&snapshot_at(3, b"state at 3"))
+            .expect("compact");
+        let mut record = raw(&store, CF_SNAPSHOT, KEY_SNAPSHOT);
+        let at = record.len() - 1;
+        record[at] ^= 0x01;
+        put_raw(&store, CF_SNAPSHOT, KEY_SNAPSHOT, &record);
+        assert_refused(reopen(store), "damaged snapshot", &["snapshot at 3"]);
+    }
+
+    /// Every byte of every file in `dir` (recursively).
+    fn all_file_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for item in std::fs::read_dir(dir).expect("ls") {
+            let path = item.expect("entry").path();
+            if path.is_dir() {
+                out.extend(all_file_bytes(&path));
+            } else {
+                out.push((path.clone(), std::fs::read(&path).expect("read")));
             }
-            other => panic!("damaged snapshot metadata must fail the open, got {other:?}"),
+        }
+        out
+    }
+
+    #[test]
+    fn commands_and_snapshots_are_not_stored_in_the_clear() {
+        let mut h = Harness::default();
+        let mut store = h.fresh();
+        write(&mut store, 1..=20, 1);
+        store
+            .compact(&snapshot_at(10, b"confidential snapshot bytes"))
+            .expect("compact");
+        store.db.flush_cf(cf(&store.db, CF_LOG)).expect("flush");
+        let path = store.path().to_path_buf();
+        drop(store);
+        for (file, bytes) in all_file_bytes(&path) {
+            for needle in [&b"cmd-15-1"[..], b"confidential snapshot"] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds {:?} in the clear",
+                    file.display(),
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+    }
+
+    /// The files of `dir` whose names end with `suffix`.
+    fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn flip(file: &Path, at: usize) {
+        let mut bytes = std::fs::read(file).expect("read");
+        assert!(
+            at < bytes.len(),
+            "{} has {} bytes",
+            file.display(),
+            bytes.len()
+        );
+        bytes[at] ^= 0x10;
+        std::fs::write(file, bytes).expect("write");
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_table_file_stops_the_open_and_names_the_file() {
+        let mut h = Harness::default();
+        let mut store = h.fresh();
+        write(&mut store, 1..=50, 1);
+        for family in RECORD_FAMILIES {
+            store.db.flush_cf(cf(&store.db, family)).expect("flush");
+        }
+        let path = store.path().to_path_buf();
+        drop(store);
+        let tables = files_ending(&path, ".sst");
+        assert!(!tables.is_empty(), "the flush wrote table files");
+        // The largest table holds the log; byte 100 is inside its first data block.
+        let table = tables
+            .iter()
+            .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .expect("a table");
+        flip(table, 100);
+        let name = table
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        match RocksDbStorage::open(&path, key()) {
+            Err(e) => assert!(e.to_string().contains(&name), "names {name}: {e}"),
+            Ok(store) => panic!("a damaged table file was accepted: {store:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_inside_the_wal_stops_the_open_instead_of_dropping_batches() {
+        let mut h = Harness::default();
+        let mut store = h.fresh();
+        for i in 1..=40 {
+            write(&mut store, i..=i, 1);
+        }
+        let path = store.path().to_path_buf();
+        drop(store);
+        let wals = files_ending(&path, ".log");
+        let wal = wals
+            .iter()
+            .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .expect("a WAL file");
+        let len = std::fs::metadata(wal).expect("stat").len() as usize;
+        // The middle of the WAL: synced batches follow it.
+        flip(wal, len / 2);
+        match RocksDbStorage::open(&path, key()) {
+            Err(e) => {
+                let message = e.to_string();
+                assert!(message.contains("Corruption"), "{message}");
+                assert!(message.contains(&path.display().to_string()), "{message}");
+            }
+            Ok(store) => panic!(
+                "the WAL lost batches silently: the store opened at {}",
+                store.last_index()
+            ),
         }
     }
 
@@ -769,7 +1141,7 @@ mod tests {
         let mut h = Harness::default();
         let store = h.fresh();
         let path = store.path().to_path_buf();
-        match RocksDbStorage::open(&path) {
+        match RocksDbStorage::open(&path, key()) {
             Err(StorageError::Io { op, reason }) => {
                 assert_eq!(op, "open");
                 assert!(
@@ -783,14 +1155,14 @@ mod tests {
             other => panic!("second open must fail, got {other:?}"),
         }
         drop(store);
-        RocksDbStorage::open(&path).expect("open after the first store closed");
+        RocksDbStorage::open(&path, key()).expect("open after the first store closed");
     }
 
     #[test]
     fn the_data_directory_is_created_0700_and_a_shared_one_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let created = dir.path().join("a/b/data");
-        drop(RocksDbStorage::open(&created).expect("open creates the directory"));
+        drop(RocksDbStorage::open(&created, key()).expect("open creates the directory"));
         let mode = std::fs::metadata(&created)
             .expect("stat")
             .permissions()
@@ -801,7 +1173,7 @@ mod tests {
         let shared = dir.path().join("shared");
         std::fs::create_dir(&shared).expect("mkdir");
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).expect("chmod");
-        match RocksDbStorage::open(&shared) {
+        match RocksDbStorage::open(&shared, key()) {
             Err(StorageError::Io { op: "open", reason }) => {
                 assert!(reason.contains(&shared.display().to_string()), "{reason}");
                 assert!(reason.contains("0750"), "names the mode: {reason}");
@@ -813,6 +1185,6 @@ mod tests {
             "nothing was written into the refused directory"
         );
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        RocksDbStorage::open(&shared).expect("a private existing directory is accepted");
+        RocksDbStorage::open(&shared, key()).expect("a private existing directory is accepted");
     }
 }

@@ -19,6 +19,12 @@
 //! before the file appears under its name, so a file is never deleted while a delivery
 //! of it is being made.
 //!
+//! **Confidentiality.** A file store seals every file under the member's storage key
+//! ([`super::sealed_file`]): the host that owns the disk cannot read a snapshot, and a file
+//! altered, cut short or taken from elsewhere fails its read. (A file's name is still the
+//! SHA-256 of the plaintext, which lets a host confirm a guess of a whole state; the size is
+//! visible too.)
+//!
 //! **Durability.** A snapshot becomes visible under its final name only after its bytes
 //! are synced, by an atomic rename followed by a sync of the directory: a crash leaves a
 //! complete snapshot or a stray `.part` file (removed by the next sweep), never a torn
@@ -26,13 +32,16 @@
 //! damaged on disk fails the restore instead of restoring wrong state.
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use super::seal::StorageKey;
+use super::sealed_file::{sealed_len, SealedReader, SealedWriter};
 
 /// The start of an encoded [`SnapshotHandle`]: tells a handle from anything else.
 const HANDLE_MAGIC: &[u8; 12] = b"tessera/snap";
@@ -141,7 +150,8 @@ fn io_error<'a>(
 #[derive(Debug)]
 enum Backend {
     Memory(Mutex<BTreeMap<[u8; 32], Bytes>>),
-    Directory(PathBuf),
+    /// Sealed files in a directory, under the member's storage key.
+    Directory(PathBuf, StorageKey),
 }
 
 /// Which stored snapshots are in use (see [`SnapshotStore::make_current`]).
@@ -187,10 +197,11 @@ impl SnapshotStore {
         }
     }
 
-    /// A store of files in `dir`, created with mode 0700 if missing; an existing directory
-    /// that group or others may access is refused. Call it only while holding the data
-    /// directory's lock (the log store's): [`sweep`](Self::sweep) deletes files.
-    pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self, SnapshotStoreError> {
+    /// A store of files in `dir`, sealed under `key`, created with mode 0700 if missing;
+    /// an existing directory that group or others may access is refused. Call it only
+    /// while holding the data directory's lock (the log store's): [`sweep`](Self::sweep)
+    /// deletes files.
+    pub fn open_dir(dir: impl AsRef<Path>, key: StorageKey) -> Result<Self, SnapshotStoreError> {
         let dir = dir.as_ref().to_path_buf();
         super::private_dir(&dir).map_err(|reason| SnapshotStoreError::Directory {
             path: dir.display().to_string(),
@@ -204,7 +215,7 @@ impl SnapshotStore {
                 .map_err(io_error("syncing", d))?;
         }
         Ok(Self {
-            backend: Backend::Directory(dir),
+            backend: Backend::Directory(dir, key),
             pins: Mutex::default(),
         })
     }
@@ -214,14 +225,14 @@ impl SnapshotStore {
     pub fn size_limit(&self) -> u64 {
         match self.backend {
             Backend::Memory(_) => MEMORY_SNAPSHOT_BYTES_MAX,
-            Backend::Directory(_) => FILE_SNAPSHOT_BYTES_MAX,
+            Backend::Directory(..) => FILE_SNAPSHOT_BYTES_MAX,
         }
     }
 
     /// The directory of a file store (`None` in memory).
     pub fn dir(&self) -> Option<&Path> {
         match &self.backend {
-            Backend::Directory(dir) => Some(dir),
+            Backend::Directory(dir, _) => Some(dir),
             Backend::Memory(_) => None,
         }
     }
@@ -231,7 +242,7 @@ impl SnapshotStore {
     pub fn writer(self: &Arc<Self>) -> Result<SnapshotWriter, SnapshotStoreError> {
         let sink = match &self.backend {
             Backend::Memory(_) => Sink::Memory(Vec::new()),
-            Backend::Directory(dir) => {
+            Backend::Directory(dir, key) => {
                 let path = dir.join(format!("{}{PARTIAL_SUFFIX}", random_stem()?));
                 let file = std::fs::OpenOptions::new()
                     .write(true)
@@ -239,8 +250,11 @@ impl SnapshotStore {
                     .mode(0o600)
                     .open(&path)
                     .map_err(io_error("creating", &path))?;
+                let file =
+                    SealedWriter::new(BufWriter::with_capacity(FILE_BUFFER_BYTES, file), key)
+                        .map_err(io_error("writing", &path))?;
                 Sink::File {
-                    file: BufWriter::with_capacity(FILE_BUFFER_BYTES, file),
+                    file: Box::new(file),
                     path,
                 }
             }
@@ -257,8 +271,8 @@ impl SnapshotStore {
     pub fn contains(&self, handle: &SnapshotHandle) -> bool {
         match &self.backend {
             Backend::Memory(map) => lock(map).contains_key(&handle.sha256),
-            Backend::Directory(dir) => std::fs::metadata(dir.join(handle.file_name()))
-                .is_ok_and(|m| m.is_file() && m.len() == handle.size),
+            Backend::Directory(dir, _) => std::fs::metadata(dir.join(handle.file_name()))
+                .is_ok_and(|m| m.is_file() && m.len() == sealed_len(handle.size)),
         }
     }
 
@@ -291,15 +305,20 @@ impl SnapshotStore {
                 cursor.set_position(offset);
                 Ok(Box::new(cursor))
             }
-            Backend::Directory(dir) => {
+            Backend::Directory(dir, key) => {
                 let path = dir.join(handle.file_name());
-                let mut file = File::open(&path).map_err(|e| match e.kind() {
+                let file = File::open(&path).map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => SnapshotStoreError::Missing { handle: *handle },
                     _ => io_error("opening", &path)(e),
                 })?;
-                file.seek(SeekFrom::Start(offset))
-                    .map_err(io_error("seeking in", &path))?;
-                Ok(Box::new(BufReader::with_capacity(FILE_BUFFER_BYTES, file)))
+                let reader = SealedReader::new(
+                    BufReader::with_capacity(FILE_BUFFER_BYTES, file),
+                    key,
+                    offset,
+                    &path.display().to_string(),
+                )
+                .map_err(io_error("reading", &path))?;
+                Ok(Box::new(reader))
             }
         }
     }
@@ -402,7 +421,7 @@ impl SnapshotStore {
                 lock(map).retain(|sha, _| keep.is_some_and(|k| k.sha256 == *sha));
                 Ok(())
             }
-            Backend::Directory(dir) => {
+            Backend::Directory(dir, _) => {
                 let keep_name = keep.map(SnapshotHandle::file_name);
                 let entries = std::fs::read_dir(dir).map_err(io_error("listing", dir))?;
                 for entry in entries {
@@ -425,7 +444,7 @@ impl SnapshotStore {
     pub fn list(&self) -> Result<Vec<[u8; 32]>, SnapshotStoreError> {
         match &self.backend {
             Backend::Memory(map) => Ok(lock(map).keys().copied().collect()),
-            Backend::Directory(dir) => {
+            Backend::Directory(dir, _) => {
                 let mut out = Vec::new();
                 for entry in std::fs::read_dir(dir).map_err(io_error("listing", dir))? {
                     let entry = entry.map_err(io_error("listing", dir))?;
@@ -450,7 +469,7 @@ impl SnapshotStore {
             Backend::Memory(map) => {
                 lock(map).remove(&handle.sha256);
             }
-            Backend::Directory(dir) => {
+            Backend::Directory(dir, _) => {
                 let path = dir.join(handle.file_name());
                 // A reader still streaming it keeps its open file; nothing else needs it.
                 if let Err(e) = std::fs::remove_file(&path) {
@@ -484,7 +503,8 @@ fn random_stem() -> Result<String, SnapshotStoreError> {
 enum Sink {
     Memory(Vec<u8>),
     File {
-        file: BufWriter<File>,
+        /// Boxed: the writer carries its key and a chunk buffer.
+        file: Box<SealedWriter<BufWriter<File>>>,
         path: PathBuf,
     },
 }
@@ -546,12 +566,14 @@ impl SnapshotWriter {
 
 /// Syncs the file, renames it to its final name and syncs the directory.
 fn finish_file(
-    file: BufWriter<File>,
+    file: Box<SealedWriter<BufWriter<File>>>,
     path: &Path,
     store: &SnapshotStore,
     handle: &SnapshotHandle,
 ) -> Result<(), SnapshotStoreError> {
     let file = file
+        .finish()
+        .map_err(io_error("writing", path))?
         .into_inner()
         .map_err(|e| io_error("writing", path)(e.into_error()))?;
     file.sync_all().map_err(io_error("syncing", path))?;

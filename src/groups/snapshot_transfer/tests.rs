@@ -20,7 +20,11 @@ struct Stores {
 
 fn stores() -> Stores {
     let dir = tempfile::tempdir().expect("tempdir");
-    let follower = SnapshotStore::open_dir(dir.path().join("snapshots")).expect("store");
+    let follower = SnapshotStore::open_dir(
+        dir.path().join("snapshots"),
+        crate::storage::StorageKey::derive(&[4; 32], &[1; 32]),
+    )
+    .expect("store");
     Stores {
         leader: Arc::new(SnapshotStore::memory()),
         follower: Arc::new(follower),

@@ -3,13 +3,20 @@ use std::sync::Arc;
 
 use super::*;
 
+fn key() -> StorageKey {
+    StorageKey::derive(&[4; 32], &[1; 32])
+}
+
 fn stores() -> Vec<(tempfile::TempDir, Arc<SnapshotStore>)> {
     let memory = tempfile::tempdir().expect("tempdir");
     let files = tempfile::tempdir().expect("tempdir");
     let dir = files.path().join("snapshots");
     vec![
         (memory, Arc::new(SnapshotStore::memory())),
-        (files, Arc::new(SnapshotStore::open_dir(dir).expect("open"))),
+        (
+            files,
+            Arc::new(SnapshotStore::open_dir(dir, key()).expect("open")),
+        ),
     ]
 }
 
@@ -118,27 +125,58 @@ fn an_unfinished_or_refused_writer_leaves_nothing_behind() {
 }
 
 #[test]
-fn a_damaged_file_fails_the_verified_read() {
+fn a_damaged_or_replaced_file_fails_the_verified_read_and_names_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(SnapshotStore::open_dir(dir.path().join("s")).expect("open"));
-    let bytes = vec![5u8; 4096];
+    let store = Arc::new(SnapshotStore::open_dir(dir.path().join("s"), key()).expect("open"));
+    let bytes = b"confidential state ".repeat(5000);
     let handle = put(&store, &bytes);
     let path = dir.path().join("s").join(handle.file_name());
+    let sealed = std::fs::read(&path).expect("read the file");
+    assert!(
+        !sealed.windows(19).any(|w| w == b"confidential state "),
+        "the file does not hold the snapshot in the clear"
+    );
     let damage = |f: &dyn Fn(&mut Vec<u8>)| {
-        let mut b = bytes.clone();
+        let mut b = sealed.clone();
         f(&mut b);
         std::fs::write(&path, &b).expect("write");
     };
-    damage(&|b| b[100] ^= 1);
-    let err = read_all(&store, &handle).expect_err("flipped byte");
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
-    assert!(err.to_string().contains("SHA-256"), "{err}");
-    damage(&|b| b.truncate(4000));
-    let err = read_all(&store, &handle).expect_err("truncated");
-    assert!(err.to_string().contains("shorter"), "{err}");
-    damage(&|b| b.push(0));
-    let err = read_all(&store, &handle).expect_err("extended");
-    assert!(err.to_string().contains("longer"), "{err}");
+    let name = path.display().to_string();
+    for (what, f) in [
+        (
+            "flipped byte",
+            &(|b: &mut Vec<u8>| b[100] ^= 1) as &dyn Fn(&mut Vec<u8>),
+        ),
+        ("truncated", &|b: &mut Vec<u8>| b.truncate(b.len() - 10)),
+        ("extended", &|b: &mut Vec<u8>| b.push(0)),
+    ] {
+        damage(f);
+        let err = read_all(&store, &handle).expect_err(what);
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{what}");
+        assert!(
+            err.to_string().contains(&name),
+            "{what}: names the file: {err}"
+        );
+    }
+    // Another snapshot's intact file under this one's name: authentic, but not this state.
+    let other = put(&store, &b"another state ".repeat(5000));
+    std::fs::copy(dir.path().join("s").join(other.file_name()), &path).expect("cp");
+    let err = read_all(&store, &handle).expect_err("another snapshot's file");
+    assert!(
+        err.to_string().contains("SHA-256")
+            || err.to_string().contains("longer")
+            || err.to_string().contains("shorter"),
+        "{err}"
+    );
+    // Sealed under another member's key: refused.
+    let stranger = Arc::new(
+        SnapshotStore::open_dir(dir.path().join("t"), StorageKey::derive(&[4; 32], &[2; 32]))
+            .expect("open"),
+    );
+    let theirs = put(&stranger, &bytes);
+    std::fs::copy(dir.path().join("t").join(theirs.file_name()), &path).expect("cp");
+    let err = read_all(&store, &handle).expect_err("another member's file");
+    assert!(err.to_string().contains("failed authentication"), "{err}");
     std::fs::remove_file(&path).expect("rm");
     assert!(matches!(
         store.reader(&handle),
@@ -239,14 +277,14 @@ fn a_served_snapshot_whose_compaction_failed_stays_until_superseded() {
 fn sweep_keeps_only_the_referenced_snapshot_and_removes_stray_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s");
-    let store = Arc::new(SnapshotStore::open_dir(&path).expect("open"));
+    let store = Arc::new(SnapshotStore::open_dir(&path, key()).expect("open"));
     let keep = put(&store, b"keep");
     let other = put(&store, b"other");
     // What a crash in the middle of a write leaves, and an unrelated file.
     std::fs::write(path.join("0123.part"), b"torn").expect("write");
     std::fs::write(path.join("README"), b"not ours").expect("write");
     drop(store);
-    let store = Arc::new(SnapshotStore::open_dir(&path).expect("reopen"));
+    let store = Arc::new(SnapshotStore::open_dir(&path, key()).expect("reopen"));
     store.sweep(Some(&keep)).expect("sweep");
     assert!(store.contains(&keep));
     assert!(!store.contains(&other));
@@ -286,7 +324,7 @@ fn a_snapshot_directory_open_to_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let created = dir.path().join("new");
-    SnapshotStore::open_dir(&created).expect("created");
+    SnapshotStore::open_dir(&created, key()).expect("created");
     let mode = std::fs::metadata(&created)
         .expect("stat")
         .permissions()
@@ -294,7 +332,7 @@ fn a_snapshot_directory_open_to_others_is_refused() {
         & 0o777;
     assert_eq!(mode, 0o700);
     std::fs::set_permissions(&created, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    match SnapshotStore::open_dir(&created) {
+    match SnapshotStore::open_dir(&created, key()) {
         Err(SnapshotStoreError::Directory { reason, .. }) => {
             assert!(reason.contains("0755"), "{reason}")
         }
