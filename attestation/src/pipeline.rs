@@ -241,9 +241,10 @@ pub fn appraise(
     // 5. Binding.
     let mut valid_until = dcap.collateral_expires_at;
     // A verdict (and a cached one) ends when the collateral grows too old for the policy.
-    if let Some(max_secs) = policy.tcb.max_collateral_age_secs {
-        valid_until = valid_until.min(dcap.collateral_issued_at.saturating_add(max_secs));
-    }
+    valid_until = valid_until.min(
+        dcap.collateral_issued_at
+            .saturating_add(policy.tcb.max_collateral_age_secs),
+    );
     if let Some(b) = binding {
         let results = check_binding(
             &parsed.report_data,

@@ -525,7 +525,7 @@ fn a_verdict_ends_when_the_collateral_becomes_too_old() {
     let issued_at = MockConfig::default().collateral_issued_at;
     let mut policy = mock_policy();
     let unbounded = check(MockConfig::default(), &policy).unwrap();
-    policy.tcb.max_collateral_age_secs = Some(NOW - issued_at + 100);
+    policy.tcb.max_collateral_age_secs = NOW - issued_at + 100;
     let bounded = check(MockConfig::default(), &policy).unwrap();
     assert_eq!(bounded.valid_until, NOW + 100);
     assert!(unbounded.valid_until > bounded.valid_until, "{unbounded:?}");
