@@ -6,10 +6,17 @@
 //! valid until the verdict's `valid_until` (earliest collateral or claims expiry). Only
 //! accepted verdicts are cached: a rejection is cheap to repeat and may be transient.
 //!
+//! The cache never serves a verdict the verifier would now refuse for stale collateral:
+//! [`VerificationCache::get`] takes the verifier's [`CollateralWatermark`] and skips an
+//! entry whose collateral is older than the newest accepted since it was stored (DESIGN
+//! §13). Without that check one cached verdict would keep pre-revocation collateral
+//! acceptable until its nextUpdate, which is what the watermark exists to stop.
+//!
 //! IO contract: no clock; `now` is a parameter.
 use std::collections::HashMap;
 
 use crate::binding::BindingContext;
+use crate::freshness::CollateralWatermark;
 use crate::pipeline::{Binding, VerifiedQuote};
 use crate::policy::Policy;
 use crate::verify::Collateral;
@@ -77,9 +84,18 @@ impl VerificationCache {
         out
     }
 
-    /// The cached verdict for `key`, if it is still valid at `now`.
-    pub fn get(&self, key: &CacheKey, now: u64) -> Option<&VerifiedQuote> {
-        self.entries.get(key).filter(|v| now <= v.valid_until)
+    /// The cached verdict for `key`, if it is still valid at `now` and its collateral is not
+    /// older than the newest `watermark` has accepted since.
+    pub fn get(
+        &self,
+        key: &CacheKey,
+        now: u64,
+        watermark: &CollateralWatermark,
+    ) -> Option<&VerifiedQuote> {
+        self.entries
+            .get(key)
+            .filter(|v| now <= v.valid_until)
+            .filter(|v| watermark.check(&v.collateral_freshness).is_ok())
     }
 
     /// Stores an accepted verdict. When full, drops expired entries, then the entry that

@@ -9,9 +9,13 @@
 //! 1. [`quote::parse_quote`]: v4/v5 quotes with TD 1.0/1.5 bodies; SGX quotes refused.
 //! 2. [`verify::verify_dcap`]: collateral validity windows at `now`, then dcap-qvl with the
 //!    policy's trust root (PCK chain, CRLs, QE identity, signatures, TCB level). No policy.
-//! 3. [`policy`]: TCB status, advisories, platform flags, FMSPC, collateral age, then the
-//!    TD (debug bit, attributes, XFAM, MR_SEAM, measurement profiles).
-//! 4. [`binding`]: report data = SHA-512 over the claims, peer key, network, freshness.
+//! 3. [`freshness`] (stateful verifiers only, [`verify_fresh`]): the collateral is no older
+//!    than the newest the verifier has accepted for the same platform model, QE identity
+//!    or CA; an accepted verdict raises that watermark.
+//! 4. [`policy`]: TCB status, advisories, platform flags, FMSPC, collateral age (30 days
+//!    unless the policy says otherwise), then the TD (debug bit, attributes, XFAM,
+//!    MR_SEAM, measurement profiles).
+//! 5. [`binding`]: report data = SHA-512 over the claims, peer key, network, claims age.
 //!
 //! Untrusted bytes never cause a panic: parsing and verification return errors.
 //!
@@ -22,6 +26,7 @@
 
 pub mod binding;
 pub mod cache;
+pub mod freshness;
 pub mod measure;
 pub mod pipeline;
 pub mod policy;
@@ -32,9 +37,10 @@ pub mod verify;
 
 pub use binding::{BindingContext, BindingError, Claims};
 pub use cache::VerificationCache;
+pub use freshness::{CollateralFreshness, CollateralWatermark, FreshnessError};
 pub use pipeline::{
-    appraise, validator_digest, verify, Appraisal, Binding, CheckOutcome, VerifiedQuote,
-    VerifyError,
+    appraise, appraise_fresh, validator_digest, verify, verify_fresh, Appraisal, Binding,
+    CheckOutcome, VerifiedQuote, VerifyError,
 };
 pub use policy::{Policy, PolicyError, TrustRoot};
 pub use provider::{ProviderError, ProviderKind, Quote, QuoteProvider};

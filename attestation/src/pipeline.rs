@@ -1,10 +1,18 @@
-//! The verification pipeline (DESIGN §4.2): parse → DCAP → policy on the TCB → policy on
-//! the TD → binding. [`appraise`] records every check; [`verify`] returns the verdict.
+//! The verification pipeline (DESIGN §4.2): parse → DCAP → collateral freshness → policy
+//! on the TCB → policy on the TD → binding. [`appraise`] records every check; [`verify`]
+//! returns the verdict.
+//!
+//! [`verify`] and [`appraise`] are pure: one quote, judged alone (the `tessera verify`
+//! command). A verifier that judges peers over time uses [`verify_fresh`] /
+//! [`appraise_fresh`] with the [`CollateralWatermark`] it owns: they also refuse collateral
+//! older than the newest it has accepted, and raise it with each accepted verdict
+//! (DESIGN §13).
 //!
 //! IO contract: no clock, no network, no file system. `now` is Unix seconds.
 use std::borrow::Cow;
 
 use crate::binding::{check_binding, BindingContext, BindingError, Claims};
+use crate::freshness::{CollateralFreshness, CollateralWatermark, FreshnessError};
 use crate::policy::{evaluate, matching_profile, Policy, PolicyViolation, TrustRoot};
 use crate::quote::{parse_quote, Measurements, ParseError, ParsedQuote, TdBodyKind};
 use crate::tcb::{PlatformFlags, TcbStatus};
@@ -49,6 +57,10 @@ pub struct VerifiedQuote {
     /// When this verdict stops holding: earliest of collateral expiry, claims expiry and
     /// claims age limit (Unix seconds).
     pub valid_until: u64,
+    /// Where the collateral stands; a verdict holds only while no newer collateral for the
+    /// same platform model, QE identity or CA has been accepted
+    /// ([`CollateralWatermark::check`]).
+    pub collateral_freshness: CollateralFreshness,
 }
 
 /// A quote was rejected (or could not be checked). Each variant names the stage; the
@@ -68,6 +80,10 @@ pub enum VerifyError {
     /// DCAP verification failed (collateral, chain, signatures, TCB level).
     #[error("quote rejected by DCAP verification: {0}")]
     Dcap(#[from] DcapError),
+    /// The collateral verified, but this verifier has already accepted newer collateral
+    /// for the same platform model, QE identity or CA.
+    #[error("quote rejected: its collateral is older than the newest seen: {0}")]
+    Freshness(#[from] FreshnessError),
     /// The quote verified but the policy refuses it.
     #[error("quote rejected by policy: {0}")]
     Policy(#[from] PolicyViolation),
@@ -83,11 +99,15 @@ impl VerifyError {
             VerifyError::Parse(_) => "parse",
             VerifyError::TrustRootUnavailable { .. } => "trust_root",
             VerifyError::Dcap(e) => e.check_name(),
+            VerifyError::Freshness(_) => COLLATERAL_ROLLBACK_CHECK,
             VerifyError::Policy(v) => v.check_name(),
             VerifyError::Binding(b) => b.check_name(),
         }
     }
 }
+
+/// Name of the freshness check: collateral older than the newest accepted.
+pub const COLLATERAL_ROLLBACK_CHECK: &str = "collateral_rollback";
 
 /// One check of an appraisal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +152,19 @@ pub fn verify(
     appraise(quote, collateral, policy, now, binding).outcome
 }
 
+/// Like [`verify`], and also refuses collateral older than the newest `watermark` has
+/// accepted; an accepted verdict raises `watermark` to its collateral.
+pub fn verify_fresh(
+    quote: &[u8],
+    collateral: &Collateral,
+    policy: &Policy,
+    now: u64,
+    binding: Option<Binding<'_>>,
+    watermark: &CollateralWatermark,
+) -> Result<VerifiedQuote, VerifyError> {
+    appraise_fresh(quote, collateral, policy, now, binding, watermark).outcome
+}
+
 /// The root certificate for a trust root.
 pub fn trust_root_der(root: TrustRoot) -> Result<Cow<'static, [u8]>, VerifyError> {
     match root {
@@ -168,6 +201,29 @@ pub fn appraise(
     policy: &Policy,
     now: u64,
     binding: Option<Binding<'_>>,
+) -> Appraisal {
+    appraise_with(quote, collateral, policy, now, binding, None)
+}
+
+/// Like [`verify_fresh`], recording every check.
+pub fn appraise_fresh(
+    quote: &[u8],
+    collateral: &Collateral,
+    policy: &Policy,
+    now: u64,
+    binding: Option<Binding<'_>>,
+    watermark: &CollateralWatermark,
+) -> Appraisal {
+    appraise_with(quote, collateral, policy, now, binding, Some(watermark))
+}
+
+fn appraise_with(
+    quote: &[u8],
+    collateral: &Collateral,
+    policy: &Policy,
+    now: u64,
+    binding: Option<Binding<'_>>,
+    watermark: Option<&CollateralWatermark>,
 ) -> Appraisal {
     let mut checks = Vec::new();
     let appraisal = |checks: Vec<CheckOutcome>, parsed, dcap, outcome| Appraisal {
@@ -226,8 +282,26 @@ pub fn appraise(
         ),
     ));
 
-    // 3–4. Policy.
+    // 3. Freshness: before the policy, so that stale collateral is the reason given even
+    // when it also breaks the policy (its TCB status may be why it is presented).
     let mut first_error: Option<VerifyError> = None;
+    if let Some(watermark) = watermark {
+        match watermark.check(&dcap.freshness) {
+            Ok(()) => checks.push(pass(
+                COLLATERAL_ROLLBACK_CHECK,
+                format!(
+                    "no older than the newest accepted: {}",
+                    dcap.freshness.describe()
+                ),
+            )),
+            Err(e) => {
+                checks.push(fail(COLLATERAL_ROLLBACK_CHECK, &e));
+                first_error = Some(e.into());
+            }
+        }
+    }
+
+    // 4–5. Policy.
     for (name, result) in evaluate(policy, &parsed, &dcap, now) {
         match result {
             Ok(detail) => checks.push(pass(name, detail)),
@@ -238,12 +312,13 @@ pub fn appraise(
         }
     }
 
-    // 5. Binding.
+    // 6. Binding.
     let mut valid_until = dcap.collateral_expires_at;
     // A verdict (and a cached one) ends when the collateral grows too old for the policy.
-    if let Some(max_secs) = policy.tcb.max_collateral_age_secs {
-        valid_until = valid_until.min(dcap.collateral_issued_at.saturating_add(max_secs));
-    }
+    valid_until = valid_until.min(
+        dcap.collateral_issued_at
+            .saturating_add(policy.tcb.max_collateral_age_secs),
+    );
     if let Some(b) = binding {
         let results = check_binding(
             &parsed.report_data,
@@ -288,7 +363,22 @@ pub fn appraise(
             claims: binding.map(|b| b.claims.clone()),
             collateral_expires_at: dcap.collateral_expires_at,
             valid_until,
+            collateral_freshness: dcap.freshness.clone(),
         }),
+    };
+    // Only an accepted verdict raises the watermark, checking again under the same lock:
+    // another verdict may have raised it since the check above.
+    let outcome = match (outcome, watermark) {
+        (Ok(verified), Some(watermark)) => {
+            match watermark.check_and_raise(&verified.collateral_freshness) {
+                Ok(()) => Ok(verified),
+                Err(e) => {
+                    checks.push(fail(COLLATERAL_ROLLBACK_CHECK, &e));
+                    Err(e.into())
+                }
+            }
+        }
+        (outcome, _) => outcome,
     };
     appraisal(checks, Some(parsed), Some(dcap), outcome)
 }

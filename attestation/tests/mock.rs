@@ -11,8 +11,8 @@ use tessera_attestation::quote::parse_quote;
 use tessera_attestation::tcb::PlatformFlag;
 use tessera_attestation::verify::{DcapCheck, DcapError};
 use tessera_attestation::{
-    verify, Binding, Collateral, PlatformFlags, Policy, QuoteProvider, TcbStatus,
-    VerificationCache, VerifiedQuote, VerifyError,
+    verify, verify_fresh, Binding, Collateral, CollateralWatermark, PlatformFlags, Policy,
+    QuoteProvider, TcbStatus, VerificationCache, VerifiedQuote, VerifyError,
 };
 
 const NOW: u64 = 1_767_225_600 + 86_400; // MockConfig::default().valid_now()
@@ -490,7 +490,8 @@ fn verification_cache_is_bounded_and_expires() {
     });
     let (q, c) = make(MockConfig::default(), &claims.report_data());
     let policy = mock_policy();
-    let v = verify(&q, &c, &policy, NOW, binding).unwrap();
+    let watermark = CollateralWatermark::default();
+    let v = verify_fresh(&q, &c, &policy, NOW, binding, &watermark).unwrap();
     let key = VerificationCache::key(&q, &c, &policy, binding);
     // Every input is in the key.
     assert_ne!(key, VerificationCache::key(&q, &c, &policy, None));
@@ -499,19 +500,22 @@ fn verification_cache_is_bounded_and_expires() {
         VerificationCache::key(&q, &c, &policy_file("example.toml"), binding)
     );
     let mut cache = VerificationCache::new(2);
-    assert!(cache.get(&key, NOW).is_none());
+    assert!(cache.get(&key, NOW, &watermark).is_none());
     cache.insert(key, v.clone(), NOW);
-    assert_eq!(cache.get(&key, NOW), Some(&v));
-    assert_eq!(cache.get(&key, v.valid_until), Some(&v));
-    assert!(cache.get(&key, v.valid_until + 1).is_none());
+    assert_eq!(cache.get(&key, NOW, &watermark), Some(&v));
+    assert_eq!(cache.get(&key, v.valid_until, &watermark), Some(&v));
+    assert!(cache.get(&key, v.valid_until + 1, &watermark).is_none());
     // Bounded: a third entry evicts the one that expires first.
     let mut later = v.clone();
     later.valid_until += 100;
     cache.insert([1; 32], later.clone(), NOW);
     cache.insert([2; 32], later.clone(), NOW);
     assert_eq!(cache.len(), 2);
-    assert!(cache.get(&key, NOW).is_none());
-    assert!(cache.get(&[1; 32], NOW).is_some() && cache.get(&[2; 32], NOW).is_some());
+    assert!(cache.get(&key, NOW, &watermark).is_none());
+    assert!(
+        cache.get(&[1; 32], NOW, &watermark).is_some()
+            && cache.get(&[2; 32], NOW, &watermark).is_some()
+    );
     // An already expired verdict is not stored.
     let mut fresh = VerificationCache::default();
     fresh.insert(key, v.clone(), v.valid_until + 1);
@@ -525,7 +529,7 @@ fn a_verdict_ends_when_the_collateral_becomes_too_old() {
     let issued_at = MockConfig::default().collateral_issued_at;
     let mut policy = mock_policy();
     let unbounded = check(MockConfig::default(), &policy).unwrap();
-    policy.tcb.max_collateral_age_secs = Some(NOW - issued_at + 100);
+    policy.tcb.max_collateral_age_secs = NOW - issued_at + 100;
     let bounded = check(MockConfig::default(), &policy).unwrap();
     assert_eq!(bounded.valid_until, NOW + 100);
     assert!(unbounded.valid_until > bounded.valid_until, "{unbounded:?}");

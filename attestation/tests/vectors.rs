@@ -283,6 +283,34 @@ fn attributes_xfam_fmspc_and_advisory_rules_reject_with_expected_and_actual() {
     }
 }
 
+/// Issue 13: the 30-day default of `max_collateral_age_secs` fits Intel's cadence (every
+/// item is reissued with a 30-day window), so real collateral passes it to the last second
+/// of its window; one second later it is expired anyway.
+#[test]
+fn the_default_collateral_age_accepts_real_collateral_to_the_end_of_its_window() {
+    let default_age = example_policy_with("max_collateral_age_secs = 2592000", "");
+    assert_eq!(default_age.tcb.max_collateral_age_secs, 2_592_000);
+    let (q, c) = (quote("quote_uptodate"), collateral("quote_uptodate"));
+    let v = verify(&q, &c, &default_age, UPTODATE_WINDOW_END, None).unwrap();
+    assert_eq!(v.valid_until, UPTODATE_WINDOW_END);
+    // Twin: a day shorter limit refuses it at the same time, naming the age.
+    let shorter = example_policy_with(
+        "max_collateral_age_secs = 2592000",
+        "max_collateral_age_secs = 2505600",
+    );
+    let err = verify(&q, &c, &shorter, UPTODATE_WINDOW_END, None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Policy(PolicyViolation::CollateralTooOld {
+                max_secs: 2_505_600,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn appraisal_lists_every_check_and_all_policy_failures() {
     let policy = example_policy_with("allow_smt = true", "allow_smt = false");

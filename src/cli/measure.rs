@@ -519,7 +519,7 @@ impl Report<'_> {
             "allow_smt = false                         # platforms running with hyper-threading on",
         );
         line("allowed_fmspcs = []                       # platform models accepted (6 bytes hex); empty = any");
-        line("max_collateral_age_secs = 2592000         # TCB Info / QE Identity at most 30 days old at verification time");
+        line("max_collateral_age_secs = 2592000         # TCB Info, QE Identity, PCK CRL at most 30 days old when verified (default 30 days)");
         line("");
         line("[td]");
         line("allow_debug = false                       # a debug TD's memory is readable by the host: never in production");

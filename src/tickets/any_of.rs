@@ -62,4 +62,12 @@ impl TicketValidator for AnyOf {
         }
         Err(TicketError::NoAlternative(errors))
     }
+
+    /// Changes when any alternative's does: each only grows, so their sum changes exactly
+    /// when one of them does (wrapping only after 2^64 raises).
+    fn generation(&self) -> u64 {
+        self.alternatives
+            .iter()
+            .fold(0u64, |sum, v| sum.wrapping_add(v.generation()))
+    }
 }

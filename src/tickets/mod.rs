@@ -2,13 +2,16 @@
 //! decide. A ticket is `(kind, bytes, expires_at)`; for TDX the bytes are a quote, its
 //! collateral and the binding claims ([`tdx`]).
 //!
-//! **Contract.** A [`TicketValidator`] is a pure function of the ticket, the key the
-//! transport authenticated, the binding context and `now`: no clock, no network. Its
-//! [`TicketValidator::signature`] covers everything that decides acceptance, so members
-//! with different validators derive different group ids. [`Admission`] runs every
-//! validator of a group on a peer's tickets and caches accepted verdicts (bounded, by
-//! ticket hash, until they expire). Validation costs about a millisecond of CPU: async
-//! callers run [`Admission::admit`] on a blocking thread.
+//! **Contract.** A [`TicketValidator`] is a function of the ticket, the key the transport
+//! authenticated, the binding context, `now`, and what the validator has learnt from the
+//! verdicts it gave before (the TDX validators' collateral watermark: the newest collateral
+//! accepted, older refused); no clock, no network. Its [`TicketValidator::signature`]
+//! covers everything that decides acceptance, so members with different validators derive
+//! different group ids; its [`TicketValidator::generation`] changes whenever what it has
+//! learnt may withdraw an earlier verdict. [`Admission`] runs every validator of a group
+//! on a peer's tickets and caches accepted verdicts (bounded, by ticket hash, until they
+//! expire or a validator's generation changes). Validation costs about a millisecond of
+//! CPU: async callers run [`Admission::admit`] on a blocking thread.
 pub mod any_of;
 pub mod tdx;
 
@@ -128,12 +131,26 @@ pub trait TicketValidator: Send + Sync {
     fn signature(&self) -> [u8; 32];
     /// Checks `ticket` for the peer in `ctx`.
     fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError>;
+    /// A number that changes whenever this validator's state changes so that an earlier
+    /// verdict may no longer hold (e.g. newer collateral was accepted, so older collateral
+    /// is now refused). Caches of verdicts re-validate when it changes. A stateless
+    /// validator keeps the default, 0.
+    fn generation(&self) -> u64 {
+        0
+    }
+}
+
+/// Accepted verdicts of one set of tickets, and the validators' generation they were
+/// given at.
+struct CachedVerdicts {
+    verdicts: Vec<Validated>,
+    generation: u64,
 }
 
 /// Every validator of a group, with a bounded cache of accepted verdicts.
 pub struct Admission {
     validators: Vec<Arc<dyn TicketValidator>>,
-    cache: Mutex<HashMap<[u8; 32], Vec<Validated>>>,
+    cache: Mutex<HashMap<[u8; 32], CachedVerdicts>>,
     cache_max: usize,
 }
 
@@ -160,9 +177,12 @@ impl Admission {
         ctx: &PeerContext,
     ) -> Result<Vec<Validated>, TicketError> {
         let key = cache_key(tickets, ctx, &self.signatures());
+        // Read before validating: a verdict stored with the generation from before a
+        // concurrent raise is re-validated on its next use, never served stale.
+        let generation = self.generation();
         if let Some(hit) = self.lock().get(&key) {
-            if hit.iter().all(|v| v.expires_at > ctx.now) {
-                return Ok(hit.clone());
+            if hit.generation == generation && hit.verdicts.iter().all(|v| v.expires_at > ctx.now) {
+                return Ok(hit.verdicts.clone());
             }
         }
         let mut verdicts = Vec::with_capacity(self.validators.len());
@@ -196,16 +216,32 @@ impl Admission {
         }
         let mut cache = self.lock();
         if cache.len() >= self.cache_max {
-            cache.retain(|_, vs| vs.iter().all(|v| v.expires_at > ctx.now));
+            cache.retain(|_, c| {
+                c.generation == generation && c.verdicts.iter().all(|v| v.expires_at > ctx.now)
+            });
             if cache.len() >= self.cache_max {
                 cache.clear();
             }
         }
-        cache.insert(key, verdicts.clone());
+        cache.insert(
+            key,
+            CachedVerdicts {
+                verdicts: verdicts.clone(),
+                generation,
+            },
+        );
         Ok(verdicts)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Vec<Validated>>> {
+    /// The validators' generations combined: each only grows, so the sum changes when any
+    /// of them does.
+    fn generation(&self) -> u64 {
+        self.validators
+            .iter()
+            .fold(0u64, |sum, v| sum.wrapping_add(v.generation()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], CachedVerdicts>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -10,10 +10,15 @@
 //! (feature `mock-attestation`, for tests and the demo) is the other half: the same
 //! pipeline, a policy that must trust the mock root. Both call one function; there is no
 //! separate "mock" verification path to get wrong.
+//!
+//! Each validator owns a collateral watermark (`tessera_attestation::freshness`): once it
+//! has accepted collateral, it refuses older collateral for the same platform model, QE
+//! identity or CA, and its [`TicketValidator::generation`] moves so that cached verdicts
+//! are checked again.
 use serde::{Deserialize, Serialize};
 use tessera_attestation::{
-    validator_digest, verify, Binding, BindingContext, Claims, Collateral, Policy, QuoteProvider,
-    TrustRoot,
+    validator_digest, verify_fresh, Binding, BindingContext, Claims, Collateral,
+    CollateralWatermark, Policy, QuoteProvider, TrustRoot,
 };
 
 use super::{PeerContext, Ticket, TicketError, TicketValidator, Validated};
@@ -84,14 +89,19 @@ impl TicketValidator for TdxValidator {
         }
         self.pipeline.validate(ticket, ctx)
     }
+
+    fn generation(&self) -> u64 {
+        self.pipeline.generation()
+    }
 }
 
 /// What both TDX validators hold and run: the policy, its digest (the validator's
-/// signature) and the newest collateral seen per platform model.
+/// signature) and the collateral watermark, the newest signature-checked collateral this
+/// validator has accepted per platform model, QE identity and CA (DESIGN §13).
 struct Pipeline {
     policy: Policy,
     signature: [u8; 32],
-    newest: NewestCollateral,
+    watermark: CollateralWatermark,
 }
 
 impl Pipeline {
@@ -101,66 +111,29 @@ impl Pipeline {
         Ok(Self {
             policy,
             signature,
-            newest: NewestCollateral::default(),
+            watermark: CollateralWatermark::default(),
         })
     }
 
     fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError> {
-        validate_tdx(&self.policy, &self.newest, ticket, ctx)
+        validate_tdx(&self.policy, &self.watermark, ticket, ctx)
     }
-}
 
-/// Most platform models (FMSPCs) whose newest collateral a validator remembers; beyond
-/// that the oldest-seen entry is forgotten (real deployments have a handful).
-pub const NEWEST_COLLATERAL_FMSPCS_MAX: usize = 1024;
-
-/// The newest TCB evaluation data number this validator has accepted, per platform model
-/// (FMSPC). Intel raises it at a TCB recovery; collateral from before one may still call a
-/// platform UpToDate that is now OutOfDate, and each peer supplies its own collateral. So
-/// once collateral of number N was accepted for an FMSPC, older collateral for that FMSPC
-/// is refused (`collateral_rollback`): a peer must present collateral at least as new as
-/// the newest its verifier has seen. (A peer that cannot refresh its collateral is locked
-/// out after a recovery; that is the point.)
-#[derive(Default)]
-struct NewestCollateral {
-    by_fmspc: std::sync::Mutex<std::collections::HashMap<[u8; 6], u32>>,
-}
-
-impl NewestCollateral {
-    /// Checks `number` for `fmspc` against the newest seen, and records it if newer.
-    fn check_and_note(&self, fmspc: [u8; 6], number: u32) -> Result<(), TicketError> {
-        let mut seen = self.by_fmspc.lock().unwrap_or_else(|p| p.into_inner());
-        match seen.get(&fmspc) {
-            Some(newest) if number < *newest => Err(TicketError::Rejected {
-                kind: TDX_KIND.into(),
-                check: "collateral_rollback",
-                reason: format!(
-                    "collateral of TCB evaluation data number {number} for FMSPC {}, but \
-                     number {newest} was already accepted for that platform (collateral \
-                     from before a TCB recovery)",
-                    hex::encode_upper(fmspc)
-                ),
-            }),
-            Some(newest) if number == *newest => Ok(()),
-            _ => {
-                if seen.len() >= NEWEST_COLLATERAL_FMSPCS_MAX && !seen.contains_key(&fmspc) {
-                    // Keep the bound: forget the model with the lowest number.
-                    if let Some(oldest) = seen.iter().min_by_key(|(_, n)| **n).map(|(f, _)| *f) {
-                        seen.remove(&oldest);
-                    }
-                }
-                seen.insert(fmspc, number);
-                Ok(())
-            }
-        }
+    fn generation(&self) -> u64 {
+        self.watermark.generation()
     }
 }
 
 /// The pipeline both validators run: decode the ticket, verify quote, collateral and
-/// binding against `policy`.
+/// binding against `policy`, refusing collateral older than `watermark` has accepted.
+/// Each peer supplies its own collateral, and DCAP alone accepts it until its nextUpdate:
+/// the watermark is what stops a peer from showing the CRL from before its PCK was revoked,
+/// or the TCB Info from before a TCB recovery, once this validator has seen newer ones.
+/// (A peer that cannot refresh its collateral is locked out after such an event; that is
+/// the point.)
 fn validate_tdx(
     policy: &Policy,
-    newest: &NewestCollateral,
+    watermark: &CollateralWatermark,
     ticket: &Ticket,
     ctx: &PeerContext,
 ) -> Result<Validated, TicketError> {
@@ -181,15 +154,19 @@ fn validate_tdx(
         claims: &body.claims,
         context: &context,
     };
-    let verified =
-        verify(&body.quote, &collateral, policy, ctx.now, Some(binding)).map_err(|e| {
-            TicketError::Rejected {
-                kind: TDX_KIND.into(),
-                check: e.check_name(),
-                reason: e.to_string(),
-            }
-        })?;
-    newest.check_and_note(verified.fmspc, verified.tcb_eval_data_number)?;
+    let verified = verify_fresh(
+        &body.quote,
+        &collateral,
+        policy,
+        ctx.now,
+        Some(binding),
+        watermark,
+    )
+    .map_err(|e| TicketError::Rejected {
+        kind: TDX_KIND.into(),
+        check: e.check_name(),
+        reason: e.to_string(),
+    })?;
     Ok(Validated {
         kind: TDX_KIND.into(),
         expires_at: verified.valid_until.min(ticket.expires_at),
@@ -241,6 +218,10 @@ impl TicketValidator for MockTdxValidator {
 
     fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError> {
         self.pipeline.validate(ticket, ctx)
+    }
+
+    fn generation(&self) -> u64 {
+        self.pipeline.generation()
     }
 }
 

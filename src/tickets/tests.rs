@@ -303,3 +303,41 @@ fn collateral_older_than_the_newest_accepted_for_the_platform_is_refused() {
         .validate(&with_number(17), &ctx(key))
         .expect("a validator that saw nothing newer accepts it");
 }
+
+/// Issue 13: the admission cache does not keep a verdict alive past the watermark. A peer
+/// admitted with collateral of number 17 is refused at its next admission once another
+/// peer's collateral of number 18 was accepted, though its ticket is the same bytes.
+#[test]
+fn a_cached_admission_is_withdrawn_once_newer_collateral_was_accepted() {
+    let with_number = |n: u32, key: [u8; 32]| {
+        let config = MockConfig {
+            tcb_eval_data_number: n,
+            ..MockConfig::default()
+        };
+        issuer(config).issue(key, None, now()).expect("ticket")
+    };
+    let validator = Arc::new(MockTdxValidator::new(policy()).expect("validator"));
+    let admission = Admission::new(vec![validator.clone()]);
+    let (old_peer, new_peer) = ([7u8; 32], [8u8; 32]);
+    let old = with_number(17, old_peer);
+    admission
+        .admit(std::slice::from_ref(&old), &ctx(old_peer))
+        .expect("first seen: admitted");
+    let before = validator.generation();
+    // Twin: while nothing newer is seen, the peer is admitted again (and raises nothing).
+    admission
+        .admit(std::slice::from_ref(&old), &ctx(old_peer))
+        .expect("as new as anything seen: admitted");
+    assert_eq!(validator.generation(), before);
+    admission
+        .admit(&[with_number(18, new_peer)], &ctx(new_peer))
+        .expect("newer collateral: admitted");
+    assert_ne!(validator.generation(), before, "the watermark rose");
+    match admission.admit(std::slice::from_ref(&old), &ctx(old_peer)) {
+        Err(TicketError::Rejected { check, reason, .. }) => {
+            assert_eq!(check, "collateral_rollback");
+            assert!(reason.contains("TCB Info"), "{reason}");
+        }
+        other => panic!("the cached verdict must not be served, got {other:?}"),
+    }
+}

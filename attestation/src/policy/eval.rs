@@ -249,11 +249,10 @@ pub fn evaluate(
     checks.push((
         "collateral_age",
         match tcb.max_collateral_age_secs {
-            Some(max_secs) if age_secs > max_secs => {
+            max_secs if age_secs > max_secs => {
                 Err(PolicyViolation::CollateralTooOld { age_secs, max_secs })
             }
-            Some(max_secs) => Ok(format!("{age_secs} s (max {max_secs} s)")),
-            None => Ok(format!("{age_secs} s (no maximum)")),
+            max_secs => Ok(format!("{age_secs} s (max {max_secs} s)")),
         },
     ));
 

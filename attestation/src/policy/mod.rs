@@ -25,6 +25,8 @@ pub const LIST_LEN_MAX: usize = 1024;
 pub const LABEL_LEN_MAX: usize = 256;
 /// Longest `binding.max_quote_age_secs` (7 days).
 pub const QUOTE_AGE_SECS_MAX: u64 = 7 * 86_400;
+/// `tcb.max_collateral_age_secs` of a policy that omits it (30 days).
+pub const DEFAULT_COLLATERAL_AGE_SECS: u64 = 30 * 86_400;
 /// Domain tag of the canonical digest.
 pub const DIGEST_DOMAIN: &[u8] = b"tessera/policy/v1\0";
 
@@ -92,10 +94,14 @@ pub struct TcbPolicy {
     /// Acceptable FMSPCs (platform model); empty accepts any.
     #[serde(default)]
     pub allowed_fmspcs: Vec<HexBytes<6>>,
-    /// Maximum age of the collateral at verification time: of the oldest of the TCB Info,
-    /// the QE Identity and the PCK CRL (not the root CA CRL, reissued about yearly).
-    #[serde(default)]
-    pub max_collateral_age_secs: Option<u64>,
+    /// Maximum age of the collateral at verification time, in seconds: of the oldest of the
+    /// TCB Info (issueDate), the QE Identity (issueDate) and the PCK CRL (thisUpdate); not
+    /// the root CA CRL, which Intel reissues about yearly. Default
+    /// [`DEFAULT_COLLATERAL_AGE_SECS`] (30 days, Intel's reissue period): a DCAP item is
+    /// otherwise good until its nextUpdate, and a peer could keep showing one from before
+    /// a revocation or a TCB recovery. At least 1; there is no "off".
+    #[serde(default = "default_collateral_age")]
+    pub max_collateral_age_secs: u64,
 }
 
 impl Default for TcbPolicy {
@@ -108,9 +114,13 @@ impl Default for TcbPolicy {
             allow_cached_keys: false,
             allow_smt: false,
             allowed_fmspcs: Vec::new(),
-            max_collateral_age_secs: None,
+            max_collateral_age_secs: default_collateral_age(),
         }
     }
+}
+
+fn default_collateral_age() -> u64 {
+    DEFAULT_COLLATERAL_AGE_SECS
 }
 
 fn default_statuses() -> Vec<TcbStatus> {
@@ -342,6 +352,12 @@ impl Policy {
                 };
                 return Err(invalid(format!("td.profiles[{i}].mr_td"), reason));
             }
+        }
+        if tcb.max_collateral_age_secs == 0 {
+            return Err(invalid(
+                "tcb.max_collateral_age_secs",
+                "must be at least 1 (0 would refuse all collateral)",
+            ));
         }
         let age = self.binding.max_quote_age_secs;
         if age == 0 || age > QUOTE_AGE_SECS_MAX {

@@ -41,6 +41,42 @@ fn defaults_are_strict() {
     assert!(!p.tcb.allow_dynamic_platform && !p.tcb.allow_cached_keys && !p.tcb.allow_smt);
     assert!(!p.td.allow_debug);
     assert_eq!(p.binding.max_quote_age_secs, 600);
+    assert_eq!(p.tcb.max_collateral_age_secs, 2_592_000);
+    assert_eq!(TcbPolicy::default().max_collateral_age_secs, 2_592_000);
+}
+
+/// Issue 13, item 2: a policy that omits the collateral age limit gets 30 days, not none;
+/// it may set another limit, but not switch it off.
+#[test]
+fn collateral_age_limit_defaults_to_30_days_and_may_be_set() {
+    let omitted = Policy::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(
+        omitted.tcb.max_collateral_age_secs,
+        DEFAULT_COLLATERAL_AGE_SECS
+    );
+    assert_eq!(DEFAULT_COLLATERAL_AGE_SECS, 30 * 86_400);
+    // Writing the default changes nothing, not even the digest.
+    let written = Policy::from_toml_str(
+        &MINIMAL.replace("[td]", "[tcb]\nmax_collateral_age_secs = 2592000\n[td]"),
+    )
+    .unwrap();
+    assert_eq!(written, omitted);
+    assert_eq!(written.digest(), omitted.digest());
+    // Another value is taken, and is another policy.
+    let week = Policy::from_toml_str(
+        &MINIMAL.replace("[td]", "[tcb]\nmax_collateral_age_secs = 604800\n[td]"),
+    )
+    .unwrap();
+    assert_eq!(week.tcb.max_collateral_age_secs, 604_800);
+    assert_ne!(week.digest(), omitted.digest());
+    // Zero would refuse every collateral: an error, not a silent lock-out.
+    let err =
+        Policy::from_toml_str(&MINIMAL.replace("[td]", "[tcb]\nmax_collateral_age_secs = 0\n[td]"))
+            .unwrap_err();
+    assert!(
+        matches!(err, PolicyError::Invalid { ref field, .. } if field == "tcb.max_collateral_age_secs"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -222,6 +258,10 @@ fn digest_changes_with_anything_that_decides_acceptance() {
         ("\"INTEL-SA-00837\"", "\"INTEL-SA-00838\""),
         ("rtmr1 = \"0084", "rtmr1 = \"1084"),
         ("max_quote_age_secs = 600", "max_quote_age_secs = 601"),
+        (
+            "max_collateral_age_secs = 2592000",
+            "max_collateral_age_secs = 2591999",
+        ),
         ("trust_root = \"intel\"", "trust_root = \"mock\""),
     ] {
         let text = example();

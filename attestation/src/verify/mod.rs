@@ -12,6 +12,7 @@ pub use collateral::{
 };
 pub use time::{format_unix, parse_rfc3339_utc};
 
+use crate::freshness::CollateralFreshness;
 use crate::quote::ParsedQuote;
 use crate::tcb::{PlatformFlags, TcbStatus};
 
@@ -151,6 +152,8 @@ pub struct DcapVerified {
     pub collateral_issued_at: u64,
     /// Last second at which every collateral item and certificate is valid (Unix seconds).
     pub collateral_expires_at: u64,
+    /// Where the signature-checked collateral stands, for the freshness watermark.
+    pub freshness: CollateralFreshness,
 }
 
 /// Verifies `quote` (already parsed as `parsed`) with `collateral` at `now` against the
@@ -177,6 +180,9 @@ pub fn verify_dcap(
     let claims = verifier
         .verify_with_policy(quote, collateral.as_dcap().clone(), now, &AcceptAll)
         .map_err(|e| classify(&format!("{e:#}")))?;
+    // Only now, with every signature over the collateral checked, may its dates and
+    // numbers count for the watermark.
+    let freshness = CollateralFreshness::from_verified(collateral, claims.platform.pck.fmspc)?;
     Ok(DcapVerified {
         tcb_status: TcbStatus::from_dcap(claims.tcb.status),
         advisory_ids: claims.tcb.advisory_ids.clone(),
@@ -185,6 +191,7 @@ pub fn verify_dcap(
         tcb_eval_data_number: claims.tcb.eval_data_number,
         collateral_issued_at: window.issued_at,
         collateral_expires_at: window.expires_at,
+        freshness,
     })
 }
 

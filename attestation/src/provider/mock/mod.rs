@@ -5,7 +5,8 @@
 //!
 //! Every field is a knob ([`MockConfig`]), including the bad cases: debug TD, other
 //! measurements, any TCB status, revoked PCK, stale collateral, wrong report data and a
-//! corrupted signature. Deterministic: one seed and config give the same bytes.
+//! corrupted signature; and the issue date, evaluation data number or CRL number of each
+//! collateral item, for the freshness watermark and age limit. Deterministic: one seed and config give the same bytes.
 //!
 //! Facts of the DCAP format honoured here (DESIGN §4.1): quote = header (48 B) ‖ TD report
 //! ‖ signature data; the attestation key signs header ‖ body; certification data type 6
@@ -105,10 +106,28 @@ pub struct MockConfig {
     pub tcb_eval_data_number: u32,
     /// Start of the collateral validity (Unix seconds).
     pub collateral_issued_at: u64,
-    /// Length of the collateral validity.
+    /// Length of the collateral validity (of every dated item, from its own issue date).
     pub collateral_validity_secs: u64,
+    /// issueDate of the TCB Info, when not `collateral_issued_at`.
+    pub tcb_info_issued_at: Option<u64>,
+    /// issueDate of the QE Identity, when not `collateral_issued_at`.
+    pub qe_identity_issued_at: Option<u64>,
+    /// TCB evaluation data number of the QE Identity, when not `tcb_eval_data_number`.
+    pub qe_identity_eval_data_number: Option<u32>,
+    /// thisUpdate of the PCK CRL, when not `collateral_issued_at`.
+    pub pck_crl_this_update: Option<u64>,
+    /// thisUpdate of the root CA CRL, when not `collateral_issued_at`.
+    pub root_ca_crl_this_update: Option<u64>,
+    /// CRL number of the PCK CRL.
+    pub pck_crl_number: u64,
+    /// CRL number of the root CA CRL.
+    pub root_ca_crl_number: u64,
     /// Put the PCK leaf on the PCK CRL.
     pub revoke_pck: bool,
+    /// Serial number of the PCK leaf (another serial is another platform's PCK).
+    pub pck_serial: u64,
+    /// Serials of other platforms' PCK leaves that the PCK CRL revokes.
+    pub revoked_pck_serials: Vec<u64>,
     /// Flip a bit of the quote signature.
     pub corrupt_signature: bool,
     /// Put other report data into the quote than asked for (signed correctly).
@@ -144,7 +163,16 @@ impl Default for MockConfig {
             tcb_eval_data_number: 17,
             collateral_issued_at: MOCK_COLLATERAL_ISSUED_AT,
             collateral_validity_secs: MOCK_COLLATERAL_VALIDITY_SECS,
+            tcb_info_issued_at: None,
+            qe_identity_issued_at: None,
+            qe_identity_eval_data_number: None,
+            pck_crl_this_update: None,
+            root_ca_crl_this_update: None,
+            pck_crl_number: 1,
+            root_ca_crl_number: 1,
             revoke_pck: false,
+            pck_serial: 4,
+            revoked_pck_serials: Vec::new(),
             corrupt_signature: false,
             wrong_report_data: false,
         }
@@ -195,6 +223,45 @@ impl MockConfig {
     pub fn stale_collateral(mut self) -> Self {
         self.collateral_issued_at = self.collateral_issued_at.saturating_sub(60 * 86_400);
         self
+    }
+
+    /// Knob: TCB Info and QE Identity of evaluation data number `number`, issued at
+    /// `issued_at` (a TCB recovery raises the number; a reissue only the date).
+    pub fn with_eval(mut self, number: u32, issued_at: u64) -> Self {
+        self.tcb_eval_data_number = number;
+        self.tcb_info_issued_at = Some(issued_at);
+        self.qe_identity_issued_at = Some(issued_at);
+        self
+    }
+
+    /// Knob: the PCK CRL has CRL number `number` and thisUpdate `this_update`.
+    pub fn with_pck_crl(mut self, number: u64, this_update: u64) -> Self {
+        self.pck_crl_number = number;
+        self.pck_crl_this_update = Some(this_update);
+        self
+    }
+
+    /// issueDate of the TCB Info.
+    pub fn tcb_info_issue_date(&self) -> u64 {
+        self.tcb_info_issued_at.unwrap_or(self.collateral_issued_at)
+    }
+
+    /// issueDate of the QE Identity.
+    pub fn qe_identity_issue_date(&self) -> u64 {
+        self.qe_identity_issued_at
+            .unwrap_or(self.collateral_issued_at)
+    }
+
+    /// thisUpdate of the PCK CRL.
+    pub fn pck_crl_this_update(&self) -> u64 {
+        self.pck_crl_this_update
+            .unwrap_or(self.collateral_issued_at)
+    }
+
+    /// thisUpdate of the root CA CRL.
+    pub fn root_ca_crl_this_update(&self) -> u64 {
+        self.root_ca_crl_this_update
+            .unwrap_or(self.collateral_issued_at)
     }
 
     /// Knob: report data in the quote differs from the requested one.
@@ -256,20 +323,29 @@ impl MockProvider {
     /// Collateral matching the quotes of this provider.
     pub fn collateral(&self) -> Result<crate::verify::Collateral, ProviderError> {
         let c = &self.config;
-        let issued = i64::try_from(c.collateral_issued_at)
-            .map_err(|e| ProviderError::Mock(e.to_string()))?;
-        let next = i64::try_from(
-            c.collateral_issued_at
-                .saturating_add(c.collateral_validity_secs),
-        )
-        .map_err(|e| ProviderError::Mock(e.to_string()))?;
+        // A CRL's window as rcgen takes it: thisUpdate and nextUpdate, signed seconds.
+        let window = |this_update: u64| -> Result<(i64, i64), ProviderError> {
+            let next_update = this_update.saturating_add(c.collateral_validity_secs);
+            let signed = |t: u64| i64::try_from(t).map_err(|e| ProviderError::Mock(e.to_string()));
+            Ok((signed(this_update)?, signed(next_update)?))
+        };
+        let (root_this, root_next) = window(c.root_ca_crl_this_update())?;
+        let (pck_this, pck_next) = window(c.pck_crl_this_update())?;
         let tcb_info = tcb_info_json(c);
         let qe_identity = qe_identity_json(c);
         let signer_chain = format!("{}{}", self.pki.tcb_pem, self.pki.root_pem);
         Ok(crate::verify::Collateral::from_dcap(QuoteCollateralV3 {
             pck_crl_issuer_chain: format!("{}{}", self.pki.pck_ca_pem, self.pki.root_pem),
-            root_ca_crl: self.pki.root_crl(issued, next)?,
-            pck_crl: self.pki.pck_crl(issued, next, c.revoke_pck)?,
+            root_ca_crl: self
+                .pki
+                .root_crl(root_this, root_next, c.root_ca_crl_number)?,
+            pck_crl: self.pki.pck_crl(
+                pck_this,
+                pck_next,
+                c.pck_crl_number,
+                c.revoke_pck,
+                &c.revoked_pck_serials,
+            )?,
             tcb_info_issuer_chain: signer_chain.clone(),
             tcb_info_signature: self.pki.tcb_key.sign_raw(tcb_info.as_bytes()).to_vec(),
             tcb_info,
@@ -395,6 +471,7 @@ const PCE_SVN: u16 = 11;
 
 fn platform(c: &MockConfig) -> PckPlatform {
     PckPlatform {
+        serial: c.pck_serial,
         fmspc: c.fmspc,
         cpu_svn: CPU_SVN,
         pce_svn: PCE_SVN,
@@ -419,8 +496,8 @@ fn tcb_info_json(c: &MockConfig) -> String {
     let info = serde_json::json!({
         "id": "TDX",
         "version": 3,
-        "issueDate": format_unix(c.collateral_issued_at),
-        "nextUpdate": format_unix(c.collateral_issued_at.saturating_add(c.collateral_validity_secs)),
+        "issueDate": format_unix(c.tcb_info_issue_date()),
+        "nextUpdate": format_unix(c.tcb_info_issue_date().saturating_add(c.collateral_validity_secs)),
         "fmspc": hex::encode_upper(c.fmspc),
         "pceId": "0000",
         "tcbType": 0,
@@ -455,9 +532,9 @@ fn qe_identity_json(c: &MockConfig) -> String {
     let identity = serde_json::json!({
         "id": "TD_QE",
         "version": 2,
-        "issueDate": format_unix(c.collateral_issued_at),
-        "nextUpdate": format_unix(c.collateral_issued_at.saturating_add(c.collateral_validity_secs)),
-        "tcbEvaluationDataNumber": c.tcb_eval_data_number,
+        "issueDate": format_unix(c.qe_identity_issue_date()),
+        "nextUpdate": format_unix(c.qe_identity_issue_date().saturating_add(c.collateral_validity_secs)),
+        "tcbEvaluationDataNumber": c.qe_identity_eval_data_number.unwrap_or(c.tcb_eval_data_number),
         "miscselect": "00000000",
         "miscselectMask": "FFFFFFFF",
         "attributes": hex::encode_upper(QE_ATTRIBUTES),

@@ -91,6 +91,8 @@ impl SigningKey for MockKey {
 /// Platform values carried by the PCK leaf.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PckPlatform {
+    /// Serial number of the PCK leaf.
+    pub serial: u64,
     pub fmspc: [u8; 6],
     pub cpu_svn: [u8; 16],
     pub pce_svn: u16,
@@ -204,11 +206,11 @@ impl MockPki {
             .pem();
 
         let pck_key = MockKey::derive(seed, "pck-leaf");
-        let pck_serial = SerialNumber::from(4u64);
+        let pck_serial = SerialNumber::from(platform.serial);
         let mut pck_params = params(
             "Tessera Mock SGX PCK Certificate",
             &pck_key,
-            4,
+            platform.serial,
             IsCa::ExplicitNoCa,
         )?;
         pck_params.use_authority_key_identifier_extension = true;
@@ -240,11 +242,13 @@ impl MockPki {
         })
     }
 
-    /// Root CA CRL (revokes nothing) valid from `this_update` to `next_update`.
+    /// Root CA CRL number `number` (revokes nothing) valid from `this_update` to
+    /// `next_update`.
     pub(crate) fn root_crl(
         &self,
         this_update: i64,
         next_update: i64,
+        number: u64,
     ) -> Result<Vec<u8>, ProviderError> {
         let issuer = Issuer::from_params(&self.root_params, &self.root_key);
         crl(
@@ -252,33 +256,41 @@ impl MockPki {
             key_id(&self.root_key),
             this_update,
             next_update,
+            number,
             Vec::new(),
         )
     }
 
-    /// PCK CRL, revoking the PCK leaf when `revoke_pck`.
+    /// PCK CRL number `number`, revoking this platform's PCK leaf when `revoke_pck` and the
+    /// PCK leaves of other platforms with serials `other_serials`.
     pub(crate) fn pck_crl(
         &self,
         this_update: i64,
         next_update: i64,
+        number: u64,
         revoke_pck: bool,
+        other_serials: &[u64],
     ) -> Result<Vec<u8>, ProviderError> {
         let issuer = Issuer::from_params(&self.pck_ca_params, &self.pck_ca_key);
-        let revoked = if revoke_pck {
-            vec![RevokedCertParams {
-                serial_number: self.pck_serial.clone(),
-                revocation_time: date(this_update)?,
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            }]
-        } else {
-            Vec::new()
-        };
+        let own = revoke_pck.then(|| self.pck_serial.clone());
+        let revoked = own
+            .into_iter()
+            .chain(other_serials.iter().map(|s| SerialNumber::from(*s)))
+            .map(|serial_number| {
+                Ok(RevokedCertParams {
+                    serial_number,
+                    revocation_time: date(this_update)?,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, ProviderError>>()?;
         crl(
             &issuer,
             key_id(&self.pck_ca_key),
             this_update,
             next_update,
+            number,
             revoked,
         )
     }
@@ -289,12 +301,13 @@ fn crl(
     key_identifier_method: KeyIdMethod,
     this_update: i64,
     next_update: i64,
+    number: u64,
     revoked_certs: Vec<RevokedCertParams>,
 ) -> Result<Vec<u8>, ProviderError> {
     let params = CertificateRevocationListParams {
         this_update: date(this_update)?,
         next_update: date(next_update)?,
-        crl_number: SerialNumber::from(1u64),
+        crl_number: SerialNumber::from(number),
         issuing_distribution_point: None,
         revoked_certs,
         key_identifier_method,
