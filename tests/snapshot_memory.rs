@@ -115,6 +115,7 @@ fn a_large_snapshot_is_written_sent_and_restored_without_a_whole_copy_in_memory(
                     membership: Membership::with_voters([NodeId(1), NodeId(2)]),
                     membership_index: 0,
                     incarnation: None,
+                    timestamp_ms: 0,
                 },
                 data: handle.encode(),
             },

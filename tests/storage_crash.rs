@@ -123,6 +123,7 @@ fn crash_child_writer() {
                         membership: Membership::with_voters([NodeId(1)]),
                         membership_index: 0,
                         incarnation: None,
+                        timestamp_ms: 0,
                     },
                     data: handle.encode(),
                 })

@@ -143,7 +143,7 @@ impl Raft {
             commit: 0,
             applied: 0,
             persisted: 0,
-            last_timestamp_ms: 0,
+            last_timestamp_ms: snapshot.as_ref().map_or(0, |s| s.meta.timestamp_ms),
             membership: snapshot_membership.1.clone(),
             membership_index: snapshot_membership.0,
             membership_history: Vec::new(),
@@ -536,7 +536,8 @@ impl Raft {
         if index <= self.log.snapshot_index() {
             return Ok(());
         }
-        let Some(term) = self.log.term(index) else {
+        let Some((term, timestamp_ms)) = self.log.get(index).map(|e| (e.term, e.timestamp_ms))
+        else {
             return Ok(());
         };
         let (membership_index, membership) = self.membership_at(index);
@@ -550,6 +551,7 @@ impl Raft {
                 membership,
                 membership_index,
                 incarnation: self.incarnation,
+                timestamp_ms,
             },
             data,
         });
@@ -569,6 +571,7 @@ impl Raft {
         if meta.incarnation.is_some() {
             self.incarnation = meta.incarnation;
         }
+        self.last_timestamp_ms = self.last_timestamp_ms.max(meta.timestamp_ms);
         // Entries pending persistence are superseded by the snapshot.
         self.ready.entries.clear();
         self.ready.committed_entries.clear();

@@ -1274,6 +1274,64 @@ fn the_incarnation_is_the_first_entry_and_outlives_it() {
     );
 }
 
+/// Entry stamps never go back, even once the entries that carried them are compacted: the
+/// snapshot keeps the stamp of its last entry, and a core restarted from it, or a member
+/// that installs it, stamps later entries no lower.
+#[test]
+fn the_entry_stamp_floor_outlives_compaction_restart_and_install() {
+    let mut c = Cluster::new(3);
+    c.tick_until_leader(1);
+    for (i, stamp) in [1_000u64, 2_000, 3_000].into_iter().enumerate() {
+        c.node(1)
+            .step(Input::Propose {
+                commands: vec![cmd(&format!("{i}"))],
+                timestamp_ms: stamp,
+            })
+            .unwrap();
+        c.settle();
+    }
+    let applied = c.node(1).applied_index();
+    c.node(1)
+        .step(Input::Compact {
+            index: applied,
+            data: cmd("state"),
+        })
+        .unwrap();
+    let snapshot = c.node(1).snapshot().cloned().expect("a snapshot");
+    assert_eq!(
+        snapshot.meta.timestamp_ms, 3_000,
+        "the stamp of the entry at the index"
+    );
+
+    let restarted = Raft::new(
+        n(1),
+        config(),
+        1,
+        InitialState {
+            hard_state: HardState {
+                term: c.node(1).term(),
+                vote: None,
+                commit: applied,
+            },
+            snapshot: Some(snapshot.clone()),
+            entries: Vec::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        restarted.last_timestamp_ms(),
+        3_000,
+        "recovered from the snapshot"
+    );
+    let mut joiner = fresh(9);
+    joiner.restore_snapshot(snapshot);
+    assert_eq!(
+        joiner.last_timestamp_ms(),
+        3_000,
+        "installed with the snapshot"
+    );
+}
+
 /// A new leader starts every follower's progress as "recently active" (so that check-quorum
 /// does not depose it at once); that must not count as an answer from a voter that is in
 /// fact dead: right after a leadership change, a caught-up learner is not promoted while

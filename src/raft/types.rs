@@ -80,6 +80,10 @@ pub struct SnapshotMeta {
     pub membership_index: Index,
     /// The incarnation of the log the snapshot stands for (it outlives entry 1).
     pub incarnation: Option<Incarnation>,
+    /// The wall-clock stamp of the entry at `index`: the floor for the stamps of later
+    /// entries, kept by a core that restarts or installs from this snapshot (stamps never
+    /// go back, even when the log before them is gone).
+    pub timestamp_ms: u64,
 }
 
 /// Which founding a log descends from: the SHA-256 (domain-tagged) of its first entry, the

@@ -62,6 +62,7 @@ fn snapshot(index: Index, term: Term) -> Snapshot {
             membership: Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]),
             membership_index: 1,
             incarnation: None,
+            timestamp_ms: 0,
         },
         data: Bytes::from(format!("state-at-{index}")),
     }

@@ -971,6 +971,7 @@ mod tests {
                 membership: crate::raft::Membership::with_voters([NodeId(1)]),
                 membership_index: 1,
                 incarnation: None,
+                timestamp_ms: 0,
             },
             data: Bytes::from_static(data),
         }

@@ -53,6 +53,7 @@ fn snapshot_message(store: &Arc<SnapshotStore>, len: usize, index: Index) -> Mes
                     membership: Membership::default(),
                     membership_index: 0,
                     incarnation: None,
+                    timestamp_ms: 0,
                 },
                 data: handle.encode(),
             },
