@@ -34,6 +34,8 @@ enum Command {
     Measure(cli::measure::MeasureArgs),
     /// Run the deterministic simulator (one seed with --seed, many with --seeds).
     Sim(cli::sim::SimArgs),
+    /// Check a recorded client history for linearizability (exit 0 yes, 1 no, 2 undecided).
+    Lincheck(cli::lincheck::LincheckArgs),
     /// The embedded default: a narrated run of a local three-node group.
     #[cfg(feature = "mock-attestation")]
     Demo,
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Attest(command) => cli::attest::run(command),
         Command::Measure(args) => cli::measure::run(&args),
         Command::Sim(args) => cli::sim::run(args),
+        Command::Lincheck(args) => cli::lincheck::run(args),
         #[cfg(feature = "mock-attestation")]
         Command::Demo => cli::demo::demo(),
         #[cfg(feature = "mock-attestation")]

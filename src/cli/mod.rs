@@ -5,6 +5,7 @@ pub mod bench;
 #[cfg(feature = "mock-attestation")]
 pub mod demo;
 pub mod kv;
+pub mod lincheck;
 pub mod measure;
 pub mod member;
 pub mod metrics;

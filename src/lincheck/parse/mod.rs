@@ -1,4 +1,5 @@
-//! Parsers for the history formats of the test vectors (`tests/vectors/linearizability/`).
+//! Parsers for the history formats of the test vectors (`tests/vectors/linearizability/`)
+//! and for tessera's own (`jsonl`: what `tessera workload` records).
 //!
 //! Both take untrusted text: every problem is a [`ParseError`] naming the line, never a
 //! panic. Times of the operations they produce are line numbers, so an explanation from
@@ -6,9 +7,11 @@
 
 mod edn;
 mod jepsen;
+mod jsonl;
 mod kv;
 
 pub use jepsen::parse_jepsen_etcd_log;
+pub use jsonl::{parse_history_jsonl, EventType, Function, HistoryEvent, ParsedHistory};
 pub use kv::parse_porcupine_kv;
 
 /// Why a history text was rejected. Lines are numbered from 1.
