@@ -36,6 +36,8 @@ enum Command {
     Sim(cli::sim::SimArgs),
     /// Check a recorded client history for linearizability (exit 0 yes, 1 no, 2 undecided).
     Lincheck(cli::lincheck::LincheckArgs),
+    /// Concurrent clients doing get/put/cas through the given nodes, recording a history.
+    Workload(cli::workload::WorkloadArgs),
     /// The embedded default: a narrated run of a local three-node group.
     #[cfg(feature = "mock-attestation")]
     Demo,
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Measure(args) => cli::measure::run(&args),
         Command::Sim(args) => cli::sim::run(args),
         Command::Lincheck(args) => cli::lincheck::run(args),
+        Command::Workload(args) => cli::workload::run(args),
         #[cfg(feature = "mock-attestation")]
         Command::Demo => cli::demo::demo(),
         #[cfg(feature = "mock-attestation")]

@@ -456,6 +456,43 @@ fn three_node_processes_replicate_and_report_status() {
     assert_eq!(missing.status.code(), Some(1), "absent key: exit 1");
     assert!(text(&missing.stderr).contains("not found"));
 
+    // Concurrent clients through all three nodes (leader and followers) record a history
+    // of gets, puts and compare-and-swaps that the checker accepts.
+    let history = d.join("history.jsonl");
+    let history_arg = history.to_str().expect("path");
+    let mut workload = vec![
+        "workload",
+        "--clients",
+        "4",
+        "--duration",
+        "2",
+        "--keys",
+        "2",
+        "--seed",
+        "7",
+        "--check",
+        "--history",
+        history_arg,
+        "--key-file",
+        key_arg,
+    ];
+    for peer in &peers {
+        workload.extend(["--node", peer.as_str()]);
+    }
+    let out = client(&workload);
+    assert!(
+        out.status.success() && text(&out.stdout).contains("the history is linearizable"),
+        "workload: {}{}{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        nodes.logs()
+    );
+    let recorded = std::fs::read_to_string(&history).expect("history written");
+    let completions = recorded.lines().filter(|l| l.contains("\"ok\"")).count();
+    assert!(completions >= 10, "the clients made progress: {recorded}");
+    let checked = tessera(&["lincheck", history_arg]);
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stdout));
+
     // Node 2 refuses a client key it does not list, and serves the one it does.
     let refused = client(&["kv", "get", "greeting", "--node", &peers[2]]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stdout));

@@ -13,6 +13,7 @@ pub mod node;
 pub mod provision;
 pub mod sim;
 pub mod status;
+pub mod workload;
 
 /// `tessera demo` and `tessera bench` in a build without the mock provider: say why and how
 /// to get one. Exit status 2, as for a usage error.
