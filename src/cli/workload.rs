@@ -12,6 +12,9 @@
 //! What it must not do: judge the cluster. It records; `--check` runs the checker on the
 //! recorded file afterwards, as `tessera lincheck` would.
 //!
+//! SIGINT or SIGTERM ends the run early as the end of `--duration` does: no new operation
+//! starts, and those in flight finish (or run out of `--patience`) and are recorded.
+//!
 //! Exit status: 0 done (and linearizable with `--check`), 1 not linearizable, 2 the
 //! workload could not run (no node reachable, a bad argument, the history not written).
 use std::io::Write as _;
@@ -166,6 +169,18 @@ async fn workload(args: WorkloadArgs) -> Result<ExitCode> {
 
     let started = Instant::now();
     let stop_at = started + Duration::from_secs_f64(args.duration);
+    // A signal ends the run early: the clients stop starting operations, and the history
+    // is written to the end as after --duration.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
     let patience = Duration::from_secs_f64(args.patience);
     let mut clients = tokio::task::JoinSet::new();
     for process in 0..args.clients {
@@ -179,6 +194,7 @@ async fn workload(args: WorkloadArgs) -> Result<ExitCode> {
             patience,
             started,
             stop_at,
+            stop: stop.clone(),
             events: events.clone(),
             mix: Mix(seed ^ (process as u64).wrapping_mul(0xA24B_AED4_963E_E407)),
         };
@@ -245,6 +261,8 @@ struct ClientRun {
     patience: Duration,
     started: Instant,
     stop_at: Instant,
+    /// Turns true on SIGINT or SIGTERM.
+    stop: tokio::sync::watch::Receiver<bool>,
     events: tokio::sync::mpsc::UnboundedSender<HistoryEvent>,
     mix: Mix,
 }
@@ -293,7 +311,7 @@ impl ClientRun {
         let mut sequence = 0u64;
         // The last value this client saw per key: what its compare-and-swaps expect.
         let mut seen: Vec<Option<String>> = vec![None; self.keys as usize];
-        while Instant::now() < self.stop_at {
+        while Instant::now() < self.stop_at && !*self.stop.borrow() {
             let Some(c) = client.as_mut() else {
                 // Lost: dial again (a new session; the old one's commands are settled).
                 match self.connect().await {
@@ -416,10 +434,10 @@ impl ClientRun {
     }
 }
 
-/// Whether the client must dial again before its next operation.
+/// Whether the client must dial again before its next operation: after anything but a
+/// definite refusal. Its retries may have run out because the node it dialled is gone or
+/// came back as another identity (a TD reboots with a new key), which only a new dial,
+/// to whoever listens at the address now, gets past.
 fn is_connection_lost(e: &ClientError) -> bool {
-    !matches!(
-        e,
-        ClientError::Refused(_) | ClientError::OutcomeUnknown { .. } | ClientError::Timeout(_)
-    )
+    !matches!(e, ClientError::Refused(_))
 }
