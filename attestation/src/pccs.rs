@@ -46,6 +46,11 @@ pub struct PccsAnswer {
 }
 
 impl PccsAnswer {
+    /// Refuses an answer whose status is not 2xx, naming the item it was for.
+    pub fn require_success(&self, item: PccsItem) -> Result<(), PccsError> {
+        ok_status(item, self)
+    }
+
     /// The first header named `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tessera_attestation::pccs::{
     root_ca_crl_der, root_ca_crl_distribution_point, CollateralRequest, PccsAnswer, PccsError,
-    INTEL_PCS_URL, PCCS_ANSWER_BYTES_MAX,
+    PccsItem, INTEL_PCS_URL, PCCS_ANSWER_BYTES_MAX,
 };
 use tessera_attestation::Collateral;
 
@@ -121,38 +121,40 @@ impl PccsClient {
     pub async fn fetch(&self, own_quote: &[u8]) -> Result<Collateral, FetchError> {
         let request = CollateralRequest::for_quote(own_quote)?;
         let urls = request.urls(&self.base);
-        let pck_crl = self.get(&urls.pck_crl).await?;
-        let tcb_info = self.get(&urls.tcb_info).await?;
-        let qe_identity = self.get(&urls.qe_identity).await?;
+        let pck_crl = self.get(PccsItem::PckCrl, &urls.pck_crl).await?;
+        let tcb_info = self.get(PccsItem::TcbInfo, &urls.tcb_info).await?;
+        let qe_identity = self.get(PccsItem::QeIdentity, &urls.qe_identity).await?;
         let root_ca_crl = match &urls.root_ca_crl {
-            Some(url) => root_ca_crl_der(&self.get(url).await?)?,
+            Some(url) => root_ca_crl_der(&self.get(PccsItem::RootCaCrl, url).await?)?,
             None => {
                 // Intel's PCS (the only base without a rootcacrl URL) names in its root
                 // certificate where the root CA CRL is.
                 debug_assert!(self.base.starts_with(INTEL_PCS_URL));
                 let url = root_ca_crl_distribution_point(&qe_identity)?;
-                root_ca_crl_der(&self.get(&url).await?)?
+                root_ca_crl_der(&self.get(PccsItem::RootCaCrl, &url).await?)?
             }
         };
         Ok(request.assemble(&pck_crl, &tcb_info, &qe_identity, root_ca_crl)?)
     }
 
-    /// One GET, whole, under the timeout and the size bound. Any status is an answer; the
-    /// protocol judges it.
-    async fn get(&self, url: &str) -> Result<PccsAnswer, FetchError> {
+    /// One GET of `item`, whole, under the timeout and the size bound; a status other than
+    /// 2xx ends the fetch there, naming the item.
+    async fn get(&self, item: PccsItem, url: &str) -> Result<PccsAnswer, FetchError> {
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         let timed_out = || FetchError::Timeout {
             url: url.to_owned(),
             timeout_ms,
         };
         // reqwest's own timeout covers the same; this one also bounds the body loop below.
-        tokio::time::timeout(self.timeout, self.get_unbounded_in_time(url))
+        let answer = tokio::time::timeout(self.timeout, self.get_unbounded_in_time(url))
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| match e {
                 GetError::Timeout => timed_out(),
                 GetError::Other(e) => e,
-            })
+            })?;
+        answer.require_success(item)?;
+        Ok(answer)
     }
 
     async fn get_unbounded_in_time(&self, url: &str) -> Result<PccsAnswer, GetError> {
