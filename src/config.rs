@@ -24,6 +24,20 @@
 //!                                       #   disk): there the key is provisioned instead
 //! policies = ["policies/mock.toml"]     # several: accepted if any one accepts (rollover)
 //! attestation = "mock"                  # "tdx" | "mock" (never chosen silently)
+//! pccs_url = "https://pccs.internal:8081" # where this node's DCAP collateral comes from: a
+//!                                       #   PCCS, or Intel's PCS
+//!                                       #   (https://api.trustedservices.intel.com);
+//!                                       #   fetched at start and every
+//!                                       #   collateral_refresh_secs, installed only if it
+//!                                       #   verifies this node's own quote and is no older
+//!                                       #   than the current; cached in <data_dir>
+//! collateral_refresh_secs = 14400       # with pccs_url: 4 hours by default, 60..=604800;
+//!                                       #   sooner when the collateral nears its expiry
+//! collateral_fetch_timeout_secs = 30    # with pccs_url: bound on each request, 1..=300
+//! # collateral_file = "collateral.json" # instead of pccs_url (air-gapped): read once at
+//!                                       #   start, never refreshed. One of the two is
+//!                                       #   required with "tdx"; with "mock" neither is
+//!                                       #   (the mock has its own)
 //! secret_key_file = "node.key"          # optional, development only; absent: a fresh key.
 //!                                       #   Refused with attestation = "tdx" (a key on
 //!                                       #   host-visible disk) and with storage = "memory"
@@ -203,8 +217,11 @@ pub struct NodeConfig {
     pub group_key: GroupKeySource,
     pub policies: Vec<PathBuf>,
     pub attestation: AttestationMode,
-    /// DCAP collateral (dcap-qvl JSON) for this platform's quotes; required with `tdx`.
+    /// DCAP collateral (dcap-qvl JSON) for this platform's quotes, read once (air-gapped).
+    /// With `tdx`, this or [`NodeConfig::pccs`] is required.
     pub collateral_file: Option<PathBuf>,
+    /// A PCCS (or Intel's PCS) this node fetches and refreshes its collateral from.
+    pub pccs: Option<PccsSettings>,
     pub secret_key_file: Option<PathBuf>,
     pub network_id: String,
     pub timers: Timers,
@@ -231,6 +248,9 @@ struct RawConfig {
     policies: Vec<PathBuf>,
     attestation: String,
     collateral_file: Option<PathBuf>,
+    pccs_url: Option<String>,
+    collateral_refresh_secs: Option<u64>,
+    collateral_fetch_timeout_secs: Option<u64>,
     secret_key_file: Option<PathBuf>,
     network_id: String,
     #[serde(default)]
@@ -260,6 +280,20 @@ struct RawTimers {
 struct RawProvision {
     allow: Vec<toml::Value>,
 }
+
+/// `pccs_url` and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PccsSettings {
+    /// Base URL of the PCCS or PCS (`http://` or `https://`, with a host).
+    pub url: String,
+    /// Normal pause between fetches (`collateral_refresh_secs`).
+    pub refresh_secs: u64,
+    /// Bound on each request (`collateral_fetch_timeout_secs`).
+    pub fetch_timeout_secs: u64,
+}
+
+/// Largest accepted `collateral_fetch_timeout_secs`.
+pub const COLLATERAL_FETCH_TIMEOUT_SECS_MAX: u64 = 300;
 
 /// Where a node's group key comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -511,10 +545,13 @@ impl NodeConfig {
                 format!("\"mock\" refused: {NO_MOCK_IN_THIS_BUILD}"),
             ));
         }
-        if attestation == AttestationMode::Tdx && raw.collateral_file.is_none() {
+        let pccs = parse_pccs(&raw).map_err(|(f, r)| field(f, r))?;
+        if attestation == AttestationMode::Tdx && raw.collateral_file.is_none() && pccs.is_none() {
             return Err(field(
                 "collateral_file",
-                "required with attestation = \"tdx\" (this node fetches no collateral)".into(),
+                "required with attestation = \"tdx\": name a PCCS with pccs_url (fetched and \
+                 refreshed), or a collateral file (air-gapped, read once)"
+                    .into(),
             ));
         }
         if raw.network_id.trim().is_empty() {
@@ -598,6 +635,7 @@ impl NodeConfig {
             policies: raw.policies.iter().map(|p| resolve(p)).collect(),
             attestation,
             collateral_file: raw.collateral_file.as_deref().map(resolve),
+            pccs,
             secret_key_file: raw.secret_key_file.as_deref().map(resolve),
             network_id: raw.network_id,
             timers,
@@ -771,6 +809,78 @@ fn parse_relay_url(text: &str) -> Result<iroh::RelayUrl, String> {
         "https" | "http" if url.host_str().is_some() => Ok(url),
         _ => Err(format!("expected an http(s) URL with a host, got {text:?}")),
     }
+}
+
+/// `pccs_url` and the settings that go with it; `None` without `pccs_url`.
+fn parse_pccs(raw: &RawConfig) -> Result<Option<PccsSettings>, (&'static str, String)> {
+    use crate::collateral::fetch::FETCH_TIMEOUT_SECS_DEFAULT;
+    use crate::collateral::refresh::{REFRESH_SECS_DEFAULT, REFRESH_SECS_MAX, REFRESH_SECS_MIN};
+    let Some(text) = &raw.pccs_url else {
+        for (name, given) in [
+            (
+                "collateral_refresh_secs",
+                raw.collateral_refresh_secs.is_some(),
+            ),
+            (
+                "collateral_fetch_timeout_secs",
+                raw.collateral_fetch_timeout_secs.is_some(),
+            ),
+        ] {
+            if given {
+                return Err((
+                    name,
+                    "only with pccs_url (a collateral file is never refreshed)".into(),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if raw.collateral_file.is_some() {
+        return Err((
+            "pccs_url",
+            "given with collateral_file: the collateral comes from one place (pccs_url to \
+             fetch and refresh it, collateral_file when air-gapped)"
+                .into(),
+        ));
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| {
+        (
+            "pccs_url",
+            format!("expected an http(s) URL, got {text:?} ({e})"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err((
+            "pccs_url",
+            format!("expected an http(s) URL with a host and no query, got {text:?}"),
+        ));
+    }
+    let refresh_secs = raw.collateral_refresh_secs.unwrap_or(REFRESH_SECS_DEFAULT);
+    if !(REFRESH_SECS_MIN..=REFRESH_SECS_MAX).contains(&refresh_secs) {
+        return Err((
+            "collateral_refresh_secs",
+            format!("must be in {REFRESH_SECS_MIN}..={REFRESH_SECS_MAX}, got {refresh_secs}"),
+        ));
+    }
+    let fetch_timeout_secs = raw
+        .collateral_fetch_timeout_secs
+        .unwrap_or(FETCH_TIMEOUT_SECS_DEFAULT);
+    if !(1..=COLLATERAL_FETCH_TIMEOUT_SECS_MAX).contains(&fetch_timeout_secs) {
+        return Err((
+            "collateral_fetch_timeout_secs",
+            format!("must be in 1..={COLLATERAL_FETCH_TIMEOUT_SECS_MAX}, got {fetch_timeout_secs}"),
+        ));
+    }
+    Ok(Some(PccsSettings {
+        // As written (trailing slash and all): the fetcher normalises the base.
+        url: text.trim().to_owned(),
+        refresh_secs,
+        fetch_timeout_secs,
+    }))
 }
 
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
@@ -1054,6 +1164,77 @@ allow = ["{k}"]
     fn rocksdb_is_accepted_by_the_schema() {
         let c = parse(&good().replace("\"memory\"", "\"rocksdb\"")).expect("config");
         assert_eq!(c.storage, StorageKind::RocksDb);
+    }
+
+    /// The collateral comes from one place; a PCCS needs an http(s) URL, and its settings
+    /// are bounded and refused without it, each error naming the field.
+    #[test]
+    fn the_collateral_comes_from_a_file_or_a_pccs() {
+        let c = parse(&good()).expect("mock: neither");
+        assert_eq!((c.collateral_file, c.pccs), (None, None));
+        let c = parse(&format!(
+            "pccs_url = \"https://pccs.local:8081/\"\n{}",
+            good()
+        ))
+        .expect("pccs");
+        assert_eq!(
+            c.pccs,
+            Some(PccsSettings {
+                url: "https://pccs.local:8081/".into(),
+                refresh_secs: 4 * 3600,
+                fetch_timeout_secs: 30,
+            })
+        );
+        let c = parse(&format!(
+            "pccs_url = \"http://127.0.0.1:9\"\ncollateral_refresh_secs = 60\ncollateral_fetch_timeout_secs = 2\n{}",
+            good()
+        ))
+        .expect("pccs with settings");
+        assert_eq!(
+            c.pccs.map(|p| (p.refresh_secs, p.fetch_timeout_secs)),
+            Some((60, 2))
+        );
+        let tdx = |extra: &str| {
+            good()
+                .replace(
+                    "attestation = \"mock\"",
+                    &format!("attestation = \"tdx\"\n{extra}"),
+                )
+                .replace("group_key_file = \"group.key\"\n", "")
+                + &format!("\n[provision]\nallow = [\"{}\"]\n", key_hex())
+        };
+        let c =
+            parse(&tdx("pccs_url = \"https://api.trustedservices.intel.com\"")).expect("tdx, pcs");
+        assert!(c.pccs.is_some());
+        for (text, want) in [
+            (tdx(""), "node.toml: collateral_file: required with attestation = \"tdx\": name a PCCS with pccs_url"),
+            (
+                tdx("pccs_url = \"https://p.local\"\ncollateral_file = \"c.json\""),
+                "node.toml: pccs_url: given with collateral_file",
+            ),
+            (format!("pccs_url = \"pccs.local\"\n{}", good()), "node.toml: pccs_url: expected an http(s) URL"),
+            (format!("pccs_url = \"ftp://pccs.local\"\n{}", good()), "node.toml: pccs_url: expected an http(s) URL with a host"),
+            (format!("pccs_url = \"https://p.local/?x=1\"\n{}", good()), "node.toml: pccs_url: expected an http(s) URL with a host and no query"),
+            (
+                format!("collateral_refresh_secs = 60\n{}", good()),
+                "node.toml: collateral_refresh_secs: only with pccs_url",
+            ),
+            (
+                format!("collateral_fetch_timeout_secs = 5\n{}", good()),
+                "node.toml: collateral_fetch_timeout_secs: only with pccs_url",
+            ),
+            (
+                format!("pccs_url = \"https://p.local\"\ncollateral_refresh_secs = 59\n{}", good()),
+                "node.toml: collateral_refresh_secs: must be in 60..=604800, got 59",
+            ),
+            (
+                format!("pccs_url = \"https://p.local\"\ncollateral_fetch_timeout_secs = 0\n{}", good()),
+                "node.toml: collateral_fetch_timeout_secs: must be in 1..=300, got 0",
+            ),
+        ] {
+            let e = error_of(&text);
+            assert!(e.contains(want), "want {want:?} in {e:?}");
+        }
     }
 
     #[test]

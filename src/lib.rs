@@ -12,6 +12,8 @@
 //! - [`lincheck`]: the linearizability checker the simulator's client histories go through.
 //! - [`net`]: the iroh endpoint (nothing public contacted) and the framed postcard codec.
 //! - [`tickets`]: ticket validators (TDX, mock TDX, any-of) and cached admission.
+//! - [`collateral`]: this node's own DCAP collateral: a file, or a PCCS refreshed on a
+//!   schedule, verified before it replaces the bundle tickets carry.
 //! - [`cluster`]: mock-attested members in one process over loopback iroh (demo, bench).
 //! - [`discovery`]: signed peer entries and the bounded catalog of them.
 //! - [`groups`]: group identity (key, id), bonds over iroh, the worker that drives the core
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 pub mod client;
 pub mod cluster;
+pub mod collateral;
 pub mod config;
 pub mod discovery;
 pub mod groups;

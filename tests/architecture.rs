@@ -123,3 +123,34 @@ fn the_image_measurement_reads_no_file_clock_or_network() {
         offences.join("\n")
     );
 }
+
+/// The collateral refresh decides with `now` as an input and leaves every effect (HTTP,
+/// files, sleeping) to its driver (`collateral::task`), so its schedule and its
+/// install-or-keep rule are tested at fixed times.
+#[test]
+fn the_collateral_refresh_decisions_touch_no_clock_no_io_and_no_runtime() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/collateral/refresh.rs");
+    let text = fs::read_to_string(&path).expect("refresh.rs");
+    let forbidden = [
+        "tokio",
+        "reqwest",
+        "SystemTime",
+        "Instant",
+        "std::fs",
+        "std::net",
+        "std::thread",
+    ];
+    let offences: Vec<String> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+        .flat_map(|(n, line)| {
+            let code = line.split("//").next().unwrap_or("");
+            forbidden
+                .iter()
+                .filter(move |w| code.contains(*w))
+                .map(move |w| format!("refresh.rs:{}: uses `{w}`", n + 1))
+        })
+        .collect();
+    assert!(offences.is_empty(), "{}", offences.join("\n"));
+}

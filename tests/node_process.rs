@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod pccs_server;
+
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 const DEADLINE: Duration = Duration::from_secs(60);
 const POLL_PAUSE: Duration = Duration::from_millis(200);
@@ -1343,4 +1345,109 @@ fn a_node_waits_for_its_group_key_and_gets_it_only_after_its_quote_passes() {
     assert!(made.status.success());
     let out = provision(&other_key, &provisioner, &mock_policy);
     assert_exit_2_saying(&out, "another key", "another group key");
+}
+
+/// A node with `pccs_url` takes its collateral from a PCCS on loopback (started here) at
+/// start, says so in /metrics and caches it in its data directory; restarted while the
+/// PCCS answers 500, it starts from the cache (verified again) and counts the failed
+/// refresh; with neither, it refuses to start, naming pccs_url.
+#[test]
+fn a_node_fetches_its_collateral_from_a_pccs_and_restarts_from_its_cache() {
+    use pccs_server::{Behaviour, PccsServer};
+    use tessera_attestation::provider::mock::{MockConfig, MockProvider};
+
+    let dir = group_dir();
+    let d = dir.path();
+    let mock = MockConfig::default();
+    // Evaluation data number 18: not the mock provider's own bundle (17), so the metrics
+    // below can only show it if it came from the PCCS.
+    let bundle = MockProvider::new(mock.clone().with_eval(18, mock.collateral_issued_at))
+        .expect("mock")
+        .collateral()
+        .expect("collateral");
+    let server = PccsServer::start_in_background(Behaviour::Serve(Box::new(bundle)));
+    let listen = free_ports(1)[0].local_addr().expect("addr").to_string();
+    let config = d.join("pccs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"data_dir = "data"
+listen = "{listen}"
+bootstrap_expect = 1
+bootstrap = []
+group_key_file = "group.key"
+policies = ["mock.toml"]
+attestation = "mock"
+pccs_url = "{url}"
+collateral_fetch_timeout_secs = 5
+network_id = "node-process-test"
+storage = "memory"
+log_level = "info"
+metrics = "127.0.0.1:0"
+
+[client]
+allow = "any"
+"#,
+            url = server.url
+        ),
+    )
+    .expect("config");
+
+    let deadline = Instant::now() + DEADLINE;
+    let mut nodes = Nodes::new();
+    let ready = nodes.start(d, &config, deadline);
+    let page = scrape(&metrics_addr(&ready));
+    assert!(
+        page.contains("tessera_collateral_fetches_total 1"),
+        "{page}\n{}",
+        nodes.logs()
+    );
+    assert!(
+        page.contains("tessera_collateral_age_seconds{source=\"pccs\"}"),
+        "{page}"
+    );
+    assert!(
+        nodes.logs().contains("collateral installed"),
+        "{}",
+        nodes.logs()
+    );
+    let cache = d
+        .join("data")
+        .join(tessera::collateral::cache::CACHE_FILE_NAME);
+    let cached = tessera::collateral::cache::read(&cache)
+        .expect("read the cache")
+        .expect("the fetched bundle is cached");
+    assert!(cached
+        .as_dcap()
+        .tcb_info
+        .contains("\"tcbEvaluationDataNumber\":18"));
+    drop(nodes);
+
+    server.set(Behaviour::Status(500));
+    let mut nodes = Nodes::new();
+    let ready = nodes.start(d, &config, deadline);
+    let addr = metrics_addr(&ready);
+    // The refresh the cache stood in for runs at once, and fails: wait for it to be counted.
+    loop {
+        let page = scrape(&addr);
+        if page.contains("tessera_collateral_fetch_failures_total{reason=\"http_status\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed fetch counted\n{page}\n{}",
+            nodes.logs()
+        );
+        std::thread::sleep(POLL_PAUSE);
+    }
+    assert!(nodes.logs().contains("cache"), "{}", nodes.logs());
+    drop(nodes);
+
+    std::fs::remove_file(&cache).expect("remove the cache");
+    let out = tessera(&["node", "--config", config.to_str().expect("path")]);
+    assert_exit_2_saying(
+        &out,
+        "no cache and the PCCS down",
+        "pccs_url: no collateral to start with",
+    );
 }

@@ -273,6 +273,21 @@ impl CollateralFreshness {
         &self.root_ca_crl
     }
 
+    /// Refuses `self` if any piece is older than the same piece of `current` (same FMSPC,
+    /// QE identity or CA), in exactly the order a [`CollateralWatermark`] uses: a node that
+    /// replaces its own collateral must never replace it with some its peers would refuse
+    /// once they have seen the current one.
+    pub fn check_not_older_than(
+        &self,
+        current: &CollateralFreshness,
+    ) -> Result<(), FreshnessError> {
+        // A one-platform watermark holding only `current`: the ordering is the watermark's
+        // own, not a copy of it. Raising an empty watermark cannot fail.
+        let watermark = CollateralWatermark::new(1);
+        watermark.check_and_raise(current)?;
+        watermark.check(self)
+    }
+
     /// One line for reports.
     pub fn describe(&self) -> String {
         format!(
@@ -724,6 +739,26 @@ mod tests {
         // Another PCK CA (the Processor CA) has its own sequence.
         older.pck_crl = crl(3, Some(1), T);
         w.check_and_raise(&older).unwrap();
+    }
+
+    #[test]
+    fn replacing_collateral_refuses_any_older_piece_and_accepts_equal_or_newer() {
+        let current = freshness(1, 18, T);
+        current.check_not_older_than(&current).unwrap();
+        freshness(1, 18, T + 1)
+            .check_not_older_than(&current)
+            .unwrap();
+        freshness(1, 19, T - DAY)
+            .check_not_older_than(&current)
+            .unwrap();
+        let e = freshness(1, 17, T + DAY)
+            .check_not_older_than(&current)
+            .unwrap_err();
+        assert_eq!(e.piece(), CollateralPiece::TcbInfo);
+        let mut older_crl = freshness(1, 18, T);
+        older_crl.root_ca_crl = crl(2, Some(0), T);
+        let e = older_crl.check_not_older_than(&current).unwrap_err();
+        assert_eq!(e.piece(), CollateralPiece::RootCaCrl);
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //!
 //! Untrusted bytes never cause a panic: parsing and verification return errors.
 //!
+//! Collateral for this platform's own quotes is described, not fetched, by [`pccs`]: the
+//! PCCS / PCS v4 API paths and how answers become [`Collateral`].
+//!
 //! Apart from the pipeline, [`measure`] computes offline what an image will measure (MRTD,
 //! RTMR1, RTMR2) so that a policy can pin it (DESIGN §4.5).
 #![forbid(unsafe_code)]
@@ -28,6 +31,7 @@ pub mod binding;
 pub mod cache;
 pub mod freshness;
 pub mod measure;
+pub mod pccs;
 pub mod pipeline;
 pub mod policy;
 pub mod provider;

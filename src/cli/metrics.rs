@@ -1,6 +1,7 @@
 //! Prometheus text metrics of a running node on `GET /metrics` (DESIGN §12): term, role,
 //! commit and applied index, apply lag, bonds (live, established, closed, refused by
-//! reason), the node's ticket expiry and client-protocol counters.
+//! reason), the node's ticket expiry, its collateral (age, fetches) and client-protocol
+//! counters.
 //!
 //! A deliberately tiny HTTP/1.1 responder: one request per connection, the request head
 //! read under a timeout and a size limit, at most [`CONNECTIONS_MAX`] at once.
@@ -11,10 +12,11 @@ use std::time::Duration;
 
 use tessera::client::server::role_name;
 use tessera::client::{ClientService, MemberKind};
+use tessera::collateral::CollateralStatus;
 use tessera::storage::WriteTimes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 /// Largest request head read.
 const REQUEST_HEAD_BYTES_MAX: usize = 8 << 10;
@@ -32,7 +34,11 @@ const ROLES: [&str; 5] = [
 ];
 
 /// Serves metrics on `listener` until the runtime stops.
-pub async fn serve(listener: TcpListener, service: Arc<ClientService>) {
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<ClientService>,
+    collateral: watch::Receiver<CollateralStatus>,
+) {
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -47,8 +53,10 @@ pub async fn serve(listener: TcpListener, service: Arc<ClientService>) {
             continue; // dropped: too many scrapes at once
         };
         let service = service.clone();
+        let collateral = collateral.borrow().clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, answer(stream, &service)).await {
+            let answered = answer(stream, &service, &collateral);
+            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, answered).await {
                 tracing::debug!(error = %e, "metrics request timed out");
             }
             drop(permit);
@@ -56,7 +64,7 @@ pub async fn serve(listener: TcpListener, service: Arc<ClientService>) {
     }
 }
 
-async fn answer(mut stream: TcpStream, service: &ClientService) {
+async fn answer(mut stream: TcpStream, service: &ClientService, collateral: &CollateralStatus) {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -74,7 +82,7 @@ async fn answer(mut stream: TcpStream, service: &ClientService) {
     let mut parts = line.split(' ');
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", render(service)),
+        ("GET", "/metrics") => ("200 OK", render(service, collateral)),
         ("GET", _) => ("404 Not Found", "not found; try /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", "only GET\n".to_string()),
     };
@@ -99,7 +107,7 @@ fn escape_label(value: &str) -> String {
 }
 
 /// The metrics page.
-pub fn render(service: &ClientService) -> String {
+pub fn render(service: &ClientService, collateral: &CollateralStatus) -> String {
     let status = service.group.status();
     let bonds = service.bonds.stats().borrow().clone();
     let mut out = String::new();
@@ -221,6 +229,7 @@ pub fn render(service: &ClientService) -> String {
             &one(expires.saturating_sub((service.clock)())),
         );
     }
+    render_collateral(&mut metric, collateral, (service.clock)());
     let writes = service.group.storage_writes();
     metric(
         "tessera_storage_entries_written_total",
@@ -300,6 +309,49 @@ pub fn render(service: &ClientService) -> String {
         &writes,
     );
     out
+}
+
+/// This node's collateral: how old the current bundle is, how long it still verifies, and
+/// the fetches from `pccs_url`.
+fn render_collateral(
+    metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)]),
+    status: &CollateralStatus,
+    now: u64,
+) {
+    let source = format!("{{source=\"{}\"}}", status.source.name());
+    if let Some(issued_at) = status.issued_at {
+        metric(
+            "tessera_collateral_age_seconds",
+            "gauge",
+            "Age of the oldest item (TCB Info, QE Identity, PCK CRL) of the collateral this node presents.",
+            &[(source.clone(), now.saturating_sub(issued_at))],
+        );
+    }
+    if let Some(valid_until) = status.valid_until {
+        metric(
+            "tessera_collateral_valid_for_seconds",
+            "gauge",
+            "Seconds until this node's collateral expires or exceeds its policy's age limit.",
+            &[(source, valid_until.saturating_sub(now))],
+        );
+    }
+    metric(
+        "tessera_collateral_fetches_total",
+        "counter",
+        "Collateral fetches from pccs_url that brought a verified bundle (new or unchanged).",
+        &[(String::new(), status.fetches_ok)],
+    );
+    let failures: Vec<(String, u64)> = status
+        .fetch_failures
+        .iter()
+        .map(|(reason, n)| (format!("{{reason=\"{}\"}}", escape_label(reason)), *n))
+        .collect();
+    metric(
+        "tessera_collateral_fetch_failures_total",
+        "counter",
+        "Collateral fetches that failed or whose bundle was refused (the last good one stays), by reason.",
+        &failures,
+    );
 }
 
 /// A Prometheus histogram of durable-write latency.

@@ -30,6 +30,11 @@ use iroh::{EndpointAddr, PublicKey, SecretKey};
 use tessera::client::provision::{await_group_key, AwaitKey};
 use tessera::client::{serve_clients, ClientService};
 use tessera::cluster::{random_secret, TICKET_LIFETIME_SECS};
+use tessera::collateral::task::own_quote_report_data;
+use tessera::collateral::{
+    assess, cache as collateral_cache, CollateralStatus, PccsClient, PccsRefresh, RefreshSettings,
+    SharedCollateral, SourceKind,
+};
 use tessera::config::{
     write_private_file, write_secret_key, AttestationMode, GroupKeySource, NodeConfig, StorageKind,
 };
@@ -160,6 +165,9 @@ struct Prepared {
     fresh_secret: bool,
     validator: Arc<dyn tessera::tickets::TicketValidator>,
     issuer: TdxTicketIssuer,
+    /// The refresh from `pccs_url`, to run once the node serves.
+    collateral_refresh: Option<PccsRefresh>,
+    collateral_status: tokio::sync::watch::Receiver<CollateralStatus>,
     clock: Clock,
     /// The taken data directory when `storage = "rocksdb"`, and whether it holds records.
     #[cfg(feature = "rocksdb")]
@@ -202,66 +210,63 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
     let key = config.group_key()?;
     let validator = config.validator()?;
     let config_id = config.config_id()?;
-    let (provider, collateral, clock): (Box<dyn QuoteProvider + Send + Sync>, Collateral, Clock) =
-        match config.attestation {
-            // `NodeConfig::load` refuses "mock" in a build without the mock provider.
-            #[cfg(not(feature = "mock-attestation"))]
-            AttestationMode::Mock => {
-                return Err(config
-                    .error("attestation", "\"mock\": this build has no mock provider")
-                    .into())
-            }
-            #[cfg(feature = "mock-attestation")]
-            AttestationMode::Mock => {
-                // The mock "host" starts the mock TD with this config's id, as run-tdx.sh
-                // does: its quotes name the config, and policies can pin it.
-                let mock = MockConfig {
-                    mr_config_id: config_id,
-                    ..MockConfig::default()
-                };
-                let provider = MockProvider::new(mock.clone())
-                    .map_err(|e| config.error("attestation", format!("mock provider: {e}")))?;
-                let collateral = provider
-                    .collateral()
-                    .map_err(|e| config.error("attestation", format!("mock collateral: {e}")))?;
-                // The mock collateral has a fixed validity window: run the clock from inside it.
-                (Box::new(provider), collateral, clock_from(mock.valid_now()))
-            }
-            AttestationMode::Tdx => {
-                let provider = ConfigfsTsmProvider::new();
-                provider.detect().map_err(|e| {
-                    config.error(
-                        "attestation",
-                        format!("\"tdx\" but this machine cannot produce TDX quotes: {e}"),
-                    )
-                })?;
-                // Before anything else: this TD must run the config its quotes will name.
-                let own = provider.quote(&[0u8; 64]).map_err(|e| {
-                    config.error("attestation", format!("cannot quote this TD: {e}"))
-                })?;
-                tessera::config::check_config_id(own.as_bytes(), &config_id)
-                    .map_err(|e| config.error("attestation", e))?;
-                let path = config
-                    .collateral_file
-                    .clone()
-                    .ok_or_else(|| config.error("collateral_file", "required with \"tdx\""))?;
-                let bytes = std::fs::read(&path).map_err(|e| {
-                    config.error("collateral_file", format!("{}: {e}", path.display()))
-                })?;
-                let collateral = Collateral::from_json(&bytes).map_err(|e| {
-                    config.error("collateral_file", format!("{}: {e}", path.display()))
-                })?;
-                (Box::new(provider), collateral, system_clock())
-            }
-        };
-    let issuer = TdxTicketIssuer::new(
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| config.error("data_dir", format!("{}: {e}", config.data_dir.display())))?;
+    // The provider's own collateral (the mock's), used when the config names no source.
+    type Provider = Arc<dyn QuoteProvider + Send + Sync>;
+    let (provider, builtin, clock): (Provider, Option<Collateral>, Clock) = match config.attestation
+    {
+        // `NodeConfig::load` refuses "mock" in a build without the mock provider.
+        #[cfg(not(feature = "mock-attestation"))]
+        AttestationMode::Mock => {
+            return Err(config
+                .error("attestation", "\"mock\": this build has no mock provider")
+                .into())
+        }
+        #[cfg(feature = "mock-attestation")]
+        AttestationMode::Mock => {
+            // The mock "host" starts the mock TD with this config's id, as run-tdx.sh
+            // does: its quotes name the config, and policies can pin it.
+            let mock = MockConfig {
+                mr_config_id: config_id,
+                ..MockConfig::default()
+            };
+            let provider = MockProvider::new(mock.clone())
+                .map_err(|e| config.error("attestation", format!("mock provider: {e}")))?;
+            let collateral = provider
+                .collateral()
+                .map_err(|e| config.error("attestation", format!("mock collateral: {e}")))?;
+            // The mock collateral has a fixed validity window: run the clock from inside it.
+            (
+                Arc::new(provider),
+                Some(collateral),
+                clock_from(mock.valid_now()),
+            )
+        }
+        AttestationMode::Tdx => {
+            let provider = ConfigfsTsmProvider::new();
+            provider.detect().map_err(|e| {
+                config.error(
+                    "attestation",
+                    format!("\"tdx\" but this machine cannot produce TDX quotes: {e}"),
+                )
+            })?;
+            // Before anything else: this TD must run the config its quotes will name.
+            let own = provider
+                .quote(&[0u8; 64])
+                .map_err(|e| config.error("attestation", format!("cannot quote this TD: {e}")))?;
+            tessera::config::check_config_id(own.as_bytes(), &config_id)
+                .map_err(|e| config.error("attestation", e))?;
+            (Arc::new(provider), None, system_clock())
+        }
+    };
+    let collateral = collateral_source(&config, provider.clone(), builtin, &clock)?;
+    let issuer = TdxTicketIssuer::with_shared_collateral(
         provider,
-        collateral,
+        collateral.shared,
         config.network_id.clone(),
         TICKET_LIFETIME_SECS,
     );
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| config.error("data_dir", format!("{}: {e}", config.data_dir.display())))?;
     Ok(Prepared {
         config,
         key,
@@ -269,9 +274,93 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
         fresh_secret,
         validator,
         issuer,
+        collateral_refresh: collateral.refresh,
+        collateral_status: collateral.status,
         clock,
         #[cfg(feature = "rocksdb")]
         rocks,
+    })
+}
+
+/// This node's collateral: the shared bundle its tickets carry, its status for metrics,
+/// and the refresh task when it comes from a PCCS.
+struct CollateralSetup {
+    shared: SharedCollateral,
+    status: tokio::sync::watch::Receiver<CollateralStatus>,
+    refresh: Option<PccsRefresh>,
+}
+
+/// Sets up the collateral source the config names (DESIGN §12): `pccs_url` (the cache in
+/// the data directory if it verifies, else a first fetch, which must succeed), or
+/// `collateral_file` (read once), or the mock provider's own.
+fn collateral_source(
+    config: &NodeConfig,
+    provider: Arc<dyn QuoteProvider + Send + Sync>,
+    builtin: Option<Collateral>,
+    clock: &Clock,
+) -> Result<CollateralSetup> {
+    let policies = config.load_policies()?;
+    if let Some(pccs) = &config.pccs {
+        let client = PccsClient::new(&pccs.url, Duration::from_secs(pccs.fetch_timeout_secs))
+            .map_err(|e| config.error("pccs_url", e.to_string()))?;
+        let mut refresh = PccsRefresh::new(
+            client,
+            RefreshSettings::every(pccs.refresh_secs),
+            policies,
+            provider,
+            Some(collateral_cache::path_in(&config.data_dir)),
+        );
+        // Before the node's runtime exists: a runtime of its own for the first fetch (the
+        // client keeps no connection, so nothing of it outlives this runtime).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a runtime for the first collateral fetch")?;
+        let shared = runtime
+            .block_on(refresh.start(clock()))
+            .map_err(|e| config.error("pccs_url", e.to_string()))?;
+        return Ok(CollateralSetup {
+            shared,
+            status: refresh.status(),
+            refresh: Some(refresh),
+        });
+    }
+    let (collateral, source) = match (&config.collateral_file, builtin) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| config.error("collateral_file", format!("{}: {e}", path.display())))?;
+            let collateral = Collateral::from_json(&bytes)
+                .map_err(|e| config.error("collateral_file", format!("{}: {e}", path.display())))?;
+            (collateral, SourceKind::File)
+        }
+        (None, Some(collateral)) => (collateral, SourceKind::Mock),
+        // `NodeConfig::load` requires a source with "tdx"; not reachable.
+        (None, None) => {
+            return Err(config
+                .error("collateral_file", "required with attestation = \"tdx\"")
+                .into())
+        }
+    };
+    // Checked once, for the status and an early warning: tickets with collateral that does
+    // not verify this node's own quote are refused by every peer.
+    let own = provider
+        .quote(&own_quote_report_data())
+        .map_err(|e| config.error("attestation", format!("cannot quote this TD: {e}")))?;
+    let bundle = match assess(own.as_bytes(), &collateral, &policies, clock()) {
+        Ok(bundle) => {
+            tracing::info!(source = source.name(), collateral = %bundle.describe(), "collateral loaded");
+            Some(bundle)
+        }
+        Err(e) => {
+            tracing::warn!(source = source.name(), error = %e, "this node's collateral does not verify its own quote: peers will refuse its tickets");
+            None
+        }
+    };
+    let (_, status) = tokio::sync::watch::channel(CollateralStatus::fixed(source, bundle.as_ref()));
+    Ok(CollateralSetup {
+        shared: SharedCollateral::new(collateral),
+        status,
+        refresh: None,
     })
 }
 
@@ -362,6 +451,9 @@ async fn serve(p: Prepared) -> Result<()> {
         }
     }
 
+    if let Some(refresh) = p.collateral_refresh {
+        tokio::spawn(refresh.run(p.clock.clone()));
+    }
     let tickets = keep_tickets_fresh(Arc::new(p.issuer), *node_key.as_bytes(), p.clock.clone())
         .map_err(|e| start_failure(config.error("attestation", format!("first ticket: {e}"))))?;
     let key = match p.key {
@@ -485,7 +577,11 @@ async fn serve(p: Prepared) -> Result<()> {
                 start_failure(config.error("metrics", format!("cannot bind {addr}: {e}")))
             })?;
             let bound = listener.local_addr().unwrap_or(addr);
-            tokio::spawn(metrics::serve(listener, service.clone()));
+            tokio::spawn(metrics::serve(
+                listener,
+                service.clone(),
+                p.collateral_status.clone(),
+            ));
             Some(bound)
         }
         None => None,

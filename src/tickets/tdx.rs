@@ -15,6 +15,8 @@
 //! has accepted collateral, it refuses older collateral for the same platform model, QE
 //! identity or CA, and its [`TicketValidator::generation`] moves so that cached verdicts
 //! are checked again.
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tessera_attestation::{
     validator_digest, verify_fresh, Binding, BindingContext, Claims, Collateral,
@@ -22,6 +24,7 @@ use tessera_attestation::{
 };
 
 use super::{PeerContext, Ticket, TicketError, TicketValidator, Validated};
+use crate::collateral::SharedCollateral;
 
 /// Ticket kind of TDX quotes.
 pub const TDX_KIND: &str = "tdx";
@@ -226,18 +229,35 @@ impl TicketValidator for MockTdxValidator {
 }
 
 /// Makes a node's TDX tickets: fresh claims bound to its key, a quote over them, and the
-/// collateral that verifies the quote.
+/// collateral that verifies the quote. The collateral is read from a [`SharedCollateral`]
+/// for every ticket, so a refreshed bundle (`crate::collateral`) goes into the next ticket.
 pub struct TdxTicketIssuer {
-    provider: Box<dyn QuoteProvider + Send + Sync>,
-    collateral: Collateral,
+    provider: Arc<dyn QuoteProvider + Send + Sync>,
+    collateral: SharedCollateral,
     network_id: String,
     lifetime_secs: u64,
 }
 
 impl TdxTicketIssuer {
+    /// An issuer whose collateral never changes.
     pub fn new(
         provider: Box<dyn QuoteProvider + Send + Sync>,
         collateral: Collateral,
+        network_id: String,
+        lifetime_secs: u64,
+    ) -> Self {
+        Self::with_shared_collateral(
+            Arc::from(provider),
+            SharedCollateral::new(collateral),
+            network_id,
+            lifetime_secs,
+        )
+    }
+
+    /// An issuer that puts `collateral`'s current bundle into each ticket.
+    pub fn with_shared_collateral(
+        provider: Arc<dyn QuoteProvider + Send + Sync>,
+        collateral: SharedCollateral,
         network_id: String,
         lifetime_secs: u64,
     ) -> Self {
@@ -247,6 +267,11 @@ impl TdxTicketIssuer {
             network_id,
             lifetime_secs,
         }
+    }
+
+    /// The bundle new tickets carry.
+    pub fn collateral(&self) -> &SharedCollateral {
+        &self.collateral
     }
 
     /// A ticket for `peer_key`, valid from `now` for the issuer's lifetime.
@@ -276,7 +301,7 @@ impl TdxTicketIssuer {
             .map_err(|e| TicketError::Validator(format!("quote provider: {e}")))?;
         let body = TdxTicketBody {
             quote: quote.into_bytes(),
-            collateral: self.collateral.to_json().into_bytes(),
+            collateral: self.collateral.current().to_json().into_bytes(),
             claims,
         };
         let bytes =
