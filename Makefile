@@ -5,7 +5,7 @@ SEEDS ?= 300
 SEED ?=
 NODES ?=
 
-.PHONY: deps build build-production check-production test test-cluster demo sim soak lint fmt bench-core bench clean image image-smoke image-repro image-deps
+.PHONY: deps build build-production check-production test test-cluster test-nemesis demo sim soak lint fmt bench-core bench clean image image-smoke image-repro image-deps
 
 ## deps: install the system packages the build needs (Debian/Ubuntu), when missing.
 ## RocksDB's bindings are generated with libclang (clang, libclang-dev). Without apt-get
@@ -49,6 +49,12 @@ test: deps
 ## Needs Docker; see scripts/test-cluster.sh for its settings (TESSERA_TEST_SUBNET, ...).
 test-cluster:
 	CARGO="$(CARGO)" scripts/test-cluster.sh
+
+## test-nemesis: a seeded nemesis (kill, pause, partitions, new identities) against node
+## containers while concurrent clients record a history that must be linearizable; needs
+## Docker. TESSERA_NEMESIS_SEED, _NODES (3|5), _ROUNDS, _FAULT_SECS: see the script.
+test-nemesis:
+	CARGO="$(CARGO)" scripts/test-nemesis.sh
 
 ## demo: the embedded default. It keeps everything in memory, so it is built without the
 ## RocksDB store: no C++ build and no libclang needed, only the Rust toolchain and cc. Its

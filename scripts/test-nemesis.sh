@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# `make test-nemesis`: a seeded nemesis against `tessera node` containers while concurrent
+# clients record a history (issue 15; what etcd's robustness tests and Jepsen do).
+#
+# N nodes (3 or 5; mock attestation, RocksDB on a Docker volume each, named to each other
+# by bare address so that a node may come back as a new identity) on a Docker network of
+# the test's own. `tessera workload` runs 2N clients from the host through every node for
+# the whole run, doing linearizable gets, puts and compare-and-swaps on four keys and
+# recording every invocation and completion. Then ROUNDS rounds, each one fault drawn from
+# the seed, held for FAULT_SECS, healed:
+#   kill       SIGKILL a node, start it again (from its RocksDB);
+#   pause      `docker pause` a node (frozen process; its timers jump on resume);
+#   leader     cut the leader off the network;
+#   minority   cut a minority (1 of 3, 2 of 5) off, leader included or not;
+#   identity   replace a node by a new identity on the same disk, as a TD reboot does
+#              (the old records are set aside; it joins as a new member).
+# After each heal: the group must recover (every node answers, one leader, full bonds) and
+# accept a write; the time to recover is recorded. At the end the workload stops, the
+# history must be linearizable (`tessera lincheck`), and every node must converge on the
+# values a linearizable read sees for every key.
+#
+# It fails with the seed, the schedule, the history and every member's full log saved in
+# target/nemesis/seed-<seed>/ (the report is written there on a pass too). The last line
+# is `PASS test-nemesis: ...` or `FAIL test-nemesis: ...`.
+#
+# Environment: TESSERA_NEMESIS_SEED (default random; printed: the same seed replays the
+# same schedule of faults, not the same timing), TESSERA_NEMESIS_NODES (3),
+# TESSERA_NEMESIS_ROUNDS (6), TESSERA_NEMESIS_FAULT_SECS (4), TESSERA_NEMESIS_CLIENTS (2N),
+# and scripts/lib/cluster.sh's (TESSERA_BIN, TESSERA_TEST_SUBNET, ...).
+TEST=test-nemesis
+# Its own names: it may run beside `make test-cluster`.
+PREFIX=tessera-nemesis
+N=${TESSERA_NEMESIS_NODES:-3}
+# shellcheck source=scripts/lib/cluster.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/cluster.sh"
+
+ROUNDS=${TESSERA_NEMESIS_ROUNDS:-6}
+FAULT_SECS=${TESSERA_NEMESIS_FAULT_SECS:-4}
+CLIENTS=${TESSERA_NEMESIS_CLIENTS:-$((2 * N))}
+SEED=${TESSERA_NEMESIS_SEED:-$(od -An -N3 -tu4 /dev/urandom | tr -d ' ')}
+KEYS=4
+[[ $N == 3 || $N == 5 ]] || fail "TESSERA_NEMESIS_NODES must be 3 or 5, got '$N'"
+[[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 ]] ||
+    fail "TESSERA_NEMESIS_ROUNDS must be at least 1 (a run without faults proves nothing), got '$ROUNDS'"
+[[ $FAULT_SECS =~ ^[0-9]+$ && $FAULT_SECS -ge 1 ]] || fail "TESSERA_NEMESIS_FAULT_SECS must be a whole number >= 1"
+[[ $SEED =~ ^[0-9]+$ ]] || fail "TESSERA_NEMESIS_SEED must be a number, got '$SEED'"
+# bash's generator, seeded: the schedule follows from the seed alone.
+RANDOM=$SEED
+OUT_DIR=$ROOT/target/nemesis/seed-$SEED
+FAILURE_DIR=$OUT_DIR
+say "seed $SEED (TESSERA_NEMESIS_SEED=$SEED replays this schedule); $N nodes, $ROUNDS rounds of ${FAULT_SECS}s, $CLIENTS clients"
+
+preflight
+build_binary
+build_image
+create_network
+# A dead identity is removed soon (its replacement waits for that before it can vote).
+write_keys_and_configs by-address "removal_timeout_secs = 10"
+start_all
+STEP="elect"
+wait_for "one leader, all bonded" healthy
+say "$(name "$LEADER") leads in term $TERM_NOW"
+
+# ---------------------------------------------------------------------------------------
+STEP="workload"
+HISTORY=$WORK/history.jsonl
+SCHEDULE=$WORK/schedule.txt
+KEEP_ON_FAILURE+=("$HISTORY" "$SCHEDULE" "$WORK/workload.out")
+: >"$SCHEDULE"
+addresses=()
+for i in $(all_nodes); do addresses+=(--node "${IP[$i]}:$PORT"); done
+"$BIN" workload "${addresses[@]}" --clients "$CLIENTS" --duration 86400 --keys "$KEYS" \
+    --patience 3 --seed "$SEED" --history "$HISTORY" \
+    --key-file "$WORK/client.key" --policy "$ROOT/policies/mock.toml" >"$WORK/workload.out" 2>&1 &
+WORKLOAD_PID=$!
+CHILD_PIDS+=("$WORKLOAD_PID")
+workload_running() {
+    kill -0 "$WORKLOAD_PID" 2>/dev/null && return 0
+    fail "the workload stopped: $(tail -n 5 "$WORK/workload.out")"
+}
+# Wait for the first completions, so that the faults hit a loaded group.
+has_completions() {
+    workload_running
+    [[ -s $HISTORY ]] && grep -q '"type":"ok"' "$HISTORY" && return 0
+    PROGRESS="no completed operation in the history yet"
+    return 1
+}
+wait_for "the workload's first completed operations" has_completions
+
+# ---------------------------------------------------------------------------------------
+note() {
+    printf '%s\n' "$*" >>"$SCHEDULE"
+    say "$*"
+}
+
+# pick_nodes K: PICKED gets K distinct random node indexes (in this shell, so that the
+# seeded generator advances).
+pick_nodes() {
+    local pool=() k=$1 j
+    mapfile -t pool < <(all_nodes)
+    PICKED=()
+    while ((${#PICKED[@]} < k)); do
+        j=$((RANDOM % ${#pool[@]}))
+        PICKED+=("${pool[$j]}")
+        pool=("${pool[@]:0:j}" "${pool[@]:j+1}")
+    done
+}
+
+# accepts_write KEY: a put through the leader answered OK.
+accepts_write() {
+    local out
+    out=$(kv put "$1" "after heal" --node "${PEER[$LEADER]}" --patience 5 2>&1) && [[ $out == OK ]] && return 0
+    PROGRESS="put $1 through $(name "$LEADER"): $out"
+    return 1
+}
+
+# recovered: healthy, and the leader accepts a write.
+recovered() {
+    healthy || return 1
+    accepts_write "nemesis-$ROUND"
+}
+
+FAULTS=(kill pause leader minority identity)
+RECOVERY=()
+DONE_FAULTS=()
+for ROUND in $(seq 1 "$ROUNDS"); do
+    STEP="round $ROUND"
+    workload_running
+    fault=${FAULTS[$((RANDOM % ${#FAULTS[@]}))]}
+    case $fault in
+        kill)
+            pick_nodes 1; v=${PICKED[0]}
+            note "round $ROUND: SIGKILL $(name "$v") for ${FAULT_SECS}s"
+            RUNNING=()
+            docker kill -s KILL "${C[$v]}" >/dev/null
+            sleep "$FAULT_SECS"
+            docker start "${C[$v]}" >/dev/null
+            ;;
+        pause)
+            pick_nodes 1; v=${PICKED[0]}
+            note "round $ROUND: pause $(name "$v") for ${FAULT_SECS}s"
+            docker pause "${C[$v]}" >/dev/null
+            sleep "$FAULT_SECS"
+            docker unpause "${C[$v]}" >/dev/null
+            ;;
+        leader)
+            v=$LEADER
+            note "round $ROUND: cut the leader $(name "$v") off for ${FAULT_SECS}s"
+            docker network disconnect "$NET" "${C[$v]}"
+            sleep "$FAULT_SECS"
+            docker network connect --ip "${IP[$v]}" "$NET" "${C[$v]}"
+            ;;
+        minority)
+            pick_nodes $(((N - 1) / 2)); cut=("${PICKED[@]}")
+            names=$(for v in "${cut[@]}"; do name "$v"; printf ' '; done)
+            note "round $ROUND: cut the minority ${names% } off for ${FAULT_SECS}s (the leader was $(name "$LEADER"))"
+            for v in "${cut[@]}"; do docker network disconnect "$NET" "${C[$v]}"; done
+            sleep "$FAULT_SECS"
+            for v in "${cut[@]}"; do docker network connect --ip "${IP[$v]}" "$NET" "${C[$v]}"; done
+            ;;
+        identity)
+            pick_nodes 1; v=${PICKED[0]}
+            old=${ID[$v]:0:10}
+            RUNNING=()
+            docker rm -f "${C[$v]}" >/dev/null
+            new_node_key "$v"
+            note "round $ROUND: $(name "$v") reboots as a new identity (${old} -> ${ID[$v]:0:10}) after ${FAULT_SECS}s"
+            sleep "$FAULT_SECS"
+            run_node "$v"
+            ;;
+    esac
+    DONE_FAULTS+=("$fault")
+    mapfile -t RUNNING < <(all_nodes)
+    wait_for "recovery after $fault (all answer, one leader, bonded, a write accepted)" recovered
+    RECOVERY+=("$WAITED")
+    note "round $ROUND: recovered in ${WAITED}s: $(name "$LEADER") leads in term $TERM_NOW"
+done
+
+# ---------------------------------------------------------------------------------------
+STEP="stop the workload"
+kill -TERM "$WORKLOAD_PID"
+rc=0
+wait "$WORKLOAD_PID" || rc=$?
+CHILD_PIDS=()
+[[ $rc == 0 ]] || fail "the workload exited with status $rc: $(tail -n 5 "$WORK/workload.out")"
+say "workload: $(grep -E '^  (get|put|cas):' "$WORK/workload.out" | tr -s ' ' | paste -sd';')"
+
+STEP="linearizability"
+rc=0
+"$BIN" lincheck "$HISTORY" >"$WORK/lincheck.out" 2>&1 || rc=$?
+case $rc in
+    0) say "$(head -n1 "$WORK/lincheck.out")" ;;
+    1) fail "the history is NOT linearizable:
+$(cat "$WORK/lincheck.out")" ;;
+    *) fail "the checker gave no verdict (exit $rc): $(cat "$WORK/lincheck.out")" ;;
+esac
+
+STEP="convergence"
+wait_for "all applied to the same index" healthy same-applied
+# value_of I KEY [--weak]: what node I reads for KEY ("<absent>" when missing).
+value_of() {
+    local out rc=0
+    out=$(kv get "$2" --node "${PEER[$1]}" ${3:+"$3"} 2>/dev/null) || rc=$?
+    case $rc in
+        0) printf '%s' "$out" ;;
+        1) printf '<absent>' ;;
+        *) return 1 ;;
+    esac
+}
+converged() {
+    local k i want got
+    for k in $(seq 0 $((KEYS - 1))); do
+        want=$(value_of "$LEADER" "k$k") || { PROGRESS="no linearizable read of k$k"; return 1; }
+        for i in $(all_nodes); do
+            got=$(value_of "$i" "k$k" --weak) || { PROGRESS="no read of k$k from $(name "$i")"; return 1; }
+            [[ $got == "$want" ]] || { PROGRESS="$(name "$i") has k$k = $got, the group $want"; return 1; }
+        done
+    done
+}
+wait_for "every node holding what a linearizable read sees, for every key" converged
+
+# ---------------------------------------------------------------------------------------
+STEP="report"
+mkdir -p "$OUT_DIR"
+ops=$(grep -E '^tessera workload: [0-9]+ operations' "$WORK/workload.out" | awk '{print $3}')
+{
+    echo "test-nemesis report"
+    echo "seed: $SEED"
+    echo "nodes: $N, clients: $CLIENTS, keys: $KEYS, rounds: $ROUNDS, fault duration: ${FAULT_SECS}s"
+    echo "operations: ${ops:-?}"
+    grep -E '^  (get|put|cas):' "$WORK/workload.out"
+    echo "faults (recovery after heal, seconds):"
+    for r in $(seq 0 $((ROUNDS - 1))); do echo "  round $((r + 1)): ${DONE_FAULTS[$r]} ${RECOVERY[$r]}"; done
+    echo "verdict: $(head -n1 "$WORK/lincheck.out")"
+    echo "schedule:"
+    sed 's/^/  /' "$SCHEDULE"
+} >"$OUT_DIR/report.txt"
+STEP="done"
+max=0
+for t in "${RECOVERY[@]}"; do ((t > max)) && max=$t; done
+echo "PASS $TEST: seed $SEED, $N nodes, $ROUNDS faults (${DONE_FAULTS[*]}), ${ops:-?} operations linearizable," \
+    "all nodes converged, slowest recovery ${max}s; report $OUT_DIR/report.txt; $((SECONDS - STARTED))s"
