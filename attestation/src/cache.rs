@@ -95,7 +95,7 @@ impl VerificationCache {
         self.entries
             .get(key)
             .filter(|v| now <= v.valid_until)
-            .filter(|v| watermark.check(&v.collateral_freshness).is_ok())
+            .filter(|v| watermark.check(&v.collateral_freshness, now).is_ok())
     }
 
     /// Stores an accepted verdict. When full, drops expired entries, then the entry that

@@ -50,6 +50,14 @@ pub const WATERMARK_FMSPCS_MAX: usize = 256;
 pub const WATERMARK_QE_IDS_MAX: usize = 16;
 /// Most CRL issuers a watermark remembers (Intel has three: root, Platform and Processor CA).
 pub const WATERMARK_CAS_MAX: usize = 16;
+/// How long after a newer item was published (its issueDate or thisUpdate) older ones are
+/// still accepted. Intel reissues CRLs and TCB Info on its own schedule, and honest members
+/// fetch them at different times (every `collateral_refresh_secs`, hours apart): refusing
+/// older collateral at once would split a healthy group at every reissue until the last
+/// member refreshed. A day is well beyond any refresh interval; it is also the longest a
+/// revoked or downgraded platform can keep showing its old collateral to a verifier that
+/// has seen the new one.
+pub const ROLLBACK_GRACE_SECS: u64 = 24 * 3600;
 /// Longest QE identity id or CA name kept, in bytes (Intel's are under 40).
 pub const WATERMARK_NAME_LEN_MAX: usize = 128;
 
@@ -138,7 +146,7 @@ impl fmt::Display for CrlStamp {
 #[non_exhaustive]
 pub enum FreshnessError {
     /// The TCB Info is older than the newest seen for its FMSPC.
-    #[error("TCB Info for FMSPC {fmspc} is older than the newest this verifier has seen for that platform model: presented {presented}, newest {newest} (collateral from before a TCB recovery or reissue)")]
+    #[error("TCB Info for FMSPC {fmspc} is older than the newest this verifier has seen for that platform model: presented {presented}, newest {newest}, published more than a day ago (collateral from before a TCB recovery or reissue)")]
     TcbInfoOlder {
         /// FMSPC (hex, upper case).
         fmspc: String,
@@ -148,7 +156,7 @@ pub enum FreshnessError {
         newest: EvalStamp,
     },
     /// The QE Identity is older than the newest seen with its id.
-    #[error("QE Identity {id} is older than the newest this verifier has seen: presented {presented}, newest {newest} (collateral from before a TCB recovery or reissue)")]
+    #[error("QE Identity {id} is older than the newest this verifier has seen: presented {presented}, newest {newest}, published more than a day ago (collateral from before a TCB recovery or reissue)")]
     QeIdentityOlder {
         /// The QE Identity's id (`TD_QE`).
         id: String,
@@ -158,7 +166,7 @@ pub enum FreshnessError {
         newest: EvalStamp,
     },
     /// A CRL is older than the newest seen from its issuer.
-    #[error("{piece} of CA {issuer:?} is older than the newest this verifier has seen from that CA: presented {presented}, newest {newest} (a CRL from before a revocation)")]
+    #[error("{piece} of CA {issuer:?} is older than the newest this verifier has seen from that CA: presented {presented}, newest {newest}, published more than a day ago (a CRL from before a revocation)")]
     CrlOlder {
         /// Which CRL of the collateral.
         piece: CollateralPiece,
@@ -283,9 +291,11 @@ impl CollateralFreshness {
     ) -> Result<(), FreshnessError> {
         // A one-platform watermark holding only `current`: the ordering is the watermark's
         // own, not a copy of it. Raising an empty watermark cannot fail.
+        // Strict: no grace (a time past every grace window), since this node chooses
+        // between two bundles it holds, and should never step back.
         let watermark = CollateralWatermark::new(1);
-        watermark.check_and_raise(current)?;
-        watermark.check(self)
+        watermark.check_and_raise(current, u64::MAX)?;
+        watermark.check(self, u64::MAX)
     }
 
     /// One line for reports.
@@ -439,19 +449,24 @@ impl CollateralWatermark {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Refuses `freshness` if any piece is older than the newest seen for its key. Does not
-    /// raise the watermark.
-    pub fn check(&self, freshness: &CollateralFreshness) -> Result<(), FreshnessError> {
-        check_locked(&self.lock(), freshness)
+    /// Refuses `freshness` at `now` (Unix seconds) if any piece is older than the newest
+    /// seen for its key and that newest was published [`ROLLBACK_GRACE_SECS`] or more
+    /// before `now`. Does not raise the watermark.
+    pub fn check(&self, freshness: &CollateralFreshness, now: u64) -> Result<(), FreshnessError> {
+        check_locked(&self.lock(), freshness, now)
     }
 
     /// Checks `freshness` and, if no piece is older, raises every piece that is newer than
     /// the newest seen, in one step under the lock (so two verdicts racing cannot both be
     /// judged against the watermark from before the other). Call only for an accepted
     /// verdict.
-    pub fn check_and_raise(&self, freshness: &CollateralFreshness) -> Result<(), FreshnessError> {
+    pub fn check_and_raise(
+        &self,
+        freshness: &CollateralFreshness,
+        now: u64,
+    ) -> Result<(), FreshnessError> {
         let mut state = self.lock();
-        check_locked(&state, freshness)?;
+        check_locked(&state, freshness, now)?;
         state.seq = state.seq.wrapping_add(1);
         let seq = state.seq;
         let mut raised = false;
@@ -508,7 +523,7 @@ impl CollateralWatermark {
             state.generation = state.generation.wrapping_add(1);
         }
         // After the raise, the collateral just admitted still passes its own check.
-        debug_assert!(check_locked(&state, freshness).is_ok());
+        debug_assert!(check_locked(&state, freshness, now).is_ok());
         Ok(())
     }
 
@@ -534,9 +549,14 @@ impl CollateralWatermark {
     }
 }
 
-fn check_locked(state: &State, f: &CollateralFreshness) -> Result<(), FreshnessError> {
+/// Whether something published at `published_at` binds at `now`: its grace is over.
+fn binding(published_at: u64, now: u64) -> bool {
+    now >= published_at.saturating_add(ROLLBACK_GRACE_SECS)
+}
+
+fn check_locked(state: &State, f: &CollateralFreshness, now: u64) -> Result<(), FreshnessError> {
     if let Some(entry) = state.tcb_info.get(&f.fmspc) {
-        if f.tcb_info < entry.newest {
+        if f.tcb_info < entry.newest && binding(entry.newest.issued_at, now) {
             return Err(FreshnessError::TcbInfoOlder {
                 fmspc: hex::encode_upper(f.fmspc),
                 presented: f.tcb_info,
@@ -545,7 +565,7 @@ fn check_locked(state: &State, f: &CollateralFreshness) -> Result<(), FreshnessE
         }
     }
     if let Some(entry) = state.qe_identity.get(&f.qe_identity_id) {
-        if f.qe_identity < entry.newest {
+        if f.qe_identity < entry.newest && binding(entry.newest.issued_at, now) {
             return Err(FreshnessError::QeIdentityOlder {
                 id: f.qe_identity_id.clone(),
                 presented: f.qe_identity,
@@ -555,7 +575,7 @@ fn check_locked(state: &State, f: &CollateralFreshness) -> Result<(), FreshnessE
     }
     for (piece, crl) in f.crls() {
         if let Some(entry) = state.crls.get(&crl.issuer_key) {
-            if crl.stamp.is_older_than(&entry.newest) {
+            if crl.stamp.is_older_than(&entry.newest) && binding(entry.newest.this_update, now) {
                 return Err(FreshnessError::CrlOlder {
                     piece,
                     issuer: entry.issuer.clone(),
@@ -621,6 +641,9 @@ fn evict_oldest<K: std::hash::Hash + Eq + Clone, V>(
 mod tests {
     use super::*;
 
+    /// A time past every grace window: the watermark binds at once.
+    const LATE: u64 = u64::MAX;
+
     const DAY: u64 = 86_400;
     const T: u64 = 1_767_225_600;
 
@@ -681,17 +704,46 @@ mod tests {
         assert!(!s(None, T).is_older_than(&s(None, T)));
     }
 
+    /// Honest members fetch a reissue at different times: older collateral passes until the
+    /// newer one has been out for the grace window, and is refused from then on.
+    #[test]
+    fn older_collateral_is_refused_only_once_the_newer_is_a_day_old() {
+        let w = CollateralWatermark::default();
+        w.check_and_raise(&freshness(1, 18, T), T).unwrap();
+        let older = freshness(1, 17, T - DAY);
+        assert_eq!(
+            w.check(&older, T + 3600),
+            Ok(()),
+            "an hour after the reissue"
+        );
+        assert_eq!(
+            w.check_and_raise(&older, T + ROLLBACK_GRACE_SECS - 1),
+            Ok(()),
+            "the last second of the grace window"
+        );
+        assert_eq!(
+            w.newest_tcb_info([1; 6]).map(|e| e.eval_data_number),
+            Some(18),
+            "accepting older collateral in the window never lowers the watermark"
+        );
+        let err = w.check(&older, T + ROLLBACK_GRACE_SECS).unwrap_err();
+        assert_eq!(err.piece(), CollateralPiece::TcbInfo);
+        assert!(err.to_string().contains("more than a day ago"), "{err}");
+    }
+
     #[test]
     fn older_tcb_info_is_refused_after_newer_and_equal_passes() {
         let w = CollateralWatermark::default();
-        w.check_and_raise(&freshness(1, 18, T)).unwrap();
+        w.check_and_raise(&freshness(1, 18, T), LATE).unwrap();
         assert_eq!(w.generation(), 1);
         // Same again: passes and raises nothing.
-        w.check_and_raise(&freshness(1, 18, T)).unwrap();
+        w.check_and_raise(&freshness(1, 18, T), LATE).unwrap();
         assert_eq!(w.generation(), 1);
-        let err = w.check(&freshness(1, 18, T - 1)).unwrap_err();
+        let err = w.check(&freshness(1, 18, T - 1), LATE).unwrap_err();
         assert_eq!(err.piece(), CollateralPiece::TcbInfo);
-        let err = w.check_and_raise(&freshness(1, 17, T + DAY)).unwrap_err();
+        let err = w
+            .check_and_raise(&freshness(1, 17, T + DAY), LATE)
+            .unwrap_err();
         assert_eq!(
             err,
             FreshnessError::TcbInfoOlder {
@@ -719,10 +771,10 @@ mod tests {
         let w = CollateralWatermark::default();
         let mut newer = freshness(1, 17, T);
         newer.pck_crl = crl(1, Some(7), T);
-        w.check_and_raise(&newer).unwrap();
+        w.check_and_raise(&newer, LATE).unwrap();
         let mut older = freshness(1, 17, T);
         older.pck_crl = crl(1, Some(6), T + DAY);
-        match w.check(&older).unwrap_err() {
+        match w.check(&older, LATE).unwrap_err() {
             FreshnessError::CrlOlder {
                 piece,
                 issuer,
@@ -738,7 +790,7 @@ mod tests {
         }
         // Another PCK CA (the Processor CA) has its own sequence.
         older.pck_crl = crl(3, Some(1), T);
-        w.check_and_raise(&older).unwrap();
+        w.check_and_raise(&older, LATE).unwrap();
     }
 
     #[test]
@@ -764,15 +816,15 @@ mod tests {
     #[test]
     fn the_least_recently_used_fmspc_is_forgotten_at_the_bound() {
         let w = CollateralWatermark::new(2);
-        w.check_and_raise(&freshness(1, 18, T)).unwrap();
-        w.check_and_raise(&freshness(2, 18, T)).unwrap();
+        w.check_and_raise(&freshness(1, 18, T), LATE).unwrap();
+        w.check_and_raise(&freshness(2, 18, T), LATE).unwrap();
         // FMSPC 1 is met again, so FMSPC 2 is now the least recently used.
-        w.check_and_raise(&freshness(1, 18, T)).unwrap();
-        w.check_and_raise(&freshness(3, 18, T)).unwrap();
+        w.check_and_raise(&freshness(1, 18, T), LATE).unwrap();
+        w.check_and_raise(&freshness(3, 18, T), LATE).unwrap();
         assert_eq!(w.fmspcs_tracked(), 2);
         assert!(w.newest_tcb_info([2; 6]).is_none());
-        assert!(w.check(&freshness(1, 17, T)).is_err());
+        assert!(w.check(&freshness(1, 17, T), LATE).is_err());
         // Forgotten: older collateral for it passes again (the documented cost of the bound).
-        assert!(w.check(&freshness(2, 17, T)).is_ok());
+        assert!(w.check(&freshness(2, 17, T), LATE).is_ok());
     }
 }

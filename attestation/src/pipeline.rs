@@ -286,7 +286,7 @@ fn appraise_with(
     // when it also breaks the policy (its TCB status may be why it is presented).
     let mut first_error: Option<VerifyError> = None;
     if let Some(watermark) = watermark {
-        match watermark.check(&dcap.freshness) {
+        match watermark.check(&dcap.freshness, now) {
             Ok(()) => checks.push(pass(
                 COLLATERAL_ROLLBACK_CHECK,
                 format!(
@@ -370,7 +370,7 @@ fn appraise_with(
     // another verdict may have raised it since the check above.
     let outcome = match (outcome, watermark) {
         (Ok(verified), Some(watermark)) => {
-            match watermark.check_and_raise(&verified.collateral_freshness) {
+            match watermark.check_and_raise(&verified.collateral_freshness, now) {
                 Ok(()) => Ok(verified),
                 Err(e) => {
                     checks.push(fail(COLLATERAL_ROLLBACK_CHECK, &e));
