@@ -5,7 +5,7 @@ SEEDS ?= 300
 SEED ?=
 NODES ?=
 
-.PHONY: deps build build-production check-production test test-cluster test-nemesis demo sim soak lint fmt bench-core bench clean image image-smoke image-repro image-deps
+.PHONY: deps build build-production check-production test test-cluster test-nemesis test-nemesis-reference demo sim soak lint fmt bench-core bench clean image image-smoke image-repro image-deps
 
 ## deps: install the system packages the build needs (Debian/Ubuntu), when missing.
 ## RocksDB's bindings are generated with libclang (clang, libclang-dev). Without apt-get
@@ -55,6 +55,11 @@ test-cluster:
 ## Docker. TESSERA_NEMESIS_SEED, _NODES (3|5), _ROUNDS, _FAULT_SECS: see the script.
 test-nemesis:
 	CARGO="$(CARGO)" scripts/test-nemesis.sh
+
+## test-nemesis-reference: the nemesis must fail a build with the reference runtime's
+## quorum rule (test-only feature dangerous-reference-quorum): passes when it does.
+test-nemesis-reference:
+	CARGO="$(CARGO)" scripts/test-nemesis-reference.sh
 
 ## demo: the embedded default. It keeps everything in memory, so it is built without the
 ## RocksDB store: no C++ build and no libclang needed, only the Rust toolchain and cc. Its

@@ -71,6 +71,11 @@ if grep -qa 'provider4mock' "$BIN"; then
     fail "$BIN contains tessera_attestation::provider::mock"
 fi
 echo "check-production-build: ok: no tessera_attestation::provider::mock code in $BIN"
+# Nor the test-only unsafe quorum rule (its start-up warning would be in the binary).
+if grep -qa 'dangerous-reference-quorum: quorums' "$BIN"; then
+    fail "$BIN was built with the test-only feature dangerous-reference-quorum"
+fi
+echo "check-production-build: ok: $BIN counts quorums over the whole configuration"
 
 cp "$ROOT/policies/mock.toml" "$WORK/mock.toml"
 "$BIN" keygen --group --out "$WORK/group.key" >/dev/null

@@ -4,7 +4,9 @@
 #
 # N nodes (3 or 5; mock attestation, RocksDB on a Docker volume each, named to each other
 # by bare address so that a node may come back as a new identity) on a Docker network of
-# the test's own. `tessera workload` runs 2N clients from the host through every node for
+# the test's own, and a second one through which the clients on the host reach them (its
+# containers cannot reach each other): partitions cut members apart, not from their
+# clients, so a member that wrongly thinks it may still lead is heard by its clients. `tessera workload` runs 2N clients from the host through every node for
 # the whole run, doing linearizable gets, puts and compare-and-swaps on four keys and
 # recording every invocation and completion. Then ROUNDS rounds, each one fault drawn from
 # the seed, held for FAULT_SECS, healed:
@@ -26,8 +28,11 @@
 # Environment: TESSERA_NEMESIS_SEED (default random; printed: the same seed replays the
 # same schedule of faults, not the same timing), TESSERA_NEMESIS_NODES (3),
 # TESSERA_NEMESIS_ROUNDS (6), TESSERA_NEMESIS_FAULT_SECS (4), TESSERA_NEMESIS_CLIENTS (2N),
+# TESSERA_NEMESIS_FAULTS (the kinds to draw from, default all),
 # and scripts/lib/cluster.sh's (TESSERA_BIN, TESSERA_TEST_SUBNET, ...).
 TEST=test-nemesis
+# Members talk on one network (the one partitions cut), clients reach them on another.
+CLIENT_NETWORK=1
 # Its own names: it may run beside `make test-cluster`.
 PREFIX=tessera-nemesis
 N=${TESSERA_NEMESIS_NODES:-3}
@@ -35,6 +40,13 @@ N=${TESSERA_NEMESIS_NODES:-3}
 source "$(dirname "${BASH_SOURCE[0]}")/lib/cluster.sh"
 
 ROUNDS=${TESSERA_NEMESIS_ROUNDS:-6}
+# The faults to draw from (all by default).
+read -r -a FAULTS <<<"${TESSERA_NEMESIS_FAULTS:-kill pause leader minority identity}"
+for f in "${FAULTS[@]}"; do
+    [[ " kill pause leader minority identity " == *" $f "* ]] ||
+        fail "TESSERA_NEMESIS_FAULTS: unknown fault '$f' (kill, pause, leader, minority, identity)"
+done
+((${#FAULTS[@]} > 0)) || fail "TESSERA_NEMESIS_FAULTS is empty"
 FAULT_SECS=${TESSERA_NEMESIS_FAULT_SECS:-4}
 CLIENTS=${TESSERA_NEMESIS_CLIENTS:-$((2 * N))}
 SEED=${TESSERA_NEMESIS_SEED:-$(od -An -N3 -tu4 /dev/urandom | tr -d ' ')}
@@ -120,7 +132,6 @@ recovered() {
     accepts_write "nemesis-$ROUND"
 }
 
-FAULTS=(kill pause leader minority identity)
 RECOVERY=()
 DONE_FAULTS=()
 for ROUND in $(seq 1 "$ROUNDS"); do
@@ -148,7 +159,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
             note "round $ROUND: cut the leader $(name "$v") off for ${FAULT_SECS}s"
             docker network disconnect "$NET" "${C[$v]}"
             sleep "$FAULT_SECS"
-            docker network connect --ip "${IP[$v]}" "$NET" "${C[$v]}"
+            docker network connect --ip "${MEMBER_IP[$v]}" "$NET" "${C[$v]}"
             ;;
         minority)
             pick_nodes $(((N - 1) / 2)); cut=("${PICKED[@]}")
@@ -156,7 +167,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
             note "round $ROUND: cut the minority ${names% } off for ${FAULT_SECS}s (the leader was $(name "$LEADER"))"
             for v in "${cut[@]}"; do docker network disconnect "$NET" "${C[$v]}"; done
             sleep "$FAULT_SECS"
-            for v in "${cut[@]}"; do docker network connect --ip "${IP[$v]}" "$NET" "${C[$v]}"; done
+            for v in "${cut[@]}"; do docker network connect --ip "${MEMBER_IP[$v]}" "$NET" "${C[$v]}"; done
             ;;
         identity)
             pick_nodes 1; v=${PICKED[0]}

@@ -788,6 +788,9 @@ impl NodeConfig {
         let raft = RaftConfig {
             election_ticks: self.timers.election_ticks,
             heartbeat_ticks: self.timers.heartbeat_ticks,
+            // A test-only build asked for the unsafe rule (see Cargo.toml).
+            #[cfg(feature = "dangerous-reference-quorum")]
+            dangerous_reference_quorum: true,
             ..RaftConfig::default()
         };
         let removal = self.timers.removal_timeout_secs;

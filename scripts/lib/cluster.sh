@@ -5,10 +5,16 @@
 # setting TEST (the name in messages) and N (the number of nodes); it sets `set -euo
 # pipefail` and the traps.
 #
+# With CLIENT_NETWORK=1 (set before sourcing) the nodes get two networks: members talk to
+# each other on the first (the one partitions cut), clients on the host reach them on the
+# second, whose containers cannot reach one another (inter-container traffic off), so a
+# node cut off from its peers still hears its clients, as a real partition allows.
+#
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (honoured), TESSERA_BIN (use this
 # binary, built with the mock-attestation feature, instead of building one),
-# TESSERA_TEST_SUBNET (a /24, default 172.31.250.0/24), TESSERA_TEST_DEADLINE (seconds per
-# wait, default 90), TESSERA_TEST_KEEP=1 (keep what was created, for a look).
+# TESSERA_TEST_SUBNET (a /24, default 172.31.250.0/24; the client network, when there is
+# one, takes the next /24), TESSERA_TEST_DEADLINE (seconds per wait, default 90),
+# TESSERA_TEST_KEEP=1 (keep what was created, for a look).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -19,6 +25,8 @@ KEEP=${TESSERA_TEST_KEEP:-0}
 PREFIX=${PREFIX:-tessera-test}
 IMAGE=$PREFIX:local
 NET=$PREFIX-net
+CLIENT_NETWORK=${CLIENT_NETWORK:-0}
+CLIENT_NET=$PREFIX-clients
 PORT=7000
 
 STEP="setup"
@@ -26,6 +34,7 @@ STARTED=$SECONDS
 FAILED=0
 WORK=""
 NET_CREATED=0
+CLIENT_NET_CREATED=0
 IMAGE_CREATED=0
 CREATED_CONTAINERS=()
 CREATED_VOLUMES=()
@@ -33,7 +42,9 @@ CREATED_VOLUMES=()
 CHILD_PIDS=()
 # Files copied next to the failure report when the test fails (histories, schedules).
 KEEP_ON_FAILURE=()
-declare -a C IP ID PEER
+# IP: where clients reach node i; MEMBER_IP: where members reach it (the same address
+# without a client network).
+declare -a C IP MEMBER_IP ID PEER
 declare -A IDX_OF_SHORT
 
 say() { printf '%s: %s\n' "$TEST" "$*"; }
@@ -84,13 +95,14 @@ cleanup() {
         echo "FAIL $TEST: step '$STEP': exited with status $rc" >&2
     fi
     if [[ $KEEP == 1 ]]; then
-        say "TESSERA_TEST_KEEP=1: leaving containers ${CREATED_CONTAINERS[*]:-none}, volumes ${CREATED_VOLUMES[*]:-none}, network $NET, image $IMAGE, files in $WORK"
+        say "TESSERA_TEST_KEEP=1: leaving containers ${CREATED_CONTAINERS[*]:-none}, volumes ${CREATED_VOLUMES[*]:-none}, networks $NET $CLIENT_NET, image $IMAGE, files in $WORK"
         exit "$rc"
     fi
     local c v
     for c in "${CREATED_CONTAINERS[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
     for v in "${CREATED_VOLUMES[@]}"; do docker volume rm -f "$v" >/dev/null 2>&1 || true; done
     if [[ $NET_CREATED == 1 ]]; then docker network rm "$NET" >/dev/null 2>&1 || true; fi
+    if [[ $CLIENT_NET_CREATED == 1 ]]; then docker network rm "$CLIENT_NET" >/dev/null 2>&1 || true; fi
     if [[ $IMAGE_CREATED == 1 ]]; then docker rmi -f "$IMAGE" >/dev/null 2>&1 || true; fi
     if [[ -n $WORK ]]; then rm -rf "$WORK"; fi
     exit "$rc"
@@ -216,12 +228,23 @@ preflight() {
     [[ $SUBNET =~ ^([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})\.0/24$ ]] ||
         fail "TESSERA_TEST_SUBNET must be a /24 written a.b.c.0/24, got '$SUBNET'"
     BASE=${BASH_REMATCH[1]}
-    if docker network inspect "$NET" >/dev/null 2>&1; then
-        fail "a Docker network named $NET already exists (left by an earlier run? docker network rm $NET)"
+    local subnets=("$BASE.0") net
+    CLIENT_BASE=$BASE
+    if [[ $CLIENT_NETWORK == 1 ]]; then
+        local third=${BASE##*.}
+        ((third < 255)) || fail "TESSERA_TEST_SUBNET: no next /24 for the client network after $SUBNET"
+        CLIENT_BASE=${BASE%.*}.$((third + 1))
+        subnets+=("$CLIENT_BASE.0")
     fi
+    for net in "$NET" "$CLIENT_NET"; do
+        if docker network inspect "$net" >/dev/null 2>&1; then
+            fail "a Docker network named $net already exists (left by an earlier run? docker network rm $net)"
+        fi
+    done
     for i in $(all_nodes); do
         C[i]=$PREFIX-$((i + 1))
-        IP[i]=$BASE.$((11 + i))
+        MEMBER_IP[i]=$BASE.$((11 + i))
+        IP[i]=$CLIENT_BASE.$((11 + i))
         if docker container inspect "${C[$i]}" >/dev/null 2>&1; then
             fail "a container named ${C[$i]} already exists (docker rm -f ${C[$i]})"
         fi
@@ -232,7 +255,8 @@ preflight() {
     # The subnet must not be used on this host: Docker checks its own networks, not the
     # host's routes.
     if command -v ip >/dev/null; then
-        if ip -4 route show | awk -v net="$BASE.0" '
+        for net in "${subnets[@]}"; do
+        if ip -4 route show | awk -v net="$net" '
             function addr(text, parts) { split(text, parts, "."); return ((parts[1] * 256 + parts[2]) * 256 + parts[3]) * 256 + parts[4] }
             $1 != "default" {
                 n = split($1, cidr, "/"); len = n == 2 ? cidr[2] : 32; if (len > 24) len = 24
@@ -240,8 +264,9 @@ preflight() {
                 if (int(addr(cidr[1]) / block) == int(addr(net) / block)) found = 1
             }
             END { exit !found }'; then
-            fail "subnet $SUBNET is already routed on this host (ip route): set TESSERA_TEST_SUBNET to a free /24"
+            fail "subnet $net/24 is already routed on this host (ip route): set TESSERA_TEST_SUBNET to a free /24"
         fi
+        done
     fi
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/$TEST.XXXXXX")
 }
@@ -314,6 +339,15 @@ create_network() {
     fi
     NET_CREATED=1
     say "network $NET ($SUBNET, internal: no route out)"
+    if [[ $CLIENT_NETWORK == 1 ]]; then
+        if ! out=$(docker network create --driver bridge --subnet "$CLIENT_BASE.0/24" \
+            --gateway "$CLIENT_BASE.1" --internal -o com.docker.network.bridge.enable_icc=false \
+            --label tessera-test=1 "$CLIENT_NET" 2>&1); then
+            fail "cannot create network $CLIENT_NET with subnet $CLIENT_BASE.0/24: $out"
+        fi
+        CLIENT_NET_CREATED=1
+        say "network $CLIENT_NET ($CLIENT_BASE.0/24, clients only: containers cannot reach each other on it)"
+    fi
 }
 
 # new_node_key I: a fresh key for node I in $WORK/nodeI/node.key; sets ID, PEER and the
@@ -351,9 +385,9 @@ write_keys_and_configs() {
         for j in $(all_nodes); do
             [[ $j == "$i" ]] && continue
             if [[ $by_address == by-address ]]; then
-                bootstrap+="${bootstrap:+, }\"${IP[$j]}:$PORT\""
+                bootstrap+="${bootstrap:+, }\"${MEMBER_IP[$j]}:$PORT\""
             else
-                bootstrap+="${bootstrap:+, }\"${PEER[$j]}\""
+                bootstrap+="${bootstrap:+, }\"${ID[$j]}@${MEMBER_IP[$j]}:$PORT\""
             fi
         done
         # Listen on every address: a node may have to start with no network at all, where
@@ -393,7 +427,7 @@ run_node() {
     fi
     [[ " ${CREATED_CONTAINERS[*]} " == *" ${C[$i]} "* ]] || CREATED_CONTAINERS+=("${C[$i]}")
     docker run -d --name "${C[$i]}" --hostname "$(name "$i")" --label tessera-test=1 \
-        --network "$NET" --ip "${IP[$i]}" \
+        --network "$NET" --ip "${MEMBER_IP[$i]}" \
         --read-only --tmpfs /tmp \
         -v "${C[$i]}-data:/var/lib/tessera" \
         -v "$WORK/node$i/node.toml:/etc/tessera/node.toml:ro" \
@@ -401,7 +435,12 @@ run_node() {
         -v "$WORK/group.key:/etc/tessera/group.key:ro" \
         -v "$WORK/client.key:/etc/tessera/client.key:ro" \
         "$IMAGE" >/dev/null
-    say "started ${C[$i]}: $(name "$i") ${ID[$i]:0:10} at ${IP[$i]}:$PORT"
+    local clients=""
+    if [[ $CLIENT_NETWORK == 1 ]]; then
+        docker network connect --ip "${IP[$i]}" "$CLIENT_NET" "${C[$i]}"
+        clients=" (clients: ${IP[$i]})"
+    fi
+    say "started ${C[$i]}: $(name "$i") ${ID[$i]:0:10} at ${MEMBER_IP[$i]}:$PORT$clients"
 }
 
 # start_all: every node's container, then their ready lines.

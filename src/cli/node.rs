@@ -414,6 +414,11 @@ fn node(args: NodeArgs) -> Result<()> {
 async fn serve(p: Prepared) -> Result<()> {
     let config = &p.config;
     let node_key = p.secret.public();
+    #[cfg(feature = "dangerous-reference-quorum")]
+    eprintln!(
+        "tessera node: WARNING: built with the test-only feature dangerous-reference-quorum: \
+         quorums count only the voters reachable now, which is unsafe under partitions"
+    );
     if p.fresh_secret {
         println!("tessera node: node id {node_key} (fresh key, kept in memory only)");
     }

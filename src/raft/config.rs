@@ -45,9 +45,10 @@ pub struct RaftConfig {
     /// Most read-index requests waiting for confirmation at once.
     pub max_pending_reads: usize,
     /// Test only: count quorums the way the reference runtime did (a majority of the
-    /// reachable voters). Unsafe under partitions; exists so the simulator can prove it
-    /// catches split brain.
-    #[cfg(test)]
+    /// reachable voters). Unsafe under partitions; exists so the simulator and the
+    /// container nemesis (feature `dangerous-reference-quorum`) can prove they catch split
+    /// brain.
+    #[cfg(any(test, feature = "dangerous-reference-quorum"))]
     pub dangerous_reference_quorum: bool,
 }
 
@@ -71,7 +72,7 @@ impl Default for RaftConfig {
             promotion_lag_entries: 64,
             replace_after_rounds: 4,
             max_pending_reads: 4096,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "dangerous-reference-quorum"))]
             dangerous_reference_quorum: false,
         }
     }

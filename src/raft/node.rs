@@ -429,7 +429,7 @@ impl Raft {
     /// The voter set quorums are counted over. Always the configuration, except under the
     /// test-only reference rule, which shrinks it to the reachable voters.
     pub(super) fn quorum_view(&self) -> Cow<'_, Membership> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "dangerous-reference-quorum"))]
         if self.config.dangerous_reference_quorum {
             let mut view = self.membership.clone();
             view.voters
