@@ -44,11 +44,16 @@ test: deps
 	$(CARGO) test --workspace --locked
 	CARGO="$(CARGO)" scripts/check-production-build.sh
 
-## test-cluster: three nodes in Docker containers on a bridge network of their own (image
-## FROM scratch, nothing pulled): partition the leader, restart a follower from RocksDB.
-## Needs Docker; see scripts/test-cluster.sh for its settings (TESSERA_TEST_SUBNET, ...).
+## test-cluster: the container tests, long version; needs Docker (fails without it). First
+## three nodes on a bridge network of their own (image FROM scratch, nothing pulled) with a
+## fixed script: partition the leader, restart a follower from RocksDB
+## (scripts/test-cluster.sh). Then the seeded nemesis on 3 and on 5 members (test-nemesis,
+## one seed for both: TESSERA_NEMESIS_SEED, printed).
 test-cluster:
 	CARGO="$(CARGO)" scripts/test-cluster.sh
+	seed=$${TESSERA_NEMESIS_SEED:-$$(od -An -N3 -tu4 /dev/urandom | tr -d ' ')}; \
+	CARGO="$(CARGO)" TESSERA_NEMESIS_SEED=$$seed TESSERA_NEMESIS_NODES=3 scripts/test-nemesis.sh && \
+	CARGO="$(CARGO)" TESSERA_NEMESIS_SEED=$$seed TESSERA_NEMESIS_NODES=5 scripts/test-nemesis.sh
 
 ## test-nemesis: a seeded nemesis (kill, pause, partitions, new identities) against node
 ## containers while concurrent clients record a history that must be linearizable; needs
