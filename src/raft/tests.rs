@@ -34,6 +34,26 @@ fn bootstrapped(id: u64, members: &[u64]) -> Raft {
 }
 
 /// Completes a Ready's writes at once, as a driver with an instant disk would.
+/// Node `id` restarted with nothing on disk but `snapshot` and a hard state of `term`
+/// and `commit`.
+fn restarted_from_snapshot(id: u64, snapshot: Snapshot, term: Term, commit: Index) -> Raft {
+    Raft::new(
+        n(id),
+        config(),
+        1,
+        InitialState {
+            hard_state: HardState {
+                term,
+                vote: None,
+                commit,
+            },
+            snapshot: Some(snapshot),
+            entries: Vec::new(),
+        },
+    )
+    .unwrap()
+}
+
 fn persist(r: &mut Raft, ready: &Ready) {
     if let Some((index, term)) = ready.persisted_position() {
         r.step(Input::Persisted { index, term }).unwrap();
@@ -1244,21 +1264,7 @@ fn the_incarnation_is_the_first_entry_and_outlives_it() {
     );
     assert_eq!(c.node(1).incarnation(), Some(ours));
 
-    let restarted = Raft::new(
-        n(1),
-        config(),
-        1,
-        InitialState {
-            hard_state: HardState {
-                term: c.node(1).term(),
-                vote: None,
-                commit: applied,
-            },
-            snapshot: Some(snapshot.clone()),
-            entries: Vec::new(),
-        },
-    )
-    .unwrap();
+    let restarted = restarted_from_snapshot(1, snapshot.clone(), c.node(1).term(), applied);
     assert_eq!(
         restarted.incarnation(),
         Some(ours),
@@ -1303,21 +1309,7 @@ fn the_entry_stamp_floor_outlives_compaction_restart_and_install() {
         "the stamp of the entry at the index"
     );
 
-    let restarted = Raft::new(
-        n(1),
-        config(),
-        1,
-        InitialState {
-            hard_state: HardState {
-                term: c.node(1).term(),
-                vote: None,
-                commit: applied,
-            },
-            snapshot: Some(snapshot.clone()),
-            entries: Vec::new(),
-        },
-    )
-    .unwrap();
+    let restarted = restarted_from_snapshot(1, snapshot.clone(), c.node(1).term(), applied);
     assert_eq!(
         restarted.last_timestamp_ms(),
         3_000,
