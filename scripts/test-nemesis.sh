@@ -15,7 +15,11 @@
 #   leader     cut the leader off the network;
 #   minority   cut a minority (1 of 3, 2 of 5) off, leader included or not;
 #   identity   replace a node by a new identity on the same disk, as a TD reboot does
-#              (the old records are set aside; it joins as a new member).
+#              (the old records are set aside; it joins as a new member);
+#   restart    stop a node with SIGTERM (`docker stop`) and start it again at once.
+# TESSERA_NEMESIS_ROLLING=1 is a rolling restart instead: one `restart` round per node, in
+# order, under the same load and checks; each round's recovery time is that node's
+# unavailability as the group sees it.
 # After each heal: the group must recover (every node answers, one leader, full bonds) and
 # accept a write; the time to recover is recorded. At the end the workload stops, the
 # history must be linearizable (`tessera lincheck`), and every node must converge on the
@@ -28,7 +32,7 @@
 # Environment: TESSERA_NEMESIS_SEED (default random; printed: the same seed replays the
 # same schedule of faults, not the same timing), TESSERA_NEMESIS_NODES (3),
 # TESSERA_NEMESIS_ROUNDS (6), TESSERA_NEMESIS_FAULT_SECS (4), TESSERA_NEMESIS_CLIENTS (2N),
-# TESSERA_NEMESIS_FAULTS (the kinds to draw from, default all),
+# TESSERA_NEMESIS_FAULTS (the kinds to draw from, default all), TESSERA_NEMESIS_ROLLING,
 # and scripts/lib/cluster.sh's (TESSERA_BIN, TESSERA_TEST_SUBNET, ...).
 TEST=test-nemesis
 # Members talk on one network (the one partitions cut), clients reach them on another.
@@ -41,11 +45,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/cluster.sh"
 
 ROUNDS=${TESSERA_NEMESIS_ROUNDS:-6}
 # The faults to draw from (all by default).
-read -r -a FAULTS <<<"${TESSERA_NEMESIS_FAULTS:-kill pause leader minority identity}"
+read -r -a FAULTS <<<"${TESSERA_NEMESIS_FAULTS:-kill pause leader minority identity restart}"
 for f in "${FAULTS[@]}"; do
-    [[ " kill pause leader minority identity " == *" $f "* ]] ||
-        fail "TESSERA_NEMESIS_FAULTS: unknown fault '$f' (kill, pause, leader, minority, identity)"
+    [[ " kill pause leader minority identity restart " == *" $f "* ]] ||
+        fail "TESSERA_NEMESIS_FAULTS: unknown fault '$f' (kill, pause, leader, minority, identity, restart)"
 done
+ROLLING=${TESSERA_NEMESIS_ROLLING:-0}
+if [[ $ROLLING == 1 ]]; then
+    ROUNDS=$N
+    FAULTS=(restart)
+fi
 ((${#FAULTS[@]} > 0)) || fail "TESSERA_NEMESIS_FAULTS is empty"
 FAULT_SECS=${TESSERA_NEMESIS_FAULT_SECS:-4}
 CLIENTS=${TESSERA_NEMESIS_CLIENTS:-$((2 * N))}
@@ -60,7 +69,11 @@ KEYS=4
 RANDOM=$SEED
 OUT_DIR=$ROOT/target/nemesis/seed-$SEED
 FAILURE_DIR=$OUT_DIR
-say "seed $SEED (TESSERA_NEMESIS_SEED=$SEED replays this schedule); $N nodes, $ROUNDS rounds of ${FAULT_SECS}s, $CLIENTS clients"
+if [[ $ROLLING == 1 ]]; then
+    say "seed $SEED; rolling restart of $N nodes under $CLIENTS clients"
+else
+    say "seed $SEED (TESSERA_NEMESIS_SEED=$SEED replays this schedule); $N nodes, $ROUNDS rounds of ${FAULT_SECS}s, $CLIENTS clients"
+fi
 
 preflight
 build_binary
@@ -138,7 +151,17 @@ for ROUND in $(seq 1 "$ROUNDS"); do
     STEP="round $ROUND"
     workload_running
     fault=${FAULTS[$((RANDOM % ${#FAULTS[@]}))]}
+    round_started=$SECONDS
     case $fault in
+        restart)
+            if [[ $ROLLING == 1 ]]; then v=$((ROUND - 1)); else pick_nodes 1; v=${PICKED[0]}; fi
+            note "round $ROUND: restart $(name "$v") (SIGTERM, then start)"
+            RUNNING=()
+            docker stop -t 20 "${C[$v]}" >/dev/null
+            code=$(docker inspect -f '{{.State.ExitCode}}' "${C[$v]}")
+            [[ $code == 0 ]] || fail "$(name "$v") exited with status $code on SIGTERM"
+            docker start "${C[$v]}" >/dev/null
+            ;;
         kill)
             pick_nodes 1; v=${PICKED[0]}
             note "round $ROUND: SIGKILL $(name "$v") for ${FAULT_SECS}s"
@@ -184,7 +207,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
     mapfile -t RUNNING < <(all_nodes)
     wait_for "recovery after $fault (all answer, one leader, bonded, a write accepted)" recovered
     RECOVERY+=("$WAITED")
-    note "round $ROUND: recovered in ${WAITED}s: $(name "$LEADER") leads in term $TERM_NOW"
+    note "round $ROUND: recovered in ${WAITED}s after the heal ($((SECONDS - round_started))s since the fault began): $(name "$LEADER") leads in term $TERM_NOW"
 done
 
 # ---------------------------------------------------------------------------------------
