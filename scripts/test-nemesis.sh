@@ -20,6 +20,9 @@
 # TESSERA_NEMESIS_ROLLING=1 is a rolling restart instead: one `restart` round per node, in
 # order, under the same load and checks; each round's recovery time is that node's
 # unavailability as the group sees it.
+# Beside the group, on the member network, for the whole run: an intruder with a genuine
+# (mock) quote but another group key. It must never bond: the members refuse it
+# (WrongGroup in their logs), never list it, and its own log shows the refusals.
 # After each heal: the group must recover (every node answers, one leader, full bonds) and
 # accept a write; the time to recover is recorded. At the end the workload stops, the
 # history must be linearizable (`tessera lincheck`), and every node must converge on the
@@ -85,6 +88,27 @@ start_all
 STEP="elect"
 wait_for "one leader, all bonded" healthy
 say "$(name "$LEADER") leads in term $TERM_NOW"
+
+# ---------------------------------------------------------------------------------------
+STEP="intruder"
+INTRUDER=$PREFIX-intruder
+mkdir "$WORK/intruder"
+"$BIN" keygen --group --out "$WORK/intruder/group.key" >/dev/null 2>"$WORK/keygen.err" ||
+    fail "keygen --group: $(cat "$WORK/keygen.err")"
+INTRUDER_ID=$("$BIN" keygen --out "$WORK/intruder/node.key" 2>"$WORK/keygen.err") ||
+    fail "keygen: $(cat "$WORK/keygen.err")"
+members=""
+for i in $(all_nodes); do members+="${members:+, }\"${MEMBER_IP[$i]}:$PORT\""; done
+sed -e "s|^bootstrap = .*|bootstrap = [$members]|" -e "s|^# .*|# the intruder of $TEST: another group key|" \
+    "$WORK/node0/node.toml" >"$WORK/intruder/node.toml"
+CREATED_CONTAINERS+=("$INTRUDER")
+docker run -d --name "$INTRUDER" --hostname intruder --label tessera-test=1 \
+    --network "$NET" --ip "$BASE.50" --read-only --tmpfs /tmp --tmpfs /var/lib/tessera:mode=700 \
+    -v "$WORK/intruder/node.toml:/etc/tessera/node.toml:ro" \
+    -v "$WORK/intruder/node.key:/etc/tessera/node.key:ro" \
+    -v "$WORK/intruder/group.key:/etc/tessera/group.key:ro" \
+    "$IMAGE" >/dev/null
+say "started the intruder ${INTRUDER_ID:0:10} at $BASE.50 (another group key), dialling every member"
 
 # ---------------------------------------------------------------------------------------
 STEP="workload"
@@ -253,6 +277,24 @@ converged() {
 }
 wait_for "every node holding what a linearizable read sees, for every key" converged
 
+STEP="intruder"
+if docker logs "$INTRUDER" 2>&1 | grep -qE 'bond: bonded( |$)'; then
+    fail "the intruder ${INTRUDER_ID:0:10} (another group key) bonded with a member"
+fi
+query $(all_nodes) || true
+if grep -q "${INTRUDER_ID:0:10}" <<<"$STATUS"; then
+    fail "a member lists the intruder ${INTRUDER_ID:0:10}: $STATUS"
+fi
+refusals=0
+for i in $(all_nodes); do
+    n=$(docker logs "${C[$i]}" 2>&1 | grep -c 'bond refused.*WrongGroup' || true)
+    refusals=$((refusals + n))
+done
+((refusals > 0)) || fail "no member logged refusing the intruder (bond refused, WrongGroup)"
+docker logs "$INTRUDER" 2>&1 | grep -q 'bond refused' ||
+    fail "the intruder's log does not show its bonds refused"
+say "the intruder never bonded: $refusals refusals (WrongGroup) in the members' logs, none lists it"
+
 # ---------------------------------------------------------------------------------------
 STEP="report"
 mkdir -p "$OUT_DIR"
@@ -266,6 +308,7 @@ ops=$(grep -E '^tessera workload: [0-9]+ operations' "$WORK/workload.out" | awk 
     echo "faults (recovery after heal, seconds):"
     for r in $(seq 0 $((ROUNDS - 1))); do echo "  round $((r + 1)): ${DONE_FAULTS[$r]} ${RECOVERY[$r]}"; done
     echo "verdict: $(head -n1 "$WORK/lincheck.out")"
+    echo "intruder (another group key): never bonded, $refusals refusals in the members' logs"
     echo "schedule:"
     sed 's/^/  /' "$SCHEDULE"
 } >"$OUT_DIR/report.txt"
@@ -273,4 +316,4 @@ STEP="done"
 max=0
 for t in "${RECOVERY[@]}"; do ((t > max)) && max=$t; done
 echo "PASS $TEST: seed $SEED, $N nodes, $ROUNDS faults (${DONE_FAULTS[*]}), ${ops:-?} operations linearizable," \
-    "all nodes converged, slowest recovery ${max}s; report $OUT_DIR/report.txt; $((SECONDS - STARTED))s"
+    "all nodes converged, the intruder never bonded, slowest recovery ${max}s; report $OUT_DIR/report.txt; $((SECONDS - STARTED))s"
