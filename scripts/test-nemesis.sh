@@ -20,9 +20,11 @@
 # TESSERA_NEMESIS_ROLLING=1 is a rolling restart instead: one `restart` round per node, in
 # order, under the same load and checks; each round's recovery time is that node's
 # unavailability as the group sees it.
-# Beside the group, on the member network, for the whole run: an intruder with a genuine
-# (mock) quote but another group key. It must never bond: the members refuse it
-# (WrongGroup in their logs), never list it, and its own log shows the refusals.
+# Beside the group, on the member network, for the whole run, three intruders dial every
+# member: a genuine (mock) quote with another group key; the group key with a quote of
+# another image (another MRTD); the group key with a quote whose signature does not chain
+# to the root (another mock PKI). None may bond: the members log refusing each, none lists
+# one, and each intruder's own log shows the refusals.
 # After each heal: the group must recover (every node answers, one leader, full bonds) and
 # accept a write; the time to recover is recorded. At the end the workload stops, the
 # history must be linearizable (`tessera lincheck`), and every node must converge on the
@@ -90,25 +92,41 @@ wait_for "one leader, all bonded" healthy
 say "$(name "$LEADER") leads in term $TERM_NOW"
 
 # ---------------------------------------------------------------------------------------
-STEP="intruder"
-INTRUDER=$PREFIX-intruder
-mkdir "$WORK/intruder"
-"$BIN" keygen --group --out "$WORK/intruder/group.key" >/dev/null 2>"$WORK/keygen.err" ||
+STEP="intruders"
+# start_intruder NAME IP GROUP_KEY [MOCK_TOML]: a node named NAME at IP on the member
+# network with the group key GROUP_KEY and, when given, [mock] switches; sets
+# INTRUDER_ID[NAME]. It dials every member.
+declare -A INTRUDER_ID
+INTRUDERS=()
+start_intruder() {
+    local who=$1 ip=$2 key=$3 mock=${4:-} members="" i
+    local dir=$WORK/intruder-$who c=$PREFIX-intruder-$who
+    mkdir "$dir"
+    cp "$key" "$dir/group.key"
+    INTRUDER_ID[$who]=$("$BIN" keygen --out "$dir/node.key" 2>"$WORK/keygen.err") ||
+        fail "keygen: $(cat "$WORK/keygen.err")"
+    for i in $(all_nodes); do members+="${members:+, }\"${MEMBER_IP[$i]}:$PORT\""; done
+    sed -e "s|^bootstrap = .*|bootstrap = [$members]|" -e "s|^# .*|# intruder $who of $TEST|" \
+        "$WORK/node0/node.toml" >"$dir/node.toml"
+    [[ -z $mock ]] || printf '\n[mock]\n%s\n' "$mock" >>"$dir/node.toml"
+    CREATED_CONTAINERS+=("$c")
+    INTRUDERS+=("$who")
+    docker run -d --name "$c" --hostname "intruder-$who" --label tessera-test=1 \
+        --network "$NET" --ip "$ip" --read-only --tmpfs /tmp --tmpfs /var/lib/tessera:mode=700 \
+        -v "$dir/node.toml:/etc/tessera/node.toml:ro" \
+        -v "$dir/node.key:/etc/tessera/node.key:ro" \
+        -v "$dir/group.key:/etc/tessera/group.key:ro" \
+        "$IMAGE" >/dev/null
+    say "started intruder $who ${INTRUDER_ID[$who]:0:10} at $ip, dialling every member"
+}
+"$BIN" keygen --group --out "$WORK/other-group.key" >/dev/null 2>"$WORK/keygen.err" ||
     fail "keygen --group: $(cat "$WORK/keygen.err")"
-INTRUDER_ID=$("$BIN" keygen --out "$WORK/intruder/node.key" 2>"$WORK/keygen.err") ||
-    fail "keygen: $(cat "$WORK/keygen.err")"
-members=""
-for i in $(all_nodes); do members+="${members:+, }\"${MEMBER_IP[$i]}:$PORT\""; done
-sed -e "s|^bootstrap = .*|bootstrap = [$members]|" -e "s|^# .*|# the intruder of $TEST: another group key|" \
-    "$WORK/node0/node.toml" >"$WORK/intruder/node.toml"
-CREATED_CONTAINERS+=("$INTRUDER")
-docker run -d --name "$INTRUDER" --hostname intruder --label tessera-test=1 \
-    --network "$NET" --ip "$BASE.50" --read-only --tmpfs /tmp --tmpfs /var/lib/tessera:mode=700 \
-    -v "$WORK/intruder/node.toml:/etc/tessera/node.toml:ro" \
-    -v "$WORK/intruder/node.key:/etc/tessera/node.key:ro" \
-    -v "$WORK/intruder/group.key:/etc/tessera/group.key:ro" \
-    "$IMAGE" >/dev/null
-say "started the intruder ${INTRUDER_ID:0:10} at $BASE.50 (another group key), dialling every member"
+# A genuine quote, the wrong group key: refused at the group proof.
+start_intruder key "$BASE.50" "$WORK/other-group.key"
+# The group key, a quote of another image (another MRTD): refused at the ticket.
+start_intruder measurement "$BASE.51" "$WORK/group.key" "mr_td = \"$(printf 'ee%.0s' $(seq 48))\""
+# The group key, a quote signed by a PKI that does not chain to the root: refused too.
+start_intruder forged "$BASE.52" "$WORK/group.key" "pki_seed = \"$(printf '11%.0s' $(seq 32))\""
 
 # ---------------------------------------------------------------------------------------
 STEP="workload"
@@ -277,23 +295,33 @@ converged() {
 }
 wait_for "every node holding what a linearizable read sees, for every key" converged
 
-STEP="intruder"
-if docker logs "$INTRUDER" 2>&1 | grep -qE 'bond: bonded( |$)'; then
-    fail "the intruder ${INTRUDER_ID:0:10} (another group key) bonded with a member"
-fi
+STEP="intruders"
 query $(all_nodes) || true
-if grep -q "${INTRUDER_ID:0:10}" <<<"$STATUS"; then
-    fail "a member lists the intruder ${INTRUDER_ID:0:10}: $STATUS"
-fi
-refusals=0
-for i in $(all_nodes); do
-    n=$(docker logs "${C[$i]}" 2>&1 | grep -c 'bond refused.*WrongGroup' || true)
-    refusals=$((refusals + n))
+INTRUDER_REPORT=""
+for who in "${INTRUDERS[@]}"; do
+    short=${INTRUDER_ID[$who]:0:10}
+    c=$PREFIX-intruder-$who
+    if docker logs "$c" 2>&1 | grep -qE 'bond: bonded( |$)'; then
+        fail "intruder $who ($short) bonded with a member"
+    fi
+    if grep -q "$short" <<<"$STATUS"; then
+        fail "a member lists intruder $who ($short): $STATUS"
+    fi
+    refusals=0
+    reasons=""
+    for i in $(all_nodes); do
+        lines=$(docker logs "${C[$i]}" 2>&1 | grep 'bond refused' | grep "peer=$short" || true)
+        [[ -n $lines ]] || continue
+        refusals=$((refusals + $(wc -l <<<"$lines")))
+        reasons+=" $(grep -oE 'reason=[A-Za-z]+' <<<"$lines" | sort -u | tr '\n' ' ')"
+    done
+    ((refusals > 0)) || fail "no member logged refusing intruder $who ($short)"
+    docker logs "$c" 2>&1 | grep -q 'bond refused' ||
+        fail "intruder $who's own log does not show its bonds refused"
+    reasons=$(tr ' ' '\n' <<<"$reasons" | sed '/^$/d' | sort -u | paste -sd, -)
+    say "intruder $who never bonded: $refusals refusals by the members ($reasons), none lists it"
+    INTRUDER_REPORT+="  $who: never bonded, $refusals refusals ($reasons)"$'\n'
 done
-((refusals > 0)) || fail "no member logged refusing the intruder (bond refused, WrongGroup)"
-docker logs "$INTRUDER" 2>&1 | grep -q 'bond refused' ||
-    fail "the intruder's log does not show its bonds refused"
-say "the intruder never bonded: $refusals refusals (WrongGroup) in the members' logs, none lists it"
 
 # ---------------------------------------------------------------------------------------
 STEP="report"
@@ -308,7 +336,8 @@ ops=$(grep -E '^tessera workload: [0-9]+ operations' "$WORK/workload.out" | awk 
     echo "faults (recovery after heal, seconds):"
     for r in $(seq 0 $((ROUNDS - 1))); do echo "  round $((r + 1)): ${DONE_FAULTS[$r]} ${RECOVERY[$r]}"; done
     echo "verdict: $(head -n1 "$WORK/lincheck.out")"
-    echo "intruder (another group key): never bonded, $refusals refusals in the members' logs"
+    echo "intruders:"
+    printf '%s' "$INTRUDER_REPORT"
     echo "schedule:"
     sed 's/^/  /' "$SCHEDULE"
 } >"$OUT_DIR/report.txt"
@@ -316,4 +345,4 @@ STEP="done"
 max=0
 for t in "${RECOVERY[@]}"; do ((t > max)) && max=$t; done
 echo "PASS $TEST: seed $SEED, $N nodes, $ROUNDS faults (${DONE_FAULTS[*]}), ${ops:-?} operations linearizable," \
-    "all nodes converged, the intruder never bonded, slowest recovery ${max}s; report $OUT_DIR/report.txt; $((SECONDS - STARTED))s"
+    "all nodes converged, ${#INTRUDERS[@]} intruders never bonded, slowest recovery ${max}s; report $OUT_DIR/report.txt; $((SECONDS - STARTED))s"

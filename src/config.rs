@@ -67,6 +67,10 @@
 //! allow = "any"                         # or a list of client public keys; default: nobody
 //! operators = ["<64 hex>"]              # keys that may remove members (`tessera member
 //!                                       #   remove`); served as clients too; default: none
+//!
+//! [mock]                                # TEST ONLY, with attestation = "mock": intruders
+//! mr_td = "<96 hex>"                    #   for the container tests (a quote of another
+//! pki_seed = "<64 hex>"                 #   image; one not chaining to the mock root)
 //! ```
 //!
 //! Loading the schema ([`NodeConfig::load`]) reads only the config file; the files it points
@@ -231,6 +235,8 @@ pub struct NodeConfig {
     pub client: ClientAllow,
     /// Keys that may change the membership (`[client] operators`).
     pub operators: Vec<PublicKey>,
+    /// `[mock]`: test switches of the mock provider (intruders in the container tests).
+    pub mock: MockOverrides,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +270,39 @@ struct RawConfig {
     metrics: Option<String>,
     #[serde(default)]
     client: RawClient,
+    mock: Option<RawMock>,
+}
+
+/// `[mock]`: test switches of the mock provider, to make intruders for the container
+/// tests. Only with `attestation = "mock"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMock {
+    mr_td: Option<String>,
+    pki_seed: Option<String>,
+}
+
+/// What `[mock]` changes in this node's mock quotes (test only: intruders for the container
+/// tests). Empty unless asked for, and refused without `attestation = "mock"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MockOverrides {
+    /// `mock.mr_td`: the measurement the quotes carry instead of the mock's own.
+    pub mr_td: Option<[u8; 48]>,
+    /// `mock.pki_seed`: another mock PKI, whose quotes do not chain to the mock root (a
+    /// forged signature, as a verifier sees it).
+    pub pki_seed: Option<[u8; 32]>,
+}
+
+/// `N` bytes from hex text, or why not.
+fn hex_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
+    let bytes = hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?;
+    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "expected {N} bytes ({} hex digits), got {}",
+            2 * N,
+            bytes.len()
+        )
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -545,6 +584,29 @@ impl NodeConfig {
                 format!("\"mock\" refused: {NO_MOCK_IN_THIS_BUILD}"),
             ));
         }
+        let mock = match &raw.mock {
+            None => MockOverrides::default(),
+            Some(_) if attestation != AttestationMode::Mock => {
+                return Err(field(
+                    "mock",
+                    "test switches of the mock provider: only with attestation = \"mock\"".into(),
+                ))
+            }
+            Some(m) => MockOverrides {
+                mr_td: m
+                    .mr_td
+                    .as_deref()
+                    .map(hex_array::<48>)
+                    .transpose()
+                    .map_err(|r| field("mock.mr_td", r))?,
+                pki_seed: m
+                    .pki_seed
+                    .as_deref()
+                    .map(hex_array::<32>)
+                    .transpose()
+                    .map_err(|r| field("mock.pki_seed", r))?,
+            },
+        };
         let pccs = parse_pccs(&raw).map_err(|(f, r)| field(f, r))?;
         if attestation == AttestationMode::Tdx && raw.collateral_file.is_none() && pccs.is_none() {
             return Err(field(
@@ -644,6 +706,7 @@ impl NodeConfig {
             metrics,
             client,
             operators,
+            mock,
         })
     }
 
@@ -1161,6 +1224,50 @@ allow = ["{k}"]
         assert_eq!(c.attestation, AttestationMode::Mock);
         assert_eq!(c.client, ClientAllow::Any);
         assert_eq!(c.load_policies().expect("its policy").len(), 1);
+    }
+
+    /// `[mock]` changes the mock quotes (intruders for the container tests), only with
+    /// `attestation = "mock"`, and names the field it refuses.
+    #[test]
+    fn mock_switches_parse_only_with_mock_attestation() {
+        let mr_td = "ab".repeat(48);
+        let seed = "cd".repeat(32);
+        let c = parse(&format!(
+            "{}\n[mock]\nmr_td = \"{mr_td}\"\npki_seed = \"{seed}\"\n",
+            good()
+        ))
+        .expect("mock switches");
+        assert_eq!(c.mock.mr_td, Some([0xab; 48]));
+        assert_eq!(c.mock.pki_seed, Some([0xcd; 32]));
+        assert_eq!(parse(&good()).expect("good").mock, MockOverrides::default());
+        for (extra, want) in [
+            (
+                "mr_td = \"abcd\"",
+                "mock.mr_td: expected 48 bytes (96 hex digits), got 2",
+            ),
+            ("pki_seed = \"xyz\"", "mock.pki_seed: not hex"),
+            ("mrtd = \"ab\"", "unknown field `mrtd`"),
+        ] {
+            let err = error_of(&format!("{}\n[mock]\n{extra}\n", good()));
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        let tdx = good()
+            .replace(
+                "attestation = \"mock\"",
+                "attestation = \"tdx\"\npccs_url = \"https://p.local\"",
+            )
+            .replace("group_key_file = \"group.key\"\n", "")
+            + &format!(
+                "\n[provision]\nallow = [\"{}\"]\n[mock]\nmr_td = \"{mr_td}\"\n",
+                key_hex()
+            );
+        let err = error_of(&tdx);
+        assert!(
+            err.contains(
+                "mock: test switches of the mock provider: only with attestation = \"mock\""
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -227,10 +227,17 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
         AttestationMode::Mock => {
             // The mock "host" starts the mock TD with this config's id, as run-tdx.sh
             // does: its quotes name the config, and policies can pin it.
-            let mock = MockConfig {
+            let mut mock = MockConfig {
                 mr_config_id: config_id,
                 ..MockConfig::default()
             };
+            // `[mock]` test switches: an intruder with another measurement or PKI.
+            if let Some(mr_td) = config.mock.mr_td {
+                mock.mr_td = mr_td;
+            }
+            if let Some(seed) = config.mock.pki_seed {
+                mock.seed = seed;
+            }
             let provider = MockProvider::new(mock.clone())
                 .map_err(|e| config.error("attestation", format!("mock provider: {e}")))?;
             let collateral = provider
