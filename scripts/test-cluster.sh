@@ -186,7 +186,10 @@ RUNNING=()
 for i in $(seq 0 $((N - 1))); do [[ $i == "$F" ]] || RUNNING+=("$i"); done
 code=$(docker inspect -f '{{.State.ExitCode}}' "${C[$F]}")
 [[ $code == 0 ]] || fail "$(name "$F") exited with status $code on SIGTERM"
-docker logs "${C[$F]}" 2>&1 | grep -q 'tessera node: stopped (SIGTERM)' ||
+# The logs are read whole first: `docker logs | grep -q` under pipefail fails when grep
+# stops reading early (docker gets SIGPIPE), which would read as "not found".
+logs=$(docker logs "${C[$F]}" 2>&1)
+grep -q 'tessera node: stopped (SIGTERM)' <<<"$logs" ||
     fail "$(name "$F") did not report a clean stop"
 put "$LEADER" while-down "written while a follower was stopped"
 # Start it with no network at all: what it serves now can only come from its own disk.

@@ -301,7 +301,10 @@ INTRUDER_REPORT=""
 for who in "${INTRUDERS[@]}"; do
     short=${INTRUDER_ID[$who]:0:10}
     c=$PREFIX-intruder-$who
-    if docker logs "$c" 2>&1 | grep -qE 'bond: bonded( |$)'; then
+    # Read whole first: `docker logs | grep -q` under pipefail fails when grep stops early
+    # (docker gets SIGPIPE), which would hide a match.
+    logs=$(docker logs "$c" 2>&1)
+    if grep -qE 'bond: bonded( |$)' <<<"$logs"; then
         fail "intruder $who ($short) bonded with a member"
     fi
     if grep -q "$short" <<<"$STATUS"; then
@@ -316,7 +319,7 @@ for who in "${INTRUDERS[@]}"; do
         reasons+=" $(grep -oE 'reason=[A-Za-z]+' <<<"$lines" | sort -u | tr '\n' ' ')"
     done
     ((refusals > 0)) || fail "no member logged refusing intruder $who ($short)"
-    docker logs "$c" 2>&1 | grep -q 'bond refused' ||
+    grep -q 'bond refused' <<<"$logs" ||
         fail "intruder $who's own log does not show its bonds refused"
     reasons=$(tr ' ' '\n' <<<"$reasons" | sed '/^$/d' | sort -u | paste -sd, -)
     say "intruder $who never bonded: $refusals refusals by the members ($reasons), none lists it"

@@ -173,7 +173,10 @@ $(cat "$WORK/status.err")"
 ready() {
     local since
     since=$(docker inspect -f '{{.State.StartedAt}}' "${C[$1]}")
-    docker logs --since "$since" "${C[$1]}" 2>/dev/null | grep -q '^tessera node: ready' && return 0
+    local logs
+    # Read whole first: `docker logs | grep -q` under pipefail fails when grep stops early.
+    logs=$(docker logs --since "$since" "${C[$1]}" 2>/dev/null) || true
+    grep -q '^tessera node: ready' <<<"$logs" && return 0
     PROGRESS="no ready line from $(name "$1") yet"
     return 1
 }
