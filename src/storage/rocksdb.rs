@@ -468,26 +468,23 @@ impl RocksDbStorage {
         {
             let (key, value) = item.map_err(io("read log"))?;
             let index = key_index(&key).map_err(|e| self.corrupt_record(e))?;
-            if index != expected {
-                let problem = if index <= snapshot_index {
-                    format!("log entry {index}, which the snapshot at {snapshot_index} covers")
-                } else if index > tip.last_index {
-                    format!(
-                        "log entry {index} beyond the last durable entry {} (a deleted \
-                         suffix brought back?)",
-                        tip.last_index
-                    )
-                } else {
-                    format!("log entry {expected} is missing (next is {index})")
-                };
-                return Err(self.corrupt_record(problem));
-            }
+            // The tip bounds the log above (`last_index >= snapshot_index`, checked), the
+            // snapshot below, and nothing may be missing in between.
             if index > tip.last_index {
                 return Err(self.corrupt_record(format!(
                     "log entry {index} beyond the last durable entry {} (a deleted suffix \
                      brought back?)",
                     tip.last_index
                 )));
+            }
+            if index <= snapshot_index {
+                return Err(self.corrupt_record(format!(
+                    "log entry {index}, which the snapshot at {snapshot_index} covers"
+                )));
+            }
+            if index != expected {
+                return Err(self
+                    .corrupt_record(format!("log entry {expected} is missing (next is {index})")));
             }
             let (_, tag) = self
                 .open_entry(index, &chain, &value)
@@ -519,6 +516,7 @@ impl RocksDbStorage {
         let body = encode(tip, "encode tip")?;
         self.sealer
             .seal(RecordKind::Tip, 0, &NO_CHAIN, &body)
+            .map(|(record, _)| record)
             .map_err(seal_failed)
     }
 
@@ -526,7 +524,7 @@ impl RocksDbStorage {
         &mut self,
         snapshot: &Snapshot,
         anchor: Option<Tag>,
-    ) -> Result<Vec<u8>, StorageError> {
+    ) -> Result<(Vec<u8>, Tag), StorageError> {
         let body = encode(
             &StoredSnapshot {
                 meta: snapshot.meta.clone(),
@@ -576,8 +574,7 @@ impl Storage for RocksDbStorage {
         // How many of the current entries' tags stay.
         let mut kept = self.tags.len();
         if let Some(snapshot) = &batch.snapshot {
-            let record = self.seal_snapshot(snapshot, None)?;
-            let tag = tag_of(&record).ok_or_else(|| seal_failed(SealError::Short { len: 0 }))?;
+            let (record, tag) = self.seal_snapshot(snapshot, None)?;
             wb.put_cf(cf(&self.db, CF_SNAPSHOT), KEY_SNAPSHOT, record);
             // The snapshot replaces the whole log; the next entry chains to its record.
             wb.delete_range_cf(cf(&self.db, CF_LOG), log_key(0), log_key(Index::MAX));
@@ -610,11 +607,11 @@ impl Storage for RocksDbStorage {
             }
             for entry in &batch.entries {
                 let body = encode(entry, "encode entry")?;
-                let record = self
+                let (record, tag) = self
                     .sealer
                     .seal(RecordKind::Entry, entry.index, &chain, &body)
                     .map_err(seal_failed)?;
-                chain = tag_of(&record).ok_or_else(|| seal_failed(SealError::Short { len: 0 }))?;
+                chain = tag;
                 new_tags.push(chain);
                 wb.put_cf(cf(&self.db, CF_LOG), log_key(entry.index), record);
             }
@@ -657,8 +654,7 @@ impl Storage for RocksDbStorage {
             last_index: self.last_index(),
         })?;
         let dropped = usize::try_from(index - self.snapshot_index()).unwrap_or(usize::MAX);
-        let record = self.seal_snapshot(snapshot, Some(anchor))?;
-        let tag = tag_of(&record).ok_or_else(|| seal_failed(SealError::Short { len: 0 }))?;
+        let (record, tag) = self.seal_snapshot(snapshot, Some(anchor))?;
         let tip = Tip {
             hard_state: self.hard_state,
             last_index: self.last_index(),

@@ -31,6 +31,7 @@ pub const TAG_BYTES: usize = 16;
 const EPOCH_BYTES: usize = 16;
 const COUNTER_BYTES: usize = 8;
 const HEADER_BYTES: usize = 1 + EPOCH_BYTES + COUNTER_BYTES;
+const _: () = assert!(TAG_BYTES == aead::MAX_TAG_LEN);
 /// Bytes a sealed record adds to its body.
 pub const OVERHEAD_BYTES: usize = HEADER_BYTES + TAG_BYTES;
 /// Read keys of past epochs kept derived; older ones are derived again when needed.
@@ -177,14 +178,15 @@ impl Sealer {
         })
     }
 
-    /// Seals `body` as a record of `kind` at `index`, chained to `chain`.
+    /// Seals `body` as a record of `kind` at `index`, chained to `chain`: the record and
+    /// its tag (what the next record chains to).
     pub fn seal(
         &mut self,
         kind: RecordKind,
         index: u64,
         chain: &Tag,
         body: &[u8],
-    ) -> Result<Vec<u8>, SealError> {
+    ) -> Result<(Vec<u8>, Tag), SealError> {
         let counter = self.counter;
         self.counter = counter
             .checked_add(1)
@@ -203,8 +205,11 @@ impl Sealer {
             )
             // Only a body beyond ChaCha20's 256 GiB per nonce fails; records are far smaller.
             .map_err(|_| SealError::Exhausted(counter))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        let mut own = [0u8; TAG_BYTES];
+        // Cannot panic: ChaCha20-Poly1305's tag is TAG_BYTES long (asserted at compile time).
+        own.copy_from_slice(tag.as_ref());
+        out.extend_from_slice(&own);
+        Ok((out, own))
     }
 
     /// Opens a record of `kind` at `index` that must chain to `chain`: its body, or why it
@@ -266,9 +271,10 @@ mod tests {
     fn a_record_opens_only_as_what_it_was_sealed_as() {
         let mut sealer = Sealer::new(key(1)).expect("sealer");
         let chain = [3u8; TAG_BYTES];
-        let record = sealer
+        let (record, tag) = sealer
             .seal(RecordKind::Entry, 5, &chain, b"put x 1")
             .expect("seal");
+        assert_eq!(tag_of(&record), Some(tag), "the record ends with its tag");
         assert_eq!(record.len(), b"put x 1".len() + OVERHEAD_BYTES);
         assert!(
             !record.windows(7).any(|w| w == b"put x 1"),
@@ -318,10 +324,10 @@ mod tests {
     #[test]
     fn records_of_an_earlier_open_still_open_and_nonces_never_repeat() {
         let mut first = Sealer::new(key(1)).expect("sealer");
-        let a = first
+        let (a, _) = first
             .seal(RecordKind::Tip, 0, &[0; TAG_BYTES], b"same body")
             .expect("seal");
-        let b = first
+        let (b, _) = first
             .seal(RecordKind::Tip, 0, &[0; TAG_BYTES], b"same body")
             .expect("seal");
         assert_ne!(a, b, "the same body sealed twice differs (fresh nonce)");
