@@ -38,10 +38,12 @@ check-production:
 	CARGO="$(CARGO)" scripts/check-production-build.sh
 
 ## test: everything CI runs (unit, simulator seeds, attestation vectors, integration, with
-## mock attestation), then the production build's refusal of it (check-production);
+## mock attestation), the library example (examples/counter.rs), then the production
+## build's refusal of mock attestation (check-production);
 ## installs the build's system packages first when they are missing (see deps)
 test: deps
 	$(CARGO) test --workspace --locked
+	$(CARGO) run --locked --profile test --example counter
 	CARGO="$(CARGO)" scripts/check-production-build.sh
 
 ## test-cluster: the container tests, long version; needs Docker (fails without it). First

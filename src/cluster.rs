@@ -10,9 +10,9 @@
 //! The cluster itself (`LocalCluster`, `mock_validator`, `MOCK_POLICY`) needs the
 //! `mock-attestation` feature; the helpers `tessera node` and `tessera kv` share with it
 //! ([`random_secret`], [`TICKET_LIFETIME_SECS`], [`loopback_endpoint`]) are in every build.
-#[cfg(feature = "mock-attestation")]
 use std::sync::Arc;
 
+use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, SecretKey};
 #[cfg(feature = "mock-attestation")]
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
@@ -20,15 +20,19 @@ use tessera_attestation::provider::mock::{MockConfig, MockProvider};
 use tessera_attestation::Policy;
 
 #[cfg(feature = "mock-attestation")]
-use crate::groups::{keep_tickets_fresh, node_id_of, GroupBuilder};
-use crate::groups::{GroupKey, JoinedGroup, WorkerConfig};
+use crate::groups::{keep_tickets_fresh, node_id_of, GroupsConfig};
+use crate::groups::{Bonds, Group, GroupKey, Groups, WorkerConfig};
 use crate::machine::KvStore;
 use crate::net::{endpoint::bound_addr, local_endpoint, Listen, ALPN_BOND};
 use crate::raft::{NodeId, RaftConfig};
 #[cfg(feature = "mock-attestation")]
 use crate::storage::Storage;
 #[cfg(feature = "mock-attestation")]
-use crate::tickets::{clock_from, Clock, MockTdxValidator, TdxTicketIssuer, TicketValidator};
+use crate::tickets::{
+    clock_from, Clock, MockTdxValidator, TdxTicketIssuer, Ticket, TicketValidator,
+};
+#[cfg(feature = "mock-attestation")]
+use tokio::sync::watch;
 
 /// The policy mock-attested members verify each other against.
 #[cfg(feature = "mock-attestation")]
@@ -49,19 +53,25 @@ pub enum ClusterError {
     #[error("endpoint has no bound address")]
     NoAddress,
     #[error("member: {0}")]
-    Start(#[from] crate::groups::StartError),
+    Join(#[from] crate::groups::JoinError),
     #[error("storage for member {index}: {reason}")]
     Storage { index: usize, reason: String },
     #[error("no system randomness")]
     Randomness,
+    #[error("the member joined without bonds")]
+    NoBonds,
 }
 
-/// One member.
+/// One member: its endpoint, the endpoint's gateway and router, and its group.
 pub struct ClusterMember {
     pub node: NodeId,
     pub endpoint: Endpoint,
     pub addr: EndpointAddr,
-    pub joined: JoinedGroup<KvStore>,
+    pub groups: Groups,
+    /// Serves the bond protocol; shutting it down stops the member.
+    pub router: Router,
+    pub group: Group<KvStore>,
+    pub bonds: Arc<Bonds>,
 }
 
 /// What a cluster is made of.
@@ -75,7 +85,7 @@ pub struct ClusterOptions {
     pub ticket_lifetime_secs: u64,
     /// `None`: the members found the group with each other as voters. `Some(n)`: they
     /// found it once all `n` are bonded and have confirmed the same founding set
-    /// ([`GroupBuilder::bootstrap_expect`]).
+    /// ([`crate::groups::GroupBuilder::bootstrap_expect`]).
     pub bootstrap_expect: Option<usize>,
 }
 
@@ -118,6 +128,34 @@ pub fn mock_validator() -> Result<Arc<dyn TicketValidator>, ClusterError> {
     ))
 }
 
+/// A clock inside the mock collateral's validity window.
+#[cfg(feature = "mock-attestation")]
+pub fn mock_clock() -> Clock {
+    clock_from(MockConfig::default().valid_now())
+}
+
+/// Mock-attested tickets of `endpoint`'s key, quoted by the mock provider `mock`
+/// configures, renewed at half of `lifetime_secs`.
+#[cfg(feature = "mock-attestation")]
+pub fn mock_tickets(
+    endpoint: &Endpoint,
+    mock: MockConfig,
+    clock: &Clock,
+    lifetime_secs: u64,
+) -> Result<watch::Receiver<Vec<Ticket>>, ClusterError> {
+    let attestation = |e: &dyn std::fmt::Display| ClusterError::Attestation(e.to_string());
+    let provider = MockProvider::new(mock).map_err(|e| attestation(&e))?;
+    let collateral = provider.collateral().map_err(|e| attestation(&e))?;
+    let issuer = TdxTicketIssuer::new(
+        Box::new(provider),
+        collateral,
+        NETWORK.into(),
+        lifetime_secs,
+    );
+    keep_tickets_fresh(Arc::new(issuer), *endpoint.id().as_bytes(), clock.clone())
+        .map_err(|e| attestation(&e))
+}
+
 /// A loopback endpoint accepting bonds.
 pub async fn loopback_endpoint(
     secret: SecretKey,
@@ -144,7 +182,7 @@ impl LocalCluster {
         S: Storage + Send + 'static,
         F: FnMut(usize) -> Result<S, String>,
     {
-        let clock = clock_from(MockConfig::default().valid_now());
+        let clock = mock_clock();
         let mut endpoints = Vec::new();
         for _ in 0..options.nodes {
             endpoints.push(loopback_endpoint(random_secret()?).await?);
@@ -154,18 +192,17 @@ impl LocalCluster {
         for (i, (ep, addr)) in endpoints.into_iter().enumerate() {
             let peers = addrs.iter().filter(|a| a.id != ep.id()).cloned().collect();
             let store = storage(i).map_err(|reason| ClusterError::Storage { index: i, reason })?;
-            let builder = member_builder(&options, &clock, MockConfig::default(), &ep)?;
-            let builder = match options.bootstrap_expect {
-                None => builder.with_peers(peers, true),
-                Some(n) => builder.with_peers(peers, false).bootstrap_expect(n),
+            let formation = match options.bootstrap_expect {
+                None => Formation::AtOnce,
+                Some(n) => Formation::Expect(n),
             };
-            let joined = builder.join(ep.clone(), KvStore::new(), store)?;
-            members.push(ClusterMember {
-                node: node_id_of(&ep.id()),
-                endpoint: ep,
-                addr,
-                joined,
-            });
+            let member = MemberSetup {
+                options: &options,
+                clock: &clock,
+                mock: MockConfig::default(),
+                formation,
+            };
+            members.push(member.join(ep, addr, peers, store).await?);
         }
         Ok(Self {
             members,
@@ -197,17 +234,16 @@ impl LocalCluster {
         storage: S,
     ) -> Result<ClusterMember, ClusterError> {
         let (ep, addr) = loopback_endpoint(random_secret()?).await?;
-        let mut builder = member_builder(options, &self.clock, mock, &ep)?.with_peers(peers, false);
-        if let Some(n) = options.bootstrap_expect {
-            builder = builder.bootstrap_expect(n);
-        }
-        let joined = builder.join(ep.clone(), KvStore::new(), storage)?;
-        Ok(ClusterMember {
-            node: node_id_of(&ep.id()),
-            endpoint: ep,
-            addr,
-            joined,
-        })
+        let member = MemberSetup {
+            options,
+            clock: &self.clock,
+            mock,
+            formation: match options.bootstrap_expect {
+                Some(n) => Formation::Expect(n),
+                None => Formation::JoinOnly,
+            },
+        };
+        member.join(ep, addr, peers, storage).await
     }
 
     pub fn clock(&self) -> Clock {
@@ -220,29 +256,70 @@ impl LocalCluster {
     }
 }
 
+/// How a cluster member comes into the group.
 #[cfg(feature = "mock-attestation")]
-fn member_builder(
-    options: &ClusterOptions,
-    clock: &Clock,
+enum Formation {
+    /// Found with the peers at once (every member is given the same set).
+    AtOnce,
+    /// `bootstrap_expect(n)`.
+    Expect(usize),
+    /// Never founds.
+    JoinOnly,
+}
+
+/// What one member of a local cluster is started with.
+#[cfg(feature = "mock-attestation")]
+struct MemberSetup<'a> {
+    options: &'a ClusterOptions,
+    clock: &'a Clock,
     mock: MockConfig,
-    ep: &Endpoint,
-) -> Result<GroupBuilder, ClusterError> {
-    let provider = MockProvider::new(mock).map_err(|e| ClusterError::Attestation(e.to_string()))?;
-    let collateral = provider
-        .collateral()
-        .map_err(|e| ClusterError::Attestation(e.to_string()))?;
-    let issuer = TdxTicketIssuer::new(
-        Box::new(provider),
-        collateral,
-        NETWORK.into(),
-        options.ticket_lifetime_secs,
-    );
-    let tickets = keep_tickets_fresh(Arc::new(issuer), *ep.id().as_bytes(), clock.clone())
-        .map_err(|e| ClusterError::Attestation(e.to_string()))?;
-    Ok(
-        GroupBuilder::new(options.key.clone(), NETWORK, clock.clone())
-            .with_consensus_config(options.raft.clone(), options.worker.clone())
+    formation: Formation,
+}
+
+#[cfg(feature = "mock-attestation")]
+impl MemberSetup<'_> {
+    /// Joins the group on `ep` with mock tickets, through the endpoint's own gateway and
+    /// a router that serves it.
+    async fn join<S: Storage + Send + 'static>(
+        self,
+        ep: Endpoint,
+        addr: EndpointAddr,
+        peers: Vec<EndpointAddr>,
+        storage: S,
+    ) -> Result<ClusterMember, ClusterError> {
+        let tickets = mock_tickets(
+            &ep,
+            self.mock,
+            self.clock,
+            self.options.ticket_lifetime_secs,
+        )?;
+        let groups = Groups::new(
+            ep.clone(),
+            GroupsConfig::new(NETWORK, self.clock.clone()).with_tickets(tickets),
+        );
+        let builder = groups
+            .with_key(self.options.key.clone())
+            .with_state_machine(KvStore::new())
+            .with_storage(storage)
+            .with_consensus_config(self.options.raft.clone(), self.options.worker.clone())
             .require_ticket(mock_validator()?)
-            .with_tickets(tickets),
-    )
+            .with_peers(peers);
+        let builder = match self.formation {
+            Formation::AtOnce => builder.found_at_once(),
+            Formation::Expect(n) => builder.bootstrap_expect(n),
+            Formation::JoinOnly => builder.join_only(),
+        };
+        let group = builder.join().await?;
+        let bonds = group.bonds().ok_or(ClusterError::NoBonds)?;
+        let router = groups.spawn_router();
+        Ok(ClusterMember {
+            node: node_id_of(&ep.id()),
+            endpoint: ep,
+            addr,
+            groups,
+            router,
+            group,
+            bonds,
+        })
+    }
 }

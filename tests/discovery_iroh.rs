@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iroh::endpoint::{ConnectionError, VarInt};
+use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, SecretKey};
 use tessera::cluster::{mock_validator, random_secret, NETWORK};
 use tessera::discovery::service::{CLOSE_LIMIT, CLOSE_MALFORMED, ENTRY_FRAME_BYTES_MAX};
@@ -16,25 +17,27 @@ use tessera::discovery::{
     CatalogFrame, Discovery, DiscoveryConfig, DiscoveryStats, OwnEntry, PeerDialer, PeerEntry,
     SignedPeerEntry,
 };
-use tessera::groups::{keep_tickets_fresh, GroupBuilder, GroupKey, JoinedGroup, WorkerConfig};
+use tessera::groups::{
+    keep_tickets_fresh, Bonds, Group, GroupKey, Groups, GroupsConfig, WorkerConfig,
+};
 use tessera::machine::KvStore;
 use tessera::net::endpoint::bound_addr;
 use tessera::net::{
     encode_message, local_endpoint, read_message, Listen, ALPN_BOND, ALPN_DISCOVERY, WIRE_VERSION,
 };
 use tessera::raft::RaftConfig;
-use tessera::storage::MemoryStorage;
 use tessera::tickets::{clock_from, Clock, TdxTicketIssuer};
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
-use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Node {
     endpoint: Endpoint,
     addr: EndpointAddr,
-    joined: JoinedGroup<KvStore>,
+    group: Group<KvStore>,
+    bonds: Arc<Bonds>,
     discovery: Discovery,
+    _router: Router,
 }
 
 fn clock() -> Clock {
@@ -69,8 +72,13 @@ async fn node(
     let issuer = TdxTicketIssuer::new(Box::new(provider), collateral, NETWORK.into(), 300);
     let tickets = keep_tickets_fresh(Arc::new(issuer), *endpoint.id().as_bytes(), clock.clone())
         .expect("tickets");
-    let (others_tx, others_rx) = mpsc::channel(16);
-    let joined = GroupBuilder::new(GroupKey::from_bytes([7; 32]), NETWORK, clock.clone())
+    let groups = Groups::new(
+        endpoint.clone(),
+        GroupsConfig::new(NETWORK, clock.clone()).with_tickets(tickets.clone()),
+    );
+    let builder = groups
+        .with_key(GroupKey::from_bytes([7; 32]))
+        .with_state_machine(KvStore::new())
         .with_consensus_config(
             RaftConfig::default(),
             WorkerConfig {
@@ -79,35 +87,43 @@ async fn node(
             },
         )
         .require_ticket(mock_validator().expect("validator"))
-        .with_tickets(tickets.clone())
-        .with_peers(peers.clone(), founding)
-        .route_other_alpns(others_tx)
-        .join(endpoint.clone(), KvStore::new(), MemoryStorage::new())
-        .expect("join");
+        .with_peers(peers.clone());
+    let builder = if founding {
+        builder.found_at_once()
+    } else {
+        builder.join_only()
+    };
+    let group = builder.join().await.expect("join");
+    let bonds = group.bonds().expect("bonds");
     let discovery = Discovery::start(
         endpoint.clone(),
         DiscoveryConfig {
             network_id: NETWORK.into(),
             own: OwnEntry {
                 addrs: addr.ip_addrs().copied().collect(),
-                groups: vec![joined.id],
+                groups: vec![group.id()],
                 tickets: Vec::new(),
             },
             tickets: Some(tickets),
-            group: Some(joined.id),
+            group: Some(group.id()),
             bootstrap: peers,
             clock: clock.clone(),
             validator: Some(mock_validator().expect("validator")),
         },
-        others_rx,
-        Some(joined.bonds.clone() as Arc<dyn PeerDialer>),
+        Some(bonds.clone() as Arc<dyn PeerDialer>),
     )
     .expect("discovery");
+    let router = Router::builder(endpoint.clone())
+        .accept(ALPN_BOND, groups.bond_protocol())
+        .accept(ALPN_DISCOVERY, discovery.protocol())
+        .spawn();
     Node {
         endpoint,
         addr,
-        joined,
+        group,
+        bonds,
         discovery,
+        _router: router,
     }
 }
 
@@ -116,8 +132,8 @@ async fn both_alpns() -> (Endpoint, EndpointAddr) {
 }
 
 async fn wait_bonded(from: &Node, to: &Node, why: &str) {
-    let mut stats = from.joined.bonds.stats();
-    let bonds = from.joined.bonds.clone();
+    let mut stats = from.bonds.stats();
+    let bonds = from.bonds.clone();
     let to_id = to.endpoint.id();
     if tokio::time::timeout(WAIT, stats.wait_for(|_| bonds.is_bonded(&to_id)))
         .await
@@ -125,7 +141,7 @@ async fn wait_bonded(from: &Node, to: &Node, why: &str) {
     {
         panic!(
             "{why}: not bonded; bonds {:?}, discovery {:?}",
-            from.joined.bonds.stats().borrow(),
+            from.bonds.stats().borrow(),
             from.discovery.stats().borrow()
         );
     }
@@ -168,7 +184,7 @@ async fn a_node_that_knows_one_member_learns_the_others_and_bonds_with_them() {
         learned.addrs,
         b.addr.ip_addrs().copied().collect::<Vec<_>>()
     );
-    assert_eq!(learned.groups, vec![c.joined.id.0]);
+    assert_eq!(learned.groups, vec![c.group.id().0]);
     assert!(
         !learned.tickets.is_empty(),
         "entries carry the peer's tickets"
@@ -191,8 +207,8 @@ async fn a_node_that_knows_one_member_learns_the_others_and_bonds_with_them() {
         &b
     };
     assert!(dialled.discovery.stats().borrow().dials >= 1);
-    assert_eq!(b.joined.bonds.stats().borrow().live, 2);
-    assert_eq!(c.joined.bonds.stats().borrow().live, 2);
+    assert_eq!(b.bonds.stats().borrow().live, 2);
+    assert_eq!(c.bonds.stats().borrow().live, 2);
 }
 
 fn entry_of(secret: &SecretKey, network: &str, now: u64) -> PeerEntry {
@@ -267,7 +283,7 @@ async fn garbage_oversized_forged_and_foreign_catalogs_are_refused_and_harmless(
     // that verifies, is held but never dialled.
     let impostor = random_secret().expect("secret");
     let mut claims_membership = entry_of(&impostor, NETWORK, now);
-    claims_membership.groups = vec![n.joined.id.0];
+    claims_membership.groups = vec![n.group.id().0];
     let claims_membership = claims_membership.sign(&impostor).expect("sign");
     let mut buf = Vec::new();
     for e in [forged, foreign, fine, claims_membership] {
@@ -294,7 +310,7 @@ async fn garbage_oversized_forged_and_foreign_catalogs_are_refused_and_harmless(
     conn.close(VarInt::from_u32(0), b"done");
     let theirs = answer[0].open().expect("the node's entry verifies");
     assert_eq!(theirs.peer_key, *n.endpoint.id().as_bytes());
-    assert_eq!(theirs.groups, vec![n.joined.id.0]);
+    assert_eq!(theirs.groups, vec![n.group.id().0]);
 
     let stats = wait_discovery(
         &n,

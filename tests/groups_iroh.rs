@@ -14,8 +14,8 @@ use tessera::cluster::{
 };
 use tessera::groups::bond::dial_raw;
 use tessera::groups::{
-    node_id_of, BondConfig, BondStats, Bonds, Consistency, Dial, GroupBuilder, GroupKey, Inbox,
-    InboxItem, Refusal, WorkerConfig,
+    node_id_of, BondConfig, BondStats, Bonds, Consistency, Dial, Group, GroupKey, Groups,
+    GroupsConfig, Inbox, InboxItem, Refusal, WorkerConfig,
 };
 use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
 use tessera::net::{ALPN_BOND, WIRE_VERSION};
@@ -42,7 +42,7 @@ async fn bonded_cluster(nodes: usize) -> LocalCluster {
         .await
         .expect("cluster");
     for m in &cluster.members {
-        let mut rx = m.joined.bonds.stats();
+        let mut rx = m.bonds.stats();
         let live = nodes as u64 - 1;
         if tokio::time::timeout(WAIT, rx.wait_for(|s| s.live == live))
             .await
@@ -51,7 +51,7 @@ async fn bonded_cluster(nodes: usize) -> LocalCluster {
             panic!(
                 "member {} did not bond with all peers: {:?}",
                 m.node,
-                m.joined.bonds.stats().borrow()
+                m.bonds.stats().borrow()
             );
         }
     }
@@ -70,7 +70,6 @@ async fn get(m: &ClusterMember, k: &str) -> Option<Vec<u8>> {
         key: k.as_bytes().to_vec(),
     };
     match m
-        .joined
         .group
         .query(q, Consistency::Strong)
         .await
@@ -94,13 +93,10 @@ async fn memory_joiner(cluster: &LocalCluster) -> ClusterMember {
 }
 
 async fn leader_index(cluster: &LocalCluster, via: usize) -> usize {
-    let leader = tokio::time::timeout(
-        WAIT,
-        cluster.members[via].joined.group.when().leader_elected(),
-    )
-    .await
-    .expect("a leader within the wait")
-    .expect("leader");
+    let leader = tokio::time::timeout(WAIT, cluster.members[via].group.when().leader_elected())
+        .await
+        .expect("a leader within the wait")
+        .expect("leader");
     cluster.index_of(leader).expect("the leader is a member")
 }
 
@@ -110,13 +106,11 @@ async fn forms_replicates_and_fails_over(nodes: usize) {
     let leader = leader_index(&cluster, 0).await;
     let follower = (leader + 1) % nodes;
     members[leader]
-        .joined
         .group
         .execute(put("a", "1"))
         .await
         .expect("write at the leader");
     members[follower]
-        .joined
         .group
         .execute(put("b", "2"))
         .await
@@ -124,7 +118,7 @@ async fn forms_replicates_and_fails_over(nodes: usize) {
     let batch: Vec<KvCommand> = (0..50)
         .map(|i| put(&format!("m{i}"), &i.to_string()))
         .collect();
-    let results = members[follower].joined.group.execute_many(batch).await;
+    let results = members[follower].group.execute_many(batch).await;
     assert_eq!(results.len(), 50);
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     for m in members {
@@ -144,19 +138,16 @@ async fn forms_replicates_and_fails_over(nodes: usize) {
 
     // Failover: the leader stops; the others elect a new one and keep every write.
     let old = members[leader].node;
-    members[leader].joined.group.shutdown();
+    members[leader].group.shutdown().await;
     members[leader].endpoint.close().await;
     let survivor = &members[follower];
-    let new_leader = tokio::time::timeout(
-        WAIT,
-        survivor.joined.group.when().leader_changed_from(Some(old)),
-    )
-    .await
-    .expect("a new leader within the wait")
-    .expect("new leader");
+    let new_leader =
+        tokio::time::timeout(WAIT, survivor.group.when().leader_changed_from(Some(old)))
+            .await
+            .expect("a new leader within the wait")
+            .expect("new leader");
     assert_ne!(new_leader, old);
     survivor
-        .joined
         .group
         .execute(put("c", "3"))
         .await
@@ -188,24 +179,19 @@ async fn five_members_bond_replicate_and_fail_over() {
 fn refused(members: &[ClusterMember], reason: &str) -> u64 {
     members
         .iter()
-        .map(|m| {
-            m.joined
-                .bonds
-                .stats()
-                .borrow()
-                .refused
-                .get(reason)
-                .copied()
-                .unwrap_or(0)
-        })
+        .flat_map(|m| [m.bonds.stats(), m.groups.stats()])
+        .map(|stats| stats.borrow().refused.get(reason).copied().unwrap_or(0))
         .sum()
 }
 
 /// Waits until the members together counted `at_least` refusals for `reason`.
 async fn wait_refused(members: &[ClusterMember], reason: &str, at_least: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    let mut watches: Vec<watch::Receiver<BondStats>> =
-        members.iter().map(|m| m.joined.bonds.stats()).collect();
+    // A group's own refusals, and its gateway's (before a connection reaches a group).
+    let mut watches: Vec<watch::Receiver<BondStats>> = members
+        .iter()
+        .flat_map(|m| [m.bonds.stats(), m.groups.stats()])
+        .collect();
     while refused(members, reason) < at_least {
         let any_change = async {
             let (tx, mut rx) = tokio::sync::mpsc::channel(1);
@@ -226,7 +212,12 @@ async fn wait_refused(members: &[ClusterMember], reason: &str, at_least: u64) {
         if tokio::time::timeout_at(deadline, any_change).await.is_err() {
             let now: Vec<_> = members
                 .iter()
-                .map(|m| m.joined.bonds.stats().borrow().refused.clone())
+                .map(|m| {
+                    (
+                        m.bonds.stats().borrow().refused.clone(),
+                        m.groups.stats().borrow().refused.clone(),
+                    )
+                })
                 .collect();
             panic!("timed out waiting for {at_least} refusals of {reason}; refusals now {now:?}");
         }
@@ -312,7 +303,7 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
         let bonds = Bonds::start(
             ep,
             BondConfig {
-                group_id: members[0].joined.id,
+                group_id: members[0].group.id(),
                 group_key: key,
                 network_id: NETWORK.into(),
                 tickets: watch::channel(vec![ticket]).1,
@@ -342,16 +333,16 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
 
     // Nobody bad ever bonded, voted or received entries; the group still works.
     for b in &bad {
-        let s = b.joined.bonds.stats().borrow().clone();
+        let s = b.bonds.stats().borrow().clone();
         assert_eq!(s.bonded, 0, "a bad peer bonded: {s:?}");
         assert_eq!(s.frames_in, 0, "a bad peer received frames: {s:?}");
         assert_eq!(
-            b.joined.group.status().commit_index,
+            b.group.status().commit_index,
             0,
             "a bad peer received log entries"
         );
         assert_eq!(
-            b.joined.group.status().leader,
+            b.group.status().leader,
             None,
             "a bad peer learned of a leader"
         );
@@ -360,14 +351,13 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
         assert_eq!(bonds.stats().borrow().bonded, 0);
     }
     for m in members {
-        let s = m.joined.bonds.stats().borrow().clone();
+        let s = m.bonds.stats().borrow().clone();
         assert_eq!(s.live, 2, "members keep exactly their honest bonds: {s:?}");
         assert_eq!(s.bonded, 2, "no bad peer ever bonded: {s:?}");
-        assert_eq!(m.joined.group.status().membership.voters.len(), 3);
+        assert_eq!(m.group.status().membership.voters.len(), 3);
     }
     let leader = leader_index(&cluster, 0).await;
     members[leader]
-        .joined
         .group
         .execute(put("still", "works"))
         .await
@@ -402,12 +392,11 @@ async fn garbage_from_a_raw_iroh_client_is_refused_and_harmless() {
     }
     let leader = leader_index(&cluster, 0).await;
     members[leader]
-        .joined
         .group
         .execute(put("after", "garbage"))
         .await
         .expect("write");
-    assert_eq!(members[0].joined.bonds.stats().borrow().live, 2);
+    assert_eq!(members[0].bonds.stats().borrow().live, 2);
 }
 
 /// The close code of a connection the member ended, once it ends.
@@ -505,12 +494,22 @@ async fn a_large_first_frame_is_refused_before_anything_is_read() {
         .expect("send a length");
     let code = close_code(&conn, "a 4 MiB first frame").await;
     assert_eq!(code, VarInt::from_u32(Refusal::Malformed as u32));
-    wait_stats(&target.joined.bonds, "refused for its length", |s| {
-        s.recent_refusals
-            .iter()
-            .any(|r| r.reason == Refusal::Malformed && r.detail.contains("length"))
-    })
+    // Refused by the endpoint's gateway: the frame that names the group was never read.
+    let mut gateway = target.groups.stats();
+    let refused = tokio::time::timeout(
+        WAIT,
+        gateway.wait_for(|s| {
+            s.recent_refusals
+                .iter()
+                .any(|r| r.reason == Refusal::Malformed && r.detail.contains("length"))
+        }),
+    )
     .await;
+    assert!(
+        refused.is_ok(),
+        "not refused for its length: {:?}",
+        target.groups.stats().borrow()
+    );
 }
 
 /// Two groups founded separately with the same key and settings share a group id; their
@@ -521,12 +520,12 @@ async fn members_of_a_separately_founded_group_with_the_same_id_never_bond() {
     let first = bonded_cluster(3).await;
     let second = bonded_cluster(3).await;
     assert_eq!(
-        first.members[0].joined.id, second.members[0].joined.id,
+        first.members[0].group.id(),
+        second.members[0].group.id(),
         "same key and settings: the same group id"
     );
     let incarnation = |c: &LocalCluster| {
         c.members[0]
-            .joined
             .group
             .status()
             .incarnation
@@ -535,19 +534,18 @@ async fn members_of_a_separately_founded_group_with_the_same_id_never_bond() {
     assert_ne!(incarnation(&first), incarnation(&second));
     let leader = leader_index(&first, 0).await;
     first.members[leader]
-        .joined
         .group
         .execute(put("only", "first"))
         .await
         .expect("write");
     // Each side learns of the other at run time (as discovery would tell it).
     let (a, b) = (&first.members[0], &second.members[0]);
-    a.joined.bonds.add_peer(b.addr.clone());
-    b.joined.bonds.add_peer(a.addr.clone());
+    a.bonds.add_peer(b.addr.clone());
+    b.bonds.add_peer(a.addr.clone());
     // The one that dials refuses the other's hello, or is refused by it: either way one
     // side names the incarnation.
     let either = |s: &BondStats| s.refused.get("OtherIncarnation").copied().unwrap_or(0) >= 1;
-    let (mut wa, mut wb) = (a.joined.bonds.stats(), b.joined.bonds.stats());
+    let (mut wa, mut wb) = (a.bonds.stats(), b.bonds.stats());
     let named = tokio::time::timeout(WAIT, async {
         tokio::select! {
             _ = wa.wait_for(either) => {},
@@ -558,15 +556,15 @@ async fn members_of_a_separately_founded_group_with_the_same_id_never_bond() {
     assert!(
         named.is_ok(),
         "no refusal named the incarnation: {:?} / {:?}",
-        a.joined.bonds.stats().borrow(),
-        b.joined.bonds.stats().borrow()
+        a.bonds.stats().borrow(),
+        b.bonds.stats().borrow()
     );
     for (m, other) in [(a, b), (b, a)] {
         assert!(
-            !m.joined.bonds.is_bonded(&other.endpoint.id()),
+            !m.bonds.is_bonded(&other.endpoint.id()),
             "bonded across groups"
         );
-        assert!(!m.joined.group.status().membership.contains(other.node));
+        assert!(!m.group.status().membership.contains(other.node));
     }
     let second_leader = leader_index(&second, 0).await;
     assert_eq!(get(&second.members[second_leader], "only").await, None);
@@ -587,6 +585,7 @@ async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
     let key = GroupKey::from_bytes([7; 32]);
     let group_id = tessera::groups::GroupId([1; 32]);
     let mut sides = Vec::new();
+    let mut routers = Vec::new();
     let mut endpoints = Vec::new();
     for _ in 0..2 {
         endpoints.push(
@@ -612,10 +611,14 @@ async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
                 clock: clock.clone(),
                 snapshots: Default::default(),
             },
-            Inbox::new(tx),
+            Inbox::new(tx.clone()),
             vec![other],
             Dial::SmallerKey,
         );
+        // The side that does not dial accepts through its endpoint's gateway.
+        let groups = Groups::new(ep.clone(), GroupsConfig::new(NETWORK, clock.clone()));
+        assert!(groups.serve_bonds(&bonds, Inbox::new(tx)));
+        routers.push(groups.spawn_router());
         sides.push((bonds, tickets_tx, rx));
     }
     for (bonds, _, _) in &sides {
@@ -678,7 +681,6 @@ async fn a_late_attested_joiner_catches_up_through_a_snapshot_and_becomes_a_vote
     let leader = leader_index(&cluster, 0).await;
     for i in 0..200 {
         cluster.members[leader]
-            .joined
             .group
             .execute(put(&format!("k{i}"), &i.to_string()))
             .await
@@ -687,16 +689,16 @@ async fn a_late_attested_joiner_catches_up_through_a_snapshot_and_becomes_a_vote
     // The log before the last snapshot is gone: the joiner can only catch up from one.
     let joiner = memory_joiner(&cluster).await;
     let me = joiner.node;
-    let mut status = joiner.joined.group.when();
+    let mut status = joiner.group.when();
     let voter = tokio::time::timeout(WAIT, status.membership_is(|m| m.voters.contains(&me))).await;
     assert!(
         voter.is_ok(),
         "the joiner did not become a voter: {:?}",
-        joiner.joined.group.status()
+        joiner.group.status()
     );
     assert_eq!(get(&joiner, "k0").await.as_deref(), Some(&b"0"[..]));
     assert_eq!(get(&joiner, "k199").await.as_deref(), Some(&b"199"[..]));
-    let status = cluster.members[leader].joined.group.status();
+    let status = cluster.members[leader].group.status();
     assert_eq!(status.membership.voters.len(), 4, "{status:?}");
 }
 
@@ -723,17 +725,13 @@ async fn a_snapshot_larger_than_a_frame_reaches_a_late_joiner_in_chunks() {
                 value: value(i),
             })
             .collect();
-        let results = cluster.members[leader]
-            .joined
-            .group
-            .execute_many(commands)
-            .await;
+        let results = cluster.members[leader].group.execute_many(commands).await;
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     }
     let joiner = memory_joiner(&cluster).await;
-    let target = cluster.members[leader].joined.group.status().commit_index;
-    let caught_up = tokio::time::timeout(WAIT, joiner.joined.group.when().applied(target)).await;
-    let stats = joiner.joined.bonds.stats().borrow().clone();
+    let target = cluster.members[leader].group.status().commit_index;
+    let caught_up = tokio::time::timeout(WAIT, joiner.group.when().applied(target)).await;
+    let stats = joiner.bonds.stats().borrow().clone();
     assert!(caught_up.is_ok(), "the joiner did not catch up: {stats:?}");
     assert!(
         stats.snapshots_in >= 1,
@@ -760,7 +758,6 @@ async fn members_form_a_group_once_the_expected_number_is_bonded() {
         .expect("cluster");
     let leader = leader_index(&cluster, 0).await;
     let voters = cluster.members[leader]
-        .joined
         .group
         .status()
         .membership
@@ -772,7 +769,6 @@ async fn members_form_a_group_once_the_expected_number_is_bonded() {
         "the founders are exactly the bonded members"
     );
     cluster.members[leader]
-        .joined
         .group
         .execute(put("formed", "yes"))
         .await
@@ -787,7 +783,7 @@ async fn members_form_a_group_once_the_expected_number_is_bonded() {
         .await
         .expect("joiner");
     let me = joiner.node;
-    let mut when = joiner.joined.group.when();
+    let mut when = joiner.group.when();
     let member = tokio::time::timeout(
         WAIT,
         when.membership_is(|m| m.voters.contains(&me) || m.learners.contains(&me)),
@@ -796,9 +792,9 @@ async fn members_form_a_group_once_the_expected_number_is_bonded() {
     assert!(
         member.is_ok(),
         "the late member was not added: {:?}",
-        joiner.joined.group.status()
+        joiner.group.status()
     );
-    let status = joiner.joined.group.status();
+    let status = joiner.group.status();
     assert!(
         status.membership.voters.is_superset(&members),
         "the late member holds the founders' configuration, not one of its own: {status:?}"
@@ -826,6 +822,12 @@ fn issuer(mock: MockConfig) -> TdxTicketIssuer {
 /// joins `cluster` (becoming a voter), renews once with a good ticket, then with the one
 /// `bad` makes for its key at the given time. Each member must close its bond with `BadTicket` on that
 /// renewal, and the peer must get no log entry after.
+/// A group member started by hand, beside a local cluster.
+struct Peer {
+    group: Group<KvStore>,
+    bonds: Arc<Bonds>,
+}
+
 async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Ticket) {
     let cluster = bonded_cluster(3).await;
     let members = &cluster.members;
@@ -839,20 +841,31 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
         .issue(key, None, cluster.clock()())
         .expect("ticket")]);
     let o = &cluster.options;
-    let peer = GroupBuilder::new(o.key.clone(), NETWORK, cluster.clock())
+    let groups = Groups::new(
+        ep.clone(),
+        GroupsConfig::new(NETWORK, cluster.clock()).with_tickets(tickets_rx),
+    );
+    let _router = groups.spawn_router();
+    let group = groups
+        .with_key(o.key.clone())
+        .with_state_machine(KvStore::new())
         .with_consensus_config(o.raft.clone(), o.worker.clone())
         .require_ticket(mock_validator().expect("validator"))
-        .with_tickets(tickets_rx)
-        .with_peers(members.iter().map(|m| m.addr.clone()).collect(), false)
-        .join(ep.clone(), KvStore::new(), MemoryStorage::new())
+        .with_peers(members.iter().map(|m| m.addr.clone()).collect())
+        .join_only()
+        .join()
+        .await
         .expect("joins");
+    let peer = Peer {
+        bonds: group.bonds().expect("bonds"),
+        group,
+    };
     wait_stats(&peer.bonds, "the peer bonds with every member", |s| {
         s.live == 3
     })
     .await;
     let leader = leader_index(&cluster, 0).await;
     members[leader]
-        .joined
         .group
         .execute(put("before", "1"))
         .await
@@ -872,10 +885,7 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
             .expect("ticket")])
         .expect("publish");
     for m in members {
-        wait_stats(&m.joined.bonds, "a good renewal is accepted", |s| {
-            s.renewals >= 1
-        })
-        .await;
+        wait_stats(&m.bonds, "a good renewal is accepted", |s| s.renewals >= 1).await;
     }
     assert_eq!(
         peer.bonds.stats().borrow().live,
@@ -895,12 +905,12 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
             })
         };
         wait_stats(
-            &m.joined.bonds,
+            &m.bonds,
             "the member closes the bond on the bad renewal",
             renewal_refused,
         )
         .await;
-        let s = m.joined.bonds.stats().borrow().clone();
+        let s = m.bonds.stats().borrow().clone();
         assert!(s.refused["BadTicket"] >= 1, "counted by reason: {s:?}");
         assert_eq!(
             s.renewals, 1,
@@ -917,14 +927,12 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
     let bonded_before = peer.bonds.stats().borrow().bonded;
     let follower = &members[(leader + 1) % 3];
     let first_after = follower
-        .joined
         .group
         .feed(put("after0", "x"))
         .await
         .expect("feed through a follower");
     for i in 1..10 {
         follower
-            .joined
             .group
             .execute(put(&format!("after{i}"), "x"))
             .await
@@ -932,11 +940,7 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
     }
     tokio::time::timeout(
         WAIT,
-        members[leader]
-            .joined
-            .group
-            .when()
-            .committed(first_after + 9),
+        members[leader].group.when().committed(first_after + 9),
     )
     .await
     .expect("ten entries commit without the peer")
@@ -956,7 +960,7 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
     );
     assert_eq!(get(follower, "after0").await.as_deref(), Some(&b"x"[..]));
     assert_eq!(get(follower, "after9").await.as_deref(), Some(&b"x"[..]));
-    peer.group.shutdown();
+    peer.group.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1028,12 +1032,12 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
             .issue(*ep.id().as_bytes(), None, cluster.clock()())
             .expect("ticket");
         let config = outsider_config(&cluster, target, ticket);
-        let bonded = target.joined.bonds.stats().borrow().bonded;
+        let bonded = target.bonds.stats().borrow().bonded;
         let mut raw = dial_raw(&ep, config, target.addr.clone())
             .await
             .expect("the real handshake succeeds");
         // The member counts the bond: what follows arrives on a live bond.
-        wait_stats(&target.joined.bonds, "the member bonds", |s| {
+        wait_stats(&target.bonds, "the member bonds", |s| {
             s.bonded == bonded + 1 && s.live == 3
         })
         .await;
@@ -1052,21 +1056,18 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
             other => panic!("{what}: the bond ended otherwise: {other:?}"),
         }
         wait_refused(&members[leader..=leader], "Malformed", i as u64 + 1).await;
-        let s = target.joined.bonds.stats().borrow().clone();
+        let s = target.bonds.stats().borrow().clone();
         let last = s.recent_refusals.last().expect("a refusal record");
         assert_eq!(
             (last.peer, last.reason),
             (node_id_of(&ep.id()), Refusal::Malformed),
             "{what}: {s:?}"
         );
-        wait_stats(&target.joined.bonds, "only the bad bond closes", |s| {
-            s.live == 2
-        })
-        .await;
+        wait_stats(&target.bonds, "only the bad bond closes", |s| s.live == 2).await;
     }
     // The member still leads and replicates to the others over the bonds it kept.
     for m in members {
-        let s = m.joined.bonds.stats().borrow().clone();
+        let s = m.bonds.stats().borrow().clone();
         assert_eq!(s.live, 2, "honest bonds stay: {s:?}");
         assert_eq!(
             s.refused.get("Malformed").copied().unwrap_or(0),
@@ -1075,7 +1076,6 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
         );
     }
     target
-        .joined
         .group
         .execute(put("after", "garbage"))
         .await
@@ -1103,7 +1103,7 @@ async fn a_peer_renewing_faster_than_allowed_loses_its_bond() {
     let mut raw = dial_raw(&ep, config, target.addr.clone())
         .await
         .expect("the real handshake succeeds");
-    wait_stats(&target.joined.bonds, "the member bonds", |s| s.live == 3).await;
+    wait_stats(&target.bonds, "the member bonds", |s| s.live == 3).await;
     let mut burst = Vec::new();
     for _ in 0..=RENEWALS_BURST {
         tessera::net::encode_message(&mut burst, &BondMessage::Tickets(vec![ticket.clone()]))
@@ -1112,23 +1112,20 @@ async fn a_peer_renewing_faster_than_allowed_loses_its_bond() {
     raw.send.write_all(&burst).await.expect("send renewals");
     let code = close_code(&raw.connection, "renewals beyond the burst").await;
     assert_eq!(code, VarInt::from_u32(Refusal::Malformed as u32));
-    wait_stats(&target.joined.bonds, "refused for its renewal rate", |s| {
+    wait_stats(&target.bonds, "refused for its renewal rate", |s| {
         s.recent_refusals
             .iter()
             .any(|r| r.reason == Refusal::Malformed && r.detail.contains("renewals faster"))
     })
     .await;
-    wait_stats(&target.joined.bonds, "only that bond closes", |s| {
-        s.live == 2
-    })
-    .await;
+    wait_stats(&target.bonds, "only that bond closes", |s| s.live == 2).await;
 }
 
 /// What a peer outside `cluster` needs to bond with `target` by the real handshake
 /// ([`dial_raw`]): the group's id and key, the mock validator, and `ticket` as its own.
 fn outsider_config(cluster: &LocalCluster, target: &ClusterMember, ticket: Ticket) -> BondConfig {
     BondConfig {
-        group_id: target.joined.id,
+        group_id: target.group.id(),
         group_key: cluster.options.key.clone(),
         network_id: NETWORK.into(),
         tickets: watch::channel(vec![ticket]).1,
@@ -1142,14 +1139,14 @@ fn outsider_config(cluster: &LocalCluster, target: &ClusterMember, ticket: Ticke
 /// and it is `expected`; panics with their views if that does not happen within the wait.
 async fn wait_voters(members: &[&ClusterMember], expected: &std::collections::BTreeSet<NodeId>) {
     for m in members {
-        let mut when = m.joined.group.when();
+        let mut when = m.group.when();
         let reached =
             tokio::time::timeout(WAIT, when.membership_is(|s| s.voters == *expected)).await;
         assert!(
             reached.is_ok(),
             "{} never saw voters {expected:?}: {:?}",
             m.node,
-            m.joined.group.status()
+            m.group.status()
         );
     }
 }
@@ -1158,15 +1155,10 @@ async fn wait_voters(members: &[&ClusterMember], expected: &std::collections::BT
 /// `tessera node` does without a key file), or at once (a crash).
 async fn stop(member: &ClusterMember, leave: bool) {
     if leave {
-        member
-            .joined
-            .group
-            .leave(WAIT)
-            .await
-            .expect("leave the group");
+        member.group.leave(WAIT).await.expect("leave the group");
     }
-    let group = member.joined.group.clone();
-    tokio::task::spawn_blocking(move || group.shutdown())
+    let group = member.group.clone();
+    tokio::spawn(async move { group.shutdown().await })
         .await
         .expect("shutdown");
     member.endpoint.close().await;
@@ -1181,7 +1173,6 @@ async fn two_of_three_members_restarted_as_new_identities_keep_the_group_writabl
     let cluster = bonded_cluster(3).await;
     let leader = leader_index(&cluster, 0).await;
     cluster.members[leader]
-        .joined
         .group
         .execute(put("before", "1"))
         .await
@@ -1212,8 +1203,7 @@ async fn two_of_three_members_restarted_as_new_identities_keep_the_group_writabl
         replacements.push(joiner);
     }
     let last = replacements.last().expect("replacement");
-    last.joined
-        .group
+    last.group
         .execute(put("after", "2"))
         .await
         .expect("a write after both restarts");
@@ -1272,7 +1262,6 @@ async fn a_crashed_member_is_replaced_by_its_new_identity() {
     )
     .await;
     replacement
-        .joined
         .group
         .execute(put("replaced", "yes"))
         .await

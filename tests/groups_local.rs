@@ -54,7 +54,7 @@ async fn writes_through_leader_and_follower_are_read_back_everywhere() {
         }
     );
     for g in &groups {
-        g.shutdown();
+        g.shutdown().await;
     }
 }
 
@@ -73,11 +73,11 @@ async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_i
             .expect("write");
         acknowledged.push(key);
     }
-    groups[(old.0 - 1) as usize].shutdown();
+    groups[(old.0 - 1) as usize].shutdown().await;
     let survivor = &groups[(old.0 % 3) as usize];
     fails_over_keeping_every_write(survivor, old, &acknowledged, ("after", "failover")).await;
     for g in &groups {
-        g.shutdown();
+        g.shutdown().await;
     }
 }
 
@@ -145,7 +145,7 @@ async fn a_partitioned_leader_cannot_commit_and_the_majority_moves_on() {
     })
     .await;
     for g in &groups {
-        g.shutdown();
+        g.shutdown().await;
     }
 }
 
@@ -209,7 +209,7 @@ async fn feed_returns_increasing_indexes_at_the_leader_and_through_a_follower() 
         );
     }
     for g in &groups {
-        g.shutdown();
+        g.shutdown().await;
     }
 }
 
@@ -264,7 +264,7 @@ async fn feed_at_a_cut_off_leader_returns_an_uncommitted_index_that_is_later_ove
         Some(&b"z"[..])
     );
     for g in &groups {
-        g.shutdown();
+        g.shutdown().await;
     }
 }
 
@@ -315,6 +315,6 @@ async fn an_operator_removes_and_adds_members_through_the_leader() {
         .expect("the leader adds it back");
     assert!(groups[leader_ix].members().contains(follower));
     for g in &groups {
-        g.shutdown();
+        g.shutdown().await;
     }
 }

@@ -99,7 +99,7 @@ async fn a_leader_whose_disk_fails_stops_acknowledging_and_the_others_carry_on()
         Some(&b"y"[..])
     );
     for g in &groups {
-        g.shutdown();
+        g.shutdown().await;
     }
 }
 
@@ -190,7 +190,7 @@ mod rocks {
             "caught up through a snapshot: {:?}",
             f.status()
         );
-        f.shutdown();
+        f.shutdown().await;
         let files = snapshot_files(&paths[ix(follower)]);
         assert_eq!(
             files.len(),
@@ -222,9 +222,9 @@ mod rocks {
                 "k{i} from the snapshot file"
             );
         }
-        restarted.shutdown();
+        restarted.shutdown().await;
         for g in &groups {
-            g.shutdown();
+            g.shutdown().await;
         }
     }
 
@@ -269,7 +269,7 @@ mod rocks {
             "enough entries for a snapshot ({old_commit})"
         );
         for g in &groups {
-            g.shutdown();
+            g.shutdown().await;
         }
         drop(groups);
         drop(net);
@@ -319,7 +319,7 @@ mod rocks {
             .await
             .expect("write after restart");
         for g in &groups {
-            g.shutdown();
+            g.shutdown().await;
         }
     }
 }

@@ -236,9 +236,9 @@ async fn snapshot_install(
     let rss_before = proc_status_kib("VmRSS");
     let (joiner, seconds) = add_member(args, cluster, target, scratch).await?;
     let peak = proc_status_kib("VmHWM");
-    let snapshots_in = joiner.joined.bonds.stats().borrow().snapshots_in;
-    let installed = joiner.joined.group.status().snapshot_index;
-    joiner.joined.group.shutdown();
+    let snapshots_in = joiner.bonds.stats().borrow().snapshots_in;
+    let installed = joiner.group.status().snapshot_index;
+    joiner.group.shutdown().await;
     if snapshots_in == 0 || installed == 0 {
         bail!("the new member caught up without installing a snapshot");
     }
@@ -292,7 +292,7 @@ async fn add_member(
     };
     tokio::time::timeout(
         Duration::from_secs(300),
-        joiner.joined.group.when().applied(target),
+        joiner.group.when().applied(target),
     )
     .await
     .context("the new member did not catch up within 300 s")??;
@@ -309,7 +309,7 @@ async fn catch_up(
 ) -> Result<(u64, f64)> {
     let target = leader.status().commit_index;
     let (joiner, seconds) = add_member(args, cluster, target, scratch).await?;
-    joiner.joined.group.shutdown();
+    joiner.group.shutdown().await;
     Ok((target, seconds))
 }
 
@@ -320,14 +320,14 @@ async fn measure(
 ) -> Result<serde_json::Value> {
     let peers = args.nodes as u64 - 1;
     for m in &cluster.members {
-        let mut rx = m.joined.bonds.stats();
+        let mut rx = m.bonds.stats();
         tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| s.live == peers))
             .await
             .context("members did not bond")??;
     }
     let leader = tokio::time::timeout(
         Duration::from_secs(20),
-        cluster.members[0].joined.group.when().leader_elected(),
+        cluster.members[0].group.when().leader_elected(),
     )
     .await
     .context("no leader")??;
@@ -341,7 +341,7 @@ async fn measure(
     let cluster = Arc::new(cluster);
     // The handle is shared by every client task; it is cheap to share through an Arc.
     for m in &cluster.members {
-        handles.push(Arc::new(m.joined.group.clone()));
+        handles.push(Arc::new(m.group.clone()));
     }
     let target = handles[target_ix].clone();
     if !args.json {
@@ -408,7 +408,7 @@ async fn measure(
     let failover_ms = if args.failover && args.nodes >= 3 {
         let survivor_ix = (leader_ix + 1) % args.nodes;
         let stop = Instant::now();
-        cluster.members[leader_ix].joined.group.shutdown();
+        cluster.members[leader_ix].group.shutdown().await;
         cluster.members[leader_ix].endpoint.close().await;
         let survivor = &handles[survivor_ix];
         let mut n = 0;
@@ -426,7 +426,7 @@ async fn measure(
         None
     };
     for m in &cluster.members {
-        m.joined.group.shutdown();
+        m.group.shutdown().await;
     }
     Ok(serde_json::json!({
         "nodes": args.nodes,

@@ -39,7 +39,7 @@ fn put(i: usize) -> KvCommand {
 
 /// Waits until a member logged a refusal of `peer`, and returns it.
 async fn refusal_of(cluster: &LocalCluster, peer: NodeId) -> Result<RefusalRecord> {
-    let mut rx = cluster.members[0].joined.bonds.stats();
+    let mut rx = cluster.members[0].bonds.stats();
     let found = tokio::time::timeout(
         WAIT,
         rx.wait_for(|s| s.recent_refusals.iter().any(|r| r.peer == peer)),
@@ -69,7 +69,7 @@ async fn run() -> Result<()> {
     let cluster = LocalCluster::start(options, |_| Ok(MemoryStorage::new())).await?;
     let name_of = |id: NodeId| cluster.index_of(id).map_or("?", |i| NAMES[i]);
     for (i, m) in cluster.members.iter().enumerate() {
-        let mut rx = m.joined.bonds.stats();
+        let mut rx = m.bonds.stats();
         tokio::time::timeout(WAIT, rx.wait_for(|s| s.live == 2))
             .await
             .with_context(|| format!("{} did not bond with both peers", NAMES[i]))??;
@@ -80,16 +80,13 @@ async fn run() -> Result<()> {
             m.addr.ip_addrs().next()
         );
     }
-    println!("  group id {}", cluster.members[0].joined.id);
+    println!("  group id {}", cluster.members[0].group.id());
 
     // 2. A leader.
     let election = Instant::now();
-    let leader = tokio::time::timeout(
-        WAIT,
-        cluster.members[0].joined.group.when().leader_elected(),
-    )
-    .await
-    .context("no leader in time")??;
+    let leader = tokio::time::timeout(WAIT, cluster.members[0].group.when().leader_elected())
+        .await
+        .context("no leader in time")??;
     println!(
         "  leader elected: {} ({leader}) after {:.0?}",
         name_of(leader),
@@ -97,7 +94,7 @@ async fn run() -> Result<()> {
     );
     let leader_ix = cluster.index_of(leader).context("leader is a member")?;
     let follower_ix = (leader_ix + 1) % 3;
-    let group = |i: usize| &cluster.members[i].joined.group;
+    let group = |i: usize| &cluster.members[i].group;
 
     // 3. Writes through the leader and through a follower (forwarded).
     for i in 0..WRITES_PER_PHASE {
@@ -137,7 +134,7 @@ async fn run() -> Result<()> {
     let mut refused = 0;
     for (name, c) in &candidates {
         let r = refusal_of(&cluster, c.node).await?;
-        if c.joined.bonds.stats().borrow().bonded != 0 {
+        if c.bonds.stats().borrow().bonded != 0 {
             bail!("{name} bonded, but must be refused");
         }
         refused += 1;
@@ -158,7 +155,7 @@ async fn run() -> Result<()> {
     let replayer = Bonds::start(
         ep,
         BondConfig {
-            group_id: cluster.members[0].joined.id,
+            group_id: cluster.members[0].group.id(),
             group_key: cluster.options.key.clone(),
             network_id: NETWORK.into(),
             tickets: watch::channel(vec![stolen]).1,
@@ -184,7 +181,7 @@ async fn run() -> Result<()> {
 
     // 5. Stop the leader; a new one takes over.
     let stop = Instant::now();
-    group(leader_ix).shutdown();
+    group(leader_ix).shutdown().await;
     cluster.members[leader_ix].endpoint.close().await;
     let survivor = group(follower_ix);
     let new_leader = tokio::time::timeout(WAIT, survivor.when().leader_changed_from(Some(leader)))
@@ -220,7 +217,7 @@ async fn run() -> Result<()> {
     }
     println!("  all {total} acknowledged writes read back (strong reads) on both survivors");
     for m in &cluster.members {
-        m.joined.group.shutdown();
+        m.group.shutdown().await;
     }
     println!();
     println!(

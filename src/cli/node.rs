@@ -26,9 +26,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
+use iroh::protocol::Router;
 use iroh::{EndpointAddr, PublicKey, SecretKey};
 use tessera::client::provision::{await_group_key, AwaitKey};
-use tessera::client::{serve_clients, ClientService};
+use tessera::client::{ClientProtocol, ClientService};
 use tessera::cluster::{random_secret, TICKET_LIFETIME_SECS};
 use tessera::collateral::task::own_quote_report_data;
 use tessera::collateral::{
@@ -40,14 +41,13 @@ use tessera::config::{
 };
 use tessera::discovery::{Discovery, DiscoveryConfig, OwnEntry, PeerDialer};
 use tessera::groups::Bonds;
-use tessera::groups::{keep_tickets_fresh, GroupBuilder, GroupKey};
+use tessera::groups::{keep_tickets_fresh, GroupKey, Groups, GroupsConfig};
 use tessera::machine::KvStore;
 use tessera::net::{
     announce,
     endpoint::{advertised_addrs, bound_addr},
     local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY,
 };
-use tessera::storage::MemoryStorage;
 #[cfg(feature = "rocksdb")]
 use tessera::storage::{LockedRocksDb, RocksDbStorage, StorageKey};
 #[cfg(feature = "mock-attestation")]
@@ -60,12 +60,8 @@ use tessera_attestation::{Collateral, QuoteProvider};
 
 use super::metrics;
 
-/// Client connections waiting for the client server before more are refused as busy.
-const CLIENT_CONNECTIONS_QUEUE_MAX: usize = 64;
-/// Discovery connections waiting for the discovery service before more are refused as busy.
-const DISCOVERY_CONNECTIONS_QUEUE_MAX: usize = 16;
-/// Bound on closing the endpoint at shutdown.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on shutting down: the group's worker and bonds, then the endpoint.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on leaving the group when a node with an identity of its own process stops.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on asking one bootstrap address who listens there.
@@ -505,30 +501,34 @@ async fn serve(p: Prepared) -> Result<()> {
         })
         .collect();
     let (raft, worker) = config.consensus();
-    let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_CONNECTIONS_QUEUE_MAX);
-    let (discovery_tx, discovery_rx) = tokio::sync::mpsc::channel(DISCOVERY_CONNECTIONS_QUEUE_MAX);
-    let (others_tx, others_rx) = tokio::sync::mpsc::channel(CLIENT_CONNECTIONS_QUEUE_MAX);
-    tokio::spawn(route_by_alpn(others_rx, client_tx, discovery_tx));
-    let builder = GroupBuilder::new(key, config.network_id.clone(), p.clock.clone())
+    // One gateway for the endpoint; this node joins one group on it.
+    let groups = Groups::new(
+        endpoint.clone(),
+        GroupsConfig::new(config.network_id.clone(), p.clock.clone()).with_tickets(tickets.clone()),
+    );
+    let builder = groups
+        .with_key(key)
+        .with_state_machine(KvStore::new())
         .with_consensus_config(raft, worker)
         .require_ticket(p.validator.clone())
-        .with_tickets(tickets.clone())
-        .with_peers(bootstrap.clone(), false)
-        .bootstrap_expect(config.bootstrap_expect)
-        .route_other_alpns(others_tx);
+        .with_peers(bootstrap.clone())
+        .bootstrap_expect(config.bootstrap_expect);
     #[cfg(feature = "rocksdb")]
-    let joined = match p.rocks {
+    let group = match p.rocks {
         Some((locked, _)) => {
             let store = locked
                 .unseal(storage_key)
                 .map_err(|e| start_failure(config.error("data_dir", e.to_string())))?;
-            builder.join(endpoint.clone(), KvStore::new(), store)
+            builder.with_storage(store).join().await
         }
-        None => builder.join(endpoint.clone(), KvStore::new(), MemoryStorage::new()),
+        None => builder.join().await,
     };
     #[cfg(not(feature = "rocksdb"))]
-    let joined = builder.join(endpoint.clone(), KvStore::new(), MemoryStorage::new());
-    let joined = joined.map_err(|e| start_failure(anyhow!("cannot join the group: {e}")))?;
+    let group = builder.join().await;
+    let group = group.map_err(|e| start_failure(anyhow!("cannot join the group: {e}")))?;
+    let bonds = group
+        .bonds()
+        .ok_or_else(|| start_failure(anyhow!("the group joined without bonds")))?;
 
     // The node's own entry: its key (signing), listen address, network, group, tickets.
     let discovery = Discovery::start(
@@ -537,25 +537,24 @@ async fn serve(p: Prepared) -> Result<()> {
             network_id: config.network_id.clone(),
             own: OwnEntry {
                 addrs: advertised_addrs(&endpoint, listen),
-                groups: vec![joined.id],
+                groups: vec![group.id()],
                 tickets: Vec::new(),
             },
             tickets: Some(tickets.clone()),
-            group: Some(joined.id),
+            group: Some(group.id()),
             bootstrap: bootstrap.clone(),
             clock: p.clock.clone(),
             // Discovered members are dialled only once their tickets pass this node's policy.
             validator: Some(p.validator),
         },
-        discovery_rx,
-        Some(joined.bonds.clone() as Arc<dyn PeerDialer>),
+        Some(bonds.clone() as Arc<dyn PeerDialer>),
     )
     .map_err(|e| start_failure(anyhow!("cannot start discovery: {e}")))?;
 
     let service = Arc::new(
         ClientService::new(
-            joined.group.clone(),
-            joined.bonds.clone(),
+            group.clone(),
+            bonds.clone(),
             config.client.clone(),
             node_key,
             config.network_id.clone(),
@@ -567,9 +566,13 @@ async fn serve(p: Prepared) -> Result<()> {
         .with_provisioners(provisioners(config), key_id)
         .with_discovery(discovery.stats()),
     );
-    tokio::spawn(serve_clients(service.clone(), client_rx));
+    let router = Router::builder(endpoint.clone())
+        .accept(ALPN_BOND, groups.bond_protocol())
+        .accept(ALPN_CLIENT, ClientProtocol::new(service.clone()))
+        .accept(ALPN_DISCOVERY, discovery.protocol())
+        .spawn();
     {
-        let mut when = joined.group.when();
+        let mut when = group.when();
         tokio::spawn(async move {
             if when.formed().await.is_ok() {
                 formed_tx.send_replace(true);
@@ -577,7 +580,7 @@ async fn serve(p: Prepared) -> Result<()> {
         });
     }
     if !config.bootstrap_addresses.is_empty() {
-        let (addresses, bonds) = (config.bootstrap_addresses.clone(), joined.bonds.clone());
+        let (addresses, bonds) = (config.bootstrap_addresses.clone(), bonds.clone());
         let known = std::mem::take(&mut by_address);
         tokio::spawn(follow_bootstrap_addresses(
             addresses, known, node_key, bonds,
@@ -599,18 +602,18 @@ async fn serve(p: Prepared) -> Result<()> {
         None => None,
     };
 
-    tracing::info!(node_id = %node_key, %listen, group = %joined.id, "node ready");
+    tracing::info!(node_id = %node_key, %listen, group = %group.id(), "node ready");
     let metrics_note =
         metrics_addr.map_or(String::new(), |a| format!(" metrics=http://{a}/metrics"));
     println!(
         "tessera node: ready node_id={node_key} listen={listen} group={}{metrics_note}",
-        joined.id
+        group.id()
     );
     let _ = std::io::stdout().flush();
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
-    let mut when = joined.group.when();
+    let mut when = group.when();
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok("SIGINT"),
         _ = terminate.recv() => Ok("SIGTERM"),
@@ -625,16 +628,21 @@ async fn serve(p: Prepared) -> Result<()> {
         // so no voter is left behind that the others would wait for (a restart comes back
         // as a new member). With a key file the node comes back as itself: it stays.
         if p.fresh_secret {
-            match joined.group.leave(LEAVE_TIMEOUT).await {
+            match group.leave(LEAVE_TIMEOUT).await {
                 Ok(()) => tracing::info!("left the group"),
                 Err(e) => tracing::warn!(error = %e, "could not leave the group before stopping"),
             }
         }
     }
     drop(discovery);
-    let group = joined.group.clone();
-    let _ = tokio::task::spawn_blocking(move || group.shutdown()).await;
-    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, endpoint.close()).await;
+    // The router stops accepting, shuts the gateway down (the group's worker, its bonds
+    // and their tasks) and closes the endpoint.
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, router.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown did not finish within {SHUTDOWN_TIMEOUT:?}");
+    }
     outcome.map(|signal| println!("tessera node: stopped ({signal})"))
 }
 
@@ -743,26 +751,6 @@ async fn follow_bootstrap_addresses(
                 bonds.forget_peer(&old);
             }
             bonds.add_bootstrap_peer(EndpointAddr::new(answer.id).with_ip_addr(*addr));
-        }
-    }
-}
-
-/// Hands each connection the bond layer passed on to the service of its ALPN; a service
-/// whose queue is full gets the connection closed as busy.
-async fn route_by_alpn(
-    mut others: tokio::sync::mpsc::Receiver<iroh::endpoint::Connection>,
-    clients: tokio::sync::mpsc::Sender<iroh::endpoint::Connection>,
-    discovery: tokio::sync::mpsc::Sender<iroh::endpoint::Connection>,
-) {
-    while let Some(conn) = others.recv().await {
-        // Anything but discovery goes to the client server, which refuses unknown ALPNs.
-        let to = if conn.alpn() == ALPN_DISCOVERY {
-            &discovery
-        } else {
-            &clients
-        };
-        if let Err(tokio::sync::mpsc::error::TrySendError::Full(conn)) = to.try_send(conn) {
-            conn.close(iroh::endpoint::VarInt::from_u32(0), b"busy");
         }
     }
 }

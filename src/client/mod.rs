@@ -31,7 +31,7 @@ use crate::machine::{ClientId, KvCommand, KvOutput, KvQuery, KvQueryResult};
 use crate::raft::{Index, NodeId, Term};
 
 pub use connect::{Client, ClientError, NodeTrust, EXECUTE_PATIENCE};
-pub use server::{serve_clients, ClientService, ClientStats};
+pub use server::{ClientProtocol, ClientService, ClientStats};
 
 /// Largest request frame a node reads: room for the largest KV command (a compare-and-swap
 /// of a maximal key with two maximal values is about 132 KiB).

@@ -1,16 +1,17 @@
 //! The node side of the client protocol: authenticates client keys, then answers one
 //! request per bi-stream from the node's [`Group`] handle.
 //!
-//! Connections arrive on a channel (the bonds' accept loop hands over every connection
-//! whose ALPN is not the bond's, see [`crate::groups::GroupBuilder::route_other_alpns`]).
+//! Connections arrive through an iroh router that mounts [`ClientProtocol`] on
+//! [`ALPN_CLIENT`].
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::PublicKey;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use super::{
     ClientAllow, ClientRequest, ClientResponse, MemberKind, MemberStatus, NodeStatus, CLOSE_BUSY,
@@ -259,16 +260,32 @@ pub fn role_name(role: Option<Role>) -> &'static str {
     }
 }
 
-/// Serves client connections handed over on `connections` until that channel closes.
-/// Must run inside a tokio runtime.
-pub async fn serve_clients(
+/// The client protocol's handler for an iroh [`Router`](iroh::protocol::Router), on
+/// [`ALPN_CLIENT`]: each connection from an allowed key is served on the router's task for
+/// it, at most [`ClientService`]'s connection limit at once.
+#[derive(Clone)]
+pub struct ClientProtocol {
     service: Arc<ClientService>,
-    mut connections: mpsc::Receiver<Connection>,
-) {
-    while let Some(conn) = connections.recv().await {
+}
+
+impl ClientProtocol {
+    pub fn new(service: Arc<ClientService>) -> Self {
+        Self { service }
+    }
+}
+
+impl std::fmt::Debug for ClientProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientProtocol").finish_non_exhaustive()
+    }
+}
+
+impl ProtocolHandler for ClientProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let service = &self.service;
         if conn.alpn() != ALPN_CLIENT {
             conn.close(VarInt::from_u32(0), b"unknown protocol");
-            continue;
+            return Ok(());
         }
         let peer = conn.remote_id();
         if !service.allow.allows(&peer)
@@ -281,18 +298,15 @@ pub async fn serve_clients(
                 VarInt::from_u32(CLOSE_UNAUTHORIZED),
                 b"client key not allowed by this node ([client] allow)",
             );
-            continue;
+            return Ok(());
         }
-        let Ok(permit) = service.connections.clone().try_acquire_owned() else {
+        let Ok(_permit) = service.connections.clone().try_acquire_owned() else {
             service.stats.busy.fetch_add(1, Ordering::Relaxed);
             conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many client connections");
-            continue;
+            return Ok(());
         };
-        let service = service.clone();
-        tokio::spawn(async move {
-            serve_connection(&service, &conn).await;
-            drop(permit);
-        });
+        serve_connection(service, &conn).await;
+        Ok(())
     }
 }
 

@@ -53,7 +53,8 @@ pub mod service;
 
 pub use exchange::{BondCommands, DiscoveryStats, Exchange, OwnEntry};
 pub use service::{
-    CatalogFrame, Discovery, DiscoveryConfig, DiscoveryError, ExchangeError, PeerDialer,
+    CatalogFrame, Discovery, DiscoveryConfig, DiscoveryError, DiscoveryProtocol, ExchangeError,
+    PeerDialer,
 };
 
 const SIGNATURE_DOMAIN: &[u8] = b"tessera/discovery/entry/v1";

@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::{Endpoint, EndpointAddr, PublicKey};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use super::exchange::{
     DiscoveryStats, Exchange, OwnEntry, EXCHANGE_BYTES_MAX, EXCHANGE_ENTRIES_MAX,
@@ -164,6 +165,8 @@ struct Shared {
     stats: watch::Sender<DiscoveryStats>,
     wake: Notify,
     outgoing: Arc<Semaphore>,
+    /// Exchanges peers started that we answer now.
+    incoming: Arc<Semaphore>,
     network_id: String,
     admission: Option<Admission>,
 }
@@ -235,14 +238,13 @@ impl Drop for Discovery {
 }
 
 impl Discovery {
-    /// Starts discovery on `endpoint` (which must accept [`ALPN_DISCOVERY`]): answers the
-    /// connections handed over on `connections` (others are closed), exchanges with the
-    /// bootstrap peers and then with catalog peers, and hands group members to `dialer`.
-    /// Must run inside a tokio runtime.
+    /// Starts discovery on `endpoint`: exchanges with the bootstrap peers and then with
+    /// catalog peers, and hands group members to `dialer`. Peers' exchanges are answered
+    /// once [`Discovery::protocol`] is mounted on the endpoint's router for
+    /// [`ALPN_DISCOVERY`]. Must run inside a tokio runtime.
     pub fn start(
         endpoint: Endpoint,
         mut config: DiscoveryConfig,
-        connections: mpsc::Receiver<Connection>,
         dialer: Option<Arc<dyn PeerDialer>>,
     ) -> Result<Self, DiscoveryError> {
         if let Some(tickets) = &mut config.tickets {
@@ -265,14 +267,25 @@ impl Discovery {
             stats,
             wake: Notify::new(),
             outgoing: Arc::new(Semaphore::new(OUTGOING_EXCHANGES_MAX)),
+            incoming: Arc::new(Semaphore::new(INCOMING_EXCHANGES_MAX)),
             network_id: config.network_id,
             admission: config.validator.map(|v| Admission::new(vec![v])),
         });
-        let tasks = vec![
-            tokio::spawn(accept(shared.clone(), connections)),
-            tokio::spawn(drive(shared.clone(), config.own, config.tickets, dialer)),
-        ];
+        let tasks = vec![tokio::spawn(drive(
+            shared.clone(),
+            config.own,
+            config.tickets,
+            dialer,
+        ))];
         Ok(Self { shared, tasks })
+    }
+
+    /// The handler that answers peers' exchanges, for an iroh router on
+    /// [`ALPN_DISCOVERY`].
+    pub fn protocol(&self) -> DiscoveryProtocol {
+        DiscoveryProtocol {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Watches the counters.
@@ -296,25 +309,34 @@ impl Discovery {
     }
 }
 
-async fn accept(shared: Arc<Shared>, mut connections: mpsc::Receiver<Connection>) {
-    let permits = Arc::new(Semaphore::new(INCOMING_EXCHANGES_MAX));
-    while let Some(conn) = connections.recv().await {
+/// Answers peers' discovery exchanges ([`Discovery::protocol`]): at most
+/// [`INCOMING_EXCHANGES_MAX`] at once, further ones are closed as busy.
+#[derive(Clone)]
+pub struct DiscoveryProtocol {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DiscoveryProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoveryProtocol").finish_non_exhaustive()
+    }
+}
+
+impl ProtocolHandler for DiscoveryProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         if conn.alpn() != ALPN_DISCOVERY {
             conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"unknown protocol");
-            continue;
+            return Ok(());
         }
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Ok(_permit) = self.shared.incoming.clone().try_acquire_owned() else {
             conn.close(
                 VarInt::from_u32(CLOSE_BUSY),
                 b"too many discovery exchanges",
             );
-            continue;
+            return Ok(());
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            answer(&shared, conn).await;
-            drop(permit);
-        });
+        answer(&self.shared, conn).await;
+        Ok(())
     }
 }
 

@@ -1,21 +1,23 @@
 //! Bonds over iroh (DESIGN §6): the [`Transport`] between group members on real QUIC
 //! connections, authenticated by iroh keys, admitted by tickets and proven by the group key.
 //!
-//! Handshake, on a bi-stream the dialer opens, both directions, in two steps. First a small
-//! `ProofHello { group id, proof }` (at most [`PROOF_FRAME_BYTES_MAX`], due within
+//! Handshake, on a bi-stream the dialer opens, in two steps. First the dialer sends a
+//! small `ProofHello { group id, proof }` (at most [`PROOF_FRAME_BYTES_MAX`], due within
 //! [`FIRST_FRAME_TIMEOUT`]) with `proof = HMAC-SHA256(group key, "tessera/bond/v1" ‖
 //! exporter ‖ role)`, where `exporter` is the connection's TLS keying-material export (so a
 //! proof cannot be replayed on another connection or relayed) and `role` says which side
-//! sent it. Only a peer that proved the group key gets our tickets and has its own read
-//! (at most [`TICKETS_FRAME_BYTES_MAX`]): a stranger costs a few hundred bytes and an HMAC,
-//! never a quote verification or a large buffer. Each side then checks every validator on
-//! the tickets against the remote key iroh authenticated (off the async executor, cached).
-//! Any failure closes the connection with a reason code and is counted in [`BondStats`].
+//! sent it. The acceptor's [`super::Groups`] gateway reads that frame, routes the
+//! connection to the group it names (many groups share one endpoint) or refuses it, and
+//! the group's bonds answer with their own proof. Only a peer that proved the group key
+//! gets our tickets and has its own read (at most [`TICKETS_FRAME_BYTES_MAX`]): a stranger
+//! costs a few hundred bytes and an HMAC, never a quote verification or a large buffer.
+//! Each side then checks every validator on the tickets against the remote key iroh
+//! authenticated (off the async executor, cached). Any failure closes the connection with
+//! a reason code and is counted in [`BondStats`] (the gateway's, before routing).
 //!
-//! Work for unauthenticated peers is budgeted ([`crate::net::Budget`]): QUIC handshakes in
-//! progress and bond handshakes before they finish, each in total and per source address,
-//! so silent connections from one host exhaust only that host's share. Connections of
-//! other ALPNs are handed over as soon as QUIC completes and never hold a bond permit.
+//! Work for unauthenticated peers is budgeted ([`crate::net::Budget`]) by the gateway: QUIC
+//! handshakes in progress and bond handshakes before they finish, each in total and per
+//! source address, so silent connections from one host exhaust only that host's share.
 //!
 //! After the handshake the stream carries [`BondMessage`]s: consensus frames, fresh tickets
 //! before the old ones expire (a bond whose peer lets its verdict expire is closed), and
@@ -27,7 +29,8 @@
 //! bond; a joiner dials everyone it knows. The dialer re-dials with back-off when the
 //! bond drops. Peers learned at run time (discovery, [`Bonds::add_peer`]) are dialled by
 //! the smaller key of the pair too (both sides learn of each other), and not while a bond
-//! the other side dialled is up.
+//! the other side dialled is up. Every dialler and accepted bond is a task of these bonds,
+//! ended and awaited by [`Bonds::close`].
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,13 +40,15 @@ use iroh::{Endpoint, EndpointAddr, PublicKey};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::id::{GroupId, GroupKey};
 use super::snapshot_transfer::{self, ResumeSlot};
 use super::transport::{Inbox, InboxError, InboxItem, PeerFrame, Transport};
 use crate::net::{
-    encode_message, read_message, read_message_limited, write_message, Budget, BudgetPermit,
-    FrameError, Source, ALPN_BOND,
+    encode_message, read_message, read_message_limited, write_message, BudgetPermit, FrameError,
+    ALPN_BOND,
 };
 use crate::raft::{Incarnation, Index, Message, MessageBody, NodeId, Term};
 use crate::storage::SnapshotStore;
@@ -167,6 +172,23 @@ impl BondStats {
     pub fn refused_total(&self) -> u64 {
         self.refused.values().sum()
     }
+
+    /// Counts `record` and keeps it among the recent ones.
+    pub(crate) fn record(&mut self, record: RefusalRecord) {
+        *self
+            .refused
+            .entry(format!("{:?}", record.reason))
+            .or_default() += 1;
+        if self.recent_refusals.len() == RECENT_REFUSALS_MAX {
+            self.recent_refusals.remove(0);
+        }
+        self.recent_refusals.push(record);
+    }
+
+    /// Counts a connection refused before it named a peer key or group (over budget).
+    pub(crate) fn count(&mut self, reason: Refusal) {
+        *self.refused.entry(format!("{reason:?}")).or_default() += 1;
+    }
 }
 
 /// What travels on a bond after the handshake.
@@ -190,6 +212,114 @@ struct ProofHello {
     proof: [u8; 32],
     /// The sender's incarnation, `None` while it is fresh.
     incarnation: Option<Incarnation>,
+}
+
+/// How a bond's connection came about.
+enum Opening {
+    /// We dialled: we open the stream and send our proof first.
+    Dialled,
+    /// The peer dialled; the gateway read its first frame to route it here.
+    Accepted(Box<FirstFrame>),
+}
+
+/// The dialer's first frame, read by the gateway on the stream the dialer opened.
+pub(crate) struct FirstFrame {
+    send: SendStream,
+    recv: RecvStream,
+    hello: ProofHello,
+}
+
+impl FirstFrame {
+    /// Accepts the stream a dialer opens and reads its small first frame, within
+    /// [`FIRST_FRAME_TIMEOUT`]: all an unauthenticated peer gets to make us do.
+    pub(crate) async fn read(conn: &Connection) -> Result<Self, (Refusal, String)> {
+        let first = async {
+            let (send, mut recv) = conn
+                .accept_bi()
+                .await
+                .map_err(|e| (Refusal::Malformed, e.to_string()))?;
+            let hello = read_proof(&mut recv).await?;
+            Ok((send, recv, hello))
+        };
+        let (send, recv, hello) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
+            .await
+            .map_err(|_| {
+                (
+                    Refusal::Timeout,
+                    format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
+                )
+            })??;
+        Ok(Self { send, recv, hello })
+    }
+
+    /// The group the dialer wants to bond in.
+    pub(crate) fn group_id(&self) -> GroupId {
+        GroupId(self.hello.group_id)
+    }
+}
+
+async fn read_proof(recv: &mut RecvStream) -> Result<ProofHello, (Refusal, String)> {
+    read_message_limited(recv, "bond proof", PROOF_FRAME_BYTES_MAX)
+        .await
+        .map_err(|e| (Refusal::Malformed, e.to_string()))
+}
+
+/// A group's side of the gateway's routing table: runs a bond whose first frame named
+/// this group.
+pub(crate) trait Acceptor: Send + Sync {
+    fn accept(
+        &self,
+        conn: Connection,
+        first: FirstFrame,
+        permit: BudgetPermit,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
+struct RoutedBonds<C> {
+    bonds: Arc<Bonds>,
+    inbox: Inbox<C>,
+}
+
+impl<C: Send + 'static> Acceptor for RoutedBonds<C> {
+    fn accept(
+        &self,
+        conn: Connection,
+        first: FirstFrame,
+        permit: BudgetPermit,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let (bonds, inbox) = (self.bonds.clone(), self.inbox.clone());
+        Box::pin(async move {
+            let opening = Opening::Accepted(Box::new(first));
+            let cancel = bonds.cancel.clone();
+            // Tracked too: closing the bonds waits for the bonds peers dialled.
+            let _tracked = bonds.tasks.token();
+            cancel
+                .run_until_cancelled(bonds.serve(conn, opening, inbox, Some(permit)))
+                .await;
+        })
+    }
+}
+
+/// Logs a refusal, counts it in `stats` (before the peer can see the close) and closes
+/// the connection with its reason code.
+pub(crate) fn refuse_on(
+    stats: &watch::Sender<BondStats>,
+    conn: &Connection,
+    why: Refusal,
+    detail: &str,
+) {
+    tracing::warn!(peer = %conn.remote_id().fmt_short(), reason = ?why, detail, "bond refused");
+    let record = RefusalRecord {
+        peer: node_id_of(&conn.remote_id()),
+        reason: why,
+        detail: detail.to_string(),
+    };
+    stats.send_modify(|s| s.record(record));
+    let reason = format!("{why:?}: {detail}");
+    conn.close(
+        VarInt::from_u32(why as u32),
+        &reason.as_bytes()[..reason.len().min(512)],
+    );
 }
 
 /// The second handshake frame, sent and read only once the peer's proof verified.
@@ -228,11 +358,18 @@ pub struct Bonds {
     /// The member's published status ([`Bonds::follow_group`]): who leads in which term,
     /// the only peer a snapshot is taken from. Unset: no snapshot is taken from anyone.
     group_status: std::sync::OnceLock<watch::Receiver<super::GroupStatus>>,
+    /// Ends every task of these bonds ([`Bonds::close`]).
+    cancel: CancellationToken,
+    /// The diallers and the bonds they run.
+    tasks: TaskTracker,
 }
 
 impl Bonds {
-    /// Starts accepting bond connections on `endpoint` and dialling `peers` as `dial`
-    /// says. Frames and bond up/down events go to `inbox`. Must run inside a tokio runtime.
+    /// Starts dialling `peers` as `dial` says; frames and bond up/down events go to
+    /// `inbox`. Connections peers dial to us arrive through the endpoint's
+    /// [`super::Groups`] gateway, which routes them here by group id
+    /// ([`Bonds::acceptor`]). Every task it spawns is tracked and ends with
+    /// [`Bonds::close`]. Must run inside a tokio runtime.
     pub fn start<C: Send + 'static>(
         endpoint: Endpoint,
         config: BondConfig,
@@ -240,105 +377,64 @@ impl Bonds {
         peers: Vec<EndpointAddr>,
         dial: Dial,
     ) -> Arc<Self> {
-        Self::start_with_other_alpns(endpoint, config, inbox, peers, dial, None)
-    }
-
-    /// [`Bonds::start`], handing accepted connections whose ALPN is not the bond's to
-    /// `others` (e.g. the client protocol) instead of closing them. When that queue is full
-    /// the connection is closed as busy.
-    pub fn start_with_other_alpns<C: Send + 'static>(
-        endpoint: Endpoint,
-        config: BondConfig,
-        inbox: Inbox<C>,
-        peers: Vec<EndpointAddr>,
-        dial: Dial,
-        others: Option<mpsc::Sender<Connection>>,
-    ) -> Arc<Self> {
         let (bonds, mut requested) =
             Self::unstarted(endpoint.id(), config, peers.iter().map(|p| p.id).collect());
         let bonds = Arc::new(bonds);
         {
-            let bonds = bonds.clone();
+            let dialling = bonds.clone();
             let ep = endpoint.clone();
             let inbox = inbox.clone();
-            tokio::spawn(async move {
+            let tasks = bonds.tasks.clone();
+            bonds.spawn(async move {
                 while let Some(peer) = requested.recv().await {
-                    let bonds = bonds.clone();
+                    let bonds = dialling.clone();
                     let ep = ep.clone();
                     let inbox = inbox.clone();
-                    tokio::spawn(async move { bonds.dial_added(ep, peer, inbox).await });
+                    let cancel = bonds.cancel.clone();
+                    tasks.spawn(cancel.run_until_cancelled_owned(async move {
+                        bonds.dial_added(ep, peer, inbox).await
+                    }));
                 }
             });
         }
-        let accepting = bonds.clone();
-        let ep = endpoint.clone();
-        let accept_inbox = inbox.clone();
-        tokio::spawn(async move {
-            // Bounded, in all and per source: a flood of connections cannot make us run
-            // unboundedly many QUIC or bond handshakes, nor lock out other hosts.
-            let connecting =
-                Budget::new("QUIC handshakes", CONNECTING_MAX, CONNECTING_PER_SOURCE_MAX);
-            let handshakes =
-                Budget::new("bond handshakes", HANDSHAKES_MAX, HANDSHAKES_PER_SOURCE_MAX);
-            while let Some(incoming) = ep.accept().await {
-                let source = Source::of_incoming(&incoming);
-                let connecting_permit = match connecting.try_acquire(source) {
-                    Ok(permit) => permit,
-                    Err(over) => {
-                        accepting.count_busy(&over.to_string());
-                        incoming.refuse();
-                        continue;
-                    }
-                };
-                let bonds = accepting.clone();
-                let inbox = accept_inbox.clone();
-                let others = others.clone();
-                let handshakes = handshakes.clone();
-                tokio::spawn(async move {
-                    let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
-                        Ok(Ok(conn)) => conn,
-                        Ok(Err(e)) => {
-                            return tracing::debug!(error = %e, "incoming connection failed")
-                        }
-                        Err(_) => return tracing::debug!("incoming connection timed out"),
-                    };
-                    drop(connecting_permit);
-                    if conn.alpn() != ALPN_BOND {
-                        if let Some(others) = others {
-                            if let Err(mpsc::error::TrySendError::Full(conn)) =
-                                others.try_send(conn)
-                            {
-                                conn.close(VarInt::from_u32(0), b"busy");
-                            }
-                            return;
-                        }
-                        conn.close(
-                            VarInt::from_u32(Refusal::Malformed as u32),
-                            b"unknown protocol",
-                        );
-                        return;
-                    }
-                    match handshakes.try_acquire(source) {
-                        Ok(permit) => {
-                            bonds.serve(conn, false, inbox, Some(permit)).await;
-                        }
-                        Err(over) => bonds.refuse(&conn, Refusal::Busy, &over.to_string()),
-                    }
-                });
-            }
-        });
         for peer in peers {
             if peer.id == bonds.me
                 || (dial == Dial::SmallerKey && peer.id.as_bytes() < bonds.me.as_bytes())
             {
                 continue;
             }
-            let bonds = bonds.clone();
+            let dialler = bonds.clone();
             let ep = endpoint.clone();
             let inbox = inbox.clone();
-            tokio::spawn(async move { bonds.dial_forever(ep, peer, inbox).await });
+            bonds.spawn(async move { dialler.dial_forever(ep, peer, inbox).await });
         }
         bonds
+    }
+
+    /// Runs `task` until [`Bonds::close`], tracked so that closing can wait for it.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .spawn(self.cancel.clone().run_until_cancelled_owned(task));
+    }
+
+    /// Where the gateway hands connections that proved this group's id: the bond runs on
+    /// the caller's task (the router's, for that connection) until it ends or the bonds
+    /// close.
+    pub(crate) fn acceptor<C: Send + 'static>(
+        self: &Arc<Self>,
+        inbox: Inbox<C>,
+    ) -> Arc<dyn Acceptor> {
+        Arc::new(RoutedBonds {
+            bonds: self.clone(),
+            inbox,
+        })
+    }
+
+    /// Ends every bond and dialler of this member and waits for their tasks.
+    pub async fn close(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// The bonds of `me`, with nothing accepted or dialled yet, and the queue of peers
@@ -360,6 +456,8 @@ impl Bonds {
             added: Mutex::new(BTreeSet::new()),
             dial_requests,
             group_status: std::sync::OnceLock::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         };
         (bonds, requested)
     }
@@ -368,6 +466,11 @@ impl Bonds {
     /// `status` publishes them. Until this is called no snapshot offer is accepted.
     pub fn follow_group(&self, status: watch::Receiver<super::GroupStatus>) {
         let _ = self.group_status.set(status);
+    }
+
+    /// The group these bonds belong to.
+    pub fn group_id(&self) -> GroupId {
+        self.config.group_id
     }
 
     /// Watches the counters.
@@ -482,7 +585,10 @@ impl Bonds {
             }
             match tokio::time::timeout(DIAL_TIMEOUT, ep.connect(peer.clone(), ALPN_BOND)).await {
                 Ok(Ok(conn)) => {
-                    if self.serve(conn, true, inbox.clone(), None).await {
+                    if self
+                        .serve(conn, Opening::Dialled, inbox.clone(), None)
+                        .await
+                    {
                         delay = REDIAL_DELAY_MIN;
                     }
                 }
@@ -519,38 +625,12 @@ impl Bonds {
     }
 
     fn refuse(&self, conn: &Connection, why: Refusal, detail: &str) {
-        tracing::warn!(peer = %conn.remote_id().fmt_short(), reason = ?why, detail, "bond refused");
-        let record = RefusalRecord {
-            peer: node_id_of(&conn.remote_id()),
-            reason: why,
-            detail: detail.to_string(),
-        };
-        // Counted before the peer can see the close.
-        self.stats.send_modify(|s| {
-            *s.refused.entry(format!("{why:?}")).or_default() += 1;
-            if s.recent_refusals.len() == RECENT_REFUSALS_MAX {
-                s.recent_refusals.remove(0);
-            }
-            s.recent_refusals.push(record);
-        });
-        let reason = format!("{why:?}: {detail}");
-        conn.close(
-            VarInt::from_u32(why as u32),
-            &reason.as_bytes()[..reason.len().min(512)],
-        );
+        refuse_on(&self.stats, conn, why, detail);
     }
 
     /// This member's incarnation, as its worker last published it.
     fn incarnation(&self) -> Option<Incarnation> {
         self.group_status.get().and_then(|s| s.borrow().incarnation)
-    }
-
-    /// Counts a connection refused before QUIC finished (no peer key known yet).
-    fn count_busy(&self, detail: &str) {
-        tracing::warn!(detail, "incoming connection refused: over budget");
-        self.stats.send_modify(|s| {
-            *s.refused.entry(format!("{:?}", Refusal::Busy)).or_default() += 1;
-        });
     }
 
     /// Validates `tickets` of the connection's peer, off the executor.
@@ -572,12 +652,12 @@ impl Bonds {
     async fn serve<C: Send + 'static>(
         self: &Arc<Self>,
         conn: Connection,
-        dialer: bool,
+        opening: Opening,
         inbox: Inbox<C>,
         handshake_permit: Option<BudgetPermit>,
     ) -> bool {
         let handshake =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&conn, dialer)).await;
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&conn, opening)).await;
         let (send, recv, expires_at, tickets) = match handshake {
             Ok(Ok(bond)) => bond,
             Ok(Err((why, detail))) => {
@@ -664,42 +744,50 @@ impl Bonds {
     async fn handshake(
         &self,
         conn: &Connection,
-        dialer: bool,
+        opening: Opening,
     ) -> Result<(SendStream, RecvStream, u64, watch::Receiver<Vec<Ticket>>), (Refusal, String)>
     {
         let malformed = |e: String| (Refusal::Malformed, e);
-        // The first frame is due soon after the connection: a silent peer holds a
-        // handshake permit for seconds, not for the whole handshake's bound.
-        let first = async {
-            let (mut send, mut recv) = if dialer {
-                conn.open_bi().await.map_err(|e| malformed(e.to_string()))?
-            } else {
-                conn.accept_bi()
+        let dialer = matches!(opening, Opening::Dialled);
+        let ours = ProofHello {
+            group_id: self.config.group_id.0,
+            proof: self.proof(conn, dialer).map_err(malformed)?,
+            incarnation: self.incarnation(),
+        };
+        let (mut send, mut recv, theirs) = match opening {
+            // The dialer speaks first: the acceptor routes by the group id it names.
+            Opening::Dialled => {
+                let first = async {
+                    let (mut send, mut recv) =
+                        conn.open_bi().await.map_err(|e| malformed(e.to_string()))?;
+                    write_message(&mut send, &ours)
+                        .await
+                        .map_err(|e| malformed(e.to_string()))?;
+                    let theirs = read_proof(&mut recv).await?;
+                    Ok::<_, (Refusal, String)>((send, recv, theirs))
+                };
+                // Due soon after the connection, as the acceptor's own first read is.
+                tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
                     .await
-                    .map_err(|e| malformed(e.to_string()))?
-            };
-            let ours = ProofHello {
-                group_id: self.config.group_id.0,
-                proof: self.proof(conn, dialer).map_err(malformed)?,
-                incarnation: self.incarnation(),
-            };
-            write_message(&mut send, &ours)
-                .await
-                .map_err(|e| malformed(e.to_string()))?;
-            let theirs: ProofHello =
-                read_message_limited(&mut recv, "bond proof", PROOF_FRAME_BYTES_MAX)
+                    .map_err(|_| {
+                        (
+                            Refusal::Timeout,
+                            format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
+                        )
+                    })??
+            }
+            Opening::Accepted(first) => {
+                let FirstFrame {
+                    mut send,
+                    recv,
+                    hello,
+                } = *first;
+                write_message(&mut send, &ours)
                     .await
                     .map_err(|e| malformed(e.to_string()))?;
-            Ok::<_, (Refusal, String)>((send, recv, theirs))
+                (send, recv, hello)
+            }
         };
-        let (mut send, mut recv, theirs) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
-            .await
-            .map_err(|_| {
-                (
-                    Refusal::Timeout,
-                    format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
-                )
-            })??;
         if theirs.group_id != self.config.group_id.0 {
             return Err((
                 Refusal::WrongGroup,
@@ -1186,11 +1274,13 @@ pub async fn dial_raw(
         .await
         .map_err(|_| "dial timed out".to_string())?
         .map_err(|e| format!("dial failed: {e}"))?;
-    let (send, recv, _, _) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, bonds.handshake(&connection, true))
-            .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|(why, detail)| format!("{why:?}: {detail}"))?;
+    let (send, recv, _, _) = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        bonds.handshake(&connection, Opening::Dialled),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|(why, detail)| format!("{why:?}: {detail}"))?;
     Ok(RawBond {
         connection,
         send,

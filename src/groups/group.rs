@@ -56,6 +56,15 @@ pub(super) struct GroupShared {
     pub thread: Mutex<Option<JoinHandle<()>>>,
     /// Latency of the worker's durable writes.
     pub write_timing: Arc<crate::storage::WriteTiming>,
+    pub id: super::GroupId,
+    /// The member's bonds and how to leave its gateway's table, when it runs over iroh.
+    pub network: std::sync::OnceLock<Network>,
+}
+
+/// What a member over iroh holds beyond its worker.
+pub(super) struct Network {
+    pub bonds: Arc<super::Bonds>,
+    pub detach: Box<dyn Fn() + Send + Sync>,
 }
 
 /// Free client sessions of this handle: (client id, next sequence number).
@@ -383,8 +392,26 @@ impl<M: StateMachine> Group<M> {
             .map_err(|_| GroupError::Timeout(timeout))?
     }
 
-    /// Stops this member's worker and waits for its thread to end.
-    pub fn shutdown(&self) {
+    /// The group's id.
+    pub fn id(&self) -> super::GroupId {
+        self.shared.id
+    }
+
+    /// The member's bonds, when it runs over iroh (joined through a
+    /// [`Groups`](super::Groups) gateway).
+    pub fn bonds(&self) -> Option<Arc<super::Bonds>> {
+        self.shared.network.get().map(|n| n.bonds.clone())
+    }
+
+    /// Connects the member to its bonds and its gateway (once).
+    pub(super) fn attach(&self, bonds: Arc<super::Bonds>, detach: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.shared.network.set(Network { bonds, detach });
+    }
+
+    /// Stops this member: its worker (waiting for its thread without blocking the
+    /// runtime), then its bonds and their tasks; the gateway forgets the group. Every
+    /// handle sees the group stopped. Idempotent.
+    pub async fn shutdown(&self) {
         let _ = self.shared.inbox.push(InboxItem::Shutdown);
         let thread = self
             .shared
@@ -393,7 +420,11 @@ impl<M: StateMachine> Group<M> {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(t) = thread {
-            let _ = t.join();
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Some(network) = self.shared.network.get() {
+            (network.detach)();
+            network.bonds.close().await;
         }
     }
 }
@@ -404,15 +435,22 @@ pub struct When {
 }
 
 impl When {
+    /// Waits until `f` holds, or fails once the member stopped without it holding: a
+    /// stopped member's state never changes again.
     async fn wait(
         &mut self,
-        f: impl FnMut(&GroupStatus) -> bool,
+        mut f: impl FnMut(&GroupStatus) -> bool,
     ) -> Result<GroupStatus, GroupError> {
-        self.status
-            .wait_for(f)
+        let status = self
+            .status
+            .wait_for(|s| f(s) || s.stopped.is_some())
             .await
             .map(|s| s.clone())
-            .map_err(|_| GroupError::Stopped("the worker has stopped".into()))
+            .map_err(|_| GroupError::Stopped("the worker has stopped".into()))?;
+        match &status.stopped {
+            Some(reason) if !f(&status) => Err(GroupError::Stopped(reason.clone())),
+            _ => Ok(status),
+        }
     }
 
     /// A leader is known; returns it.
@@ -473,6 +511,23 @@ impl When {
         f: impl Fn(&crate::raft::Membership) -> bool,
     ) -> Result<crate::raft::Membership, GroupError> {
         self.wait(|s| f(&s.membership)).await.map(|s| s.membership)
+    }
+
+    /// The member is online: a leader is known, the member holds the group's log, and it
+    /// has applied everything it knows to be committed. Returns the leader.
+    pub async fn online(&mut self) -> Result<NodeId, GroupError> {
+        let s = self
+            .wait(|s| {
+                s.stopped.is_some()
+                    || (s.leader.is_some()
+                        && s.incarnation.is_some()
+                        && s.applied_index >= s.commit_index)
+            })
+            .await?;
+        match (s.stopped, s.leader) {
+            (None, Some(leader)) => Ok(leader),
+            (stopped, _) => Err(GroupError::Stopped(stopped.unwrap_or_default())),
+        }
     }
 
     /// The node stopped participating (shutdown or a fatal storage error).

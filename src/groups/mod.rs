@@ -1,16 +1,20 @@
-//! Groups: identity ([`GroupKey`], [`GroupId`]), bonds over iroh ([`Bonds`]), and the runtime: a worker thread that drives one consensus core against real storage,
-//! a state machine and a transport, and the async [`Group`] handle applications use.
+//! Groups: identity ([`GroupKey`], [`GroupId`]), the [`Groups`] gateway of an iroh endpoint
+//! (an iroh `ProtocolHandler` that routes incoming bonds to the groups joined on it, and
+//! the [`GroupBuilder`] that joins them), bonds over iroh ([`Bonds`]), and the runtime: a
+//! worker thread that drives one member's consensus core against real storage, a state
+//! machine and a transport, and the async [`Group`] handle applications use.
 //!
 //! **IO contract.** The worker does storage IO (synchronously, on its own thread) and
-//! hands frames to a [`Transport`]; it never makes a protocol decision itself. The handle
-//! talks to the worker only through its bounded inbox.
+//! hands frames to a [`Transport`]; it never makes a protocol decision itself (the sans-IO
+//! [`member`] does). The handle talks to the worker only through its bounded inbox.
 pub mod bond;
-mod builder;
 pub mod formation;
+mod gateway;
 mod group;
 pub mod id;
 pub mod member;
 pub mod snapshot_transfer;
+mod ticket_renewal;
 pub mod transport;
 pub mod worker;
 
@@ -18,9 +22,10 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 pub use bond::{node_id_of, BondConfig, BondStats, Bonds, Dial, Refusal, RefusalRecord};
-pub use builder::{keep_tickets_fresh, GroupBuilder, JoinedGroup};
+pub use gateway::{BondProtocol, GroupBuilder, Groups, GroupsConfig, JoinError};
 pub use group::{Consistency, Group, GroupError, When};
 pub use id::{GroupId, GroupKey};
+pub use ticket_renewal::keep_tickets_fresh;
 pub use transport::{Inbox, InboxItem, LocalNetwork, PeerFrame, Transport, INBOX_FRAMES_MAX};
 pub use worker::{GroupStatus, WorkerConfig};
 
@@ -34,6 +39,8 @@ use worker::Worker;
 #[derive(Clone, Debug)]
 pub struct MemberOptions {
     pub node: NodeId,
+    /// The group's id ([`Group::id`]).
+    pub group_id: GroupId,
     pub raft: RaftConfig,
     pub worker: WorkerConfig,
     /// Seed of the core's election-timeout generator.
@@ -139,6 +146,8 @@ where
         timeout: options.request_timeout,
         thread: Mutex::new(Some(thread)),
         write_timing,
+        id: options.group_id,
+        network: std::sync::OnceLock::new(),
     };
     Ok(Group {
         shared: Arc::new(shared),

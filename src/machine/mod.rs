@@ -27,6 +27,7 @@
 
 mod kv;
 mod session;
+pub(crate) use session::signature_of as sessions_signature;
 mod signature;
 mod stream;
 
@@ -65,8 +66,9 @@ pub struct ApplyContext {
     /// leader-chosen, milliseconds since the Unix epoch
     ///
     /// Recorded in the entry when the leader appended it. It is the only notion of time a
-    /// machine may use. Leaders' clocks differ, so it may go backwards across a leader
-    /// change: a machine that needs monotonic time keeps its own high-water mark.
+    /// machine may use. It never decreases along the log: a leader stamps each entry with
+    /// at least the stamp of the entry before it, even when its clock is behind an earlier
+    /// leader's (the floor survives snapshots). It may stand still across such a change.
     pub timestamp_ms: u64,
 }
 

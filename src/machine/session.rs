@@ -45,6 +45,17 @@ use super::stream::{
 };
 use super::{ApplyContext, LeadershipPreference, SignatureBuilder, SnapshotError, StateMachine};
 
+/// The signature of a session table with `config` around a machine whose signature is
+/// `inner`: what a member's group id covers, since every member runs its machine inside
+/// one.
+pub(crate) fn signature_of(inner: &[u8; 32], config: &SessionConfig) -> [u8; 32] {
+    SignatureBuilder::new(SIGNATURE_DOMAIN)
+        .bytes(inner)
+        .u64(u64::from(config.sessions_max.get()))
+        .option_u64(config.session_ttl_ms)
+        .finish()
+}
+
 /// Default most sessions kept: above the 4096 concurrent clients the benchmarks run.
 pub const SESSIONS_MAX_DEFAULT: u32 = 16 * 1024;
 
@@ -462,11 +473,7 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
     type QueryResult = M::QueryResult;
 
     fn signature(&self) -> [u8; 32] {
-        SignatureBuilder::new(SIGNATURE_DOMAIN)
-            .bytes(&self.inner.signature())
-            .u64(u64::from(self.config.sessions_max.get()))
-            .option_u64(self.config.session_ttl_ms)
-            .finish()
+        signature_of(&self.inner.signature(), &self.config)
     }
 
     fn apply(&mut self, command: Self::Command, ctx: &ApplyContext) -> Self::Output {

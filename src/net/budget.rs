@@ -41,7 +41,12 @@ impl Source {
 
     /// The source of an incoming connection.
     pub fn of_incoming(incoming: &Incoming) -> Self {
-        match incoming.remote_addr() {
+        Self::of_addr(&incoming.remote_addr())
+    }
+
+    /// The source of a connection being accepted from `addr`.
+    pub fn of_addr(addr: &IncomingAddr) -> Self {
+        match addr {
             IncomingAddr::Ip(addr) => Self::of_ip(addr.ip()),
             IncomingAddr::Relay { endpoint_id, .. } => Source::Relayed(*endpoint_id.as_bytes()),
             _ => Source::Other,

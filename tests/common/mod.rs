@@ -19,6 +19,7 @@ pub const BOUND: Duration = Duration::from_secs(20);
 pub fn options(id: u64, members: &Membership) -> MemberOptions {
     MemberOptions {
         node: NodeId(id),
+        group_id: tessera::groups::GroupId([7; 32]),
         raft: RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,

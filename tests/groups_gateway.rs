@@ -1,0 +1,165 @@
+//! The `Groups` gateway over real iroh on loopback: many groups on one endpoint, each
+//! bond routed to its group by id, a second join returning the running member, a bond for
+//! a group not joined here refused before any ticket is read, and shutdown through the
+//! router stopping every group.
+use std::time::Duration;
+
+use iroh::protocol::Router;
+use iroh::EndpointAddr;
+use tessera::cluster::{
+    loopback_endpoint, mock_clock, mock_tickets, mock_validator, random_secret, NETWORK,
+};
+use tessera::groups::{
+    BondStats, Consistency, Group, GroupKey, Groups, GroupsConfig, JoinError, WorkerConfig,
+};
+use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
+use tessera::raft::RaftConfig;
+use tessera::tickets::Clock;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Node {
+    groups: Groups,
+    router: Router,
+    addr: EndpointAddr,
+}
+
+async fn node(clock: &Clock) -> Node {
+    let (endpoint, addr) = loopback_endpoint(random_secret().expect("key"))
+        .await
+        .expect("endpoint");
+    let tickets = mock_tickets(&endpoint, Default::default(), clock, 300).expect("tickets");
+    let config = GroupsConfig::new(NETWORK, clock.clone()).with_tickets(tickets);
+    let groups = Groups::new(endpoint, config);
+    let router = groups.spawn_router();
+    Node {
+        groups,
+        router,
+        addr,
+    }
+}
+
+async fn join(node: &Node, key: u8, peers: Vec<EndpointAddr>) -> Result<Group<KvStore>, JoinError> {
+    node.groups
+        .with_key(GroupKey::from_bytes([key; 32]))
+        .with_state_machine(KvStore::new())
+        .with_consensus_config(
+            RaftConfig::default(),
+            WorkerConfig {
+                tick: Duration::from_millis(20),
+                ..WorkerConfig::default()
+            },
+        )
+        .require_ticket(mock_validator().expect("validator"))
+        .with_peers(peers)
+        .join()
+        .await
+}
+
+fn put(key: &str, value: &str) -> KvCommand {
+    KvCommand::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+async fn get(group: &Group<KvStore>, key: &str) -> Option<Vec<u8>> {
+    let query = KvQuery::Get {
+        key: key.as_bytes().to_vec(),
+    };
+    match group.query(query, Consistency::Strong).await.expect("read") {
+        KvQueryResult::Get { value } => value,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+async fn online(group: &Group<KvStore>) {
+    tokio::time::timeout(WAIT, group.when().online())
+        .await
+        .unwrap_or_else(|_| panic!("not online: {:?}", group.status()))
+        .expect("online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_share_each_endpoint_and_keep_their_states_apart() {
+    let clock = mock_clock();
+    let (a, b) = (node(&clock).await, node(&clock).await);
+    // Default formation: each pair founds its group once both are bonded and agree.
+    let a1 = join(&a, 1, vec![b.addr.clone()]).await.expect("a joins 1");
+    let a2 = join(&a, 2, vec![b.addr.clone()]).await.expect("a joins 2");
+    let b1 = join(&b, 1, vec![a.addr.clone()]).await.expect("b joins 1");
+    let b2 = join(&b, 2, vec![a.addr.clone()]).await.expect("b joins 2");
+    assert_ne!(a1.id(), a2.id());
+    assert_eq!((a1.id(), a2.id()), (b1.id(), b2.id()));
+    let mut listed = a.groups.list();
+    listed.sort();
+    let mut expected = vec![a1.id(), a2.id()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    for group in [&a1, &a2, &b1, &b2] {
+        online(group).await;
+    }
+    a1.execute(put("k", "one")).await.expect("write to 1");
+    b2.execute(put("k", "two")).await.expect("write to 2");
+    assert_eq!(get(&b1, "k").await.as_deref(), Some(&b"one"[..]));
+    assert_eq!(get(&a2, "k").await.as_deref(), Some(&b"two"[..]));
+    // Each group's members are the two nodes, with one bond per group between them.
+    for group in [&a1, &a2] {
+        assert_eq!(group.members().voters.len(), 2, "{:?}", group.members());
+        assert_eq!(group.bonds().expect("bonds").stats().borrow().live, 1);
+    }
+
+    // Joining again returns the running member: same group, same state.
+    let again = join(&a, 1, vec![b.addr.clone()])
+        .await
+        .expect("joins again");
+    assert_eq!(again.id(), a1.id());
+    assert_eq!(a.groups.list().len(), 2);
+    assert_eq!(get(&again, "k").await.as_deref(), Some(&b"one"[..]));
+
+    // Shutting the router down stops every group of the endpoint.
+    a.router.shutdown().await.expect("router shutdown");
+    for group in [&a1, &a2] {
+        let reason = tokio::time::timeout(WAIT, group.when().offline())
+            .await
+            .expect("stops")
+            .expect("reason");
+        assert!(!reason.is_empty());
+    }
+    assert!(a.groups.list().is_empty());
+    assert!(matches!(
+        join(&a, 3, Vec::new()).await,
+        Err(JoinError::ShutDown)
+    ));
+    b.router.shutdown().await.expect("router shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bond_for_a_group_not_joined_here_is_refused_by_the_gateway() {
+    let clock = mock_clock();
+    let (a, c) = (node(&clock).await, node(&clock).await);
+    let a1 = join(&a, 1, Vec::new()).await.expect("a founds 1 alone");
+    online(&a1).await;
+    // c knows a's address but holds another group key: another group id.
+    let c9 = join(&c, 9, vec![a.addr.clone()]).await.expect("c joins 9");
+    let mut stats = a.groups.stats();
+    let wrong_group = |s: &BondStats| s.refused.get("WrongGroup").copied().unwrap_or(0) >= 1;
+    if tokio::time::timeout(WAIT, stats.wait_for(wrong_group))
+        .await
+        .is_err()
+    {
+        panic!("no refusal by the gateway: {:?}", a.groups.stats().borrow());
+    }
+    let refusal = a.groups.stats().borrow().recent_refusals.last().cloned();
+    let refusal = refusal.expect("a recent refusal");
+    assert_eq!(refusal.peer, tessera::groups::node_id_of(&c.addr.id));
+    // The group itself never saw the stranger, and nobody bonded.
+    let a_bonds = a1.bonds().expect("bonds");
+    assert_eq!(a_bonds.stats().borrow().bonded, 0);
+    assert_eq!(c9.bonds().expect("bonds").stats().borrow().bonded, 0);
+    assert!(!a1
+        .members()
+        .contains(tessera::groups::node_id_of(&c.addr.id)));
+    a.router.shutdown().await.expect("shutdown");
+    c.router.shutdown().await.expect("shutdown");
+}
