@@ -54,6 +54,20 @@ use crate::raft::{Incarnation, Index, Message, MessageBody, NodeId, Term};
 use crate::storage::SnapshotStore;
 use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketError};
 
+mod accept;
+mod handshake;
+mod io;
+
+use accept::RoutedBonds;
+pub(crate) use accept::{refuse_on, Acceptor};
+pub(crate) use handshake::FirstFrame;
+use handshake::Opening;
+pub use handshake::{dial_raw, RawBond};
+use io::{
+    read_messages, write_bond, AbortOnDrop, RenewalAllowance, SnapshotSender, INCOMING_MESSAGES_MAX,
+};
+pub use io::{READ_AHEAD_BYTES_MAX, RENEWALS_BURST, RENEWAL_REFILL};
+
 /// Frames queued towards one peer before further ones are dropped.
 pub const OUTGOING_FRAMES_MAX: usize = 8192;
 /// Bound on the whole handshake, ticket validation included.
@@ -86,7 +100,6 @@ const REDIAL_DELAY_MAX: Duration = Duration::from_secs(5);
 pub const KNOWN_KEYS_MAX: usize = 1024;
 /// Peers learned at run time waiting to get a dialler; further ones are refused.
 pub const DIAL_REQUESTS_MAX: usize = 256;
-const PROOF_DOMAIN: &[u8] = b"tessera/bond/v1";
 
 /// Which of the given peers a member dials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,134 +211,6 @@ pub enum BondMessage {
     /// Fresh tickets, sent before the previous ones expire.
     Tickets(Vec<Ticket>),
     Ping,
-}
-
-#[derive(Serialize, Deserialize)]
-enum Confirm {
-    Accepted,
-}
-
-/// The first handshake frame: small, and all a peer without the group key gets to send.
-#[derive(Serialize, Deserialize)]
-struct ProofHello {
-    group_id: [u8; 32],
-    proof: [u8; 32],
-    /// The sender's incarnation, `None` while it is fresh.
-    incarnation: Option<Incarnation>,
-}
-
-/// How a bond's connection came about.
-enum Opening {
-    /// We dialled: we open the stream and send our proof first.
-    Dialled,
-    /// The peer dialled; the gateway read its first frame to route it here.
-    Accepted(Box<FirstFrame>),
-}
-
-/// The dialer's first frame, read by the gateway on the stream the dialer opened.
-pub(crate) struct FirstFrame {
-    send: SendStream,
-    recv: RecvStream,
-    hello: ProofHello,
-}
-
-impl FirstFrame {
-    /// Accepts the stream a dialer opens and reads its small first frame, within
-    /// [`FIRST_FRAME_TIMEOUT`]: all an unauthenticated peer gets to make us do.
-    pub(crate) async fn read(conn: &Connection) -> Result<Self, (Refusal, String)> {
-        let first = async {
-            let (send, mut recv) = conn
-                .accept_bi()
-                .await
-                .map_err(|e| (Refusal::Malformed, e.to_string()))?;
-            let hello = read_proof(&mut recv).await?;
-            Ok((send, recv, hello))
-        };
-        let (send, recv, hello) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
-            .await
-            .map_err(|_| {
-                (
-                    Refusal::Timeout,
-                    format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
-                )
-            })??;
-        Ok(Self { send, recv, hello })
-    }
-
-    /// The group the dialer wants to bond in.
-    pub(crate) fn group_id(&self) -> GroupId {
-        GroupId(self.hello.group_id)
-    }
-}
-
-async fn read_proof(recv: &mut RecvStream) -> Result<ProofHello, (Refusal, String)> {
-    read_message_limited(recv, "bond proof", PROOF_FRAME_BYTES_MAX)
-        .await
-        .map_err(|e| (Refusal::Malformed, e.to_string()))
-}
-
-/// A group's side of the gateway's routing table: runs a bond whose first frame named
-/// this group.
-pub(crate) trait Acceptor: Send + Sync {
-    fn accept(
-        &self,
-        conn: Connection,
-        first: FirstFrame,
-        permit: BudgetPermit,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-}
-
-struct RoutedBonds<C> {
-    bonds: Arc<Bonds>,
-    inbox: Inbox<C>,
-}
-
-impl<C: Send + 'static> Acceptor for RoutedBonds<C> {
-    fn accept(
-        &self,
-        conn: Connection,
-        first: FirstFrame,
-        permit: BudgetPermit,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        let (bonds, inbox) = (self.bonds.clone(), self.inbox.clone());
-        Box::pin(async move {
-            let opening = Opening::Accepted(Box::new(first));
-            let cancel = bonds.cancel.clone();
-            // Tracked too: closing the bonds waits for the bonds peers dialled.
-            let _tracked = bonds.tasks.token();
-            cancel
-                .run_until_cancelled(bonds.serve(conn, opening, inbox, Some(permit)))
-                .await;
-        })
-    }
-}
-
-/// Logs a refusal, counts it in `stats` (before the peer can see the close) and closes
-/// the connection with its reason code.
-pub(crate) fn refuse_on(
-    stats: &watch::Sender<BondStats>,
-    conn: &Connection,
-    why: Refusal,
-    detail: &str,
-) {
-    tracing::warn!(peer = %conn.remote_id().fmt_short(), reason = ?why, detail, "bond refused");
-    let record = RefusalRecord {
-        peer: node_id_of(&conn.remote_id()),
-        reason: why,
-        detail: detail.to_string(),
-    };
-    stats.send_modify(|s| s.record(record));
-    let reason = format!("{why:?}: {detail}");
-    conn.close(
-        VarInt::from_u32(why as u32),
-        &reason.as_bytes()[..reason.len().min(512)],
-    );
-}
-
-/// The second handshake frame, sent and read only once the peer's proof verified.
-#[derive(Serialize, Deserialize)]
-struct TicketsHello {
-    tickets: Vec<Ticket>,
 }
 
 /// The small id the consensus core uses for a peer key: the first 8 bytes of its SHA-256.
@@ -610,42 +495,8 @@ impl Bonds {
         }
     }
 
-    fn proof(&self, conn: &Connection, dialer: bool) -> Result<[u8; 32], String> {
-        let mut exporter = [0u8; 32];
-        conn.export_keying_material(&mut exporter, PROOF_DOMAIN, &self.config.group_id.0)
-            .map_err(|e| format!("no keying material on this connection: {e:?}"))?;
-        let key = hmac::Key::new(hmac::HMAC_SHA256, self.config.group_key.as_bytes());
-        let mut msg = Vec::with_capacity(PROOF_DOMAIN.len() + 32 + 8);
-        msg.extend_from_slice(PROOF_DOMAIN);
-        msg.extend_from_slice(&exporter);
-        msg.extend_from_slice(if dialer { b"dialer" } else { b"acceptor" });
-        let mut proof = [0u8; 32];
-        proof.copy_from_slice(hmac::sign(&key, &msg).as_ref());
-        Ok(proof)
-    }
-
     fn refuse(&self, conn: &Connection, why: Refusal, detail: &str) {
         refuse_on(&self.stats, conn, why, detail);
-    }
-
-    /// This member's incarnation, as its worker last published it.
-    fn incarnation(&self) -> Option<Incarnation> {
-        self.group_status.get().and_then(|s| s.borrow().incarnation)
-    }
-
-    /// Validates `tickets` of the connection's peer, off the executor.
-    async fn admit(&self, conn: &Connection, tickets: Vec<Ticket>) -> Result<u64, TicketError> {
-        let admission = self.config.admission.clone();
-        let ctx = PeerContext {
-            peer_key: *conn.remote_id().as_bytes(),
-            network_id: self.config.network_id.clone(),
-            group_scope: None,
-            now: (self.config.clock)(),
-        };
-        let verdicts = tokio::task::spawn_blocking(move || admission.admit(&tickets, &ctx))
-            .await
-            .map_err(|e| TicketError::Validator(format!("validation task failed: {e}")))??;
-        Ok(verdicts.iter().map(|v| v.expires_at).min().unwrap_or(0))
     }
 
     /// Runs the handshake and then the bond until it ends. Returns whether it bonded.
@@ -739,120 +590,6 @@ impl Bonds {
         }
         tracing::info!(peer = %peer_key.fmt_short(), %peer, "bond closed");
         true
-    }
-
-    async fn handshake(
-        &self,
-        conn: &Connection,
-        opening: Opening,
-    ) -> Result<(SendStream, RecvStream, u64, watch::Receiver<Vec<Ticket>>), (Refusal, String)>
-    {
-        let malformed = |e: String| (Refusal::Malformed, e);
-        let dialer = matches!(opening, Opening::Dialled);
-        let ours = ProofHello {
-            group_id: self.config.group_id.0,
-            proof: self.proof(conn, dialer).map_err(malformed)?,
-            incarnation: self.incarnation(),
-        };
-        let (mut send, mut recv, theirs) = match opening {
-            // The dialer speaks first: the acceptor routes by the group id it names.
-            Opening::Dialled => {
-                let first = async {
-                    let (mut send, mut recv) =
-                        conn.open_bi().await.map_err(|e| malformed(e.to_string()))?;
-                    write_message(&mut send, &ours)
-                        .await
-                        .map_err(|e| malformed(e.to_string()))?;
-                    let theirs = read_proof(&mut recv).await?;
-                    Ok::<_, (Refusal, String)>((send, recv, theirs))
-                };
-                // Due soon after the connection, as the acceptor's own first read is.
-                tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
-                    .await
-                    .map_err(|_| {
-                        (
-                            Refusal::Timeout,
-                            format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
-                        )
-                    })??
-            }
-            Opening::Accepted(first) => {
-                let FirstFrame {
-                    mut send,
-                    recv,
-                    hello,
-                } = *first;
-                write_message(&mut send, &ours)
-                    .await
-                    .map_err(|e| malformed(e.to_string()))?;
-                (send, recv, hello)
-            }
-        };
-        if theirs.group_id != self.config.group_id.0 {
-            return Err((
-                Refusal::WrongGroup,
-                "the peer derives another group id (key, consensus config, state machine or validators differ)".into(),
-            ));
-        }
-        // Their proof was made with their role: the opposite of ours.
-        let expected = self.proof(conn, !dialer).map_err(malformed)?;
-        if !constant_time_eq(&expected, &theirs.proof) {
-            return Err((
-                Refusal::BadProof,
-                "group key proof does not verify on this connection".into(),
-            ));
-        }
-        // Both hold a log: it must descend from the same founding. (A fresh side joins
-        // whichever group adds it; its incarnation is then that group's.)
-        if let (Some(ours), Some(theirs)) = (self.incarnation(), theirs.incarnation) {
-            if ours != theirs {
-                return Err((
-                    Refusal::OtherIncarnation,
-                    format!(
-                        "the peer's log descends from another founding of this group id \
-                         (incarnation {theirs}, ours {ours}): a separately founded group"
-                    ),
-                ));
-            }
-        }
-        // The tickets sent here are marked seen on this receiver: the writer sends every
-        // later renewal, and none can slip between the hello and the writer starting.
-        let mut tickets = self.config.tickets.clone();
-        let ours = TicketsHello {
-            tickets: tickets.borrow_and_update().clone(),
-        };
-        write_message(&mut send, &ours)
-            .await
-            .map_err(|e| malformed(e.to_string()))?;
-        let theirs: TicketsHello =
-            read_message_limited(&mut recv, "bond tickets", TICKETS_FRAME_BYTES_MAX)
-                .await
-                .map_err(|e| malformed(e.to_string()))?;
-        if theirs.tickets.len() > TICKETS_PER_PEER_MAX {
-            return Err(malformed(format!(
-                "{} tickets presented, at most {TICKETS_PER_PEER_MAX} are read",
-                theirs.tickets.len()
-            )));
-        }
-        let expires_at = self
-            .admit(conn, theirs.tickets)
-            .await
-            .map_err(|e| (Refusal::BadTicket, e.to_string()))?;
-        // Both sides must accept before either counts the bond: a side that refuses closes
-        // the connection instead of confirming.
-        write_message(&mut send, &Confirm::Accepted)
-            .await
-            .map_err(|e| malformed(e.to_string()))?;
-        match read_message::<_, Confirm>(&mut recv, "bond confirmation").await {
-            Ok(Confirm::Accepted) => Ok((send, recv, expires_at, tickets)),
-            Err(e) => Err((
-                Refusal::RefusedByPeer,
-                format!(
-                    "the peer did not confirm the bond: {e} ({:?})",
-                    conn.close_reason()
-                ),
-            )),
-        }
     }
 
     async fn read_bond<C>(
@@ -1014,79 +751,6 @@ impl Bonds {
     }
 }
 
-/// The sending side of a bond's snapshot transfers: at most one in flight. The core
-/// offers the same snapshot again while it waits; a transfer already under way for it
-/// carries on instead of starting over.
-struct SnapshotSender {
-    bonds: Arc<Bonds>,
-    conn: Connection,
-    current: Option<((Index, Term), AbortOnDrop)>,
-}
-
-impl SnapshotSender {
-    fn start(&mut self, message: Message) {
-        let MessageBody::InstallSnapshot { snapshot } = &message.body else {
-            return;
-        };
-        let key = (snapshot.meta.index, snapshot.meta.term);
-        if let Some((current, task)) = &self.current {
-            if *current == key && !task.0.is_finished() {
-                return;
-            }
-        }
-        let bonds = self.bonds.clone();
-        let conn = self.conn.clone();
-        let task = tokio::spawn(async move {
-            let sent = async {
-                let (offer, handle) = snapshot_transfer::offer_for(&message)?;
-                let (mut send, mut recv) = tokio::time::timeout(DIAL_TIMEOUT, conn.open_bi())
-                    .await
-                    .map_err(|_| snapshot_transfer::TransferError::Timeout("opening a stream"))?
-                    .map_err(|e| {
-                        snapshot_transfer::TransferError::Frame(FrameError::Io(
-                            std::io::Error::other(e),
-                        ))
-                    })?;
-                let store = &bonds.config.snapshots;
-                let bytes =
-                    snapshot_transfer::send_snapshot(&mut recv, &mut send, &offer, store, &handle)
-                        .await?;
-                let _ = send.finish();
-                Ok::<_, snapshot_transfer::TransferError>(bytes)
-            };
-            match sent.await {
-                Ok(bytes) => {
-                    tracing::debug!(index = key.0, bytes, "snapshot sent");
-                    bonds.stats.send_modify(|s| s.snapshots_out += 1);
-                }
-                Err(e) => {
-                    tracing::warn!(index = key.0, error = %e, "snapshot transfer to peer failed");
-                    bonds.stats.send_modify(|s| s.snapshot_failures += 1);
-                }
-            }
-        });
-        self.current = Some((key, AbortOnDrop(task)));
-    }
-
-    /// The message to put on the bond stream for `frame`, or `None` when it is a snapshot
-    /// (which goes on a stream of its own).
-    fn route(&mut self, frame: PeerFrame) -> Option<BondMessage> {
-        match frame {
-            PeerFrame::Raft(message)
-                if matches!(message.body, MessageBody::InstallSnapshot { .. }) =>
-            {
-                self.start(message);
-                None
-            }
-            frame => Some(BondMessage::Frame(frame)),
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl crate::discovery::PeerDialer for Bonds {
     fn is_bonded(&self, peer: &PublicKey) -> bool {
         Bonds::is_bonded(self, peer)
@@ -1107,210 +771,5 @@ impl Transport for Bonds {
             // A full queue drops the frame, as a congested link would; Raft retransmits.
             let _ = tx.try_send(frame);
         }
-    }
-}
-
-/// Messages read ahead of the bond loop.
-const INCOMING_MESSAGES_MAX: usize = 1024;
-/// Bytes of messages read ahead of the bond loop (frames are up to 16 MiB each: counting
-/// messages alone would let one bond buffer 16 GiB).
-pub const READ_AHEAD_BYTES_MAX: usize = 32 << 20;
-/// Ticket renewals a bond takes in a burst, and how fast that allowance refills: each
-/// costs a full quote verification, and a correct peer renews at half its tickets'
-/// lifetime (at most once a second).
-pub const RENEWALS_BURST: u32 = 3;
-pub const RENEWAL_REFILL: Duration = Duration::from_secs(1);
-
-/// A token bucket for a bond's ticket renewals.
-#[derive(Debug)]
-struct RenewalAllowance {
-    tokens: u32,
-    refilled_at: tokio::time::Instant,
-}
-
-impl RenewalAllowance {
-    fn new(now: tokio::time::Instant) -> Self {
-        Self {
-            tokens: RENEWALS_BURST,
-            refilled_at: now,
-        }
-    }
-
-    /// Takes one renewal if the allowance has one at `now`.
-    fn take(&mut self, now: tokio::time::Instant) -> bool {
-        let periods = now.saturating_duration_since(self.refilled_at).as_millis()
-            / RENEWAL_REFILL.as_millis().max(1);
-        if periods > 0 {
-            let periods = u32::try_from(periods).unwrap_or(u32::MAX);
-            self.tokens = self.tokens.saturating_add(periods).min(RENEWALS_BURST);
-            self.refilled_at += RENEWAL_REFILL * periods.min(RENEWALS_BURST);
-            if self.tokens == RENEWALS_BURST {
-                self.refilled_at = now;
-            }
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A message read ahead, holding its size in the bond's read-ahead budget until handled.
-type ReadAhead = (
-    Result<BondMessage, FrameError>,
-    Option<tokio::sync::OwnedSemaphorePermit>,
-);
-
-/// Reads the bond's messages ahead of the bond loop, at most [`INCOMING_MESSAGES_MAX`]
-/// messages and [`READ_AHEAD_BYTES_MAX`] bytes: a frame is read only once its size fits.
-async fn read_messages(mut recv: RecvStream, tx: mpsc::Sender<ReadAhead>) {
-    let budget = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES_MAX));
-    loop {
-        let (message, permit) = match crate::net::read_frame(&mut recv).await {
-            Ok(body) => {
-                // Frames are at most FRAME_BYTES_MAX < READ_AHEAD_BYTES_MAX: always fits.
-                let size = u32::try_from(body.len()).unwrap_or(u32::MAX);
-                let Ok(permit) = budget.clone().acquire_many_owned(size.max(1)).await else {
-                    return;
-                };
-                let message =
-                    postcard::from_bytes::<BondMessage>(&body).map_err(|e| FrameError::Decode {
-                        what: "bond message",
-                        reason: e.to_string(),
-                    });
-                (message, Some(permit))
-            }
-            Err(e) => (Err(e), None),
-        };
-        let stop = message.is_err();
-        if tx.send((message, permit)).await.is_err() || stop {
-            return;
-        }
-    }
-}
-
-/// Most frames coalesced into one stream write.
-const FRAMES_PER_WRITE_MAX: usize = 256;
-
-async fn write_bond(
-    mut send: SendStream,
-    mut rx: mpsc::Receiver<PeerFrame>,
-    mut tickets: watch::Receiver<Vec<Ticket>>,
-    mut snapshots: SnapshotSender,
-) {
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    let mut buf = Vec::new();
-    loop {
-        let message = tokio::select! {
-            frame = rx.recv() => match frame {
-                Some(frame) => match snapshots.route(frame) {
-                    Some(message) => message,
-                    None => continue,
-                },
-                None => return,
-            },
-            changed = tickets.changed() => match changed {
-                Ok(()) => BondMessage::Tickets(tickets.borrow_and_update().clone()),
-                Err(_) => return,
-            },
-            _ = ping.tick() => BondMessage::Ping,
-        };
-        // Coalesce what is already queued into one write: fewer syscalls and packets. A
-        // frame that does not encode (over the frame limit) is dropped alone; `buf` keeps
-        // the others.
-        buf.clear();
-        let encode = |buf: &mut Vec<u8>, message: &BondMessage| {
-            if let Err(e) = encode_message(buf, message) {
-                tracing::warn!(error = %e, "bond frame not sent");
-            }
-        };
-        encode(&mut buf, &message);
-        for _ in 0..FRAMES_PER_WRITE_MAX {
-            let Ok(frame) = rx.try_recv() else { break };
-            if let Some(message) = snapshots.route(frame) {
-                encode(&mut buf, &message);
-            }
-        }
-        if buf.is_empty() {
-            continue;
-        }
-        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut send, &buf).await {
-            tracing::debug!(error = %e, "bond write failed");
-            return;
-        }
-    }
-}
-
-/// The streams of a bond whose handshake [`dial_raw`] completed.
-#[doc(hidden)]
-pub struct RawBond {
-    pub connection: Connection,
-    pub send: SendStream,
-    pub recv: RecvStream,
-}
-
-/// For tests and tools: dials `peer` and runs the bond handshake exactly as a member does
-/// (the same code, so the peer admits and counts the bond), then hands over the raw
-/// streams instead of running the bond, so that the caller can speak — or break — the
-/// protocol after the handshake. Needs what a member needs: the group key and a ticket
-/// the peer accepts.
-#[doc(hidden)]
-pub async fn dial_raw(
-    endpoint: &Endpoint,
-    config: BondConfig,
-    peer: EndpointAddr,
-) -> Result<RawBond, String> {
-    let (bonds, _) = Bonds::unstarted(endpoint.id(), config, BTreeSet::new());
-    let connection = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(peer, ALPN_BOND))
-        .await
-        .map_err(|_| "dial timed out".to_string())?
-        .map_err(|e| format!("dial failed: {e}"))?;
-    let (send, recv, _, _) = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        bonds.handshake(&connection, Opening::Dialled),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_string())?
-    .map_err(|(why, detail)| format!("{why:?}: {detail}"))?;
-    Ok(RawBond {
-        connection,
-        send,
-        recv,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renewals_come_in_a_small_burst_then_one_per_refill() {
-        let start = tokio::time::Instant::now();
-        let mut allowance = RenewalAllowance::new(start);
-        for i in 0..RENEWALS_BURST {
-            assert!(allowance.take(start), "renewal {i} of the burst");
-        }
-        assert!(!allowance.take(start), "beyond the burst");
-        assert!(!allowance.take(start + RENEWAL_REFILL / 2));
-        assert!(
-            allowance.take(start + RENEWAL_REFILL),
-            "one more per refill"
-        );
-        assert!(!allowance.take(start + RENEWAL_REFILL));
-        // A long quiet spell refills the burst, no more.
-        let later = start + RENEWAL_REFILL * 100;
-        for _ in 0..RENEWALS_BURST {
-            assert!(allowance.take(later));
-        }
-        assert!(!allowance.take(later));
     }
 }
