@@ -22,7 +22,7 @@ use iroh::{EndpointAddr, PublicKey, SecretKey};
 use super::{
     Catalog, EntryError, EntryHead, PeerEntry, SignedPeerEntry, CATALOG_ENTRIES_MAX, ENTRY_TTL_SECS,
 };
-use crate::groups::GroupId;
+use crate::group_id::GroupId;
 use crate::tickets::Ticket;
 
 /// Our own entry is re-signed (new version, fresh `issued_at`) after this long, well before

@@ -8,7 +8,7 @@ pub mod bond;
 mod builder;
 pub mod formation;
 mod group;
-pub mod id;
+pub use crate::group_id as id;
 pub mod member;
 pub mod snapshot_transfer;
 pub mod transport;
