@@ -16,8 +16,10 @@
 //!   schedule, verified before it replaces the bundle tickets carry.
 //! - [`cluster`]: mock-attested members in one process over loopback iroh (demo, bench).
 //! - [`discovery`]: signed peer entries and the bounded catalog of them.
-//! - [`groups`]: group identity (key, id), bonds over iroh, the worker that drives the core
-//!   and the async [`groups::Group`] handle.
+//! - [`group_id`]: group identity: the secret key and the public id derived from everything
+//!   members must agree on. A leaf: it uses only the core's configuration.
+//! - [`groups`]: bonds over iroh, the worker that drives the core and the async
+//!   [`groups::Group`] handle.
 //! - [`client`]: the client protocol over iroh (`tessera kv`, `tessera status`) and the node
 //!   side that serves it, with client keys checked against an allow list.
 //! - [`config`]: the `node.toml` schema of `tessera node`, validated with errors that name
@@ -32,6 +34,7 @@ pub mod cluster;
 pub mod collateral;
 pub mod config;
 pub mod discovery;
+pub mod group_id;
 pub mod groups;
 pub mod lincheck;
 pub mod machine;

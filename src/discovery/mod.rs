@@ -27,7 +27,7 @@ use std::sync::Arc;
 use iroh::{PublicKey, SecretKey, Signature};
 use serde::{Deserialize, Serialize};
 
-use crate::groups::GroupId;
+use crate::group_id::GroupId;
 use crate::tickets::Ticket;
 
 /// How long an entry stays valid after it was issued.

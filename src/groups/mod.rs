@@ -11,7 +11,7 @@ pub mod bond;
 pub mod formation;
 mod gateway;
 mod group;
-pub mod id;
+pub use crate::group_id as id;
 pub mod member;
 pub mod snapshot_transfer;
 mod ticket_renewal;

@@ -36,8 +36,14 @@
 //! that replays it exactly: `make sim SEED=<n>`.
 pub mod checks;
 mod client;
+mod disk;
+mod driver;
+mod events;
 pub mod faults;
+mod nemesis;
+mod network;
 mod node;
+mod workload;
 mod world;
 
 use std::fmt;
