@@ -3,8 +3,10 @@
 //! Nodes prove what they run with a TDX quote bound to their peer key; peers that pass a
 //! measurement policy bond into a group, and the group replicates a state machine with Raft.
 //!
-//! Module map (arrows point one way, see DESIGN §2):
+//! Module map (arrows point one way, see DESIGN §2; `tests/architecture.rs` checks the
+//! module graph has no cycle):
 //! - [`raft`]: the sans-IO consensus core. No IO, no clock, no ambient randomness.
+//! - [`clock`]: the node's wall clock as a function (a leaf).
 //! - [`machine`]: the [`machine::StateMachine`] trait and the built-in key-value store.
 //! - [`storage`]: the log/hard-state [`storage::Storage`] trait, the in-memory store and the
 //!   conformance suite every store must pass.
@@ -30,6 +32,7 @@
 //! `attestation = "mock"`. Production builds leave it off and refuse those settings.
 #![forbid(unsafe_code)]
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod collateral;
 pub mod config;

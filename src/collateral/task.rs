@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::fetch::PccsClient;
 use super::refresh::{Origin, Outcome, RefreshSettings, Refresher, Refusal};
 use super::{cache, CollateralStatus, SharedCollateral};
-use crate::tickets::Clock;
+use crate::clock::Clock;
 
 /// Domain of the report data of the quote the refresh checks collateral against. That
 /// quote never leaves the node; the tag keeps it from ever equalling a ticket's claims

@@ -148,7 +148,7 @@ pub struct DiscoveryConfig {
     /// Renewed tickets: each change publishes a new version of our entry.
     pub tickets: Option<watch::Receiver<Vec<Ticket>>>,
     /// Members of this group found in catalogs are handed to the dialer.
-    pub group: Option<crate::groups::GroupId>,
+    pub group: Option<crate::group_id::GroupId>,
     /// Peers to exchange with from the start (`bootstrap` in node.toml).
     pub bootstrap: Vec<EndpointAddr>,
     pub clock: Clock,

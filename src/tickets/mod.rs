@@ -30,25 +30,7 @@ pub const TICKET_BYTES_MAX: usize = 256 << 10;
 /// Accepted verdicts kept by an [`Admission`] cache.
 pub const ADMISSION_CACHE_MAX: usize = 1024;
 
-/// Unix seconds, from whatever clock the node uses. Validators never read a clock
-/// themselves: the caller passes `now`, so tests and the mock can choose it.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    })
-}
-
-/// A clock that starts at `start` and advances with real time: mock collateral has a
-/// fixed validity window, so mock-attested nodes run their clock from inside it.
-pub fn clock_from(start: u64) -> Clock {
-    let origin = std::time::Instant::now();
-    Arc::new(move || start.saturating_add(origin.elapsed().as_secs()))
-}
+pub use crate::clock::{clock_from, system_clock, Clock};
 
 /// A credential a peer presents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
