@@ -1,4 +1,4 @@
-//! `node.toml`: the one configuration file of `tessera node` (DESIGN §12), its schema,
+//! `node.toml`: the one configuration file of `tessera node` (architecture.md §12), its schema,
 //! and the validation that turns it into typed settings.
 //!
 //! Every error names the file and the field (`node.toml: bootstrap[1]: expected <node
@@ -213,7 +213,7 @@ pub struct NodeConfig {
     pub relay_url: Option<iroh::RelayUrl>,
     /// A fresh node forms a new group once this many members (itself included) are
     /// bonded and none of them belongs to a group yet; otherwise it joins the group its
-    /// peers are in. Default 3 (DESIGN §7.2); 1 makes a single-node group. Start exactly
+    /// peers are in. Default 3 (architecture.md §7.2); 1 makes a single-node group. Start exactly
     /// this many founders: more could form different voter sets.
     pub bootstrap_expect: usize,
     /// Where the group key comes from: a file, or a provisioner after it checked this
@@ -631,7 +631,7 @@ impl NodeConfig {
             }
         };
         // A node key on disk is a development convenience with two combinations that
-        // break the model (DESIGN §3, §13), refused here so that no node starts with them.
+        // break the model (architecture.md §3, §13), refused here so that no node starts with them.
         if raw.secret_key_file.is_some() {
             if attestation == AttestationMode::Tdx {
                 return Err(field(

@@ -1,4 +1,4 @@
-//! Group identity (DESIGN §3): the secret [`GroupKey`] and the public [`GroupId`] derived
+//! Group identity (architecture.md §3): the secret [`GroupKey`] and the public [`GroupId`] derived
 //! from everything members must agree on.
 //!
 //! The key is never derivable from public data (the reference runtime derived it from a

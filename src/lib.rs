@@ -3,7 +3,7 @@
 //! Nodes prove what they run with a TDX quote bound to their peer key; peers that pass a
 //! measurement policy bond into a group, and the group replicates a state machine with Raft.
 //!
-//! Module map (arrows point one way, see DESIGN §2; `tests/architecture.rs` checks the
+//! Module map (arrows point one way, see architecture.md §2; `tests/architecture.rs` checks the
 //! module graph has no cycle):
 //! - [`raft`]: the sans-IO consensus core. No IO, no clock, no ambient randomness.
 //! - [`clock`]: the node's wall clock as a function (a leaf).

@@ -1,5 +1,5 @@
 //! The module contracts that the compiler does not enforce: the consensus core performs no
-//! IO, reads no clock and uses no async runtime (DESIGN §7.1, STYLE "IO contract"), and the
+//! IO, reads no clock and uses no async runtime (architecture.md §7.1, STYLE "IO contract"), and the
 //! top-level modules depend on each other without cycles.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

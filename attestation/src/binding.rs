@@ -1,4 +1,4 @@
-//! Binding a quote to a peer (DESIGN §4.4).
+//! Binding a quote to a peer (architecture.md §4.4).
 //!
 //! The TD puts `SHA-512("tessera/attest/v1" ‖ postcard(Claims))` into the 64 bytes of report
 //! data. A verifier recomputes it from the claims sent next to the quote, compares all 64

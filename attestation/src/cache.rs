@@ -8,7 +8,7 @@
 //!
 //! The cache never serves a verdict the verifier would now refuse for stale collateral:
 //! [`VerificationCache::get`] takes the verifier's [`CollateralWatermark`] and skips an
-//! entry whose collateral is older than the newest accepted since it was stored (DESIGN
+//! entry whose collateral is older than the newest accepted since it was stored (architecture.md
 //! §13). Without that check one cached verdict would keep pre-revocation collateral
 //! acceptable until its nextUpdate, which is what the watermark exists to stop.
 //!

@@ -1,4 +1,4 @@
-//! The collateral freshness watermark (DESIGN §13): the newest signature-checked collateral
+//! The collateral freshness watermark (architecture.md §13): the newest signature-checked collateral
 //! a verifier has seen, and the refusal of anything older.
 //!
 //! Each peer supplies its own collateral, and DCAP accepts every item until its nextUpdate,

@@ -5,7 +5,7 @@
 //! (`now`, Unix seconds) and collateral are always passed in. Only the configfs-tsm quote
 //! provider touches the file system.
 //!
-//! The pipeline ([`verify`], DESIGN §4.2), each step a named check in an [`Appraisal`]:
+//! The pipeline ([`verify`], architecture.md §4.2), each step a named check in an [`Appraisal`]:
 //! 1. [`quote::parse_quote`]: v4/v5 quotes with TD 1.0/1.5 bodies; SGX quotes refused.
 //! 2. [`verify::verify_dcap`]: collateral validity windows at `now`, then dcap-qvl with the
 //!    policy's trust root (PCK chain, CRLs, QE identity, signatures, TCB level). No policy.
@@ -23,7 +23,7 @@
 //! PCCS / PCS v4 API paths and how answers become [`Collateral`].
 //!
 //! Apart from the pipeline, [`measure`] computes offline what an image will measure (MRTD,
-//! RTMR1, RTMR2) so that a policy can pin it (DESIGN §4.5).
+//! RTMR1, RTMR2) so that a policy can pin it (architecture.md §4.5).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

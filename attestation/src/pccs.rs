@@ -1,5 +1,5 @@
 //! The PCCS / Intel PCS v4 API as data: which URLs hold the collateral of this platform's
-//! quotes, and how their answers become a [`Collateral`] (DESIGN §4.2, §13).
+//! quotes, and how their answers become a [`Collateral`] (architecture.md §4.2, §13).
 //!
 //! This module owns the protocol only: the request paths and query strings a PCCS (Intel's
 //! reference caching service) and Intel's PCS both answer, the response headers that carry

@@ -1,4 +1,4 @@
-//! The verification pipeline (DESIGN §4.2): parse → DCAP → collateral freshness → policy
+//! The verification pipeline (architecture.md §4.2): parse → DCAP → collateral freshness → policy
 //! on the TCB → policy on the TD → binding. [`appraise`] records every check; [`verify`]
 //! returns the verdict.
 //!
@@ -6,7 +6,7 @@
 //! command). A verifier that judges peers over time uses [`verify_fresh`] /
 //! [`appraise_fresh`] with the [`CollateralWatermark`] it owns: they also refuse collateral
 //! older than the newest it has accepted, and raise it with each accepted verdict
-//! (DESIGN §13).
+//! (architecture.md §13).
 //!
 //! IO contract: no clock, no network, no file system. `now` is Unix seconds.
 use std::borrow::Cow;
@@ -179,7 +179,7 @@ pub fn trust_root_der(root: TrustRoot) -> Result<Cow<'static, [u8]>, VerifyError
 /// Domain tag of [`validator_digest`].
 pub const VALIDATOR_DIGEST_DOMAIN: &[u8] = b"tessera/tdx-validator/v1\0";
 
-/// Digest of everything that decides acceptance under `policy` (DESIGN §3, the TDX ticket
+/// Digest of everything that decides acceptance under `policy` (architecture.md §3, the TDX ticket
 /// validator's signature): SHA-256 over a domain tag, the canonical policy digest and the
 /// SHA-256 of the trusted root certificate.
 pub fn validator_digest(policy: &Policy) -> Result<[u8; 32], VerifyError> {

@@ -1,4 +1,4 @@
-//! Prometheus text metrics of a running node on `GET /metrics` (DESIGN §12): term, role,
+//! Prometheus text metrics of a running node on `GET /metrics` (architecture.md §12): term, role,
 //! commit and applied index, apply lag, bonds (live, established, closed, refused by
 //! reason), the node's ticket expiry, its collateral (age, fetches) and client-protocol
 //! counters.

@@ -293,7 +293,7 @@ struct CollateralSetup {
     refresh: Option<PccsRefresh>,
 }
 
-/// Sets up the collateral source the config names (DESIGN §12): `pccs_url` (the cache in
+/// Sets up the collateral source the config names (architecture.md §12): `pccs_url` (the cache in
 /// the data directory if it verifies, else a first fetch, which must succeed), or
 /// `collateral_file` (read once), or the mock provider's own.
 fn collateral_source(
@@ -367,7 +367,7 @@ fn collateral_source(
     })
 }
 
-/// Takes the RocksDB data directory `dir` as node `secret`'s own (DESIGN §3): records
+/// Takes the RocksDB data directory `dir` as node `secret`'s own (architecture.md §3): records
 /// another identity wrote (a previous start without a key file, as in a TD) are set aside
 /// and a fresh directory is taken in their place, so this node joins as the new member it
 /// is and never takes a dead identity's votes or log for its own. Records with no owner

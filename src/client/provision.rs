@@ -1,5 +1,5 @@
 //! Provisioning the group key to a node that starts without it (`[provision]` in
-//! `node.toml`; in a TD the only way, DESIGN §12): the node binds its endpoint, serves the
+//! `node.toml`; in a TD the only way, architecture.md §12): the node binds its endpoint, serves the
 //! client protocol to the keys allowed to provision it, and waits.
 //!
 //! The sender (`tessera provision`, or any [`crate::client::Client`] with

@@ -1,7 +1,7 @@
 //! The last good collateral bundle on disk, `<data_dir>/collateral.json`, so that a node
 //! restarted while its PCCS is down still has collateral to present.
 //!
-//! The host owns the disk (DESIGN §13), so the file is only ever a candidate: the caller
+//! The host owns the disk (architecture.md §13), so the file is only ever a candidate: the caller
 //! verifies what [`read`] returns exactly as it verifies a fetched bundle, and a file that
 //! does not verify is refused. Writing is atomic (a temporary file, synced, renamed over
 //! the old one, the directory synced), so a crash leaves the old bundle or the new one,

@@ -1,5 +1,5 @@
 //! The DCAP collateral of this node's own quotes: where it comes from, when it is replaced,
-//! and the current bundle that every new ticket carries (DESIGN §4.2, §12, §13).
+//! and the current bundle that every new ticket carries (architecture.md §4.2, §12, §13).
 //!
 //! Collateral expires (TCB Info and the PCK CRL after about a month), and every validator
 //! refuses collateral older than the newest it has accepted (`tessera_attestation::

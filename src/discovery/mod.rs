@@ -1,4 +1,4 @@
-//! Discovery (DESIGN §5): signed peer entries and the catalog a node keeps of them.
+//! Discovery (architecture.md §5): signed peer entries and the catalog a node keeps of them.
 //!
 //! A [`PeerEntry`] says who a peer is (its iroh key), where to reach it, which network and
 //! groups it is in, the tickets it presents and when it said so. The peer signs the entry

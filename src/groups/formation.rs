@@ -1,5 +1,5 @@
 //! Formation: whether a fresh member founds a new group, joins an existing one, or waits
-//! (DESIGN §7.2). Sans-IO: the worker feeds it bond events and the peers' [`Formation`]
+//! (architecture.md §7.2). Sans-IO: the worker feeds it bond events and the peers' [`Formation`]
 //! frames and asks it what to do; it never touches the network or the core.
 //!
 //! **The rule.** The founders are a configured set: this member plus the ids of its

@@ -1,7 +1,7 @@
 //! The [`Group`] handle: what an application holds. Async, cheap to clone, and safe to use
 //! from many tasks at once.
 //!
-//! Every `execute` and `feed` runs in an exactly-once client session (DESIGN §7.3): the command carries
+//! Every `execute` and `feed` runs in an exactly-once client session (architecture.md §7.3): the command carries
 //! a `(client id, sequence)` pair that the replicated [`Sessions`](crate::machine::Sessions)
 //! table remembers, so the handle can retry through leader changes, lost forwards and
 //! timeouts without the command ever applying twice. A session is used by one call at a
@@ -140,7 +140,7 @@ impl<M: StateMachine> Group<M> {
     }
 
     /// Appends `command` to the log and returns the index the leader gave it, as soon as
-    /// the leader has appended it: without waiting for commit or apply (DESIGN §7.3).
+    /// the leader has appended it: without waiting for commit or apply (architecture.md §7.3).
     /// Works from any member (followers forward to the leader).
     ///
     /// The command runs in an exactly-once session like [`Group::execute`]: when a reply
@@ -309,7 +309,7 @@ impl<M: StateMachine> Group<M> {
             .map_err(|e| GroupError::Stopped(e.to_string()))
     }
 
-    /// Leaves the group for good (DESIGN §3: a TD's identity dies with it, so a member
+    /// Leaves the group for good (architecture.md §3: a TD's identity dies with it, so a member
     /// that stops should not stay a voter the others wait for): hands leadership over if
     /// this member leads, has the leader remove it, and returns once that removal is
     /// committed. The leader does not add it back while its bond stays up. Call

@@ -98,7 +98,7 @@ where
     };
     // Whatever the log does not refer to is left over from before a crash.
     snapshots.sweep(kept.as_ref())?;
-    // The member's own leadership preference (DESIGN §7.2) is enforced by its core too.
+    // The member's own leadership preference (architecture.md §7.2) is enforced by its core too.
     let mut raft_config = options.raft.clone();
     match sessions.leadership_preference() {
         LeadershipPreference::Normal => {}

@@ -1,4 +1,4 @@
-//! Snapshot transfer between bonded members (DESIGN §8): chunked, resumable, verified.
+//! Snapshot transfer between bonded members (architecture.md §8): chunked, resumable, verified.
 //!
 //! The consensus core sends a snapshot as one `InstallSnapshot` message. A snapshot can be
 //! far larger than a frame (and than anything a bond should hold up), so the bond never

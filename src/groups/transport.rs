@@ -2,7 +2,7 @@
 //!
 //! The worker never awaits the network: it hands frames to a [`Transport`] (which must not
 //! block; it may drop, Raft tolerates loss) and receives frames through its [`Inbox`]. A
-//! transport over iroh bonds (attested, HMAC-proven, DESIGN §6) implements the same trait;
+//! transport over iroh bonds (attested, HMAC-proven, architecture.md §6) implements the same trait;
 //! [`LocalNetwork`] connects workers inside one process for tests and the demo.
 use std::collections::BTreeMap;
 use std::sync::mpsc::{SyncSender, TrySendError};

@@ -125,7 +125,7 @@ pub struct WorkerConfig {
     /// A transport that reports no bonds ([`LocalNetwork`](super::LocalNetwork)) makes
     /// every member look away: use `None` with it for runs longer than the timeout.
     pub removal_timeout: Option<Duration>,
-    /// The configured founding set, this member included (DESIGN §7.2): a fresh member
+    /// The configured founding set, this member included (architecture.md §7.2): a fresh member
     /// writes the first configuration, with them as voters, once every one of them is
     /// bonded and has confirmed the same set; it joins instead if one of them is already
     /// in a group ([`super::formation`]). `None`: it only joins.

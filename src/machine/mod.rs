@@ -10,11 +10,11 @@
 //! - [`StateMachine`], [`ApplyContext`], [`LeadershipPreference`], [`SnapshotError`]: the
 //!   contract between the Raft driver and the application.
 //! - [`Sessions`]: a wrapper that makes any machine exactly-once for retrying clients
-//!   (DESIGN §7.3, Raft dissertation §6.3).
+//!   (architecture.md §7.3, Raft dissertation §6.3).
 //! - [`KvStore`] and [`ReplicatedKv`]: the built-in key-value store used by the demo, the
 //!   CLI, the benchmarks and the simulator.
 //! - [`SignatureBuilder`]: the digest behind [`StateMachine::signature`], which is part of
-//!   the group id (DESIGN §3).
+//!   the group id (architecture.md §3).
 //!
 //! # What it must not do
 //!
@@ -72,7 +72,7 @@ pub struct ApplyContext {
     pub timestamp_ms: u64,
 }
 
-/// A node's preference for holding leadership (DESIGN §7.2).
+/// A node's preference for holding leadership (architecture.md §7.2).
 ///
 /// Per node, not per group: it is not part of the signature, and members of one group may
 /// differ. The Raft core enforces it; the machine only reports it.

@@ -1,4 +1,4 @@
-//! Exactly-once client sessions (DESIGN §7.3, Raft dissertation §6.3).
+//! Exactly-once client sessions (architecture.md §7.3, Raft dissertation §6.3).
 //!
 //! A client retries a command whose reply it did not get (leader change, timeout). The
 //! retry is a new log entry, so without help the command would run twice. [`Sessions`]

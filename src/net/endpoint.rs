@@ -1,6 +1,6 @@
 //! The iroh endpoint of a node, configured to contact nothing it was not told about.
 //!
-//! Facts for iroh 1.4 (DESIGN §5, checked with strace and a packet capture): the port
+//! Facts for iroh 1.4 (architecture.md §5, checked with strace and a packet capture): the port
 //! mapper is on by default and multicasts UPnP even with relays off, and the `N0` presets
 //! resolve DNS and publish to pkarr. So we start from `presets::Minimal` and switch off
 //! relays, address lookup, the port mapper and the net-report probes explicitly. Peers are
@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use iroh::endpoint::{presets, PortmapperConfig};
 use iroh::{Endpoint, NetReportConfig, RelayMode, RelayUrl, SecretKey};
 
-/// ALPN of the bond protocol between group members (DESIGN §6).
+/// ALPN of the bond protocol between group members (architecture.md §6).
 pub const ALPN_BOND: &[u8] = b"tessera/bond/1";
 /// ALPN of the client protocol (`tessera kv`, `tessera status`).
 pub const ALPN_CLIENT: &[u8] = b"tessera/client/1";
-/// ALPN of the catalog exchange between nodes of one network (DESIGN §5).
+/// ALPN of the catalog exchange between nodes of one network (architecture.md §5).
 pub const ALPN_DISCOVERY: &[u8] = b"tessera/discovery/1";
 
 /// Where and how a node listens.

@@ -1,4 +1,4 @@
-//! The network layer (DESIGN §5): the iroh endpoint every node binds, the ALPNs of our
+//! The network layer (architecture.md §5): the iroh endpoint every node binds, the ALPNs of our
 //! protocols, and the framed postcard codec they all speak.
 //!
 //! **IO contract.** This module moves bytes and enforces limits (frame size, version,

@@ -2,7 +2,7 @@
 //!
 //! Quorum is always a strict majority of the *voters of one configuration*. Nothing here
 //! knows about reachability: the reference runtime's "majority of whoever is reachable"
-//! rule is exactly what lets two partitions both commit (DESIGN §7.2).
+//! rule is exactly what lets two partitions both commit (architecture.md §7.2).
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};

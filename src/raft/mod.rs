@@ -7,7 +7,7 @@
 //! storage) and the simulator (virtual network, virtual disk) are two drivers of the very
 //! same code. See [`ready`] for the order a driver must follow.
 //!
-//! **Safety rules** (DESIGN §7.2; these depart from the reference runtime on purpose):
+//! **Safety rules** (architecture.md §7.2; these depart from the reference runtime on purpose):
 //! quorum is a strict majority of the voters of the latest configuration entry in the log,
 //! committed or not; a leader commits only entries of its own term by counting and starts
 //! its term with a no-op; term and vote are durable before any vote or append

@@ -205,7 +205,7 @@ impl Raft {
 
     /// Writes the initial configuration of a brand-new group as its first log entry.
     ///
-    /// Every initial voter must bootstrap with the same membership (DESIGN §7.2: agreed
+    /// Every initial voter must bootstrap with the same membership (architecture.md §7.2: agreed
     /// deterministically from sorted keys), so the entry is identical everywhere and
     /// committed by construction. A node that has any state never bootstraps again.
     pub fn bootstrap(&mut self, membership: Membership) -> Result<(), StepError> {

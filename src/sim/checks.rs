@@ -121,7 +121,7 @@ pub struct Checkers {
     /// snapshot). A gap is never a digest, so it cannot be mistaken for one.
     applied: Vec<Option<u64>>,
     pub mirrors: BTreeMap<NodeId, LogMirror>,
-    /// Exactly-once (DESIGN §7.3): the index at which each (client, sequence) was applied.
+    /// Exactly-once (architecture.md §7.3): the index at which each (client, sequence) was applied.
     commands_applied: HashMap<(u64, u64), Index>,
 }
 
@@ -364,7 +364,7 @@ impl Checkers {
         Ok(())
     }
 
-    /// Exactly-once client commands (DESIGN §7.3): the session table applied `client`'s
+    /// Exactly-once client commands (architecture.md §7.3): the session table applied `client`'s
     /// command `seq` at `index` (a new sequence, not a duplicate); it must never apply it
     /// at another index. `session_known`: whether the table held the client's session
     /// just before, which tells a table bug from its documented bound.
@@ -387,7 +387,7 @@ impl Checkers {
              the simulator's sessions_max or TTL leaves too little room"
         };
         Err(violation(
-            "exactly-once client commands (DESIGN §7.3)",
+            "exactly-once client commands (architecture.md §7.3)",
             format!("{node} applied client {client}'s command {seq} at {index}, already applied at {first}, {why}"),
         ))
     }

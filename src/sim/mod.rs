@@ -1,4 +1,4 @@
-//! Deterministic simulation of a Raft group (DESIGN §9.2, after FoundationDB and
+//! Deterministic simulation of a Raft group (architecture.md §9.2, after FoundationDB and
 //! TigerBeetle's VOPR).
 //!
 //! One seed fixes everything: the cluster size (3, 5 or 7 unless given), the fault mix,

@@ -4,7 +4,7 @@
 //! that identity's promises, its log is what that identity acknowledged. A node without a
 //! key file (always, inside a TD) has a new identity at every start, so on its previous
 //! identity's directory it must start as a new member and never read those records as its
-//! own (DESIGN §3). This module records the owner's node id beside the records
+//! own (architecture.md §3). This module records the owner's node id beside the records
 //! ([`OWNER_FILE`]) and decides, at start, whether the records are this node's, may be
 //! adopted, or belong to a dead identity and are set aside (renamed, kept for an operator
 //! until the next one replaces them, never opened again).

@@ -4,7 +4,7 @@
 //! on-disk format below. It only does storage IO, synchronously on the caller's thread; it
 //! never talks to the network and decides nothing about consensus.
 //!
-//! **The host owns the disk** (DESIGN §13): it can read, alter, swap, delete and replay
+//! **The host owns the disk** (architecture.md §13): it can read, alter, swap, delete and replay
 //! any file. So every record is sealed ([`super::seal`]: ChaCha20-Poly1305 under a key
 //! derived from the group key and this member's node id) and the records are chained, so
 //! that the only state the store accepts at open is one it wrote as a whole:

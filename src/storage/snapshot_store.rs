@@ -6,7 +6,7 @@
 //! keeps them in memory. The log store records only the small handle (as the snapshot's
 //! data); the runtime writes a snapshot here as it is produced or received and restores
 //! the state machine by streaming it back, so a large snapshot is never held in memory
-//! whole (DESIGN §8).
+//! whole (architecture.md §8).
 //!
 //! **What it must not do.** Decide which snapshot is current: the worker tells it which one
 //! the core serves ([`SnapshotStore::serve`]) and which one the log store durably refers

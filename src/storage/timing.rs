@@ -1,4 +1,4 @@
-//! How long durable writes take: the fsync latency an operator watches (DESIGN §12).
+//! How long durable writes take: the fsync latency an operator watches (architecture.md §12).
 //!
 //! The worker times every [`Storage::write`](super::Storage::write) — one durable batch,
 //! one sync for a durable store — and records it here; the metrics endpoint and the

@@ -1,6 +1,6 @@
 //! `AnyOf`: accept a ticket that any of several validators of one kind accepts.
 //!
-//! This is the policy-rollover path (DESIGN §3): a group moving from policy A to policy B
+//! This is the policy-rollover path (architecture.md §3): a group moving from policy A to policy B
 //! first runs `AnyOf[A, B]` everywhere (a new GroupId, since the signature covers both),
 //! then `B` alone once every member runs the new image.
 use std::sync::Arc;

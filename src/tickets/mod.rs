@@ -1,4 +1,4 @@
-//! Tickets (DESIGN §3): what a peer presents to prove it may bond, and the validators that
+//! Tickets (architecture.md §3): what a peer presents to prove it may bond, and the validators that
 //! decide. A ticket is `(kind, bytes, expires_at)`; for TDX the bytes are a quote, its
 //! collateral and the binding claims ([`tdx`]).
 //!
@@ -109,7 +109,7 @@ impl TicketError {
 pub trait TicketValidator: Send + Sync {
     /// The ticket kind this validator reads.
     fn kind(&self) -> &str;
-    /// Stable digest of everything that decides acceptance (DESIGN §3); part of the GroupId.
+    /// Stable digest of everything that decides acceptance (architecture.md §3); part of the GroupId.
     fn signature(&self) -> [u8; 32];
     /// Checks `ticket` for the peer in `ctx`.
     fn validate(&self, ticket: &Ticket, ctx: &PeerContext) -> Result<Validated, TicketError>;

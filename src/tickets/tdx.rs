@@ -1,4 +1,4 @@
-//! TDX tickets: a quote whose report data binds the peer's key (DESIGN §4.4), the DCAP
+//! TDX tickets: a quote whose report data binds the peer's key (architecture.md §4.4), the DCAP
 //! collateral to verify it with, and the claims. Collateral is signed by the platform
 //! vendor's PKI, so receiving it from the peer itself is safe: the verifier checks it
 //! against its own trust root.
@@ -100,7 +100,7 @@ impl TicketValidator for TdxValidator {
 
 /// What both TDX validators hold and run: the policy, its digest (the validator's
 /// signature) and the collateral watermark, the newest signature-checked collateral this
-/// validator has accepted per platform model, QE identity and CA (DESIGN §13).
+/// validator has accepted per platform model, QE identity and CA (architecture.md §13).
 struct Pipeline {
     policy: Policy,
     signature: [u8; 32],

@@ -1,4 +1,4 @@
-//! Offline measurement of a TD image (DESIGN §4.5): the MRTD, RTMR1 and RTMR2 a TDX guest
+//! Offline measurement of a TD image (architecture.md §4.5): the MRTD, RTMR1 and RTMR2 a TDX guest
 //! will report when QEMU boots it with a TDVF (TDX OVMF) firmware by direct kernel boot
 //! (`-bios F -kernel K -initrd I -append C`), computed from the files alone, without TDX
 //! hardware, so a policy can pin them before the image ever runs.

@@ -140,7 +140,7 @@ fn join(statuses: &[TcbStatus]) -> String {
 /// One policy check: its name and either a pass detail or the violation.
 pub type PolicyCheck = (&'static str, Result<String, PolicyViolation>);
 
-/// Runs every policy check on a verified quote, in DESIGN §4.2 order.
+/// Runs every policy check on a verified quote, in architecture.md §4.2 order.
 pub fn evaluate(
     policy: &Policy,
     quote: &ParsedQuote,

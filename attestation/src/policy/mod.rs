@@ -1,4 +1,4 @@
-//! Measurement policies (`policies/*.toml`, DESIGN §4.3): schema, validation, canonical
+//! Measurement policies (`policies/*.toml`, architecture.md §4.3): schema, validation, canonical
 //! digest, and evaluation of a DCAP-verified quote against the policy.
 //!
 //! A policy is data. Unknown keys are errors, hex fields have fixed lengths, and the digest

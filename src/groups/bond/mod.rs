@@ -1,4 +1,4 @@
-//! Bonds over iroh (DESIGN §6): the [`Transport`] between group members on real QUIC
+//! Bonds over iroh (architecture.md §6): the [`Transport`] between group members on real QUIC
 //! connections, authenticated by iroh keys, admitted by tickets and proven by the group key.
 //!
 //! Handshake, on a bi-stream the dialer opens, in two steps. First the dialer sends a

@@ -8,7 +8,7 @@
 //! corrupted signature; and the issue date, evaluation data number or CRL number of each
 //! collateral item, for the freshness watermark and age limit. Deterministic: one seed and config give the same bytes.
 //!
-//! Facts of the DCAP format honoured here (DESIGN §4.1): quote = header (48 B) ‖ TD report
+//! Facts of the DCAP format honoured here (architecture.md §4.1): quote = header (48 B) ‖ TD report
 //! ‖ signature data; the attestation key signs header ‖ body; certification data type 6
 //! holds the QE report, its PCK signature, QE auth data and type 5 data (PEM chain: PCK
 //! leaf, PCK CA, root); QE report data = SHA-256(attestation key ‖ QE auth data) ‖ 0^32.
