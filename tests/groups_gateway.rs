@@ -124,7 +124,7 @@ async fn two_groups_share_each_endpoint_and_keep_their_states_apart() {
             .await
             .expect("stops")
             .expect("reason");
-        assert!(!reason.is_empty());
+        assert_eq!(reason, tessera::groups::StopReason::ShutDown);
     }
     assert!(a.groups.list().is_empty());
     assert!(matches!(

@@ -177,7 +177,7 @@ impl ClientService {
             bonds_refused: stats.refused.into_iter().collect(),
             ticket_expires_at: self.ticket_expires_at(),
             now: (self.clock)(),
-            stopped: s.stopped,
+            stopped: s.stopped.map(|reason| reason.to_string()),
         }
     }
 

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use super::error::{GroupError, Rejection, StopReason};
 use super::transport::{Inbox, InboxItem};
 use super::worker::{ClientRequest, GroupStatus, RequestError};
 use crate::machine::{ClientId, SessionCommand, SessionOutput, StateMachine};
@@ -30,22 +31,6 @@ pub enum Consistency {
     Weak,
     /// Linearizable: read-index through the leader, answered after local apply catches up.
     Strong,
-}
-
-/// Why a group operation failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum GroupError {
-    #[error("timed out after {0:?}; a command may still apply, exactly once")]
-    Timeout(Duration),
-    #[error("the node stopped: {0}")]
-    Stopped(String),
-    #[error("refused: {0}")]
-    Refused(String),
-    #[error("encoding failed: {0}")]
-    Encoding(String),
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 pub(super) struct GroupShared {
@@ -201,9 +186,13 @@ impl<M: StateMachine> Group<M> {
             postcard::from_bytes(&bytes).map_err(|e| GroupError::Encoding(e.to_string()))?;
         match output {
             SessionOutput::Applied(o) | SessionOutput::Duplicate(o) => Ok(o),
-            SessionOutput::Stale { last_seq } => Err(GroupError::Internal(format!(
-                "session {client:?} is at {last_seq}, past this call's {seq}"
-            ))),
+            SessionOutput::Stale { last_seq } => {
+                Err(GroupError::Refused(Rejection::StaleSession {
+                    client,
+                    last_seq,
+                    seq,
+                }))
+            }
         }
     }
 
@@ -244,7 +233,7 @@ impl<M: StateMachine> Group<M> {
             match self.shared.inbox.push(InboxItem::Client(make(tx))) {
                 Ok(()) => {}
                 Err(super::transport::InboxError::Closed) => {
-                    return Err(GroupError::Stopped("the worker has stopped".into()))
+                    return Err(GroupError::Stopped(StopReason::WorkerGone))
                 }
                 Err(super::transport::InboxError::Full) => {
                     self.backoff(deadline).await?;
@@ -253,13 +242,13 @@ impl<M: StateMachine> Group<M> {
             }
             match tokio::time::timeout_at(deadline, rx).await {
                 Err(_) => return Err(GroupError::Timeout(timeout)),
-                Ok(Err(_)) => return Err(GroupError::Stopped("the worker has stopped".into())),
+                Ok(Err(_)) => return Err(GroupError::Stopped(StopReason::WorkerGone)),
                 Ok(Ok(Ok(answer))) => return Ok(answer),
                 Ok(Ok(Err(RequestError::NoLeader | RequestError::Unknown))) => {
                     self.backoff(deadline).await?
                 }
                 Ok(Ok(Err(RequestError::Stopped(why)))) => return Err(GroupError::Stopped(why)),
-                Ok(Ok(Err(other))) => return Err(GroupError::Refused(other.to_string())),
+                Ok(Ok(Err(other))) => return Err(other.into()),
             }
         }
     }
@@ -306,7 +295,7 @@ impl<M: StateMachine> Group<M> {
         self.shared
             .inbox
             .push(InboxItem::Client(ClientRequest::TransferLeadership { to }))
-            .map_err(|e| GroupError::Stopped(e.to_string()))
+            .map_err(|_| GroupError::Stopped(StopReason::WorkerGone))
     }
 
     /// Leaves the group for good (architecture.md §3: a TD's identity dies with it, so a member
@@ -320,13 +309,13 @@ impl<M: StateMachine> Group<M> {
         self.shared
             .inbox
             .push(InboxItem::Client(ClientRequest::Leave { reply: tx }))
-            .map_err(|e| GroupError::Stopped(e.to_string()))?;
+            .map_err(|_| GroupError::Stopped(StopReason::WorkerGone))?;
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(GroupError::Timeout(timeout)),
-            Ok(Err(_)) => Err(GroupError::Stopped("the worker has stopped".into())),
+            Ok(Err(_)) => Err(GroupError::Stopped(StopReason::WorkerGone)),
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(RequestError::Stopped(why)))) => Err(GroupError::Stopped(why)),
-            Ok(Ok(Err(other))) => Err(GroupError::Refused(other.to_string())),
+            Ok(Ok(Err(other))) => Err(other.into()),
         }
     }
 
@@ -369,22 +358,20 @@ impl<M: StateMachine> Group<M> {
                     change,
                     reply: tx,
                 }))
-                .map_err(|e| GroupError::Stopped(e.to_string()))?;
+                .map_err(|_| GroupError::Stopped(StopReason::WorkerGone))?;
             let index = match rx.await {
-                Err(_) => return Err(GroupError::Stopped("the worker has stopped".into())),
+                Err(_) => return Err(GroupError::Stopped(StopReason::WorkerGone)),
                 Ok(Ok(index)) => index,
                 Ok(Err(RequestError::Stopped(why))) => return Err(GroupError::Stopped(why)),
-                Ok(Err(other)) => return Err(GroupError::Refused(other.to_string())),
+                Ok(Err(other)) => return Err(other.into()),
             };
             self.when().committed(index).await?;
             let membership = self.members();
             if holds(&membership) {
                 Ok(())
             } else {
-                Err(GroupError::Refused(format!(
-                    "{change:?} was appended at {index} but is not in the committed \
-                     configuration {membership:?} (leadership changed); try again"
-                )))
+                tracing::debug!(?change, index, ?membership, "membership change overwritten");
+                Err(GroupError::Refused(Rejection::ChangeLost { index }))
             }
         };
         tokio::time::timeout(timeout, work)
@@ -446,7 +433,7 @@ impl When {
             .wait_for(|s| f(s) || s.stopped.is_some())
             .await
             .map(|s| s.clone())
-            .map_err(|_| GroupError::Stopped("the worker has stopped".into()))?;
+            .map_err(|_| GroupError::Stopped(StopReason::WorkerGone))?;
         match &status.stopped {
             Some(reason) if !f(&status) => Err(GroupError::Stopped(reason.clone())),
             _ => Ok(status),
@@ -459,7 +446,7 @@ impl When {
             .wait(|s| s.leader.is_some() || s.stopped.is_some())
             .await?;
         s.leader
-            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or_default()))
+            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or(StopReason::WorkerGone)))
     }
 
     /// A leader other than `old` is known; returns it.
@@ -468,7 +455,7 @@ impl When {
             .wait(|s| (s.leader.is_some() && s.leader != old) || s.stopped.is_some())
             .await?;
         s.leader
-            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or_default()))
+            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or(StopReason::WorkerGone)))
     }
 
     /// This node holds a group's log (it founded or joined one): its incarnation is known.
@@ -477,7 +464,7 @@ impl When {
             .wait(|s| s.incarnation.is_some() || s.stopped.is_some())
             .await?;
         s.incarnation
-            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or_default()))
+            .ok_or_else(|| GroupError::Stopped(s.stopped.unwrap_or(StopReason::WorkerGone)))
     }
 
     /// This node knows the log is committed up to at least `index`.
@@ -526,13 +513,15 @@ impl When {
             .await?;
         match (s.stopped, s.leader) {
             (None, Some(leader)) => Ok(leader),
-            (stopped, _) => Err(GroupError::Stopped(stopped.unwrap_or_default())),
+            (stopped, _) => Err(GroupError::Stopped(
+                stopped.unwrap_or(StopReason::WorkerGone),
+            )),
         }
     }
 
     /// The node stopped participating (shutdown or a fatal storage error).
-    pub async fn offline(&mut self) -> Result<String, GroupError> {
+    pub async fn offline(&mut self) -> Result<StopReason, GroupError> {
         let s = self.wait(|s| s.stopped.is_some()).await?;
-        Ok(s.stopped.unwrap_or_default())
+        Ok(s.stopped.unwrap_or(StopReason::WorkerGone))
     }
 }

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::error::{Rejection as GroupRejection, StopReason};
 use super::formation::{Decision, Formation};
 use super::transport::{ForwardRefusal, PeerFrame};
 use super::worker::{RequestError, WorkerConfig};
@@ -183,10 +184,20 @@ fn refusal_of(rejection: Rejection) -> ForwardRefusal {
         | Rejection::MembershipChangePending
         | Rejection::TooManyReads { .. } => ForwardRefusal::NotLeader(None),
         // What no retry changes.
-        other @ (Rejection::TooLarge { .. }
-        | Rejection::TooManyProposals { .. }
-        | Rejection::Membership(_)
-        | Rejection::NotAVoter(_)) => ForwardRefusal::Rejected(other.to_string()),
+        Rejection::TooLarge { bytes, max_bytes } => {
+            ForwardRefusal::Rejected(GroupRejection::TooLarge {
+                bytes: bytes as u64,
+                max_bytes: max_bytes as u64,
+            })
+        }
+        Rejection::TooManyProposals { count, max } => {
+            ForwardRefusal::Rejected(GroupRejection::TooManyProposals {
+                count: count as u64,
+                max: max as u64,
+            })
+        }
+        Rejection::Membership(e) => ForwardRefusal::Rejected(GroupRejection::Membership(e)),
+        Rejection::NotAVoter(node) => ForwardRefusal::Rejected(GroupRejection::NotAVoter(node)),
     }
 }
 
@@ -195,7 +206,7 @@ pub fn request_error(refusal: ForwardRefusal) -> RequestError {
     match refusal {
         ForwardRefusal::NotLeader(None) => RequestError::NoLeader,
         ForwardRefusal::NotLeader(Some(_)) | ForwardRefusal::Unknown => RequestError::Unknown,
-        ForwardRefusal::Rejected(why) => RequestError::Refused(why),
+        ForwardRefusal::Rejected(rejection) => RequestError::Refused(rejection),
     }
 }
 
@@ -239,7 +250,7 @@ pub struct Member {
     bytes_since_snapshot: u64,
     /// A `TakeSnapshot` is out and not yet reported back.
     snapshot_pending: bool,
-    stopped: Option<String>,
+    stopped: Option<StopReason>,
     /// Peers with a live bond (admitted by the transport).
     bonded: BTreeSet<NodeId>,
     /// Since when each peer has been unreachable.
@@ -352,8 +363,8 @@ impl Member {
     }
 
     /// Why the member stopped taking part, once it has.
-    pub fn stopped(&self) -> Option<&str> {
-        self.stopped.as_deref()
+    pub fn stopped(&self) -> Option<&StopReason> {
+        self.stopped.as_ref()
     }
 
     /// Whether this member wrote the group's first configuration (founded it).
@@ -466,11 +477,8 @@ impl Member {
             Request::TransferLeadership(to) => self.step(Input::TransferLeadership { to }),
             Request::ChangeMembership(change) => {
                 if !self.leads() {
-                    let why = match self.raft.leader() {
-                        Some(leader) => format!("not the leader; ask {leader}"),
-                        None => "not the leader, and no leader is known".into(),
-                    };
-                    let result = Err(RequestError::Refused(why));
+                    let leader = self.raft.leader();
+                    let result = Err(RequestError::Refused(GroupRejection::NotLeader { leader }));
                     self.actions.push_back(Action::Answer { id, result });
                     return;
                 }
@@ -486,7 +494,7 @@ impl Member {
                     _ => {}
                 }
                 if let Some((earlier, _)) = self.changing.replace((id, change)) {
-                    let result = Err(RequestError::Refused("a later change took over".into()));
+                    let result = Err(RequestError::Refused(GroupRejection::Superseded));
                     self.actions.push_back(Action::Answer {
                         id: earlier,
                         result,
@@ -497,14 +505,12 @@ impl Member {
             Request::Leave => {
                 let membership = self.raft.membership();
                 if membership.contains(self.id) && membership.members().all(|m| m == self.id) {
-                    let result = Err(RequestError::Refused(
-                        "the only member of a group cannot leave it".into(),
-                    ));
+                    let result = Err(RequestError::Refused(GroupRejection::OnlyMember));
                     self.actions.push_back(Action::Answer { id, result });
                     return;
                 }
                 if let Some(earlier) = self.leaving.replace(id) {
-                    let result = Err(RequestError::Refused("a later leave took over".into()));
+                    let result = Err(RequestError::Refused(GroupRejection::Superseded));
                     self.actions.push_back(Action::Answer {
                         id: earlier,
                         result,
@@ -666,7 +672,7 @@ impl Member {
     /// The driver cannot go on (a storage write or a snapshot failed): nothing more is
     /// applied or acknowledged. Callers whose command may have been appended learn that
     /// its outcome is unknown; the others that the member stopped.
-    pub fn stop(&mut self, reason: String) {
+    pub fn stop(&mut self, reason: StopReason) {
         if self.stopped.is_some() {
             return;
         }
@@ -720,7 +726,7 @@ impl Member {
             // acknowledged here: stop, loudly, with the evidence.
             Err(e @ (StepError::SecondLeader { .. } | StepError::CommittedConflict { .. })) => {
                 tracing::error!(node = %self.id, error = %e, "consensus safety violated: node stops");
-                self.stop(format!("consensus safety violated: {e}"));
+                self.stop(StopReason::SafetyViolated(e.to_string()));
             }
             // A bad frame from a peer: drop it, the core is unchanged.
             Err(e) => {

@@ -8,6 +8,7 @@
 //! hands frames to a [`Transport`]; it never makes a protocol decision itself (the sans-IO
 //! [`member`] does). The handle talks to the worker only through its bounded inbox.
 pub mod bond;
+mod error;
 pub mod formation;
 mod gateway;
 mod group;
@@ -22,8 +23,9 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 pub use bond::{node_id_of, BondConfig, BondStats, Bonds, Dial, Refusal, RefusalRecord};
+pub use error::{GroupError, Rejection, StopReason};
 pub use gateway::{BondProtocol, GroupBuilder, Groups, GroupsConfig, JoinError};
-pub use group::{Consistency, Group, GroupError, When};
+pub use group::{Consistency, Group, When};
 pub use id::{GroupId, GroupKey};
 pub use ticket_renewal::keep_tickets_fresh;
 pub use transport::{Inbox, InboxItem, LocalNetwork, PeerFrame, Transport, INBOX_FRAMES_MAX};

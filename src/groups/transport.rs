@@ -69,7 +69,7 @@ pub enum ForwardRefusal {
     #[error("the command's outcome is unknown here; retry with the same session sequence")]
     Unknown,
     #[error("rejected: {0}")]
-    Rejected(String),
+    Rejected(super::error::Rejection),
 }
 
 /// Everything that can wake a worker.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use super::error::{Rejection, StopReason};
 use super::member::{self, Action, Member, Now, Request, RequestId};
 use super::transport::{InboxItem, PeerFrame, Transport};
 use crate::machine::{ApplyContext, Sessions, StateMachine};
@@ -36,9 +37,9 @@ pub enum RequestError {
     #[error("the outcome is unknown (leader changed or request lost); retry")]
     Unknown,
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(Rejection),
     #[error("the node stopped: {0}")]
-    Stopped(String),
+    Stopped(StopReason),
 }
 
 /// A request from a [`Group`](super::Group) handle to its worker.
@@ -100,7 +101,7 @@ pub struct GroupStatus {
     /// refuse members of another ([`crate::raft::Incarnation`]).
     pub incarnation: Option<Incarnation>,
     /// Set when the node stopped participating, with the reason (e.g. a storage error).
-    pub stopped: Option<String>,
+    pub stopped: Option<StopReason>,
 }
 
 /// Static parameters of a worker.
@@ -331,7 +332,8 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         let reason = self
             .member
             .stopped()
-            .map_or_else(|| "shut down".to_string(), str::to_string);
+            .cloned()
+            .unwrap_or(StopReason::ShutDown);
         self.member.stop(reason.clone());
         self.process_ready();
         for (_, pending) in std::mem::take(&mut self.pending) {
@@ -381,7 +383,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         let (request, pending) = match request {
             ClientRequest::WeakQuery { query, reply } => {
                 let result = match self.member.stopped() {
-                    Some(reason) => Err(RequestError::Stopped(reason.to_string())),
+                    Some(reason) => Err(RequestError::Stopped(reason.clone())),
                     None => self.run_query(&query),
                 };
                 let _ = reply.send(result);
@@ -445,7 +447,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     if let Err(e) = written {
                         // Never acknowledge what is not durable: stop participating.
                         tracing::error!(node = %self.id, error = %e, "storage write failed; node stops");
-                        self.member.stop(format!("storage write failed: {e}"));
+                        self.member.stop(StopReason::Storage(e.to_string()));
                         return;
                     }
                 }
@@ -460,8 +462,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             Action::Install(snapshot) => {
                 if let Err(e) = self.install(&snapshot) {
                     tracing::error!(node = %self.id, index = snapshot.meta.index, error = %e, "snapshot from the leader does not restore; node stops");
-                    self.member
-                        .stop(format!("snapshot from the leader does not restore: {e}"));
+                    self.member.stop(StopReason::Snapshot(e.to_string()));
                 }
             }
             Action::Apply(entry) => {
@@ -510,11 +511,11 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
 
     fn run_query(&self, query: &[u8]) -> Result<Bytes, RequestError> {
         let query: M::Query = postcard::from_bytes(query)
-            .map_err(|e| RequestError::Refused(format!("query does not decode: {e}")))?;
+            .map_err(|e| RequestError::Refused(Rejection::UndecodableQuery(e.to_string())))?;
         let result = self.machine.query(&query);
         postcard::to_allocvec(&result)
             .map(Bytes::from)
-            .map_err(|e| RequestError::Refused(format!("result does not encode: {e}")))
+            .map_err(|e| RequestError::Refused(Rejection::UnencodableResult(e.to_string())))
     }
 
     /// Streams the state machine into the snapshot store and syncs the file on a thread
@@ -618,7 +619,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             snapshot_index: raft.snapshot_index(),
             membership: raft.membership().clone(),
             incarnation: raft.incarnation(),
-            stopped: self.member.stopped().map(str::to_string),
+            stopped: self.member.stopped().cloned(),
         };
         self.status.send_if_modified(|s| {
             if *s == status {

@@ -44,7 +44,7 @@ pub enum MembershipChange {
 }
 
 /// Why a membership change is not valid against a configuration.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum MembershipError {
     #[error("{0} is already a member")]

@@ -184,11 +184,11 @@ fn a_stop_answers_commands_in_flight_as_unknown_and_later_requests_as_stopped() 
     let mut d = leader(config());
     // Proposed but not yet written: the driver stops before carrying anything out.
     d.request(1, Request::Execute(Bytes::from_static(b"x")));
-    d.member.stop("disk gone".into());
+    d.member.stop(StopReason::Storage("disk gone".into()));
     d.request(2, Request::Execute(Bytes::from_static(b"y")));
     d.request(3, Request::StrongRead);
     d.run();
-    let stopped = RequestError::Stopped("disk gone".into());
+    let stopped = RequestError::Stopped(StopReason::Storage("disk gone".into()));
     assert_eq!(
         d.answers(),
         vec![
