@@ -211,10 +211,10 @@ pub struct NodeConfig {
     /// A relay server for peers behind NAT (every member of the network should name the
     /// same one). Absent: no relay, nothing is contacted but the peers.
     pub relay_url: Option<iroh::RelayUrl>,
-    /// A fresh node forms a new group once this many members (itself included) are
-    /// bonded and none of them belongs to a group yet; otherwise it joins the group its
-    /// peers are in. Default 3 (architecture.md §7.2); 1 makes a single-node group. Start exactly
-    /// this many founders: more could form different voter sets.
+    /// A fresh node founds a new group only when it and its bootstrap peers count exactly
+    /// this many and every one of them is bonded and confirms the same founding set
+    /// (architecture.md §7.2); if one of them is in a group already it joins that group,
+    /// and with another count it only joins. Default 3; 1 makes a single-node group.
     pub bootstrap_expect: usize,
     /// Where the group key comes from: a file, or a provisioner after it checked this
     /// node's attestation (`[provision]`).

@@ -205,9 +205,10 @@ impl Raft {
 
     /// Writes the initial configuration of a brand-new group as its first log entry.
     ///
-    /// Every initial voter must bootstrap with the same membership (architecture.md §7.2: agreed
-    /// deterministically from sorted keys), so the entry is identical everywhere and
-    /// committed by construction. A node that has any state never bootstraps again.
+    /// Every initial voter must bootstrap with the same membership (architecture.md §7.2:
+    /// the runtime founds only once every founder has confirmed the same founding set), so
+    /// the entry is identical everywhere and committed by construction. A node that has
+    /// any state never bootstraps again.
     pub fn bootstrap(&mut self, membership: Membership) -> Result<(), StepError> {
         if !self.is_fresh() {
             return Err(StepError::NotFresh {
