@@ -351,6 +351,13 @@ impl ProtocolHandler for BondProtocol {
 /// group of one at once. A node with state never founds again.
 pub struct GroupBuilder<'g, M = (), S = MemoryStorage> {
     groups: &'g Groups,
+    settings: Settings,
+    machine: M,
+    storage: S,
+}
+
+/// Everything a [`GroupBuilder`] holds besides the machine and the storage.
+struct Settings {
     key: GroupKey,
     raft: RaftConfig,
     worker: WorkerConfig,
@@ -358,8 +365,6 @@ pub struct GroupBuilder<'g, M = (), S = MemoryStorage> {
     peers: Vec<EndpointAddr>,
     formation: Formation,
     request_timeout: Duration,
-    machine: M,
-    storage: S,
 }
 
 /// How a fresh member comes into a group.
@@ -377,13 +382,15 @@ impl<'g> GroupBuilder<'g> {
     fn new(groups: &'g Groups, key: GroupKey) -> Self {
         Self {
             groups,
-            key,
-            raft: RaftConfig::default(),
-            worker: WorkerConfig::default(),
-            validators: Vec::new(),
-            peers: Vec::new(),
-            formation: Formation::Expect(None),
-            request_timeout: Duration::from_secs(10),
+            settings: Settings {
+                key,
+                raft: RaftConfig::default(),
+                worker: WorkerConfig::default(),
+                validators: Vec::new(),
+                peers: Vec::new(),
+                formation: Formation::Expect(None),
+                request_timeout: Duration::from_secs(10),
+            },
             machine: (),
             storage: MemoryStorage::new(),
         }
@@ -395,13 +402,7 @@ impl<'g, M, S> GroupBuilder<'g, M, S> {
     pub fn with_state_machine<M2: StateMachine>(self, machine: M2) -> GroupBuilder<'g, M2, S> {
         GroupBuilder {
             groups: self.groups,
-            key: self.key,
-            raft: self.raft,
-            worker: self.worker,
-            validators: self.validators,
-            peers: self.peers,
-            formation: self.formation,
-            request_timeout: self.request_timeout,
+            settings: self.settings,
             machine,
             storage: self.storage,
         }
@@ -414,13 +415,7 @@ impl<'g, M, S> GroupBuilder<'g, M, S> {
     ) -> GroupBuilder<'g, M, S2> {
         GroupBuilder {
             groups: self.groups,
-            key: self.key,
-            raft: self.raft,
-            worker: self.worker,
-            validators: self.validators,
-            peers: self.peers,
-            formation: self.formation,
-            request_timeout: self.request_timeout,
+            settings: self.settings,
             machine: self.machine,
             storage,
         }
@@ -428,21 +423,21 @@ impl<'g, M, S> GroupBuilder<'g, M, S> {
 
     /// Consensus parameters (part of the group id: members must agree).
     pub fn with_consensus_config(mut self, raft: RaftConfig, worker: WorkerConfig) -> Self {
-        self.raft = raft;
-        self.worker = worker;
+        self.settings.raft = raft;
+        self.settings.worker = worker;
         self
     }
 
     /// Peers must present a ticket this validator accepts (validators add up: all must
     /// pass; their signatures are part of the group id).
     pub fn require_ticket(mut self, validator: Arc<dyn TicketValidator>) -> Self {
-        self.validators.push(validator);
+        self.settings.validators.push(validator);
         self
     }
 
     /// Peers to bond with; a fresh node founds the group with them (see the type's doc).
     pub fn with_peers(mut self, peers: Vec<EndpointAddr>) -> Self {
-        self.peers = peers;
+        self.settings.peers = peers;
         self
     }
 
@@ -450,7 +445,7 @@ impl<'g, M, S> GroupBuilder<'g, M, S> {
     /// is bonded and has confirmed the same set; with another count it only joins.
     /// `n = 1` makes a group of one at once.
     pub fn bootstrap_expect(mut self, n: usize) -> Self {
-        self.formation = Formation::Expect(Some(n.max(1)));
+        self.settings.formation = Formation::Expect(Some(n.max(1)));
         self
     }
 
@@ -458,20 +453,20 @@ impl<'g, M, S> GroupBuilder<'g, M, S> {
     /// waiting for them to confirm: for static configurations where every founder is
     /// given the same peers. Only the smaller key of each founding pair dials.
     pub fn found_at_once(mut self) -> Self {
-        self.formation = Formation::AtOnce;
+        self.settings.formation = Formation::AtOnce;
         self
     }
 
     /// A fresh node never founds a group: it waits to be added to the group one of its
     /// peers is in.
     pub fn join_only(mut self) -> Self {
-        self.formation = Formation::JoinOnly;
+        self.settings.formation = Formation::JoinOnly;
         self
     }
 
     /// Upper bound on one `execute` or `query`, retries included.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.settings.request_timeout = timeout;
         self
     }
 }
@@ -481,15 +476,20 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
     /// inside the exactly-once session table ([`crate::machine::Sessions`]), whose own
     /// bounds and format version members must agree on too.
     pub fn group_id(&self) -> GroupId {
-        let signatures: Vec<[u8; 32]> = self.validators.iter().map(|v| v.signature()).collect();
+        let signatures: Vec<[u8; 32]> = self
+            .settings
+            .validators
+            .iter()
+            .map(|v| v.signature())
+            .collect();
         let machine = crate::machine::sessions_signature(
             &self.machine.signature(),
             &crate::machine::SessionConfig::default(),
         );
         GroupId::derive(
-            &self.key,
-            &self.raft,
-            self.worker.tick.as_micros() as u64,
+            &self.settings.key,
+            &self.settings.raft,
+            self.settings.worker.tick.as_micros() as u64,
             &machine,
             &signatures,
         )
@@ -516,9 +516,9 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
         }
         let endpoint = inner.endpoint.clone();
         let me = node_id_of(&endpoint.id());
-        let peer_ids = || self.peers.iter().map(|p| node_id_of(&p.id));
-        let mut worker = self.worker.clone();
-        let (bootstrap, dial) = match self.formation {
+        let peer_ids = || self.settings.peers.iter().map(|p| node_id_of(&p.id));
+        let mut worker = self.settings.worker.clone();
+        let (bootstrap, dial) = match self.settings.formation {
             Formation::AtOnce => (
                 Some(Membership::with_voters(
                     std::iter::once(me).chain(peer_ids()),
@@ -527,7 +527,7 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
             ),
             Formation::JoinOnly => (None, Dial::All),
             Formation::Expect(expect) => {
-                let expect = expect.unwrap_or(1 + self.peers.len());
+                let expect = expect.unwrap_or(1 + self.settings.peers.len());
                 if expect == 1 {
                     (Some(Membership::with_voters([me])), Dial::All)
                 } else {
@@ -547,23 +547,23 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
         let options = MemberOptions {
             node: me,
             group_id: id,
-            raft: self.raft.clone(),
+            raft: self.settings.raft.clone(),
             worker,
             seed: u64::from_le_bytes(endpoint.id().as_bytes()[..8].try_into().unwrap_or_default()),
-            request_timeout: self.request_timeout,
+            request_timeout: self.settings.request_timeout,
             bootstrap,
         };
         let config = BondConfig {
             group_id: id,
-            group_key: self.key.clone(),
+            group_key: self.settings.key.clone(),
             network_id: inner.config.network_id.clone(),
             tickets: inner.config.tickets.clone(),
-            admission: Arc::new(Admission::new(self.validators.clone())),
+            admission: Arc::new(Admission::new(self.settings.validators.clone())),
             clock: inner.config.clock.clone(),
             snapshots: self.storage.snapshot_store(),
         };
         let mut started = None;
-        let peers = self.peers.clone();
+        let peers = self.settings.peers.clone();
         let group = start(options, self.machine, self.storage, |inbox, _snapshots| {
             let bonds = Bonds::start(endpoint, config, inbox.clone(), peers, dial);
             started = Some((bonds.clone(), bonds.acceptor(inbox)));
