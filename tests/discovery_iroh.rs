@@ -115,7 +115,10 @@ async fn node(
     .expect("discovery");
     let router = Router::builder(endpoint.clone())
         .accept(ALPN_BOND, groups.bond_protocol())
-        .accept(ALPN_DISCOVERY, discovery.protocol())
+        .accept(
+            ALPN_DISCOVERY,
+            discovery.protocol(groups.connecting_budget()),
+        )
         .spawn();
     Node {
         endpoint,

@@ -10,7 +10,8 @@ use tessera::cluster::{
     loopback_endpoint, mock_clock, mock_tickets, mock_validator, random_secret, NETWORK,
 };
 use tessera::groups::{
-    BondStats, Consistency, Group, GroupKey, Groups, GroupsConfig, JoinError, WorkerConfig,
+    BondStats, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig, JoinError,
+    StopReason, WorkerConfig,
 };
 use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
 use tessera::raft::RaftConfig;
@@ -117,14 +118,28 @@ async fn two_groups_share_each_endpoint_and_keep_their_states_apart() {
     assert_eq!(a.groups.list().len(), 2);
     assert_eq!(get(&again, "k").await.as_deref(), Some(&b"one"[..]));
 
+    // A group shut down alone leaves the table, and its handle says so; joining it again
+    // starts another member in its place.
+    a2.shutdown().await;
+    assert_eq!(a.groups.list(), vec![a1.id()]);
+    assert!(matches!(
+        a2.execute(put("k", "late")).await,
+        Err(GroupError::Stopped(StopReason::ShutDown))
+    ));
+    let restarted = join(&a, 2, vec![b.addr.clone()])
+        .await
+        .expect("joins 2 again");
+    assert_eq!(restarted.status().stopped, None);
+    assert_eq!(a.groups.list().len(), 2);
+
     // Shutting the router down stops every group of the endpoint.
     a.router.shutdown().await.expect("router shutdown");
-    for group in [&a1, &a2] {
+    for group in [&a1, &restarted] {
         let reason = tokio::time::timeout(WAIT, group.when().offline())
             .await
             .expect("stops")
             .expect("reason");
-        assert_eq!(reason, tessera::groups::StopReason::ShutDown);
+        assert_eq!(reason, StopReason::ShutDown);
     }
     assert!(a.groups.list().is_empty());
     assert!(matches!(

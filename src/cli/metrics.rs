@@ -204,15 +204,22 @@ pub fn render(service: &ClientService, collateral: &CollateralStatus) -> String 
         "Bonds that ended.",
         &one(bonds.closed),
     );
-    let refused: Vec<(String, u64)> = bonds
-        .refused
+    // The group's refusals and its gateway's (connections that never reached the group:
+    // over budget, another group id, a bad first frame).
+    let mut refused_by_reason = bonds.refused.clone();
+    if let Some(gateway) = &service.gateway {
+        for (reason, n) in &gateway.borrow().refused {
+            *refused_by_reason.entry(reason.clone()).or_default() += n;
+        }
+    }
+    let refused: Vec<(String, u64)> = refused_by_reason
         .iter()
         .map(|(reason, n)| (format!("{{reason=\"{}\"}}", escape_label(reason)), *n))
         .collect();
     metric(
         "tessera_bonds_refused_total",
         "counter",
-        "Handshakes refused or bonds closed by this node, by reason.",
+        "Handshakes refused or bonds closed by this node (and its gateway), by reason.",
         &refused,
     );
     metric(

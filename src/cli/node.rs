@@ -564,12 +564,19 @@ async fn serve(p: Prepared) -> Result<()> {
         .with_known_peers(named.iter().map(|a| a.id))
         .with_operators(config.operators.iter().copied())
         .with_provisioners(provisioners(config), key_id)
-        .with_discovery(discovery.stats()),
+        .with_discovery(discovery.stats())
+        .with_gateway(groups.stats()),
     );
     let router = Router::builder(endpoint.clone())
         .accept(ALPN_BOND, groups.bond_protocol())
-        .accept(ALPN_CLIENT, ClientProtocol::new(service.clone()))
-        .accept(ALPN_DISCOVERY, discovery.protocol())
+        .accept(
+            ALPN_CLIENT,
+            ClientProtocol::new(service.clone(), groups.connecting_budget()),
+        )
+        .accept(
+            ALPN_DISCOVERY,
+            discovery.protocol(groups.connecting_budget()),
+        )
         .spawn();
     {
         let mut when = group.when();

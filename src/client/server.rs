@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::endpoint::{Accepting, Connection, RecvStream, SendStream, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::PublicKey;
 use tokio::io::AsyncReadExt;
@@ -20,7 +20,7 @@ use super::{
 };
 use crate::groups::{node_id_of, Bonds, Consistency, Group, GroupError};
 use crate::machine::KvStore;
-use crate::net::{read_message, write_message, FrameError, ALPN_CLIENT};
+use crate::net::{accept_within, read_message, write_message, Budget, FrameError, ALPN_CLIENT};
 use crate::raft::{MemberRole, NodeId, Role};
 use crate::tickets::{Clock, Ticket};
 
@@ -57,6 +57,8 @@ pub struct ClientService {
     known_keys: BTreeMap<NodeId, PublicKey>,
     /// Counters of this node's catalog exchange, when it runs one.
     pub discovery: Option<watch::Receiver<crate::discovery::DiscoveryStats>>,
+    /// Refusals of the endpoint's gateway, before a connection reaches a group.
+    pub gateway: Option<watch::Receiver<crate::groups::BondStats>>,
     requests: Arc<Semaphore>,
     connections: Arc<Semaphore>,
     /// Keys that may send the group key (`[provision] allow`), served so that a sender
@@ -87,6 +89,7 @@ impl ClientService {
             stats: ClientStats::default(),
             known_keys: BTreeMap::from([(node_id_of(&node_key), node_key)]),
             discovery: None,
+            gateway: None,
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
             provisioners: Vec::new(),
@@ -117,6 +120,13 @@ impl ClientService {
     /// Lets these keys change the group's membership ([`ClientRequest::RemoveMember`]).
     pub fn with_operators(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
         self.operators.extend(keys);
+        self
+    }
+
+    /// Counts the endpoint gateway's refusals (`Busy`, `WrongGroup`, a bad first frame)
+    /// with the group's own on the metrics page.
+    pub fn with_gateway(mut self, stats: watch::Receiver<crate::groups::BondStats>) -> Self {
+        self.gateway = Some(stats);
         self
     }
 
@@ -266,11 +276,17 @@ pub fn role_name(role: Option<Role>) -> &'static str {
 #[derive(Clone)]
 pub struct ClientProtocol {
     service: Arc<ClientService>,
+    connecting: Budget,
 }
 
 impl ClientProtocol {
-    pub fn new(service: Arc<ClientService>) -> Self {
-        Self { service }
+    /// Serves `service`; QUIC handshakes in progress hold units of `connecting` (pass the
+    /// gateway's, [`crate::groups::Groups::connecting_budget`], to share one bound).
+    pub fn new(service: Arc<ClientService>, connecting: Budget) -> Self {
+        Self {
+            service,
+            connecting,
+        }
     }
 }
 
@@ -281,6 +297,11 @@ impl std::fmt::Debug for ClientProtocol {
 }
 
 impl ProtocolHandler for ClientProtocol {
+    async fn on_accepting(&self, accepting: Accepting) -> Result<Connection, AcceptError> {
+        let (conn, _) = accept_within(&self.connecting, accepting, IO_TIMEOUT).await?;
+        Ok(conn)
+    }
+
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let service = &self.service;
         if conn.alpn() != ALPN_CLIENT {

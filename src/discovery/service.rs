@@ -20,7 +20,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::endpoint::{Accepting, Connection, RecvStream, SendStream, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::{Endpoint, EndpointAddr, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,9 @@ use super::exchange::{
     DiscoveryStats, Exchange, OwnEntry, EXCHANGE_BYTES_MAX, EXCHANGE_ENTRIES_MAX,
 };
 use super::{EntryError, PeerEntry, SignedPeerEntry, ENTRY_BYTES_MAX};
-use crate::net::{encode_message, read_message_limited, FrameError, ALPN_DISCOVERY};
+use crate::net::{
+    accept_within, encode_message, read_message_limited, Budget, FrameError, ALPN_DISCOVERY,
+};
 use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketValidator};
 
 /// Bound on one whole exchange (connect, both catalogs, close).
@@ -282,9 +284,12 @@ impl Discovery {
 
     /// The handler that answers peers' exchanges, for an iroh router on
     /// [`ALPN_DISCOVERY`].
-    pub fn protocol(&self) -> DiscoveryProtocol {
+    /// QUIC handshakes in progress hold units of `connecting` (pass the gateway's,
+    /// [`crate::groups::Groups::connecting_budget`], to share one bound).
+    pub fn protocol(&self, connecting: Budget) -> DiscoveryProtocol {
         DiscoveryProtocol {
             shared: self.shared.clone(),
+            connecting,
         }
     }
 
@@ -314,6 +319,7 @@ impl Discovery {
 #[derive(Clone)]
 pub struct DiscoveryProtocol {
     shared: Arc<Shared>,
+    connecting: Budget,
 }
 
 impl std::fmt::Debug for DiscoveryProtocol {
@@ -323,6 +329,11 @@ impl std::fmt::Debug for DiscoveryProtocol {
 }
 
 impl ProtocolHandler for DiscoveryProtocol {
+    async fn on_accepting(&self, accepting: Accepting) -> Result<Connection, AcceptError> {
+        let (conn, _) = accept_within(&self.connecting, accepting, EXCHANGE_TIMEOUT).await?;
+        Ok(conn)
+    }
+
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         if conn.alpn() != ALPN_DISCOVERY {
             conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"unknown protocol");

@@ -34,7 +34,7 @@ use super::formation::founding_set;
 use super::id::{GroupId, GroupKey};
 use super::{start, Group, MemberOptions, StartError, WorkerConfig};
 use crate::machine::StateMachine;
-use crate::net::{Budget, BudgetPermit, Source, ALPN_BOND};
+use crate::net::{accept_within, AcceptFailure, Budget, BudgetPermit, Source, ALPN_BOND};
 use crate::raft::{Membership, RaftConfig};
 use crate::storage::{MemoryStorage, Storage};
 use crate::tickets::{Admission, Clock, Ticket, TicketValidator};
@@ -168,6 +168,14 @@ impl Groups {
             .spawn()
     }
 
+    /// The budget of incoming QUIC handshakes in progress (in all and per source) that the
+    /// bond protocol holds. Give it to the endpoint's other protocol handlers
+    /// ([`crate::client::ClientProtocol`], [`crate::discovery::Discovery::protocol`]) so
+    /// that one flood, on any ALPN, costs only its source's share of one budget.
+    pub fn connecting_budget(&self) -> Budget {
+        self.inner.connecting.clone()
+    }
+
     /// The endpoint this gateway serves.
     pub fn endpoint(&self) -> &Endpoint {
         &self.inner.endpoint
@@ -284,19 +292,14 @@ impl ProtocolHandler for BondProtocol {
     async fn on_accepting(&self, accepting: Accepting) -> Result<Connection, AcceptError> {
         // Bounded, in all and per source: a flood of connections cannot make us run
         // unboundedly many QUIC handshakes, nor lock out other hosts.
-        let source = Source::of_addr(&accepting.remote_addr());
         let inner = &self.groups.inner;
-        let connecting = inner.connecting.try_acquire(source).map_err(|over| {
-            tracing::warn!(detail = %over, "incoming bond connection refused: over budget");
-            inner.stats.send_modify(|s| s.count(Refusal::Busy));
-            AcceptError::from_err(over)
-        })?;
-        let conn = match tokio::time::timeout(DIAL_TIMEOUT, accepting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(AcceptError::from_err(e)),
-            Err(elapsed) => return Err(AcceptError::from_err(elapsed)),
-        };
-        drop(connecting);
+        let (conn, source) = accept_within(&inner.connecting, accepting, DIAL_TIMEOUT)
+            .await
+            .inspect_err(|failure| {
+                if matches!(failure, AcceptFailure::OverBudget(_)) {
+                    inner.stats.send_modify(|s| s.count(Refusal::Busy));
+                }
+            })?;
         // Taken now, while the source address is known, and held until the bond's
         // handshake ends; over budget, `accept` closes the connection as busy.
         let handshake = inner.handshakes.try_acquire(source);
@@ -508,11 +511,17 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
         // to one member.
         let mut joined = groups.lock();
         if let Some(existing) = joined.get(&id) {
-            return existing
-                .handle
-                .downcast_ref::<Group<M>>()
-                .cloned()
-                .ok_or(JoinError::OtherMachine(id));
+            match existing.handle.downcast_ref::<Group<M>>() {
+                None => return Err(JoinError::OtherMachine(id)),
+                Some(group) if group.status().stopped.is_none() => return Ok(group.clone()),
+                // It stopped by itself (a storage failure, say): its bonds are closed and
+                // a new member starts in its place.
+                Some(_) => {
+                    if let Some(stopped) = joined.remove(&id) {
+                        tokio::spawn((stopped.stop)());
+                    }
+                }
+            }
         }
         let endpoint = inner.endpoint.clone();
         let me = node_id_of(&endpoint.id());

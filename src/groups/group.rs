@@ -233,7 +233,7 @@ impl<M: StateMachine> Group<M> {
             match self.shared.inbox.push(InboxItem::Client(make(tx))) {
                 Ok(()) => {}
                 Err(super::transport::InboxError::Closed) => {
-                    return Err(GroupError::Stopped(StopReason::WorkerGone))
+                    return Err(self.gone())
                 }
                 Err(super::transport::InboxError::Full) => {
                     self.backoff(deadline).await?;
@@ -242,7 +242,7 @@ impl<M: StateMachine> Group<M> {
             }
             match tokio::time::timeout_at(deadline, rx).await {
                 Err(_) => return Err(GroupError::Timeout(timeout)),
-                Ok(Err(_)) => return Err(GroupError::Stopped(StopReason::WorkerGone)),
+                Ok(Err(_)) => return Err(self.gone()),
                 Ok(Ok(Ok(answer))) => return Ok(answer),
                 Ok(Ok(Err(RequestError::NoLeader | RequestError::Unknown))) => {
                     self.backoff(deadline).await?
@@ -259,6 +259,12 @@ impl<M: StateMachine> Group<M> {
         }
         tokio::time::sleep(RETRY_BACKOFF).await;
         Ok(())
+    }
+
+    /// What a call learns once the worker is gone: why it stopped, as it said last.
+    fn gone(&self) -> GroupError {
+        let reason = self.shared.status.borrow().stopped.clone();
+        GroupError::Stopped(reason.unwrap_or(StopReason::WorkerGone))
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, SessionPool> {
@@ -295,7 +301,7 @@ impl<M: StateMachine> Group<M> {
         self.shared
             .inbox
             .push(InboxItem::Client(ClientRequest::TransferLeadership { to }))
-            .map_err(|_| GroupError::Stopped(StopReason::WorkerGone))
+            .map_err(|_| self.gone())
     }
 
     /// Leaves the group for good (architecture.md §3: a TD's identity dies with it, so a member
@@ -309,10 +315,10 @@ impl<M: StateMachine> Group<M> {
         self.shared
             .inbox
             .push(InboxItem::Client(ClientRequest::Leave { reply: tx }))
-            .map_err(|_| GroupError::Stopped(StopReason::WorkerGone))?;
+            .map_err(|_| self.gone())?;
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(GroupError::Timeout(timeout)),
-            Ok(Err(_)) => Err(GroupError::Stopped(StopReason::WorkerGone)),
+            Ok(Err(_)) => Err(self.gone()),
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(RequestError::Stopped(why)))) => Err(GroupError::Stopped(why)),
             Ok(Ok(Err(other))) => Err(other.into()),
@@ -358,9 +364,9 @@ impl<M: StateMachine> Group<M> {
                     change,
                     reply: tx,
                 }))
-                .map_err(|_| GroupError::Stopped(StopReason::WorkerGone))?;
+                .map_err(|_| self.gone())?;
             let index = match rx.await {
-                Err(_) => return Err(GroupError::Stopped(StopReason::WorkerGone)),
+                Err(_) => return Err(self.gone()),
                 Ok(Ok(index)) => index,
                 Ok(Err(RequestError::Stopped(why))) => return Err(GroupError::Stopped(why)),
                 Ok(Err(other)) => return Err(other.into()),

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use iroh::endpoint::{Incoming, IncomingAddr};
+use iroh::endpoint::{Accepting, Connection, Incoming, IncomingAddr};
+use iroh::protocol::AcceptError;
 
 /// Where a connection comes from, for per-source budgets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -221,5 +222,44 @@ mod tests {
         let budget = Budget::new("test", 10, 1);
         let _one = budget.try_acquire(ip("2001:db8::1")).expect("first");
         assert!(budget.try_acquire(ip("2001:db8::2")).is_err());
+    }
+}
+
+/// Why [`accept_within`] gave up on an incoming connection.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptFailure {
+    #[error("refused: {0}")]
+    OverBudget(OverBudget),
+    #[error("the QUIC handshake failed or timed out: {0}")]
+    Handshake(AcceptError),
+}
+
+impl From<AcceptFailure> for AcceptError {
+    fn from(failure: AcceptFailure) -> Self {
+        match failure {
+            AcceptFailure::OverBudget(over) => AcceptError::from_err(over),
+            AcceptFailure::Handshake(e) => e,
+        }
+    }
+}
+
+/// Completes an incoming QUIC handshake that an iroh router handed a protocol handler
+/// (`ProtocolHandler::on_accepting`), holding a unit of `budget` for its source until it
+/// completes, and giving up after `timeout`. Over budget it is refused at once: a flood of
+/// handshakes from one host, on any ALPN that shares `budget`, costs only that host's share.
+pub async fn accept_within(
+    budget: &Budget,
+    accepting: Accepting,
+    timeout: std::time::Duration,
+) -> Result<(Connection, Source), AcceptFailure> {
+    let source = Source::of_addr(&accepting.remote_addr());
+    let _permit = budget.try_acquire(source).map_err(|over| {
+        tracing::warn!(detail = %over, "incoming connection refused: over budget");
+        AcceptFailure::OverBudget(over)
+    })?;
+    match tokio::time::timeout(timeout, accepting).await {
+        Ok(Ok(conn)) => Ok((conn, source)),
+        Ok(Err(e)) => Err(AcceptFailure::Handshake(AcceptError::from_err(e))),
+        Err(elapsed) => Err(AcceptFailure::Handshake(AcceptError::from_err(elapsed))),
     }
 }

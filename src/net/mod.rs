@@ -10,7 +10,7 @@ pub mod budget;
 pub mod endpoint;
 pub mod frame;
 
-pub use budget::{Budget, BudgetPermit, OverBudget, Source};
+pub use budget::{accept_within, AcceptFailure, Budget, BudgetPermit, OverBudget, Source};
 pub use endpoint::{local_endpoint, EndpointError, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY};
 pub use frame::{
     encode_message, read_frame, read_frame_limited, read_message, read_message_limited,

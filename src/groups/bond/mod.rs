@@ -76,7 +76,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKES_MAX: usize = 64;
 /// Incoming bond handshakes in progress from one source address.
 pub const HANDSHAKES_PER_SOURCE_MAX: usize = 8;
-/// Incoming QUIC handshakes (any ALPN) in progress at once, and from one source address.
+/// Incoming QUIC handshakes in progress at once, and from one source address, on every
+/// ALPN whose handler shares the gateway's budget ([`super::Groups::connecting_budget`]).
 pub const CONNECTING_MAX: usize = 128;
 pub const CONNECTING_PER_SOURCE_MAX: usize = 16;
 /// The peer's first handshake frame (its group-key proof) must arrive within this.
