@@ -232,9 +232,7 @@ impl<M: StateMachine> Group<M> {
             let (tx, rx) = oneshot::channel();
             match self.shared.inbox.push(InboxItem::Client(make(tx))) {
                 Ok(()) => {}
-                Err(super::transport::InboxError::Closed) => {
-                    return Err(self.gone())
-                }
+                Err(super::transport::InboxError::Closed) => return Err(self.gone()),
                 Err(super::transport::InboxError::Full) => {
                     self.backoff(deadline).await?;
                     continue;

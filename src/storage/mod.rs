@@ -2,7 +2,7 @@
 //!
 //! **IO contract.** A [`Storage`] does only storage IO, synchronously; it never talks to
 //! the network and never decides anything about consensus. The core tells the driver what
-//! to write ([`Ready`](crate::raft::Ready)); the driver hands it here as one [`WriteBatch`]
+//! to write ([`Ready`]); the driver hands it here as one [`WriteBatch`]
 //! (group commit: many entries, one sync) and reports durability back to the core.
 //!
 //! Every implementation must pass [`conformance`].

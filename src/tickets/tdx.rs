@@ -6,7 +6,7 @@
 //! [`TdxValidator`] runs the attestation crate's whole pipeline with one policy that trusts
 //! Intel's root, and only such a policy: it refuses `trust_root = "mock"` when built and
 //! again before every verification, so no configuration makes the production validator
-//! accept a quote signed by the mock PKI, whose keys are public. [`MockTdxValidator`]
+//! accept a quote signed by the mock PKI, whose keys are public. `MockTdxValidator`
 //! (feature `mock-attestation`, for tests and the demo) is the other half: the same
 //! pipeline, a policy that must trust the mock root. Both call one function; there is no
 //! separate "mock" verification path to get wrong.
@@ -49,7 +49,7 @@ pub struct TdxValidator {
 impl TdxValidator {
     /// A validator for `policy`. Refused unless the policy trusts Intel's root: a policy
     /// with `trust_root = "mock"` accepts quotes anyone can make (the mock PKI's keys are
-    /// public); tests and the demo use [`MockTdxValidator`] for it.
+    /// public); tests and the demo use `MockTdxValidator` (feature `mock-attestation`) for it.
     pub fn new(policy: Policy) -> Result<Self, TicketError> {
         if policy.trust_root != TrustRoot::Intel {
             return Err(TicketError::Validator(format!(

@@ -253,8 +253,8 @@ pub struct Bonds {
 impl Bonds {
     /// Starts dialling `peers` as `dial` says; frames and bond up/down events go to
     /// `inbox`. Connections peers dial to us arrive through the endpoint's
-    /// [`super::Groups`] gateway, which routes them here by group id
-    /// ([`Bonds::acceptor`]). Every task it spawns is tracked and ends with
+    /// [`super::Groups`] gateway, which routes them here by group id. Every task it spawns
+    /// is tracked and ends with
     /// [`Bonds::close`]. Must run inside a tokio runtime.
     pub fn start<C: Send + 'static>(
         endpoint: Endpoint,
