@@ -83,6 +83,9 @@ pub enum JoinError {
 
 /// One joined group in the gateway's table.
 struct Joined {
+    /// Which member this is: a member that stops leaves the table only if it is still the
+    /// one there (a new member of the same group may have taken its place).
+    serial: u64,
     /// Where bonds that name this group go.
     acceptor: Arc<dyn Acceptor>,
     /// The application's handle, a `Group<M>`.
@@ -100,6 +103,8 @@ struct Inner {
     endpoint: Endpoint,
     config: GroupsConfig,
     joined: Mutex<BTreeMap<GroupId, Joined>>,
+    /// The next [`Joined::serial`].
+    serials: std::sync::atomic::AtomicU64,
     shut_down: std::sync::atomic::AtomicBool,
     /// QUIC handshakes in progress on the bond ALPN, in all and per source.
     connecting: Budget,
@@ -136,6 +141,7 @@ impl Groups {
                 endpoint,
                 config,
                 joined: Mutex::new(BTreeMap::new()),
+                serials: std::sync::atomic::AtomicU64::new(0),
                 shut_down: std::sync::atomic::AtomicBool::new(false),
                 connecting: Budget::new(
                     "QUIC handshakes",
@@ -240,6 +246,7 @@ impl Groups {
         joined.insert(
             id,
             Joined {
+                serial: self.next_serial(),
                 acceptor: bonds.acceptor(inbox),
                 handle: Box::new(()),
                 stop: Box::new(move || {
@@ -251,9 +258,18 @@ impl Groups {
         true
     }
 
-    /// Forgets group `id` (its member stopped).
-    pub(super) fn detach(&self, id: GroupId) {
-        self.lock().remove(&id);
+    /// Forgets group `id` if member `serial` is still the one joined (it stopped).
+    pub(super) fn detach(&self, id: GroupId, serial: u64) {
+        let mut joined = self.lock();
+        if joined.get(&id).is_some_and(|j| j.serial == serial) {
+            joined.remove(&id);
+        }
+    }
+
+    fn next_serial(&self) -> u64 {
+        self.inner
+            .serials
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<GroupId, Joined>> {
@@ -586,11 +602,12 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
         // Snapshots are taken only from the leader the worker follows, in its term.
         bonds.follow_group(group.status_receiver());
         let gateway = Arc::downgrade(&groups.inner);
+        let serial = groups.next_serial();
         group.attach(
             bonds,
             Box::new(move || {
                 if let Some(inner) = gateway.upgrade() {
-                    Groups { inner }.detach(id);
+                    Groups { inner }.detach(id, serial);
                 }
             }),
         );
@@ -598,6 +615,7 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
         joined.insert(
             id,
             Joined {
+                serial,
                 acceptor,
                 handle: Box::new(group.clone()),
                 stop: Box::new(move || {
