@@ -519,13 +519,14 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
     pub async fn join(self) -> Result<Group<M>, JoinError> {
         let groups = self.groups.clone();
         let inner = &groups.inner;
+        let id = self.group_id();
+        // The table stays locked from the check to the insert: two joins of one id race
+        // to one member, and a join racing the gateway's shutdown either sees the flag
+        // (set before shutdown takes the table) or is in the table shutdown takes.
+        let mut joined = groups.lock();
         if inner.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(JoinError::ShutDown);
         }
-        let id = self.group_id();
-        // The table stays locked from the check to the insert: two joins of one id race
-        // to one member.
-        let mut joined = groups.lock();
         if let Some(existing) = joined.get(&id) {
             match existing.handle.downcast_ref::<Group<M>>() {
                 None => return Err(JoinError::OtherMachine(id)),
