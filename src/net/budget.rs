@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use iroh::endpoint::{Accepting, Connection, Incoming, IncomingAddr};
+use iroh::endpoint::{Accepting, Connection, IncomingAddr};
 use iroh::protocol::AcceptError;
 
 /// Where a connection comes from, for per-source budgets.
@@ -38,11 +38,6 @@ impl Source {
                 }
             },
         }
-    }
-
-    /// The source of an incoming connection.
-    pub fn of_incoming(incoming: &Incoming) -> Self {
-        Self::of_addr(&incoming.remote_addr())
     }
 
     /// The source of a connection being accepted from `addr`.

@@ -53,14 +53,7 @@ impl FirstFrame {
             let hello = read_proof(&mut recv).await?;
             Ok((send, recv, hello))
         };
-        let (send, recv, hello) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
-            .await
-            .map_err(|_| {
-                (
-                    Refusal::Timeout,
-                    format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
-                )
-            })??;
+        let (send, recv, hello) = within_first_frame_deadline(first).await?;
         Ok(Self { send, recv, hello })
     }
 
@@ -68,6 +61,21 @@ impl FirstFrame {
     pub(crate) fn group_id(&self) -> GroupId {
         GroupId(self.hello.group_id)
     }
+}
+
+/// Runs `first` (the exchange of group-key proofs) within [`FIRST_FRAME_TIMEOUT`], on
+/// either side: a silent peer holds a permit for seconds, not the whole handshake's bound.
+async fn within_first_frame_deadline<T>(
+    first: impl std::future::Future<Output = Result<T, (Refusal, String)>>,
+) -> Result<T, (Refusal, String)> {
+    tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
+        .await
+        .map_err(|_| {
+            (
+                Refusal::Timeout,
+                format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
+            )
+        })?
 }
 
 async fn read_proof(recv: &mut RecvStream) -> Result<ProofHello, (Refusal, String)> {
@@ -141,14 +149,7 @@ impl Bonds {
                     Ok::<_, (Refusal, String)>((send, recv, theirs))
                 };
                 // Due soon after the connection, as the acceptor's own first read is.
-                tokio::time::timeout(FIRST_FRAME_TIMEOUT, first)
-                    .await
-                    .map_err(|_| {
-                        (
-                            Refusal::Timeout,
-                            format!("no group-key proof within {FIRST_FRAME_TIMEOUT:?}"),
-                        )
-                    })??
+                within_first_frame_deadline(first).await?
             }
             Opening::Accepted(first) => {
                 let FirstFrame {
