@@ -7,40 +7,33 @@
 //! `policies/mock.toml`, the group worker and the consensus core. The mock collateral has
 //! a fixed validity window, so the cluster's clock runs from inside it.
 //!
-//! The cluster itself (`LocalCluster`, `mock_validator`, `MOCK_POLICY`) needs the
-//! `mock-attestation` feature; the helpers `tessera node` and `tessera kv` share with it
-//! ([`random_secret`], [`TICKET_LIFETIME_SECS`], [`loopback_endpoint`]) are in every build.
+//! Only with the `mock-attestation` feature: a fixture, never on the path of `tessera node`
+//! or `tessera kv`, which build on the same public API ([`crate::groups::Groups`]) without
+//! it.
 use std::sync::Arc;
 
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, SecretKey};
-#[cfg(feature = "mock-attestation")]
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
-#[cfg(feature = "mock-attestation")]
 use tessera_attestation::Policy;
 
-#[cfg(feature = "mock-attestation")]
 use crate::groups::{keep_tickets_fresh, node_id_of, GroupsConfig};
-use crate::groups::{Bonds, Group, GroupKey, Groups, WorkerConfig};
+use crate::groups::{Bonds, ConsensusConfig, Group, GroupKey, Groups};
 use crate::machine::KvStore;
 use crate::net::{endpoint::bound_addr, local_endpoint, Listen, ALPN_BOND};
-use crate::raft::{NodeId, RaftConfig};
-#[cfg(feature = "mock-attestation")]
+use crate::raft::NodeId;
 use crate::storage::Storage;
-#[cfg(feature = "mock-attestation")]
 use crate::tickets::{
     clock_from, Clock, MockTdxValidator, TdxTicketIssuer, Ticket, TicketValidator,
 };
-#[cfg(feature = "mock-attestation")]
 use tokio::sync::watch;
 
 /// The policy mock-attested members verify each other against.
-#[cfg(feature = "mock-attestation")]
 pub const MOCK_POLICY: &str = include_str!("../policies/mock.toml");
 /// Network id of local clusters.
 pub const NETWORK: &str = "tessera-local";
-/// Default lifetime of a member's ticket.
-pub const TICKET_LIFETIME_SECS: u64 = 300;
+pub use crate::net::random_secret;
+pub use crate::tickets::TICKET_LIFETIME_SECS;
 
 /// Why a local cluster could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +49,6 @@ pub enum ClusterError {
     Join(#[from] crate::groups::JoinError),
     #[error("storage for member {index}: {reason}")]
     Storage { index: usize, reason: String },
-    #[error("no system randomness")]
-    Randomness,
     #[error("the member joined without bonds")]
     NoBonds,
 }
@@ -78,8 +69,7 @@ pub struct ClusterMember {
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
     pub nodes: usize,
-    pub raft: RaftConfig,
-    pub worker: WorkerConfig,
+    pub consensus: ConsensusConfig,
     pub key: GroupKey,
     /// Lifetime of each member's ticket; renewed at half of it.
     pub ticket_lifetime_secs: u64,
@@ -93,8 +83,7 @@ impl ClusterOptions {
     pub fn new(nodes: usize, key: GroupKey) -> Self {
         Self {
             nodes,
-            raft: RaftConfig::default(),
-            worker: WorkerConfig::default(),
+            consensus: ConsensusConfig::default(),
             key,
             ticket_lifetime_secs: TICKET_LIFETIME_SECS,
             bootstrap_expect: None,
@@ -103,23 +92,13 @@ impl ClusterOptions {
 }
 
 /// Members that founded a group together.
-#[cfg(feature = "mock-attestation")]
 pub struct LocalCluster {
     pub members: Vec<ClusterMember>,
     pub options: ClusterOptions,
     clock: Clock,
 }
 
-/// A random iroh secret key.
-pub fn random_secret() -> Result<SecretKey, ClusterError> {
-    let mut b = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .map_err(|_| ClusterError::Randomness)?;
-    Ok(SecretKey::from_bytes(&b))
-}
-
 /// The mock-root validator for [`MOCK_POLICY`].
-#[cfg(feature = "mock-attestation")]
 pub fn mock_validator() -> Result<Arc<dyn TicketValidator>, ClusterError> {
     let policy =
         Policy::from_toml_str(MOCK_POLICY).map_err(|e| ClusterError::Attestation(e.to_string()))?;
@@ -129,14 +108,12 @@ pub fn mock_validator() -> Result<Arc<dyn TicketValidator>, ClusterError> {
 }
 
 /// A clock inside the mock collateral's validity window.
-#[cfg(feature = "mock-attestation")]
 pub fn mock_clock() -> Clock {
     clock_from(MockConfig::default().valid_now())
 }
 
 /// Mock-attested tickets of `endpoint`'s key, quoted by the mock provider `mock`
 /// configures, renewed at half of `lifetime_secs`.
-#[cfg(feature = "mock-attestation")]
 pub fn mock_tickets(
     endpoint: &Endpoint,
     mock: MockConfig,
@@ -174,7 +151,6 @@ pub async fn loopback_endpoint(
     Ok((ep, addr))
 }
 
-#[cfg(feature = "mock-attestation")]
 impl LocalCluster {
     /// Starts `options.nodes` founding members; `storage(i)` gives member `i` its store.
     pub async fn start<S, F>(options: ClusterOptions, mut storage: F) -> Result<Self, ClusterError>
@@ -257,7 +233,6 @@ impl LocalCluster {
 }
 
 /// How a cluster member comes into the group.
-#[cfg(feature = "mock-attestation")]
 enum Formation {
     /// Found with the peers at once (every member is given the same set).
     AtOnce,
@@ -268,7 +243,6 @@ enum Formation {
 }
 
 /// What one member of a local cluster is started with.
-#[cfg(feature = "mock-attestation")]
 struct MemberSetup<'a> {
     options: &'a ClusterOptions,
     clock: &'a Clock,
@@ -276,7 +250,6 @@ struct MemberSetup<'a> {
     formation: Formation,
 }
 
-#[cfg(feature = "mock-attestation")]
 impl MemberSetup<'_> {
     /// Joins the group on `ep` with mock tickets, through the endpoint's own gateway and
     /// a router that serves it.
@@ -301,7 +274,7 @@ impl MemberSetup<'_> {
             .with_key(self.options.key.clone())
             .with_state_machine(KvStore::new())
             .with_storage(storage)
-            .with_consensus_config(self.options.raft.clone(), self.options.worker.clone())
+            .with_consensus(&self.options.consensus)
             .require_ticket(mock_validator()?)
             .with_peers(peers);
         let builder = match self.formation {

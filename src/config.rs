@@ -86,7 +86,7 @@ use serde::Deserialize;
 use tessera_attestation::{Policy, TrustRoot};
 
 use crate::client::ClientAllow;
-use crate::groups::{GroupKey, WorkerConfig};
+use crate::groups::{ConsensusConfig, ConsensusConfigError, GroupKey, WorkerConfig};
 use crate::raft::RaftConfig;
 #[cfg(feature = "mock-attestation")]
 use crate::tickets::MockTdxValidator;
@@ -229,6 +229,8 @@ pub struct NodeConfig {
     pub secret_key_file: Option<PathBuf>,
     pub network_id: String,
     pub timers: Timers,
+    /// `timers` as the group runs them.
+    pub consensus: ConsensusConfig,
     pub storage: StorageKind,
     pub log_level: String,
     pub metrics: Option<SocketAddr>,
@@ -620,6 +622,7 @@ impl NodeConfig {
             return Err(field("network_id", "must not be empty".into()));
         }
         let timers = validate_timers(&raw.timers).map_err(|(f, r)| field(f, r))?;
+        let consensus = consensus_of(&timers).map_err(|e| field("timers", e.to_string()))?;
         let storage = match raw.storage.as_str() {
             "memory" => StorageKind::Memory,
             "rocksdb" => StorageKind::RocksDb,
@@ -701,6 +704,7 @@ impl NodeConfig {
             secret_key_file: raw.secret_key_file.as_deref().map(resolve),
             network_id: raw.network_id,
             timers,
+            consensus,
             storage,
             log_level: raw.log_level,
             metrics,
@@ -845,25 +849,6 @@ impl NodeConfig {
             AnyOf::new(alternatives).map_err(|e| self.error("policies", e.to_string()))?,
         ))
     }
-
-    /// Consensus parameters from `[timers]`.
-    pub fn consensus(&self) -> (RaftConfig, WorkerConfig) {
-        let raft = RaftConfig {
-            election_ticks: self.timers.election_ticks,
-            heartbeat_ticks: self.timers.heartbeat_ticks,
-            // A test-only build asked for the unsafe rule (see Cargo.toml).
-            #[cfg(feature = "dangerous-reference-quorum")]
-            dangerous_reference_quorum: true,
-            ..RaftConfig::default()
-        };
-        let removal = self.timers.removal_timeout_secs;
-        let worker = WorkerConfig {
-            tick: Duration::from_millis(self.timers.tick_ms),
-            removal_timeout: (removal > 0).then(|| Duration::from_secs(removal)),
-            ..WorkerConfig::default()
-        };
-        (raft, worker)
-    }
 }
 
 /// An `http(s)://host[:port]` relay URL.
@@ -952,6 +937,18 @@ fn parse_pccs(raw: &RawConfig) -> Result<Option<PccsSettings>, (&'static str, St
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse()
         .map_err(|e| format!("expected <ip:port>, got {text:?} ({e})"))
+}
+
+/// `[timers]` (validated) as a [`ConsensusConfig`]: ticks become durations.
+fn consensus_of(timers: &Timers) -> Result<ConsensusConfig, ConsensusConfigError> {
+    let ticks = |n: u64| Duration::from_millis(timers.tick_ms.saturating_mul(n));
+    let removal = timers.removal_timeout_secs;
+    ConsensusConfig::builder()
+        .tick(ticks(1))
+        .heartbeat_interval(ticks(timers.heartbeat_ticks))
+        .election_timeout(ticks(timers.election_ticks))
+        .removal_timeout((removal > 0).then(|| Duration::from_secs(removal)))
+        .build()
 }
 
 fn validate_timers(raw: &RawTimers) -> Result<Timers, (&'static str, String)> {

@@ -16,7 +16,8 @@
 //! - [`tickets`]: ticket validators (TDX, mock TDX, any-of) and cached admission.
 //! - [`collateral`]: this node's own DCAP collateral: a file, or a PCCS refreshed on a
 //!   schedule, verified before it replaces the bundle tickets carry.
-//! - [`cluster`]: mock-attested members in one process over loopback iroh (demo, bench).
+//! - `cluster` (feature `mock-attestation`): mock-attested members in one process over
+//!   loopback iroh, the fixture behind the demo, the benchmark and the tests.
 //! - [`discovery`]: signed peer entries and the bounded catalog of them.
 //! - [`group_id`]: group identity: the secret key and the public id derived from everything
 //!   members must agree on. A leaf: it uses only the core's configuration.
@@ -33,6 +34,7 @@
 #![forbid(unsafe_code)]
 pub mod client;
 pub mod clock;
+#[cfg(feature = "mock-attestation")]
 pub mod cluster;
 pub mod collateral;
 pub mod config;

@@ -18,14 +18,13 @@ use tessera::discovery::{
     SignedPeerEntry,
 };
 use tessera::groups::{
-    keep_tickets_fresh, Bonds, Group, GroupKey, Groups, GroupsConfig, WorkerConfig,
+    keep_tickets_fresh, Bonds, ConsensusConfig, Group, GroupKey, Groups, GroupsConfig,
 };
 use tessera::machine::KvStore;
 use tessera::net::endpoint::bound_addr;
 use tessera::net::{
     encode_message, local_endpoint, read_message, Listen, ALPN_BOND, ALPN_DISCOVERY, WIRE_VERSION,
 };
-use tessera::raft::RaftConfig;
 use tessera::tickets::{clock_from, Clock, TdxTicketIssuer};
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
 
@@ -79,12 +78,13 @@ async fn node(
     let builder = groups
         .with_key(GroupKey::from_bytes([7; 32]))
         .with_state_machine(KvStore::new())
-        .with_consensus_config(
-            RaftConfig::default(),
-            WorkerConfig {
-                tick: Duration::from_millis(20),
-                ..WorkerConfig::default()
-            },
+        .with_consensus(
+            &ConsensusConfig::builder()
+                .tick(Duration::from_millis(20))
+                .heartbeat_interval(Duration::from_millis(40))
+                .election_timeout(Duration::from_millis(200))
+                .build()
+                .expect("consensus"),
         )
         .require_ticket(mock_validator().expect("validator"))
         .with_peers(peers.clone());

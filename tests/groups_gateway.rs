@@ -10,11 +10,13 @@ use tessera::cluster::{
     loopback_endpoint, mock_clock, mock_tickets, mock_validator, random_secret, NETWORK,
 };
 use tessera::groups::{
-    BondStats, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig, JoinError,
-    StopReason, WorkerConfig,
+    BondStats, ConsensusConfig, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig,
+    JoinError, StopReason,
 };
-use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
-use tessera::raft::RaftConfig;
+use tessera::machine::{
+    ApplyContext, KvCommand, KvQuery, KvQueryResult, KvStore, SignatureBuilder, SnapshotError,
+    StateMachine,
+};
 use tessera::tickets::Clock;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -44,12 +46,13 @@ async fn join(node: &Node, key: u8, peers: Vec<EndpointAddr>) -> Result<Group<Kv
     node.groups
         .with_key(GroupKey::from_bytes([key; 32]))
         .with_state_machine(KvStore::new())
-        .with_consensus_config(
-            RaftConfig::default(),
-            WorkerConfig {
-                tick: Duration::from_millis(20),
-                ..WorkerConfig::default()
-            },
+        .with_consensus(
+            &ConsensusConfig::builder()
+                .tick(Duration::from_millis(20))
+                .heartbeat_interval(Duration::from_millis(40))
+                .election_timeout(Duration::from_millis(200))
+                .build()
+                .expect("consensus"),
         )
         .require_ticket(mock_validator().expect("validator"))
         .with_peers(peers)
@@ -177,4 +180,57 @@ async fn a_bond_for_a_group_not_joined_here_is_refused_by_the_gateway() {
         .contains(tessera::groups::node_id_of(&c.addr.id)));
     a.router.shutdown().await.expect("shutdown");
     c.router.shutdown().await.expect("shutdown");
+}
+
+/// A machine whose output is where its command was applied, as [`ApplyContext`] says.
+#[derive(Default)]
+struct WhereAmI;
+
+impl StateMachine for WhereAmI {
+    type Command = ();
+    type Output = ([u8; 32], String, u64);
+    type Query = ();
+    type QueryResult = ();
+
+    fn signature(&self) -> [u8; 32] {
+        SignatureBuilder::new("tessera.test.where-am-i.v1").finish()
+    }
+
+    fn apply(&mut self, (): (), ctx: &ApplyContext<'_>) -> Self::Output {
+        (ctx.group.0, ctx.network_id.to_string(), ctx.index)
+    }
+
+    fn query(&self, (): &()) {}
+
+    fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        Ok(Vec::new())
+    }
+
+    fn restore(&mut self, _: &[u8]) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_machine_learns_its_group_and_network_from_the_apply_context() {
+    let clock = mock_clock();
+    let a = node(&clock).await;
+    // No peers: a group of one, founded at once.
+    let group = a
+        .groups
+        .with_key(GroupKey::from_bytes([9; 32]))
+        .with_state_machine(WhereAmI)
+        .require_ticket(mock_validator().expect("validator"))
+        .join()
+        .await
+        .expect("join");
+    let (group_id, network_id, index) = group.execute(()).await.expect("execute");
+    assert_eq!(group_id, group.id().0);
+    assert_eq!(network_id, NETWORK);
+    assert!(
+        index > 1,
+        "entry 1 is the founding configuration, got {index}"
+    );
+    group.shutdown().await;
+    a.router.shutdown().await.expect("router shutdown");
 }

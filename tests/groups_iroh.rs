@@ -14,13 +14,12 @@ use tessera::cluster::{
 };
 use tessera::groups::bond::dial_raw;
 use tessera::groups::{
-    node_id_of, BondConfig, BondStats, Bonds, Consistency, Dial, Group, GroupKey, Groups,
-    GroupsConfig, Inbox, InboxItem, Refusal, WorkerConfig,
+    node_id_of, BondConfig, BondStats, Bonds, ConsensusConfig, ConsensusConfigBuilder, Consistency,
+    Dial, Group, GroupKey, Groups, GroupsConfig, Inbox, InboxItem, Refusal,
 };
 use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
 use tessera::net::{ALPN_BOND, WIRE_VERSION};
 use tessera::raft::NodeId;
-use tessera::raft::RaftConfig;
 use tessera::storage::MemoryStorage;
 use tessera::tickets::{Admission, TdxTicketIssuer, Ticket};
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
@@ -30,11 +29,16 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn options(nodes: usize) -> ClusterOptions {
     let mut o = ClusterOptions::new(nodes, GroupKey::from_bytes([7; 32]));
-    o.worker = WorkerConfig {
-        tick: Duration::from_millis(20),
-        ..WorkerConfig::default()
-    };
+    o.consensus = fast_timers().build().expect("consensus");
     o
+}
+
+/// 20 ms ticks, heartbeats every 2 and elections after 10 of them.
+fn fast_timers() -> ConsensusConfigBuilder {
+    ConsensusConfig::builder()
+        .tick(Duration::from_millis(20))
+        .heartbeat_interval(Duration::from_millis(40))
+        .election_timeout(Duration::from_millis(200))
 }
 
 async fn bonded_cluster(nodes: usize) -> LocalCluster {
@@ -256,10 +260,10 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
         ..same.clone()
     };
     let other_config = ClusterOptions {
-        raft: RaftConfig {
-            election_ticks: same.raft.election_ticks + 1,
-            ..same.raft.clone()
-        },
+        consensus: fast_timers()
+            .election_timeout(Duration::from_millis(220))
+            .build()
+            .expect("consensus"),
         ..same.clone()
     };
     for opts in [&other_key, &other_config] {
@@ -674,7 +678,10 @@ async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_attested_joiner_catches_up_through_a_snapshot_and_becomes_a_voter() {
     let mut o = options(3);
-    o.worker.snapshot_every = Some(50);
+    o.consensus = fast_timers()
+        .snapshot_every_entries(Some(50))
+        .build()
+        .expect("consensus");
     let cluster = LocalCluster::start(o, |_| Ok(MemoryStorage::new()))
         .await
         .expect("cluster");
@@ -710,8 +717,11 @@ async fn a_snapshot_larger_than_a_frame_reaches_a_late_joiner_in_chunks() {
     let mut o = options(3);
     // Snapshots by size only: the log is compacted every 4 MiB of commands, so the joiner
     // can only catch up through a snapshot if that policy works.
-    o.worker.snapshot_every = None;
-    o.worker.snapshot_bytes = Some(4 << 20);
+    o.consensus = fast_timers()
+        .snapshot_every_entries(None)
+        .snapshot_every_bytes(Some(4 << 20))
+        .build()
+        .expect("consensus");
     let cluster = LocalCluster::start(o, |_| Ok(MemoryStorage::new()))
         .await
         .expect("cluster");
@@ -849,7 +859,7 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
     let group = groups
         .with_key(o.key.clone())
         .with_state_machine(KvStore::new())
-        .with_consensus_config(o.raft.clone(), o.worker.clone())
+        .with_consensus(&o.consensus)
         .require_ticket(mock_validator().expect("validator"))
         .with_peers(members.iter().map(|m| m.addr.clone()).collect())
         .join_only()

@@ -61,11 +61,7 @@ fn filled_machine() -> ReplicatedKv {
     let mut machine = ReplicatedKv::new(KvStore::new());
     let keys = STATE_BYTES / VALUE_BYTES_MAX_DEFAULT;
     for k in 0..keys {
-        let ctx = ApplyContext {
-            index: k + 1,
-            term: 1,
-            timestamp_ms: 1,
-        };
+        let ctx = ApplyContext::new(k + 1, 1, 1);
         let command = SessionCommand {
             client: ClientId(k % 8),
             seq: k,

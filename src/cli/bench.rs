@@ -132,15 +132,23 @@ async fn run(args: BenchArgs) -> Result<serde_json::Value> {
             bail!("--snapshot-install takes 1..=1024 MiB and does not go with --catch-up");
         }
         // One snapshot per member, once the fill is (nearly) complete.
-        options.worker.snapshot_every = None;
-        options.worker.snapshot_bytes = Some(fill_keys(mib) * FILL_ENTRY_BYTES * 99 / 100);
-        options.raft.max_voters = args.nodes;
+        options.consensus = options
+            .consensus
+            .to_builder()
+            .snapshot_every_entries(None)
+            .snapshot_every_bytes(Some(fill_keys(mib) * FILL_ENTRY_BYTES * 99 / 100))
+            .max_voters(args.nodes)
+            .build()?;
     }
     if args.catch_up {
-        options.worker.snapshot_every = None;
-        options.worker.snapshot_bytes = None;
-        // The new member stays a learner: stopping it afterwards must not cost a quorum.
-        options.raft.max_voters = args.nodes;
+        options.consensus = options
+            .consensus
+            .to_builder()
+            .snapshot_every_entries(None)
+            .snapshot_every_bytes(None)
+            // The new member stays a learner: stopping it afterwards must not cost a quorum.
+            .max_voters(args.nodes)
+            .build()?;
     }
     let scratch = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
     let cluster = match args.storage {

@@ -64,8 +64,7 @@ async fn run() -> Result<()> {
 
     // 1. The founding members bond: each verifies the others' quotes bound to their keys.
     let key = GroupKey::generate()?;
-    let mut options = ClusterOptions::new(3, key);
-    options.worker.tick = Duration::from_millis(50);
+    let options = ClusterOptions::new(3, key);
     let cluster = LocalCluster::start(options, |_| Ok(MemoryStorage::new())).await?;
     let name_of = |id: NodeId| cluster.index_of(id).map_or("?", |i| NAMES[i]);
     for (i, m) in cluster.members.iter().enumerate() {

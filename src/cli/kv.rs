@@ -25,10 +25,10 @@ use iroh::EndpointAddr;
 use tessera::client::{
     Client, ClientError, ClientRequest, ClientResponse, NodeTrust, EXECUTE_PATIENCE,
 };
-use tessera::cluster::random_secret;
 use tessera::config::{parse_node, read_secret_key, NodeName};
 use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
 use tessera::net::announce;
+use tessera::net::random_secret;
 use tessera::tickets::{system_clock, AnyOf, TdxValidator, TicketValidator};
 use tessera_attestation::TrustRoot;
 

@@ -30,7 +30,6 @@ use iroh::protocol::Router;
 use iroh::{EndpointAddr, PublicKey, SecretKey};
 use tessera::client::provision::{await_group_key, AwaitKey};
 use tessera::client::{ClientProtocol, ClientService};
-use tessera::cluster::{random_secret, TICKET_LIFETIME_SECS};
 use tessera::collateral::task::own_quote_report_data;
 use tessera::collateral::{
     assess, cache as collateral_cache, CollateralStatus, PccsClient, PccsRefresh, RefreshSettings,
@@ -43,6 +42,7 @@ use tessera::discovery::{Discovery, DiscoveryConfig, OwnEntry, PeerDialer};
 use tessera::groups::Bonds;
 use tessera::groups::{keep_tickets_fresh, GroupKey, Groups, GroupsConfig};
 use tessera::machine::KvStore;
+use tessera::net::random_secret;
 use tessera::net::{
     announce,
     endpoint::{advertised_addrs, bound_addr},
@@ -52,6 +52,7 @@ use tessera::net::{
 use tessera::storage::{LockedRocksDb, RocksDbStorage, StorageKey};
 #[cfg(feature = "mock-attestation")]
 use tessera::tickets::clock_from;
+use tessera::tickets::TICKET_LIFETIME_SECS;
 use tessera::tickets::{system_clock, Clock, TdxTicketIssuer};
 use tessera_attestation::provider::configfs::ConfigfsTsmProvider;
 #[cfg(feature = "mock-attestation")]
@@ -500,7 +501,6 @@ async fn serve(p: Prepared) -> Result<()> {
             None => peer.clone(),
         })
         .collect();
-    let (raft, worker) = config.consensus();
     // One gateway for the endpoint; this node joins one group on it.
     let groups = Groups::new(
         endpoint.clone(),
@@ -509,7 +509,7 @@ async fn serve(p: Prepared) -> Result<()> {
     let builder = groups
         .with_key(key)
         .with_state_machine(KvStore::new())
-        .with_consensus_config(raft, worker)
+        .with_consensus(&config.consensus)
         .require_ticket(p.validator.clone())
         .with_peers(bootstrap.clone())
         .bootstrap_expect(config.bootstrap_expect);

@@ -69,16 +69,18 @@ fn a_good_config_parses_with_defaults_and_resolved_paths() {
             ..Timers::default()
         }
     );
-    let (raft, worker) = c.consensus();
+    let (raft, worker) = (c.consensus.raft(), c.consensus.worker());
     assert_eq!(worker.tick, Duration::from_millis(20));
     assert_eq!(raft.election_ticks, Timers::default().election_ticks);
+    assert_eq!(raft.heartbeat_ticks, Timers::default().heartbeat_ticks);
     assert_eq!(worker.removal_timeout, Some(Duration::from_secs(300)));
     for (secs, want) in [(60, Some(Duration::from_secs(60))), (0, None)] {
         let text = good().replace(
             "tick_ms = 20",
             &format!("tick_ms = 20\nremoval_timeout_secs = {secs}"),
         );
-        let (_, worker) = parse(&text).expect("config").consensus();
+        let config = parse(&text).expect("config");
+        let worker = config.consensus.worker();
         assert_eq!(
             worker.removal_timeout, want,
             "removal_timeout_secs = {secs}"

@@ -32,7 +32,7 @@ use super::bond::{
 };
 use super::formation::founding_set;
 use super::id::{GroupId, GroupKey};
-use super::{start, Group, MemberOptions, StartError, WorkerConfig};
+use super::{start, ConsensusConfig, Group, MemberOptions, StartError, WorkerConfig};
 use crate::machine::StateMachine;
 use crate::net::{accept_within, AcceptFailure, Budget, BudgetPermit, Source, ALPN_BOND};
 use crate::raft::{Membership, RaftConfig};
@@ -230,8 +230,8 @@ impl Groups {
 
     /// For tests and tools: routes bonds that name `bonds`' group to these bonds, which
     /// were started by hand ([`Bonds::start`]) without a member. Returns false when that
-    /// group is joined here already.
-    #[doc(hidden)]
+    /// group is joined here already. Feature `test-util`.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn serve_bonds<C: Send + 'static>(
         &self,
         bonds: &Arc<Bonds>,
@@ -440,10 +440,11 @@ impl<'g, M, S> GroupBuilder<'g, M, S> {
         }
     }
 
-    /// Consensus parameters (part of the group id: members must agree).
-    pub fn with_consensus_config(mut self, raft: RaftConfig, worker: WorkerConfig) -> Self {
-        self.settings.raft = raft;
-        self.settings.worker = worker;
+    /// Consensus parameters (part of the group id: members must agree). Default:
+    /// [`ConsensusConfig::default`].
+    pub fn with_consensus(mut self, config: &ConsensusConfig) -> Self {
+        self.settings.raft = config.raft().clone();
+        self.settings.worker = config.worker().clone();
         self
     }
 
@@ -573,6 +574,7 @@ impl<M: StateMachine, S: Storage + Send + 'static> GroupBuilder<'_, M, S> {
         let options = MemberOptions {
             node: me,
             group_id: id,
+            network_id: inner.config.network_id.clone(),
             raft: self.settings.raft.clone(),
             worker,
             seed: u64::from_le_bytes(endpoint.id().as_bytes()[..8].try_into().unwrap_or_default()),

@@ -700,6 +700,18 @@ impl Member {
         self.actions.pop_front()
     }
 
+    /// The next action if it is an [`Action::Apply`], without asking the core for more:
+    /// lets the driver take the run of entries it is applying as one batch.
+    pub fn poll_apply(&mut self) -> Option<Entry> {
+        match self.actions.front() {
+            Some(Action::Apply(_)) => match self.actions.pop_front() {
+                Some(Action::Apply(entry)) => Some(entry),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     // ----- the core -----
 
     fn leads(&self) -> bool {

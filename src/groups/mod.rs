@@ -8,10 +8,13 @@
 //! hands frames to a [`Transport`]; it never makes a protocol decision itself (the sans-IO
 //! [`member`] does). The handle talks to the worker only through its bounded inbox.
 pub mod bond;
+mod consensus;
 mod error;
 pub mod formation;
 mod gateway;
 mod group;
+#[cfg(any(test, feature = "test-util"))]
+mod local_network;
 pub use crate::group_id as id;
 pub mod member;
 pub mod snapshot_transfer;
@@ -23,12 +26,15 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 pub use bond::{node_id_of, BondConfig, BondStats, Bonds, Dial, Refusal, RefusalRecord};
+pub use consensus::{ConsensusConfig, ConsensusConfigBuilder, ConsensusConfigError};
 pub use error::{GroupError, Rejection, StopReason};
 pub use gateway::{BondProtocol, GroupBuilder, Groups, GroupsConfig, JoinError};
 pub use group::{Consistency, Group, When};
 pub use id::{GroupId, GroupKey};
+#[cfg(any(test, feature = "test-util"))]
+pub use local_network::LocalNetwork;
 pub use ticket_renewal::keep_tickets_fresh;
-pub use transport::{Inbox, InboxItem, LocalNetwork, PeerFrame, Transport, INBOX_FRAMES_MAX};
+pub use transport::{Inbox, InboxItem, PeerFrame, Transport, INBOX_FRAMES_MAX};
 pub use worker::{GroupStatus, WorkerConfig};
 
 use crate::machine::{LeadershipPreference, Sessions, StateMachine};
@@ -43,6 +49,8 @@ pub struct MemberOptions {
     pub node: NodeId,
     /// The group's id ([`Group::id`]).
     pub group_id: GroupId,
+    /// The network the group belongs to (empty: none), for [`crate::machine::ApplyContext`].
+    pub network_id: String,
     pub raft: RaftConfig,
     pub worker: WorkerConfig,
     /// Seed of the core's election-timeout generator.
@@ -129,7 +137,8 @@ where
         transport,
         rx,
         status_tx,
-    );
+    )
+    .in_group(options.group_id, options.network_id.clone());
     let thread = std::thread::Builder::new()
         .name(format!("tessera-group-{}", options.node))
         .spawn(move || worker.run())?;

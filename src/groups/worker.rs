@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 use super::error::{Rejection, StopReason};
 use super::member::{self, Action, Member, Now, Request, RequestId};
 use super::transport::{InboxItem, PeerFrame, Transport};
+use crate::group_id::GroupId;
 use crate::machine::{ApplyContext, Sessions, StateMachine};
 use crate::raft::{
     Entry, EntryPayload, Incarnation, Index, Membership, MembershipChange, NodeId, Raft, Role,
@@ -105,7 +106,7 @@ pub struct GroupStatus {
 }
 
 /// Static parameters of a worker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
     pub tick: Duration,
     /// Forwarded requests without an answer after this long are reported `Unknown`.
@@ -123,7 +124,7 @@ pub struct WorkerConfig {
     /// As leader, remove a member that has had no bond this long (`None`: never): one
     /// whose bond went down, or one this leader has never been bonded with (a member that
     /// died before it was elected). It is added again, as a learner, when it bonds again.
-    /// A transport that reports no bonds ([`LocalNetwork`](super::LocalNetwork)) makes
+    /// A transport that reports no bonds (the test-only `LocalNetwork`) makes
     /// every member look away: use `None` with it for runs longer than the timeout.
     pub removal_timeout: Option<Duration>,
     /// The configured founding set, this member included (architecture.md §7.2): a fresh member
@@ -216,6 +217,9 @@ impl Pending {
 
 pub struct Worker<M: StateMachine, S: Storage> {
     id: NodeId,
+    /// The group and network the machine learns from [`ApplyContext`].
+    group: GroupId,
+    network_id: String,
     config: WorkerConfig,
     /// Every decision: the core, the request tables, formation, membership.
     member: Member,
@@ -264,6 +268,8 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         );
         Self {
             id,
+            group: GroupId([0; 32]),
+            network_id: String::new(),
             config,
             member,
             machine,
@@ -279,6 +285,15 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             leave_request: None,
             next_request: 0,
         }
+    }
+
+    /// The group (and its network) this worker's member belongs to, as the state machine
+    /// sees it in [`ApplyContext`]; a group of all-zero id on no network without it.
+    #[must_use]
+    pub fn in_group(mut self, group: GroupId, network_id: impl Into<String>) -> Self {
+        self.group = group;
+        self.network_id = network_id.into();
+        self
     }
 
     fn now() -> Now {
@@ -466,8 +481,14 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
             }
             Action::Apply(entry) => {
-                let output = self.apply(&entry);
-                self.member.handle_applied(entry.index, entry.term, output);
+                let mut entries = vec![entry];
+                while let Some(next) = self.member.poll_apply() {
+                    entries.push(next);
+                }
+                let outputs = self.apply(&entries);
+                for (entry, output) in entries.iter().zip(outputs) {
+                    self.member.handle_applied(entry.index, entry.term, output);
+                }
             }
             Action::Serve(id) => match self.pending.remove(&id) {
                 Some(Pending::Read { query, reply }) => {
@@ -486,27 +507,38 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         }
     }
 
-    /// Applies one committed entry to the state machine: the encoded output of a command.
-    fn apply(&mut self, entry: &Entry) -> Option<Bytes> {
-        let EntryPayload::Command(data) = &entry.payload else {
-            return None;
-        };
-        let ctx = ApplyContext {
-            index: entry.index,
-            term: entry.term,
-            timestamp_ms: entry.timestamp_ms,
-        };
-        match postcard::from_bytes(data) {
-            Ok(command) => {
-                let out = self.machine.apply(command, &ctx);
-                postcard::to_allocvec(&out).ok().map(Bytes::from)
-            }
-            Err(e) => {
-                // Every replica skips the same undecodable entry the same way.
-                tracing::warn!(node = %self.id, index = entry.index, error = %e, "committed command does not decode; skipped");
-                None
+    /// Applies consecutive committed entries to the state machine in one
+    /// [`StateMachine::apply_batch`]: per entry, the encoded output of its command (`None`
+    /// for entries that carry none, and for a command that does not decode, which every
+    /// replica skips alike).
+    fn apply(&mut self, entries: &[Entry]) -> Vec<Option<Bytes>> {
+        let mut outputs = vec![None; entries.len()];
+        let mut batch = Vec::with_capacity(entries.len());
+        let mut slots = Vec::with_capacity(entries.len());
+        for (slot, entry) in entries.iter().enumerate() {
+            let EntryPayload::Command(data) = &entry.payload else {
+                continue;
+            };
+            match postcard::from_bytes(data) {
+                Ok(command) => {
+                    let ctx = ApplyContext::new(entry.index, entry.term, entry.timestamp_ms)
+                        .in_group(self.group, &self.network_id);
+                    batch.push((command, ctx));
+                    slots.push(slot);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.id, index = entry.index, error = %e, "committed command does not decode; skipped");
+                }
             }
         }
+        if batch.is_empty() {
+            return outputs;
+        }
+        let applied = self.machine.apply_batch(batch);
+        for (slot, output) in slots.into_iter().zip(applied) {
+            outputs[slot] = postcard::to_allocvec(&output).ok().map(Bytes::from);
+        }
+        outputs
     }
 
     fn run_query(&self, query: &[u8]) -> Result<Bytes, RequestError> {

@@ -439,7 +439,7 @@ impl StateMachine for KvStore {
             .finish()
     }
 
-    fn apply(&mut self, command: KvCommand, _ctx: &ApplyContext) -> KvOutput {
+    fn apply(&mut self, command: KvCommand, _ctx: &ApplyContext<'_>) -> KvOutput {
         // Every rejection is decided before any change, so a rejected command leaves the
         // state exactly as it was.
         self.execute(command).unwrap_or_else(KvOutput::Rejected)

@@ -38,6 +38,8 @@ use std::fmt::Debug;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::group_id::GroupId;
+
 pub use kv::{
     KvCommand, KvLimits, KvOutput, KvQuery, KvQueryResult, KvRejection, KvStore,
     DATA_BYTES_MAX_DEFAULT, KEY_BYTES_MAX_DEFAULT, RANGE_LIMIT_MAX_DEFAULT,
@@ -55,10 +57,12 @@ pub type ReplicatedKv = Sessions<KvStore>;
 
 /// Metadata of the entry being applied. Deterministic across replicas.
 ///
-/// Every field comes from the committed log entry itself, so every replica sees the same
-/// values for the same entry.
+/// Every field comes from the committed log entry itself or from the group's identity, so
+/// every replica sees the same values for the same entry. Build one in a machine's own
+/// tests with [`ApplyContext::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ApplyContext {
+#[non_exhaustive]
+pub struct ApplyContext<'a> {
     /// Log index of the entry (Raft §5.3); strictly increasing in apply order.
     pub index: u64,
     /// Term in which the entry was created by a leader.
@@ -70,6 +74,38 @@ pub struct ApplyContext {
     /// at least the stamp of the entry before it, even when its clock is behind an earlier
     /// leader's (the floor survives snapshots). It may stand still across such a change.
     pub timestamp_ms: u64,
+    /// The group this entry was committed in: one machine type may serve several groups
+    /// (on one endpoint or across processes) and tell them apart by it.
+    pub group: GroupId,
+    /// The network the group belongs to (`network_id` of `node.toml`; empty for members
+    /// started without one, e.g. on the in-process test network).
+    pub network_id: &'a str,
+}
+
+impl<'a> ApplyContext<'a> {
+    /// The context of entry `index` of term `term`, stamped `timestamp_ms`, in a group of
+    /// all-zero id on no network: what a machine's unit tests need. Add the group with
+    /// [`in_group`](Self::in_group).
+    #[must_use]
+    pub const fn new(index: u64, term: u64, timestamp_ms: u64) -> Self {
+        Self {
+            index,
+            term,
+            timestamp_ms,
+            group: GroupId([0; 32]),
+            network_id: "",
+        }
+    }
+
+    /// The same context in group `group` of network `network_id`.
+    #[must_use]
+    pub const fn in_group(self, group: GroupId, network_id: &'a str) -> Self {
+        Self {
+            group,
+            network_id,
+            ..self
+        }
+    }
 }
 
 /// A node's preference for holding leadership (architecture.md §7.2).
@@ -204,7 +240,7 @@ pub trait StateMachine: Send + 'static {
     /// Applies one committed command and returns its output.
     ///
     /// Called exactly once per committed entry, in log order (see the trait contract).
-    fn apply(&mut self, command: Self::Command, ctx: &ApplyContext) -> Self::Output;
+    fn apply(&mut self, command: Self::Command, ctx: &ApplyContext<'_>) -> Self::Output;
 
     /// Applies consecutive committed commands, in order, returning one output per command
     /// in the same order.
@@ -213,7 +249,7 @@ pub trait StateMachine: Send + 'static {
     /// machine overrides it only to amortise work across the batch.
     ///
     /// Default: apply one by one, in order.
-    fn apply_batch(&mut self, batch: Vec<(Self::Command, ApplyContext)>) -> Vec<Self::Output> {
+    fn apply_batch(&mut self, batch: Vec<(Self::Command, ApplyContext<'_>)>) -> Vec<Self::Output> {
         batch
             .into_iter()
             .map(|(command, ctx)| self.apply(command, &ctx))

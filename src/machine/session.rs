@@ -45,6 +45,8 @@ use super::stream::{
 };
 use super::{ApplyContext, LeadershipPreference, SignatureBuilder, SnapshotError, StateMachine};
 
+mod batch;
+
 /// The signature of a session table with `config` around a machine whose signature is
 /// `inner`: what a member's group id covers, since every member runs its machine inside
 /// one.
@@ -177,15 +179,24 @@ struct Session<O> {
     output: O,
 }
 
+/// See [`Sessions::admit`].
+enum Verdict<C, O> {
+    /// Answered from the session table; the inner machine is not involved.
+    Answered(SessionOutput<O>),
+    /// A new command, for the inner machine.
+    New(C),
+}
+
 /// Exactly-once wrapper around a state machine; itself a [`StateMachine`].
 ///
 /// Commands are [`SessionCommand`]s; queries go straight to the inner machine. The session
 /// table is replicated state: it is in the snapshot with the inner machine, and its
 /// parameters are in the signature.
 ///
-/// Commands are applied one at a time (the default
-/// [`apply_batch`](StateMachine::apply_batch)): whether a command is new depends on the
-/// outputs of earlier ones in the same batch, so the inner machine's batching is not used.
+/// A batch ([`apply_batch`](StateMachine::apply_batch)) reaches the inner machine as
+/// runs of new commands, each one call of the inner `apply_batch`: a run ends only where a
+/// command's verdict needs the output of one still in the run (a retry of it, or a later
+/// command of the same client). See `session/batch.rs`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sessions<M: StateMachine> {
     inner: M,
@@ -197,6 +208,10 @@ pub struct Sessions<M: StateMachine> {
     by_recency: BTreeSet<(u64, ClientId)>,
     /// Highest `ApplyContext::timestamp_ms` applied so far.
     clock_ms: u64,
+    /// Inside [`apply_batch`](StateMachine::apply_batch) only (empty otherwise): sessions
+    /// of new commands handed to the inner machine's run but not applied yet, so without
+    /// an output. They count and age like the sessions above.
+    waiting: BTreeMap<ClientId, batch::Waiting>,
 }
 
 impl<M: StateMachine + Default> Default for Sessions<M> {
@@ -221,6 +236,7 @@ impl<M: StateMachine> Sessions<M> {
             sessions: BTreeMap::new(),
             by_recency: BTreeSet::new(),
             clock_ms: 0,
+            waiting: BTreeMap::new(),
         }
     }
 
@@ -259,13 +275,18 @@ impl<M: StateMachine> Sessions<M> {
     }
 
     fn remove_session(&mut self, client: ClientId) {
-        if let Some(session) = self.sessions.remove(&client) {
-            let was_indexed = self.by_recency.remove(&(session.last_index, client));
-            assert!(
-                was_indexed,
-                "session {client:?} missing from the recency index"
-            );
-        }
+        let last_index = match self.sessions.remove(&client) {
+            Some(session) => session.last_index,
+            None => match self.waiting.remove(&client) {
+                Some(waiting) => waiting.last_index,
+                None => return,
+            },
+        };
+        let was_indexed = self.by_recency.remove(&(last_index, client));
+        assert!(
+            was_indexed,
+            "session {client:?} missing from the recency index"
+        );
     }
 
     /// Drops sessions idle for longer than the TTL on the session clock.
@@ -282,6 +303,7 @@ impl<M: StateMachine> Sessions<M> {
                 .sessions
                 .get(&client)
                 .map(|session| session.last_seen_ms)
+                .or_else(|| self.waiting.get(&client).map(|w| w.last_seen_ms))
                 .expect("recency index names a client without a session");
             if last_seen_ms >= cutoff_ms {
                 break;
@@ -293,7 +315,7 @@ impl<M: StateMachine> Sessions<M> {
     /// Makes room for one more session by evicting the least recently active ones.
     fn make_room(&mut self) {
         let sessions_max = self.config.sessions_max.get() as usize;
-        while self.sessions.len() >= sessions_max {
+        while self.sessions.len() + self.waiting.len() >= sessions_max {
             let Some(&(_, client)) = self.by_recency.first() else {
                 unreachable!("a full session table has an empty recency index");
             };
@@ -302,7 +324,7 @@ impl<M: StateMachine> Sessions<M> {
     }
 
     /// Records `client`'s latest command at `ctx.index`, keeping the index in step.
-    fn touch(&mut self, client: ClientId, ctx: &ApplyContext) {
+    fn touch(&mut self, client: ClientId, ctx: &ApplyContext<'_>) {
         if let Some(session) = self.sessions.get_mut(&client) {
             self.by_recency.remove(&(session.last_index, client));
             session.last_index = ctx.index;
@@ -311,9 +333,54 @@ impl<M: StateMachine> Sessions<M> {
         }
     }
 
+    /// The session layer's verdict on one command, taken in log order: answered from the
+    /// table (a retry, or a stale sequence number), or new, for the inner machine. A new
+    /// command's client has room in the table afterwards, and no session until
+    /// its output is recorded (or, in a batch, a waiting one).
+    fn admit(
+        &mut self,
+        command: SessionCommand<M::Command>,
+        ctx: &ApplyContext<'_>,
+    ) -> Verdict<M::Command, M::Output> {
+        let SessionCommand {
+            client,
+            seq,
+            command,
+        } = command;
+        self.clock_ms = self.clock_ms.max(ctx.timestamp_ms);
+        self.expire();
+
+        match self.sessions.get(&client).map(|session| session.last_seq) {
+            Some(last_seq) if seq < last_seq => {
+                self.touch(client, ctx);
+                Verdict::Answered(SessionOutput::Stale { last_seq })
+            }
+            Some(last_seq) if seq == last_seq => {
+                self.touch(client, ctx);
+                let output = self
+                    .sessions
+                    .get(&client)
+                    .map(|session| session.output.clone())
+                    .expect("session present a moment ago");
+                Verdict::Answered(SessionOutput::Duplicate(output))
+            }
+            known => {
+                if known.is_some() {
+                    self.remove_session(client);
+                } else {
+                    // Unknown (new, evicted or expired): accepted as new; see the module
+                    // doc for the risk.
+                    self.make_room();
+                }
+                Verdict::New(command)
+            }
+        }
+    }
+
     /// Asserts the table's invariants (tests and the simulator call it after each step).
     #[cfg(test)]
     pub(crate) fn validate(&self) {
+        assert!(self.waiting.is_empty(), "waiting sessions outside a batch");
         assert_eq!(self.sessions.len(), self.by_recency.len());
         assert!(self.sessions.len() <= self.config.sessions_max.get() as usize);
         for (client, session) in &self.sessions {
@@ -476,37 +543,11 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
         signature_of(&self.inner.signature(), &self.config)
     }
 
-    fn apply(&mut self, command: Self::Command, ctx: &ApplyContext) -> Self::Output {
-        let SessionCommand {
-            client,
-            seq,
-            command,
-        } = command;
-        self.clock_ms = self.clock_ms.max(ctx.timestamp_ms);
-        self.expire();
-
-        match self.sessions.get(&client).map(|session| session.last_seq) {
-            Some(last_seq) if seq < last_seq => {
-                self.touch(client, ctx);
-                SessionOutput::Stale { last_seq }
-            }
-            Some(last_seq) if seq == last_seq => {
-                self.touch(client, ctx);
-                let output = self
-                    .sessions
-                    .get(&client)
-                    .map(|session| session.output.clone())
-                    .expect("session present a moment ago");
-                SessionOutput::Duplicate(output)
-            }
-            known => {
-                if known.is_some() {
-                    self.remove_session(client);
-                } else {
-                    // Unknown (new, evicted or expired): accepted as new; see the module
-                    // doc for the risk.
-                    self.make_room();
-                }
+    fn apply(&mut self, command: Self::Command, ctx: &ApplyContext<'_>) -> Self::Output {
+        let (client, seq) = (command.client, command.seq);
+        match self.admit(command, ctx) {
+            Verdict::Answered(output) => output,
+            Verdict::New(command) => {
                 let output = self.inner.apply(command, ctx);
                 self.sessions.insert(
                     client,
@@ -521,6 +562,10 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
                 SessionOutput::Applied(output)
             }
         }
+    }
+
+    fn apply_batch(&mut self, batch: Vec<(Self::Command, ApplyContext<'_>)>) -> Vec<Self::Output> {
+        self.apply_in_runs(batch)
     }
 
     fn query(&self, query: &Self::Query) -> Self::QueryResult {

@@ -38,6 +38,16 @@ pub enum EndpointError {
     BadAddress { addr: SocketAddr, reason: String },
     #[error("cannot bind {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
+    #[error("the system has no randomness for a new secret key")]
+    Randomness,
+}
+
+/// A new random iroh secret key (a node identity), from the system's generator.
+pub fn random_secret() -> Result<SecretKey, EndpointError> {
+    let mut b = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| EndpointError::Randomness)?;
+    Ok(SecretKey::from_bytes(&b))
 }
 
 /// Binds an endpoint that uses no public address lookup, no port mapper, no net-report

@@ -11,7 +11,9 @@ pub mod endpoint;
 pub mod frame;
 
 pub use budget::{accept_within, AcceptFailure, Budget, BudgetPermit, OverBudget, Source};
-pub use endpoint::{local_endpoint, EndpointError, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY};
+pub use endpoint::{
+    local_endpoint, random_secret, EndpointError, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY,
+};
 pub use frame::{
     encode_message, read_frame, read_frame_limited, read_message, read_message_limited,
     write_frame, write_message, FrameError, FRAME_BYTES_MAX, WIRE_VERSION,

@@ -86,11 +86,8 @@ impl World {
                     self.checkers.on_apply(id, &entry)?;
                     let output = match &entry.payload {
                         EntryPayload::Command(data) => {
-                            let ctx = ApplyContext {
-                                index: entry.index,
-                                term: entry.term,
-                                timestamp_ms: entry.timestamp_ms,
-                            };
+                            let ctx =
+                                ApplyContext::new(entry.index, entry.term, entry.timestamp_ms);
                             let command: SessionCommand<crate::machine::KvCommand> =
                                 postcard::from_bytes(data).map_err(|e| Violation {
                                     property: "committed commands decode",
@@ -312,7 +309,7 @@ impl World {
         &mut self,
         node: usize,
         command: SessionCommand<crate::machine::KvCommand>,
-        ctx: &ApplyContext,
+        ctx: &ApplyContext<'_>,
     ) -> Result<SessionOutput<crate::machine::KvOutput>, Violation> {
         let (client, seq) = (command.client, command.seq);
         let machine = &mut self.nodes[node].machine;

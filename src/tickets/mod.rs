@@ -27,6 +27,8 @@ pub use tdx::{TdxTicketIssuer, TdxValidator, TDX_KIND};
 
 /// Largest ticket accepted (a TDX quote with its collateral is about 10–20 KiB).
 pub const TICKET_BYTES_MAX: usize = 256 << 10;
+/// Default lifetime of a member's ticket (renewed at half of it).
+pub const TICKET_LIFETIME_SECS: u64 = 300;
 /// Accepted verdicts kept by an [`Admission`] cache.
 pub const ADMISSION_CACHE_MAX: usize = 1024;
 

@@ -20,6 +20,7 @@ pub fn options(id: u64, members: &Membership) -> MemberOptions {
     MemberOptions {
         node: NodeId(id),
         group_id: tessera::groups::GroupId([7; 32]),
+        network_id: "test-net".into(),
         raft: RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,

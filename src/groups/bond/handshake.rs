@@ -236,7 +236,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The streams of a bond whose handshake [`dial_raw`] completed.
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-util"))]
 pub struct RawBond {
     pub connection: Connection,
     pub send: SendStream,
@@ -247,8 +247,8 @@ pub struct RawBond {
 /// (the same code, so the peer admits and counts the bond), then hands over the raw
 /// streams instead of running the bond, so that the caller can speak — or break — the
 /// protocol after the handshake. Needs what a member needs: the group key and a ticket
-/// the peer accepts.
-#[doc(hidden)]
+/// the peer accepts. Feature `test-util`.
+#[cfg(any(test, feature = "test-util"))]
 pub async fn dial_raw(
     endpoint: &Endpoint,
     config: BondConfig,

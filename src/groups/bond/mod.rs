@@ -62,6 +62,7 @@ use accept::RoutedBonds;
 pub(crate) use accept::{refuse_on, Acceptor};
 pub(crate) use handshake::FirstFrame;
 use handshake::Opening;
+#[cfg(any(test, feature = "test-util"))]
 pub use handshake::{dial_raw, RawBond};
 use io::{
     read_messages, write_bond, AbortOnDrop, RenewalAllowance, SnapshotSender, INCOMING_MESSAGES_MAX,

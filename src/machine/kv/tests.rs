@@ -4,11 +4,7 @@ use crate::machine::stream::encode_snapshot;
 use crate::machine::stream::testing::{assert_failing_reader_changes_nothing, Sink, Trickle};
 use crate::machine::SnapshotError;
 
-const CTX: ApplyContext = ApplyContext {
-    index: 1,
-    term: 1,
-    timestamp_ms: 1_700_000_000_000,
-};
+const CTX: ApplyContext<'static> = ApplyContext::new(1, 1, 1_700_000_000_000);
 
 fn b(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()

@@ -10,12 +10,8 @@ fn b(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
-fn ctx(index: u64, timestamp_ms: u64) -> ApplyContext {
-    ApplyContext {
-        index,
-        term: 1,
-        timestamp_ms,
-    }
+fn ctx(index: u64, timestamp_ms: u64) -> ApplyContext<'static> {
+    ApplyContext::new(index, 1, timestamp_ms)
 }
 
 fn cmd(client: u64, seq: u64, command: KvCommand) -> SessionCommand<KvCommand> {
@@ -637,4 +633,128 @@ fn restore_refuses_a_snapshot_from_other_bounds() {
         bounded(3, None).restore(&bytes),
         Err(SnapshotError::SignatureMismatch { .. })
     ));
+}
+
+/// An inner machine that records how its commands arrive: one `apply_batch` call per run.
+#[derive(Default)]
+struct Recorder {
+    total: u64,
+    batches: Vec<Vec<u64>>,
+}
+
+impl StateMachine for Recorder {
+    type Command = u64;
+    type Output = u64;
+    type Query = ();
+    type QueryResult = u64;
+
+    fn signature(&self) -> [u8; 32] {
+        SignatureBuilder::new("tessera.test.recorder.v1").finish()
+    }
+
+    fn apply(&mut self, add: u64, _: &ApplyContext<'_>) -> u64 {
+        self.batches.push(vec![add]);
+        self.total += add;
+        self.total
+    }
+
+    fn apply_batch(&mut self, batch: Vec<(u64, ApplyContext<'_>)>) -> Vec<u64> {
+        self.batches
+            .push(batch.iter().map(|(add, _)| *add).collect());
+        batch
+            .into_iter()
+            .map(|(add, _)| {
+                self.total += add;
+                self.total
+            })
+            .collect()
+    }
+
+    fn query(&self, _: &()) -> u64 {
+        self.total
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        Ok(self.total.to_le_bytes().to_vec())
+    }
+
+    fn restore(&mut self, _: &[u8]) -> Result<(), SnapshotError> {
+        Err(SnapshotError::Invalid {
+            reason: "not needed here".into(),
+        })
+    }
+}
+
+fn add(client: u64, seq: u64, value: u64) -> SessionCommand<u64> {
+    SessionCommand {
+        client: ClientId(client),
+        seq,
+        command: value,
+    }
+}
+
+#[test]
+fn a_batch_reaches_the_inner_machine_in_runs_cut_only_where_a_retry_needs_an_output() {
+    let mut machine = Sessions::new(Recorder::default());
+    let batch = vec![
+        (add(1, 1, 10), ctx(1, 0)),
+        (add(2, 1, 20), ctx(2, 0)),
+        // A retry of client 1's command, still in the run: the run is applied first.
+        (add(1, 1, 10), ctx(3, 0)),
+        (add(3, 1, 30), ctx(4, 0)),
+        (add(2, 2, 40), ctx(5, 0)),
+        // Client 3's next command needs the run holding its first applied first.
+        (add(3, 2, 50), ctx(6, 0)),
+    ];
+    let outputs = machine.apply_batch(batch);
+    assert_eq!(
+        outputs,
+        vec![
+            SessionOutput::Applied(10),
+            SessionOutput::Applied(30),
+            SessionOutput::Duplicate(10),
+            SessionOutput::Applied(60),
+            SessionOutput::Applied(100),
+            SessionOutput::Applied(150),
+        ]
+    );
+    // Client 2's second command does not cut: its first was applied with the first run.
+    assert_eq!(
+        machine.inner().batches,
+        vec![vec![10, 20], vec![30, 40], vec![50]]
+    );
+    machine.validate();
+    assert_eq!(machine.session_count(), 3);
+}
+
+#[test]
+fn a_waiting_session_evicted_within_its_batch_is_not_recorded() {
+    // One session at most: client 2's command evicts client 1's waiting session, so
+    // client 1's retry is unknown afterwards and runs again, as it would one at a time.
+    let batch = vec![
+        (add(1, 1, 1), ctx(1, 0)),
+        (add(2, 1, 2), ctx(2, 0)),
+        (add(1, 1, 1), ctx(3, 0)),
+    ];
+    let mut one_by_one = Sessions::with_config(
+        Recorder::default(),
+        SessionConfig {
+            sessions_max: NonZeroU32::new(1).expect("nonzero"),
+            session_ttl_ms: None,
+        },
+    );
+    let expected: Vec<_> = batch
+        .iter()
+        .map(|(command, ctx)| one_by_one.apply(command.clone(), ctx))
+        .collect();
+    let mut batched = Sessions::with_config(Recorder::default(), one_by_one.config());
+    assert_eq!(batched.apply_batch(batch), expected);
+    assert_eq!(expected[2], SessionOutput::Applied(4));
+    assert_eq!(batched.inner().batches, vec![vec![1, 2, 1]]);
+    batched.validate();
+    assert_eq!(
+        batched.session(ClientId(1)),
+        one_by_one.session(ClientId(1))
+    );
+    assert_eq!(batched.session(ClientId(2)), None);
 }
