@@ -2,7 +2,7 @@
 //! (`cargo run --example counter`). Each endpoint has one `Groups` gateway on its router;
 //! both nodes join groups "one" and "two" with each other as peers, so each group founds
 //! itself once both members are bonded and agree.
-use tessera::cluster::{mock_clock, mock_tickets, mock_validator, random_secret, NETWORK};
+use tessera::cluster::{mock_clock, mock_issuer, mock_validator, random_secret, NETWORK};
 use tessera::groups::{Consistency, GroupKey, Groups, GroupsConfig};
 use tessera::machine::{ApplyContext, SnapshotError, StateMachine};
 
@@ -46,8 +46,8 @@ async fn main() -> anyhow::Result<()> {
     let b = tessera::cluster::loopback_endpoint(random_secret()?).await?;
     let mut nodes = Vec::new();
     for ((endpoint, _), (_, peer)) in [(a.clone(), b.clone()), (b, a)] {
-        let tickets = mock_tickets(&endpoint, Default::default(), &clock, 300)?;
-        let config = GroupsConfig::new(NETWORK, clock.clone()).with_tickets(tickets);
+        let issuer = mock_issuer(Default::default(), 300)?;
+        let config = GroupsConfig::new(NETWORK, clock.clone()).with_issuer(issuer);
         let groups = Groups::new(endpoint, config);
         let mut counters = Vec::new();
         for key in [[1; 32], [2; 32]] {

@@ -112,25 +112,38 @@ pub fn mock_clock() -> Clock {
     clock_from(MockConfig::default().valid_now())
 }
 
-/// Mock-attested tickets of `endpoint`'s key, quoted by the mock provider `mock`
-/// configures, renewed at half of `lifetime_secs`.
+/// An issuer of mock-attested tickets for [`NETWORK`], quoted by the mock provider `mock`
+/// configures, each valid for `lifetime_secs`: give it to
+/// [`GroupsConfig::with_issuer`], which keeps the endpoint's tickets fresh.
+pub fn mock_issuer(
+    mock: MockConfig,
+    lifetime_secs: u64,
+) -> Result<Arc<TdxTicketIssuer>, ClusterError> {
+    let attestation = |e: &dyn std::fmt::Display| ClusterError::Attestation(e.to_string());
+    let provider = MockProvider::new(mock).map_err(|e| attestation(&e))?;
+    let collateral = provider.collateral().map_err(|e| attestation(&e))?;
+    Ok(Arc::new(TdxTicketIssuer::new(
+        Box::new(provider),
+        collateral,
+        NETWORK.into(),
+        lifetime_secs,
+    )))
+}
+
+/// Mock-attested tickets of `endpoint`'s key ([`mock_issuer`]), renewed at half of
+/// `lifetime_secs` by a task of their own: for code that hands tickets around itself.
 pub fn mock_tickets(
     endpoint: &Endpoint,
     mock: MockConfig,
     clock: &Clock,
     lifetime_secs: u64,
 ) -> Result<watch::Receiver<Vec<Ticket>>, ClusterError> {
-    let attestation = |e: &dyn std::fmt::Display| ClusterError::Attestation(e.to_string());
-    let provider = MockProvider::new(mock).map_err(|e| attestation(&e))?;
-    let collateral = provider.collateral().map_err(|e| attestation(&e))?;
-    let issuer = TdxTicketIssuer::new(
-        Box::new(provider),
-        collateral,
-        NETWORK.into(),
-        lifetime_secs,
-    );
-    keep_tickets_fresh(Arc::new(issuer), *endpoint.id().as_bytes(), clock.clone())
-        .map_err(|e| attestation(&e))
+    keep_tickets_fresh(
+        mock_issuer(mock, lifetime_secs)?,
+        *endpoint.id().as_bytes(),
+        clock.clone(),
+    )
+    .map_err(|e| ClusterError::Attestation(e.to_string()))
 }
 
 /// A loopback endpoint accepting bonds.
@@ -251,8 +264,8 @@ struct MemberSetup<'a> {
 }
 
 impl MemberSetup<'_> {
-    /// Joins the group on `ep` with mock tickets, through the endpoint's own gateway and
-    /// a router that serves it.
+    /// Joins the group on `ep` with mock tickets (the gateway issues and renews them),
+    /// through the endpoint's own gateway and a router that serves it.
     async fn join<S: Storage + Send + 'static>(
         self,
         ep: Endpoint,
@@ -260,15 +273,10 @@ impl MemberSetup<'_> {
         peers: Vec<EndpointAddr>,
         storage: S,
     ) -> Result<ClusterMember, ClusterError> {
-        let tickets = mock_tickets(
-            &ep,
-            self.mock,
-            self.clock,
-            self.options.ticket_lifetime_secs,
-        )?;
+        let issuer = mock_issuer(self.mock, self.options.ticket_lifetime_secs)?;
         let groups = Groups::new(
             ep.clone(),
-            GroupsConfig::new(NETWORK, self.clock.clone()).with_tickets(tickets),
+            GroupsConfig::new(NETWORK, self.clock.clone()).with_issuer(issuer),
         );
         let builder = groups
             .with_key(self.options.key.clone())

@@ -13,7 +13,7 @@ use iroh::{Endpoint, EndpointAddr, SecretKey};
 use tessera::client::{Client, ClientError, ClientRequest, ClientResponse, NodeTrust};
 use tessera::cluster::{mock_validator, random_secret, MOCK_POLICY};
 use tessera::machine::{KvCommand, KvOutput};
-use tessera::net::endpoint::bound_addr;
+use tessera::net::bound_addr;
 use tessera::net::{local_endpoint, read_message, write_message, Listen, ALPN_CLIENT};
 use tessera::tickets::{clock_from, MockTdxValidator, TdxTicketIssuer, Ticket, TicketValidator};
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};

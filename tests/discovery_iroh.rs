@@ -12,16 +12,16 @@ use iroh::endpoint::{ConnectionError, VarInt};
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, SecretKey};
 use tessera::cluster::{mock_validator, random_secret, NETWORK};
-use tessera::discovery::service::{CLOSE_LIMIT, CLOSE_MALFORMED, ENTRY_FRAME_BYTES_MAX};
 use tessera::discovery::{
     CatalogFrame, Discovery, DiscoveryConfig, DiscoveryStats, OwnEntry, PeerDialer, PeerEntry,
     SignedPeerEntry,
 };
+use tessera::discovery::{CLOSE_LIMIT, CLOSE_MALFORMED, ENTRY_FRAME_BYTES_MAX};
 use tessera::groups::{
     keep_tickets_fresh, Bonds, ConsensusConfig, Group, GroupKey, Groups, GroupsConfig,
 };
 use tessera::machine::KvStore;
-use tessera::net::endpoint::bound_addr;
+use tessera::net::bound_addr;
 use tessera::net::{
     encode_message, local_endpoint, read_message, Listen, ALPN_BOND, ALPN_DISCOVERY, WIRE_VERSION,
 };

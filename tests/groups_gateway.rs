@@ -7,7 +7,7 @@ use std::time::Duration;
 use iroh::protocol::Router;
 use iroh::EndpointAddr;
 use tessera::cluster::{
-    loopback_endpoint, mock_clock, mock_tickets, mock_validator, random_secret, NETWORK,
+    loopback_endpoint, mock_clock, mock_issuer, mock_validator, random_secret, NETWORK,
 };
 use tessera::groups::{
     BondStats, ConsensusConfig, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig,
@@ -31,8 +31,8 @@ async fn node(clock: &Clock) -> Node {
     let (endpoint, addr) = loopback_endpoint(random_secret().expect("key"))
         .await
         .expect("endpoint");
-    let tickets = mock_tickets(&endpoint, Default::default(), clock, 300).expect("tickets");
-    let config = GroupsConfig::new(NETWORK, clock.clone()).with_tickets(tickets);
+    let issuer = mock_issuer(Default::default(), 300).expect("issuer");
+    let config = GroupsConfig::new(NETWORK, clock.clone()).with_issuer(issuer);
     let groups = Groups::new(endpoint, config);
     let router = groups.spawn_router();
     Node {
@@ -233,4 +233,44 @@ async fn the_machine_learns_its_group_and_network_from_the_apply_context() {
     );
     group.shutdown().await;
     a.router.shutdown().await.expect("router shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_issues_and_renews_its_tickets_until_it_shuts_down() {
+    let clock = mock_clock();
+    let (endpoint, _) = loopback_endpoint(random_secret().expect("key"))
+        .await
+        .expect("endpoint");
+    // Two-second tickets: renewed every second.
+    let issuer = mock_issuer(Default::default(), 2).expect("issuer");
+    let groups = Groups::new(
+        endpoint.clone(),
+        GroupsConfig::new(NETWORK, clock.clone()).with_issuer(issuer),
+    );
+    let mut tickets = groups.tickets();
+    let first = tickets.borrow_and_update().clone();
+    assert_eq!(first.len(), 1, "the first ticket is issued at once");
+    let context = tessera::tickets::PeerContext {
+        peer_key: *endpoint.id().as_bytes(),
+        network_id: NETWORK.into(),
+        group_scope: None,
+        now: clock(),
+    };
+    let validated = mock_validator()
+        .expect("validator")
+        .validate(&first[0], &context);
+    assert!(
+        validated.is_ok(),
+        "the ticket binds this endpoint: {validated:?}"
+    );
+    tokio::time::timeout(WAIT, tickets.changed())
+        .await
+        .expect("renewed within the bound")
+        .expect("renewal runs");
+    assert_ne!(*tickets.borrow(), first, "a new ticket");
+    // Shutdown ends the renewal task and waits for it.
+    tokio::time::timeout(WAIT, groups.shutdown())
+        .await
+        .expect("shutdown ends the renewal");
+    endpoint.close().await;
 }

@@ -12,7 +12,7 @@ use tessera::cluster::{
     loopback_endpoint, mock_validator, random_secret, ClusterMember, ClusterOptions, LocalCluster,
     NETWORK,
 };
-use tessera::groups::bond::dial_raw;
+use tessera::groups::testing::dial_raw;
 use tessera::groups::{
     node_id_of, BondConfig, BondStats, Bonds, ConsensusConfig, ConsensusConfigBuilder, Consistency,
     Dial, Group, GroupKey, Groups, GroupsConfig, Inbox, InboxItem, Refusal,
@@ -418,7 +418,7 @@ async fn close_code(conn: &iroh::endpoint::Connection, what: &str) -> VarInt {
 /// (before the change, 64 silent connections locked every peer out for 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_from_one_host_do_not_lock_out_another() {
-    use tessera::groups::bond::{HANDSHAKES_MAX, HANDSHAKES_PER_SOURCE_MAX};
+    use tessera::groups::testing::{HANDSHAKES_MAX, HANDSHAKES_PER_SOURCE_MAX};
     let cluster = bonded_cluster(3).await;
     let target = &cluster.members[0];
     let (flooder, _) = loopback_endpoint(random_secret().expect("key"))
@@ -1021,8 +1021,11 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
             },
         });
         let mut buf = Vec::new();
-        tessera::net::encode_message(&mut buf, &tessera::groups::bond::BondMessage::Frame(frame))
-            .expect("encodes");
+        tessera::net::encode_message(
+            &mut buf,
+            &tessera::groups::testing::BondMessage::Frame(frame),
+        )
+        .expect("encodes");
         buf
     };
     let garbage: [(&str, Vec<u8>); 4] = [
@@ -1099,7 +1102,7 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
 /// burst and then one per refill loses its bond (sound tickets or not), and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_renewing_faster_than_allowed_loses_its_bond() {
-    use tessera::groups::bond::{BondMessage, RENEWALS_BURST};
+    use tessera::groups::testing::{BondMessage, RENEWALS_BURST};
     let cluster = bonded_cluster(3).await;
     let leader = leader_index(&cluster, 0).await;
     let target = &cluster.members[leader];

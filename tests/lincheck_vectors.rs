@@ -5,8 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tessera::lincheck::kv::KvModel;
-use tessera::lincheck::register::RegisterModel;
+use tessera::lincheck::KvModel;
+use tessera::lincheck::RegisterModel;
 use tessera::lincheck::{
     check, parse_jepsen_etcd_log, parse_porcupine_kv, CheckLimits, CheckOutcome,
 };

@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tessera::groups::snapshot_transfer::{offer_for, receive_snapshot, send_snapshot, ResumeSlot};
+use tessera::groups::testing::{offer_for, receive_snapshot, send_snapshot, ResumeSlot};
 use tessera::machine::{
     ApplyContext, ClientId, KvCommand, KvStore, ReplicatedKv, SessionCommand, StateMachine,
     VALUE_BYTES_MAX_DEFAULT,

@@ -4,9 +4,10 @@
 mod common;
 
 use common::{fails_over_keeping_every_write, ix, put, start_cluster, strong_get, within};
-use tessera::groups::{Consistency, Group, GroupError, LocalNetwork, StopReason};
+use tessera::groups::testing::LocalNetwork;
+use tessera::groups::{Consistency, Group, GroupError, StopReason};
 use tessera::machine::{KvQuery, KvStore};
-use tessera::storage::faulty::INJECTED_FAILURE;
+use tessera::storage::INJECTED_FAILURE;
 use tessera::storage::{FaultSwitch, FaultyStorage, MemoryStorage, Storage};
 
 const SIZE: u64 = 3;

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use tessera::lincheck::kv::KvModel;
-use tessera::lincheck::parse::{parse_history_jsonl, ParsedHistory};
-use tessera::lincheck::register::RegisterModel;
+use tessera::lincheck::KvModel;
+use tessera::lincheck::RegisterModel;
 use tessera::lincheck::{
     check, parse_jepsen_etcd_log, parse_porcupine_kv, CheckLimits, CheckOutcome,
 };
+use tessera::lincheck::{parse_history_jsonl, ParsedHistory};
 
 /// Largest history file read (a history is read whole).
 const HISTORY_BYTES_MAX: u64 = 1 << 30;

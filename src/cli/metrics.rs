@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera::client::server::role_name;
+use tessera::client::role_name;
 use tessera::client::{ClientService, MemberKind};
 use tessera::collateral::CollateralStatus;
 use tessera::storage::WriteTimes;

@@ -28,9 +28,9 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use iroh::protocol::Router;
 use iroh::{EndpointAddr, PublicKey, SecretKey};
-use tessera::client::provision::{await_group_key, AwaitKey};
+use tessera::client::{await_group_key, AwaitKey};
 use tessera::client::{ClientProtocol, ClientService};
-use tessera::collateral::task::own_quote_report_data;
+use tessera::collateral::own_quote_report_data;
 use tessera::collateral::{
     assess, cache as collateral_cache, CollateralStatus, PccsClient, PccsRefresh, RefreshSettings,
     SharedCollateral, SourceKind,
@@ -44,9 +44,8 @@ use tessera::groups::{keep_tickets_fresh, GroupKey, Groups, GroupsConfig};
 use tessera::machine::KvStore;
 use tessera::net::random_secret;
 use tessera::net::{
-    announce,
-    endpoint::{advertised_addrs, bound_addr},
-    local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY,
+    advertised_addrs, announce, bound_addr, local_endpoint, Listen, ALPN_BOND, ALPN_CLIENT,
+    ALPN_DISCOVERY,
 };
 #[cfg(feature = "rocksdb")]
 use tessera::storage::{LockedRocksDb, RocksDbStorage, StorageKey};

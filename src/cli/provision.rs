@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tessera::client::provision::GroupKeyBytes;
+use tessera::client::GroupKeyBytes;
 use tessera::client::{ClientRequest, ClientResponse};
 use tessera::groups::GroupKey;
 

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera::client::{Client, ClientError, ClientRequest, ClientResponse};
-use tessera::lincheck::kv::KvModel;
-use tessera::lincheck::parse::{parse_history_jsonl, EventType, Function, HistoryEvent};
+use tessera::lincheck::KvModel;
 use tessera::lincheck::{check, CheckLimits, CheckOutcome};
+use tessera::lincheck::{parse_history_jsonl, EventType, Function, HistoryEvent};
 use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
 
 use super::kv::TrustArgs;

@@ -18,9 +18,9 @@
 //! [`CONNECTIONS_MAX`] client connections; it makes no decision about the group itself, it
 //! calls the [`crate::groups::Group`] handle. [`connect`] is the client side, dialling only
 //! the address it is given.
-pub mod connect;
-pub mod provision;
-pub mod server;
+pub(crate) mod connect;
+pub(crate) mod provision;
+pub(crate) mod server;
 
 use std::time::Duration;
 
@@ -31,7 +31,8 @@ use crate::machine::{ClientId, KvCommand, KvOutput, KvQuery, KvQueryResult};
 use crate::raft::{Index, NodeId, Term};
 
 pub use connect::{Client, ClientError, NodeTrust, EXECUTE_PATIENCE};
-pub use server::{ClientProtocol, ClientService, ClientStats};
+pub use provision::{await_group_key, AwaitKey, GroupKeyBytes};
+pub use server::{role_name, ClientProtocol, ClientService, ClientStats};
 
 /// Largest request frame a node reads: room for the largest KV command (a compare-and-swap
 /// of a maximal key with two maximal values is about 132 KiB).

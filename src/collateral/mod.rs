@@ -30,13 +30,13 @@ use std::sync::{Arc, RwLock};
 use tessera_attestation::Collateral;
 
 pub mod cache;
-pub mod fetch;
-pub mod refresh;
-pub mod task;
+pub(crate) mod fetch;
+pub(crate) mod refresh;
+pub(crate) mod task;
 
 pub use fetch::{FetchError, PccsClient};
 pub use refresh::{assess, Bundle, Origin, Outcome, RefreshSettings, Refresher, Refusal};
-pub use task::{PccsRefresh, StartError};
+pub use task::{own_quote_report_data, PccsRefresh, StartError};
 
 /// The collateral bundle this node presents now, shared between the refresh task (which
 /// replaces it) and the ticket issuer (which puts it in every new ticket). Tickets already

@@ -48,13 +48,13 @@ pub const ENTRY_BYTES_MAX: usize = 64 << 10;
 pub const ADDRS_MAX: usize = 16;
 /// Most groups one entry names.
 pub const GROUPS_MAX: usize = 16;
-pub mod exchange;
-pub mod service;
+pub(crate) mod exchange;
+pub(crate) mod service;
 
 pub use exchange::{BondCommands, DiscoveryStats, Exchange, OwnEntry};
 pub use service::{
     CatalogFrame, Discovery, DiscoveryConfig, DiscoveryError, DiscoveryProtocol, ExchangeError,
-    PeerDialer,
+    PeerDialer, CLOSE_LIMIT, CLOSE_MALFORMED, ENTRY_FRAME_BYTES_MAX,
 };
 
 const SIGNATURE_DOMAIN: &[u8] = b"tessera/discovery/entry/v1";

@@ -37,7 +37,9 @@ use crate::machine::StateMachine;
 use crate::net::{accept_within, AcceptFailure, Budget, BudgetPermit, Source, ALPN_BOND};
 use crate::raft::{Membership, RaftConfig};
 use crate::storage::{MemoryStorage, Storage};
-use crate::tickets::{Admission, Clock, Ticket, TicketValidator};
+use crate::tickets::{Admission, Clock, TdxTicketIssuer, Ticket, TicketValidator};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What every group on one endpoint shares.
 #[derive(Clone)]
@@ -47,8 +49,12 @@ pub struct GroupsConfig {
     /// Seconds since the Unix epoch, as tickets are checked against.
     pub clock: Clock,
     /// The tickets this node presents to its peers (see
-    /// [`keep_tickets_fresh`](super::keep_tickets_fresh)); none by default.
+    /// [`keep_tickets_fresh`](super::keep_tickets_fresh)); none by default. Replaced by
+    /// the gateway's own when an [`issuer`](Self::issuer) is given.
     pub tickets: watch::Receiver<Vec<Ticket>>,
+    /// Issues this node's tickets: the gateway issues the first when it is created and
+    /// renews them at half their lifetime, until it shuts down.
+    pub issuer: Option<Arc<TdxTicketIssuer>>,
 }
 
 impl GroupsConfig {
@@ -59,10 +65,20 @@ impl GroupsConfig {
             network_id: network_id.into(),
             clock,
             tickets: watch::channel(Vec::new()).1,
+            issuer: None,
         }
     }
 
-    /// The tickets this node presents, kept fresh by whoever sends on the channel.
+    /// Tickets issued by `issuer` for the endpoint's key, issued when the gateway is
+    /// created and renewed by it at half their lifetime (retried with backoff when issuing
+    /// fails), so that peers always hold a valid one.
+    pub fn with_issuer(mut self, issuer: Arc<TdxTicketIssuer>) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    /// The tickets this node presents, kept fresh by whoever sends on the channel
+    /// (rather than by the gateway, as [`with_issuer`](Self::with_issuer) does).
     pub fn with_tickets(mut self, tickets: watch::Receiver<Vec<Ticket>>) -> Self {
         self.tickets = tickets;
         self
@@ -112,6 +128,9 @@ struct Inner {
     handshakes: Budget,
     /// Connections refused before they reached a group (over budget, unknown group).
     stats: watch::Sender<BondStats>,
+    /// Ends the gateway's own tasks (ticket renewal) at shutdown.
+    cancel: CancellationToken,
+    tasks: TaskTracker,
 }
 
 /// The gateway of one endpoint to its groups. Cheap to clone.
@@ -134,8 +153,31 @@ impl std::fmt::Debug for Groups {
 
 impl Groups {
     /// The gateway of `endpoint`. Mount [`Groups::bond_protocol`] on the endpoint's router
-    /// (or use [`Groups::spawn_router`]) so that peers can bond.
-    pub fn new(endpoint: Endpoint, config: GroupsConfig) -> Self {
+    /// (or use [`Groups::spawn_router`]) so that peers can bond. With an
+    /// [`issuer`](GroupsConfig::with_issuer) it issues this node's first ticket now and
+    /// must run inside a tokio runtime.
+    pub fn new(endpoint: Endpoint, mut config: GroupsConfig) -> Self {
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        if let Some(issuer) = config.issuer.clone() {
+            let stop = cancel.clone().cancelled_owned();
+            let (tickets, renewal) = super::ticket_renewal::first_and_renewal(
+                issuer,
+                *endpoint.id().as_bytes(),
+                config.clock.clone(),
+                stop,
+            );
+            config.tickets = tickets;
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    tasks.spawn_on(renewal, &runtime);
+                }
+                Err(_) => tracing::error!(
+                    "the groups gateway was created outside a tokio runtime: its tickets will not be renewed"
+                ),
+            }
+        }
+        tasks.close();
         Self {
             inner: Arc::new(Inner {
                 endpoint,
@@ -154,8 +196,16 @@ impl Groups {
                     HANDSHAKES_PER_SOURCE_MAX,
                 ),
                 stats: watch::channel(BondStats::default()).0,
+                cancel,
+                tasks,
             }),
         }
+    }
+
+    /// The tickets this node presents to its peers now (and every renewal): give them to
+    /// the endpoint's other protocols (the client service, discovery).
+    pub fn tickets(&self) -> watch::Receiver<Vec<Ticket>> {
+        self.inner.config.tickets.clone()
     }
 
     /// The handler of [`ALPN_BOND`] for an iroh [`Router`].
@@ -226,6 +276,8 @@ impl Groups {
         for stop in stops {
             stop.await;
         }
+        self.inner.cancel.cancel();
+        self.inner.tasks.wait().await;
     }
 
     /// For tests and tools: routes bonds that name `bonds`' group to these bonds, which

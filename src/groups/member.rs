@@ -353,10 +353,6 @@ impl Member {
 
     // ----- what the driver reads -----
 
-    pub fn id(&self) -> NodeId {
-        self.id
-    }
-
     /// The core, to read (status, the simulator's checks).
     pub fn raft(&self) -> &Raft {
         &self.raft
@@ -383,12 +379,6 @@ impl Member {
     pub(crate) fn with_formation(mut self, formation: Formation) -> Self {
         self.formation = formation;
         self
-    }
-
-    /// Whether `from`'s consensus traffic is taken now (a founder still waiting takes
-    /// only its founders').
-    pub fn accepts_raft_from(&self, from: NodeId) -> bool {
-        self.formation.accepts_raft_from(from)
     }
 
     // ----- inputs -----

@@ -7,20 +7,20 @@
 //! **IO contract.** The worker does storage IO (synchronously, on its own thread) and
 //! hands frames to a [`Transport`]; it never makes a protocol decision itself (the sans-IO
 //! [`member`] does). The handle talks to the worker only through its bounded inbox.
-pub mod bond;
+pub(crate) mod bond;
 mod consensus;
 mod error;
-pub mod formation;
+pub(crate) mod formation;
 mod gateway;
 mod group;
 #[cfg(any(test, feature = "test-util"))]
 mod local_network;
 pub use crate::group_id as id;
-pub mod member;
-pub mod snapshot_transfer;
+pub(crate) mod member;
+pub(crate) mod snapshot_transfer;
 mod ticket_renewal;
-pub mod transport;
-pub mod worker;
+pub(crate) mod transport;
+pub(crate) mod worker;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -31,11 +31,21 @@ pub use error::{GroupError, Rejection, StopReason};
 pub use gateway::{BondProtocol, GroupBuilder, Groups, GroupsConfig, JoinError};
 pub use group::{Consistency, Group, When};
 pub use id::{GroupId, GroupKey};
-#[cfg(any(test, feature = "test-util"))]
-pub use local_network::LocalNetwork;
 pub use ticket_renewal::keep_tickets_fresh;
 pub use transport::{Inbox, InboxItem, PeerFrame, Transport, INBOX_FRAMES_MAX};
 pub use worker::{GroupStatus, WorkerConfig};
+
+/// Hooks for tests (feature `test-util`), not for running groups: an in-process network
+/// for workers, and the internals a test needs to speak (or break) the bond and snapshot
+/// protocols by hand.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing {
+    pub use super::bond::{
+        dial_raw, BondMessage, RawBond, HANDSHAKES_MAX, HANDSHAKES_PER_SOURCE_MAX, RENEWALS_BURST,
+    };
+    pub use super::local_network::LocalNetwork;
+    pub use super::snapshot_transfer::{offer_for, receive_snapshot, send_snapshot, ResumeSlot};
+}
 
 use crate::machine::{LeadershipPreference, Sessions, StateMachine};
 use crate::raft::{Membership, NodeId, Raft, RaftConfig};

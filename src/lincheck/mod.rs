@@ -70,15 +70,20 @@
 mod bitset;
 mod check;
 mod hash;
-pub mod kv;
+pub(crate) mod kv;
 mod model;
-pub mod parse;
-pub mod register;
+pub(crate) mod parse;
+pub(crate) mod register;
 mod search;
 
 #[cfg(test)]
 mod tests;
 
 pub use check::{check, CheckLimits, CheckOutcome, UnknownReason};
+pub use kv::KvModel;
 pub use model::{Model, Operation, RETURN_TIME_UNKNOWN};
-pub use parse::{parse_jepsen_etcd_log, parse_porcupine_kv, ParseError};
+pub use parse::{
+    parse_history_jsonl, parse_jepsen_etcd_log, parse_porcupine_kv, EventType, Function,
+    HistoryEvent, ParseError, ParsedHistory,
+};
+pub use register::RegisterModel;

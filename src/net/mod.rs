@@ -6,13 +6,14 @@
 //! the addresses it is given: relays, public address lookup, the port mapper and net-report
 //! probes are off unless the operator configures a relay.
 pub mod announce;
-pub mod budget;
-pub mod endpoint;
-pub mod frame;
+pub(crate) mod budget;
+pub(crate) mod endpoint;
+pub(crate) mod frame;
 
 pub use budget::{accept_within, AcceptFailure, Budget, BudgetPermit, OverBudget, Source};
 pub use endpoint::{
-    local_endpoint, random_secret, EndpointError, Listen, ALPN_BOND, ALPN_CLIENT, ALPN_DISCOVERY,
+    advertised_addrs, bound_addr, local_endpoint, random_secret, EndpointError, Listen, ALPN_BOND,
+    ALPN_CLIENT, ALPN_DISCOVERY,
 };
 pub use frame::{
     encode_message, read_frame, read_frame_limited, read_message, read_message_limited,

@@ -26,7 +26,7 @@ mod membership;
 mod message;
 mod node;
 mod progress;
-pub mod ready;
+pub(crate) mod ready;
 mod replication;
 mod rng;
 mod types;

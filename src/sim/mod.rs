@@ -34,12 +34,12 @@
 //! Finally the whole client history goes through the [linearizability
 //! checker](crate::lincheck). A failure names the property, prints the seed and the command
 //! that replays it exactly: `make sim SEED=<n>`.
-pub mod checks;
+pub(crate) mod checks;
 mod client;
 mod disk;
 mod driver;
 mod events;
-pub mod faults;
+pub(crate) mod faults;
 mod nemesis;
 mod network;
 mod node;

@@ -7,19 +7,21 @@
 //!
 //! Every implementation must pass [`conformance`].
 pub mod conformance;
-pub mod faulty;
+pub(crate) mod faulty;
 pub mod identity;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
-pub mod seal;
-pub mod sealed_file;
-pub mod snapshot_store;
-pub mod timing;
+// The record format of the RocksDB store: only the key derivation is used without it.
+#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+pub(crate) mod seal;
+pub(crate) mod sealed_file;
+pub(crate) mod snapshot_store;
+pub(crate) mod timing;
 
 #[cfg(feature = "rocksdb")]
 pub use self::rocksdb::{LockedRocksDb, RocksDbStorage, SNAPSHOT_DIR};
-pub use faulty::{FaultSwitch, FaultyStorage};
+pub use faulty::{FaultSwitch, FaultyStorage, INJECTED_FAILURE};
 pub use memory::MemoryStorage;
 pub use seal::StorageKey;
 pub use snapshot_store::{SnapshotHandle, SnapshotStore, SnapshotStoreError};

@@ -12,8 +12,8 @@
 //! on a peer's tickets and caches accepted verdicts (bounded, by ticket hash, until they
 //! expire or a validator's generation changes). Validation costs about a millisecond of
 //! CPU: async callers run [`Admission::admit`] on a blocking thread.
-pub mod any_of;
-pub mod tdx;
+pub(crate) mod any_of;
+pub(crate) mod tdx;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use tessera::groups::{self, Consistency, Group, LocalNetwork, MemberOptions, WorkerConfig};
+use tessera::groups::testing::LocalNetwork;
+use tessera::groups::{self, Consistency, Group, MemberOptions, WorkerConfig};
 use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
 use tessera::raft::{Membership, NodeId, RaftConfig};
 use tessera::storage::{MemoryStorage, Storage};

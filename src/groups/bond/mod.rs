@@ -67,7 +67,7 @@ pub use handshake::{dial_raw, RawBond};
 use io::{
     read_messages, write_bond, AbortOnDrop, RenewalAllowance, SnapshotSender, INCOMING_MESSAGES_MAX,
 };
-pub use io::{READ_AHEAD_BYTES_MAX, RENEWALS_BURST, RENEWAL_REFILL};
+pub use io::{RENEWALS_BURST, RENEWAL_REFILL};
 
 /// Frames queued towards one peer before further ones are dropped.
 pub const OUTGOING_FRAMES_MAX: usize = 8192;
