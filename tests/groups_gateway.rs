@@ -10,7 +10,7 @@ use tessera::cluster::{
     loopback_endpoint, mock_clock, mock_tickets, mock_validator, random_secret, NETWORK,
 };
 use tessera::groups::{
-    BondStats, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig, JoinError,
+    BondStats, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig, JoinError, Refusal,
     StopReason, WorkerConfig,
 };
 use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
@@ -158,7 +158,8 @@ async fn a_bond_for_a_group_not_joined_here_is_refused_by_the_gateway() {
     // c knows a's address but holds another group key: another group id.
     let c9 = join(&c, 9, vec![a.addr.clone()]).await.expect("c joins 9");
     let mut stats = a.groups.stats();
-    let wrong_group = |s: &BondStats| s.refused.get("WrongGroup").copied().unwrap_or(0) >= 1;
+    let wrong_group =
+        |s: &BondStats| s.refused.get(&Refusal::WrongGroup).copied().unwrap_or(0) >= 1;
     if tokio::time::timeout(WAIT, stats.wait_for(wrong_group))
         .await
         .is_err()
