@@ -92,6 +92,9 @@ use crate::raft::RaftConfig;
 use crate::tickets::MockTdxValidator;
 use crate::tickets::{AnyOf, TdxValidator, TicketValidator};
 
+mod error;
+pub use error::{ConfigIdError, FileError, ParseNodeError, ParsePeerError, SecretKeyError};
+
 /// Domain tag of [`NodeConfig::config_id`].
 const CONFIG_ID_DOMAIN: &[u8] = b"tessera/config-id/v1";
 
@@ -99,20 +102,17 @@ const CONFIG_ID_DOMAIN: &[u8] = b"tessera/config-id/v1";
 /// ([`NodeConfig::config_id`]): the host sets MRCONFIGID when it starts the TD, and a node
 /// whose configuration is not the one its quotes name must not run (its quotes would
 /// vouch for a configuration it does not have).
-pub fn check_config_id(own_quote: &[u8], config_id: &[u8; 48]) -> Result<(), String> {
-    let quote = tessera_attestation::quote::parse_quote(own_quote)
-        .map_err(|e| format!("cannot read this TD's own quote: {e}"))?;
+pub fn check_config_id(own_quote: &[u8], config_id: &[u8; 48]) -> Result<(), ConfigIdError> {
+    let quote =
+        tessera_attestation::quote::parse_quote(own_quote).map_err(ConfigIdError::OwnQuote)?;
     let measured = quote.measurements.mr_config_id;
     if &measured == config_id {
         return Ok(());
     }
-    Err(format!(
-        "this TD was started with MRCONFIGID {} but its configuration (node.toml and its \
-         policies) has id {}: the host passed another configuration than the one it \
-         measured (start the TD with the id `tessera config-id` prints)",
-        hex::encode(measured),
-        hex::encode(config_id)
-    ))
+    Err(ConfigIdError::Mismatch {
+        measured,
+        config_id: *config_id,
+    })
 }
 
 /// Largest config, policy or key file read.
@@ -368,7 +368,6 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-/// Parses `<node id>@<ip:port>`: the node id is the peer's iroh public key (64 hex).
 /// How a configuration or a command line names a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeName {
@@ -379,78 +378,85 @@ pub enum NodeName {
 }
 
 /// Reads `<node id>@<ip:port>` or a bare `<ip:port>`.
-pub fn parse_node(text: &str) -> Result<NodeName, String> {
+pub fn parse_node(text: &str) -> Result<NodeName, ParseNodeError> {
     if !text.contains('@') {
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(NodeName::Address(addr));
         }
-        return Err(format!(
-            "expected <node id>@<ip:port> or <ip:port>, got {text:?}"
-        ));
+        return Err(ParseNodeError::Unrecognized { text: text.into() });
     }
-    parse_peer(text).map(NodeName::Id)
+    Ok(NodeName::Id(parse_peer(text)?))
 }
 
-pub fn parse_peer(text: &str) -> Result<EndpointAddr, String> {
-    let expected = || format!("expected <node id>@<ip:port>, got {text:?}");
-    let (id, addr) = text.split_once('@').ok_or_else(expected)?;
-    let id: PublicKey = id
-        .parse()
-        .map_err(|e| format!("{} (node id: {e})", expected()))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| format!("{} (address: {e})", expected()))?;
+/// Reads `<node id>@<ip:port>`: the node id is the peer's iroh public key (64 hex).
+pub fn parse_peer(text: &str) -> Result<EndpointAddr, ParsePeerError> {
+    let (id, addr) = text
+        .split_once('@')
+        .ok_or_else(|| ParsePeerError::MissingAt { text: text.into() })?;
+    let id: PublicKey = id.parse().map_err(|source| ParsePeerError::NodeId {
+        text: text.into(),
+        source,
+    })?;
+    let addr: SocketAddr = addr.parse().map_err(|source| ParsePeerError::Address {
+        text: text.into(),
+        source,
+    })?;
     Ok(EndpointAddr::new(id).with_ip_addr(addr))
 }
 
 /// Reads a private key file (hex), refusing one that group or others may read.
-fn read_private_file(path: &Path) -> Result<String, String> {
+fn read_private_file(path: &Path) -> Result<String, FileError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(|source| FileError::Io {
+                path: path.into(),
+                source,
+            })?
             .permissions()
             .mode();
         if mode & 0o077 != 0 {
-            return Err(format!(
-                "{}: mode {:o} lets group or others read it; chmod 600",
-                path.display(),
-                mode & 0o777
-            ));
+            return Err(FileError::NotPrivate {
+                path: path.into(),
+                mode: mode & 0o777,
+            });
         }
     }
     read_limited(path)
 }
 
-fn read_limited(path: &Path) -> Result<String, String> {
+/// Reads a text file of at most [`CONFIG_FILE_BYTES_MAX`] bytes.
+fn read_limited(path: &Path) -> Result<String, FileError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let io = |source| FileError::Io {
+        path: path.into(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
     let mut text = String::new();
     file.take(CONFIG_FILE_BYTES_MAX + 1)
         .read_to_string(&mut text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(io)?;
     if text.len() as u64 > CONFIG_FILE_BYTES_MAX {
-        return Err(format!(
-            "{}: larger than {CONFIG_FILE_BYTES_MAX} bytes",
-            path.display()
-        ));
+        return Err(FileError::TooLarge { path: path.into() });
     }
     Ok(text)
 }
 
 /// Reads an iroh secret key file (64 hex characters, mode 0600).
-pub fn read_secret_key(path: &Path) -> Result<SecretKey, String> {
+pub fn read_secret_key(path: &Path) -> Result<SecretKey, SecretKeyError> {
     let text = read_private_file(path)?;
-    let bytes =
-        hex::decode(text.trim()).map_err(|e| format!("{}: not hex: {e}", path.display()))?;
-    let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-        format!(
-            "{}: {} bytes, expected 32 (64 hex characters)",
-            path.display(),
-            b.len()
-        )
+    let bytes = hex::decode(text.trim()).map_err(|source| SecretKeyError::NotHex {
+        path: path.into(),
+        source,
     })?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| SecretKeyError::Length {
+            path: path.into(),
+            bytes: b.len(),
+        })?;
     Ok(SecretKey::from_bytes(&bytes))
 }
 
@@ -478,9 +484,9 @@ pub fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
 impl NodeConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_limited(path).map_err(|reason| ConfigError::Read {
+        let text = read_limited(path).map_err(|e| ConfigError::Read {
             file: path.display().to_string(),
-            reason,
+            reason: e.to_string(),
         })?;
         Self::from_toml_str(&text, path)
     }
@@ -514,7 +520,7 @@ impl NodeConfig {
         let mut bootstrap = Vec::with_capacity(raw.bootstrap.len());
         let mut bootstrap_addresses = Vec::new();
         for (i, entry) in raw.bootstrap.iter().enumerate() {
-            match parse_node(entry).map_err(|r| field(&format!("bootstrap[{i}]"), r))? {
+            match parse_node(entry).map_err(|e| field(&format!("bootstrap[{i}]"), e.to_string()))? {
                 NodeName::Id(peer) => bootstrap.push(peer),
                 NodeName::Address(addr) => bootstrap_addresses.push(addr),
             }
@@ -753,7 +759,7 @@ impl NodeConfig {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let text = read_limited(&path).map_err(|r| self.error(field, r))?;
+            let text = read_limited(&path).map_err(|e| self.error(field, e.to_string()))?;
             hash.update(&(name.len() as u64).to_le_bytes());
             hash.update(name.as_bytes());
             hash.update(&(text.len() as u64).to_le_bytes());
@@ -770,7 +776,7 @@ impl NodeConfig {
             .as_deref()
             .map(read_secret_key)
             .transpose()
-            .map_err(|r| self.error("secret_key_file", r))
+            .map_err(|e| self.error("secret_key_file", e.to_string()))
     }
 
     /// Reads and checks each policy (`policies[i]`).
@@ -778,7 +784,7 @@ impl NodeConfig {
         let mut policies = Vec::with_capacity(self.policies.len());
         for (i, path) in self.policies.iter().enumerate() {
             let at = format!("policies[{i}]");
-            let text = read_limited(path).map_err(|r| self.error(&at, r))?;
+            let text = read_limited(path).map_err(|e| self.error(&at, e.to_string()))?;
             let policy = Policy::from_toml_str(&text)
                 .map_err(|e| self.error(&at, format!("{}: {e}", path.display())))?;
             match (self.attestation, policy.trust_root) {

@@ -11,7 +11,7 @@ use tessera::cluster::{
 };
 use tessera::groups::{
     BondStats, ConsensusConfig, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig,
-    JoinError, StopReason,
+    JoinError, Refusal, StopReason,
 };
 use tessera::machine::{
     ApplyContext, KvCommand, KvQuery, KvQueryResult, KvStore, SignatureBuilder, SnapshotError,
@@ -161,7 +161,8 @@ async fn a_bond_for_a_group_not_joined_here_is_refused_by_the_gateway() {
     // c knows a's address but holds another group key: another group id.
     let c9 = join(&c, 9, vec![a.addr.clone()]).await.expect("c joins 9");
     let mut stats = a.groups.stats();
-    let wrong_group = |s: &BondStats| s.refused.get("WrongGroup").copied().unwrap_or(0) >= 1;
+    let wrong_group =
+        |s: &BondStats| s.refused.get(&Refusal::WrongGroup).copied().unwrap_or(0) >= 1;
     if tokio::time::timeout(WAIT, stats.wait_for(wrong_group))
         .await
         .is_err()

@@ -180,16 +180,16 @@ async fn five_members_bond_replicate_and_fail_over() {
     forms_replicates_and_fails_over(5).await;
 }
 
-fn refused(members: &[ClusterMember], reason: &str) -> u64 {
+fn refused(members: &[ClusterMember], reason: Refusal) -> u64 {
     members
         .iter()
         .flat_map(|m| [m.bonds.stats(), m.groups.stats()])
-        .map(|stats| stats.borrow().refused.get(reason).copied().unwrap_or(0))
+        .map(|stats| stats.borrow().refused.get(&reason).copied().unwrap_or(0))
         .sum()
 }
 
 /// Waits until the members together counted `at_least` refusals for `reason`.
-async fn wait_refused(members: &[ClusterMember], reason: &str, at_least: u64) {
+async fn wait_refused(members: &[ClusterMember], reason: Refusal, at_least: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     // A group's own refusals, and its gateway's (before a connection reaches a group).
     let mut watches: Vec<watch::Receiver<BondStats>> = members
@@ -253,7 +253,7 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
         );
     }
     // Each dials all three members; each member refuses each.
-    wait_refused(members, "BadTicket", 3 * bad.len() as u64).await;
+    wait_refused(members, Refusal::BadTicket, 3 * bad.len() as u64).await;
 
     let other_key = ClusterOptions {
         key: GroupKey::from_bytes([8; 32]),
@@ -274,7 +274,7 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
                 .expect("candidate"),
         );
     }
-    wait_refused(members, "WrongGroup", 3 * 2).await;
+    wait_refused(members, Refusal::WrongGroup, 3 * 2).await;
 
     // A replayer presents a genuine member's ticket on its own connection, and a thief
     // copied the public group id but lacks the key: neither can bond.
@@ -323,7 +323,8 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
     }
     // The replayer is refused by all three (its own counter of refusals by peers).
     let mut replayer = outsiders[0].0.stats();
-    let refused_thrice = |s: &BondStats| s.refused.get("RefusedByPeer").copied().unwrap_or(0) >= 3;
+    let refused_thrice =
+        |s: &BondStats| s.refused.get(&Refusal::RefusedByPeer).copied().unwrap_or(0) >= 3;
     if tokio::time::timeout(WAIT, replayer.wait_for(refused_thrice))
         .await
         .is_err()
@@ -333,7 +334,7 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
             outsiders[0].0.stats().borrow()
         );
     }
-    wait_refused(members, "BadProof", 3).await;
+    wait_refused(members, Refusal::BadProof, 3).await;
 
     // Nobody bad ever bonded, voted or received entries; the group still works.
     for b in &bad {
@@ -392,7 +393,7 @@ async fn garbage_from_a_raw_iroh_client_is_refused_and_harmless() {
         let _ = send.finish();
         // The member sends its hello and then closes the connection on us.
         let _ = tokio::time::timeout(WAIT, recv.read_to_end(1 << 20)).await;
-        wait_refused(&members[..1], "Malformed", i as u64 + 1).await;
+        wait_refused(&members[..1], Refusal::Malformed, i as u64 + 1).await;
     }
     let leader = leader_index(&cluster, 0).await;
     members[leader]
@@ -432,7 +433,7 @@ async fn silent_connections_from_one_host_do_not_lock_out_another() {
             .expect("connect");
         silent.push(conn);
     }
-    wait_refused(&cluster.members[..1], "Busy", 1).await;
+    wait_refused(&cluster.members[..1], Refusal::Busy, 1).await;
 
     // Another host (127.0.0.2: another source address on loopback) bonds meanwhile.
     let newcomer = tessera::net::local_endpoint(
@@ -548,7 +549,13 @@ async fn members_of_a_separately_founded_group_with_the_same_id_never_bond() {
     b.bonds.add_peer(a.addr.clone());
     // The one that dials refuses the other's hello, or is refused by it: either way one
     // side names the incarnation.
-    let either = |s: &BondStats| s.refused.get("OtherIncarnation").copied().unwrap_or(0) >= 1;
+    let either = |s: &BondStats| {
+        s.refused
+            .get(&Refusal::OtherIncarnation)
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    };
     let (mut wa, mut wb) = (a.bonds.stats(), b.bonds.stats());
     let named = tokio::time::timeout(WAIT, async {
         tokio::select! {
@@ -647,8 +654,9 @@ async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
     // Past side 0's (never renewed) ticket: side 1 closes the bond.
     now.store(t0 + 400, Ordering::SeqCst);
     let mut s1 = sides[1].0.stats();
-    let expired =
-        |s: &BondStats| s.refused.get("TicketExpired").copied().unwrap_or(0) >= 1 && s.live == 0;
+    let expired = |s: &BondStats| {
+        s.refused.get(&Refusal::TicketExpired).copied().unwrap_or(0) >= 1 && s.live == 0
+    };
     if tokio::time::timeout(WAIT, s1.wait_for(expired))
         .await
         .is_err()
@@ -659,7 +667,7 @@ async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
         );
     }
     // And the redialled handshake refuses the stale ticket.
-    let stale = |s: &BondStats| s.refused.get("BadTicket").copied().unwrap_or(0) >= 1;
+    let stale = |s: &BondStats| s.refused.get(&Refusal::BadTicket).copied().unwrap_or(0) >= 1;
     let (mut a, mut b) = (sides[0].0.stats(), sides[1].0.stats());
     let refused_again = async {
         tokio::select! {
@@ -921,7 +929,10 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
         )
         .await;
         let s = m.bonds.stats().borrow().clone();
-        assert!(s.refused["BadTicket"] >= 1, "counted by reason: {s:?}");
+        assert!(
+            s.refused[&Refusal::BadTicket] >= 1,
+            "counted by reason: {s:?}"
+        );
         assert_eq!(
             s.renewals, 1,
             "the bad renewal is not counted as one: {s:?}"
@@ -956,7 +967,7 @@ async fn a_bad_renewal_closes_a_live_bond(bad: impl FnOnce([u8; 32], u64) -> Tic
     .expect("ten entries commit without the peer")
     .expect("status");
     // Its redials reach the members and are refused at the handshake.
-    wait_refused(members, "BadTicket", 3 + 3).await;
+    wait_refused(members, Refusal::BadTicket, 3 + 3).await;
     let s = peer.bonds.stats().borrow().clone();
     assert_eq!(s.bonded, bonded_before, "the peer bonded again: {s:?}");
     assert_eq!(
@@ -1068,7 +1079,7 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
             }
             other => panic!("{what}: the bond ended otherwise: {other:?}"),
         }
-        wait_refused(&members[leader..=leader], "Malformed", i as u64 + 1).await;
+        wait_refused(&members[leader..=leader], Refusal::Malformed, i as u64 + 1).await;
         let s = target.bonds.stats().borrow().clone();
         let last = s.recent_refusals.last().expect("a refusal record");
         assert_eq!(
@@ -1083,7 +1094,7 @@ async fn a_malformed_message_on_a_live_bond_closes_only_that_bond() {
         let s = m.bonds.stats().borrow().clone();
         assert_eq!(s.live, 2, "honest bonds stay: {s:?}");
         assert_eq!(
-            s.refused.get("Malformed").copied().unwrap_or(0),
+            s.refused.get(&Refusal::Malformed).copied().unwrap_or(0),
             if m.node == target.node { 4 } else { 0 },
             "{s:?}"
         );

@@ -26,7 +26,8 @@ use tessera::raft::{
     Term,
 };
 use tessera::storage::{
-    RocksDbStorage, SnapshotHandle, Storage, StorageError, WriteBatch, SNAPSHOT_DIR,
+    FatalStorageError, RocksDbStorage, SnapshotHandle, Storage, StorageError, WriteBatch,
+    SNAPSHOT_DIR,
 };
 
 const CHILD_TEST: &str = "crash_child_writer";
@@ -311,10 +312,12 @@ fn killed_writers_never_lose_an_acknowledged_entry() {
             if round == 0 && acks == 1 {
                 // A second process on a directory in use must be turned away, clearly.
                 match RocksDbStorage::open(&path, test_key()) {
-                    Err(StorageError::Io { op: "open", reason }) => assert!(
-                        reason.contains("in use by another process (lock held)"),
-                        "{context}: unclear lock error: {reason}"
-                    ),
+                    Err(StorageError::Fatal(FatalStorageError::Io { op: "open", reason })) => {
+                        assert!(
+                            reason.contains("in use by another process (lock held)"),
+                            "{context}: unclear lock error: {reason}"
+                        )
+                    }
                     other => panic!("{context}: opened a store in use: {other:?}"),
                 }
             }

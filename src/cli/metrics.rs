@@ -5,6 +5,7 @@
 //!
 //! A deliberately tiny HTTP/1.1 responder: one request per connection, the request head
 //! read under a timeout and a size limit, at most [`CONNECTIONS_MAX`] at once.
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -206,11 +207,11 @@ pub fn render(service: &ClientService, collateral: &CollateralStatus) -> String 
     );
     // The group's refusals and its gateway's (connections that never reached the group:
     // over budget, another group id, a bad first frame).
-    let mut refused_by_reason = bonds.refused.clone();
-    if let Some(gateway) = &service.gateway {
-        for (reason, n) in &gateway.borrow().refused {
-            *refused_by_reason.entry(reason.clone()).or_default() += n;
-        }
+    // Keyed by label, so the lines come in the order of their labels.
+    let mut refused_by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let gateway = service.gateway.as_ref().map(|g| g.borrow().refused.clone());
+    for (reason, n) in bonds.refused.iter().chain(gateway.iter().flatten()) {
+        *refused_by_reason.entry(reason.label()).or_default() += n;
     }
     let refused: Vec<(String, u64)> = refused_by_reason
         .iter()

@@ -259,7 +259,7 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
                 .quote(&[0u8; 64])
                 .map_err(|e| config.error("attestation", format!("cannot quote this TD: {e}")))?;
             tessera::config::check_config_id(own.as_bytes(), &config_id)
-                .map_err(|e| config.error("attestation", e))?;
+                .map_err(|e| config.error("attestation", e.to_string()))?;
             (Arc::new(provider), None, system_clock())
         }
     };

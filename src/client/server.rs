@@ -18,7 +18,7 @@ use super::{
     CLOSE_UNAUTHORIZED, CONNECTIONS_MAX, CONNECTION_IDLE_TIMEOUT, IO_TIMEOUT,
     REQUESTS_IN_FLIGHT_MAX, REQUEST_BYTES_MAX, REQUEST_TIMEOUT,
 };
-use crate::groups::{node_id_of, Bonds, Consistency, Group, GroupError};
+use crate::groups::{node_id_of, Bonds, Consistency, Group, GroupError, Refusal};
 use crate::machine::KvStore;
 use crate::net::{accept_within, read_message, write_message, Budget, FrameError, ALPN_CLIENT};
 use crate::raft::{MemberRole, NodeId, Role};
@@ -184,7 +184,7 @@ impl ClientService {
             applied_index: s.applied_index,
             members,
             bonds_live: stats.live,
-            bonds_refused: stats.refused.into_iter().collect(),
+            bonds_refused: refused_by_label(&stats.refused),
             ticket_expires_at: self.ticket_expires_at(),
             now: (self.clock)(),
             stopped: s.stopped.map(|reason| reason.to_string()),
@@ -268,6 +268,16 @@ pub fn role_name(role: Option<Role>) -> &'static str {
         Some(Role::PreCandidate) => "pre-candidate",
         None => "starting",
     }
+}
+
+/// Refusal counts as `tessera status` shows them: by label, in the order of the labels.
+fn refused_by_label(refused: &BTreeMap<Refusal, u64>) -> Vec<(String, u64)> {
+    let mut by_label: Vec<(String, u64)> = refused
+        .iter()
+        .map(|(reason, n)| (reason.label().to_owned(), *n))
+        .collect();
+    by_label.sort();
+    by_label
 }
 
 /// The client protocol's handler for an iroh [`Router`](iroh::protocol::Router), on

@@ -420,11 +420,19 @@ fn a_td_runs_only_the_config_its_quote_names() {
     for other in [[0u8; 48], [0x5b; 48]] {
         let e = check_config_id(&quote_with(other), &id).expect_err("another config");
         assert!(
+            matches!(e, ConfigIdError::Mismatch { measured, config_id }
+                if measured == other && config_id == id),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(
             e.contains(&hex::encode(other)) && e.contains(&hex::encode(id)),
             "{e}"
         );
     }
     let e = check_config_id(b"not a quote", &id).expect_err("garbage");
+    assert!(matches!(e, ConfigIdError::OwnQuote(_)), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains("cannot read this TD's own quote"), "{e}");
 }
 
@@ -549,10 +557,73 @@ fn peers_parse_and_misparse() {
     let k = key_hex();
     let p = parse_peer(&format!("{k}@[::1]:9")).expect("v6 peer");
     assert_eq!(p.id.to_string(), k);
-    assert!(parse_peer(KEY_A).is_err());
-    assert!(parse_peer(&format!("{k}@127.0.0.1")).is_err());
-    assert!(parse_peer(&format!("{k}127.0.0.1:9")).is_err());
-    assert!(parse_peer("@127.0.0.1:9").is_err());
+    assert!(matches!(
+        parse_peer(KEY_A),
+        Err(ParsePeerError::MissingAt { .. })
+    ));
+    assert!(matches!(
+        parse_peer(&format!("{k}@127.0.0.1")),
+        Err(ParsePeerError::Address { .. })
+    ));
+    assert!(matches!(
+        parse_peer(&format!("{k}127.0.0.1:9")),
+        Err(ParsePeerError::MissingAt { .. })
+    ));
+    assert!(matches!(
+        parse_peer("@127.0.0.1:9"),
+        Err(ParsePeerError::NodeId { .. })
+    ));
+}
+
+#[cfg(unix)]
+#[test]
+fn key_files_must_hold_a_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.key");
+    assert!(
+        matches!(
+            read_secret_key(&path),
+            Err(SecretKeyError::File(FileError::Io { .. }))
+        ),
+        "a missing file"
+    );
+    write_private_file(&path, "xyz").expect("write");
+    let e = read_secret_key(&path).expect_err("not hex");
+    assert!(matches!(e, SecretKeyError::NotHex { .. }), "{e:?}");
+    assert!(
+        e.to_string().starts_with(&path.display().to_string()),
+        "{e}"
+    );
+    let short = dir.path().join("short.key");
+    write_private_file(&short, &hex::encode([7u8; 16])).expect("write");
+    assert!(matches!(
+        read_secret_key(&short),
+        Err(SecretKeyError::Length { bytes: 16, .. })
+    ));
+}
+
+#[test]
+fn node_names_parse_and_misparse() {
+    let k = key_hex();
+    assert!(matches!(
+        parse_node("127.0.0.1:9"),
+        Ok(NodeName::Address(a)) if a.port() == 9
+    ));
+    assert!(matches!(
+        parse_node(&format!("{k}@127.0.0.1:9")),
+        Ok(NodeName::Id(p)) if p.id.to_string() == k
+    ));
+    let e = parse_node("localhost:9").expect_err("a host name is not an address");
+    assert!(matches!(e, ParseNodeError::Unrecognized { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "expected <node id>@<ip:port> or <ip:port>, got \"localhost:9\""
+    );
+    let e = parse_node("abc@127.0.0.1:9").expect_err("not a node id");
+    assert!(
+        matches!(e, ParseNodeError::Peer(ParsePeerError::NodeId { .. })),
+        "{e:?}"
+    );
 }
 
 #[cfg(unix)]
@@ -615,6 +686,16 @@ fn key_files_must_be_private() {
     assert!(
         e.contains("node.toml: secret_key_file: ") && e.contains("chmod 600"),
         "{e}"
+    );
+    assert!(
+        matches!(
+            read_secret_key(&node_key),
+            Err(SecretKeyError::File(FileError::NotPrivate {
+                mode: 0o640,
+                ..
+            }))
+        ),
+        "the key file's mode is named"
     );
 }
 

@@ -276,6 +276,8 @@ pub struct Member {
     founded: bool,
     /// Inputs the core refused (bad frames from peers): correct peers never cause one.
     inputs_refused: u64,
+    /// Inputs the core refused as misuse: a correct member never gives one.
+    core_misuses: u64,
     /// The newest stamp known when this member began proposing in a term, and when
     /// (monotonic): the stamps it proposes run from there with the monotonic clock.
     stamp_anchor: Option<StampAnchor>,
@@ -342,6 +344,7 @@ impl Member {
             preference,
             founded: false,
             inputs_refused: 0,
+            core_misuses: 0,
             stamp_anchor: None,
             clock_floor_ms: clock_ms,
         };
@@ -371,6 +374,11 @@ impl Member {
     /// How many inputs the core refused (frames that break the protocol).
     pub fn inputs_refused(&self) -> u64 {
         self.inputs_refused
+    }
+
+    /// How many inputs the core refused as misuse (bugs in this member, not in peers).
+    pub fn core_misuses(&self) -> u64 {
+        self.core_misuses
     }
 
     /// Replaces the formation rule: the unsafe one, to show that the simulator catches
@@ -726,14 +734,20 @@ impl Member {
             // Two leaders in one term, or a committed entry overwritten: two groups share
             // this id (or a member is not what it claims). Nothing more may be applied or
             // acknowledged here: stop, loudly, with the evidence.
-            Err(e @ (StepError::SecondLeader { .. } | StepError::CommittedConflict { .. })) => {
+            Err(StepError::Safety(e)) => {
                 tracing::error!(node = %self.id, error = %e, "consensus safety violated: node stops");
                 self.stop(StopReason::SafetyViolated(e.to_string()));
             }
             // A bad frame from a peer: drop it, the core is unchanged.
-            Err(e) => {
+            Err(StepError::Peer(e)) => {
                 self.inputs_refused += 1;
-                tracing::warn!(node = %self.id, error = %e, "input refused by the core");
+                tracing::warn!(node = %self.id, error = %e, "peer frame refused by the core");
+            }
+            // This member gave its core an input the contract forbids: a bug here, not a
+            // peer's doing. The core is unchanged; the input is lost.
+            Err(StepError::Misuse(e)) => {
+                self.core_misuses += 1;
+                tracing::error!(node = %self.id, error = %e, "input refused by the core: a bug in the member");
             }
         }
     }

@@ -85,7 +85,7 @@ pub enum StartError {
     #[error("consensus core: {0}")]
     Core(#[from] crate::raft::NewRaftError),
     #[error("bootstrap: {0}")]
-    Bootstrap(#[from] crate::raft::StepError),
+    Bootstrap(#[from] crate::raft::BootstrapError),
     #[error("could not start the worker thread: {0}")]
     Thread(#[from] std::io::Error),
 }

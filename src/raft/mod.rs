@@ -20,6 +20,7 @@
 //! to a follower in `Replicate` state are pipelined up to `max_inflight_messages`.
 mod config;
 mod election;
+mod error;
 mod leader;
 mod log;
 mod membership;
@@ -35,9 +36,13 @@ mod types;
 mod tests;
 
 pub use config::{ConfigError, RaftConfig};
+pub use error::{
+    BootstrapError, DriverMisuse, NewRaftError, PeerError, RecoveryError, SafetyViolation,
+    StepError,
+};
 pub use membership::{MemberRole, Membership, MembershipChange, MembershipError};
 pub use message::{Message, MessageBody};
-pub use node::{InitialState, NewRaftError, Raft, StepError};
+pub use node::{InitialState, Raft};
 pub use ready::{Event, Input, ReadState, Ready, Rejection, Role};
 pub use rng::SplitMix64;
 pub use types::{

@@ -5,7 +5,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use super::config::{ConfigError, RaftConfig};
+use super::config::RaftConfig;
+use super::error::{
+    BootstrapError, DriverMisuse, NewRaftError, PeerError, RecoveryError, SafetyViolation,
+    StepError,
+};
 use super::log::RaftLog;
 use super::membership::Membership;
 use super::message::{Message, MessageBody};
@@ -24,33 +28,6 @@ pub struct InitialState {
     pub snapshot: Option<Snapshot>,
     /// Durable entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
-}
-
-/// A misuse of the core by its driver, or a message that cannot be from a correct peer.
-/// The core's state is unchanged when `step` returns one of these.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StepError {
-    #[error("message addressed to {to} delivered to {me}")]
-    Misrouted { to: NodeId, me: NodeId },
-    #[error("malformed {kind} from {from}: {reason}")]
-    Malformed {
-        kind: &'static str,
-        from: NodeId,
-        reason: &'static str,
-    },
-    #[error("{from} claims to lead term {term}, which this node leads")]
-    SecondLeader { from: NodeId, term: Term },
-    #[error("append from {from} conflicts with committed entry {index}")]
-    CommittedConflict { from: NodeId, index: Index },
-    #[error("cannot compact to {index}: only {applied} is applied")]
-    CompactBeyondApplied { index: Index, applied: Index },
-    #[error("bootstrap needs a fresh node (term {term}, last index {last_index})")]
-    NotFresh { term: Term, last_index: Index },
-    #[error("bootstrap membership has no voters")]
-    NoVoters,
-    #[error("recovered state is inconsistent: {0}")]
-    BadInitialState(&'static str),
 }
 
 /// A read waiting for a quorum to confirm leadership.
@@ -166,19 +143,32 @@ impl Raft {
             last_reported: (Role::Follower, state.hard_state.term, None),
         };
         for entry in state.entries {
-            if entry.index != raft.log.last_index() + 1 {
-                return Err(
-                    StepError::BadInitialState("recovered entries are not contiguous").into(),
-                );
+            let expected = raft.log.last_index() + 1;
+            if entry.index != expected {
+                return Err(RecoveryError::NotContiguous {
+                    expected,
+                    got: entry.index,
+                }
+                .into());
             }
-            if entry.term < raft.log.last_term() {
-                return Err(StepError::BadInitialState("recovered entry terms decrease").into());
+            let previous = raft.log.last_term();
+            if entry.term < previous {
+                return Err(RecoveryError::TermsDecrease {
+                    index: entry.index,
+                    term: entry.term,
+                    previous,
+                }
+                .into());
             }
             raft.note_appended(&entry);
             raft.log.push(entry);
         }
         if raft.log.last_term() > raft.term {
-            return Err(StepError::BadInitialState("log has a term above the hard state").into());
+            return Err(RecoveryError::TermAboveHardState {
+                log_term: raft.log.last_term(),
+                hard_state_term: raft.term,
+            }
+            .into());
         }
         let snapshot_index = raft.log.snapshot_index();
         raft.applied = snapshot_index;
@@ -209,15 +199,15 @@ impl Raft {
     /// the runtime founds only once every founder has confirmed the same founding set), so
     /// the entry is identical everywhere and committed by construction. A node that has
     /// any state never bootstraps again.
-    pub fn bootstrap(&mut self, membership: Membership) -> Result<(), StepError> {
+    pub fn bootstrap(&mut self, membership: Membership) -> Result<(), BootstrapError> {
         if !self.is_fresh() {
-            return Err(StepError::NotFresh {
+            return Err(BootstrapError::NotFresh {
                 term: self.term,
                 last_index: self.log.last_index(),
             });
         }
         if membership.voters.is_empty() {
-            return Err(StepError::NoVoters);
+            return Err(BootstrapError::NoVoters);
         }
         self.term = 1;
         let entry = Entry {
@@ -529,10 +519,11 @@ impl Raft {
 
     fn compact(&mut self, index: Index, data: Bytes) -> Result<(), StepError> {
         if index > self.applied {
-            return Err(StepError::CompactBeyondApplied {
+            return Err(DriverMisuse::CompactBeyondApplied {
                 index,
                 applied: self.applied,
-            });
+            }
+            .into());
         }
         if index <= self.log.snapshot_index() {
             return Ok(());
@@ -597,10 +588,11 @@ impl Raft {
 
     fn handle_message(&mut self, m: Message) -> Result<(), StepError> {
         if m.to != self.id {
-            return Err(StepError::Misrouted {
+            return Err(PeerError::Misrouted {
                 to: m.to,
                 me: self.id,
-            });
+            }
+            .into());
         }
         let from = m.from;
         if m.term > self.term {
@@ -721,7 +713,7 @@ impl Raft {
     /// A message only a leader of `term` sends arrived: follow its sender.
     fn accept_leader(&mut self, from: NodeId, term: Term) -> Result<(), StepError> {
         if self.role == Role::Leader {
-            return Err(StepError::SecondLeader { from, term });
+            return Err(SafetyViolation::SecondLeader { from, term }.into());
         }
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(term, Some(from));
@@ -801,14 +793,4 @@ impl Raft {
         }
         Ok(())
     }
-}
-
-/// Why a core could not be built.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum NewRaftError {
-    #[error("invalid configuration: {0}")]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    State(#[from] StepError),
 }

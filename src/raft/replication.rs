@@ -5,7 +5,7 @@ use super::message::MessageBody;
 use super::progress::ProgressState;
 use super::ready::{Event, Rejection, Role};
 use super::types::{Entry, EntryPayload, Index, NodeId, Term};
-use super::{Raft, StepError};
+use super::{PeerError, Raft, SafetyViolation, StepError};
 
 impl Raft {
     /// Appends client commands (leader only). Returns the index of the first one and the
@@ -77,10 +77,13 @@ impl Raft {
         entries: Vec<Entry>,
         leader_commit: Index,
     ) -> Result<(), StepError> {
-        let malformed = |reason| StepError::Malformed {
-            kind: "append",
-            from,
-            reason,
+        let malformed = |reason| -> StepError {
+            PeerError::Malformed {
+                kind: "append",
+                from,
+                reason,
+            }
+            .into()
         };
         let mut last_term = prev_term;
         for (expected, e) in (prev_index + 1..).zip(entries.iter()) {
@@ -114,10 +117,11 @@ impl Raft {
         if let Some(pos) = first_new {
             let conflict = entries[pos].index;
             if conflict <= self.commit {
-                return Err(StepError::CommittedConflict {
+                return Err(SafetyViolation::CommittedConflict {
                     from,
                     index: conflict,
-                });
+                }
+                .into());
             }
             self.append_local(entries.into_iter().skip(pos).collect());
         }

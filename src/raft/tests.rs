@@ -655,7 +655,7 @@ fn malformed_appends_are_errors_and_change_nothing() {
     };
     assert!(matches!(
         r.step(Input::Message(gap)),
-        Err(StepError::Malformed { .. })
+        Err(StepError::Peer(PeerError::Malformed { .. }))
     ));
     assert_eq!(r.last_index(), 1);
     let misrouted = Message {
@@ -666,8 +666,43 @@ fn malformed_appends_are_errors_and_change_nothing() {
     };
     assert!(matches!(
         r.step(Input::Message(misrouted)),
-        Err(StepError::Misrouted { .. })
+        Err(StepError::Peer(PeerError::Misrouted { .. }))
     ));
+}
+
+/// A second leader of this leader's own term is evidence of another group sharing the id:
+/// a safety violation, not a bad frame to drop.
+#[test]
+fn a_second_leader_of_the_same_term_is_a_safety_violation() {
+    let mut c = Cluster::new(3);
+    c.tick_until_leader(1);
+    let term = c.node(1).term();
+    let heartbeat = |from| Message {
+        from: n(from),
+        to: n(1),
+        term,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            read_seq: 0,
+        },
+    };
+    let refused = c.node(1).step(Input::Message(heartbeat(2)));
+    assert_eq!(
+        refused,
+        Err(StepError::Safety(SafetyViolation::SecondLeader {
+            from: n(2),
+            term
+        }))
+    );
+    assert_eq!(c.node(1).role(), Role::Leader, "the core is unchanged");
+    // Its negative twin: a follower takes the same heartbeat as its leader's.
+    assert_eq!(
+        c.node(3).step(Input::Message(Message {
+            to: n(3),
+            ..heartbeat(1)
+        })),
+        Ok(())
+    );
 }
 
 #[test]
@@ -1162,7 +1197,7 @@ fn compaction_beyond_applied_is_refused() {
             index: 50,
             data: cmd("s")
         }),
-        Err(StepError::CompactBeyondApplied { .. })
+        Err(StepError::Misuse(DriverMisuse::CompactBeyondApplied { .. }))
     ));
 }
 
@@ -1186,7 +1221,7 @@ fn a_restart_recovers_term_vote_and_log_and_never_bootstraps_again() {
     assert_eq!((r.term(), r.last_index(), r.commit_index()), (4, 1, 1));
     assert!(matches!(
         r.bootstrap(voters(&[1])),
-        Err(StepError::NotFresh { .. })
+        Err(BootstrapError::NotFresh { .. })
     ));
     let bad = InitialState {
         hard_state: HardState::default(),
@@ -1198,10 +1233,69 @@ fn a_restart_recovers_term_vote_and_log_and_never_bootstraps_again() {
             payload: EntryPayload::Noop,
         }],
     };
-    assert!(
-        Raft::new(n(1), config(), 1, bad).is_err(),
+    assert_eq!(
+        Raft::new(n(1), config(), 1, bad).err(),
+        Some(NewRaftError::State(RecoveryError::NotContiguous {
+            expected: 1,
+            got: 2
+        })),
         "a gap in recovered entries"
     );
+}
+
+/// Recovered state no correct node writes is refused, naming what is wrong.
+#[test]
+fn inconsistent_recovered_state_is_refused() {
+    let entry = |index, term| Entry {
+        term,
+        index,
+        timestamp_ms: 0,
+        payload: EntryPayload::Noop,
+    };
+    let state = |term, entries| InitialState {
+        hard_state: HardState {
+            term,
+            vote: None,
+            commit: 0,
+        },
+        snapshot: None,
+        entries,
+    };
+    let decreasing = state(3, vec![entry(1, 3), entry(2, 2)]);
+    assert_eq!(
+        Raft::new(n(1), config(), 1, decreasing).err(),
+        Some(NewRaftError::State(RecoveryError::TermsDecrease {
+            index: 2,
+            term: 2,
+            previous: 3
+        }))
+    );
+    let ahead = state(2, vec![entry(1, 3)]);
+    let err = Raft::new(n(1), config(), 1, ahead).err();
+    assert_eq!(
+        err,
+        Some(NewRaftError::State(RecoveryError::TermAboveHardState {
+            log_term: 3,
+            hard_state_term: 2
+        }))
+    );
+    let message = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.starts_with("recovered state is inconsistent: "),
+        "{message}"
+    );
+    // Its negative twin: the same entries under a hard state of their term start.
+    assert!(Raft::new(n(1), config(), 1, state(3, vec![entry(1, 3)])).is_ok());
+}
+
+#[test]
+fn bootstrap_without_voters_is_refused() {
+    let mut r = fresh(1);
+    assert_eq!(
+        r.bootstrap(Membership::default()),
+        Err(BootstrapError::NoVoters)
+    );
+    assert!(r.is_fresh(), "nothing was written");
 }
 
 #[test]
@@ -1215,6 +1309,16 @@ fn invalid_configurations_are_refused() {
         Raft::new(n(1), c, 1, InitialState::default()),
         Err(NewRaftError::Config(ConfigError::Timers { .. }))
     ));
+    let c = RaftConfig {
+        max_inflight_messages: 0,
+        ..config()
+    };
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::Zero {
+            field: "max_inflight_messages"
+        })
+    );
 }
 
 #[test]

@@ -31,12 +31,22 @@ impl World {
             return Ok(());
         };
         n.step_membership = Some(member.raft().membership().clone());
-        let (founded, refused) = (member.founded(), member.inputs_refused());
+        let (founded, refused, misuses) = (
+            member.founded(),
+            member.inputs_refused(),
+            member.core_misuses(),
+        );
         input(member, now);
         if member.inputs_refused() > refused {
             return Err(Violation {
                 property: "correct peers never send invalid messages",
                 detail: format!("{id}'s core refused an input (see the log)"),
+            });
+        }
+        if member.core_misuses() > misuses {
+            return Err(Violation {
+                property: "the member never misuses its core",
+                detail: format!("{id}'s core refused an input as misuse (see the log)"),
             });
         }
         if let Some(reason) = member.stopped() {

@@ -5,7 +5,7 @@
 //! a message naming the contract it tests, so a failing store says what it broke.
 use bytes::Bytes;
 
-use super::{Storage, StorageError, WriteBatch};
+use super::{LogMisuse, Storage, StorageError, WriteBatch};
 use crate::raft::{
     Entry, EntryPayload, HardState, Index, Membership, NodeId, Snapshot, SnapshotMeta, Term,
 };
@@ -131,8 +131,18 @@ pub fn a_gap_is_refused_and_changes_nothing<H: StorageHarness>(h: &mut H) {
         })
         .expect_err("a write leaving a gap must fail");
     assert!(
-        matches!(err, StorageError::Gap { .. }),
+        matches!(err, StorageError::Misuse(LogMisuse::Gap { .. })),
         "gap error, got {err:?}"
+    );
+    assert!(!err.is_fatal(), "a refused call leaves the store usable");
+    let skipping = store.write(&WriteBatch {
+        entries: vec![entry(3, 1), entry(5, 1)],
+        ..WriteBatch::default()
+    });
+    assert_eq!(
+        skipping,
+        Err(StorageError::Misuse(LogMisuse::NotContiguous { index: 5 })),
+        "a write skipping an index is refused"
     );
     let store = h.reopen(store);
     assert_eq!(
@@ -177,14 +187,31 @@ pub fn compaction_keeps_the_tail<H: StorageHarness>(h: &mut H) {
     );
     assert_eq!(state.entries, entries(5..=6, 1), "tail after compaction");
     assert!(
-        matches!(store.entries(3, 5), Err(StorageError::Compacted { .. })),
+        matches!(
+            store.entries(3, 5),
+            Err(StorageError::Misuse(LogMisuse::Compacted { .. }))
+        ),
         "reading compacted entries is an error"
     );
     let mut store = store;
     assert!(
-        store.compact(&snapshot(9, 1)).is_err(),
+        matches!(
+            store.compact(&snapshot(9, 1)),
+            Err(StorageError::Misuse(LogMisuse::Unavailable { .. }))
+        ),
         "compacting beyond the last index is an error"
     );
+    assert!(
+        matches!(
+            store.write(&WriteBatch {
+                entries: entries(4..=6, 2),
+                ..WriteBatch::default()
+            }),
+            Err(StorageError::Misuse(LogMisuse::BelowSnapshot { .. }))
+        ),
+        "replacing entries the snapshot covers is refused"
+    );
+    assert_eq!(store.entries(5, 7).expect("read"), entries(5..=6, 1));
 }
 
 pub fn installed_snapshot_replaces_the_log<H: StorageHarness>(h: &mut H) {
@@ -218,7 +245,7 @@ pub fn reads_outside_the_log_are_errors<H: StorageHarness>(h: &mut H) {
     append(&mut store, entries(1..=3, 1));
     assert!(matches!(
         store.entries(2, 9),
-        Err(StorageError::Unavailable { .. })
+        Err(StorageError::Misuse(LogMisuse::Unavailable { .. }))
     ));
     assert_eq!(store.entries(2, 2).expect("empty range"), Vec::new());
 }

@@ -2,13 +2,13 @@
 //! does when its disk fails (full disk, fsync error).
 //!
 //! **What it owns.** Only the decision to fail: while its [`FaultSwitch`] is on, every
-//! `write` and `compact` returns [`StorageError::Io`] *without* reaching the inner store,
+//! `write` and `compact` returns [`FatalStorageError::Io`] *without* reaching the inner store,
 //! as a write whose fsync failed must be treated as not durable. Reads pass through. It
 //! must not change what the inner store returns in any other way.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Storage, StorageError, WriteBatch};
+use super::{FatalStorageError, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, Index, InitialState, Snapshot, SnapshotMeta};
 
 /// The reason every injected failure carries, so tests can tell it from a real one.
@@ -53,10 +53,11 @@ impl FaultSwitch {
     fn check(&self, op: &'static str) -> Result<(), StorageError> {
         if self.is_failing() {
             self.inner.injected.fetch_add(1, Ordering::SeqCst);
-            return Err(StorageError::Io {
+            return Err(FatalStorageError::Io {
                 op,
                 reason: INJECTED_FAILURE.into(),
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -155,10 +156,10 @@ mod tests {
         let err = store.write(&batch(2)).expect_err("injected failure");
         assert_eq!(
             err,
-            StorageError::Io {
+            StorageError::Fatal(FatalStorageError::Io {
                 op: "write",
                 reason: INJECTED_FAILURE.into()
-            }
+            })
         );
         assert!(err.is_fatal(), "an fsync failure must stop the node");
         assert_eq!(store.last_index(), 1, "the failed write reached nothing");

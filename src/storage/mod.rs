@@ -7,6 +7,7 @@
 //!
 //! Every implementation must pass [`conformance`].
 pub mod conformance;
+mod error;
 pub(crate) mod faulty;
 pub mod identity;
 mod memory;
@@ -21,6 +22,7 @@ pub(crate) mod timing;
 
 #[cfg(feature = "rocksdb")]
 pub use self::rocksdb::{LockedRocksDb, RocksDbStorage, SNAPSHOT_DIR};
+pub use error::{FatalStorageError, LogMisuse, StorageError};
 pub use faulty::{FaultSwitch, FaultyStorage, INJECTED_FAILURE};
 pub use memory::MemoryStorage;
 pub use seal::StorageKey;
@@ -100,34 +102,6 @@ impl WriteBatch {
     }
 }
 
-/// A storage failure. Fatal ones (`Io`, `Corrupt`) must stop the node's participation:
-/// after them nothing may be acknowledged as durable.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StorageError {
-    #[error("storage I/O failed during {op}: {reason}")]
-    Io { op: &'static str, reason: String },
-    #[error("stored data is corrupt: {what}")]
-    Corrupt { what: String },
-    #[error("entries must continue the log: expected index at most {max_first}, got {first}")]
-    Gap { max_first: Index, first: Index },
-    #[error("entries are not contiguous at index {index}")]
-    NotContiguous { index: Index },
-    #[error("entry {index} was compacted; the log starts at {first_index}")]
-    Compacted { index: Index, first_index: Index },
-    #[error("entry {index} is beyond the last index {last_index}")]
-    Unavailable { index: Index, last_index: Index },
-    #[error("cannot truncate entry {index}: it is covered by the snapshot at {snapshot_index}")]
-    BelowSnapshot { index: Index, snapshot_index: Index },
-}
-
-impl StorageError {
-    /// Whether the store can no longer be trusted and the node must stop.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, StorageError::Io { .. } | StorageError::Corrupt { .. })
-    }
-}
-
 /// Checks that `entries` may be written to a log whose snapshot ends at `snapshot_index`
 /// and whose last entry is `last_index`: they start inside `snapshot_index + 1..=last_index
 /// + 1` and are contiguous. Shared by every store so that all refuse the same writes.
@@ -140,22 +114,25 @@ pub(crate) fn check_entries(
         return Ok(());
     };
     if first > last_index + 1 {
-        return Err(StorageError::Gap {
+        return Err(LogMisuse::Gap {
             max_first: last_index + 1,
             first,
-        });
+        }
+        .into());
     }
     if first <= snapshot_index {
-        return Err(StorageError::BelowSnapshot {
+        return Err(LogMisuse::BelowSnapshot {
             index: first,
             snapshot_index,
-        });
+        }
+        .into());
     }
     for pair in entries.windows(2) {
         if pair[1].index != pair[0].index + 1 {
-            return Err(StorageError::NotContiguous {
+            return Err(LogMisuse::NotContiguous {
                 index: pair[1].index,
-            });
+            }
+            .into());
         }
     }
     Ok(())
@@ -171,16 +148,18 @@ pub(crate) fn check_range(
     last_index: Index,
 ) -> Result<(), StorageError> {
     if lo < first_index {
-        return Err(StorageError::Compacted {
+        return Err(LogMisuse::Compacted {
             index: lo,
             first_index,
-        });
+        }
+        .into());
     }
     if hi > last_index + 1 {
-        return Err(StorageError::Unavailable {
+        return Err(LogMisuse::Unavailable {
             index: hi - 1,
             last_index,
-        });
+        }
+        .into());
     }
     Ok(())
 }
@@ -198,7 +177,7 @@ pub(crate) fn needs_compaction(
         return Ok(false);
     }
     if index > last_index {
-        return Err(StorageError::Unavailable { index, last_index });
+        return Err(LogMisuse::Unavailable { index, last_index }.into());
     }
     Ok(true)
 }
@@ -210,7 +189,9 @@ pub(crate) fn needs_compaction(
 ///   Order inside a batch: snapshot, then entries, then hard state.
 /// - Entries are contiguous; a write may start anywhere in `first_index..=last_index + 1`
 ///   and replaces everything from its first index on. Starting beyond `last_index + 1` is
-///   a [`StorageError::Gap`] and changes nothing.
+///   a [`LogMisuse::Gap`] and changes nothing. Every call that breaks these rules is
+///   refused with a [`StorageError::Misuse`] and changes nothing; a
+///   [`StorageError::Fatal`] means the store can no longer be trusted.
 /// - `compact` stores a locally taken snapshot and drops entries up to its index; entries
 ///   after it stay.
 /// - `initial_state` returns exactly what was durably written: the hard state, the latest

@@ -16,7 +16,7 @@
 //!
 //! A flipped byte, a record moved to another index, an entry replayed from an overwritten
 //! suffix, a truncated suffix brought back, an old hard state beside a newer log: each
-//! breaks a tag or the chain, and the open fails with [`StorageError::Corrupt`] naming the
+//! breaks a tag or the chain, and the open fails with [`FatalStorageError::Corrupt`] naming the
 //! record. Nothing is ever truncated as a "torn tail": every write is one synced RocksDB
 //! batch, which RocksDB either replays whole or, when the crash tore it, drops as the
 //! incomplete last WAL record ([`DBRecoveryMode::TolerateCorruptedTailRecords`]); damage
@@ -55,7 +55,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::seal::{tag_of, RecordKind, SealError, Sealer, StorageKey, Tag, TAG_BYTES};
-use super::{check_range, needs_compaction, SnapshotStore, Storage, StorageError, WriteBatch};
+use super::{
+    check_range, needs_compaction, FatalStorageError, LogMisuse, SnapshotStore, Storage,
+    StorageError, WriteBatch,
+};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
 /// Version of the on-disk format, in the `format` key.
@@ -149,29 +152,29 @@ impl std::fmt::Debug for RocksDbStorage {
     }
 }
 
-fn io(op: &'static str) -> impl Fn(rocksdb::Error) -> StorageError {
-    move |e| StorageError::Io {
+/// A failure of the underlying store during `op`: fatal.
+fn io_failed(op: &'static str, reason: impl Into<String>) -> StorageError {
+    FatalStorageError::Io {
         op,
-        reason: e.into_string(),
+        reason: reason.into(),
     }
+    .into()
+}
+
+fn io(op: &'static str) -> impl Fn(rocksdb::Error) -> StorageError {
+    move |e| io_failed(op, e.into_string())
 }
 
 fn corrupt(what: impl Into<String>) -> StorageError {
-    StorageError::Corrupt { what: what.into() }
+    FatalStorageError::Corrupt { what: what.into() }.into()
 }
 
 fn seal_failed(e: SealError) -> StorageError {
-    StorageError::Io {
-        op: "seal",
-        reason: e.to_string(),
-    }
+    io_failed("seal", e.to_string())
 }
 
 fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, StorageError> {
-    postcard::to_allocvec(value).map_err(|e| StorageError::Io {
-        op: what,
-        reason: e.to_string(),
-    })
+    postcard::to_allocvec(value).map_err(|e| io_failed(what, e.to_string()))
 }
 
 fn log_key(index: Index) -> [u8; 8] {
@@ -186,10 +189,7 @@ fn key_index(key: &[u8]) -> Result<Index, String> {
 
 /// Creates the data directory (mode 0700) or checks that an existing one is private.
 fn prepare_dir(path: &Path) -> Result<(), StorageError> {
-    super::private_dir(path).map_err(|reason| StorageError::Io {
-        op: "open",
-        reason: format!("data directory {reason}"),
-    })
+    super::private_dir(path).map_err(|reason| io_failed("open", format!("data directory {reason}")))
 }
 
 /// RocksDB reports a held `LOCK` file in two ways: another process holds the POSIX lock
@@ -275,10 +275,7 @@ impl LockedRocksDb {
     pub fn unseal(self, key: StorageKey) -> Result<RocksDbStorage, StorageError> {
         // Only now, with the directory's lock held: the snapshot store deletes stray files.
         let snapshots = SnapshotStore::open_dir(self.path.join(SNAPSHOT_DIR), key.clone())
-            .map_err(|e| StorageError::Io {
-                op: "open",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| io_failed("open", e.to_string()))?;
         let sealer = Sealer::new(key).map_err(seal_failed)?;
         let mut store = RocksDbStorage {
             db: self.db,
@@ -320,7 +317,7 @@ impl RocksDbStorage {
             } else {
                 format!("cannot open RocksDB in {}: {message}", path.display())
             };
-            StorageError::Io { op: "open", reason }
+            io_failed("open", reason)
         })?;
         let locked = LockedRocksDb { db, path };
         locked.check_format()?;
@@ -585,10 +582,10 @@ impl Storage for RocksDbStorage {
         if let (Some(first), Some(last)) = (batch.entries.first(), batch.entries.last()) {
             // `check_entries` holds `snapshot_index < first <= base_last + 1`.
             kept = usize::try_from(first.index - 1 - snapshot_index).map_err(|_| {
-                StorageError::Gap {
+                StorageError::from(LogMisuse::Gap {
                     max_first: base_last + 1,
                     first: first.index,
-                }
+                })
             })?;
             let mut chain = if kept == 0 {
                 snapshot_state.1
@@ -649,7 +646,7 @@ impl Storage for RocksDbStorage {
             return Ok(());
         }
         // `needs_compaction` holds `snapshot_index < index <= last_index`.
-        let anchor = self.tag_at(index).ok_or(StorageError::Unavailable {
+        let anchor = self.tag_at(index).ok_or(LogMisuse::Unavailable {
             index,
             last_index: self.last_index(),
         })?;

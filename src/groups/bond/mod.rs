@@ -113,8 +113,9 @@ pub enum Dial {
     All,
 }
 
-/// Reason codes a refusing side closes the connection with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Reason codes a refusing side closes the connection with, and the kinds of refusal
+/// [`BondStats::refused`] counts (a code carries no detail, so counters stay few).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Refusal {
     Malformed = 1,
     WrongGroup = 2,
@@ -129,6 +130,30 @@ pub enum Refusal {
     /// The peer's log descends from another founding of this group id
     /// ([`crate::raft::Incarnation`]): another group that happens to share the id.
     OtherIncarnation = 9,
+}
+
+impl Refusal {
+    /// A stable name for metrics and status output (the variant's name: labels already
+    /// scraped stay the same).
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "Malformed",
+            Refusal::WrongGroup => "WrongGroup",
+            Refusal::BadProof => "BadProof",
+            Refusal::BadTicket => "BadTicket",
+            Refusal::Timeout => "Timeout",
+            Refusal::TicketExpired => "TicketExpired",
+            Refusal::RefusedByPeer => "RefusedByPeer",
+            Refusal::Busy => "Busy",
+            Refusal::OtherIncarnation => "OtherIncarnation",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
 }
 
 /// What a member brings to its bonds.
@@ -157,8 +182,8 @@ pub struct BondStats {
     pub closed: u64,
     /// Peers bonded right now.
     pub live: u64,
-    /// Handshakes refused or bonds closed by us, by reason (`WrongGroup`, `BadTicket:…`).
-    pub refused: BTreeMap<String, u64>,
+    /// Handshakes refused or bonds closed by us, by reason.
+    pub refused: BTreeMap<Refusal, u64>,
     /// Consensus frames received from bonded peers.
     pub frames_in: u64,
     /// Renewed tickets accepted from bonded peers.
@@ -190,10 +215,7 @@ impl BondStats {
 
     /// Counts `record` and keeps it among the recent ones.
     pub(crate) fn record(&mut self, record: RefusalRecord) {
-        *self
-            .refused
-            .entry(format!("{:?}", record.reason))
-            .or_default() += 1;
+        *self.refused.entry(record.reason).or_default() += 1;
         if self.recent_refusals.len() == RECENT_REFUSALS_MAX {
             self.recent_refusals.remove(0);
         }
@@ -202,7 +224,7 @@ impl BondStats {
 
     /// Counts a connection refused before it named a peer key or group (over budget).
     pub(crate) fn count(&mut self, reason: Refusal) {
-        *self.refused.entry(format!("{reason:?}")).or_default() += 1;
+        *self.refused.entry(reason).or_default() += 1;
     }
 }
 
@@ -775,3 +797,6 @@ impl Transport for Bonds {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

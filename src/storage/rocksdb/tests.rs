@@ -85,7 +85,7 @@ fn reopen(store: RocksDbStorage) -> Result<RocksDbStorage, StorageError> {
 /// The open fails as corrupt, with a message holding every one of `words`.
 fn assert_refused(result: Result<RocksDbStorage, StorageError>, what: &str, words: &[&str]) {
     match result {
-        Err(e @ StorageError::Corrupt { .. }) => {
+        Err(e @ StorageError::Fatal(FatalStorageError::Corrupt { .. })) => {
             assert!(e.is_fatal());
             let message = e.to_string();
             for word in words {
@@ -160,7 +160,7 @@ fn an_entry_replayed_from_an_overwritten_suffix_is_caught_running_and_at_open() 
     write(&mut store, 4..=5, 2);
     put_raw(&store, CF_LOG, &log_key(4), &old_4);
     match store.entries(4, 5) {
-        Err(StorageError::Corrupt { what }) => {
+        Err(StorageError::Fatal(FatalStorageError::Corrupt { what })) => {
             assert!(what.contains("log entry 4"), "{what}");
             assert!(what.contains("replayed"), "{what}");
         }
@@ -211,7 +211,7 @@ fn a_damaged_tip_or_another_members_key_stops_the_open() {
     let path = store.path().to_path_buf();
     drop(store);
     match RocksDbStorage::open(&path, member_key(2)) {
-        Err(StorageError::Corrupt { what }) => {
+        Err(StorageError::Fatal(FatalStorageError::Corrupt { what })) => {
             assert!(what.contains("tip"), "{what}");
             assert!(what.contains("another key"), "{what}");
             assert!(what.contains(&path.display().to_string()), "{what}");
@@ -405,7 +405,7 @@ fn a_second_open_of_the_same_directory_is_refused_until_the_first_closes() {
     let store = h.fresh();
     let path = store.path().to_path_buf();
     match RocksDbStorage::open(&path, key()) {
-        Err(StorageError::Io { op, reason }) => {
+        Err(StorageError::Fatal(FatalStorageError::Io { op, reason })) => {
             assert_eq!(op, "open");
             assert!(
                 reason.contains(&format!(
@@ -437,7 +437,7 @@ fn the_data_directory_is_created_0700_and_a_shared_one_is_refused() {
     std::fs::create_dir(&shared).expect("mkdir");
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).expect("chmod");
     match RocksDbStorage::open(&shared, key()) {
-        Err(StorageError::Io { op: "open", reason }) => {
+        Err(StorageError::Fatal(FatalStorageError::Io { op: "open", reason })) => {
             assert!(reason.contains(&shared.display().to_string()), "{reason}");
             assert!(reason.contains("0750"), "names the mode: {reason}");
         }
