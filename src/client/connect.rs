@@ -22,7 +22,7 @@ use crate::net::{local_endpoint, read_message, write_message, EndpointError, Lis
 use crate::tickets::{Admission, Clock, PeerContext, TicketValidator};
 
 /// Bound on connecting to a node.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Client::execute`] keeps retrying one command by default.
 pub const EXECUTE_PATIENCE: Duration = Duration::from_secs(60);
 /// Pause between two attempts of one command.

@@ -30,9 +30,9 @@ use crate::net::ALPN_CLIENT;
 use crate::tickets::{Clock, Ticket};
 
 /// Connections a waiting node serves at once (handshakes included).
-pub const PROVISION_CONNECTIONS_MAX: usize = 16;
+pub(crate) const PROVISION_CONNECTIONS_MAX: usize = 16;
 /// Bound on one QUIC handshake while waiting.
-pub const PROVISION_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PROVISION_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A group key on the wire. Its `Debug` output never shows the bytes, so a request can be
 /// logged.
@@ -206,7 +206,7 @@ fn answer(
 /// key whose public id is `own_key_id`, so the same key is acknowledged (a sender retrying
 /// after a lost answer) and any other refused. Keys are compared by their public ids (an
 /// HMAC), so the comparison's timing says nothing about the key's bytes.
-pub fn answer_when_running(own_key_id: &[u8; 32], sent: &GroupKeyBytes) -> ClientResponse {
+pub(crate) fn answer_when_running(own_key_id: &[u8; 32], sent: &GroupKeyBytes) -> ClientResponse {
     if &GroupKey::from_bytes(sent.0).public_id() == own_key_id {
         ClientResponse::Provisioned {
             key_id: *own_key_id,

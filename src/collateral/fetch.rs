@@ -18,7 +18,7 @@ use tessera_attestation::pccs::{
 use tessera_attestation::Collateral;
 
 /// Default bound on one request (connect, send, whole answer).
-pub const FETCH_TIMEOUT_SECS_DEFAULT: u64 = 30;
+pub(crate) const FETCH_TIMEOUT_SECS_DEFAULT: u64 = 30;
 /// Most headers kept from one answer.
 const ANSWER_HEADERS_MAX: usize = 64;
 

@@ -22,15 +22,15 @@ use super::{CollateralStatus, SourceKind};
 
 /// Default `collateral_refresh_secs`: four hours. Intel reissues TCB Info and the PCK CRL
 /// daily to monthly; a few fetches a day keep a node within a day of its peers.
-pub const REFRESH_SECS_DEFAULT: u64 = 4 * 3600;
+pub(crate) const REFRESH_SECS_DEFAULT: u64 = 4 * 3600;
 /// Smallest accepted `collateral_refresh_secs`.
-pub const REFRESH_SECS_MIN: u64 = 60;
+pub(crate) const REFRESH_SECS_MIN: u64 = 60;
 /// Largest accepted `collateral_refresh_secs` (a week: collateral lives about a month).
-pub const REFRESH_SECS_MAX: u64 = 7 * 86_400;
+pub(crate) const REFRESH_SECS_MAX: u64 = 7 * 86_400;
 /// How long before the current bundle stops verifying the refresh turns urgent.
-pub const EXPIRY_MARGIN_SECS: u64 = 2 * 86_400;
+pub(crate) const EXPIRY_MARGIN_SECS: u64 = 2 * 86_400;
 /// Shortest pause between two fetches (after a failure, or while urgent).
-pub const RETRY_MIN_SECS: u64 = 60;
+pub(crate) const RETRY_MIN_SECS: u64 = 60;
 
 /// When to fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 /// Domain of the report data of the quote the refresh checks collateral against. That
 /// quote never leaves the node; the tag keeps it from ever equalling a ticket's claims
 /// hash.
-pub const OWN_QUOTE_DOMAIN: &[u8] = b"tessera/collateral-check/v1";
+pub(crate) const OWN_QUOTE_DOMAIN: &[u8] = b"tessera/collateral-check/v1";
 /// Longest sleep between two looks at the schedule: a clock that jumps (a suspended VM)
 /// is noticed within this.
 const SCHEDULE_LOOK_SECS_MAX: u64 = 300;

@@ -27,31 +27,31 @@ use crate::tickets::Ticket;
 
 /// Our own entry is re-signed (new version, fresh `issued_at`) after this long, well before
 /// peers let it expire after [`ENTRY_TTL_SECS`].
-pub const REPUBLISH_SECS: u64 = ENTRY_TTL_SECS / 3;
+pub(crate) const REPUBLISH_SECS: u64 = ENTRY_TTL_SECS / 3;
 /// A round of exchanges happens at least this often, news or not.
-pub const ROUND_INTERVAL_SECS: u64 = 30;
+pub(crate) const ROUND_INTERVAL_SECS: u64 = 30;
 /// Rounds prompted by news (a new own entry, entries learned) are at least this far apart,
 /// so that news spreading through a network cannot turn into a storm of rounds.
-pub const ROUND_GAP_SECS: u64 = 1;
+pub(crate) const ROUND_GAP_SECS: u64 = 1;
 /// Catalog peers contacted in one round (bootstrap peers come on top, every round).
-pub const ROUND_PEERS_MAX: usize = 8;
+pub(crate) const ROUND_PEERS_MAX: usize = 8;
 /// Most entries one exchange carries: a full catalog and the sender's own entry.
-pub const EXCHANGE_ENTRIES_MAX: usize = CATALOG_ENTRIES_MAX + 1;
+pub(crate) const EXCHANGE_ENTRIES_MAX: usize = CATALOG_ENTRIES_MAX + 1;
 /// Most entry bytes (entries and signatures) one exchange carries: about 150 real entries
 /// (~28 KiB each, see [`super::ENTRY_BYTES_MAX`]). A larger catalog goes out over several
 /// exchanges ([`Exchange::outgoing`] resumes where the last one stopped). It bounds what a
 /// node buffers per exchange in flight.
-pub const EXCHANGE_BYTES_MAX: usize = 4 << 20;
+pub(crate) const EXCHANGE_BYTES_MAX: usize = 4 << 20;
 /// Most peers not known before that one exchange may add to the catalog: news spreads
 /// over a few rounds, and one peer cannot fill the catalog with keys it made up.
-pub const NEW_PEERS_PER_EXCHANGE_MAX: usize = 32;
+pub(crate) const NEW_PEERS_PER_EXCHANGE_MAX: usize = 32;
 /// Most peers handed to the bond layer per poll.
-pub const DIALS_PER_POLL_MAX: usize = 16;
+pub(crate) const DIALS_PER_POLL_MAX: usize = 16;
 /// Most handed peers that are not bonded at a time: the bond layer keeps a dialler per
 /// handed peer until it is forgotten, so this bounds those diallers.
-pub const DIAL_POOL_MAX: usize = 16;
+pub(crate) const DIAL_POOL_MAX: usize = 16;
 /// Most ticket checks per poll (each is a DCAP verification on a cache miss, ~ms of CPU).
-pub const TICKET_CHECKS_PER_POLL_MAX: usize = 4;
+pub(crate) const TICKET_CHECKS_PER_POLL_MAX: usize = 4;
 
 /// What this node says about itself; the exchange signs, versions and dates it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,7 +167,7 @@ fn published(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
 }
 
 /// The address to dial the peer an entry describes at.
-pub fn endpoint_addr(entry: &EntryHead) -> Option<EndpointAddr> {
+pub(crate) fn endpoint_addr(entry: &EntryHead) -> Option<EndpointAddr> {
     let id = PublicKey::from_bytes(&entry.peer_key).ok()?;
     Some(
         entry
@@ -178,7 +178,7 @@ pub fn endpoint_addr(entry: &EntryHead) -> Option<EndpointAddr> {
 }
 
 /// The name an entry refusal is counted under.
-pub fn entry_error_kind(e: &EntryError) -> &'static str {
+pub(crate) fn entry_error_kind(e: &EntryError) -> &'static str {
     match e {
         EntryError::TooLarge(_) => "TooLarge",
         EntryError::Malformed(_) => "Malformed",

@@ -36,24 +36,24 @@ use crate::net::{
 use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketValidator};
 
 /// Bound on one whole exchange (connect, both catalogs, close).
-pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest catalog frame: one entry, its signature and the encoding overhead.
 pub const ENTRY_FRAME_BYTES_MAX: usize = ENTRY_BYTES_MAX + 256;
 /// Exchanges we answer at once; further discovery connections are closed as busy.
-pub const INCOMING_EXCHANGES_MAX: usize = 8;
+pub(crate) const INCOMING_EXCHANGES_MAX: usize = 8;
 /// Exchanges we start at once; a round's further peers wait for the next round.
-pub const OUTGOING_EXCHANGES_MAX: usize = 8;
+pub(crate) const OUTGOING_EXCHANGES_MAX: usize = 8;
 /// How often the driver wakes when nothing else wakes it.
-pub const DRIVER_TICK: Duration = Duration::from_secs(1);
+pub(crate) const DRIVER_TICK: Duration = Duration::from_secs(1);
 /// Encoded catalog bytes buffered before they are written to the stream.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
 /// Close codes of a discovery connection.
-pub const CLOSE_DONE: u32 = 0;
+pub(crate) const CLOSE_DONE: u32 = 0;
 pub const CLOSE_MALFORMED: u32 = 1;
 pub const CLOSE_LIMIT: u32 = 2;
-pub const CLOSE_TIMEOUT: u32 = 3;
-pub const CLOSE_BUSY: u32 = 4;
+pub(crate) const CLOSE_TIMEOUT: u32 = 3;
+pub(crate) const CLOSE_BUSY: u32 = 4;
 
 /// One frame of a catalog on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::raft::{Membership, NodeId};
 
 /// Most founders in one founding set (a larger set is a configuration mistake).
-pub const FOUNDERS_MAX: usize = 64;
+pub(crate) const FOUNDERS_MAX: usize = 64;
 
 /// Domain tag of the founding-set digest.
 const FOUNDERS_DIGEST_DOMAIN: &[u8] = b"tessera/founders/v1";
@@ -45,7 +45,7 @@ pub enum FormationStatus {
 }
 
 /// The SHA-256 of a founding set: a domain tag, then every member's id in ascending order.
-pub fn founders_digest(founders: &BTreeSet<NodeId>) -> [u8; 32] {
+pub(crate) fn founders_digest(founders: &BTreeSet<NodeId>) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(FOUNDERS_DIGEST_DOMAIN);
     ctx.update(&(founders.len() as u64).to_le_bytes());
@@ -81,7 +81,7 @@ enum Plan {
 
 /// Why a configured founding set cannot be used: the member only joins.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FoundingSetError {
+pub(crate) enum FoundingSetError {
     #[error(
         "the founding set (this node and its {peers} bootstrap peers) has {size} members \
          but bootstrap_expect is {expect}: this node will only join an existing group"
@@ -96,7 +96,7 @@ pub enum FoundingSetError {
 }
 
 /// Checks a configured founding set: `me` plus `peers`, of exactly `expect` members.
-pub fn founding_set(
+pub(crate) fn founding_set(
     me: NodeId,
     peers: impl IntoIterator<Item = NodeId>,
     expect: usize,
@@ -119,7 +119,7 @@ pub fn founding_set(
 
 /// What the worker should do after an input.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Nothing yet.
     Wait,
     /// Write the first configuration with these voters (every founder writes the same).
@@ -128,7 +128,7 @@ pub enum Decision {
 
 /// One member's formation state. See the [module docs](self).
 #[derive(Debug)]
-pub struct Formation {
+pub(crate) struct Formation {
     me: NodeId,
     plan: Plan,
     /// What bonded founders said, cleared when their bond goes down.
@@ -140,7 +140,7 @@ pub struct Formation {
 impl Formation {
     /// A member that founds with `founders` (which must contain `me`) once they all
     /// confirm; `None`: one that only joins. `fresh`: whether the core holds no state.
-    pub fn new(me: NodeId, founders: Option<BTreeSet<NodeId>>, fresh: bool) -> Self {
+    pub(crate) fn new(me: NodeId, founders: Option<BTreeSet<NodeId>>, fresh: bool) -> Self {
         let plan = match founders {
             _ if !fresh => Plan::Formed,
             Some(mut founders) => {
@@ -159,7 +159,7 @@ impl Formation {
     }
 
     /// What to tell a peer about this member.
-    pub fn status(&self) -> FormationStatus {
+    pub(crate) fn status(&self) -> FormationStatus {
         match &self.plan {
             Plan::Found { digest, .. } => FormationStatus::Fresh {
                 founders: Some(*digest),
@@ -172,12 +172,12 @@ impl Formation {
     }
 
     /// Whether formation is over (this member holds state).
-    pub fn is_formed(&self) -> bool {
+    pub(crate) fn is_formed(&self) -> bool {
         self.plan == Plan::Formed
     }
 
     /// Whether consensus traffic from `peer` may reach the core (see the module docs).
-    pub fn accepts_raft_from(&self, peer: NodeId) -> bool {
+    pub(crate) fn accepts_raft_from(&self, peer: NodeId) -> bool {
         match &self.plan {
             Plan::Found { founders, .. } => founders.contains(&peer),
             Plan::Join | Plan::Formed => true,
@@ -188,7 +188,7 @@ impl Formation {
 
     /// The core now holds state (it founded, or took a founder's or a group's log).
     /// Returns whether that is news, so the worker tells its bonded peers.
-    pub fn handle_formed(&mut self) -> bool {
+    pub(crate) fn handle_formed(&mut self) -> bool {
         let news = self.plan != Plan::Formed;
         self.plan = Plan::Formed;
         self.answers.clear();
@@ -196,7 +196,7 @@ impl Formation {
     }
 
     /// A bond to `peer` went down: its answer no longer counts.
-    pub fn handle_bond_down(&mut self, peer: NodeId) {
+    pub(crate) fn handle_bond_down(&mut self, peer: NodeId) {
         self.answers.remove(&peer);
         #[cfg(test)]
         if let Plan::DangerousSmallestBonded { fresh, .. } = &mut self.plan {
@@ -205,7 +205,7 @@ impl Formation {
     }
 
     /// `peer` (bonded now) said `status`. Ignored once formation is over.
-    pub fn handle_status(&mut self, peer: NodeId, status: FormationStatus) -> Decision {
+    pub(crate) fn handle_status(&mut self, peer: NodeId, status: FormationStatus) -> Decision {
         #[cfg(test)]
         if let Plan::DangerousSmallestBonded { expect, fresh } = &mut self.plan {
             return match status {
@@ -289,7 +289,7 @@ impl Formation {
     }
 
     /// A founder whose set is itself alone founds at once.
-    pub fn poll_initial(&mut self) -> Decision {
+    pub(crate) fn poll_initial(&mut self) -> Decision {
         self.decide()
     }
 }

@@ -112,7 +112,7 @@ struct Joined {
 
 mod futures_stop {
     /// A boxed future that stops one member.
-    pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    pub(super) type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 struct Inner {

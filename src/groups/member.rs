@@ -55,15 +55,15 @@ const STAMP_CATCH_UP_PERCENT: u64 = 1;
 /// a crashed member replaced by its new identity is not re-added as a learner that no one
 /// answers for. A peer that bonds anew is added again at once; one whose bond stayed up
 /// (alive after all, e.g. paused) is added again after this.
-pub const READMIT_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const READMIT_AFTER: Duration = Duration::from_secs(30);
 
 /// A local caller's request, named by the driver (unique among its requests in flight).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RequestId(pub u64);
+pub(crate) struct RequestId(pub u64);
 
 /// The time, as the driver sees it.
 #[derive(Clone, Copy, Debug)]
-pub struct Now {
+pub(crate) struct Now {
     /// Monotonic time: deadlines and how long a peer has been away.
     pub instant: Instant,
     /// Wall-clock milliseconds since the Unix epoch: the timestamp a proposed entry carries
@@ -73,7 +73,7 @@ pub struct Now {
 
 /// What a local caller asks of the group.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     /// Commit and apply an encoded `SessionCommand`: answered with its encoded output.
     Execute(Bytes),
     /// Append an encoded `SessionCommand`: answered with its index, once appended.
@@ -92,7 +92,7 @@ pub enum Request {
 
 /// A successful answer to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The encoded output of an executed command.
     Output(Bytes),
     /// The index a fed command was appended at.
@@ -103,7 +103,7 @@ pub enum Reply {
 
 /// What the driver must do, in order (see the module's contract).
 #[derive(Debug)]
-pub enum Action {
+pub(crate) enum Action {
     Send {
         to: NodeId,
         frame: PeerFrame,
@@ -202,7 +202,7 @@ fn refusal_of(rejection: Rejection) -> ForwardRefusal {
 }
 
 /// What a local caller learns from a refusal of the leader (the handle retries the first two).
-pub fn request_error(refusal: ForwardRefusal) -> RequestError {
+pub(crate) fn request_error(refusal: ForwardRefusal) -> RequestError {
     match refusal {
         ForwardRefusal::NotLeader(None) => RequestError::NoLeader,
         ForwardRefusal::NotLeader(Some(_)) | ForwardRefusal::Unknown => RequestError::Unknown,
@@ -229,7 +229,7 @@ fn take_from_asked<T>(
     table.remove(&request_id)
 }
 
-pub struct Member {
+pub(crate) struct Member {
     id: NodeId,
     config: WorkerConfig,
     raft: Raft,
@@ -306,7 +306,7 @@ impl Member {
     /// `clock_ms` is the state machine's session clock (the highest entry stamp it has
     /// applied): where the stamps of this member's proposals start when its log holds no
     /// newer one.
-    pub fn new(
+    pub(crate) fn new(
         config: WorkerConfig,
         raft: Raft,
         preference: LeadershipPreference,
@@ -357,27 +357,27 @@ impl Member {
     // ----- what the driver reads -----
 
     /// The core, to read (status, the simulator's checks).
-    pub fn raft(&self) -> &Raft {
+    pub(crate) fn raft(&self) -> &Raft {
         &self.raft
     }
 
     /// Why the member stopped taking part, once it has.
-    pub fn stopped(&self) -> Option<&StopReason> {
+    pub(crate) fn stopped(&self) -> Option<&StopReason> {
         self.stopped.as_ref()
     }
 
     /// Whether this member wrote the group's first configuration (founded it).
-    pub fn founded(&self) -> bool {
+    pub(crate) fn founded(&self) -> bool {
         self.founded
     }
 
     /// How many inputs the core refused (frames that break the protocol).
-    pub fn inputs_refused(&self) -> u64 {
+    pub(crate) fn inputs_refused(&self) -> u64 {
         self.inputs_refused
     }
 
     /// How many inputs the core refused as misuse (bugs in this member, not in peers).
-    pub fn core_misuses(&self) -> u64 {
+    pub(crate) fn core_misuses(&self) -> u64 {
         self.core_misuses
     }
 
@@ -393,7 +393,7 @@ impl Member {
 
     /// One tick of the driver's timer: the core's logical clock, forwarded requests'
     /// deadlines, automatic membership and a leave in progress.
-    pub fn handle_tick(&mut self, now: Now) {
+    pub(crate) fn handle_tick(&mut self, now: Now) {
         self.step(Input::Tick);
         self.fail_forwarded_where(|deadline, _| deadline <= now.instant);
         self.manage_membership(now.instant);
@@ -401,7 +401,7 @@ impl Member {
     }
 
     /// A bond to `peer` came up or went down.
-    pub fn handle_reachable(&mut self, now: Now, peer: NodeId, reachable: bool) {
+    pub(crate) fn handle_reachable(&mut self, now: Now, peer: NodeId, reachable: bool) {
         if reachable {
             self.bonded.insert(peer);
             self.unreachable_since.remove(&peer);
@@ -426,7 +426,7 @@ impl Member {
     }
 
     /// A local caller's request. Once stopped, every request is refused with the reason.
-    pub fn handle_request(&mut self, now: Now, id: RequestId, request: Request) {
+    pub(crate) fn handle_request(&mut self, now: Now, id: RequestId, request: Request) {
         if let Some(reason) = &self.stopped {
             if !matches!(request, Request::TransferLeadership(_)) {
                 let result = Err(RequestError::Stopped(reason.clone()));
@@ -520,14 +520,14 @@ impl Member {
     }
 
     /// The caller of request `id` went away: a leave in progress is abandoned.
-    pub fn handle_cancel(&mut self, id: RequestId) {
+    pub(crate) fn handle_cancel(&mut self, id: RequestId) {
         if self.leaving == Some(id) {
             self.leaving = None;
         }
     }
 
     /// A frame from `from`, whose identity the bond authenticated.
-    pub fn handle_frame(&mut self, now: Now, from: NodeId, frame: PeerFrame) {
+    pub(crate) fn handle_frame(&mut self, now: Now, from: NodeId, frame: PeerFrame) {
         match frame {
             PeerFrame::Raft(m) => {
                 if m.from != from {
@@ -634,14 +634,14 @@ impl Member {
     }
 
     /// A [`Action::Write`] is durable up to (`index`, `term`).
-    pub fn handle_persisted(&mut self, index: Index, term: Term) {
+    pub(crate) fn handle_persisted(&mut self, index: Index, term: Term) {
         self.step(Input::Persisted { index, term });
         self.note_formed();
     }
 
     /// The driver applied entry (`index`, `term`) of an [`Action::Apply`]; `output` is the
     /// encoded output of its command (`None`: not a command, or one that did not decode).
-    pub fn handle_applied(&mut self, index: Index, term: Term, output: Option<Bytes>) {
+    pub(crate) fn handle_applied(&mut self, index: Index, term: Term, output: Option<Bytes>) {
         self.applied = index;
         if let Some((proposed_in, waiter)) = self.proposals.remove(&index) {
             let result = match output {
@@ -655,7 +655,7 @@ impl Member {
     /// The snapshot asked for at `index` is durable (`Some(data)`: the handle the core
     /// sends to followers) or failed (`None`). Returns whether the core took it: not when
     /// it has moved past it meanwhile (a snapshot installed from the leader) or stopped.
-    pub fn handle_snapshot_taken(&mut self, index: Index, data: Option<Bytes>) -> bool {
+    pub(crate) fn handle_snapshot_taken(&mut self, index: Index, data: Option<Bytes>) -> bool {
         self.snapshot_pending = false;
         let Some(data) = data else {
             return false;
@@ -670,7 +670,7 @@ impl Member {
     /// The driver cannot go on (a storage write or a snapshot failed): nothing more is
     /// applied or acknowledged. Callers whose command may have been appended learn that
     /// its outcome is unknown; the others that the member stopped.
-    pub fn stop(&mut self, reason: StopReason) {
+    pub(crate) fn stop(&mut self, reason: StopReason) {
         if self.stopped.is_some() {
             return;
         }
@@ -684,7 +684,7 @@ impl Member {
     // ----- outputs -----
 
     /// The next thing to do, `None` once there is nothing.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
         if self.actions.is_empty() && self.stopped.is_none() {
             self.serve_waiting_reads();
             self.maybe_snapshot();
@@ -700,7 +700,7 @@ impl Member {
 
     /// The next action if it is an [`Action::Apply`], without asking the core for more:
     /// lets the driver take the run of entries it is applying as one batch.
-    pub fn poll_apply(&mut self) -> Option<Entry> {
+    pub(crate) fn poll_apply(&mut self) -> Option<Entry> {
         match self.actions.front() {
             Some(Action::Apply(_)) => match self.actions.pop_front() {
                 Some(Action::Apply(entry)) => Some(entry),

@@ -40,10 +40,10 @@ use crate::storage::snapshot_store::SnapshotWriter;
 use crate::storage::{SnapshotHandle, SnapshotStore, SnapshotStoreError};
 
 /// Bytes per chunk on the wire.
-pub const CHUNK_BYTES: usize = 1 << 20;
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 /// Bound on every single read or write of a transfer (not on the whole transfer, whose
 /// length depends on the snapshot's size).
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a transfer did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +115,7 @@ impl Offer {
 
 /// The receiver's answer to an [`Offer`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Send the bytes from `offset` on (0 for a fresh transfer).
     Resume {
         offset: u64,
@@ -301,7 +301,7 @@ impl Drop for ParkOnDrop<'_> {
 }
 
 /// The handle an `InstallSnapshot` message names, if it is one and names one.
-pub fn handle_of(message: &Message) -> Option<SnapshotHandle> {
+pub(crate) fn handle_of(message: &Message) -> Option<SnapshotHandle> {
     match &message.body {
         MessageBody::InstallSnapshot { snapshot } => SnapshotHandle::decode(&snapshot.data).ok(),
         _ => None,
@@ -395,7 +395,7 @@ where
 /// Accepts an offer only from the leader `status` names, in the term it names: a bonded
 /// member that is not the leader must not make this one write (and then install) a
 /// snapshot of its choosing.
-pub fn from_current_leader(
+pub(crate) fn from_current_leader(
     offer: &Offer,
     status: &super::GroupStatus,
 ) -> Result<(), TransferError> {

@@ -27,7 +27,7 @@ use crate::storage::snapshot_store::SnapshotWriter;
 use crate::storage::{SnapshotHandle, SnapshotStore, Storage, WriteTiming};
 
 /// Most inbox items handled before the worker writes and answers (bounds latency).
-pub const ITEMS_PER_ROUND_MAX: usize = 4096;
+pub(crate) const ITEMS_PER_ROUND_MAX: usize = 4096;
 
 /// Why a client request did not complete; the handle decides whether to retry.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -215,7 +215,7 @@ impl Pending {
     }
 }
 
-pub struct Worker<M: StateMachine, S: Storage> {
+pub(crate) struct Worker<M: StateMachine, S: Storage> {
     id: NodeId,
     /// The group and network the machine learns from [`ApplyContext`].
     group: GroupId,
@@ -247,7 +247,7 @@ pub struct Worker<M: StateMachine, S: Storage> {
 
 impl<M: StateMachine, S: Storage> Worker<M, S> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         id: NodeId,
         config: WorkerConfig,
         raft: Raft,
@@ -290,7 +290,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     /// The group (and its network) this worker's member belongs to, as the state machine
     /// sees it in [`ApplyContext`]; a group of all-zero id on no network without it.
     #[must_use]
-    pub fn in_group(mut self, group: GroupId, network_id: impl Into<String>) -> Self {
+    pub(crate) fn in_group(mut self, group: GroupId, network_id: impl Into<String>) -> Self {
         self.group = group;
         self.network_id = network_id.into();
         self
@@ -306,7 +306,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     }
 
     /// Runs until shutdown or until every handle and the transport let go of the inbox.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         let mut next_tick = Instant::now() + self.config.tick;
         self.process_ready();
         loop {

@@ -6,7 +6,7 @@
 use super::types::{Entry, Index, Term};
 
 #[derive(Clone, Debug, Default)]
-pub struct RaftLog {
+pub(super) struct RaftLog {
     snapshot_index: Index,
     snapshot_term: Term,
     /// `entries[i].index == snapshot_index + 1 + i`.
@@ -15,7 +15,7 @@ pub struct RaftLog {
 
 impl RaftLog {
     /// A log that starts right after the given snapshot point.
-    pub fn new(snapshot_index: Index, snapshot_term: Term) -> Self {
+    pub(super) fn new(snapshot_index: Index, snapshot_term: Term) -> Self {
         Self {
             snapshot_index,
             snapshot_term,
@@ -23,56 +23,56 @@ impl RaftLog {
         }
     }
 
-    pub fn snapshot_index(&self) -> Index {
+    pub(super) fn snapshot_index(&self) -> Index {
         self.snapshot_index
     }
 
-    pub fn first_index(&self) -> Index {
+    pub(super) fn first_index(&self) -> Index {
         self.snapshot_index + 1
     }
 
-    pub fn last_index(&self) -> Index {
+    pub(super) fn last_index(&self) -> Index {
         self.snapshot_index + self.entries.len() as Index
     }
 
-    pub fn last_term(&self) -> Term {
+    pub(super) fn last_term(&self) -> Term {
         self.entries.last().map_or(self.snapshot_term, |e| e.term)
     }
 
     /// Term of the entry at `index`: known for the snapshot point and every entry after it.
-    pub fn term(&self, index: Index) -> Option<Term> {
+    pub(super) fn term(&self, index: Index) -> Option<Term> {
         if index == self.snapshot_index {
             return Some(self.snapshot_term);
         }
         self.get(index).map(|e| e.term)
     }
 
-    pub fn get(&self, index: Index) -> Option<&Entry> {
+    pub(super) fn get(&self, index: Index) -> Option<&Entry> {
         if index <= self.snapshot_index {
             return None;
         }
         self.entries.get((index - self.snapshot_index - 1) as usize)
     }
 
-    pub fn matches(&self, index: Index, term: Term) -> bool {
+    pub(super) fn matches(&self, index: Index, term: Term) -> bool {
         self.term(index) == Some(term)
     }
 
     /// Election restriction (Raft §5.4.1): is a log ending at (`last_index`, `last_term`) at
     /// least as up to date as ours?
-    pub fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+    pub(super) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
         last_term > self.last_term()
             || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Appends entries that continue the log exactly (the caller checked continuity).
-    pub fn push(&mut self, entry: Entry) {
+    pub(super) fn push(&mut self, entry: Entry) {
         debug_assert_eq!(entry.index, self.last_index() + 1, "log gap");
         self.entries.push(entry);
     }
 
     /// Drops every entry at `index` and after.
-    pub fn truncate_from(&mut self, index: Index) {
+    pub(super) fn truncate_from(&mut self, index: Index) {
         debug_assert!(index > self.snapshot_index, "truncating into the snapshot");
         let keep = index.saturating_sub(self.snapshot_index + 1) as usize;
         self.entries.truncate(keep);
@@ -80,7 +80,13 @@ impl RaftLog {
 
     /// Entries in `[lo, hi)`, at most `max_entries` of them and at most `max_bytes` of
     /// payload (but always at least one entry when the range is not empty).
-    pub fn slice(&self, lo: Index, hi: Index, max_entries: usize, max_bytes: usize) -> Vec<Entry> {
+    pub(super) fn slice(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut index = lo.max(self.first_index());
@@ -98,7 +104,7 @@ impl RaftLog {
 
     /// The largest index `<= index` whose term is `<= term` (the snapshot point at least):
     /// used to skip a conflicting term in one round trip (etcd's fast backtracking).
-    pub fn find_conflict_by_term(&self, index: Index, term: Term) -> (Index, Term) {
+    pub(super) fn find_conflict_by_term(&self, index: Index, term: Term) -> (Index, Term) {
         let mut i = index.min(self.last_index());
         while i > self.snapshot_index {
             match self.term(i) {
@@ -110,7 +116,7 @@ impl RaftLog {
     }
 
     /// Forgets everything up to and including `index`, which must be in the log.
-    pub fn compact_to(&mut self, index: Index) {
+    pub(super) fn compact_to(&mut self, index: Index) {
         let Some(term) = self.term(index) else {
             return;
         };

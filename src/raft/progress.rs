@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use super::types::Index;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgressState {
+pub(super) enum ProgressState {
     /// Unknown match point: one append at a time until a response tells where logs agree.
     Probe,
     /// Logs agree up to `match_index`: stream appends optimistically, up to the window.
@@ -14,7 +14,7 @@ pub enum ProgressState {
 }
 
 #[derive(Clone, Debug)]
-pub struct Progress {
+pub(super) struct Progress {
     pub match_index: Index,
     pub next_index: Index,
     pub state: ProgressState,
@@ -33,7 +33,7 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(next_index: Index) -> Self {
+    pub(super) fn new(next_index: Index) -> Self {
         Self {
             match_index: 0,
             next_index,
@@ -47,7 +47,7 @@ impl Progress {
         }
     }
 
-    pub fn become_probe(&mut self) {
+    pub(super) fn become_probe(&mut self) {
         if let ProgressState::Snapshot { pending_index } = self.state {
             self.next_index = (self.match_index + 1).max(pending_index + 1);
         } else {
@@ -58,14 +58,14 @@ impl Progress {
         self.inflight.clear();
     }
 
-    pub fn become_replicate(&mut self) {
+    pub(super) fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;
         self.next_index = self.match_index + 1;
         self.probe_sent = false;
         self.inflight.clear();
     }
 
-    pub fn become_snapshot(&mut self, pending_index: Index) {
+    pub(super) fn become_snapshot(&mut self, pending_index: Index) {
         self.state = ProgressState::Snapshot { pending_index };
         self.probe_sent = false;
         self.inflight.clear();
@@ -73,7 +73,7 @@ impl Progress {
     }
 
     /// Records a successful response up to `index`; true when it taught us something new.
-    pub fn update(&mut self, index: Index) -> bool {
+    pub(super) fn update(&mut self, index: Index) -> bool {
         let updated = index > self.match_index;
         if updated {
             self.match_index = index;

@@ -8,7 +8,7 @@ use crate::raft::{Entry, EntryPayload, Index, Membership, NodeId, SnapshotMeta, 
 
 /// A violated property: which one and what was seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
+pub(crate) struct Violation {
     pub property: &'static str,
     pub detail: String,
 }
@@ -18,7 +18,7 @@ fn violation(property: &'static str, detail: String) -> Violation {
 }
 
 /// A stable 64-bit digest of an entry's content (FNV-1a over its fields).
-pub fn entry_digest(entry: &Entry) -> u64 {
+pub(crate) fn entry_digest(entry: &Entry) -> u64 {
     let mut h = Fnv::default();
     entry.term.hash(&mut h);
     entry.index.hash(&mut h);
@@ -69,7 +69,7 @@ impl Hasher for Fnv {
 
 /// The checker's copy of one node's in-memory log: prefix digests by index.
 #[derive(Clone, Debug, Default)]
-pub struct LogMirror {
+pub(crate) struct LogMirror {
     base_index: Index,
     base_chain: u64,
     /// `(term, chain digest)` of entries `base_index + 1 ..`.
@@ -98,10 +98,10 @@ impl LogMirror {
 
 /// All safety checkers of one run.
 /// Log positions an append took: (index, term) and the digest of the prefix ending there.
-pub type Positions = Vec<((Index, Term), u64)>;
+pub(crate) type Positions = Vec<((Index, Term), u64)>;
 
 #[derive(Default)]
-pub struct Checkers {
+pub(crate) struct Checkers {
     /// Election safety (§5.2): at most one leader per term, ever.
     leaders: BTreeMap<Term, NodeId>,
     /// Log matching (§5.3): (index, term) → prefix digest, over every node and all time,
@@ -126,7 +126,7 @@ pub struct Checkers {
 }
 
 impl Checkers {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             committed: vec![0],
             committed_by_term: vec![0],
@@ -136,7 +136,7 @@ impl Checkers {
     }
 
     /// Election safety: `node` became leader of `term`.
-    pub fn on_leader(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
+    pub(crate) fn on_leader(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
         if let Some(other) = self.leaders.insert(term, node) {
             if other != node {
                 return Err(violation(
@@ -151,7 +151,11 @@ impl Checkers {
     /// Log matching: `node` appended `entries` (replacing its log from the first index on),
     /// checked against every position that is durable somewhere. Returns the positions
     /// the entries take, to pass to [`Checkers::on_durable`] once they are on disk.
-    pub fn on_append(&mut self, node: NodeId, entries: &[Entry]) -> Result<Positions, Violation> {
+    pub(crate) fn on_append(
+        &mut self,
+        node: NodeId,
+        entries: &[Entry],
+    ) -> Result<Positions, Violation> {
         let mirror = self.mirrors.entry(node).or_default();
         let Some(first) = entries.first() else {
             return Ok(Vec::new());
@@ -189,7 +193,11 @@ impl Checkers {
     }
 
     /// `positions` (from [`Checkers::on_append`]) are now on `node`'s disk.
-    pub fn on_durable(&mut self, node: NodeId, positions: &Positions) -> Result<(), Violation> {
+    pub(crate) fn on_durable(
+        &mut self,
+        node: NodeId,
+        positions: &Positions,
+    ) -> Result<(), Violation> {
         self.check_positions(node, positions)?;
         for (position, c) in positions {
             self.positions.entry(*position).or_insert(*c);
@@ -217,7 +225,7 @@ impl Checkers {
 
     /// `node` replaced its log with a snapshot. Its configuration is the snapshot's: a
     /// snapshot may skip any number of configuration entries, so it is not compared.
-    pub fn on_snapshot_installed(
+    pub(crate) fn on_snapshot_installed(
         &mut self,
         node: NodeId,
         meta: &SnapshotMeta,
@@ -247,7 +255,7 @@ impl Checkers {
     }
 
     /// A node restarted from storage: rebuild its mirror from what storage returned.
-    pub fn on_restart(
+    pub(crate) fn on_restart(
         &mut self,
         node: NodeId,
         snapshot: Option<&SnapshotMeta>,
@@ -267,7 +275,12 @@ impl Checkers {
 
     /// Committed entries never change (leader completeness, §5.4, seen from outside):
     /// `node`, in `term`, has its commit index at `commit`.
-    pub fn on_commit(&mut self, node: NodeId, term: Term, commit: Index) -> Result<(), Violation> {
+    pub(crate) fn on_commit(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        commit: Index,
+    ) -> Result<(), Violation> {
         let Some(mirror) = self.mirrors.get(&node) else {
             return Ok(());
         };
@@ -312,7 +325,7 @@ impl Checkers {
     /// earlier term. Not every entry committed so far: a candidate of an old term may win
     /// with votes that were delayed (or queued while it was paused) after later terms
     /// committed more, which Raft allows; it steps down at the first newer message.
-    pub fn on_leader_log(&self, node: NodeId, term: Term) -> Result<(), Violation> {
+    pub(crate) fn on_leader_log(&self, node: NodeId, term: Term) -> Result<(), Violation> {
         let Some(mirror) = self.mirrors.get(&node) else {
             return Ok(());
         };
@@ -341,7 +354,7 @@ impl Checkers {
     }
 
     /// State-machine safety (§5.4.3): no two nodes apply different entries at one index.
-    pub fn on_apply(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
+    pub(crate) fn on_apply(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
         let d = entry_digest(entry);
         let i = entry.index as usize;
         if i >= self.applied.len() {
@@ -368,7 +381,7 @@ impl Checkers {
     /// command `seq` at `index` (a new sequence, not a duplicate); it must never apply it
     /// at another index. `session_known`: whether the table held the client's session
     /// just before, which tells a table bug from its documented bound.
-    pub fn on_command_applied(
+    pub(crate) fn on_command_applied(
         &mut self,
         node: NodeId,
         client: u64,
@@ -395,7 +408,7 @@ impl Checkers {
     /// Configuration changes one at a time (thesis §4.1): a new configuration differs from
     /// the previous one by at most one voter, and a leader only appends one once the
     /// previous one is committed.
-    pub fn on_membership(
+    pub(crate) fn on_membership(
         &mut self,
         node: NodeId,
         index: Index,
@@ -430,12 +443,12 @@ impl Checkers {
     }
 
     /// The highest index known committed anywhere.
-    pub fn committed_index(&self) -> Index {
+    pub(crate) fn committed_index(&self) -> Index {
         self.committed.len() as Index - 1
     }
 
     /// Leaders seen, by term (for reports).
-    pub fn leader_count(&self) -> usize {
+    pub(crate) fn leader_count(&self) -> usize {
         self.leaders.len()
     }
 }

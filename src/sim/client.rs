@@ -12,7 +12,7 @@ use super::node::{Reply, Request};
 
 /// The operation a client is working on.
 #[derive(Clone, Debug)]
-pub struct InFlight {
+pub(super) struct InFlight {
     /// Index into the history.
     pub op: usize,
     pub request: Request,
@@ -21,7 +21,7 @@ pub struct InFlight {
     pub started_ms: u64,
 }
 
-pub struct SimClient {
+pub(super) struct SimClient {
     pub id: ClientId,
     pub seq: u64,
     pub current: Option<InFlight>,
@@ -30,7 +30,7 @@ pub struct SimClient {
 }
 
 /// What a reply means for the client's current operation.
-pub enum Outcome {
+pub(super) enum Outcome {
     Done(LinOutput),
     RetryAt(Option<NodeId>),
     /// A reply that the protocol never sends to a correct client.
@@ -38,7 +38,7 @@ pub enum Outcome {
 }
 
 impl SimClient {
-    pub fn new(id: ClientId) -> Self {
+    pub(super) fn new(id: ClientId) -> Self {
         Self {
             id,
             seq: 0,
@@ -49,7 +49,7 @@ impl SimClient {
     }
 
     /// Picks the node for the next attempt: the known leader, else round robin.
-    pub fn target(&mut self, nodes: &[NodeId]) -> NodeId {
+    pub(super) fn target(&mut self, nodes: &[NodeId]) -> NodeId {
         if let Some(leader) = self.leader_guess.take() {
             return leader;
         }
@@ -59,7 +59,7 @@ impl SimClient {
 
     /// A fresh random operation over a few keys, with values unique to this client and
     /// sequence number so that the checker can tell every write apart.
-    pub fn next_operation(&mut self, rng: &mut SplitMix64, keys: u64) -> (Request, KvInput) {
+    pub(super) fn next_operation(&mut self, rng: &mut SplitMix64, keys: u64) -> (Request, KvInput) {
         self.seq += 1;
         let key = format!("k{}", rng.range(0, keys)).into_bytes();
         let value = format!("c{}s{};", self.id.0, self.seq).into_bytes();
@@ -88,7 +88,7 @@ impl SimClient {
     }
 
     /// Interprets a reply to the current operation.
-    pub fn on_reply(&mut self, reply: Reply) -> Outcome {
+    pub(super) fn on_reply(&mut self, reply: Reply) -> Outcome {
         match reply {
             Reply::NotLeader(hint) => Outcome::RetryAt(hint),
             Reply::Retry => Outcome::RetryAt(None),
@@ -134,4 +134,4 @@ fn lin_output(out: KvOutput) -> Result<LinOutput, String> {
 }
 
 /// The client history, in the checker's terms.
-pub type History = Vec<Operation<KvInput, LinOutput>>;
+pub(super) type History = Vec<Operation<KvInput, LinOutput>>;

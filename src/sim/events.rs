@@ -115,7 +115,7 @@ impl World {
     }
 
     /// Runs events until `until_ms` or until `done` holds.
-    pub fn run_until(
+    pub(super) fn run_until(
         &mut self,
         until_ms: u64,
         mut done: impl FnMut(&World) -> bool,

@@ -4,37 +4,37 @@ use crate::raft::SplitMix64;
 
 /// Nominal interval between a node's ticks; with skew each node's differs by up to
 /// [`TICK_SKEW_PERCENT_MAX`].
-pub const TICK_MS: u64 = 10;
+pub(crate) const TICK_MS: u64 = 10;
 /// Most a node's tick interval differs from [`TICK_MS`], in percent: clocks of real
 /// machines run at slightly different rates, so election timeouts are not in lockstep.
-pub const TICK_SKEW_PERCENT_MAX: u64 = 20;
+pub(crate) const TICK_SKEW_PERCENT_MAX: u64 = 20;
 /// Bounds of a long-tail message delay: long enough that terms move on meanwhile.
-pub const LONG_DELAY_MS_MIN: u64 = 500;
-pub const LONG_DELAY_MS_MAX: u64 = 5_000;
+pub(crate) const LONG_DELAY_MS_MIN: u64 = 500;
+pub(crate) const LONG_DELAY_MS_MAX: u64 = 5_000;
 /// How long a client waits for an answer before it retries.
-pub const CLIENT_TIMEOUT_MS: u64 = 400;
+pub(crate) const CLIENT_TIMEOUT_MS: u64 = 400;
 /// Bounds of how long a client keeps retrying before it gives up: two to five of its
 /// timeouts.
-pub const CLIENT_GIVE_UP_MS_MIN: u64 = 800;
-pub const CLIENT_GIVE_UP_MS_MAX: u64 = 2_000;
+pub(crate) const CLIENT_GIVE_UP_MS_MIN: u64 = 800;
+pub(crate) const CLIENT_GIVE_UP_MS_MAX: u64 = 2_000;
 /// Probability that a client that finished an operation leaves and a new client (a new
 /// id, a new session) takes its place, when churn is on and the spacing allows it.
-pub const CLIENT_RETIRE_PROBABILITY: f64 = 0.3;
+pub(crate) const CLIENT_RETIRE_PROBABILITY: f64 = 0.3;
 /// Bounds of the margin of a session TTL over the longest a retry can still be in flight
 /// ([`FaultPlan::retry_horizon_ms`]): it also covers the recovery after healing, when
 /// clients retry without giving up.
-pub const SESSION_TTL_MARGIN_MS_MIN: u64 = 500;
-pub const SESSION_TTL_MARGIN_MS_MAX: u64 = 2_000;
+pub(crate) const SESSION_TTL_MARGIN_MS_MIN: u64 = 500;
+pub(crate) const SESSION_TTL_MARGIN_MS_MAX: u64 = 2_000;
 /// Bounds of a pause (`docker pause`): from a few election timeouts to many.
-pub const PAUSE_MS_MIN: u64 = 50;
-pub const PAUSE_MS_MAX: u64 = 2_000;
+pub(crate) const PAUSE_MS_MIN: u64 = 50;
+pub(crate) const PAUSE_MS_MAX: u64 = 2_000;
 /// How far a node's wall clock jumps, either way.
-pub const CLOCK_JUMP_MS_MIN: u64 = 60_000;
-pub const CLOCK_JUMP_MS_MAX: u64 = 10 * 3_600_000;
+pub(crate) const CLOCK_JUMP_MS_MIN: u64 = 60_000;
+pub(crate) const CLOCK_JUMP_MS_MAX: u64 = 10 * 3_600_000;
 
 /// Fault probabilities and rates of one run.
 #[derive(Clone, Debug)]
-pub struct FaultPlan {
+pub(crate) struct FaultPlan {
     /// Probability that a message (or client request/reply) is lost.
     pub drop_probability: f64,
     /// Probability that a message is delivered twice.
@@ -77,7 +77,7 @@ pub struct FaultPlan {
 
 /// Relative weights of the fault kinds.
 #[derive(Clone, Debug)]
-pub struct FaultWeights {
+pub(crate) struct FaultWeights {
     pub partition_symmetric: u32,
     pub partition_one_way: u32,
     pub heal: u32,
@@ -93,7 +93,7 @@ pub struct FaultWeights {
 
 /// One injected fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FaultKind {
+pub(crate) enum FaultKind {
     PartitionSymmetric,
     PartitionOneWay,
     Heal,
@@ -113,7 +113,7 @@ pub enum FaultKind {
 impl FaultPlan {
     /// Draws a plan. Every kind of fault is enabled in most runs; each is switched off in
     /// some so that runs without it exist too.
-    pub fn draw(rng: &mut SplitMix64, nodes: usize) -> Self {
+    pub(crate) fn draw(rng: &mut SplitMix64, nodes: usize) -> Self {
         let mut weight = |base: u32| if rng.chance(0.85) { base } else { 0 };
         let weights = FaultWeights {
             partition_symmetric: weight(3),
@@ -189,7 +189,7 @@ impl FaultPlan {
     /// Longest a message can take from its sender to the node that handles it: the
     /// longest delay, plus the longest pause of the receiver (it arrives at once into
     /// the backlog and waits there).
-    pub fn message_age_ms_max(&self) -> u64 {
+    pub(crate) fn message_age_ms_max(&self) -> u64 {
         let delay_ms = if self.long_delay_probability > 0.0 {
             LONG_DELAY_MS_MAX.max(self.delay_ms_max)
         } else {
@@ -209,7 +209,7 @@ impl FaultPlan {
     /// never give up. One client timeout more: an operation that passed its give-up time
     /// without reaching a retry point when the faults stop is retried to the end instead. A session expiring within this horizon after its client's latest
     /// command could let a retry apply twice (session.rs, "Bounds and their risk").
-    pub fn retry_horizon_ms(&self) -> Option<u64> {
+    pub(crate) fn retry_horizon_ms(&self) -> Option<u64> {
         self.client_give_up_ms
             .map(|give_up_ms| give_up_ms + CLIENT_TIMEOUT_MS + self.message_age_ms_max())
     }
@@ -225,14 +225,14 @@ impl FaultPlan {
     /// departures by more than the horizon plus one message age therefore means no
     /// session is evicted while a copy of its client's latest command can still arrive,
     /// so a command never applies twice and the checker's exactly-once expectation holds.
-    pub fn client_retire_spacing_ms(&self) -> Option<u64> {
+    pub(crate) fn client_retire_spacing_ms(&self) -> Option<u64> {
         let horizon_ms = self.retry_horizon_ms()?;
         self.client_churn
             .then(|| horizon_ms + self.message_age_ms_max() + 1)
     }
 
     /// Picks the next fault kind by weight; `None` when every weight is zero.
-    pub fn pick(&self, rng: &mut SplitMix64) -> Option<FaultKind> {
+    pub(crate) fn pick(&self, rng: &mut SplitMix64) -> Option<FaultKind> {
         let w = &self.weights;
         let table = [
             (w.partition_symmetric, FaultKind::PartitionSymmetric),

@@ -310,7 +310,7 @@ impl World {
     }
 
     /// Ends the fault phase: heal the network, restart every node, fast disks, no loss.
-    pub fn heal(&mut self) -> Result<(), Violation> {
+    pub(super) fn heal(&mut self) -> Result<(), Violation> {
         self.faults_enabled = false;
         self.plan.drop_probability = 0.0;
         self.plan.duplicate_probability = 0.0;

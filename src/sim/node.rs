@@ -9,7 +9,7 @@ use crate::raft::{Index, Message, NodeId, Raft, Term};
 use crate::storage::{MemoryStorage, WriteBatch};
 
 /// A write on its way to the disk, and what waits for it.
-pub struct DiskWrite {
+pub(super) struct DiskWrite {
     pub id: u64,
     pub batch: WriteBatch,
     pub persisted: Option<(Index, Term)>,
@@ -21,20 +21,20 @@ pub struct DiskWrite {
 
 /// A client request a node accepted and still owes an answer to.
 #[derive(Clone, Debug)]
-pub struct Waiter {
+pub(super) struct Waiter {
     pub client: ClientId,
     pub op: usize,
 }
 
 /// A client request handed to a node's member, by the member's request id.
 #[derive(Clone, Debug)]
-pub struct Pending {
+pub(super) struct Pending {
     pub waiter: Waiter,
     /// The key of a strong read, run when the member says its read point is applied.
     pub read_key: Option<Vec<u8>>,
 }
 
-pub struct SimNode {
+pub(super) struct SimNode {
     /// Bumped on every crash; events of an earlier incarnation are ignored.
     pub incarnation: u64,
     /// The runtime's decisions and the core, as the worker runs them (`None`: down).
@@ -59,7 +59,7 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    pub fn new(machine: ReplicatedKv) -> Self {
+    pub(super) fn new(machine: ReplicatedKv) -> Self {
         Self {
             incarnation: 0,
             member: None,
@@ -75,17 +75,17 @@ impl SimNode {
         }
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(super) fn is_up(&self) -> bool {
         self.member.is_some()
     }
 
     /// The core, while up.
-    pub fn raft(&self) -> Option<&Raft> {
+    pub(super) fn raft(&self) -> Option<&Raft> {
         self.member.as_ref().map(Member::raft)
     }
 
     /// A request id for the member, unique for this node's life.
-    pub fn next_request_id(&mut self) -> RequestId {
+    pub(super) fn next_request_id(&mut self) -> RequestId {
         self.next_request += 1;
         RequestId(self.next_request)
     }
@@ -93,7 +93,7 @@ impl SimNode {
 
 /// A client request as it travels to a node.
 #[derive(Clone, Debug)]
-pub enum Request {
+pub(super) enum Request {
     /// A state-machine command through the log, exactly once per (client, seq).
     Command(SessionCommand<KvCommand>),
     /// A linearizable read through read-index.
@@ -102,7 +102,7 @@ pub enum Request {
 
 /// A node's answer to a client.
 #[derive(Clone, Debug)]
-pub enum Reply {
+pub(super) enum Reply {
     Output(crate::machine::SessionOutput<crate::machine::KvOutput>),
     Read(Option<Vec<u8>>),
     /// Not the leader; try `leader` if known.

@@ -34,7 +34,7 @@ const FORWARD_TIMEOUT_MS: u64 = 300;
 /// The leader removes a member unreachable this long (it joins again when it comes back).
 const REMOVAL_TIMEOUT_MS: u64 = 4_000;
 
-pub struct World {
+pub(super) struct World {
     pub options: SimOptions,
     pub plan: FaultPlan,
     pub rng: SplitMix64,
@@ -123,7 +123,7 @@ pub struct Stats {
 }
 
 impl World {
-    pub fn new(
+    pub(super) fn new(
         options: SimOptions,
         plan: FaultPlan,
         mut rng: SplitMix64,
@@ -325,7 +325,7 @@ impl World {
     }
 
     /// Whether every client is idle and a leader is known by every live member.
-    pub fn settled(&self) -> bool {
+    pub(super) fn settled(&self) -> bool {
         if self.clients.iter().any(|c| c.current.is_some()) {
             return false;
         }
@@ -343,7 +343,7 @@ impl World {
 
     /// Final convergence: every member that applied as far as the leader holds the same
     /// state (compared through snapshot bytes).
-    pub fn check_convergence(&self) -> Result<(), Violation> {
+    pub(super) fn check_convergence(&self) -> Result<(), Violation> {
         let Some((li, leader)) = self.current_leader() else {
             return Ok(());
         };
@@ -370,7 +370,7 @@ impl World {
     }
 
     /// One line per node: role, term, leader, log and configuration.
-    pub fn describe_nodes(&self) -> String {
+    pub(super) fn describe_nodes(&self) -> String {
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let id = self.ids[i];
@@ -395,7 +395,7 @@ impl World {
     }
 
     /// Operations whose clients never learned the outcome stay `Unknown` in the history.
-    pub fn pending_ops(&self) -> usize {
+    pub(super) fn pending_ops(&self) -> usize {
         self.clients.iter().filter(|c| c.current.is_some()).count()
     }
 }

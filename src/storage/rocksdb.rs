@@ -62,7 +62,7 @@ use super::{
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
 /// Version of the on-disk format, in the `format` key.
-pub const FORMAT_VERSION: u8 = 2;
+pub(crate) const FORMAT_VERSION: u8 = 2;
 
 const CF_LOG: &str = "log";
 const CF_TIP: &str = "tip";

@@ -25,15 +25,15 @@ use ring::hkdf;
 use ring::rand::SecureRandom;
 
 /// Version byte of a sealed record.
-pub const RECORD_VERSION: u8 = 2;
+pub(crate) const RECORD_VERSION: u8 = 2;
 /// Length of the authentication tag that ends every sealed record.
-pub const TAG_BYTES: usize = 16;
+pub(crate) const TAG_BYTES: usize = 16;
 const EPOCH_BYTES: usize = 16;
 const COUNTER_BYTES: usize = 8;
 const HEADER_BYTES: usize = 1 + EPOCH_BYTES + COUNTER_BYTES;
 const _: () = assert!(TAG_BYTES == aead::MAX_TAG_LEN);
 /// Bytes a sealed record adds to its body.
-pub const OVERHEAD_BYTES: usize = HEADER_BYTES + TAG_BYTES;
+pub(crate) const OVERHEAD_BYTES: usize = HEADER_BYTES + TAG_BYTES;
 /// Read keys of past epochs kept derived; older ones are derived again when needed.
 const EPOCH_KEYS_CACHED_MAX: usize = 64;
 
@@ -43,13 +43,13 @@ const FILE_INFO: &[u8] = b"tessera/snapshot-file-key/v1";
 const AAD_DOMAIN: &[u8] = b"tessera/storage-record/v2";
 
 /// The tag of a sealed record: what the next record chains to.
-pub type Tag = [u8; TAG_BYTES];
+pub(crate) type Tag = [u8; TAG_BYTES];
 
 /// What a record holds; part of its associated data, so a record of one kind never opens as
 /// another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum RecordKind {
+pub(crate) enum RecordKind {
     /// A log entry, at its index, chained to the entry before it.
     Entry = 1,
     /// The store's tip: hard state and the tags that close the log's chain.
@@ -60,7 +60,7 @@ pub enum RecordKind {
 
 /// Why a sealed record cannot be trusted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SealError {
+pub(crate) enum SealError {
     #[error("record of {len} bytes is shorter than the {OVERHEAD_BYTES} bytes of its seal")]
     Short { len: usize },
     #[error("record version {found} (this build reads version {RECORD_VERSION})")]
@@ -123,7 +123,7 @@ impl StorageKey {
 }
 
 /// Seals and opens the records of one open store.
-pub struct Sealer {
+pub(crate) struct Sealer {
     key: StorageKey,
     epoch: [u8; EPOCH_BYTES],
     counter: u64,
@@ -156,14 +156,14 @@ fn nonce(counter: u64) -> Nonce {
 }
 
 /// The tag of a sealed record (its last bytes), without checking it.
-pub fn tag_of(record: &[u8]) -> Option<Tag> {
+pub(crate) fn tag_of(record: &[u8]) -> Option<Tag> {
     let start = record.len().checked_sub(TAG_BYTES)?;
     record[start..].try_into().ok()
 }
 
 impl Sealer {
     /// A sealer with a fresh random epoch.
-    pub fn new(key: StorageKey) -> Result<Self, SealError> {
+    pub(crate) fn new(key: StorageKey) -> Result<Self, SealError> {
         let mut epoch = [0u8; EPOCH_BYTES];
         ring::rand::SystemRandom::new()
             .fill(&mut epoch)
@@ -180,7 +180,7 @@ impl Sealer {
 
     /// Seals `body` as a record of `kind` at `index`, chained to `chain`: the record and
     /// its tag (what the next record chains to).
-    pub fn seal(
+    pub(crate) fn seal(
         &mut self,
         kind: RecordKind,
         index: u64,
@@ -214,7 +214,7 @@ impl Sealer {
 
     /// Opens a record of `kind` at `index` that must chain to `chain`: its body, or why it
     /// cannot be trusted.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         kind: RecordKind,
         index: u64,

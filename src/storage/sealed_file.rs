@@ -21,17 +21,17 @@ use ring::rand::SecureRandom;
 use super::seal::{StorageKey, TAG_BYTES};
 
 /// Plaintext bytes per chunk.
-pub const CHUNK_BYTES: usize = 64 << 10;
+pub(crate) const CHUNK_BYTES: usize = 64 << 10;
 const MAGIC: &[u8; 8] = b"tsnapf\x00\x01";
 const EPOCH_BYTES: usize = 16;
 /// Bytes before the first chunk.
-pub const HEADER_BYTES: u64 = (MAGIC.len() + EPOCH_BYTES) as u64;
+pub(crate) const HEADER_BYTES: u64 = (MAGIC.len() + EPOCH_BYTES) as u64;
 /// Bytes of a full chunk on disk: flag, ciphertext, tag.
 const SEALED_CHUNK_BYTES: usize = 1 + CHUNK_BYTES + TAG_BYTES;
 const AAD_DOMAIN: &[u8] = b"tessera/snapshot-file/v1";
 
 /// The size on disk of a sealed file holding `plain` bytes.
-pub fn sealed_len(plain: u64) -> u64 {
+pub(crate) fn sealed_len(plain: u64) -> u64 {
     // At least one chunk (the last), which may be full or, for an empty snapshot, empty.
     let chunks = plain.div_ceil(CHUNK_BYTES as u64).max(1);
     HEADER_BYTES + plain + chunks * (1 + TAG_BYTES as u64)
@@ -58,7 +58,7 @@ fn invalid(what: String) -> std::io::Error {
 
 /// Writes a sealed file into `inner`. [`finish`](Self::finish) writes the last chunk: a
 /// writer dropped unfinished leaves a file every read refuses.
-pub struct SealedWriter<W: Write> {
+pub(crate) struct SealedWriter<W: Write> {
     inner: W,
     key: LessSafeKey,
     epoch: [u8; EPOCH_BYTES],
@@ -68,7 +68,7 @@ pub struct SealedWriter<W: Write> {
 
 impl<W: Write> SealedWriter<W> {
     /// Starts a sealed file in `inner` (writes its header).
-    pub fn new(mut inner: W, key: &StorageKey) -> std::io::Result<Self> {
+    pub(crate) fn new(mut inner: W, key: &StorageKey) -> std::io::Result<Self> {
         let mut epoch = [0u8; EPOCH_BYTES];
         ring::rand::SystemRandom::new()
             .fill(&mut epoch)
@@ -102,7 +102,7 @@ impl<W: Write> SealedWriter<W> {
     }
 
     /// Seals what is buffered as the last chunk: the inner writer, for the caller to sync.
-    pub fn finish(mut self) -> std::io::Result<W> {
+    pub(crate) fn finish(mut self) -> std::io::Result<W> {
         self.seal_chunk(true)?;
         Ok(self.inner)
     }
@@ -129,7 +129,7 @@ impl<W: Write> Write for SealedWriter<W> {
 }
 
 /// Reads a sealed file's plaintext, checking every chunk before handing out its bytes.
-pub struct SealedReader<R: Read> {
+pub(crate) struct SealedReader<R: Read> {
     inner: R,
     /// The file, for errors.
     name: String,
@@ -145,7 +145,12 @@ pub struct SealedReader<R: Read> {
 impl<R: Read + Seek> SealedReader<R> {
     /// Reads the sealed file `inner` (called `name` in errors) from plaintext byte
     /// `offset` on.
-    pub fn new(mut inner: R, key: &StorageKey, offset: u64, name: &str) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        mut inner: R,
+        key: &StorageKey,
+        offset: u64,
+        name: &str,
+    ) -> std::io::Result<Self> {
         let mut header = [0u8; HEADER_BYTES as usize];
         inner
             .read_exact(&mut header)

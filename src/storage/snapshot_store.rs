@@ -50,9 +50,9 @@ const HANDLE_VERSION: u8 = 1;
 /// Buffer of snapshot file readers and writers: snapshots are written entry by entry.
 const FILE_BUFFER_BYTES: usize = 1 << 20;
 /// Largest snapshot a memory store accepts from a peer (it holds the bytes in memory).
-pub const MEMORY_SNAPSHOT_BYTES_MAX: u64 = 8 << 30;
+pub(crate) const MEMORY_SNAPSHOT_BYTES_MAX: u64 = 8 << 30;
 /// Largest snapshot a file store accepts from a peer (it holds the bytes on disk).
-pub const FILE_SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+pub(crate) const FILE_SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// File name suffixes in a snapshot directory.
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const PARTIAL_SUFFIX: &str = ".part";

@@ -76,12 +76,12 @@ impl SnapshotSender {
 pub(super) const INCOMING_MESSAGES_MAX: usize = 1024;
 /// Bytes of messages read ahead of the bond loop (frames are up to 16 MiB each: counting
 /// messages alone would let one bond buffer 16 GiB).
-pub const READ_AHEAD_BYTES_MAX: usize = 32 << 20;
+pub(super) const READ_AHEAD_BYTES_MAX: usize = 32 << 20;
 /// Ticket renewals a bond takes in a burst, and how fast that allowance refills: each
 /// costs a full quote verification, and a correct peer renews at half its tickets'
 /// lifetime (at most once a second).
 pub const RENEWALS_BURST: u32 = 3;
-pub const RENEWAL_REFILL: Duration = Duration::from_secs(1);
+pub(super) const RENEWAL_REFILL: Duration = Duration::from_secs(1);
 
 /// A token bucket for a bond's ticket renewals.
 #[derive(Debug)]

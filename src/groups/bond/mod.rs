@@ -64,44 +64,45 @@ pub(crate) use handshake::FirstFrame;
 use handshake::Opening;
 #[cfg(any(test, feature = "test-util"))]
 pub use handshake::{dial_raw, RawBond};
+pub use io::RENEWALS_BURST;
+use io::RENEWAL_REFILL;
 use io::{
     read_messages, write_bond, AbortOnDrop, RenewalAllowance, SnapshotSender, INCOMING_MESSAGES_MAX,
 };
-pub use io::{RENEWALS_BURST, RENEWAL_REFILL};
 
 /// Frames queued towards one peer before further ones are dropped.
-pub const OUTGOING_FRAMES_MAX: usize = 8192;
+pub(crate) const OUTGOING_FRAMES_MAX: usize = 8192;
 /// Bound on the whole handshake, ticket validation included.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Incoming bond handshakes in progress at once; further bond connections are refused.
 pub const HANDSHAKES_MAX: usize = 64;
 /// Incoming bond handshakes in progress from one source address.
 pub const HANDSHAKES_PER_SOURCE_MAX: usize = 8;
 /// Incoming QUIC handshakes in progress at once, and from one source address, on every
 /// ALPN whose handler shares the gateway's budget ([`super::Groups::connecting_budget`]).
-pub const CONNECTING_MAX: usize = 128;
-pub const CONNECTING_PER_SOURCE_MAX: usize = 16;
+pub(crate) const CONNECTING_MAX: usize = 128;
+pub(crate) const CONNECTING_PER_SOURCE_MAX: usize = 16;
 /// The peer's first handshake frame (its group-key proof) must arrive within this.
-pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest first handshake frame: a group id, an HMAC and framing.
-pub const PROOF_FRAME_BYTES_MAX: usize = 128;
+pub(crate) const PROOF_FRAME_BYTES_MAX: usize = 128;
 /// Tickets a peer may present at once (one per validator kind, with room for a rollover).
-pub const TICKETS_PER_PEER_MAX: usize = 4;
+pub(crate) const TICKETS_PER_PEER_MAX: usize = 4;
 /// Largest tickets frame: [`TICKETS_PER_PEER_MAX`] tickets of the largest size, framed.
-pub const TICKETS_FRAME_BYTES_MAX: usize =
+pub(crate) const TICKETS_FRAME_BYTES_MAX: usize =
     TICKETS_PER_PEER_MAX * (crate::tickets::TICKET_BYTES_MAX + 64) + 64;
 /// Bound on dialling a peer.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a bond sends a ping.
-pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// A bond that receives nothing for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIAL_DELAY_MIN: Duration = Duration::from_millis(50);
 const REDIAL_DELAY_MAX: Duration = Duration::from_secs(5);
 /// Keys of peers that bonded, remembered for naming members ([`Bonds::key_of`]).
-pub const KNOWN_KEYS_MAX: usize = 1024;
+pub(crate) const KNOWN_KEYS_MAX: usize = 1024;
 /// Peers learned at run time waiting to get a dialler; further ones are refused.
-pub const DIAL_REQUESTS_MAX: usize = 256;
+pub(crate) const DIAL_REQUESTS_MAX: usize = 256;
 
 /// Which of the given peers a member dials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +199,7 @@ pub struct BondStats {
 }
 
 /// Refusals kept in [`BondStats::recent_refusals`].
-pub const RECENT_REFUSALS_MAX: usize = 32;
+pub(crate) const RECENT_REFUSALS_MAX: usize = 32;
 
 /// One refused handshake or closed bond.
 #[derive(Clone, Debug, PartialEq, Eq)]
