@@ -25,23 +25,33 @@ use crate::raft::{ConfigError as CoreConfigError, RaftConfig};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsensusConfigError {
+    /// The tick is shorter than 1 ms or longer than 60 s.
     #[error("tick must be between 1 ms and 60 s, got {0:?}")]
     Tick(Duration),
+    /// A timer is not a whole number of ticks (it is not rounded).
     #[error("{field} ({value:?}) must be a whole number of ticks of {tick:?}")]
     NotWholeTicks {
+        /// The builder setting, as named in the serde form without its unit.
         field: &'static str,
+        /// Its value.
         value: Duration,
+        /// The tick it must be a multiple of.
         tick: Duration,
     },
+    /// A duration or threshold that must be positive is zero (use `None` for "never").
     #[error("{0} must not be zero")]
     Zero(&'static str),
+    /// Followers would stand for election between two heartbeats of a healthy leader.
     #[error(
         "election_timeout ({election:?}) must be longer than heartbeat_interval ({heartbeat:?})"
     )]
     ElectionNotAboveHeartbeat {
+        /// The election timeout asked for.
         election: Duration,
+        /// The heartbeat interval asked for.
         heartbeat: Duration,
     },
+    /// The core refuses the values once in ticks (a limit of zero, say).
     #[error("consensus core: {0}")]
     Core(#[from] CoreConfigError),
 }

@@ -10,18 +10,25 @@ use crate::raft::{Index, MembershipError, NodeId};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GroupError {
+    /// No answer within the handle's request timeout (retries included). A command
+    /// may still be applied, once: its retries carry the same session sequence number.
     #[error("timed out after {0:?}; a command may still apply, exactly once")]
     Timeout(std::time::Duration),
+    /// The member stopped taking part in its group; no call on it succeeds again.
     #[error("the member stopped: {0}")]
     Stopped(StopReason),
+    /// The group refused the request for good: retrying the same request does not help.
     #[error("refused: {0}")]
     Refused(Rejection),
     /// An operator's request (membership change, leave) whose outcome is unknown: the
     /// leader changed or the answer was lost. Check the membership and ask again.
     #[error("the outcome is unknown (leader changed or answer lost)")]
     Unknown,
+    /// The command, query or an answer does not (de)serialize with postcard: a bug in
+    /// the state machine's types.
     #[error("encoding failed: {0}")]
     Encoding(String),
+    /// Something that should not happen did (an answer of the wrong kind, say).
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -64,35 +71,61 @@ pub enum StopReason {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Rejection {
+    /// The encoded command is larger than the core accepts.
     #[error("command of {bytes} bytes exceeds the limit of {max_bytes}")]
-    TooLarge { bytes: u64, max_bytes: u64 },
+    TooLarge {
+        /// Its encoded size.
+        bytes: u64,
+        /// The core's `max_proposal_bytes`.
+        max_bytes: u64,
+    },
+    /// More commands in one proposal than the core accepts at once.
     #[error("{count} proposals at once exceed the limit of {max}")]
-    TooManyProposals { count: u64, max: u64 },
+    TooManyProposals {
+        /// How many were proposed.
+        count: u64,
+        /// The core's `max_proposals_per_batch`.
+        max: u64,
+    },
+    /// The membership change cannot be made (see the inner error).
     #[error("invalid membership change: {0}")]
     Membership(MembershipError),
+    /// Leadership can only go to a voter.
     #[error("{0} is not a voter")]
     NotAVoter(NodeId),
     /// An operator's request (membership) went to a member that does not lead.
     #[error("not the leader{}", leader.map_or(", and no leader is known".to_string(), |l| format!("; ask {l}")))]
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader this member knows of, if any.
+        leader: Option<NodeId>,
+    },
     /// A later request of the same kind (membership change, leave) took over this one.
     #[error("a later request of the same kind took over")]
     Superseded,
+    /// A group of one would be left with no member.
     #[error("the only member of a group cannot leave it")]
     OnlyMember,
     /// The membership change was appended at `index` but a leadership change overwrote it.
     #[error("the change appended at {index} is not in the committed configuration (leadership changed); try again")]
-    ChangeLost { index: Index },
+    ChangeLost {
+        /// Where the change was appended.
+        index: Index,
+    },
+    /// The query's bytes do not decode as the state machine's query type.
     #[error("the query does not decode: {0}")]
     UndecodableQuery(String),
+    /// The state machine's answer to a query does not encode.
     #[error("the query's result does not encode: {0}")]
     UnencodableResult(String),
     /// A caller's own session ([`Group::execute_as`](super::Group::execute_as)) is past
     /// this sequence number.
     #[error("session {client:?} is at {last_seq}, past this call's {seq}")]
     StaleSession {
+        /// The caller's session.
         client: ClientId,
+        /// The last sequence number the group applied for it.
         last_seq: u64,
+        /// The sequence number of this call.
         seq: u64,
     },
 }

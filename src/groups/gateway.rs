@@ -89,10 +89,13 @@ impl GroupsConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JoinError {
+    /// The member could not start (its storage or snapshot, say).
     #[error("could not start the member: {0}")]
     Start(#[from] StartError),
+    /// The group runs here already, with a state machine of another type.
     #[error("group {0} is already joined on this endpoint with another state machine type")]
     OtherMachine(GroupId),
+    /// [`Groups::shutdown`] ran: the gateway takes no new member.
     #[error("the gateway is shut down")]
     ShutDown,
 }

@@ -32,6 +32,7 @@ struct LocalNetworkInner {
 }
 
 impl LocalNetwork {
+    /// A network with nobody on it and no link cut.
     pub fn new() -> Self {
         Self::default()
     }
@@ -62,16 +63,20 @@ impl LocalNetwork {
         })
     }
 
+    /// Drops every frame between `a` and `b`, both ways, until [`heal`](Self::heal).
     pub fn cut(&self, a: NodeId, b: NodeId) {
         let mut inner = self.lock();
         inner.cut.insert((a, b));
         inner.cut.insert((b, a));
     }
 
+    /// Drops every frame from `from` to `to` (not the other way) until
+    /// [`heal`](Self::heal).
     pub fn cut_one_way(&self, from: NodeId, to: NodeId) {
         self.lock().cut.insert((from, to));
     }
 
+    /// Restores every cut link.
     pub fn heal(&self) {
         self.lock().cut.clear();
     }

@@ -56,12 +56,15 @@ use worker::Worker;
 /// Everything needed to start one member.
 #[derive(Clone, Debug)]
 pub struct MemberOptions {
+    /// This member's id in the core.
     pub node: NodeId,
     /// The group's id ([`Group::id`]).
     pub group_id: GroupId,
     /// The network the group belongs to (empty: none), for [`crate::machine::ApplyContext`].
     pub network_id: String,
+    /// The core's parameters (in ticks).
     pub raft: RaftConfig,
+    /// The worker's parameters (the tick, snapshots, membership).
     pub worker: WorkerConfig,
     /// Seed of the core's election-timeout generator.
     pub seed: u64,
@@ -76,16 +79,22 @@ pub struct MemberOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The stored state could not be read.
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    /// The stored snapshot does not restore into the state machine.
     #[error("stored snapshot does not restore: {0}")]
     Snapshot(#[from] crate::machine::SnapshotError),
+    /// The stored snapshot's bytes are missing or do not match their digest.
     #[error("stored snapshot: {0}")]
     SnapshotStore(#[from] crate::storage::SnapshotStoreError),
+    /// The core refuses the configuration or the recovered state.
     #[error("consensus core: {0}")]
     Core(#[from] crate::raft::NewRaftError),
+    /// The founding configuration could not be written.
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] crate::raft::BootstrapError),
+    /// The operating system would not start the worker thread.
     #[error("could not start the worker thread: {0}")]
     Thread(#[from] std::io::Error),
 }

@@ -21,17 +21,29 @@ pub enum PeerFrame {
     /// Consensus traffic.
     Raft(Message),
     /// A follower forwards a client command to the leader.
-    Forward { request_id: u64, command: Bytes },
+    Forward {
+        /// The sender's id for the request, echoed in the answer.
+        request_id: u64,
+        /// The encoded (session) command.
+        command: Bytes,
+    },
     /// The leader's answer to a forwarded command: the encoded output, or why not.
     ForwardReply {
+        /// The id of the request this answers.
         request_id: u64,
+        /// The encoded output, or why the leader did not take the command.
         result: Result<Bytes, ForwardRefusal>,
     },
     /// A follower asks the leader for a read point (read-index through the leader).
-    ReadIndex { request_id: u64 },
+    ReadIndex {
+        /// The sender's id for the request, echoed in the answer.
+        request_id: u64,
+    },
     /// The leader's read point for a forwarded read.
     ReadIndexReply {
+        /// The id of the request this answers.
         request_id: u64,
+        /// The index to apply up to before reading, or why not.
         result: Result<u64, ForwardRefusal>,
     },
     /// Sent to every newly bonded peer, and to every bonded peer when it changes: whether
@@ -40,11 +52,18 @@ pub enum PeerFrame {
     Formation(super::formation::FormationStatus),
     /// A follower forwards a command whose caller wants only its log index
     /// ([`Group::feed`](super::Group::feed)), not its output.
-    ForwardFeed { request_id: u64, command: Bytes },
+    ForwardFeed {
+        /// The sender's id for the request, echoed in the answer.
+        request_id: u64,
+        /// The encoded (session) command.
+        command: Bytes,
+    },
     /// The leader's answer to a forwarded feed: the index it appended the command at (not
     /// yet committed), or why not.
     ForwardFeedReply {
+        /// The id of the request this answers.
         request_id: u64,
+        /// The index the command was appended at, or why not.
         result: Result<u64, ForwardRefusal>,
     },
     /// The sender asks the leader to remove it from the group (it is leaving for good),
@@ -62,10 +81,13 @@ pub enum PeerFrame {
 /// Why a leader did not take a forwarded request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardRefusal {
+    /// The receiver does not lead (any more); the leader it knows of, if any.
     #[error("not the leader (leader hint: {0:?})")]
     NotLeader(Option<NodeId>),
+    /// Leadership changed while the command was in flight: it may or may not commit.
     #[error("the command's outcome is unknown here; retry with the same session sequence")]
     Unknown,
+    /// The leader refused the command for good.
     #[error("rejected: {0}")]
     Rejected(super::error::Rejection),
 }
@@ -73,9 +95,23 @@ pub enum ForwardRefusal {
 /// Everything that can wake a worker.
 #[derive(Debug)]
 pub enum InboxItem<C> {
-    Frame { from: NodeId, frame: PeerFrame },
-    PeerReachable { peer: NodeId, reachable: bool },
+    /// A frame from a peer.
+    Frame {
+        /// The peer it came from (authenticated by the transport).
+        from: NodeId,
+        /// The frame.
+        frame: PeerFrame,
+    },
+    /// A bond to `peer` came up (`reachable`) or its last one went down.
+    PeerReachable {
+        /// The peer.
+        peer: NodeId,
+        /// Whether a bond to it is up now.
+        reachable: bool,
+    },
+    /// A request of a local handle.
     Client(C),
+    /// Stop the worker.
     Shutdown,
 }
 
@@ -95,17 +131,21 @@ impl<C> Clone for Inbox<C> {
 /// The inbox is full or the worker is gone.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InboxError {
+    /// [`INBOX_FRAMES_MAX`] items wait already: the item is dropped.
     #[error("the worker's inbox is full")]
     Full,
+    /// The worker is gone.
     #[error("the worker has stopped")]
     Closed,
 }
 
 impl<C> Inbox<C> {
+    /// The inbox whose worker receives from the other end of `tx`.
     pub fn new(tx: SyncSender<InboxItem<C>>) -> Self {
         Self { tx }
     }
 
+    /// Queues `item` without blocking; fails when the inbox is full or closed.
     pub fn push(&self, item: InboxItem<C>) -> Result<(), InboxError> {
         self.tx.try_send(item).map_err(|e| match e {
             TrySendError::Full(_) => InboxError::Full,
@@ -116,5 +156,6 @@ impl<C> Inbox<C> {
 
 /// Delivery of frames to peers. Implementations must not block and may drop frames.
 pub trait Transport: Send + Sync + 'static {
+    /// Hands `frame` over for delivery to `to`; returns at once, delivered or not.
     fn send(&self, to: NodeId, frame: PeerFrame);
 }

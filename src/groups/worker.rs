@@ -88,15 +88,22 @@ pub enum ClientRequest {
 /// What the worker publishes after every round.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupStatus {
+    /// This member (`None` before the worker's first round).
     pub node: Option<NodeId>,
+    /// Its role in the current term.
     pub role: Option<Role>,
+    /// The current term.
     pub term: Term,
+    /// The leader of the current term, once known.
     pub leader: Option<NodeId>,
+    /// The highest log index known committed.
     pub commit_index: Index,
+    /// The highest log index applied to the state machine here.
     pub applied_index: Index,
     /// Index of the latest snapshot (taken here or installed from the leader); the log
     /// before it is compacted away.
     pub snapshot_index: Index,
+    /// The latest configuration in this member's log (committed or not).
     pub membership: Membership,
     /// Which founding this member's log descends from (`None` while it is fresh); bonds
     /// refuse members of another ([`crate::raft::Incarnation`]).
@@ -108,6 +115,7 @@ pub struct GroupStatus {
 /// Static parameters of a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
+    /// The length of one tick of the core's timers.
     pub tick: Duration,
     /// Forwarded requests without an answer after this long are reported `Unknown`.
     pub forward_timeout: Duration,

@@ -238,8 +238,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The streams of a bond whose handshake [`dial_raw`] completed.
 #[cfg(any(test, feature = "test-util"))]
 pub struct RawBond {
+    /// The QUIC connection to the peer.
     pub connection: Connection,
+    /// Our side of the bond's stream, positioned after the handshake.
     pub send: SendStream,
+    /// The peer's side of the bond's stream, positioned after the handshake.
     pub recv: RecvStream,
 }
 

@@ -118,11 +118,17 @@ pub enum Dial {
 /// [`BondStats::refused`] counts (a code carries no detail, so counters stay few).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Refusal {
+    /// A frame that does not decode, or breaks the protocol's order or limits.
     Malformed = 1,
+    /// The dialer named a group that is not joined on this endpoint.
     WrongGroup = 2,
+    /// The proof of the group key is wrong: the peer does not hold the group's key.
     BadProof = 3,
+    /// No ticket of the peer passes this group's validators (quote, policy, binding).
     BadTicket = 4,
+    /// The peer did not finish its part of the handshake in time.
     Timeout = 5,
+    /// The peer's tickets expired and it sent no fresh one in time.
     TicketExpired = 6,
     /// Not a refusal of ours: the peer refused us (counted so that it is visible).
     RefusedByPeer = 7,
@@ -160,14 +166,17 @@ impl std::fmt::Display for Refusal {
 /// What a member brings to its bonds.
 #[derive(Clone)]
 pub struct BondConfig {
+    /// The group the bonds are for: named in the handshake, covered by the proof.
     pub group_id: GroupId,
     /// The group's secret key (never sent; only proven).
     pub group_key: GroupKey,
+    /// The network this node belongs to; peers' tickets must name it.
     pub network_id: String,
     /// Our current tickets; a change is sent to every bonded peer.
     pub tickets: watch::Receiver<Vec<Ticket>>,
     /// The group's validators.
     pub admission: Arc<Admission>,
+    /// Unix seconds, as tickets are checked against.
     pub clock: Clock,
     /// The member's snapshot bytes: snapshots are sent from here and received into here
     /// (the worker's storage's [`Storage::snapshot_store`](crate::storage::Storage::snapshot_store)).
@@ -189,12 +198,13 @@ pub struct BondStats {
     pub frames_in: u64,
     /// Renewed tickets accepted from bonded peers.
     pub renewals: u64,
-    /// Snapshots received whole and verified, and sent whole.
+    /// Snapshots received whole and verified.
     pub snapshots_in: u64,
+    /// Snapshots sent whole.
     pub snapshots_out: u64,
     /// Snapshot transfers that failed (cut off, declined, bad digest), both directions.
     pub snapshot_failures: u64,
-    /// The latest refusals (at most [`RECENT_REFUSALS_MAX`]), oldest first.
+    /// The latest refusals (at most 32), oldest first.
     pub recent_refusals: Vec<RefusalRecord>,
 }
 
@@ -204,12 +214,16 @@ pub(crate) const RECENT_REFUSALS_MAX: usize = 32;
 /// One refused handshake or closed bond.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefusalRecord {
+    /// Who was refused.
     pub peer: NodeId,
+    /// The kind of refusal, as counted in [`BondStats::refused`].
     pub reason: Refusal,
+    /// What exactly was wrong (a ticket's verdict, say), for the operator.
     pub detail: String,
 }
 
 impl BondStats {
+    /// Refusals of every kind together.
     pub fn refused_total(&self) -> u64 {
         self.refused.values().sum()
     }
@@ -232,9 +246,11 @@ impl BondStats {
 /// What travels on a bond after the handshake.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum BondMessage {
+    /// A frame for the peer's member.
     Frame(PeerFrame),
     /// Fresh tickets, sent before the previous ones expire.
     Tickets(Vec<Ticket>),
+    /// Keeps an idle bond's connection alive.
     Ping,
 }
 
