@@ -10,8 +10,8 @@ use tessera::cluster::{
     loopback_endpoint, mock_clock, mock_issuer, mock_validator, random_secret, NETWORK,
 };
 use tessera::groups::{
-    BondStats, ConsensusConfig, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig,
-    JoinError, Refusal, StopReason,
+    BondEvent, BondStats, ConsensusConfig, Consistency, Group, GroupError, GroupKey, Groups,
+    GroupsConfig, JoinError, Refusal, StopReason,
 };
 use tessera::machine::{
     ApplyContext, KvCommand, KvQuery, KvQueryResult, KvStore, SignatureBuilder, SnapshotError,
@@ -274,4 +274,76 @@ async fn the_gateway_issues_and_renews_its_tickets_until_it_shuts_down() {
         .await
         .expect("shutdown ends the renewal");
     endpoint.close().await;
+}
+
+/// Waits for the first event `wanted` accepts, skipping others (a second bond of a pair
+/// that dialled at once, say).
+async fn event_where(
+    events: &mut tokio::sync::broadcast::Receiver<BondEvent>,
+    what: &str,
+    wanted: impl Fn(&BondEvent) -> bool,
+) -> BondEvent {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.expect("events flow");
+            if wanted(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no event: {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bond_events_name_peers_by_key_up_refused_and_down() {
+    let clock = mock_clock();
+    let (a, b) = (node(&clock).await, node(&clock).await);
+    let a3 = join(&a, 3, vec![b.addr.clone()]).await.expect("a joins");
+    let bonds = a3.bonds().expect("bonds over iroh");
+    let mut events = bonds.events();
+    let _b3 = join(&b, 3, vec![a.addr.clone()]).await.expect("b joins");
+    let b_key = b.addr.id;
+    let up = event_where(&mut events, "b up", |e| matches!(e, BondEvent::Up { .. })).await;
+    assert_eq!(up, BondEvent::Up { peer: b_key });
+    assert_eq!(bonds.bonded_keys(), vec![b_key]);
+
+    // A node of the same group that presents no ticket is refused, by key.
+    let (endpoint, c_addr) = loopback_endpoint(random_secret().expect("key"))
+        .await
+        .expect("endpoint");
+    let c_key = endpoint.id();
+    let groups = Groups::new(endpoint, GroupsConfig::new(NETWORK, clock.clone()));
+    let unattested = Node {
+        router: groups.spawn_router(),
+        groups,
+        addr: c_addr,
+    };
+    let _c3 = join(&unattested, 3, vec![a.addr.clone()])
+        .await
+        .expect("c joins");
+    let refused = event_where(
+        &mut events,
+        "c refused",
+        |e| matches!(e, BondEvent::Refused { peer, .. } if *peer == c_key),
+    )
+    .await;
+    let BondEvent::Refused { reason, .. } = refused else {
+        unreachable!("matched above")
+    };
+    assert_eq!(reason, Refusal::BadTicket);
+    assert_eq!(
+        bonds.bonded_keys(),
+        vec![b_key],
+        "the refused peer never bonds"
+    );
+
+    b.router.shutdown().await.expect("b stops");
+    let down = event_where(&mut events, "b down", |e| {
+        matches!(e, BondEvent::Down { .. })
+    })
+    .await;
+    assert_eq!(down, BondEvent::Down { peer: b_key });
+    unattested.router.shutdown().await.expect("c stops");
+    a.router.shutdown().await.expect("a stops");
 }

@@ -25,7 +25,7 @@ pub(crate) mod worker;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-pub use bond::{node_id_of, BondConfig, BondStats, Bonds, Dial, Refusal, RefusalRecord};
+pub use bond::{node_id_of, BondConfig, BondEvent, BondStats, Bonds, Dial, Refusal, RefusalRecord};
 pub use consensus::{ConsensusConfig, ConsensusConfigBuilder, ConsensusConfigError};
 pub use error::{GroupError, Rejection, StopReason};
 pub use gateway::{BondProtocol, GroupBuilder, Groups, GroupsConfig, JoinError};

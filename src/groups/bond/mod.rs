@@ -39,7 +39,7 @@ use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use iroh::{Endpoint, EndpointAddr, PublicKey};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -254,6 +254,37 @@ pub enum BondMessage {
     Ping,
 }
 
+/// A change of one member's bonds, as [`Bonds::events`] reports it. Peers are named by
+/// their iroh key, as the application dialled or configured them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BondEvent {
+    /// A bond to `peer` came up: it passed the handshake (attested, holds the group
+    /// key). Reported for its first bond only (both sides may dial at once).
+    Up {
+        /// The peer's key.
+        peer: PublicKey,
+    },
+    /// The last bond to `peer` went down.
+    Down {
+        /// The peer's key.
+        peer: PublicKey,
+    },
+    /// A handshake with `peer` was refused, or a bond with it closed for a fault.
+    Refused {
+        /// The peer's key (authenticated by QUIC; it is not thereby attested).
+        peer: PublicKey,
+        /// The kind of refusal, as counted in [`BondStats::refused`].
+        reason: Refusal,
+        /// What exactly was wrong, for the operator.
+        detail: String,
+    },
+}
+
+/// Events kept for a subscriber that has not read them yet; one further behind misses
+/// the oldest ([`tokio::sync::broadcast`]'s `Lagged`) rather than slowing the bonds.
+pub(crate) const EVENTS_BUFFERED_MAX: usize = 256;
+
 /// The small id the consensus core uses for a peer key: the first 8 bytes of its SHA-256.
 pub fn node_id_of(key: &PublicKey) -> NodeId {
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
@@ -271,6 +302,8 @@ pub struct Bonds {
     /// counts as unreachable only once none is left.
     peers: Mutex<BTreeMap<NodeId, Vec<mpsc::Sender<PeerFrame>>>>,
     stats: watch::Sender<BondStats>,
+    /// Bonds up and down, and refusals ([`Bonds::events`]).
+    events: broadcast::Sender<BondEvent>,
     /// An incoming snapshot transfer that was cut off, kept to be resumed.
     resume: ResumeSlot,
     /// The key of every peer that bonded, by node id (kept after its bond ends; at most
@@ -376,6 +409,7 @@ impl Bonds {
             config,
             peers: Mutex::new(BTreeMap::new()),
             stats: watch::channel(BondStats::default()).0,
+            events: broadcast::channel(EVENTS_BUFFERED_MAX).0,
             resume: ResumeSlot::default(),
             keys: Mutex::new(BTreeMap::new()),
             configured,
@@ -402,6 +436,23 @@ impl Bonds {
     /// Watches the counters.
     pub fn stats(&self) -> watch::Receiver<BondStats> {
         self.stats.subscribe()
+    }
+
+    /// Bonds coming up and going down, and refused peers, from now on: a subscriber more
+    /// than 256 events behind misses the oldest (`RecvError::Lagged`); the counters in
+    /// [`Bonds::stats`] and [`Bonds::bonded_keys`] stay exact.
+    pub fn events(&self) -> broadcast::Receiver<BondEvent> {
+        self.events.subscribe()
+    }
+
+    /// The keys of the peers bonded right now.
+    pub fn bonded_keys(&self) -> Vec<PublicKey> {
+        let bonded = self.bonded_peers();
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        bonded
+            .iter()
+            .filter_map(|id| keys.get(id).copied())
+            .collect()
     }
 
     /// The key of `peer`, if it ever bonded with this member.
@@ -538,6 +589,12 @@ impl Bonds {
 
     fn refuse(&self, conn: &Connection, why: Refusal, detail: &str) {
         refuse_on(&self.stats, conn, why, detail);
+        // Nobody listening is fine.
+        let _ = self.events.send(BondEvent::Refused {
+            peer: conn.remote_id(),
+            reason: why,
+            detail: detail.to_string(),
+        });
     }
 
     /// Runs the handshake and then the bond until it ends. Returns whether it bonded.
@@ -590,6 +647,9 @@ impl Bonds {
             peer,
             reachable: true,
         });
+        if first {
+            let _ = self.events.send(BondEvent::Up { peer: peer_key });
+        }
         tracing::info!(peer = %peer_key.fmt_short(), %peer, "bonded");
 
         let snapshots = SnapshotSender {
@@ -628,6 +688,7 @@ impl Bonds {
                 peer,
                 reachable: false,
             });
+            let _ = self.events.send(BondEvent::Down { peer: peer_key });
         }
         tracing::info!(peer = %peer_key.fmt_short(), %peer, "bond closed");
         true
