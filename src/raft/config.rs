@@ -82,12 +82,23 @@ impl Default for RaftConfig {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// `heartbeat_ticks` is 0 or not below `election_ticks`: followers would time out
+    /// between two heartbeats of a healthy leader.
     #[error(
         "heartbeat_ticks ({heartbeat}) must be at least 1 and below election_ticks ({election})"
     )]
-    Timers { heartbeat: u64, election: u64 },
+    Timers {
+        /// The configured `heartbeat_ticks`.
+        heartbeat: u64,
+        /// The configured `election_ticks`.
+        election: u64,
+    },
+    /// A limit or factor that must be positive is 0.
     #[error("{field} must be at least 1")]
-    Zero { field: &'static str },
+    Zero {
+        /// Name of the offending [`RaftConfig`] field.
+        field: &'static str,
+    },
 }
 
 impl RaftConfig {

@@ -33,12 +33,20 @@ pub enum PeerError {
     /// The frame names another node as its recipient: the transport (or the sender)
     /// mixed up identities.
     #[error("message addressed to {to} delivered to {me}")]
-    Misrouted { to: NodeId, me: NodeId },
+    Misrouted {
+        /// The recipient the frame names.
+        to: NodeId,
+        /// This node, which received it.
+        me: NodeId,
+    },
     /// The frame breaks the message's own rules (`reason` names the one broken).
     #[error("malformed {kind} from {from}: {reason}")]
     Malformed {
+        /// The message kind, as [`MessageBody::kind`](super::MessageBody::kind) names it.
         kind: &'static str,
+        /// The peer that sent the frame.
         from: NodeId,
+        /// The rule the frame breaks.
         reason: &'static str,
     },
 }
@@ -52,11 +60,21 @@ pub enum SafetyViolation {
     /// Another node leads the term this node leads: at most one leader is elected per
     /// term (Raft §5.2), so a second one is from another group or lies.
     #[error("{from} claims to lead term {term}, which this node leads")]
-    SecondLeader { from: NodeId, term: Term },
+    SecondLeader {
+        /// The other node claiming leadership.
+        from: NodeId,
+        /// The term both claim to lead.
+        term: Term,
+    },
     /// A leader asks to overwrite an entry this node knows is committed; committed
     /// entries never change (Raft §5.4, Leader Completeness).
     #[error("append from {from} conflicts with committed entry {index}")]
-    CommittedConflict { from: NodeId, index: Index },
+    CommittedConflict {
+        /// The leader that sent the conflicting append.
+        from: NodeId,
+        /// The committed index whose entry the append would replace.
+        index: Index,
+    },
 }
 
 /// An input that breaks the core's documented contract. Only the driver can cause one.
@@ -66,7 +84,12 @@ pub enum DriverMisuse {
     /// `Input::Compact` beyond the applied index: a snapshot can only hold what the state
     /// machine applied.
     #[error("cannot compact to {index}: only {applied} is applied")]
-    CompactBeyondApplied { index: Index, applied: Index },
+    CompactBeyondApplied {
+        /// The index the driver asked to compact to.
+        index: Index,
+        /// The core's applied index at the time.
+        applied: Index,
+    },
 }
 
 /// Why [`Raft::bootstrap`](super::Raft::bootstrap) refused to write a first
@@ -77,7 +100,12 @@ pub enum BootstrapError {
     /// The node holds state: it has been part of a group and never founds another one.
     /// Expected when a founder's log arrived before formation decided to found.
     #[error("bootstrap needs a fresh node (term {term}, last index {last_index})")]
-    NotFresh { term: Term, last_index: Index },
+    NotFresh {
+        /// The node's current term.
+        term: Term,
+        /// The last index of the node's log (the snapshot point when no entry follows it).
+        last_index: Index,
+    },
     /// A group without voters could never elect a leader: the driver's membership is
     /// wrong.
     #[error("bootstrap membership has no voters")]
@@ -94,15 +122,23 @@ pub enum RecoveryError {
         "recovered state is inconsistent: recovered entries are not contiguous \
          (expected index {expected}, got {got})"
     )]
-    NotContiguous { expected: Index, got: Index },
+    NotContiguous {
+        /// The index the next entry should have had.
+        expected: Index,
+        /// The index it had.
+        got: Index,
+    },
     /// Terms in a log never decrease (Raft §5.3).
     #[error(
         "recovered state is inconsistent: recovered entry terms decrease \
          (entry {index} has term {term} after term {previous})"
     )]
     TermsDecrease {
+        /// Index of the entry whose term is too low.
         index: Index,
+        /// That entry's term.
         term: Term,
+        /// The term of the entry (or snapshot point) before it.
         previous: Term,
     },
     /// A node never holds an entry of a term above its own current term: the term is
@@ -112,7 +148,9 @@ pub enum RecoveryError {
          term {hard_state_term}"
     )]
     TermAboveHardState {
+        /// The term of the last recovered entry.
         log_term: Term,
+        /// The term recorded in the recovered hard state.
         hard_state_term: Term,
     },
 }

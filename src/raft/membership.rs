@@ -15,16 +15,23 @@ use super::types::{Index, NodeId};
 /// and are never promoted (a node whose state machine prefers `Observer`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Membership {
+    /// Members that vote in elections and count towards every quorum.
     pub voters: BTreeSet<NodeId>,
+    /// Members that receive the log without voting; the leader may promote them once
+    /// caught up.
     pub learners: BTreeSet<NodeId>,
+    /// Members that receive the log and are never promoted.
     pub observers: BTreeSet<NodeId>,
 }
 
 /// The role a configuration gives a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberRole {
+    /// In [`Membership::voters`]: votes and counts towards quorums.
     Voter,
+    /// In [`Membership::learners`]: replicates, may be promoted.
     Learner,
+    /// In [`Membership::observers`]: replicates, never promoted.
     Observer,
 }
 
@@ -47,14 +54,20 @@ pub enum MembershipChange {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum MembershipError {
+    /// `AddLearner` or `AddObserver` of a node that already has a role.
     #[error("{0} is already a member")]
     AlreadyMember(NodeId),
+    /// `Promote` of a node that is not a learner (observers are never promoted).
     #[error("{0} is not a learner, only learners can be promoted")]
     NotLearner(NodeId),
+    /// `Demote` of a node that is not a voter.
     #[error("{0} is not a voter")]
     NotVoter(NodeId),
+    /// `Remove` of a node that has no role.
     #[error("{0} is not a member")]
     NotMember(NodeId),
+    /// `Demote` or `Remove` of the only voter: a group without voters can never elect a
+    /// leader again.
     #[error("removing {0} would leave the group without voters")]
     LastVoter(NodeId),
 }
@@ -73,10 +86,12 @@ impl Membership {
         self.voters.len() + self.learners.len() + self.observers.len()
     }
 
+    /// Whether the configuration names no member at all (the default, before bootstrap).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The role `id` has in this configuration, or `None` when it is not a member.
     pub fn role_of(&self, id: NodeId) -> Option<MemberRole> {
         if self.voters.contains(&id) {
             Some(MemberRole::Voter)
@@ -89,10 +104,12 @@ impl Membership {
         }
     }
 
+    /// Whether `id` votes in this configuration.
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.contains(&id)
     }
 
+    /// Whether `id` has any role (voter, learner or observer) in this configuration.
     pub fn contains(&self, id: NodeId) -> bool {
         self.role_of(id).is_some()
     }

@@ -23,6 +23,7 @@ use super::types::{
 /// What storage handed back at start-up: the durable state of this node.
 #[derive(Clone, Debug, Default)]
 pub struct InitialState {
+    /// The last durable term, vote and commit index (all zero for a fresh node).
     pub hard_state: HardState,
     /// The latest durable snapshot, if any; the log continues right after it.
     pub snapshot: Option<Snapshot>,
@@ -289,27 +290,37 @@ impl Raft {
 
     // ----- getters -----
 
+    /// This node's id, as given to [`new`](Self::new).
     pub fn id(&self) -> NodeId {
         self.id
     }
+    /// The current term (0 before the node has seen any).
     pub fn term(&self) -> Term {
         self.term
     }
+    /// The role in the current term.
     pub fn role(&self) -> Role {
         self.role
     }
+    /// The leader of the current term, if known (this node's own id when it leads).
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// The highest index known committed. May be ahead of what is durable here, so
+    /// entries are applied only up to the lower of the two.
     pub fn commit_index(&self) -> Index {
         self.commit
     }
+    /// The highest index the driver has been given to apply, through `committed_entries`
+    /// of a [`Ready`] or a snapshot.
     pub fn applied_index(&self) -> Index {
         self.applied
     }
+    /// Index of the last entry in the log (the snapshot point when no entry follows it).
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
+    /// Term of the last entry in the log (the snapshot's term when no entry follows it).
     pub fn last_term(&self) -> Term {
         self.log.last_term()
     }
@@ -318,6 +329,8 @@ impl Raft {
         self.last_timestamp_ms
     }
 
+    /// The index the latest snapshot covers up to (0 without one); the in-memory log
+    /// starts right after it.
     pub fn snapshot_index(&self) -> Index {
         self.log.snapshot_index()
     }
@@ -337,9 +350,12 @@ impl Raft {
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
+    /// Index of the configuration entry [`membership`](Self::membership) came from (0 for
+    /// none, or the snapshot's `membership_index` when it came with a snapshot).
     pub fn membership_index(&self) -> Index {
         self.membership_index
     }
+    /// The current term, vote and commit index, whether or not they are durable yet.
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,

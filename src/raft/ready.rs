@@ -25,30 +25,65 @@ pub enum Input {
     /// Client commands to append, in order. `timestamp_ms` is the driver's clock; the core
     /// keeps entry timestamps monotonic.
     Propose {
+        /// The commands, each at most `max_proposal_bytes`, at most
+        /// `max_proposals_per_batch` of them.
         commands: Vec<Bytes>,
+        /// The driver's wall clock, in milliseconds; raised to the last entry's stamp if
+        /// behind it.
         timestamp_ms: u64,
     },
     /// A single-server membership change (leader only).
     ChangeMembership(MembershipChange),
     /// Ask for a linearizable read point (read-index, thesis §6.4). `id` is the driver's.
-    ReadIndex { id: u64 },
+    ReadIndex {
+        /// Chosen by the driver; comes back in the [`ReadState`] or `ReadRejected` event.
+        id: u64,
+    },
     /// Hand leadership to `to` (thesis §3.10).
-    TransferLeadership { to: NodeId },
+    TransferLeadership {
+        /// The voter that should lead next.
+        to: NodeId,
+    },
     /// Storage made the log durable up to (`index`, `term`) (or installed a snapshot there).
-    Persisted { index: Index, term: Term },
+    Persisted {
+        /// The last durable index, from [`Ready::persisted_position`].
+        index: Index,
+        /// The term of the entry at `index`; a report for an entry since replaced is ignored.
+        term: Term,
+    },
     /// The driver took a state-machine snapshot at `index` (already applied): the core may
     /// forget the log up to there and will send `data` to followers that are too far behind.
-    Compact { index: Index, data: Bytes },
+    Compact {
+        /// The last index the snapshot covers; at most the applied index.
+        index: Index,
+        /// The snapshot's data, opaque to the core and sent as is to lagging followers
+        /// (the groups runtime passes an encoded
+        /// [`SnapshotHandle`](crate::storage::SnapshotHandle); the bytes stay in its
+        /// snapshot store).
+        data: Bytes,
+    },
     /// The transport saw a peer become reachable or unreachable (bond up/down).
-    PeerReachable { peer: NodeId, reachable: bool },
+    PeerReachable {
+        /// The peer whose bond changed.
+        peer: NodeId,
+        /// Whether it is reachable now. A leader counts an unreachable voter as silent
+        /// when it decides whether removing or replacing a member is safe.
+        reachable: bool,
+    },
 }
 
 /// The role of a core in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// Follows a leader, or waits for one. Every core starts here, and a node that may
+    /// not stand for election (a learner, an observer) stays here.
     Follower,
+    /// Timed out and asking for pre-votes, still in its old term.
     PreCandidate,
+    /// Asks for votes in a new term, after winning the pre-vote (or without one, when
+    /// pre-vote is off or a leader handed over leadership).
     Candidate,
+    /// Won the election: accepts proposals, reads and membership changes.
     Leader,
 }
 
@@ -56,24 +91,52 @@ pub enum Role {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Rejection {
+    /// This node does not lead: retry at the leader.
     #[error("not the leader (leader hint: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// A leadership transfer is under way: proposals, membership changes and another
+    /// transfer are refused until it finishes or is abandoned (within an election timeout).
     #[error("a leadership transfer is in progress")]
     TransferInProgress,
+    /// A command is larger than `max_proposal_bytes`; the whole batch is refused.
     #[error("command of {bytes} bytes exceeds the limit of {max_bytes}")]
-    TooLarge { bytes: usize, max_bytes: usize },
+    TooLarge {
+        /// Size of the first oversized command, in bytes.
+        bytes: usize,
+        /// The configured `max_proposal_bytes`.
+        max_bytes: usize,
+    },
+    /// One `Propose` carries more than `max_proposals_per_batch` commands.
     #[error("{count} proposals in one batch exceed the limit of {max}")]
-    TooManyProposals { count: usize, max: usize },
+    TooManyProposals {
+        /// Commands in the refused batch.
+        count: usize,
+        /// The configured `max_proposals_per_batch`.
+        max: usize,
+    },
+    /// The previous configuration entry is not committed yet: one change at a time.
     #[error("another membership change is not committed yet")]
     MembershipChangePending,
+    /// A new leader has not committed its start-of-term no-op; membership changes wait
+    /// for it.
     #[error("the leader has not committed an entry of its term yet")]
     LeaderNotReady,
+    /// The change does not apply to the configuration in force.
     #[error("invalid membership change: {0}")]
     Membership(#[from] MembershipError),
+    /// `max_pending_reads` reads are already waiting for confirmation.
     #[error("{max} reads are already waiting")]
-    TooManyReads { max: usize },
+    TooManyReads {
+        /// The configured `max_pending_reads`.
+        max: usize,
+    },
+    /// The leader stepped down while reads were waiting; retry at the new leader.
     #[error("leadership was lost before the request completed")]
     LeadershipLost,
+    /// A leadership transfer to a node that is not a voter.
     #[error("{0} is not a voter")]
     NotAVoter(NodeId),
 }
@@ -83,45 +146,69 @@ pub enum Rejection {
 pub enum Event {
     /// The role, term or known leader changed.
     StateChanged {
+        /// The new role.
         role: Role,
+        /// The new term.
         term: Term,
+        /// The leader now known, if any.
         leader: Option<NodeId>,
     },
     /// Proposals were appended at `first_index..first_index + count` in `term`. They are
     /// committed only if these indexes are later applied with this term.
     Proposed {
+        /// Index of the first command of the batch.
         first_index: Index,
+        /// Commands in the batch, at consecutive indexes.
         count: usize,
+        /// The leader's term the batch was appended in.
         term: Term,
     },
+    /// A `Propose` batch was refused as a whole; nothing was appended.
     ProposalRejected {
+        /// Commands in the refused batch.
         count: usize,
+        /// Why.
         reason: Rejection,
     },
     /// A membership change was appended at `index` (by us, as leader).
     MembershipChangeProposed {
+        /// The change asked for (by the driver, or by the leader's automatic promotion or
+        /// removal).
         change: MembershipChange,
+        /// Index of the configuration entry.
         index: Index,
     },
+    /// A membership change was refused; nothing was appended.
     MembershipChangeRejected {
+        /// The change asked for.
         change: MembershipChange,
+        /// Why.
         reason: Rejection,
     },
     /// The configuration in force (latest in the log) is now `membership`, from `index`.
     MembershipChanged {
+        /// The configuration now in force (not necessarily committed).
         membership: Membership,
+        /// Index of its configuration entry (0 for none).
         index: Index,
     },
+    /// A read-index request will not complete; the driver fails the read.
     ReadRejected {
+        /// The driver's id from [`Input::ReadIndex`].
         id: u64,
+        /// Why.
         reason: Rejection,
     },
+    /// A leadership transfer request was refused; nothing changed.
     TransferRejected {
+        /// The requested new leader.
         to: NodeId,
+        /// Why.
         reason: Rejection,
     },
     /// A transfer did not finish within an election timeout and was abandoned.
     TransferAborted {
+        /// The node that was to lead.
         to: NodeId,
     },
 }
@@ -129,7 +216,10 @@ pub enum Event {
 /// A read point: once the state machine has applied `index`, a read for `id` is linearizable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadState {
+    /// The driver's id from [`Input::ReadIndex`].
     pub id: u64,
+    /// The leader's commit index when the read was taken in (for a new leader: once its
+    /// no-op committed). Serve the read once the state machine has applied this index.
     pub index: Index,
 }
 
@@ -148,7 +238,10 @@ pub struct Ready {
     pub persisted_messages: Vec<Message>,
     /// Committed, locally durable entries to apply, in order.
     pub committed_entries: Vec<Entry>,
+    /// Reads confirmed by a quorum, in request order: serve each once applied up to its
+    /// index.
     pub read_states: Vec<ReadState>,
+    /// State changes and outcomes of requests, in the order they happened.
     pub events: Vec<Event>,
 }
 
@@ -158,6 +251,7 @@ impl Ready {
         self.hard_state.is_some() || self.snapshot.is_some() || !self.entries.is_empty()
     }
 
+    /// Whether there is nothing at all to do: the driver may skip this Ready.
     pub fn is_empty(&self) -> bool {
         !self.must_persist()
             && self.messages.is_empty()

@@ -39,11 +39,14 @@ pub enum EntryPayload {
 /// One entry of the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The term in which a leader created the entry (1 for the bootstrap entry).
     pub term: Term,
+    /// Position in the log, from 1.
     pub index: Index,
     /// Chosen by the leader that created the entry, never decreasing along the log:
     /// the deterministic "now" a state machine sees in `apply`.
     pub timestamp_ms: u64,
+    /// What the entry carries.
     pub payload: EntryPayload,
 }
 
@@ -65,16 +68,22 @@ impl Entry {
 /// a leader to learn what it had already applied; it may lag, never lead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
+    /// The latest term this node has seen.
     pub term: Term,
+    /// The candidate this node voted for in `term`, if any.
     pub vote: Option<NodeId>,
+    /// A commit index this node knew of (it may lag the true one).
     pub commit: Index,
 }
 
 /// What a snapshot stands for: the log prefix up to `index` and the membership in force there.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
+    /// The last log index the snapshot covers.
     pub index: Index,
+    /// The term of the entry at `index`.
     pub term: Term,
+    /// The configuration in force at `index`.
     pub membership: Membership,
     /// Index of the configuration entry `membership` came from (0 for the bootstrap set).
     pub membership_index: Index,
@@ -133,6 +142,9 @@ impl fmt::Display for Incarnation {
 /// A state-machine snapshot together with its position in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Where in the log the snapshot stands.
     pub meta: SnapshotMeta,
+    /// The state-machine snapshot, opaque to the core: what the driver passed in
+    /// [`Input::Compact`](super::Input::Compact), or what a leader sent.
     pub data: Bytes,
 }

@@ -57,6 +57,7 @@ use world::World;
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
+    /// Fixes everything else that is drawn: the same seed replays the same run.
     pub seed: u64,
     /// Cluster size; drawn from {3, 5, 7} when `None`.
     pub nodes: Option<usize>,
@@ -80,6 +81,8 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
+    /// Options for `seed` with everything else drawn from it, and a liveness bound of
+    /// [`LIVENESS_MS_DEFAULT`].
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
@@ -103,12 +106,19 @@ pub const LIVENESS_MS_DEFAULT: u64 = 20_000;
 /// What a passing run did.
 #[derive(Clone, Debug)]
 pub struct SimReport {
+    /// The seed that was run.
     pub seed: u64,
+    /// Cluster size (given or drawn).
     pub nodes: usize,
+    /// Virtual time the whole run took, in milliseconds.
     pub virtual_ms: u64,
+    /// Client operations in the checked history, completed or with an unknown outcome.
     pub operations: usize,
+    /// The highest log index known committed anywhere.
     pub committed_index: u64,
+    /// Terms that had a leader.
     pub leaders: usize,
+    /// Counts of the faults injected and of what the cluster did under them.
     pub stats: world::Stats,
     /// Each node's tick interval (skewed per node in most runs).
     pub tick_ms: Vec<u64>,
@@ -119,12 +129,22 @@ pub struct SimReport {
 /// Which kind of check failed; distinct process exit codes per kind (VOPR style).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
+    /// A safety property broke during the run (one of the checks listed in the module
+    /// docs, a core's own validation, storage or decoding), or the replicas did not
+    /// converge to identical states.
     Safety,
+    /// After healing, the cluster did not settle within [`SimOptions::liveness_ms`]: no
+    /// client operation pending, and every member following one leader and applied up to
+    /// its commit index.
     Liveness,
+    /// The client history is not linearizable, or the checker gave no verdict within its
+    /// limits.
     Linearizability,
 }
 
 impl FailureKind {
+    /// The process exit code `tessera sim` reports this kind with: 10 for safety, 11 for
+    /// liveness, 12 for linearizability.
     pub fn exit_code(self) -> u8 {
         match self {
             FailureKind::Safety => 10,
@@ -137,10 +157,15 @@ impl FailureKind {
 /// A failed run: what broke, where, and how to replay it.
 #[derive(Clone, Debug)]
 pub struct SimFailure {
+    /// The seed that failed; `make sim SEED=<seed>` replays it.
     pub seed: u64,
+    /// Which kind of check failed.
     pub kind: FailureKind,
+    /// The property violated, e.g. "election safety".
     pub property: String,
+    /// What the check saw.
     pub detail: String,
+    /// Virtual time of the failure, in milliseconds from the start of the run.
     pub at_ms: u64,
     /// The last notable events before the failure.
     pub recent: Vec<String>,

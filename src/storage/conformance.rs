@@ -12,6 +12,7 @@ use crate::raft::{
 
 /// How the suite makes and restarts stores.
 pub trait StorageHarness {
+    /// The store under test.
     type S: Storage;
     /// A new, empty store.
     fn fresh(&mut self) -> Self::S;
@@ -32,6 +33,8 @@ pub fn run_all<H: StorageHarness>(h: &mut H) {
     one_batch_writes_snapshot_entries_and_hard_state(h);
 }
 
+/// A command entry at `index` in `term`, with a payload and a timestamp derived from both,
+/// so that a store that mixes entries up fails the comparison.
 pub fn entry(index: Index, term: Term) -> Entry {
     Entry {
         term,
@@ -68,6 +71,8 @@ fn snapshot(index: Index, term: Term) -> Snapshot {
     }
 }
 
+/// A new store has the default hard state, no snapshot, no entries, and
+/// `first_index() == 1`, `last_index() == 0`.
 pub fn fresh_store_is_empty<H: StorageHarness>(h: &mut H) {
     let store = h.fresh();
     let state = store
@@ -79,6 +84,8 @@ pub fn fresh_store_is_empty<H: StorageHarness>(h: &mut H) {
     assert_eq!((store.first_index(), store.last_index()), (1, 0));
 }
 
+/// Entries appended in two writes read back identical, through `entries` and
+/// `initial_state`, after a restart.
 pub fn appended_entries_read_back_after_reopen<H: StorageHarness>(h: &mut H) {
     let mut store = h.fresh();
     append(&mut store, entries(1..=3, 1));
@@ -95,6 +102,7 @@ pub fn appended_entries_read_back_after_reopen<H: StorageHarness>(h: &mut H) {
     assert_eq!(store.initial_state().expect("state").entries, want);
 }
 
+/// A hard state written alone survives a restart.
 pub fn hard_state_survives_reopen<H: StorageHarness>(h: &mut H) {
     let mut store = h.fresh();
     let hs = HardState {
@@ -116,6 +124,9 @@ pub fn hard_state_survives_reopen<H: StorageHarness>(h: &mut H) {
     );
 }
 
+/// A write that starts past `last_index + 1` ([`LogMisuse::Gap`]) or skips an index
+/// ([`LogMisuse::NotContiguous`]) is refused as misuse, not fatal, and changes neither the
+/// log nor the hard state of the same batch.
 pub fn a_gap_is_refused_and_changes_nothing<H: StorageHarness>(h: &mut H) {
     let mut store = h.fresh();
     append(&mut store, entries(1..=2, 1));
@@ -157,6 +168,8 @@ pub fn a_gap_is_refused_and_changes_nothing<H: StorageHarness>(h: &mut H) {
     );
 }
 
+/// A write starting inside the log replaces everything from its first index on, including
+/// entries past its last one.
 pub fn overlapping_write_replaces_the_suffix<H: StorageHarness>(h: &mut H) {
     let mut store = h.fresh();
     append(&mut store, entries(1..=5, 1));
@@ -172,6 +185,9 @@ pub fn overlapping_write_replaces_the_suffix<H: StorageHarness>(h: &mut H) {
     assert_eq!(terms, vec![1, 1, 2, 2], "suffix replaced from index 3");
 }
 
+/// `compact` drops entries up to the snapshot and keeps the ones after it across a restart;
+/// reading compacted entries, compacting past the last entry and overwriting entries the
+/// snapshot covers are refused.
 pub fn compaction_keeps_the_tail<H: StorageHarness>(h: &mut H) {
     let mut store = h.fresh();
     append(&mut store, entries(1..=6, 1));
@@ -214,6 +230,8 @@ pub fn compaction_keeps_the_tail<H: StorageHarness>(h: &mut H) {
     assert_eq!(store.entries(5, 7).expect("read"), entries(5..=6, 1));
 }
 
+/// A snapshot in a [`WriteBatch`] (from a leader) replaces the whole log, even one ahead
+/// of it: the log then continues right after the snapshot, and a gap after it is refused.
 pub fn installed_snapshot_replaces_the_log<H: StorageHarness>(h: &mut H) {
     let mut store = h.fresh();
     append(&mut store, entries(1..=3, 1));
@@ -240,6 +258,8 @@ pub fn installed_snapshot_replaces_the_log<H: StorageHarness>(h: &mut H) {
     assert_eq!(store.entries(11, 13).expect("read"), entries(11..=12, 3));
 }
 
+/// Reading past the last entry is [`LogMisuse::Unavailable`]; an empty range is not an
+/// error.
 pub fn reads_outside_the_log_are_errors<H: StorageHarness>(h: &mut H) {
     let mut store = h.fresh();
     append(&mut store, entries(1..=3, 1));
@@ -250,6 +270,8 @@ pub fn reads_outside_the_log_are_errors<H: StorageHarness>(h: &mut H) {
     assert_eq!(store.entries(2, 2).expect("empty range"), Vec::new());
 }
 
+/// One batch carrying a snapshot, the entries right after it and a hard state stores all
+/// three.
 pub fn one_batch_writes_snapshot_entries_and_hard_state<H: StorageHarness>(h: &mut H) {
     let mut store = h.fresh();
     append(&mut store, entries(1..=2, 1));

@@ -31,11 +31,19 @@ pub enum FatalStorageError {
     /// An operation of the underlying store failed (`op` names it: `open`, `write`,
     /// `seal`, …).
     #[error("storage I/O failed during {op}: {reason}")]
-    Io { op: &'static str, reason: String },
+    Io {
+        /// The operation that failed.
+        op: &'static str,
+        /// What the underlying store or the OS said.
+        reason: String,
+    },
     /// Stored data fails a check (a tag, the chain, the format): tampered with, or
     /// damaged.
     #[error("stored data is corrupt: {what}")]
-    Corrupt { what: String },
+    Corrupt {
+        /// Which data failed which check.
+        what: String,
+    },
 }
 
 /// A call that breaks the log contract of [`Storage`](super::Storage). Every store
@@ -46,17 +54,40 @@ pub enum FatalStorageError {
 pub enum LogMisuse {
     /// A write starting beyond `last_index + 1` would leave a hole in the log.
     #[error("entries must continue the log: expected index at most {max_first}, got {first}")]
-    Gap { max_first: Index, first: Index },
+    Gap {
+        /// The highest index the write could have started at: `last_index + 1`.
+        max_first: Index,
+        /// The index it started at.
+        first: Index,
+    },
     /// The entries of one write skip or repeat an index.
     #[error("entries are not contiguous at index {index}")]
-    NotContiguous { index: Index },
+    NotContiguous {
+        /// The index of the first entry that does not follow the one before it.
+        index: Index,
+    },
     /// A read of entries the snapshot replaced.
     #[error("entry {index} was compacted; the log starts at {first_index}")]
-    Compacted { index: Index, first_index: Index },
+    Compacted {
+        /// The first index asked for.
+        index: Index,
+        /// The first index the log still holds.
+        first_index: Index,
+    },
     /// A read (or a compaction) past the last entry.
     #[error("entry {index} is beyond the last index {last_index}")]
-    Unavailable { index: Index, last_index: Index },
+    Unavailable {
+        /// The highest index asked for (or the snapshot's index, for a compaction).
+        index: Index,
+        /// The last index the log holds.
+        last_index: Index,
+    },
     /// A write replacing entries the snapshot covers: they are committed and gone.
     #[error("cannot truncate entry {index}: it is covered by the snapshot at {snapshot_index}")]
-    BelowSnapshot { index: Index, snapshot_index: Index },
+    BelowSnapshot {
+        /// The first index of the write.
+        index: Index,
+        /// The last index the snapshot covers.
+        snapshot_index: Index,
+    },
 }

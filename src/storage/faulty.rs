@@ -27,6 +27,7 @@ struct SwitchState {
 }
 
 impl FaultSwitch {
+    /// A switch that is off: operations reach the inner store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -41,6 +42,7 @@ impl FaultSwitch {
         self.inner.failing.store(false, Ordering::SeqCst);
     }
 
+    /// Whether writes and compactions fail now.
     pub fn is_failing(&self) -> bool {
         self.inner.failing.load(Ordering::SeqCst)
     }
@@ -71,14 +73,17 @@ pub struct FaultyStorage<S> {
 }
 
 impl<S: Storage> FaultyStorage<S> {
+    /// Wraps `inner`; it fails while `switch` (or any clone of it) is on.
     pub fn new(inner: S, switch: FaultSwitch) -> Self {
         Self { inner, switch }
     }
 
+    /// The wrapped store, to inspect what actually reached it.
     pub fn inner(&self) -> &S {
         &self.inner
     }
 
+    /// Unwraps the store, dropping the fault injection.
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -36,13 +36,21 @@ pub enum Owner {
 /// Why the owner could not be read or recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
+    /// Reading, writing, syncing or renaming a file or directory failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The owner file is empty or holds something other than hex digits: damaged, or not
+    /// written by tessera.
     #[error("{path}: not an owner record (expected a node id of hex digits)")]
-    Malformed { path: PathBuf },
+    Malformed {
+        /// The owner file.
+        path: PathBuf,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OwnerError + '_ {

@@ -4,6 +4,10 @@ use std::sync::Arc;
 use super::{check_range, needs_compaction, SnapshotStore, Storage, StorageError, WriteBatch};
 use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta};
 
+/// A [`Storage`] that keeps everything in memory: every write is "durable" at once and
+/// nothing survives the process. Used by tests, the simulator and the in-process demo.
+/// A clone copies the log and the hard state but shares the snapshot bytes
+/// ([`Storage::snapshot_store`]).
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStorage {
     hard_state: HardState,
@@ -15,6 +19,7 @@ pub struct MemoryStorage {
 }
 
 impl MemoryStorage {
+    /// An empty store: no hard state, no snapshot, no entries.
     pub fn new() -> Self {
         Self::default()
     }

@@ -75,6 +75,7 @@ pub struct WriteBatch {
     pub snapshot: Option<Snapshot>,
     /// Entries to append; everything stored at or after `entries[0].index` is replaced.
     pub entries: Vec<Entry>,
+    /// Term, vote and commit index to store, when they changed since the last write.
     pub hard_state: Option<HardState>,
 }
 
@@ -88,6 +89,7 @@ impl WriteBatch {
         }
     }
 
+    /// Whether the write has nothing to store; the driver may skip the call (and its sync).
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
@@ -197,14 +199,24 @@ pub(crate) fn needs_compaction(
 /// - `initial_state` returns exactly what was durably written: the hard state, the latest
 ///   snapshot and every entry after it.
 pub trait Storage {
+    /// Everything durable, to build the core from at start-up
+    /// ([`Raft::new`](crate::raft::Raft::new)).
     fn initial_state(&self) -> Result<InitialState, StorageError>;
+    /// Writes `batch` durably, all or nothing; when it returns `Ok` the driver may report
+    /// [`WriteBatch::persisted_position`] to the core.
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
+    /// Records a snapshot the node took itself and drops the entries up to its index. A
+    /// snapshot at or below the current one changes nothing; one past the last entry is a
+    /// [`LogMisuse::Unavailable`].
     fn compact(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
     /// Entries in `[lo, hi)`.
     fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError>;
     /// Index of the first entry in the log (snapshot index + 1).
     fn first_index(&self) -> Index;
+    /// Index of the last entry in the log (the snapshot index when no entry follows it,
+    /// 0 for an empty store).
     fn last_index(&self) -> Index;
+    /// Where the latest snapshot stands in the log, if there is one.
     fn snapshot_meta(&self) -> Option<SnapshotMeta>;
     /// Where this store keeps snapshot bytes: the log store records only a snapshot's
     /// handle, the runtime streams the bytes in and out of here.

@@ -61,12 +61,15 @@ const PARTIAL_SUFFIX: &str = ".part";
 /// data, and what a transfer announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotHandle {
+    /// Length of the snapshot's plaintext, in bytes (a sealed file is larger).
     pub size: u64,
+    /// SHA-256 of the snapshot's plaintext; also its file name, in hex.
     pub sha256: [u8; 32],
 }
 
 impl SnapshotHandle {
-    /// The encoding stored as a snapshot's data: magic, version, postcard of the handle.
+    /// The encoding stored as a snapshot's data: magic, version, then `size` (8 bytes,
+    /// little-endian) and `sha256`.
     pub fn encode(&self) -> Bytes {
         let mut out = HANDLE_MAGIC.to_vec();
         out.push(HANDLE_VERSION);
@@ -113,24 +116,55 @@ impl std::fmt::Display for SnapshotHandle {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotStoreError {
+    /// Reading or writing snapshot bytes failed (or, for `naming`, the system had no
+    /// randomness for a file name).
     #[error("snapshot store I/O failed while {op} {path}: {reason}")]
     Io {
+        /// What was being done: `creating`, `writing`, `syncing`, `renaming`, …
         op: &'static str,
+        /// The file or directory concerned, or a description of the snapshot when no
+        /// file is (copying, transfers).
         path: String,
+        /// The underlying error.
         reason: String,
     },
+    /// The snapshot directory cannot be used: not a directory, accessible to group or
+    /// others, or impossible to create.
     #[error("snapshot directory {path}: {reason}")]
-    Directory { path: String, reason: String },
+    Directory {
+        /// The directory.
+        path: String,
+        /// What is wrong with it, and how to fix it.
+        reason: String,
+    },
+    /// A snapshot's data in the log store is not an encoded [`SnapshotHandle`]: most
+    /// likely a log store from before snapshots were kept as files.
     #[error("{len} bytes are not a snapshot handle (a log store written before snapshots were kept as files holds the snapshot itself: start such a node on a fresh data directory)")]
-    NotAHandle { len: usize },
+    NotAHandle {
+        /// Length of the data that failed to decode.
+        len: usize,
+    },
+    /// An encoded handle of a version this build does not know.
     #[error("snapshot handle version {found} is not supported (expected {HANDLE_VERSION})")]
-    HandleVersion { found: u8 },
+    HandleVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The store holds no snapshot with this handle (never stored, or already deleted).
     #[error("snapshot {handle} is not in the store")]
-    Missing { handle: SnapshotHandle },
+    Missing {
+        /// The handle asked for.
+        handle: SnapshotHandle,
+    },
+    /// A finished snapshot's bytes do not have the SHA-256 the caller expected (a
+    /// transfer delivered other bytes); they were discarded.
     #[error("snapshot of {size} bytes has SHA-256 {actual}, expected {expected}")]
     Digest {
+        /// Bytes written.
         size: u64,
+        /// The expected SHA-256, in hex.
         expected: String,
+        /// The SHA-256 of what was written, in hex.
         actual: String,
     },
 }

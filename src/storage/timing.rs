@@ -48,6 +48,7 @@ impl WriteTiming {
         }
     }
 
+    /// A copy of the counters for a metrics scrape; counting goes on meanwhile.
     pub fn read(&self) -> WriteTimes {
         let mut cumulative = 0;
         let buckets = WRITE_SECONDS_BUCKETS

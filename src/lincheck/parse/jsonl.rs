@@ -49,9 +49,12 @@ pub enum Function {
 pub struct HistoryEvent {
     /// The client (one operation at a time per process).
     pub process: u64,
+    /// Invocation or which kind of completion (JSON field `type`).
     #[serde(rename = "type")]
     pub kind: EventType,
+    /// The operation; a completion repeats its invocation's.
     pub f: Function,
+    /// The key operated on; a completion repeats its invocation's.
     pub key: String,
     /// Put/append/cas: the value written; a get's completion: the value read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,9 +72,11 @@ pub struct HistoryEvent {
 /// A parsed history, and where each operation came from.
 #[derive(Debug, Clone, Default)]
 pub struct ParsedHistory {
+    /// The operations to check: completed ones in completion order (`fail`ed ones
+    /// dropped), then those never completed, with an unknown outcome.
     pub operations: Vec<Operation<KvInput, KvOutput>>,
-    /// For each operation: the line of its invocation, and of its completion (`None` when
-    /// it never completed).
+    /// For each operation, at the same position: the line (from 1) of its invocation, and
+    /// of its completion (`None` when it never completed).
     pub lines: Vec<(usize, Option<usize>)>,
 }
 
