@@ -421,7 +421,7 @@ impl ProtocolHandler for BondProtocol {
 ///
 /// Formation by default: a fresh node founds the group with the peers it was given once
 /// every one of them is bonded and confirms the same founding set, and joins instead if
-/// one of them already is in a group ([`super::formation`]). With no peers it founds a
+/// one of them already is in a group (architecture.md §7.2). With no peers it founds a
 /// group of one at once. A node with state never founds again.
 pub struct GroupBuilder<'g, M = (), S = MemoryStorage> {
     groups: &'g Groups,

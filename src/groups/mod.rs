@@ -6,7 +6,7 @@
 //!
 //! **IO contract.** The worker does storage IO (synchronously, on its own thread) and
 //! hands frames to a [`Transport`]; it never makes a protocol decision itself (the sans-IO
-//! [`member`] does). The handle talks to the worker only through its bounded inbox.
+//! `member` does). The handle talks to the worker only through its bounded inbox.
 pub(crate) mod bond;
 mod consensus;
 mod error;

@@ -48,7 +48,7 @@ pub enum PeerFrame {
     },
     /// Sent to every newly bonded peer, and to every bonded peer when it changes: whether
     /// this member is fresh (and with which founding set) or already in a group. Only
-    /// fresh members read it ([`super::formation`]).
+    /// fresh members read it (architecture.md §7.2).
     Formation(super::formation::FormationStatus),
     /// A follower forwards a command whose caller wants only its log index
     /// ([`Group::feed`](super::Group::feed)), not its output.

@@ -138,7 +138,7 @@ pub struct WorkerConfig {
     /// The configured founding set, this member included (architecture.md §7.2): a fresh member
     /// writes the first configuration, with them as voters, once every one of them is
     /// bonded and has confirmed the same set; it joins instead if one of them is already
-    /// in a group ([`super::formation`]). `None`: it only joins.
+    /// in a group (architecture.md §7.2). `None`: it only joins.
     pub founders: Option<BTreeSet<NodeId>>,
 }
 

@@ -10,7 +10,7 @@
 //!
 //! It also owns the two models tessera needs ([`kv`] for the replicated key-value store,
 //! [`register`] for the Jepsen etcd logs) and the parsers for the test-vector formats
-//! under `tests/vectors/linearizability/` ([`parse`]).
+//! under `tests/vectors/linearizability/` (`parse`).
 //!
 //! # IO contract
 //!
@@ -70,10 +70,10 @@
 mod bitset;
 mod check;
 mod hash;
-pub(crate) mod kv;
+pub mod kv;
 mod model;
 pub(crate) mod parse;
-pub(crate) mod register;
+pub mod register;
 mod search;
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ mod membership;
 mod message;
 mod node;
 mod progress;
-pub(crate) mod ready;
+pub mod ready;
 mod replication;
 mod rng;
 mod types;

@@ -10,7 +10,7 @@
 //! (the outcome stays unknown), when one leaves for a new one, and the session table's
 //! bounds (in some seeds one session above the concurrent clients, so sessions are
 //! evicted, and a TTL, so they expire). Each node runs the real
-//! [`Member`](crate::groups::member::Member), the runtime's decisions as the worker makes
+//! `Member` (`groups/member.rs`), the runtime's decisions as the worker makes
 //! them (formation, forwarding to the leader, follower reads through the leader's read
 //! point, automatic membership, snapshots), around the real [`Raft`](crate::raft::Raft)
 //! core, and the real replicated key-value machine; only the network, the bonds and the
@@ -24,7 +24,7 @@
 //!
 //! A run has two phases:
 //! 1. **safety**: clients issue operations while faults are injected; after every event
-//!    the [`checks`] run (election safety, log matching, leader completeness, state-machine
+//!    the checks (`sim/checks.rs`) run (election safety, log matching, leader completeness, state-machine
 //!    safety, durability of committed entries, one configuration change at a time) and
 //!    each core validates its own state;
 //! 2. **liveness**: faults stop, the network heals, every node restarts; within a bounded
@@ -52,6 +52,7 @@ use crate::lincheck::{self, kv::KvModel, CheckLimits, CheckOutcome};
 use crate::raft::SplitMix64;
 use checks::Violation;
 use faults::FaultPlan;
+pub use world::Stats;
 use world::World;
 
 /// What to simulate.
@@ -68,7 +69,7 @@ pub struct SimOptions {
     /// Print the run's notable events as they happen.
     pub verbose: bool,
     /// Start every node fresh and let them form the group through the runtime's
-    /// [`Formation`](crate::groups::formation::Formation), statuses exchanged over bonds
+    /// `Formation` (`groups/formation.rs`), statuses exchanged over bonds
     /// that come up in a seeded order; `None`: drawn per seed (about one in three).
     pub fresh_start: Option<bool>,
     /// Test only: the reference runtime's quorum rule, to prove the checks catch it.

@@ -82,39 +82,56 @@ pub(super) struct World {
     pub stats: Stats,
 }
 
+/// What happened in one simulated run: how hard the faults pushed, and what the members
+/// did about them. A run that finds nothing is only as good as these numbers are high.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Stats {
+    /// Messages handed to the simulated network.
     pub messages_sent: u64,
+    /// Of those, the ones the network lost (drops, cuts, crashed receivers).
     pub messages_dropped: u64,
+    /// Node crashes (each restarts from what its disk kept).
     pub crashes: u64,
+    /// Network partitions made.
     pub partitions: u64,
+    /// Membership changes the workload asked for.
     pub membership_changes: u64,
+    /// Leadership transfers asked for.
     pub transfers: u64,
+    /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
     /// Messages that took a long-tail delay.
     pub long_delays: u64,
     /// Pauses, and the events queued during them that were delivered on resume.
     pub pauses: u64,
+    /// Events delivered on resume that had queued during a pause.
     pub backlog_delivered: u64,
     /// Operations whose clients gave up, leaving the outcome unknown.
     pub give_ups: u64,
     /// Clients that left and were replaced by a new one, and sessions the replicas'
     /// tables dropped because they were full or idle past the TTL.
     pub client_departures: u64,
+    /// Sessions dropped because the table was full.
     pub sessions_evicted: u64,
+    /// Sessions dropped because they were idle past the TTL.
     pub sessions_expired: u64,
+    /// Client operations that completed with an answer.
     pub ops_completed: u64,
     /// Retries answered from the session table instead of being applied again.
     pub duplicates: u64,
     /// Runs that started every node fresh (0 or 1), and founders that wrote the first
     /// configuration in them.
     pub fresh_starts: u64,
+    /// Founders that wrote the first configuration in a fresh start.
     pub foundings: u64,
     /// Commands a follower forwarded to the leader, and read points it asked of it.
     pub forwards: u64,
+    /// Read points a follower asked of the leader.
     pub follower_reads: u64,
     /// Membership changes a leader's member made by itself (joiners, departures).
     pub automatic_changes: u64,
+    /// Jumps of a node's wall clock (forwards or backwards).
     pub clock_jumps: u64,
     /// Members whose machine came back as a new identity.
     pub identities_replaced: u64,

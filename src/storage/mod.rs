@@ -26,7 +26,9 @@ pub use error::{FatalStorageError, LogMisuse, StorageError};
 pub use faulty::{FaultSwitch, FaultyStorage, INJECTED_FAILURE};
 pub use memory::MemoryStorage;
 pub use seal::StorageKey;
-pub use snapshot_store::{SnapshotHandle, SnapshotStore, SnapshotStoreError};
+pub use snapshot_store::{
+    SnapshotHandle, SnapshotReader, SnapshotStore, SnapshotStoreError, SnapshotWriter,
+};
 pub use timing::{WriteTimes, WriteTiming};
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

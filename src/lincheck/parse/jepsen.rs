@@ -17,7 +17,7 @@ use crate::lincheck::register::{RegisterInput, RegisterOutput};
 /// - `fail` on a cas: it completed without swapping. `fail` on a read or write: it did
 ///   not happen, so it is left out of the history.
 /// - `info`, and an invocation still pending at the end: the outcome is unknown
-///   ([`RegisterOutput::Unknown`]); the value on an `info` line is not checked.
+///   ([`RegisterOutput::Unknown`](crate::lincheck::register::RegisterOutput::Unknown)); the value on an `info` line is not checked.
 ///
 /// Call and return times are line numbers.
 ///

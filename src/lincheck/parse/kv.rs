@@ -18,7 +18,7 @@ use crate::lincheck::model::{Operation, RETURN_TIME_UNKNOWN};
 /// `""` (or `nil`) becomes `KvOutput::Get(None)`; check the history with
 /// [`KvModel::absent_equals_empty`], which also treats a put of `""` as a delete.
 /// `fail` means the operation did not happen and drops it; `info` and an invocation
-/// still pending at the end give [`KvOutput::Unknown`]. Times are line numbers.
+/// still pending at the end give [`KvOutput::Unknown`](crate::lincheck::kv::KvOutput::Unknown). Times are line numbers.
 ///
 /// [`KvModel`]: crate::lincheck::kv::KvModel
 /// [`KvModel::absent_equals_empty`]: crate::lincheck::kv::KvModel::absent_equals_empty
