@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::machine::ClientId;
-use crate::raft::{Index, MembershipError, NodeId};
+use crate::raft::{Index, MembershipError, NodeId, SafetyViolation};
+use crate::storage::StorageError;
 
 /// Why a group operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -57,14 +58,14 @@ pub enum StopReason {
     WorkerGone,
     /// A durable write failed: nothing after it may be acknowledged.
     #[error("storage write failed: {0}")]
-    Storage(String),
+    Storage(StorageError),
     /// A snapshot the leader sent verified but does not restore into the state machine.
     #[error("snapshot from the leader does not restore: {0}")]
     Snapshot(String),
     /// The core saw another leader of its term or a committed entry overwritten: the
     /// member stops rather than serve a forked log.
     #[error("consensus safety violated: {0}")]
-    SafetyViolated(String),
+    SafetyViolated(SafetyViolation),
 }
 
 /// Why the group refused a request: what no retry of the same request changes.

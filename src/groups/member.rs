@@ -736,7 +736,7 @@ impl Member {
             // acknowledged here: stop, loudly, with the evidence.
             Err(StepError::Safety(e)) => {
                 tracing::error!(node = %self.id, error = %e, "consensus safety violated: node stops");
-                self.stop(StopReason::SafetyViolated(e.to_string()));
+                self.stop(StopReason::SafetyViolated(e));
             }
             // A bad frame from a peer: drop it, the core is unchanged.
             Err(StepError::Peer(e)) => {

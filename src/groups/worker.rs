@@ -470,7 +470,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     if let Err(e) = written {
                         // Never acknowledge what is not durable: stop participating.
                         tracing::error!(node = %self.id, error = %e, "storage write failed; node stops");
-                        self.member.stop(StopReason::Storage(e.to_string()));
+                        self.member.stop(StopReason::Storage(e));
                         return;
                     }
                 }

@@ -179,16 +179,24 @@ fn a_strong_read_is_served_only_after_the_driver_applied_its_read_point() {
     assert!(applied < served, "{:?}", d.log);
 }
 
+fn disk_gone() -> crate::storage::StorageError {
+    crate::storage::FatalStorageError::Io {
+        op: "write",
+        reason: "disk gone".into(),
+    }
+    .into()
+}
+
 #[test]
 fn a_stop_answers_commands_in_flight_as_unknown_and_later_requests_as_stopped() {
     let mut d = leader(config());
     // Proposed but not yet written: the driver stops before carrying anything out.
     d.request(1, Request::Execute(Bytes::from_static(b"x")));
-    d.member.stop(StopReason::Storage("disk gone".into()));
+    d.member.stop(StopReason::Storage(disk_gone()));
     d.request(2, Request::Execute(Bytes::from_static(b"y")));
     d.request(3, Request::StrongRead);
     d.run();
-    let stopped = RequestError::Stopped(StopReason::Storage("disk gone".into()));
+    let stopped = RequestError::Stopped(StopReason::Storage(disk_gone()));
     assert_eq!(
         d.answers(),
         vec![

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::groups::formation::{founders_digest, FormationStatus};
 use crate::machine::{KvQuery, KvStore, LeadershipPreference};
-use crate::raft::{Entry, Message, MessageBody, RaftConfig};
+use crate::raft::{Entry, Message, MessageBody, RaftConfig, SafetyViolation};
 use crate::storage::MemoryStorage;
 
 /// Remembers every frame the worker hands it.
@@ -328,7 +328,12 @@ fn a_second_leader_in_this_leaders_term_stops_the_node() {
     );
     let stopped = h.status().stopped;
     assert!(
-        matches!(&stopped, Some(StopReason::SafetyViolated(why)) if why.contains("claims to lead")),
+        matches!(
+            &stopped,
+            Some(StopReason::SafetyViolated(
+                SafetyViolation::SecondLeader { .. }
+            ))
+        ),
         "{:?}",
         h.status()
     );
