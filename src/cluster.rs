@@ -39,37 +39,60 @@ pub use crate::tickets::TICKET_LIFETIME_SECS;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterError {
+    /// The mock policy, validator, quote provider or ticket issuer could not be set up.
     #[error("mock attestation: {0}")]
     Attestation(String),
+    /// A loopback endpoint could not be created.
     #[error("endpoint: {0}")]
     Endpoint(#[from] crate::net::EndpointError),
+    /// A loopback endpoint reported no bound socket to dial it at.
     #[error("endpoint has no bound address")]
     NoAddress,
+    /// A member could not join (or found) the group.
     #[error("member: {0}")]
     Join(#[from] crate::groups::JoinError),
+    /// The `storage` function of [`LocalCluster::start`] failed for one member.
     #[error("storage for member {index}: {reason}")]
-    Storage { index: usize, reason: String },
+    Storage {
+        /// The member's index, as passed to the `storage` function.
+        index: usize,
+        /// The function's error.
+        reason: String,
+    },
+    /// The member joined but has no bonds (not joined through a gateway); should not happen.
     #[error("the member joined without bonds")]
     NoBonds,
 }
 
 /// One member: its endpoint, the endpoint's gateway and router, and its group.
 pub struct ClusterMember {
+    /// The member's id in the consensus core, derived from its endpoint key
+    /// ([`crate::groups::node_id_of`]).
     pub node: NodeId,
+    /// Its loopback iroh endpoint (a fresh key each time).
     pub endpoint: Endpoint,
+    /// Where peers dial it: the endpoint id with its loopback address.
     pub addr: EndpointAddr,
+    /// The endpoint's gateway, which issues and renews its mock tickets.
     pub groups: Groups,
     /// Serves the bond protocol; shutting it down stops the member.
     pub router: Router,
+    /// The member's handle on the group, a replicated [`KvStore`].
     pub group: Group<KvStore>,
+    /// Its bonds to the other members: who is bonded, bond counters, peers to add.
     pub bonds: Arc<Bonds>,
 }
 
 /// What a cluster is made of.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
+    /// How many founding members [`LocalCluster::start`] starts.
     pub nodes: usize,
+    /// The group's consensus parameters; every member must use the same (they are part
+    /// of the group id). Default: [`ConsensusConfig::default`].
     pub consensus: ConsensusConfig,
+    /// The group's shared secret; a candidate with another key derives another group id
+    /// and cannot bond.
     pub key: GroupKey,
     /// Lifetime of each member's ticket; renewed at half of it.
     pub ticket_lifetime_secs: u64,
@@ -80,6 +103,8 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
+    /// `nodes` founding members with group key `key`, the default consensus parameters,
+    /// tickets of [`TICKET_LIFETIME_SECS`], founding at once (no `bootstrap_expect`).
     pub fn new(nodes: usize, key: GroupKey) -> Self {
         Self {
             nodes,
@@ -93,7 +118,10 @@ impl ClusterOptions {
 
 /// Members that founded a group together.
 pub struct LocalCluster {
+    /// The founding members, in the order their storage was made (index `i` got
+    /// `storage(i)`).
     pub members: Vec<ClusterMember>,
+    /// The options the cluster was started with.
     pub options: ClusterOptions,
     clock: Clock,
 }
@@ -235,6 +263,8 @@ impl LocalCluster {
         member.join(ep, addr, peers, storage).await
     }
 
+    /// The clock every member reads: Unix seconds from inside the mock collateral's
+    /// validity window ([`mock_clock`]), advancing with real time.
     pub fn clock(&self) -> Clock {
         self.clock.clone()
     }

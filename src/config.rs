@@ -129,15 +129,28 @@ pub const REMOVAL_TIMEOUT_SECS_MAX: u64 = 7 * 24 * 3600;
 pub enum ConfigError {
     /// The config file could not be read.
     #[error("{file}: {reason}")]
-    Read { file: String, reason: String },
+    Read {
+        /// The config file's path, as given.
+        file: String,
+        /// The I/O error, or that it exceeds [`CONFIG_FILE_BYTES_MAX`].
+        reason: String,
+    },
     /// The file is not valid TOML or does not fit the schema (the message names the key).
     #[error("{file}: {reason}")]
-    Schema { file: String, reason: String },
+    Schema {
+        /// The config file's path, as given.
+        file: String,
+        /// The TOML parser's message, with the offending key or line.
+        reason: String,
+    },
     /// A field holds a value that is not allowed.
     #[error("{file}: {field}: {reason}")]
     Field {
+        /// The config file's path, as given.
         file: String,
+        /// The field's TOML path (`timers.tick_ms`, `bootstrap[1]`, `policies[0]`).
         field: String,
+        /// What is wrong with it and what is expected.
         reason: String,
     },
 }
@@ -166,6 +179,8 @@ const NO_MOCK_IN_THIS_BUILD: &str =
 /// Where the log and hard state live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StorageKind {
+    /// `storage = "memory"`: nothing survives a restart, so the node rejoins as a new
+    /// member (tests and demos; refused with `secret_key_file`).
     Memory,
     /// Durable: RocksDB in `<data_dir>/raft` (mode 0700, locked against a second node).
     RocksDb,
@@ -174,8 +189,13 @@ pub enum StorageKind {
 /// Consensus timing (`[timers]`). Every member must agree: it is part of the group id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timers {
+    /// Length of one tick in milliseconds, the resolution of every consensus timer;
+    /// 1..=[`TICK_MS_MAX`], default 50.
     pub tick_ms: u64,
+    /// The shortest election timeout, in ticks (followers draw theirs in `[t, 2t)`); must
+    /// exceed `heartbeat_ticks`. Default 10.
     pub election_ticks: u64,
+    /// How often a leader sends heartbeats, in ticks; at least 1, default 2.
     pub heartbeat_ticks: u64,
     /// The leader removes a member unreachable this long (0: never). Node-local: only the
     /// leader's own setting matters while it leads.
@@ -201,7 +221,11 @@ impl Default for Timers {
 pub struct NodeConfig {
     /// The file this came from (for error messages).
     pub file: PathBuf,
+    /// Where the node keeps its state (the RocksDB log in `raft/`, cached collateral);
+    /// resolved against the config file's directory.
     pub data_dir: PathBuf,
+    /// The UDP address the iroh endpoint binds (port 0 picks one); the same port number
+    /// over TCP serves the node's announcement ([`crate::net::announce`]).
     pub listen: SocketAddr,
     /// Peers to dial at start, named by id.
     pub bootstrap: Vec<EndpointAddr>,
@@ -219,21 +243,34 @@ pub struct NodeConfig {
     /// Where the group key comes from: a file, or a provisioner after it checked this
     /// node's attestation (`[provision]`).
     pub group_key: GroupKeySource,
+    /// Attestation policy files (at least one), resolved against the config file's
+    /// directory; with several, a peer is accepted if any one accepts it (rollover). Read
+    /// by [`NodeConfig::load_policies`] and [`NodeConfig::validator`].
     pub policies: Vec<PathBuf>,
+    /// How this node's quotes are made and its peers' verified.
     pub attestation: AttestationMode,
     /// DCAP collateral (dcap-qvl JSON) for this platform's quotes, read once (air-gapped).
     /// With `tdx`, this or [`NodeConfig::pccs`] is required.
     pub collateral_file: Option<PathBuf>,
     /// A PCCS (or Intel's PCS) this node fetches and refreshes its collateral from.
     pub pccs: Option<PccsSettings>,
+    /// A file holding this node's iroh secret key (development only): `None` gives a fresh
+    /// identity at every start. Refused with `tdx` attestation and with memory storage.
     pub secret_key_file: Option<PathBuf>,
+    /// The network's name, bound into every ticket: a ticket made for another network
+    /// does not admit. Not empty.
     pub network_id: String,
+    /// `[timers]`, validated.
     pub timers: Timers,
     /// `timers` as the group runs them.
     pub consensus: ConsensusConfig,
+    /// Where the log and hard state live; default [`StorageKind::RocksDb`].
     pub storage: StorageKind,
+    /// A `tracing` filter directive (`"info"`, `"tessera=debug"`); default `"info"`.
     pub log_level: String,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: not served.
     pub metrics: Option<SocketAddr>,
+    /// Which client keys may use the client protocol (`[client] allow`); default nobody.
     pub client: ClientAllow,
     /// Keys that may change the membership (`[client] operators`).
     pub operators: Vec<PublicKey>,
@@ -344,7 +381,10 @@ pub enum GroupKeySource {
     /// `[provision] allow`: the node starts without the key and waits for one of these keys
     /// to send it over the client protocol (`tessera provision`), after the sender has
     /// checked the node's attestation. The key is kept in memory only.
-    Provisioned { allow: Vec<PublicKey> },
+    Provisioned {
+        /// The provisioners' public keys (never empty).
+        allow: Vec<PublicKey>,
+    },
 }
 
 #[derive(Deserialize, Default)]

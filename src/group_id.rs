@@ -23,15 +23,25 @@ pub struct GroupKey([u8; 32]);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GroupKeyError {
+    /// [`GroupKey::from_file`] could not read the file, or its Unix mode lets group or
+    /// others read it.
     #[error("group key file {path}: {reason}")]
-    File { path: String, reason: String },
+    File {
+        /// The key file, as given.
+        path: String,
+        /// What went wrong: the I/O error, the offending mode, or the format error.
+        reason: String,
+    },
+    /// The text is not 64 hex characters: the decoder's message, or the byte count.
     #[error("group key must be 64 hex characters (32 bytes): {0}")]
     Format(String),
+    /// The system random number generator failed in [`GroupKey::generate`].
     #[error("no system randomness for a new group key")]
     Randomness,
 }
 
 impl GroupKey {
+    /// A key from its 32 raw bytes (from a provisioning message, say, or a test).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
@@ -90,6 +100,7 @@ impl GroupKey {
         Self::from_hex(&text).map_err(|e| err(e.to_string()))
     }
 
+    /// The raw 32 bytes: secret, so never log or send them outside an attested channel.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

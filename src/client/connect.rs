@@ -32,38 +32,83 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// The client's own endpoint could not be created.
     #[error("client endpoint: {0}")]
     Endpoint(#[from] EndpointError),
+    /// The node's address names no IP address to dial (the client dials nothing else).
     #[error("node {node} has no address to dial")]
-    NoAddress { node: String },
+    NoAddress {
+        /// The node's id.
+        node: String,
+    },
+    /// The QUIC connection failed: nothing listens there, another key answers, or the
+    /// handshake was refused.
     #[error("cannot connect to {node}: {reason}")]
-    Connect { node: String, reason: String },
+    Connect {
+        /// The node's id.
+        node: String,
+        /// iroh's message.
+        reason: String,
+    },
+    /// No connection within the connect bound (5 s); the node's id.
     #[error("timed out connecting to {0}")]
     ConnectTimeout(String),
+    /// The node closed the connection with [`CLOSE_UNAUTHORIZED`]: this client's key is
+    /// not in its `[client] allow` (nor an operator or provisioner key). Not retried.
     #[error("the node refused this client (key {key}): {reason}")]
-    Unauthorized { key: String, reason: String },
+    Unauthorized {
+        /// This client's public key, to add to the node's allow list.
+        key: String,
+        /// The node's close reason.
+        reason: String,
+    },
+    /// With [`NodeTrust::Verify`]: the node's tickets did not pass the client's validator
+    /// (or it did not answer the attestation request with tickets). The connection was
+    /// closed before any request of the client's own was sent. Not retried.
     #[error(
         "node {node} did not prove it runs an image the client's policy approves, so \
          nothing was sent to it: {reason}"
     )]
-    NotAttested { node: String, reason: String },
+    NotAttested {
+        /// The node's id.
+        node: String,
+        /// Why the check failed.
+        reason: String,
+    },
+    /// The connection is gone (closed by the node, idle, or lost); the close reason.
+    /// [`Client::execute`] redials and sends again.
     #[error("the node closed the connection: {0}")]
     Closed(String),
+    /// An answer that does not fit the protocol (undecodable, or the wrong kind of
+    /// response), or a local failure (the stream would not finish, no randomness for a
+    /// session id).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// No answer within the bound (for [`Client::request`]: the request timeout plus the
+    /// read and write bounds, 35 s).
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The node answered a command with [`ClientResponse::Error`]: it will not apply, and
+    /// sending it again would be refused too.
     #[error("the node refused the command: {0}")]
     Refused(String),
+    /// [`Client::execute`] ran out of patience without an answer: the command applied
+    /// once or not at all, and this client cannot tell which. Read the state to find out;
+    /// its sequence number is never reused.
     #[error(
         "the outcome is unknown after {attempts} attempts over {waited:?} (the command \
          applies at most once; command {seq} of session {session:#x}); last: {last}"
     )]
     OutcomeUnknown {
+        /// How many times the request was sent.
         attempts: u32,
+        /// Time from the first attempt until giving up.
         waited: Duration,
+        /// This client's session id.
         session: u64,
+        /// The command's sequence number in the session.
         seq: u64,
+        /// Why the last attempt got no answer.
         last: String,
     },
 }
@@ -85,7 +130,9 @@ pub enum NodeTrust {
     /// authenticated: a quote of an approved image, bound to that key, issued for
     /// `network_id` (any network the node names, when `None`).
     Verify {
+        /// The client's policy for nodes (a [`crate::tickets::TdxValidator`], say).
         validator: Arc<dyn TicketValidator>,
+        /// The network the tickets must be issued for; `None`: the one the node states.
         network_id: Option<String>,
         /// Unix seconds for the validity checks. `None`: the node's own clock, as it states
         /// it; only for the mock root, whose collateral has a fixed window that mock nodes

@@ -68,6 +68,8 @@ impl Default for ClientAllow {
 }
 
 impl ClientAllow {
+    /// Whether `key` may use the client protocol under this list. (A node also serves its
+    /// operators and provisioners, whatever the list says.)
     pub fn allows(&self, key: &PublicKey) -> bool {
         match self {
             ClientAllow::Any => true,
@@ -87,12 +89,21 @@ pub enum ClientRequest {
     /// the node derives the replicated session from the key the connection authenticated
     /// and `session` ([`session_client`]), so no client can touch another's.
     Execute {
+        /// The client's session id, random, chosen once per client run.
         session: u64,
+        /// The command's number in the session: 1, 2, 3, …; the same number to retry.
         seq: u64,
+        /// The key-value command to apply.
         command: KvCommand,
     },
     /// Read: `strong` is linearizable (read-index), otherwise this node's local state.
-    Query { query: KvQuery, strong: bool },
+    Query {
+        /// What to read.
+        query: KvQuery,
+        /// Linearizable (confirmed with a quorum through the leader, slower) rather than
+        /// this node's applied state (fast, possibly stale).
+        strong: bool,
+    },
     /// This node's view of the group.
     Status,
     /// This node's current tickets, for a client to verify before it sends anything else
@@ -103,33 +114,48 @@ pub enum ClientRequest {
     /// its bond stays up; other members refuse, naming the leader. Answered with the
     /// node's [`ClientResponse::Status`] once the change is committed. Sending it again is
     /// harmless: a node that is no longer a member is reported as such.
-    RemoveMember { node: NodeId },
+    RemoveMember {
+        /// The member to remove, by its node id (as [`NodeStatus::members`] lists it).
+        node: NodeId,
+    },
     /// The group key, for a node started with `[provision]` instead of a key file. Only
     /// keys in the node's `[provision] allow` may send it, and a sender checks the node's
     /// attestation first ([`NodeTrust::Verify`]; `tessera provision` never skips it): the
     /// key reaches only an approved image, over a connection to the key it attested.
     /// Answered with [`ClientResponse::Provisioned`]; sending the same key again (to a node
     /// that already has it) gets the same answer, another key an error.
-    ProvisionGroupKey { key: provision::GroupKeyBytes },
+    ProvisionGroupKey {
+        /// The group's 32-byte secret key.
+        key: provision::GroupKeyBytes,
+    },
 }
 
 /// What a node answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
+    /// Answer to [`ClientRequest::Execute`]: the command applied (now, or before, for a
+    /// request sent again), with its output.
     Executed(KvOutput),
+    /// Answer to [`ClientRequest::Query`]: what was read.
     Queried(KvQueryResult),
+    /// Answer to [`ClientRequest::Status`], and to [`ClientRequest::RemoveMember`] once the
+    /// removal is committed.
     Status(NodeStatus),
     /// The node's tickets (a TDX quote bound to the key the client's connection
     /// authenticated), the network id they are issued for, and the node's clock (Unix
     /// seconds): what [`NodeTrust::Verify`] checks.
     Attestation {
+        /// The network the node's tickets are issued for.
         network_id: String,
+        /// The node's current tickets.
         tickets: Vec<crate::tickets::Ticket>,
+        /// The node's clock when it answered, Unix seconds.
         now: u64,
     },
     /// The node holds the group key whose public id ([`crate::groups::GroupKey::public_id`])
     /// this is: the one just sent, or the same key it already had.
     Provisioned {
+        /// The public id of the key the node holds (an HMAC: it reveals nothing of the key).
         key_id: [u8; 32],
     },
     /// The request failed; the message says why. Sending it again gives the same answer.
@@ -156,18 +182,24 @@ pub fn session_client(key: &PublicKey, session: u64) -> ClientId {
 /// How a configuration lists a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberKind {
+    /// Votes in elections and counts toward the commit quorum.
     Voter,
+    /// Receives the log without a vote, until it is promoted to voter (a new member
+    /// catching up).
     Learner,
+    /// Receives the log and is never given a vote.
     Observer,
 }
 
 /// One member as the answering node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
+    /// The member's id in the consensus core (derived from its iroh key).
     pub node: NodeId,
     /// The member's iroh key, when the answering node knows it (itself, its bootstrap
     /// peers, peers that have bonded with it).
     pub key: Option<[u8; 32]>,
+    /// How the group's configuration lists it.
     pub kind: MemberKind,
     /// The answering node believes this member leads.
     pub leader: bool,
@@ -182,13 +214,20 @@ pub struct MemberStatus {
 pub struct NodeStatus {
     /// The node's iroh public key.
     pub node_key: [u8; 32],
+    /// The node's id in the consensus core.
     pub node: NodeId,
     /// `leader`, `follower`, `candidate`, `pre-candidate`, or `starting`.
     pub role: String,
+    /// The node's current Raft term.
     pub term: Term,
+    /// The member the node believes leads in `term`; `None` while it knows of none.
     pub leader: Option<NodeId>,
+    /// The index of the last log entry the node knows to be committed.
     pub commit_index: Index,
+    /// The index of the last entry the node has applied to its state machine (at most
+    /// `commit_index`).
     pub applied_index: Index,
+    /// Every member of the group's current configuration.
     pub members: Vec<MemberStatus>,
     /// Bonds open right now.
     pub bonds_live: u64,

@@ -60,6 +60,7 @@ pub struct AwaitKey {
     pub network_id: String,
     /// This node's current tickets.
     pub tickets: watch::Receiver<Vec<Ticket>>,
+    /// Unix seconds, stated in attestation answers.
     pub clock: Clock,
 }
 
@@ -67,6 +68,7 @@ pub struct AwaitKey {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProvisionError {
+    /// The endpoint closed (the node is shutting down) before an allowed key sent one.
     #[error("the endpoint closed while waiting for the group key")]
     EndpointClosed,
 }

@@ -39,8 +39,11 @@ pub struct ClientStats {
 
 /// What the client protocol serves.
 pub struct ClientService {
+    /// The node's member of the group that requests run against.
     pub group: Group<KvStore>,
+    /// The member's bonds, for the members' keys and bond counts in status answers.
     pub bonds: Arc<Bonds>,
+    /// Which client keys are served (`[client] allow`).
     pub allow: ClientAllow,
     /// Keys that may change the group's membership (`[client] operators`); they are served
     /// as clients too.
@@ -51,7 +54,9 @@ pub struct ClientService {
     pub network_id: String,
     /// This node's current tickets (for their expiry, and for clients to verify).
     pub tickets: watch::Receiver<Vec<Ticket>>,
+    /// Unix seconds, for status and attestation answers.
     pub clock: Clock,
+    /// Request and refusal counters, for the metrics page.
     pub stats: ClientStats,
     /// Keys of members this node knows (itself and its bootstrap peers), by node id.
     known_keys: BTreeMap<NodeId, PublicKey>,
@@ -68,6 +73,8 @@ pub struct ClientService {
 }
 
 impl ClientService {
+    /// A service for `group`, serving the keys `allow` lists, with no operators, no
+    /// provisioners and no discovery or gateway counters (the `with_*` methods add them).
     pub fn new(
         group: Group<KvStore>,
         bonds: Arc<Bonds>,

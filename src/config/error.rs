@@ -13,16 +13,22 @@ pub enum FileError {
     /// The file could not be opened, inspected or read.
     #[error("{}: {source}", .path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// The file is larger than any config file may be ([`CONFIG_FILE_BYTES_MAX`]).
     #[error("{}: larger than {CONFIG_FILE_BYTES_MAX} bytes", .path.display())]
-    TooLarge { path: PathBuf },
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
     /// A secret that group or others may read: whoever else can read it holds the secret.
     #[error("{}: mode {mode:o} lets group or others read it; chmod 600", .path.display())]
     NotPrivate {
+        /// The file.
         path: PathBuf,
         /// The permission bits found (`mode & 0o777`).
         mode: u32,
@@ -39,13 +45,20 @@ pub enum SecretKeyError {
     /// The file does not hold hex text.
     #[error("{}: not hex: {source}", .path.display())]
     NotHex {
+        /// The key file.
         path: PathBuf,
+        /// The hex decoder's error.
         #[source]
         source: hex::FromHexError,
     },
     /// The file holds hex of another length than a key's 32 bytes.
     #[error("{}: {bytes} bytes, expected 32 (64 hex characters)", .path.display())]
-    Length { path: PathBuf, bytes: usize },
+    Length {
+        /// The key file.
+        path: PathBuf,
+        /// How many bytes the hex decoded to.
+        bytes: usize,
+    },
 }
 
 /// Why [`parse_peer`](super::parse_peer) refused `<node id>@<ip:port>` text.
@@ -54,18 +67,25 @@ pub enum SecretKeyError {
 pub enum ParsePeerError {
     /// No `@` between a node id and an address.
     #[error("expected <node id>@<ip:port>, got {text:?}")]
-    MissingAt { text: String },
+    MissingAt {
+        /// The text as given.
+        text: String,
+    },
     /// The part before `@` is not an iroh public key.
     #[error("expected <node id>@<ip:port>, got {text:?} (node id: {source})")]
     NodeId {
+        /// The whole text as given.
         text: String,
+        /// Why the node id does not parse.
         #[source]
         source: iroh::KeyParsingError,
     },
     /// The part after `@` is not an `ip:port`.
     #[error("expected <node id>@<ip:port>, got {text:?} (address: {source})")]
     Address {
+        /// The whole text as given.
         text: String,
+        /// Why the address does not parse.
         #[source]
         source: AddrParseError,
     },
@@ -77,7 +97,10 @@ pub enum ParsePeerError {
 pub enum ParseNodeError {
     /// Neither `<node id>@<ip:port>` nor a bare `<ip:port>`.
     #[error("expected <node id>@<ip:port> or <ip:port>, got {text:?}")]
-    Unrecognized { text: String },
+    Unrecognized {
+        /// The text as given.
+        text: String,
+    },
     /// It has an `@`, so it names a node id, but not a valid one (or not a valid address).
     #[error(transparent)]
     Peer(#[from] ParsePeerError),

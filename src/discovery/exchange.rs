@@ -58,7 +58,11 @@ pub(crate) const TICKET_CHECKS_PER_POLL_MAX: usize = 4;
 pub struct OwnEntry {
     /// Where peers can reach this node (unspecified addresses are not published).
     pub addrs: Vec<SocketAddr>,
+    /// The groups this node is a member of: nodes of these groups that find the entry
+    /// dial it.
     pub groups: Vec<GroupId>,
+    /// The tickets peers check before they dial this node (with
+    /// [`DiscoveryConfig::tickets`](super::DiscoveryConfig::tickets), the latest renewal).
     pub tickets: Vec<Ticket>,
 }
 
@@ -88,10 +92,12 @@ pub struct DiscoveryStats {
 }
 
 impl DiscoveryStats {
+    /// Entries refused, all reasons together.
     pub fn refused_total(&self) -> u64 {
         self.refused.values().sum()
     }
 
+    /// Exchanges failed, all kinds together.
     pub fn failed_total(&self) -> u64 {
         self.failed.values().sum()
     }
@@ -478,14 +484,18 @@ impl Exchange {
         commands
     }
 
+    /// The peers' entries held (never our own).
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 
+    /// Our own entry as last signed: its version and `issued_at` move with every
+    /// re-publication.
     pub fn own_entry(&self) -> &PeerEntry {
         &self.own
     }
 
+    /// The counters now.
     pub fn stats(&self) -> &DiscoveryStats {
         &self.stats
     }

@@ -62,10 +62,18 @@ const SIGNATURE_DOMAIN: &[u8] = b"tessera/discovery/entry/v1";
 /// What a peer says about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerEntry {
+    /// The peer's iroh public key (its node id): the entry must be signed by it, and it
+    /// is the key a dial to the peer authenticates.
     pub peer_key: [u8; 32],
+    /// Where the peer can be dialled; at most [`ADDRS_MAX`].
     pub addrs: Vec<std::net::SocketAddr>,
+    /// The network the peer is in; a [`Catalog`] refuses entries for another network.
     pub network_id: String,
+    /// The ids of the groups the peer says it is a member of, at most [`GROUPS_MAX`]. A
+    /// claim only: the bond handshake decides.
     pub groups: Vec<[u8; 32]>,
+    /// The peer's tickets, checked against the group's validators before a discovered
+    /// member is dialled.
     pub tickets: Vec<Ticket>,
     /// Increases with every change the peer publishes.
     pub version: u64,
@@ -76,7 +84,11 @@ pub struct PeerEntry {
 /// A [`PeerEntry`] as the peer signed it: the exact encoded bytes and the signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedPeerEntry {
+    /// The [`PeerEntry`], postcard-encoded, exactly as signed; at most
+    /// [`ENTRY_BYTES_MAX`] bytes are accepted.
     pub entry: Vec<u8>,
+    /// The Ed25519 signature (64 bytes) by the entry's `peer_key` over a domain tag and
+    /// `entry`.
     pub signature: Vec<u8>,
 }
 
@@ -84,34 +96,72 @@ pub struct SignedPeerEntry {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EntryError {
+    /// The encoded entry is over [`ENTRY_BYTES_MAX`] (its size in bytes); not decoded.
     #[error("entry of {0} bytes exceeds {ENTRY_BYTES_MAX}")]
     TooLarge(usize),
+    /// The bytes do not decode as a [`PeerEntry`] (or, in [`PeerEntry::sign`], the entry
+    /// does not encode).
     #[error("entry does not decode: {0}")]
     Malformed(String),
+    /// `peer_key` (in hex) is not a valid Ed25519 public key.
     #[error("entry names key {0} which is not a valid ed25519 key")]
     BadKey(String),
+    /// The signature is not 64 bytes or does not verify under `peer_key`. Also returned
+    /// by [`PeerEntry::sign`] when the secret key is not the entry's key.
     #[error("entry signature does not verify under the key it names")]
     BadSignature,
+    /// The entry is for another network than the catalog's.
     #[error("entry is for network {got:?}, this node is in {want:?}")]
-    OtherNetwork { got: String, want: String },
+    OtherNetwork {
+        /// The entry's network.
+        got: String,
+        /// The catalog's network.
+        want: String,
+    },
+    /// The entry lists more than [`ADDRS_MAX`] addresses (how many).
     #[error("entry lists {0} addresses, at most {ADDRS_MAX}")]
     TooManyAddrs(usize),
+    /// The entry names more than [`GROUPS_MAX`] groups (how many).
     #[error("entry names {0} groups, at most {GROUPS_MAX}")]
     TooManyGroups(usize),
+    /// `issued_at` is more than [`CLOCK_SKEW_SECS`] ahead of this node's clock.
     #[error("entry issued at {issued_at} is in the future (now {now})")]
-    FromTheFuture { issued_at: u64, now: u64 },
-    #[error("entry issued at {issued_at} expired at {expired_at} (now {now})")]
-    Expired {
+    FromTheFuture {
+        /// The entry's `issued_at`, Unix seconds.
         issued_at: u64,
-        expired_at: u64,
+        /// This node's time, Unix seconds.
         now: u64,
     },
+    /// [`ENTRY_TTL_SECS`] have passed since the entry was issued.
+    #[error("entry issued at {issued_at} expired at {expired_at} (now {now})")]
+    Expired {
+        /// The entry's `issued_at`, Unix seconds.
+        issued_at: u64,
+        /// `issued_at` plus [`ENTRY_TTL_SECS`].
+        expired_at: u64,
+        /// This node's time, Unix seconds.
+        now: u64,
+    },
+    /// The catalog holds a newer version for this peer. (The same version again is not an
+    /// error: it is ignored.)
     #[error("entry version {got} is not newer than the known version {known}")]
-    Stale { got: u64, known: u64 },
+    Stale {
+        /// The version received.
+        got: u64,
+        /// The version held.
+        known: u64,
+    },
+    /// The catalog holds [`CATALOG_ENTRIES_MAX`] unexpired entries: a peer not known yet
+    /// is refused until some expire.
     #[error("catalog is full ({CATALOG_ENTRIES_MAX} entries)")]
     Full,
+    /// This exchange has already added as many peers not known before as one exchange
+    /// may; the rest may come in a later round.
     #[error("more than {max} new peers in one exchange")]
-    NewPeersLimit { max: usize },
+    NewPeersLimit {
+        /// New peers one exchange may add.
+        max: usize,
+    },
 }
 
 impl PeerEntry {
@@ -126,6 +176,7 @@ impl PeerEntry {
         Ok(SignedPeerEntry { entry, signature })
     }
 
+    /// The groups the peer names, as [`GroupId`]s.
     pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
         self.groups.iter().map(|g| GroupId(*g))
     }
@@ -167,10 +218,15 @@ impl SignedPeerEntry {
 /// bytes, decoded again when needed ([`Catalog::get`], ticket checks before a dial).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryHead {
+    /// The peer's iroh public key ([`PeerEntry::peer_key`]).
     pub peer_key: [u8; 32],
+    /// Where the peer can be dialled ([`PeerEntry::addrs`]).
     pub addrs: Vec<std::net::SocketAddr>,
+    /// The groups the peer names ([`PeerEntry::groups`]).
     pub groups: Vec<[u8; 32]>,
+    /// The entry's version ([`PeerEntry::version`]).
     pub version: u64,
+    /// When the entry was issued, Unix seconds; it expires [`ENTRY_TTL_SECS`] later.
     pub issued_at: u64,
 }
 
@@ -185,6 +241,7 @@ impl EntryHead {
         }
     }
 
+    /// The groups the peer names, as [`GroupId`]s.
     pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
         self.groups.iter().map(|g| GroupId(*g))
     }
@@ -221,6 +278,7 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
+    /// An empty catalog of `network_id`: entries for any other network are refused.
     pub fn new(network_id: impl Into<String>) -> Self {
         Self {
             network_id: network_id.into(),
@@ -402,10 +460,12 @@ impl Catalog {
             .sum()
     }
 
+    /// Entries held (expired ones included until [`Catalog::expire`] drops them).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no entry is held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -50,7 +50,11 @@ const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
 /// Close codes of a discovery connection.
 pub(crate) const CLOSE_DONE: u32 = 0;
+/// Close code: the peer sent a frame that does not decode (or of another wire version, or
+/// on an unknown ALPN), or our own catalog did not encode.
 pub const CLOSE_MALFORMED: u32 = 1;
+/// Close code: the peer's catalog broke a limit (a frame too large, too many entries or
+/// bytes).
 pub const CLOSE_LIMIT: u32 = 2;
 pub(crate) const CLOSE_TIMEOUT: u32 = 3;
 pub(crate) const CLOSE_BUSY: u32 = 4;
@@ -58,7 +62,9 @@ pub(crate) const CLOSE_BUSY: u32 = 4;
 /// One frame of a catalog on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogFrame {
+    /// One entry of the sender's catalog (its own entry comes first).
     Entry(SignedPeerEntry),
+    /// The sender's catalog is complete.
     End,
 }
 
@@ -76,18 +82,33 @@ enum CatalogFrameRef<'a> {
 #[non_exhaustive]
 pub enum ExchangeError {
     // The peer misbehaved.
+    /// The peer sent a frame that is too large, of another wire version or that does not
+    /// decode, or its stream ended before [`CatalogFrame::End`].
     #[error("bad catalog frame: {0}")]
     Frame(FrameError),
+    /// The peer's catalog has more entries than one exchange may carry.
     #[error("catalog of more than {max} entries")]
-    TooManyEntries { max: usize },
+    TooManyEntries {
+        /// Entries one exchange may carry (a full catalog and the sender's own entry).
+        max: usize,
+    },
+    /// The peer's catalog has more entry bytes than one exchange may carry.
     #[error("catalog of more than {max} bytes")]
-    TooManyBytes { max: usize },
+    TooManyBytes {
+        /// Entry and signature bytes one exchange may carry.
+        max: usize,
+    },
+    /// The exchange (or the dial before it) did not finish within the bound on one
+    /// exchange, 10 s.
     #[error("exchange did not finish within {0:?}")]
     Timeout(Duration),
     // The network failed.
+    /// Dialling, opening the stream, or reading or writing it failed in the transport
+    /// (the peer is unreachable, or closed the connection).
     #[error("connection: {0}")]
     Connection(String),
     // Local.
+    /// Our own catalog did not encode: a local bug, not the peer's fault.
     #[error("our catalog does not encode: {0}")]
     Encode(FrameError),
 }
@@ -128,6 +149,7 @@ fn frame_error(e: FrameError) -> ExchangeError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DiscoveryError {
+    /// This node's own entry could not be encoded and signed with the endpoint's key.
     #[error("this node's own entry cannot be signed: {0}")]
     OwnEntry(#[from] EntryError),
 }
@@ -144,6 +166,8 @@ pub trait PeerDialer: Send + Sync {
 
 /// What a node runs discovery with.
 pub struct DiscoveryConfig {
+    /// The network this node is in (`network_id` in node.toml): only entries for it are
+    /// taken, and discovered members' tickets are checked against it.
     pub network_id: String,
     /// This node's entry; its tickets are replaced by the latest of `tickets` if given.
     pub own: OwnEntry,
@@ -153,6 +177,7 @@ pub struct DiscoveryConfig {
     pub group: Option<crate::group_id::GroupId>,
     /// Peers to exchange with from the start (`bootstrap` in node.toml).
     pub bootstrap: Vec<EndpointAddr>,
+    /// Unix seconds: dates our entry and expires and checks the others'.
     pub clock: Clock,
     /// The group's ticket validator: a discovered member is dialled only once its entry's
     /// tickets pass it (bound to the key that signed the entry). `None` only for a group

@@ -33,6 +33,7 @@ pub const ANNOUNCE_CONNECTIONS_MAX: usize = 32;
 /// What a node says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Announcement {
+    /// The node's current iroh node id (new at every boot in a TD): the key to dial it by.
     pub id: PublicKey,
     /// The node holds a group's log.
     pub formed: bool,
@@ -76,14 +77,21 @@ impl Announcement {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResolveError {
+    /// The TCP connection to the address failed (nothing listens there, say).
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    /// No whole line arrived within the timeout given to [`resolve`].
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// Reading from the connection failed.
     #[error("read failed: {0}")]
     Read(std::io::Error),
+    /// The peer sent more than [`ANNOUNCE_LINE_MAX`] bytes without a newline: not an
+    /// announcement.
     #[error("more than {ANNOUNCE_LINE_MAX} bytes without a line end")]
     TooLong,
+    /// The answer is not an announcement line (wrong tag, bad id, unknown state word,
+    /// trailing words, no line end, not UTF-8); the text says which, with the line.
     #[error("malformed announcement ({0})")]
     Malformed(String),
 }

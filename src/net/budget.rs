@@ -64,12 +64,22 @@ impl std::fmt::Display for Source {
 /// Why [`Budget::try_acquire`] refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OverBudget {
+    /// The whole budget is in use, whatever the source.
     #[error("{what}: {max} in progress, the most allowed")]
-    Total { what: &'static str, max: usize },
+    Total {
+        /// The budget's name, as given to [`Budget::new`].
+        what: &'static str,
+        /// The total bound.
+        max: usize,
+    },
+    /// This source already holds its share; other sources may still get in.
     #[error("{what}: {max} in progress from {from}, the most allowed from one source")]
     Source {
+        /// The budget's name, as given to [`Budget::new`].
         what: &'static str,
+        /// The source that is at its share.
         from: Source,
+        /// The per-source bound (never more than the total).
         max: usize,
     },
 }
@@ -223,8 +233,11 @@ mod tests {
 /// Why [`accept_within`] gave up on an incoming connection.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptFailure {
+    /// The budget had no unit left for the connection's source (or in total): refused
+    /// before the handshake went on.
     #[error("refused: {0}")]
     OverBudget(OverBudget),
+    /// The QUIC handshake failed, or did not complete within the timeout.
     #[error("the QUIC handshake failed or timed out: {0}")]
     Handshake(AcceptError),
 }

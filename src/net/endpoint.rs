@@ -34,10 +34,23 @@ pub struct Listen {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EndpointError {
+    /// iroh refused the listen address before binding.
     #[error("listen address {addr} is not usable: {reason}")]
-    BadAddress { addr: SocketAddr, reason: String },
+    BadAddress {
+        /// The address from [`Listen::bind`].
+        addr: SocketAddr,
+        /// iroh's message.
+        reason: String,
+    },
+    /// Binding the socket failed (the port is taken, or the address is not local).
     #[error("cannot bind {addr}: {reason}")]
-    Bind { addr: SocketAddr, reason: String },
+    Bind {
+        /// The address from [`Listen::bind`].
+        addr: SocketAddr,
+        /// iroh's message.
+        reason: String,
+    },
+    /// The system random number generator failed in [`random_secret`].
     #[error("the system has no randomness for a new secret key")]
     Randomness,
 }

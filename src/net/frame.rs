@@ -16,16 +16,37 @@ pub const FRAME_BYTES_MAX: usize = 16 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrameError {
+    /// A frame's length is 0 or over the limit: announced by the peer (on read, before
+    /// anything was allocated for it), or that of our own message (on write).
     #[error("frame length {len} outside 1..={max}")]
-    Length { len: usize, max: usize },
+    Length {
+        /// The length in bytes, version byte included.
+        len: usize,
+        /// The limit in force: [`FRAME_BYTES_MAX`], or the smaller one the reader asked for.
+        max: usize,
+    },
+    /// The peer speaks another wire version than [`WIRE_VERSION`].
     #[error("frame version {got} (this node speaks {WIRE_VERSION})")]
-    Version { got: u8 },
+    Version {
+        /// The version byte received.
+        got: u8,
+    },
+    /// The stream ended before a whole frame arrived (also at a clean end between frames).
     #[error("stream ended")]
     Closed,
+    /// Reading or writing the stream failed for another reason than its end.
     #[error("stream I/O: {0}")]
     Io(std::io::Error),
+    /// The frame arrived whole but its payload is not a valid postcard encoding of the
+    /// expected type.
     #[error("frame payload does not decode as {what}: {reason}")]
-    Decode { what: &'static str, reason: String },
+    Decode {
+        /// The name the caller gave the expected message, for the error.
+        what: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The message could not be serialized with postcard.
     #[error("message does not encode: {0}")]
     Encode(String),
 }

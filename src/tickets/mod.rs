@@ -39,6 +39,8 @@ pub use crate::clock::{clock_from, system_clock, Clock};
 pub struct Ticket {
     /// Which validator reads it (e.g. `"tdx"`).
     pub kind: String,
+    /// The credential itself, opaque here and read by the validator of `kind` (for TDX:
+    /// quote, collateral and claims); at most [`TICKET_BYTES_MAX`] bytes are accepted.
     pub bytes: Vec<u8>,
     /// Unix seconds after which the holder must present a fresh ticket.
     pub expires_at: u64,
@@ -60,6 +62,7 @@ pub struct PeerContext {
 /// A ticket that passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Validated {
+    /// The kind of the ticket that passed (the validator's [`TicketValidator::kind`]).
     pub kind: String,
     /// Unix seconds after which the verdict no longer holds.
     pub expires_at: u64,
@@ -71,24 +74,47 @@ pub struct Validated {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TicketError {
+    /// The peer presented no ticket of a kind one of the group's validators reads.
     #[error("no {kind} ticket presented")]
-    Missing { kind: String },
-    #[error("{kind} ticket is malformed: {reason}")]
-    Malformed { kind: String, reason: String },
-    #[error("{kind} ticket rejected at check `{check}`: {reason}")]
-    Rejected {
+    Missing {
+        /// The ticket kind that was required.
         kind: String,
-        check: &'static str,
+    },
+    /// The ticket cannot be read: over [`TICKET_BYTES_MAX`], or its bytes do not decode.
+    #[error("{kind} ticket is malformed: {reason}")]
+    Malformed {
+        /// The ticket's kind.
+        kind: String,
+        /// What does not decode, or the size.
         reason: String,
     },
+    /// The ticket decoded but failed a verification check (quote signature, collateral,
+    /// policy, binding to the peer's key, ...).
+    #[error("{kind} ticket rejected at check `{check}`: {reason}")]
+    Rejected {
+        /// The ticket's kind.
+        kind: String,
+        /// The failed check's short name; also the refusal code ([`TicketError::code`]).
+        check: &'static str,
+        /// Why the check failed.
+        reason: String,
+    },
+    /// The ticket's own `expires_at` is not after `now`: the peer must present a fresh one.
     #[error("{kind} ticket expired at {expires_at} (now {now})")]
     Expired {
+        /// The ticket's kind.
         kind: String,
+        /// The ticket's expiry, Unix seconds.
         expires_at: u64,
+        /// The verifier's time, Unix seconds.
         now: u64,
     },
+    /// No alternative of an [`AnyOf`] accepted the ticket: each one's refusal, in order.
     #[error("no alternative accepts the ticket: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     NoAlternative(Vec<TicketError>),
+    /// Not the ticket's fault: a validator could not be built (a policy with the wrong
+    /// trust root, an [`AnyOf`] without alternatives or of mixed kinds), or an issuer
+    /// could not make a ticket (no randomness, the quote provider failed).
     #[error("validator unusable: {0}")]
     Validator(String),
 }
@@ -139,6 +165,9 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// Admission by `validators`: a peer is admitted when each of them accepts one of the
+    /// peer's tickets of its kind; with no validators, every peer is. Their order counts:
+    /// their signatures, in order, go into the group id ([`Admission::signatures`]).
     pub fn new(validators: Vec<Arc<dyn TicketValidator>>) -> Self {
         Self {
             validators,

@@ -63,6 +63,7 @@ impl TdxValidator {
         })
     }
 
+    /// The policy quotes are verified against (it trusts Intel's root).
     pub fn policy(&self) -> &Policy {
         &self.pipeline.policy
     }
@@ -192,6 +193,8 @@ pub struct MockTdxValidator {
 
 #[cfg(feature = "mock-attestation")]
 impl MockTdxValidator {
+    /// A validator for `policy`, which must trust the mock root (`trust_root = "mock"`);
+    /// any other root is refused with [`TicketError::Validator`].
     pub fn new(policy: Policy) -> Result<Self, TicketError> {
         if policy.trust_root != TrustRoot::Mock {
             return Err(TicketError::Validator(format!(
@@ -204,6 +207,7 @@ impl MockTdxValidator {
         })
     }
 
+    /// The policy quotes are verified against (it trusts the mock root).
     pub fn policy(&self) -> &Policy {
         &self.pipeline.policy
     }
