@@ -32,7 +32,7 @@
 //! provider, its test PKI and the mock trust root: `MockTdxValidator`, `LocalCluster`,
 //! `attestation = "mock"`. Production builds leave it off and refuse those settings.
 #![forbid(unsafe_code)]
-#![warn(unreachable_pub)]
+#![warn(missing_docs, unreachable_pub)]
 pub mod client;
 pub mod clock;
 #[cfg(feature = "mock-attestation")]

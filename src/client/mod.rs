@@ -13,10 +13,10 @@
 //! an impostor outside any TD (which the host can run on the node's address) never sees a
 //! command. [`NodeTrust::Insecure`] skips that, for nodes that are not attested.
 //!
-//! **IO contract.** [`server`] reads requests and writes answers under a timeout each, runs
+//! **IO contract.** `server` reads requests and writes answers under a timeout each, runs
 //! at most [`REQUESTS_IN_FLIGHT_MAX`] requests at once and holds at most
 //! [`CONNECTIONS_MAX`] client connections; it makes no decision about the group itself, it
-//! calls the [`crate::groups::Group`] handle. [`connect`] is the client side, dialling only
+//! calls the [`crate::groups::Group`] handle. `connect` is the client side, dialling only
 //! the address it is given.
 pub(crate) mod connect;
 pub(crate) mod provision;
@@ -31,7 +31,7 @@ use crate::machine::{ClientId, KvCommand, KvOutput, KvQuery, KvQueryResult};
 use crate::raft::{Index, NodeId, Term};
 
 pub use connect::{Client, ClientError, NodeTrust, EXECUTE_PATIENCE};
-pub use provision::{await_group_key, AwaitKey, GroupKeyBytes};
+pub use provision::{await_group_key, AwaitKey, GroupKeyBytes, ProvisionError};
 pub use server::{role_name, ClientProtocol, ClientService, ClientStats};
 
 /// Largest request frame a node reads: room for the largest KV command (a compare-and-swap

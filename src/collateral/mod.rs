@@ -9,16 +9,16 @@
 //! policy's age limit. `collateral_file` (air-gapped) is read once, as before.
 //!
 //! This module owns:
-//! - [`refresh`]: the decisions, sans-IO with `now` as input: when the next fetch is due,
+//! - `refresh`: the decisions, sans-IO with `now` as input: when the next fetch is due,
 //!   and whether a fetched or cached bundle is installed. One is installed only if it
 //!   verifies this node's own quote under its own policies and trust root (the verification
 //!   a peer runs) and is no older, piece by piece, than the one it replaces; otherwise the
 //!   last good one is kept and the refusal says why.
-//! - [`fetch`]: the PCCS client (HTTP GET with a timeout on every request and a bound on
+//! - `fetch`: the PCCS client (HTTP GET with a timeout on every request and a bound on
 //!   every answer), speaking the protocol of `tessera_attestation::pccs`.
 //! - [`cache`]: the last good bundle in the data directory (written atomically, mode 0600),
 //!   read at start and verified again like a fetched one, never trusted as it is.
-//! - [`task`]: the thin async driver that quotes, fetches, asks [`refresh`] and applies its
+//! - `task`: the thin async driver that quotes, fetches, asks `refresh` and applies its
 //!   answer (swap the shared bundle, write the cache, publish the status, log).
 //! - [`SharedCollateral`]: the current bundle, read by the ticket issuer for every ticket.
 //!

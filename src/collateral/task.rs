@@ -23,7 +23,7 @@ pub(crate) const OWN_QUOTE_DOMAIN: &[u8] = b"tessera/collateral-check/v1";
 const SCHEDULE_LOOK_SECS_MAX: u64 = 300;
 
 /// Report data of the quote collateral is checked against: SHA-512 of
-/// [`OWN_QUOTE_DOMAIN`].
+/// `OWN_QUOTE_DOMAIN`.
 pub fn own_quote_report_data() -> [u8; 64] {
     let digest = ring::digest::digest(&ring::digest::SHA512, OWN_QUOTE_DOMAIN);
     let mut report_data = [0u8; 64];

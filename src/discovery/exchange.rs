@@ -83,7 +83,7 @@ pub struct DiscoveryStats {
     pub dials: u64,
     /// Group members not dialled because their tickets did not verify.
     pub tickets_refused: u64,
-    /// Polls that left members undialled because [`DIAL_POOL_MAX`] were pending.
+    /// Polls that left members undialled because `DIAL_POOL_MAX` were pending.
     pub dial_pool_full: u64,
     /// Entries held now.
     pub catalog_entries: u64,
@@ -304,7 +304,7 @@ impl Exchange {
     }
 
     /// What we send in an exchange: our own fresh entry first, then what we hold, within
-    /// [`EXCHANGE_ENTRIES_MAX`] and [`EXCHANGE_BYTES_MAX`]. The entries are shared with the
+    /// `EXCHANGE_ENTRIES_MAX` and `EXCHANGE_BYTES_MAX`. The entries are shared with the
     /// catalog, not copied. When the limits cut the catalog short, the next call starts
     /// where this one stopped, so every entry goes out over a few exchanges.
     pub fn outgoing(&mut self) -> Vec<Arc<SignedPeerEntry>> {
@@ -327,9 +327,9 @@ impl Exchange {
         out
     }
 
-    /// A peer's catalog arrived: merges it, taking at most [`NEW_PEERS_PER_EXCHANGE_MAX`]
+    /// A peer's catalog arrived: merges it, taking at most `NEW_PEERS_PER_EXCHANGE_MAX`
     /// peers not known before; refusals are counted by reason. Learning something makes a
-    /// round due, so that news spreads (at most every [`ROUND_GAP_SECS`]). Returns how
+    /// round due, so that news spreads (at most every `ROUND_GAP_SECS`). Returns how
     /// many entries were taken.
     pub fn handle_catalog(&mut self, entries: Vec<SignedPeerEntry>, now: u64) -> usize {
         let me = *self.me();
@@ -360,7 +360,7 @@ impl Exchange {
     }
 
     /// The peers to exchange with now, if a round is due: every bootstrap peer and the
-    /// next [`ROUND_PEERS_MAX`] catalog peers in key order (continuing where the last
+    /// next `ROUND_PEERS_MAX` catalog peers in key order (continuing where the last
     /// round stopped, so that every peer is reached over a few rounds).
     pub fn poll_round(&mut self, now: u64) -> Option<Vec<EndpointAddr>> {
         if !self.round_due
@@ -400,8 +400,8 @@ impl Exchange {
 
     /// Members of our group (as their entries say) that we are not bonded with, have not
     /// handed over yet and whose tickets `check_tickets` accepts; and handed peers whose
-    /// entry is gone. At most [`DIAL_POOL_MAX`] handed peers are unbonded at a time, at
-    /// most [`TICKET_CHECKS_PER_POLL_MAX`] entries are checked per poll, and an entry
+    /// entry is gone. At most `DIAL_POOL_MAX` handed peers are unbonded at a time, at
+    /// most `TICKET_CHECKS_PER_POLL_MAX` entries are checked per poll, and an entry
     /// version is checked once: a refused one waits for the peer's next version.
     ///
     /// `check_tickets` is CPU work (a DCAP verification on a cache miss): the driver calls

@@ -9,16 +9,16 @@
 //! Everything an unauthenticated peer can make a node hold is bounded: an entry by
 //! [`ENTRY_BYTES_MAX`] (near a real entry's size), the catalog by [`CATALOG_ENTRIES_MAX`]
 //! (each entry stored once, as its signed bytes, beside a small [`EntryHead`]), the new
-//! peers one exchange may add by [`exchange::NEW_PEERS_PER_EXCHANGE_MAX`], and the peers
-//! handed to the bond layer to dial by [`exchange::DIAL_POOL_MAX`], each only once its
+//! peers one exchange may add by `exchange::NEW_PEERS_PER_EXCHANGE_MAX`, and the peers
+//! handed to the bond layer to dial by `exchange::DIAL_POOL_MAX`, each only once its
 //! tickets verify.
 //!
-//! [`exchange`] decides what a node publishes, when it exchanges catalogs and which
-//! discovered members it asks the bond layer to dial; [`service`] runs that over the
+//! `exchange` decides what a node publishes, when it exchanges catalogs and which
+//! discovered members it asks the bond layer to dial; `service` runs that over the
 //! `tessera/discovery/1` ALPN.
 //!
-//! **Contract.** This module and [`exchange`] are pure: no network, no clock (`now` is
-//! passed in). Only [`service`] does IO. An entry never admits a peer to a group by
+//! **Contract.** This module and `exchange` are pure: no network, no clock (`now` is
+//! passed in). Only `service` does IO. An entry never admits a peer to a group by
 //! itself — only a bond handshake does (it re-checks the tickets against the key the
 //! connection authenticated).
 use std::collections::BTreeMap;

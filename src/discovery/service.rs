@@ -340,7 +340,7 @@ impl Discovery {
 }
 
 /// Answers peers' discovery exchanges ([`Discovery::protocol`]): at most
-/// [`INCOMING_EXCHANGES_MAX`] at once, further ones are closed as busy.
+/// `INCOMING_EXCHANGES_MAX` at once, further ones are closed as busy.
 #[derive(Clone)]
 pub struct DiscoveryProtocol {
     shared: Arc<Shared>,

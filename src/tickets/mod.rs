@@ -1,6 +1,6 @@
 //! Tickets (architecture.md §3): what a peer presents to prove it may bond, and the validators that
 //! decide. A ticket is `(kind, bytes, expires_at)`; for TDX the bytes are a quote, its
-//! collateral and the binding claims ([`tdx`]).
+//! collateral and the binding claims (`tdx`).
 //!
 //! **Contract.** A [`TicketValidator`] is a function of the ticket, the key the transport
 //! authenticated, the binding context, `now`, and what the validator has learnt from the
