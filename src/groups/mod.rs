@@ -7,6 +7,9 @@
 //! **IO contract.** The worker does storage IO (synchronously, on its own thread) and
 //! hands frames to a [`Transport`]; it never makes a protocol decision itself (the sans-IO
 //! `member` does). The handle talks to the worker only through its bounded inbox.
+// Some public items of `bond` and `snapshot_transfer` are reachable only through
+// `testing` (feature test-util): without it they are crate-internal, and a few unused.
+#[cfg_attr(not(any(test, feature = "test-util")), allow(unreachable_pub))]
 pub(crate) mod bond;
 mod consensus;
 mod error;
@@ -17,6 +20,10 @@ mod group;
 mod local_network;
 pub use crate::group_id as id;
 pub(crate) mod member;
+#[cfg_attr(
+    not(any(test, feature = "test-util")),
+    allow(unreachable_pub, dead_code)
+)]
 pub(crate) mod snapshot_transfer;
 mod ticket_renewal;
 pub(crate) mod transport;
