@@ -179,6 +179,40 @@ struct Session<O> {
     output: O,
 }
 
+impl<O> Session<O> {
+    fn map_output<P>(self, f: impl FnOnce(O) -> P) -> Session<P> {
+        Session {
+            last_seq: self.last_seq,
+            last_index: self.last_index,
+            last_seen_ms: self.last_seen_ms,
+            output: f(self.output),
+        }
+    }
+
+    /// This session with its output borrowed (it encodes as the session itself).
+    fn borrowed(&self) -> Session<&O> {
+        Session {
+            last_seq: self.last_seq,
+            last_index: self.last_index,
+            last_seen_ms: self.last_seen_ms,
+            output: &self.output,
+        }
+    }
+}
+
+impl<O> Session<Option<O>> {
+    /// This session as a snapshot records it: `None` while its output is not applied.
+    fn recorded(&self) -> Option<Session<&O>> {
+        let output = self.output.as_ref()?;
+        Some(Session {
+            last_seq: self.last_seq,
+            last_index: self.last_index,
+            last_seen_ms: self.last_seen_ms,
+            output,
+        })
+    }
+}
+
 /// See [`Sessions::admit`].
 enum Verdict<C, O> {
     /// Answered from the session table; the inner machine is not involved.
@@ -201,17 +235,16 @@ enum Verdict<C, O> {
 pub struct Sessions<M: StateMachine> {
     inner: M,
     config: SessionConfig,
-    sessions: BTreeMap<ClientId, Session<M::Output>>,
+    /// Each client's last command and its output. The output is `None` only inside
+    /// [`apply_batch`](StateMachine::apply_batch), for a new command whose run the inner
+    /// machine has not applied yet (see `session/batch.rs`).
+    sessions: BTreeMap<ClientId, Session<Option<M::Output>>>,
     /// `(last_index, client)` of every session; the first is the least recently active.
     /// Because indexes rise in apply order and the clock never falls, this is also
     /// oldest-first by `last_seen_ms`, which lets expiry stop at the first live session.
     by_recency: BTreeSet<(u64, ClientId)>,
     /// Highest `ApplyContext::timestamp_ms` applied so far.
     clock_ms: u64,
-    /// Inside [`apply_batch`](StateMachine::apply_batch) only (empty otherwise): sessions
-    /// of new commands handed to the inner machine's run but not applied yet, so without
-    /// an output. They count and age like the sessions above.
-    waiting: BTreeMap<ClientId, batch::Waiting>,
 }
 
 impl<M: StateMachine + Default> Default for Sessions<M> {
@@ -236,7 +269,6 @@ impl<M: StateMachine> Sessions<M> {
             sessions: BTreeMap::new(),
             by_recency: BTreeSet::new(),
             clock_ms: 0,
-            waiting: BTreeMap::new(),
         }
     }
 
@@ -275,18 +307,13 @@ impl<M: StateMachine> Sessions<M> {
     }
 
     fn remove_session(&mut self, client: ClientId) {
-        let last_index = match self.sessions.remove(&client) {
-            Some(session) => session.last_index,
-            None => match self.waiting.remove(&client) {
-                Some(waiting) => waiting.last_index,
-                None => return,
-            },
-        };
-        let was_indexed = self.by_recency.remove(&(last_index, client));
-        assert!(
-            was_indexed,
-            "session {client:?} missing from the recency index"
-        );
+        if let Some(session) = self.sessions.remove(&client) {
+            let was_indexed = self.by_recency.remove(&(session.last_index, client));
+            assert!(
+                was_indexed,
+                "session {client:?} missing from the recency index"
+            );
+        }
     }
 
     /// Drops sessions idle for longer than the TTL on the session clock.
@@ -303,7 +330,6 @@ impl<M: StateMachine> Sessions<M> {
                 .sessions
                 .get(&client)
                 .map(|session| session.last_seen_ms)
-                .or_else(|| self.waiting.get(&client).map(|w| w.last_seen_ms))
                 .expect("recency index names a client without a session");
             if last_seen_ms >= cutoff_ms {
                 break;
@@ -315,7 +341,7 @@ impl<M: StateMachine> Sessions<M> {
     /// Makes room for one more session by evicting the least recently active ones.
     fn make_room(&mut self) {
         let sessions_max = self.config.sessions_max.get() as usize;
-        while self.sessions.len() + self.waiting.len() >= sessions_max {
+        while self.sessions.len() >= sessions_max {
             let Some(&(_, client)) = self.by_recency.first() else {
                 unreachable!("a full session table has an empty recency index");
             };
@@ -336,7 +362,7 @@ impl<M: StateMachine> Sessions<M> {
     /// The session layer's verdict on one command, taken in log order: answered from the
     /// table (a retry, or a stale sequence number), or new, for the inner machine. A new
     /// command's client has room in the table afterwards, and no session until
-    /// its output is recorded (or, in a batch, a waiting one).
+    /// its output is recorded (in a batch, one without an output until its run is applied).
     fn admit(
         &mut self,
         command: SessionCommand<M::Command>,
@@ -360,8 +386,8 @@ impl<M: StateMachine> Sessions<M> {
                 let output = self
                     .sessions
                     .get(&client)
-                    .map(|session| session.output.clone())
-                    .expect("session present a moment ago");
+                    .and_then(|session| session.output.clone())
+                    .expect("a session present a moment ago, with its output (a run is applied before its clients' next commands)");
                 Verdict::Answered(SessionOutput::Duplicate(output))
             }
             known => {
@@ -380,7 +406,10 @@ impl<M: StateMachine> Sessions<M> {
     /// Asserts the table's invariants (tests and the simulator call it after each step).
     #[cfg(test)]
     pub(crate) fn validate(&self) {
-        assert!(self.waiting.is_empty(), "waiting sessions outside a batch");
+        assert!(
+            self.sessions.values().all(|s| s.output.is_some()),
+            "a session without its output outside a batch"
+        );
         assert_eq!(self.sessions.len(), self.by_recency.len());
         assert!(self.sessions.len() <= self.config.sessions_max.get() as usize);
         for (client, session) in &self.sessions {
@@ -420,7 +449,7 @@ fn check_recency_order<O>(
 #[derive(Serialize)]
 struct TableRef<'a, O> {
     clock_ms: u64,
-    sessions: Vec<(ClientId, &'a Session<O>)>,
+    sessions: Vec<(ClientId, Session<&'a O>)>,
 }
 
 /// The session table as a snapshot reads it: same layout as [`TableRef`].
@@ -449,9 +478,19 @@ impl<M: StateMachine> Sessions<M> {
 
     /// The encoding of the session table.
     fn encode_table(&self) -> Result<Vec<u8>, SnapshotError> {
+        let sessions = self
+            .sessions
+            .iter()
+            .map(|(c, s)| {
+                let session = s.recorded().ok_or_else(|| SnapshotError::Encode {
+                    reason: "a session's output is not applied yet (inside a batch)".into(),
+                })?;
+                Ok((*c, session))
+            })
+            .collect::<Result<Vec<_>, SnapshotError>>()?;
         let table = TableRef {
             clock_ms: self.clock_ms,
-            sessions: self.sessions.iter().map(|(c, s)| (*c, s)).collect(),
+            sessions,
         };
         let bytes = postcard::to_stdvec(&table).map_err(|e| SnapshotError::Encode {
             reason: e.to_string(),
@@ -518,7 +557,7 @@ impl<M: StateMachine> Sessions<M> {
         let canonical = encodes_exactly(
             &TableRef {
                 clock_ms: table.clock_ms,
-                sessions: sessions.iter().map(|(c, s)| (*c, s)).collect(),
+                sessions: sessions.iter().map(|(c, s)| (*c, s.borrowed())).collect(),
             },
             bytes,
         )?;
@@ -555,7 +594,7 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
                         last_seq: seq,
                         last_index: ctx.index,
                         last_seen_ms: self.clock_ms,
-                        output: output.clone(),
+                        output: Some(output.clone()),
                     },
                 );
                 self.by_recency.insert((ctx.index, client));
@@ -625,7 +664,11 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
         // leaves the inner machine unchanged on error, so a failure changes nothing. It
         // reads through our buffer, which may already hold the start of its snapshot.
         self.inner.restore_from(&mut input)?;
-        self.sessions = restored.sessions;
+        self.sessions = restored
+            .sessions
+            .into_iter()
+            .map(|(c, s)| (c, s.map_output(Some)))
+            .collect();
         self.by_recency = restored.by_recency;
         self.clock_ms = restored.clock_ms;
         Ok(())

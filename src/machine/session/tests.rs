@@ -69,12 +69,21 @@ fn stored(machine: &Sessions<KvStore>) -> Option<Vec<u8>> {
     machine.inner().get(b"k").map(<[u8]>::to_vec)
 }
 
+/// The sessions as a snapshot records them (every output applied).
+fn recorded(machine: &Sessions<KvStore>) -> Vec<(ClientId, Session<&KvOutput>)> {
+    machine
+        .sessions
+        .iter()
+        .map(|(c, s)| (*c, s.recorded().expect("outputs applied")))
+        .collect()
+}
+
 /// The format, built independently of the streaming writer: header, the postcard
 /// encoding of the table as a byte string, then the inner snapshot to the end.
 fn reference_snapshot(machine: &Sessions<KvStore>) -> Vec<u8> {
     let table = postcard::to_stdvec(&TableRef {
         clock_ms: machine.clock_ms,
-        sessions: machine.sessions.iter().map(|(c, s)| (*c, s)).collect(),
+        sessions: recorded(machine),
     })
     .expect("table");
     let mut bytes = encode_snapshot(SNAPSHOT_FORMAT_VERSION, machine.signature(), &table[..]);
@@ -159,7 +168,7 @@ fn a_snapshot_of_format_version_1_is_refused() {
     #[derive(Serialize)]
     struct BodyV1<'a> {
         clock_ms: u64,
-        sessions: Vec<(ClientId, &'a Session<KvOutput>)>,
+        sessions: Vec<(ClientId, Session<&'a KvOutput>)>,
         inner: &'a [u8],
     }
     let mut machine = five_clients();
@@ -169,7 +178,7 @@ fn a_snapshot_of_format_version_1_is_refused() {
         machine.signature(),
         &BodyV1 {
             clock_ms: machine.clock_ms,
-            sessions: machine.sessions.iter().map(|(c, s)| (*c, s)).collect(),
+            sessions: recorded(&machine),
             inner: &inner,
         },
     );
@@ -566,7 +575,7 @@ fn forged(
 ) -> Vec<u8> {
     let table = postcard::to_stdvec(&TableRef {
         clock_ms,
-        sessions: sessions.iter().map(|(c, s)| (*c, s)).collect(),
+        sessions: sessions.iter().map(|(c, s)| (*c, s.borrowed())).collect(),
     })
     .expect("table");
     let mut bytes = encode_snapshot(SNAPSHOT_FORMAT_VERSION, machine.signature(), &table[..]);
