@@ -4,6 +4,8 @@
 //! crashes a node nor gets those entries into its catalog, and a good exchange still works.
 //!
 //! Waits are on watches (bond and discovery statistics) with timeouts, never on sleeps.
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +19,7 @@ use tessera::discovery::{
     SignedPeerEntry,
 };
 use tessera::discovery::{CLOSE_LIMIT, CLOSE_MALFORMED, ENTRY_FRAME_BYTES_MAX};
-use tessera::groups::{
-    keep_tickets_fresh, Bonds, ConsensusConfig, Group, GroupKey, Groups, GroupsConfig,
-};
+use tessera::groups::{keep_tickets_fresh, Bonds, Group, GroupKey, Groups, GroupsConfig};
 use tessera::machine::KvStore;
 use tessera::net::bound_addr;
 use tessera::net::{
@@ -78,14 +78,7 @@ async fn node(
     let builder = groups
         .with_key(GroupKey::from_bytes([7; 32]))
         .with_state_machine(KvStore::new())
-        .with_consensus(
-            &ConsensusConfig::builder()
-                .tick(Duration::from_millis(20))
-                .heartbeat_interval(Duration::from_millis(40))
-                .election_timeout(Duration::from_millis(200))
-                .build()
-                .expect("consensus"),
-        )
+        .with_consensus(&common::fast_consensus().build().expect("consensus"))
         .require_ticket(mock_validator().expect("validator"))
         .with_peers(peers.clone());
     let builder = if founding {

@@ -2,6 +2,8 @@
 //! bond routed to its group by id, a second join returning the running member, a bond for
 //! a group not joined here refused before any ticket is read, and shutdown through the
 //! router stopping every group.
+mod common;
+
 use std::time::Duration;
 
 use iroh::protocol::Router;
@@ -10,8 +12,8 @@ use tessera::cluster::{
     loopback_endpoint, mock_clock, mock_issuer, mock_validator, random_secret, NETWORK,
 };
 use tessera::groups::{
-    BondEvent, BondStats, ConsensusConfig, Consistency, Group, GroupError, GroupKey, Groups,
-    GroupsConfig, JoinError, Refusal, StopReason,
+    BondEvent, BondStats, Consistency, Group, GroupError, GroupKey, Groups, GroupsConfig,
+    JoinError, Refusal, StopReason,
 };
 use tessera::machine::{
     ApplyContext, KvCommand, KvQuery, KvQueryResult, KvStore, SignatureBuilder, SnapshotError,
@@ -46,14 +48,7 @@ async fn join(node: &Node, key: u8, peers: Vec<EndpointAddr>) -> Result<Group<Kv
     node.groups
         .with_key(GroupKey::from_bytes([key; 32]))
         .with_state_machine(KvStore::new())
-        .with_consensus(
-            &ConsensusConfig::builder()
-                .tick(Duration::from_millis(20))
-                .heartbeat_interval(Duration::from_millis(40))
-                .election_timeout(Duration::from_millis(200))
-                .build()
-                .expect("consensus"),
-        )
+        .with_consensus(&common::fast_consensus().build().expect("consensus"))
         .require_ticket(mock_validator().expect("validator"))
         .with_peers(peers)
         .join()

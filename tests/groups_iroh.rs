@@ -4,6 +4,8 @@
 //! with a bad ticket or sends a malformed message loses that bond and nothing else changes.
 //!
 //! Waits are on watches (`when()`, bond statistics) with timeouts, never on sleeps.
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +16,8 @@ use tessera::cluster::{
 };
 use tessera::groups::testing::dial_raw;
 use tessera::groups::{
-    node_id_of, BondConfig, BondStats, Bonds, ConsensusConfig, ConsensusConfigBuilder, Consistency,
-    Dial, Group, GroupKey, Groups, GroupsConfig, Inbox, InboxItem, Refusal,
+    node_id_of, BondConfig, BondStats, Bonds, Consistency, Dial, Group, GroupKey, Groups,
+    GroupsConfig, Inbox, InboxItem, Refusal,
 };
 use tessera::machine::{KvCommand, KvQuery, KvQueryResult, KvStore};
 use tessera::net::{ALPN_BOND, WIRE_VERSION};
@@ -29,16 +31,8 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn options(nodes: usize) -> ClusterOptions {
     let mut o = ClusterOptions::new(nodes, GroupKey::from_bytes([7; 32]));
-    o.consensus = fast_timers().build().expect("consensus");
+    o.consensus = common::fast_consensus().build().expect("consensus");
     o
-}
-
-/// 20 ms ticks, heartbeats every 2 and elections after 10 of them.
-fn fast_timers() -> ConsensusConfigBuilder {
-    ConsensusConfig::builder()
-        .tick(Duration::from_millis(20))
-        .heartbeat_interval(Duration::from_millis(40))
-        .election_timeout(Duration::from_millis(200))
 }
 
 async fn bonded_cluster(nodes: usize) -> LocalCluster {
@@ -260,7 +254,7 @@ async fn peers_with_bad_tickets_or_other_groups_never_bond() {
         ..same.clone()
     };
     let other_config = ClusterOptions {
-        consensus: fast_timers()
+        consensus: common::fast_consensus()
             .election_timeout(Duration::from_millis(220))
             .build()
             .expect("consensus"),
@@ -686,7 +680,7 @@ async fn renewed_tickets_keep_a_bond_and_expired_ones_close_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_attested_joiner_catches_up_through_a_snapshot_and_becomes_a_voter() {
     let mut o = options(3);
-    o.consensus = fast_timers()
+    o.consensus = common::fast_consensus()
         .snapshot_every_entries(Some(50))
         .build()
         .expect("consensus");
@@ -725,7 +719,7 @@ async fn a_snapshot_larger_than_a_frame_reaches_a_late_joiner_in_chunks() {
     let mut o = options(3);
     // Snapshots by size only: the log is compacted every 4 MiB of commands, so the joiner
     // can only catch up through a snapshot if that policy works.
-    o.consensus = fast_timers()
+    o.consensus = common::fast_consensus()
         .snapshot_every_entries(None)
         .snapshot_every_bytes(Some(4 << 20))
         .build()

@@ -403,6 +403,21 @@ impl<M: StateMachine> Sessions<M> {
         }
     }
 
+    /// Records `client`'s new command `seq`, decided at log index `index` (its output
+    /// `None` while its run waits to be applied: `session/batch.rs`).
+    fn record(&mut self, client: ClientId, seq: u64, index: u64, output: Option<M::Output>) {
+        self.sessions.insert(
+            client,
+            Session {
+                last_seq: seq,
+                last_index: index,
+                last_seen_ms: self.clock_ms,
+                output,
+            },
+        );
+        self.by_recency.insert((index, client));
+    }
+
     /// Asserts the table's invariants (tests and the simulator call it after each step).
     #[cfg(test)]
     pub(crate) fn validate(&self) {
@@ -588,16 +603,7 @@ impl<M: StateMachine> StateMachine for Sessions<M> {
             Verdict::Answered(output) => output,
             Verdict::New(command) => {
                 let output = self.inner.apply(command, ctx);
-                self.sessions.insert(
-                    client,
-                    Session {
-                        last_seq: seq,
-                        last_index: ctx.index,
-                        last_seen_ms: self.clock_ms,
-                        output: Some(output.clone()),
-                    },
-                );
-                self.by_recency.insert((ctx.index, client));
+                self.record(client, seq, ctx.index, Some(output.clone()));
                 SessionOutput::Applied(output)
             }
         }

@@ -1,4 +1,5 @@
-//! Helpers shared by the in-process group tests (`groups_local`, `storage_durable`):
+//! Helpers shared by the group tests (`groups_local`, `storage_durable`, and the iroh
+//! tests that take [`fast_consensus`]):
 //! members on a [`LocalNetwork`] with fast ticks, bounded waits, key-value commands and
 //! strong reads. Waits are on published state; nothing here sleeps to synchronise.
 // Each test crate compiles this module and uses a part of it.
@@ -133,4 +134,13 @@ pub async fn fails_over_keeping_every_write(
             "{key} was acknowledged and must survive"
         );
     }
+}
+
+/// 20 ms ticks, heartbeats every 40 ms, elections after 200–400 ms of silence: groups
+/// over loopback form and fail over quickly.
+pub fn fast_consensus() -> tessera::groups::ConsensusConfigBuilder {
+    tessera::groups::ConsensusConfig::builder()
+        .tick(Duration::from_millis(20))
+        .heartbeat_interval(Duration::from_millis(40))
+        .election_timeout(Duration::from_millis(200))
 }

@@ -15,7 +15,7 @@
 //! once), which is why equivalence with one-at-a-time application is the contract
 //! (`machine/proptests.rs` checks it under random splits).
 
-use super::{ClientId, Session, SessionCommand, SessionOutput, Sessions, StateMachine, Verdict};
+use super::{ClientId, SessionCommand, SessionOutput, Sessions, StateMachine, Verdict};
 use crate::machine::ApplyContext;
 
 /// New commands decided but not applied yet, in log order.
@@ -49,16 +49,7 @@ impl<M: StateMachine> Sessions<M> {
                 Verdict::New(command) => {
                     let slot = outputs.len();
                     outputs.push(None);
-                    self.sessions.insert(
-                        client,
-                        Session {
-                            last_seq: seq,
-                            last_index: ctx.index,
-                            last_seen_ms: self.clock_ms,
-                            output: None,
-                        },
-                    );
-                    self.by_recency.insert((ctx.index, client));
+                    self.record(client, seq, ctx.index, None);
                     run.owners.push((client, ctx.index, slot));
                     run.commands.push((command, ctx));
                 }
