@@ -17,9 +17,6 @@ impl Raft {
         timestamp_ms: u64,
     ) -> Result<(Index, Term), Rejection> {
         let count = commands.len();
-        if count == 0 {
-            return Ok((self.log.last_index() + 1, self.term));
-        }
         let rejection = if self.role != Role::Leader {
             Some(Rejection::NotLeader {
                 leader: self.leader,
@@ -46,6 +43,10 @@ impl Raft {
                 reason: reason.clone(),
             });
             return Err(reason);
+        }
+        // Nothing to append: where the next command would go (only a leader says so).
+        if count == 0 {
+            return Ok((self.log.last_index() + 1, self.term));
         }
         let timestamp_ms = timestamp_ms.max(self.last_timestamp_ms);
         let first_index = self.log.last_index() + 1;

@@ -759,6 +759,22 @@ fn proposals_to_a_follower_are_rejected_with_a_leader_hint() {
 }
 
 #[test]
+fn an_empty_proposal_is_accepted_only_by_the_leader() {
+    let mut c = Cluster::new(3);
+    c.tick_until_leader(1);
+    // A follower must not answer "accepted" for a batch it could never append.
+    assert_eq!(
+        c.node(2).propose(Vec::new(), 0),
+        Err(Rejection::NotLeader { leader: Some(n(1)) })
+    );
+    let at = c
+        .node(1)
+        .propose(Vec::new(), 0)
+        .expect("the leader takes it");
+    assert_eq!(at.0, c.node(1).log.last_index() + 1, "nothing appended");
+}
+
+#[test]
 fn oversized_proposals_are_rejected() {
     let mut c = Cluster::new(1);
     c.tick_until_leader(1);
