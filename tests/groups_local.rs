@@ -81,6 +81,41 @@ async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_i
     }
 }
 
+/// A leader that shuts down hands leadership over first: the group has its next leader
+/// without waiting out an election timeout. Here only member 1 times out within the test's
+/// bound (members 2 and 3 wait at least 50 s), so 1 leads first, and a leader after it
+/// can come only from its hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_shuts_down_hands_over_and_the_group_goes_on_at_once() {
+    let (_net, groups) = start_cluster(
+        3,
+        |options| {
+            if options.node != NodeId(1) {
+                options.raft.election_ticks = 5_000;
+            }
+        },
+        |_| MemoryStorage::new(),
+    );
+    let first = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    assert_eq!(first, NodeId(1), "only member 1 can time out in time");
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let key = format!("k{i}");
+        groups[(i % 3) as usize]
+            .execute(put(&key, &i.to_string()))
+            .await
+            .expect("write");
+        acknowledged.push(key);
+    }
+    groups[0].shutdown().await;
+    fails_over_keeping_every_write(&groups[1], first, &acknowledged, ("after", "handover")).await;
+    for g in &groups {
+        g.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_cannot_commit_and_the_majority_moves_on() {
     let (net, groups) = start_memory_cluster(3);

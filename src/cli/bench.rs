@@ -3,8 +3,10 @@
 //!
 //! Phases: concurrent clients for `--duration` seconds (at the leader, or through a
 //! follower with `--via follower`), one sequential client for a few seconds (latency), and
-//! with `--failover`, the leader is stopped and the time until a survivor acknowledges a
-//! write is measured. With `--catch-up` a new member then catches up from the log; with
+//! with `--failover`, the leader crashes (its endpoint closes first, so it can hand
+//! nothing over) and the time until a survivor acknowledges a write is measured; with
+//! `--handover` the leader shuts down gracefully instead (it hands leadership over first)
+//! and the same time is measured. Both at once need five members (two leaders go). With `--catch-up` a new member then catches up from the log; with
 //! `--snapshot-install <MiB>` the leader's state is first filled to that size and a new
 //! member catches up from a snapshot of it (time, and the process's peak memory growth
 //! during the install). Prints a summary, or one JSON object with `--json`.
@@ -52,9 +54,13 @@ pub struct BenchArgs {
     /// Seconds of the sequential (one client) phase; 0 skips it.
     #[arg(long, default_value_t = 3)]
     pub sequential: u64,
-    /// Also stop the leader and measure the time until a survivor accepts a write.
+    /// Also crash the leader and measure the time until a survivor accepts a write.
     #[arg(long)]
     pub failover: bool,
+    /// Also shut the leader down gracefully (it hands leadership over first) and measure
+    /// the time until a survivor accepts a write (after `--failover`'s crash, if both).
+    #[arg(long)]
+    pub handover: bool,
     /// Also add a new member after the load and measure how fast it catches up from the
     /// leader's log (snapshots are off for this run, so the whole log is replicated).
     #[arg(long)]
@@ -125,6 +131,15 @@ async fn load(group: Arc<Group<KvStore>>, clients: usize, duration: Duration) ->
 async fn run(args: BenchArgs) -> Result<serde_json::Value> {
     if args.nodes == 0 || args.clients == 0 {
         bail!("--nodes and --clients must be at least 1");
+    }
+    let leaders_stopped = usize::from(args.failover) + usize::from(args.handover);
+    if leaders_stopped > 0 && args.nodes < 1 + 2 * leaders_stopped {
+        bail!(
+            "--failover and --handover each stop a leader: {} nodes leave no majority \
+             ({} needed)",
+            args.nodes,
+            1 + 2 * leaders_stopped
+        );
     }
     let mut options = ClusterOptions::new(args.nodes, GroupKey::generate()?);
     if let Some(mib) = args.snapshot_install {
@@ -366,6 +381,7 @@ async fn measure(
     )
     .await;
     let writes_before = handles[leader_ix].storage_writes();
+    let term_before = handles[leader_ix].status().term;
     let started = Instant::now();
     let (lat, errors) = load(
         target.clone(),
@@ -375,6 +391,8 @@ async fn measure(
     .await;
     let elapsed = started.elapsed().as_secs_f64();
     let throughput = lat.len() as f64 / elapsed;
+    // Elections under load: each one moves the term (a pre-vote that fails does not).
+    let elections = handles[leader_ix].status().term.saturating_sub(term_before);
     // The leader's durable writes during the concurrent phase: one sync each.
     let writes = handles[leader_ix].storage_writes();
     let syncs = writes.writes - writes_before.writes;
@@ -413,23 +431,14 @@ async fn measure(
         None => None,
     };
 
-    let failover_ms = if args.failover && args.nodes >= 3 {
-        let survivor_ix = (leader_ix + 1) % args.nodes;
-        let stop = Instant::now();
-        cluster.members[leader_ix].group.shutdown().await;
-        cluster.members[leader_ix].endpoint.close().await;
-        let survivor = &handles[survivor_ix];
-        let mut n = 0;
-        loop {
-            if survivor.execute(command(usize::MAX, n)).await.is_ok() {
-                break;
-            }
-            n += 1;
-            if stop.elapsed() > Duration::from_secs(30) {
-                bail!("no survivor accepted a write within 30 s of the leader stopping");
-            }
-        }
-        Some(stop.elapsed().as_secs_f64() * 1000.0)
+    let mut stopped = Vec::new();
+    let failover_ms = if args.failover {
+        Some(fail_over(&cluster, &handles, &mut stopped, Stop::Crash).await?)
+    } else {
+        None
+    };
+    let handover_ms = if args.handover {
+        Some(fail_over(&cluster, &handles, &mut stopped, Stop::Graceful).await?)
     } else {
         None
     };
@@ -445,6 +454,7 @@ async fn measure(
         "commands": lat.len(),
         "errors": errors,
         "commands_per_sec": throughput.round(),
+        "elections_during_load": elections,
         "latency_ms": { "p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": percentile(&lat, 1.0) },
         "sequential_latency_ms": { "p50": seq_p50, "p99": seq_p99 },
         "leader_durable_writes": {
@@ -455,8 +465,74 @@ async fn measure(
         "catch_up": catch_up,
         "snapshot_install": snapshot_install,
         "failover_ms": failover_ms,
+        "handover_ms": handover_ms,
         "tick_ms": 50,
     }))
+}
+
+/// How [`fail_over`] stops the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Its endpoint closes first (its bonds with it), then it stops: it hands nothing over,
+    /// and the survivors elect a leader once their election timeout runs out.
+    Crash,
+    /// `Group::shutdown`: it hands leadership over, then its endpoint closes.
+    Graceful,
+}
+
+/// Stops the current leader as `how` says and returns the milliseconds until a survivor
+/// acknowledges a write. `stopped` holds the members stopped so far (never survivors).
+async fn fail_over(
+    cluster: &LocalCluster,
+    handles: &[Arc<Group<KvStore>>],
+    stopped: &mut Vec<usize>,
+    how: Stop,
+) -> Result<f64> {
+    let survivor_ix = (0..handles.len())
+        .find(|i| !stopped.contains(i))
+        .context("a member still running")?;
+    let leader = tokio::time::timeout(
+        Duration::from_secs(20),
+        handles[survivor_ix].when().leader_elected(),
+    )
+    .await
+    .context("no leader to stop")??;
+    let leader_ix = cluster.index_of(leader).context("leader is a member")?;
+    let survivor_ix = (0..handles.len())
+        .find(|i| *i != leader_ix && !stopped.contains(i))
+        .context("a survivor")?;
+    let member = &cluster.members[leader_ix];
+    let stop = Instant::now();
+    let crashed = match how {
+        Stop::Crash => {
+            member.endpoint.close().await;
+            // Its worker winds down on the side (it may try to hand over, in vain).
+            let group = member.group.clone();
+            Some(tokio::spawn(async move { group.shutdown().await }))
+        }
+        Stop::Graceful => {
+            member.group.shutdown().await;
+            member.endpoint.close().await;
+            None
+        }
+    };
+    stopped.push(leader_ix);
+    let survivor = &handles[survivor_ix];
+    let mut n = 0;
+    loop {
+        if survivor.execute(command(usize::MAX, n)).await.is_ok() {
+            break;
+        }
+        n += 1;
+        if stop.elapsed() > Duration::from_secs(30) {
+            bail!("no survivor accepted a write within 30 s of the leader stopping ({how:?})");
+        }
+    }
+    let elapsed_ms = stop.elapsed().as_secs_f64() * 1000.0;
+    if let Some(worker) = crashed {
+        worker.await.context("the crashed leader's shutdown")?;
+    }
+    Ok(elapsed_ms)
 }
 
 pub fn bench(args: BenchArgs) -> ExitCode {

@@ -402,6 +402,11 @@ impl<M: StateMachine> Group<M> {
     /// Stops this member: its worker (waiting for its thread without blocking the
     /// runtime), then its bonds and their tasks; the gateway forgets the group. Every
     /// handle sees the group stopped. Idempotent.
+    ///
+    /// A leader hands leadership over first, to the voter furthest along, and stops once
+    /// that voter's election has reached it (at most a second or so later): the group
+    /// goes on with a new leader at once instead of after an election timeout. This is not
+    /// a [`Group::leave`]: the member stays in the configuration and may come back.
     pub async fn shutdown(&self) {
         let _ = self.shared.inbox.push(InboxItem::Shutdown);
         let thread = self

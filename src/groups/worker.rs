@@ -251,6 +251,8 @@ pub(crate) struct Worker<M: StateMachine, S: Storage> {
     /// The latest leave request (see [`Worker::cancel_abandoned`]).
     leave_request: Option<RequestId>,
     next_request: u64,
+    /// A shutdown was asked for; the member is handing leadership over first.
+    stopping: bool,
 }
 
 impl<M: StateMachine, S: Storage> Worker<M, S> {
@@ -292,6 +294,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             pending: BTreeMap::new(),
             leave_request: None,
             next_request: 0,
+            stopping: false,
         }
     }
 
@@ -320,14 +323,14 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
-                Ok(InboxItem::Shutdown) => break,
+                Ok(InboxItem::Shutdown) if self.stop_asked() => break,
                 Ok(item) => {
                     self.handle_item(item);
                     // Group commit: take whatever else is queued before writing once.
                     let mut handled = 1;
                     while handled < ITEMS_PER_ROUND_MAX {
                         match self.inbox.try_recv() {
-                            Ok(InboxItem::Shutdown) => return self.shutdown(),
+                            Ok(InboxItem::Shutdown) if self.stop_asked() => return self.shutdown(),
                             Ok(item) => self.handle_item(item),
                             Err(_) => break,
                         }
@@ -345,8 +348,22 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             }
             self.finish_snapshot(false);
             self.process_ready();
+            if self.stopping && !self.member.handing_over(Self::now()) {
+                break;
+            }
         }
         self.shutdown();
+    }
+
+    /// A shutdown was asked for: whether to stop now. A leader hands leadership over
+    /// first and stops once its successor's election has reached it (or its core gave
+    /// up, after an election timeout); the worker runs on until then.
+    fn stop_asked(&mut self) -> bool {
+        if self.stopping {
+            return false;
+        }
+        self.stopping = true;
+        !self.member.hand_over(Self::now())
     }
 
     fn shutdown(&mut self) {

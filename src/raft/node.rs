@@ -363,6 +363,12 @@ impl Raft {
             commit: self.commit,
         }
     }
+    /// The voter this leader is handing leadership to, while a transfer is under way (it
+    /// ends when that voter's election reaches this node, or after an election timeout).
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer_target
+    }
+
     /// Match index of a follower, as the leader sees it.
     pub fn match_index(&self, peer: NodeId) -> Option<Index> {
         self.progress.get(&peer).map(|p| p.match_index)

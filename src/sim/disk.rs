@@ -92,12 +92,22 @@ impl World {
     }
 
     pub(super) fn crash(&mut self, node: usize) -> Result<(), Violation> {
+        self.go_down(node, false)
+    }
+
+    /// The process of `node` ends: killed (`graceful` false), or at the end of a graceful
+    /// shutdown, whose writes have all completed (the worker writes synchronously).
+    pub(super) fn go_down(&mut self, node: usize, graceful: bool) -> Result<(), Violation> {
         let n = &mut self.nodes[node];
         if !n.is_up() {
             return Ok(());
         }
         // Writes in flight may or may not have reached the disk: a random prefix did.
-        let reached = self.rng.range(0, n.disk_queue.len() as u64 + 1) as usize;
+        let reached = if graceful {
+            n.disk_queue.len()
+        } else {
+            self.rng.range(0, n.disk_queue.len() as u64 + 1) as usize
+        };
         let mut durable = Vec::new();
         for w in n.disk_queue.drain(..).take(reached) {
             // A write that reached the disk is whole; storage validated it on the way in.
@@ -105,17 +115,25 @@ impl World {
             durable.extend(w.positions);
         }
         n.member = None;
+        n.stopping = false;
         n.incarnation += 1;
         // A paused process that is killed loses what queued up for it.
         self.paused.remove(&node);
         n.disk_busy_until_ms = 0;
         n.requests.clear();
         n.last_commit_seen = 0;
-        self.stats.crashes += 1;
         let id = self.ids[node];
-        self.note(format!(
-            "{id} crashes ({reached} in-flight writes reached the disk)"
-        ));
+        if graceful {
+            self.stats.graceful_stops += 1;
+            self.note(format!(
+                "{id} stops gracefully ({reached} writes completed)"
+            ));
+        } else {
+            self.stats.crashes += 1;
+            self.note(format!(
+                "{id} crashes ({reached} in-flight writes reached the disk)"
+            ));
+        }
         self.update_reachability();
         // What reached the disk is durable: its log positions are now someone's log.
         self.checkers.on_durable(self.ids[node], &durable)

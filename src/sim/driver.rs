@@ -66,7 +66,22 @@ impl World {
             self.stats.foundings += 1;
             self.note(format!("{id} founds the group with {voters:?}"));
         }
-        self.drain(node)
+        self.drain(node)?;
+        self.finish_graceful_stop(node)
+    }
+
+    /// A member asked to stop gracefully goes down once it no longer hands leadership
+    /// over (as the worker does), and restarts from its disk later.
+    pub(super) fn finish_graceful_stop(&mut self, node: usize) -> Result<(), Violation> {
+        let now = self.now_of(node);
+        let n = &self.nodes[node];
+        if !n.stopping || n.member.as_ref().is_some_and(|m| m.handing_over(now)) {
+            return Ok(());
+        }
+        self.go_down(node, true)?;
+        let back = self.rng.range(50, 2000);
+        self.schedule(back, super::events::EventKind::Restart { node });
+        Ok(())
     }
 
     /// Carries out node `node`'s actions, as the worker does, until there are none.

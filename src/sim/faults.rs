@@ -89,6 +89,7 @@ pub(crate) struct FaultWeights {
     pub transfer_leader: u32,
     pub clock_jump: u32,
     pub fresh_identity: u32,
+    pub graceful_stop: u32,
 }
 
 /// One injected fault.
@@ -108,6 +109,9 @@ pub(crate) enum FaultKind {
     ClockJump,
     /// A member's machine reboots as a new identity, its disk wiped.
     FreshIdentity,
+    /// A member is shut down gracefully (a leader hands leadership over first) and
+    /// restarts from its disk later.
+    GracefulStop,
 }
 
 impl FaultPlan {
@@ -127,6 +131,7 @@ impl FaultPlan {
             transfer_leader: weight(1),
             clock_jump: weight(1),
             fresh_identity: weight(1),
+            graceful_stop: weight(2),
         };
         let delay_ms_max = rng.range(1, 30);
         let long_delay_probability = if rng.chance(0.7) {
@@ -246,6 +251,7 @@ impl FaultPlan {
             (w.transfer_leader, FaultKind::TransferLeader),
             (w.clock_jump, FaultKind::ClockJump),
             (w.fresh_identity, FaultKind::FreshIdentity),
+            (w.graceful_stop, FaultKind::GracefulStop),
         ];
         let total: u64 = table.iter().map(|(w, _)| u64::from(*w)).sum();
         if total == 0 {

@@ -126,6 +126,7 @@ impl World {
                 }
             }
             FaultKind::FreshIdentity => self.replace_identity()?,
+            FaultKind::GracefulStop => self.stop_gracefully()?,
             FaultKind::ClockJump => {
                 let victim = self.rng.range(0, n as u64) as usize;
                 let jump = self.rng.range(CLOCK_JUMP_MS_MIN, CLOCK_JUMP_MS_MAX + 1) as i64;
@@ -134,6 +135,33 @@ impl World {
                 self.stats.clock_jumps += 1;
                 self.note(format!("{} wall clock jumps {jump} ms", self.ids[victim]));
             }
+        }
+        Ok(())
+    }
+
+    /// Shuts a member down gracefully, the leader more often than not: a leader hands
+    /// leadership over first, and goes down once its successor's election reached it (or
+    /// its core gave up); any other member goes down at once. Restarts from its disk.
+    fn stop_gracefully(&mut self) -> Result<(), Violation> {
+        let n = self.nodes.len();
+        let down = self.nodes.iter().filter(|x| !x.is_up()).count();
+        if down >= n.div_ceil(2) {
+            return Ok(());
+        }
+        let leader = self.current_leader().map(|(i, _)| i);
+        let victim = match leader {
+            Some(i) if self.rng.chance(0.7) => i,
+            _ => self.rng.range(0, n as u64) as usize,
+        };
+        if !self.nodes[victim].is_up() || self.nodes[victim].stopping {
+            return Ok(());
+        }
+        self.note(format!("{} asked to shut down", self.ids[victim]));
+        self.nodes[victim].stopping = true;
+        let mut handing_over = false;
+        self.drive(victim, |m, now| handing_over = m.hand_over(now))?;
+        if handing_over {
+            self.stats.handovers += 1;
         }
         Ok(())
     }
@@ -318,6 +346,8 @@ impl World {
         self.blocked.clear();
         for n in &mut self.nodes {
             n.disk_slow_until_ms = 0;
+            // A shutdown still handing over is called off: every node stays up from here.
+            n.stopping = false;
         }
         self.note("heal: network whole, all nodes restarting, no more faults".into());
         let paused: Vec<usize> = self.paused.keys().copied().collect();

@@ -56,6 +56,9 @@ pub(super) struct SimNode {
     /// same step (an automatic promotion follows the count), and appends nothing before
     /// it, so this is exactly the configuration of the quorum it used.
     pub step_membership: Option<crate::raft::Membership>,
+    /// A graceful shutdown was asked for: the member stops once its hand-over (if it
+    /// leads) is over.
+    pub stopping: bool,
 }
 
 impl SimNode {
@@ -72,6 +75,7 @@ impl SimNode {
             next_request: 0,
             last_commit_seen: 0,
             step_membership: None,
+            stopping: false,
         }
     }
 

@@ -40,7 +40,8 @@ fn simulator_seeds_pass() {
          delivered on resume), {} long-tail delays, {} runs with skewed ticks, {} give-ups, \
          {} client departures, {} sessions evicted, {} expired, {} retries deduplicated, \
          {} commands forwarded, {} follower reads, {} automatic membership changes, \
-         {} wall-clock jumps, {} members replaced by new identities ({} of them left first)",
+         {} wall-clock jumps, {} members replaced by new identities ({} of them left first), \
+         {} graceful shutdowns ({} leaders handed over first)",
         sum(|r| r.stats.crashes),
         sum(|r| r.stats.partitions),
         sum(|r| r.stats.pauses),
@@ -61,6 +62,8 @@ fn simulator_seeds_pass() {
         sum(|r| r.stats.clock_jumps),
         sum(|r| r.stats.identities_replaced),
         sum(|r| r.stats.left_before_reboot),
+        sum(|r| r.stats.graceful_stops),
+        sum(|r| r.stats.handovers),
     );
     assert!(sum(|r| r.stats.crashes) > 0, "no crashes injected");
     // The runtime's own paths, through the member, not only the core's.
@@ -90,6 +93,14 @@ fn simulator_seeds_pass() {
         "no membership changes"
     );
     assert!(sum(|r| r.stats.transfers) > 0, "no leader transfers");
+    assert!(
+        sum(|r| r.stats.handovers) > 0,
+        "no leader handed over before a graceful shutdown"
+    );
+    assert!(
+        sum(|r| r.stats.graceful_stops) > sum(|r| r.stats.handovers),
+        "no graceful shutdown without a hand-over (a follower's)"
+    );
     assert!(
         sum(|r| r.stats.snapshots_installed) > 0,
         "no snapshot was ever installed"

@@ -99,6 +99,10 @@ pub struct Stats {
     pub membership_changes: u64,
     /// Leadership transfers asked for.
     pub transfers: u64,
+    /// Graceful shutdowns (each restarts from its disk later).
+    pub graceful_stops: u64,
+    /// Of those, the ones of a leader that handed leadership over before it stopped.
+    pub handovers: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
     /// Messages that took a long-tail delay.
