@@ -45,6 +45,7 @@ pub mod groups;
 pub mod lincheck;
 pub mod machine;
 pub mod net;
+pub mod probe;
 pub mod raft;
 pub mod sim;
 pub mod storage;

@@ -128,6 +128,52 @@ async fn load(group: Arc<Group<KvStore>>, clients: usize, duration: Duration) ->
     (all, errors)
 }
 
+/// One client in sequence for `duration` with the latency probe on (feature
+/// `latency-probe`): per hop of the write's path, the median time from the hop before it
+/// that was reached, in microseconds, and the median of the whole.
+async fn latency_breakdown(group: Arc<Group<KvStore>>, duration: Duration) -> serde_json::Value {
+    use tessera::probe::{self, Hop};
+    let deadline = Instant::now() + duration;
+    let mut steps: Vec<Vec<u64>> = vec![Vec::new(); Hop::COUNT];
+    let mut totals = Vec::new();
+    let mut n = 0;
+    while Instant::now() < deadline {
+        probe::start();
+        let ok = group.execute(command(0, n)).await.is_ok();
+        let marks = probe::finish();
+        n += 1;
+        if !ok {
+            continue;
+        }
+        let mut previous = marks[Hop::Execute as usize];
+        for hop in Hop::ALL.into_iter().skip(1) {
+            let at = marks[hop as usize];
+            if at >= previous && previous > 0 {
+                steps[hop as usize].push(at - previous);
+                previous = at;
+            }
+        }
+        totals.push(marks[Hop::Done as usize] - marks[Hop::Execute as usize]);
+    }
+    let median_us = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).map(|ns| *ns as f64 / 1000.0)
+    };
+    let hops: Vec<serde_json::Value> = Hop::ALL
+        .into_iter()
+        .skip(1)
+        .map(|hop| {
+            let v = &mut steps[hop as usize];
+            serde_json::json!({
+                "hop": format!("{hop:?}"),
+                "reached": v.len(),
+                "p50_us_since_previous": median_us(v),
+            })
+        })
+        .collect();
+    serde_json::json!({ "commands": totals.len(), "p50_us": median_us(&mut totals), "hops": hops })
+}
+
 async fn run(args: BenchArgs) -> Result<serde_json::Value> {
     if args.nodes == 0 || args.clients == 0 {
         bail!("--nodes and --clients must be at least 1");
@@ -410,6 +456,12 @@ async fn measure(
         (f64::NAN, f64::NAN)
     };
 
+    let breakdown = if tessera::probe::ENABLED && args.sequential > 0 {
+        Some(latency_breakdown(target.clone(), Duration::from_secs(args.sequential)).await)
+    } else {
+        None
+    };
+
     let catch_up = if args.catch_up {
         if !args.json {
             eprintln!("bench: a new member catches up from the log …");
@@ -457,6 +509,7 @@ async fn measure(
         "elections_during_load": elections,
         "latency_ms": { "p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": percentile(&lat, 1.0) },
         "sequential_latency_ms": { "p50": seq_p50, "p99": seq_p99 },
+        "latency_breakdown": breakdown,
         "leader_durable_writes": {
             "per_sec": (syncs as f64 / elapsed).round(),
             "entries_per_write": if syncs == 0 { f64::NAN } else { synced_entries as f64 / syncs as f64 },

@@ -19,6 +19,7 @@ use super::member::{self, Action, Member, Now, Request, RequestId};
 use super::transport::{InboxItem, PeerFrame, Transport};
 use crate::group_id::GroupId;
 use crate::machine::{ApplyContext, Sessions, StateMachine};
+use crate::probe::{self, Hop};
 use crate::raft::{
     Entry, EntryPayload, Incarnation, Index, Membership, MembershipChange, NodeId, Raft, Role,
     Snapshot, Term,
@@ -405,6 +406,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             InboxItem::Frame { from, frame } => {
                 // A received snapshot is kept for this delivery until the core has had it.
                 if let PeerFrame::Raft(m) = &frame {
+                    probe::mark_message(m, Hop::FollowerInbox, Hop::LeaderResponseInbox);
                     if let Some(handle) = super::snapshot_transfer::handle_of(m) {
                         self.delivered_snapshots.push(handle);
                     }
@@ -414,7 +416,10 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             InboxItem::PeerReachable { peer, reachable } => {
                 self.member.handle_reachable(Self::now(), peer, reachable)
             }
-            InboxItem::Client(request) => self.handle_client(request),
+            InboxItem::Client(request) => {
+                probe::mark(Hop::LeaderInbox);
+                self.handle_client(request)
+            }
             InboxItem::Shutdown => {}
         }
     }
@@ -477,7 +482,12 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     /// Executes one action of the member, in the order the member's contract demands.
     fn carry_out(&mut self, action: Action) {
         match action {
-            Action::Send { to, frame } => self.transport.send(to, frame),
+            Action::Send { to, frame } => {
+                if let PeerFrame::Raft(m) = &frame {
+                    probe::mark_message(m, Hop::LeaderSend, Hop::FollowerSend);
+                }
+                self.transport.send(to, frame)
+            }
             Action::Write { batch, then } => {
                 if !batch.is_empty() {
                     let started = Instant::now();
@@ -493,6 +503,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
                 let persisted = batch.persisted_position();
                 for m in then {
+                    probe::mark_message(&m, Hop::LeaderSend, Hop::FollowerSend);
                     self.transport.send(m.to, PeerFrame::Raft(m));
                 }
                 if let Some((index, term)) = persisted {
@@ -511,6 +522,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                     entries.push(next);
                 }
                 let outputs = self.apply(&entries);
+                probe::mark_applied(entries.last().map_or(0, |e| e.index));
                 for (entry, output) in entries.iter().zip(outputs) {
                     self.member.handle_applied(entry.index, entry.term, output);
                 }
@@ -525,6 +537,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             Action::TakeSnapshot { index } => self.start_snapshot(index),
             Action::Answer { id, result } => {
                 if let Some(pending) = self.pending.remove(&id) {
+                    probe::mark(Hop::Answered);
                     pending.answer(result);
                 }
             }

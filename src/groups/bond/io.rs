@@ -2,6 +2,7 @@
 //! routed to streams of their own), the read-ahead reader with its byte budget, and the
 //! allowance for ticket renewals.
 use super::*;
+use crate::probe::{self, Hop};
 
 /// The sending side of a bond's snapshot transfers: at most one in flight. The core
 /// offers the same snapshot again while it waits; a transfer already under way for it
@@ -190,7 +191,15 @@ pub(super) async fn write_bond(
         // frame that does not encode (over the frame limit) is dropped alone; `buf` keeps
         // the others.
         buf.clear();
-        let encode = |buf: &mut Vec<u8>, message: &BondMessage| {
+        // The latency probe's hops this write carries (feature `latency-probe`).
+        let mut written = Vec::new();
+        let mut encode = |buf: &mut Vec<u8>, message: &BondMessage| {
+            if let (true, BondMessage::Frame(PeerFrame::Raft(m))) = (probe::ENABLED, message) {
+                if let Some(carried) = probe::carried(m) {
+                    probe::mark_carried(carried, Hop::LeaderWriter, Hop::FollowerWriter);
+                    written.push(carried);
+                }
+            }
             if let Err(e) = encode_message(buf, message) {
                 tracing::warn!(error = %e, "bond frame not sent");
             }
@@ -208,6 +217,9 @@ pub(super) async fn write_bond(
         if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut send, &buf).await {
             tracing::debug!(error = %e, "bond write failed");
             return;
+        }
+        for carried in written {
+            probe::mark_carried(carried, Hop::LeaderWritten, Hop::FollowerWritten);
         }
     }
 }

@@ -777,6 +777,13 @@ impl Bonds {
                     ))
                 }
                 BondMessage::Frame(frame) => {
+                    if let PeerFrame::Raft(m) = &frame {
+                        crate::probe::mark_message(
+                            m,
+                            crate::probe::Hop::FollowerRead,
+                            crate::probe::Hop::LeaderRead,
+                        );
+                    }
                     // Counted without waking watchers: this is the hot path.
                     self.stats.send_if_modified(|s| {
                         s.frames_in += 1;
