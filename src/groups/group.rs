@@ -8,7 +8,6 @@
 //! time; the handle keeps a pool of them, one per concurrent call.
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,7 +37,7 @@ pub(super) struct GroupShared {
     pub status: watch::Receiver<GroupStatus>,
     pub sessions: Mutex<SessionPool>,
     pub timeout: Duration,
-    pub thread: Mutex<Option<JoinHandle<()>>>,
+    pub thread: Mutex<Option<super::worker::WorkerHandle>>,
     /// Latency of the worker's durable writes.
     pub write_timing: Arc<crate::storage::WriteTiming>,
     pub id: super::GroupId,
@@ -415,8 +414,8 @@ impl<M: StateMachine> Group<M> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        if let Some(worker) = thread {
+            worker.join().await;
         }
         if let Some(network) = self.shared.network.get() {
             (network.detach)();

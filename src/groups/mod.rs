@@ -1,10 +1,11 @@
 //! Groups: identity ([`GroupKey`], [`GroupId`]), the [`Groups`] gateway of an iroh endpoint
 //! (an iroh `ProtocolHandler` that routes incoming bonds to the groups joined on it, and
 //! the [`GroupBuilder`] that joins them), bonds over iroh ([`Bonds`]), and the runtime: a
-//! worker thread that drives one member's consensus core against real storage, a state
+//! worker that drives one member's consensus core against real storage, a state
 //! machine and a transport, and the async [`Group`] handle applications use.
 //!
-//! **IO contract.** The worker does storage IO (synchronously, on its own thread) and
+//! **IO contract.** The worker does storage IO (synchronously: on its own thread when the
+//! store's writes block, as a task of the runtime when they never do) and
 //! hands frames to a [`Transport`]; it never makes a protocol decision itself (the sans-IO
 //! `member` does). The handle talks to the worker only through its bounded inbox.
 // Some public items of `bond` and `snapshot_transfer` are reachable only through
@@ -58,7 +59,7 @@ use crate::machine::{LeadershipPreference, Sessions, StateMachine};
 use crate::raft::{Membership, NodeId, Raft, RaftConfig};
 use crate::storage::{SnapshotHandle, SnapshotStore, Storage};
 use group::{GroupShared, SessionPool};
-use worker::Worker;
+use worker::{Placement, Worker, WorkerHandle};
 
 /// Everything needed to start one member.
 #[derive(Clone, Debug)]
@@ -108,7 +109,10 @@ pub enum StartError {
 
 /// Starts a member: recovers from `storage`, bootstraps if asked and fresh, connects the
 /// transport `connect` returns for the worker's inbox (and the storage's snapshot store,
-/// which snapshots are sent from and received into), and spawns the worker thread.
+/// which snapshots are sent from and received into), and starts the worker: a task of the
+/// current async runtime when the store's writes never block
+/// ([`Storage::writes_block`](crate::storage::Storage::writes_block)), an OS thread of its
+/// own otherwise or outside a runtime.
 pub fn start<M, S>(
     options: MemberOptions,
     machine: M,
@@ -120,6 +124,7 @@ where
     S: Storage + Send + 'static,
 {
     let state = storage.initial_state()?;
+    let write_blocks = storage.writes_block();
     let mut sessions = Sessions::new(machine);
     let snapshots = storage.snapshot_store();
     let kept = match &state.snapshot {
@@ -165,9 +170,21 @@ where
         status_tx,
     )
     .in_group(options.group_id, options.network_id.clone());
-    let thread = std::thread::Builder::new()
-        .name(format!("tessera-group-{}", options.node))
-        .spawn(move || worker.run())?;
+    let wake = inbox.waker();
+    let placement = Placement::for_storage(write_blocks);
+    let thread = match placement {
+        Placement::Task(runtime) => WorkerHandle::Task(runtime.spawn(worker.run(wake))),
+        Placement::Thread => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()?;
+            WorkerHandle::Thread(
+                std::thread::Builder::new()
+                    .name(format!("tessera-group-{}", options.node))
+                    .spawn(move || runtime.block_on(worker.run(wake)))?,
+            )
+        }
+    };
     // Client ids must be unique across every handle of the group: start this handle's
     // range at a random point.
     let mut random = [0u8; 8];

@@ -6,6 +6,9 @@
 //! `LocalNetwork` (feature `test-util`, `local_network.rs`) connects workers inside one
 //! process for tests.
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -118,12 +121,15 @@ pub enum InboxItem<C> {
 /// The sending side of a worker's inbox. Cloneable; never blocks.
 pub struct Inbox<C> {
     tx: SyncSender<InboxItem<C>>,
+    /// Wakes the worker (a task or a thread waiting on it) after a push.
+    wake: Arc<Notify>,
 }
 
 impl<C> Clone for Inbox<C> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            wake: self.wake.clone(),
         }
     }
 }
@@ -142,7 +148,10 @@ pub enum InboxError {
 impl<C> Inbox<C> {
     /// The inbox whose worker receives from the other end of `tx`.
     pub fn new(tx: SyncSender<InboxItem<C>>) -> Self {
-        Self { tx }
+        Self {
+            tx,
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     /// Queues `item` without blocking; fails when the inbox is full or closed.
@@ -150,7 +159,15 @@ impl<C> Inbox<C> {
         self.tx.try_send(item).map_err(|e| match e {
             TrySendError::Full(_) => InboxError::Full,
             TrySendError::Disconnected(_) => InboxError::Closed,
-        })
+        })?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// What the worker waits on: notified after every push (a push while the worker is
+    /// busy leaves a permit, so no wake-up is lost).
+    pub(crate) fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 }
 

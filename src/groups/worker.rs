@@ -2,17 +2,19 @@
 //! consensus core, request tables, formation, membership) against real storage, a real
 //! state machine, a [`Transport`] and the system clock.
 //!
-//! One OS thread per group. It blocks only on its inbox (with the tick as timeout) and on
-//! storage writes, which are synchronous and durable (group commit: everything that
-//! arrived since the last write goes into one batch). It keeps the local callers' reply
+//! It waits only on its inbox (with the tick as timeout) and on storage writes, which are
+//! synchronous and durable (group commit: everything that arrived since the last write goes
+//! into one batch). A store whose writes block (a sync to disk) gets the worker an OS thread
+//! of its own; with one that never blocks it runs as a task of the caller's async runtime,
+//! which saves a hand-off between threads on every message ([`Placement`]). It keeps the local callers' reply
 //! channels, applies entries, runs queries and writes snapshot files; it decides nothing.
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::error::{Rejection, StopReason};
 use super::member::{self, Action, Member, Now, Request, RequestId};
@@ -29,6 +31,63 @@ use crate::storage::{SnapshotHandle, SnapshotStore, Storage, WriteTiming};
 
 /// Most inbox items handled before the worker writes and answers (bounds latency).
 pub(crate) const ITEMS_PER_ROUND_MAX: usize = 4096;
+
+/// A worker task woken this soon after it began to wait is under load: the task that woke
+/// it is one of many feeding the inbox (the runtime runs a woken task right after its
+/// waker, so without a yield every round would take one item). It yields once, so that the
+/// others push theirs and the next round takes them all (group commit). Woken later, the
+/// inbox is quiet and the item is taken at once: one client in sequence pays no yield.
+const YIELD_IF_WOKEN_WITHIN: Duration = Duration::from_micros(10);
+
+/// Where a worker runs.
+pub(crate) enum Placement {
+    /// A task of this async runtime: for a store whose writes never block, when the caller
+    /// runs in a runtime. Messages reach the worker without waking another thread.
+    Task(tokio::runtime::Handle),
+    /// An OS thread of its own: for a store whose writes block (a sync to disk), so that a
+    /// sync never holds up the runtime's other tasks; or when there is no runtime.
+    Thread,
+}
+
+impl Placement {
+    /// Where to run the worker of a store whose writes block (`writes_block`) or not.
+    pub(crate) fn for_storage(writes_block: bool) -> Self {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !writes_block => Placement::Task(runtime),
+            _ => Placement::Thread,
+        }
+    }
+}
+
+/// The running worker, to wait for at shutdown.
+pub(crate) enum WorkerHandle {
+    /// A task of the runtime the group was started in.
+    Task(tokio::task::JoinHandle<()>),
+    /// A thread of its own.
+    Thread(std::thread::JoinHandle<()>),
+}
+
+impl WorkerHandle {
+    /// Waits until the worker has stopped, without blocking the runtime.
+    pub(crate) async fn join(self) {
+        match self {
+            WorkerHandle::Task(task) => {
+                let _ = task.await;
+            }
+            WorkerHandle::Thread(thread) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+        }
+    }
+}
+
+/// What one round of taking items from the inbox came to.
+enum Round {
+    /// This many items were handled (a `Shutdown` that waits for a hand-over among them).
+    Handled(usize),
+    /// Stop now: shutdown asked for, or every sender gone.
+    Stop,
+}
 
 /// Why a client request did not complete; the handle decides whether to retry.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -318,28 +377,31 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
     }
 
     /// Runs until shutdown or until every handle and the transport let go of the inbox.
-    pub(crate) fn run(mut self) {
+    /// `wake` is the inbox's ([`Inbox::waker`](super::Inbox)): notified on every push.
+    ///
+    /// Async so that it can run as a task of the caller's runtime when its storage never
+    /// blocks, and on a thread of its own (with a one-thread runtime) when it does: it
+    /// awaits only its inbox and the tick.
+    pub(crate) async fn run(mut self, wake: Arc<Notify>) {
         let mut next_tick = Instant::now() + self.config.tick;
         self.process_ready();
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.inbox.recv_timeout(wait) {
-                Ok(InboxItem::Shutdown) if self.stop_asked() => break,
-                Ok(item) => {
-                    self.handle_item(item);
-                    // Group commit: take whatever else is queued before writing once.
-                    let mut handled = 1;
-                    while handled < ITEMS_PER_ROUND_MAX {
-                        match self.inbox.try_recv() {
-                            Ok(InboxItem::Shutdown) if self.stop_asked() => return self.shutdown(),
-                            Ok(item) => self.handle_item(item),
-                            Err(_) => break,
+            match self.take_round() {
+                Round::Stop => break,
+                Round::Handled(0) => {
+                    let waiting_since = Instant::now();
+                    let item_came = tokio::select! {
+                        () = wake.notified() => true,
+                        () = tokio::time::sleep_until(next_tick.into()) => false,
+                    };
+                    if item_came {
+                        if waiting_since.elapsed() < YIELD_IF_WOKEN_WITHIN {
+                            tokio::task::yield_now().await;
                         }
-                        handled += 1;
+                        continue;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Round::Handled(_) => {}
             }
             let now = Self::now();
             if now.instant >= next_tick {
@@ -354,6 +416,22 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
             }
         }
         self.shutdown();
+    }
+
+    /// Takes what is queued, up to [`ITEMS_PER_ROUND_MAX`] items (group commit: all of it
+    /// goes into one write).
+    fn take_round(&mut self) -> Round {
+        let mut handled = 0;
+        while handled < ITEMS_PER_ROUND_MAX {
+            match self.inbox.try_recv() {
+                Ok(InboxItem::Shutdown) if self.stop_asked() => return Round::Stop,
+                Ok(item) => self.handle_item(item),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Round::Stop,
+            }
+            handled += 1;
+        }
+        Round::Handled(handled)
     }
 
     /// A shutdown was asked for: whether to stop now. A leader hands leadership over

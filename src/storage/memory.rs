@@ -102,6 +102,10 @@ impl Storage for MemoryStorage {
     fn snapshot_meta(&self) -> Option<SnapshotMeta> {
         self.snapshot.as_ref().map(|s| s.meta.clone())
     }
+
+    fn writes_block(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -223,4 +223,10 @@ pub trait Storage {
     /// Where this store keeps snapshot bytes: the log store records only a snapshot's
     /// handle, the runtime streams the bytes in and out of here.
     fn snapshot_store(&self) -> Arc<SnapshotStore>;
+    /// Whether [`Storage::write`] may block the calling thread for long (a sync to disk).
+    /// The group's worker runs on a thread of its own for such a store, and as a task of
+    /// the async runtime for one that never blocks (one thread hand-off less per message).
+    fn writes_block(&self) -> bool {
+        true
+    }
 }
