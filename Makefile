@@ -122,7 +122,11 @@ fmt:
 bench-core:
 	$(CARGO) bench --locked --bench core
 
+## bench: the raft core's figure, then one table of the group figures (load at the leader
+## and through a follower, sequential latency, RocksDB, crash and graceful failover) beside
+## the previous run's (docs/bench-previous.json; BENCH_SAVE=1 replaces it) and the targets
 bench: bench-core
+	CARGO="$(CARGO)" scripts/bench.sh
 
 clean:
 	$(CARGO) clean
