@@ -10,8 +10,8 @@ use common::{
     fails_over_keeping_every_write, ix, put, start_cluster, start_memory_cluster, strong_get,
     within,
 };
-use tessera::groups::Consistency;
-use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult};
+use tessera::groups::{Consistency, Group};
+use tessera::machine::{KvCommand, KvOutput, KvQuery, KvQueryResult, KvStore};
 use tessera::raft::NodeId;
 use tessera::storage::MemoryStorage;
 
@@ -58,20 +58,31 @@ async fn writes_through_leader_and_follower_are_read_back_everywhere() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_the_leader_stops_a_new_one_takes_over_and_no_acknowledged_write_is_lost() {
-    let (_net, groups) = start_memory_cluster(3);
-    let old = within("election", groups[0].when().leader_elected())
-        .await
-        .expect("leader");
+/// Writes keys `k0..k{count}` (value `i`) round-robin through every member; returns them.
+async fn write_round_robin(groups: &[Group<KvStore>], count: usize) -> Vec<String> {
     let mut acknowledged = Vec::new();
-    for i in 0..100 {
+    for i in 0..count {
         let key = format!("k{i}");
-        groups[(i % 3) as usize]
+        groups[i % groups.len()]
             .execute(put(&key, &i.to_string()))
             .await
             .expect("write");
         acknowledged.push(key);
+    }
+    acknowledged
+}
+
+/// A leader that crashes (cut off from everyone first, so its shutdown can hand nothing
+/// over): the others elect a leader once their election timeout runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_leader_crashes_a_new_one_takes_over_and_no_acknowledged_write_is_lost() {
+    let (net, groups) = start_memory_cluster(3);
+    let old = within("election", groups[0].when().leader_elected())
+        .await
+        .expect("leader");
+    let acknowledged = write_round_robin(&groups, 100).await;
+    for other in (1..=3).map(NodeId).filter(|n| *n != old) {
+        net.cut(old, other);
     }
     groups[(old.0 - 1) as usize].shutdown().await;
     let survivor = &groups[(old.0 % 3) as usize];
@@ -100,15 +111,7 @@ async fn a_leader_that_shuts_down_hands_over_and_the_group_goes_on_at_once() {
         .await
         .expect("leader");
     assert_eq!(first, NodeId(1), "only member 1 can time out in time");
-    let mut acknowledged = Vec::new();
-    for i in 0..20 {
-        let key = format!("k{i}");
-        groups[(i % 3) as usize]
-            .execute(put(&key, &i.to_string()))
-            .await
-            .expect("write");
-        acknowledged.push(key);
-    }
+    let acknowledged = write_round_robin(&groups, 20).await;
     groups[0].shutdown().await;
     fails_over_keeping_every_write(&groups[1], first, &acknowledged, ("after", "handover")).await;
     for g in &groups {
