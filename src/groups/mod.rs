@@ -111,7 +111,7 @@ pub enum StartError {
 /// transport `connect` returns for the worker's inbox (and the storage's snapshot store,
 /// which snapshots are sent from and received into), and starts the worker: a task of the
 /// current async runtime when the store's writes never block
-/// ([`Storage::writes_block`](crate::storage::Storage::writes_block)), an OS thread of its
+/// ([`Storage::writes_block`]), an OS thread of its
 /// own otherwise or outside a runtime.
 pub fn start<M, S>(
     options: MemberOptions,
