@@ -3,10 +3,10 @@
 //!
 //! Phases: concurrent clients for `--duration` seconds (at the leader, or through a
 //! follower with `--via follower`), one sequential client for a few seconds (latency), and
-//! with `--failover`, the leader crashes (its endpoint closes first, so it can hand
-//! nothing over) and the time until a survivor acknowledges a write is measured; with
-//! `--handover` the leader shuts down gracefully instead (it hands leadership over first)
-//! and the same time is measured. Both at once need five members (two leaders go). With `--catch-up` a new member then catches up from the log; with
+//! with `--failover`, the leader crashes (its endpoint closes first, so it hands nothing
+//! over) and the time until a survivor acknowledges a write is measured; `--handover` shuts
+//! it down gracefully instead (it hands leadership over first); both at once need five
+//! members. With `--catch-up` a new member then catches up from the log; with
 //! `--snapshot-install <MiB>` the leader's state is first filled to that size and a new
 //! member catches up from a snapshot of it (time, and the process's peak memory growth
 //! during the install). Prints a summary, or one JSON object with `--json`.

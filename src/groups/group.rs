@@ -37,7 +37,7 @@ pub(super) struct GroupShared {
     pub status: watch::Receiver<GroupStatus>,
     pub sessions: Mutex<SessionPool>,
     pub timeout: Duration,
-    pub thread: Mutex<Option<super::worker::WorkerHandle>>,
+    pub worker: Mutex<Option<super::worker::WorkerHandle>>,
     /// Latency of the worker's durable writes.
     pub write_timing: Arc<crate::storage::WriteTiming>,
     pub id: super::GroupId,
@@ -398,7 +398,7 @@ impl<M: StateMachine> Group<M> {
         let _ = self.shared.network.set(Network { bonds, detach });
     }
 
-    /// Stops this member: its worker (waiting for its thread without blocking the
+    /// Stops this member: its worker (waiting for its thread or task without blocking the
     /// runtime), then its bonds and their tasks; the gateway forgets the group. Every
     /// handle sees the group stopped. Idempotent.
     ///
@@ -408,13 +408,13 @@ impl<M: StateMachine> Group<M> {
     /// a [`Group::leave`]: the member stays in the configuration and may come back.
     pub async fn shutdown(&self) {
         let _ = self.shared.inbox.push(InboxItem::Shutdown);
-        let thread = self
+        let worker = self
             .shared
-            .thread
+            .worker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(worker) = thread {
+        if let Some(worker) = worker {
             worker.join().await;
         }
         if let Some(network) = self.shared.network.get() {

@@ -172,7 +172,7 @@ where
     .in_group(options.group_id, options.network_id.clone());
     let wake = inbox.waker();
     let placement = Placement::for_storage(write_blocks);
-    let thread = match placement {
+    let handle = match placement {
         Placement::Task(runtime) => WorkerHandle::Task(runtime.spawn(worker.run(wake))),
         Placement::Thread => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -198,7 +198,7 @@ where
             next_client: u64::from_le_bytes(random),
         }),
         timeout: options.request_timeout,
-        thread: Mutex::new(Some(thread)),
+        worker: Mutex::new(Some(handle)),
         write_timing,
         id: options.group_id,
         network: std::sync::OnceLock::new(),

@@ -3,11 +3,11 @@
 //! state machine, a [`Transport`] and the system clock.
 //!
 //! It waits only on its inbox (with the tick as timeout) and on storage writes, which are
-//! synchronous and durable (group commit: everything that arrived since the last write goes
-//! into one batch). A store whose writes block (a sync to disk) gets the worker an OS thread
-//! of its own; with one that never blocks it runs as a task of the caller's async runtime,
-//! which saves a hand-off between threads on every message ([`Placement`]). It keeps the local callers' reply
-//! channels, applies entries, runs queries and writes snapshot files; it decides nothing.
+//! synchronous and durable (group commit: all that arrived since the last write goes into
+//! one batch). With a store whose writes block (a sync to disk) it has an OS thread of its
+//! own; with one that never blocks it is a task of the caller's runtime, one hand-off less
+//! per message ([`Placement`]). It keeps the local callers' reply channels, applies
+//! entries, runs queries and writes snapshot files; it decides nothing.
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;

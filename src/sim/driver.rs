@@ -72,7 +72,7 @@ impl World {
 
     /// A member asked to stop gracefully goes down once it no longer hands leadership
     /// over (as the worker does), and restarts from its disk later.
-    pub(super) fn finish_graceful_stop(&mut self, node: usize) -> Result<(), Violation> {
+    fn finish_graceful_stop(&mut self, node: usize) -> Result<(), Violation> {
         let now = self.now_of(node);
         let n = &self.nodes[node];
         if !n.stopping || n.member.as_ref().is_some_and(|m| m.handing_over(now)) {
