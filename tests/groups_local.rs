@@ -356,3 +356,94 @@ async fn an_operator_removes_and_adds_members_through_the_leader() {
         g.shutdown().await;
     }
 }
+
+/// Two groups founded separately under one id on one network (one key given to two
+/// clusters, say), and a fresh member that bonds with all six while it holds no log, so
+/// no bond handshake can refuse any of them: it joins one group and serves writes with it.
+/// The members of each group drop those of the other, and the joiner those of the group it
+/// did not join; nobody stops on the conflict between the two logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_member_beside_two_foundings_of_one_id_joins_one_and_nobody_stops() {
+    use tessera::groups::testing::LocalNetwork;
+    use tessera::raft::Membership;
+
+    let net = LocalNetwork::new();
+    let start = |id: u64, founders: Option<&[u64]>| {
+        let net = net.clone();
+        let voters = Membership::with_voters(founders.unwrap_or(&[]).iter().copied().map(NodeId));
+        let mut options = common::options(id, &voters);
+        options.bootstrap = founders.map(|_| voters);
+        tessera::groups::start(
+            options,
+            KvStore::new(),
+            MemoryStorage::new(),
+            move |inbox, snapshots| {
+                net.register(NodeId(id), inbox, snapshots);
+                net.transport(NodeId(id))
+            },
+        )
+        .expect("member starts")
+    };
+    let founded: Vec<Group<KvStore>> = (1..=3)
+        .map(|id| start(id, Some(&[1, 2, 3])))
+        .chain((4..=6).map(|id| start(id, Some(&[4, 5, 6]))))
+        .collect();
+    let (a, b) = (&founded[0], &founded[3]);
+    within("group a writes", a.execute(put("a", "1")))
+        .await
+        .expect("group a writes");
+    within("group b writes", b.execute(put("b", "1")))
+        .await
+        .expect("group b writes");
+    let a_incarnation = a.status().incarnation.expect("a founded");
+    let b_incarnation = b.status().incarnation.expect("b founded");
+    assert_ne!(a_incarnation, b_incarnation);
+
+    let joiner = start(7, None);
+    let leader = within("joiner online", joiner.when().online())
+        .await
+        .expect("joiner online");
+    within("joiner takes writes", joiner.execute(put("j", "1")))
+        .await
+        .expect("a write through the joiner");
+    let ours = joiner.status().incarnation.expect("joined");
+    let (own, other) = if ours == a_incarnation {
+        (1..=3, 4..=6)
+    } else {
+        assert_eq!(ours, b_incarnation);
+        (4..=6, 1..=3)
+    };
+    assert!(
+        own.contains(&leader.0),
+        "its leader {leader} is of its own group"
+    );
+    let own_group = &founded[ix(leader)];
+    assert_eq!(strong_get(own_group, "j").await.as_deref(), Some(&b"1"[..]));
+    for id in other.clone() {
+        assert!(
+            !net.is_bonded(NodeId(7), NodeId(id)),
+            "still bonded with {id}"
+        );
+        for mine in own.clone() {
+            assert!(
+                !net.is_bonded(NodeId(id), NodeId(mine)),
+                "{id} and {mine} bonded"
+            );
+        }
+    }
+    for id in own {
+        assert!(net.is_bonded(NodeId(7), NodeId(id)), "not bonded with {id}");
+    }
+    for (g, id) in founded.iter().zip(1..).chain([(&joiner, 7)]) {
+        assert_eq!(g.status().stopped, None, "member {id} stopped");
+    }
+    // The other group still works, and does not hold the joiner as a voter.
+    let other_group = &founded[ix(NodeId(other.start().to_owned()))];
+    within("the other group writes", other_group.execute(put("o", "1")))
+        .await
+        .expect("the other group writes");
+    assert!(!other_group.members().voters.contains(&NodeId(7)));
+    for g in founded.iter().chain([&joiner]) {
+        g.shutdown().await;
+    }
+}

@@ -245,9 +245,9 @@ impl ClientService {
                     Ok(output) => ClientResponse::Executed(output),
                     // Still unknown: the client sends the same (session, seq) again. A node
                     // that stopped meanwhile may have appended it too: not a refusal.
-                    Err(e @ (GroupError::Timeout(_) | GroupError::Stopped(_))) => {
-                        ClientResponse::Retry(e.to_string())
-                    }
+                    Err(
+                        e @ (GroupError::Timeout(_) | GroupError::Stopped(_) | GroupError::Busy),
+                    ) => ClientResponse::Retry(e.to_string()),
                     Err(e) => ClientResponse::Error(e.to_string()),
                 }
             }

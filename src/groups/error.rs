@@ -25,6 +25,10 @@ pub enum GroupError {
     /// leader changed or the answer was lost. Check the membership and ask again.
     #[error("the outcome is unknown (leader changed or answer lost)")]
     Unknown,
+    /// Too many of this member's requests wait for the leader's answer already (the
+    /// leader is slow or out of reach): nothing was sent; retry later.
+    #[error("too many requests wait for the leader's answer; retry later")]
+    Busy,
     /// The command, query or an answer does not (de)serialize with postcard: a bug in
     /// the state machine's types.
     #[error("encoding failed: {0}")]
@@ -40,6 +44,7 @@ impl From<super::worker::RequestError> for GroupError {
         match e {
             RequestError::NoLeader => GroupError::Refused(Rejection::NotLeader { leader: None }),
             RequestError::Unknown => GroupError::Unknown,
+            RequestError::Busy => GroupError::Busy,
             RequestError::Refused(rejection) => GroupError::Refused(rejection),
             RequestError::Stopped(reason) => GroupError::Stopped(reason),
         }

@@ -241,9 +241,9 @@ impl<M: StateMachine> Group<M> {
                 Err(_) => return Err(GroupError::Timeout(timeout)),
                 Ok(Err(_)) => return Err(self.gone()),
                 Ok(Ok(Ok(answer))) => return Ok(answer),
-                Ok(Ok(Err(RequestError::NoLeader | RequestError::Unknown))) => {
-                    self.backoff(deadline).await?
-                }
+                Ok(Ok(Err(
+                    RequestError::NoLeader | RequestError::Unknown | RequestError::Busy,
+                ))) => self.backoff(deadline).await?,
                 Ok(Ok(Err(RequestError::Stopped(why)))) => return Err(GroupError::Stopped(why)),
                 Ok(Ok(Err(other))) => return Err(other.into()),
             }

@@ -1,21 +1,31 @@
 //! An in-process network for tests (feature `test-util`): workers inside one process,
-//! frames straight into inboxes, links that can be cut.
-use std::collections::BTreeMap;
+//! frames straight into inboxes, links that can be cut, bonds that follow the links.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::transport::{Inbox, InboxError, InboxItem, PeerFrame, Transport};
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::storage::{SnapshotHandle, SnapshotStore};
 
-/// Type-erased frame sink of one worker, as the local network holds it.
-type FrameSink = Box<dyn Fn(NodeId, PeerFrame) -> Result<(), InboxError> + Send + Sync>;
+/// What the network hands a worker's inbox.
+enum Delivery {
+    Frame(NodeId, PeerFrame),
+    /// The bond with this peer came up (`true`) or went down.
+    Bond(NodeId, bool),
+}
+
+/// Type-erased inbox of one worker, as the local network holds it.
+type Sink = Box<dyn Fn(Delivery) -> Result<(), InboxError> + Send + Sync>;
 
 /// An in-process network: frames go straight into the target worker's inbox. Links can be
 /// cut to test partitions; a cut is symmetric unless made with [`LocalNetwork::cut_one_way`].
 ///
-/// It reports no bonds (`InboxItem::PeerReachable`): members never learn of one another
-/// as bonded peers, so automatic membership adds nobody and, after `removal_timeout`,
-/// counts every other member as away (see `WorkerConfig::removal_timeout`).
+/// Bonds follow the links, as iroh bonds do: two registered workers are bonded while
+/// neither direction between them is cut (a one-way cut ends the bond too, as a QUIC
+/// connection whose packets are lost one way idles out). Each change reaches both
+/// workers as `InboxItem::PeerReachable`, before any frame that crosses the new bond. A
+/// pair a member disconnected ([`Transport::disconnect_foreign`]) never bonds again, as
+/// the bond handshake refuses it.
 ///
 /// A snapshot's data names bytes in the sender's snapshot store; on the way the network
 /// copies them into the receiver's store (as a transfer over a bond would) and counts the
@@ -27,8 +37,57 @@ pub struct LocalNetwork {
 
 #[derive(Default)]
 struct LocalNetworkInner {
-    sinks: BTreeMap<NodeId, (FrameSink, Arc<SnapshotStore>)>,
-    cut: std::collections::BTreeSet<(NodeId, NodeId)>,
+    sinks: BTreeMap<NodeId, (Sink, Arc<SnapshotStore>)>,
+    /// Directed links that drop everything: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Pairs refused for good, both ways (a member found the other of another founding).
+    refused: BTreeSet<(NodeId, NodeId)>,
+}
+
+impl LocalNetworkInner {
+    fn bonded(&self, a: NodeId, b: NodeId) -> bool {
+        a != b
+            && self.sinks.contains_key(&a)
+            && self.sinks.contains_key(&b)
+            && !self.cut.contains(&(a, b))
+            && !self.cut.contains(&(b, a))
+            && !self.refused.contains(&(a, b))
+    }
+
+    /// Every bonded pair, each once (smaller id first).
+    fn bonds(&self) -> BTreeSet<(NodeId, NodeId)> {
+        let ids: Vec<NodeId> = self.sinks.keys().copied().collect();
+        let mut bonds = BTreeSet::new();
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                if self.bonded(*a, *b) {
+                    bonds.insert((*a, *b));
+                }
+            }
+        }
+        bonds
+    }
+
+    /// Tells both ends of every bond that `change` brought up or took down. A full inbox
+    /// misses the news, as a worker that cannot keep up misses frames.
+    fn change(&mut self, change: impl FnOnce(&mut Self)) {
+        let before = self.bonds();
+        change(self);
+        let after = self.bonds();
+        let report = |inner: &Self, (a, b): (NodeId, NodeId), up: bool| {
+            for (node, peer) in [(a, b), (b, a)] {
+                if let Some((sink, _)) = inner.sinks.get(&node) {
+                    let _ = sink(Delivery::Bond(peer, up));
+                }
+            }
+        };
+        for pair in before.difference(&after) {
+            report(self, *pair, false);
+        }
+        for pair in after.difference(&before) {
+            report(self, *pair, true);
+        }
+    }
 }
 
 impl LocalNetwork {
@@ -37,22 +96,35 @@ impl LocalNetwork {
         Self::default()
     }
 
-    /// Connects a worker's inbox (and its snapshot store) as `id`. Replaces an earlier
-    /// registration of `id`.
+    /// Connects a worker's inbox (and its snapshot store) as `id`, bonded with every
+    /// registered worker it has a link to. Replaces an earlier registration of `id` (whose
+    /// bonds go down first).
     pub fn register<C: Send + 'static>(
         &self,
         id: NodeId,
         inbox: Inbox<C>,
         snapshots: Arc<SnapshotStore>,
     ) {
-        let sink: FrameSink =
-            Box::new(move |from, frame| inbox.push(InboxItem::Frame { from, frame }));
-        self.lock().sinks.insert(id, (sink, snapshots));
+        let sink: Sink = Box::new(move |delivery| {
+            inbox.push(match delivery {
+                Delivery::Frame(from, frame) => InboxItem::Frame { from, frame },
+                Delivery::Bond(peer, reachable) => InboxItem::PeerReachable { peer, reachable },
+            })
+        });
+        let mut inner = self.lock();
+        inner.change(|inner| {
+            inner.sinks.remove(&id);
+        });
+        inner.change(|inner| {
+            inner.sinks.insert(id, (sink, snapshots));
+        });
     }
 
-    /// Disconnects `id` (its process stopped).
+    /// Disconnects `id` (its process stopped): its bonds go down.
     pub fn unregister(&self, id: NodeId) {
-        self.lock().sinks.remove(&id);
+        self.lock().change(|inner| {
+            inner.sinks.remove(&id);
+        });
     }
 
     /// A transport for the worker `me`.
@@ -65,20 +137,28 @@ impl LocalNetwork {
 
     /// Drops every frame between `a` and `b`, both ways, until [`heal`](Self::heal).
     pub fn cut(&self, a: NodeId, b: NodeId) {
-        let mut inner = self.lock();
-        inner.cut.insert((a, b));
-        inner.cut.insert((b, a));
+        self.lock().change(|inner| {
+            inner.cut.insert((a, b));
+            inner.cut.insert((b, a));
+        });
     }
 
     /// Drops every frame from `from` to `to` (not the other way) until
     /// [`heal`](Self::heal).
     pub fn cut_one_way(&self, from: NodeId, to: NodeId) {
-        self.lock().cut.insert((from, to));
+        self.lock().change(|inner| {
+            inner.cut.insert((from, to));
+        });
     }
 
-    /// Restores every cut link.
+    /// Restores every cut link (not the pairs refused for good).
     pub fn heal(&self) {
-        self.lock().cut.clear();
+        self.lock().change(|inner| inner.cut.clear());
+    }
+
+    /// Whether `a` and `b` are bonded now.
+    pub fn is_bonded(&self, a: NodeId, b: NodeId) -> bool {
+        self.lock().bonded(a, b)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LocalNetworkInner> {
@@ -129,7 +209,7 @@ impl LocalTransport {
 
 impl Transport for LocalTransport {
     fn send(&self, to: NodeId, frame: PeerFrame) {
-        if self.network.lock().cut.contains(&(self.me, to)) {
+        if !self.network.lock().bonded(self.me, to) {
             return;
         }
         let Ok(snapshot) = self.carry_snapshot(to, &frame) else {
@@ -141,10 +221,18 @@ impl Transport for LocalTransport {
             inner
                 .sinks
                 .get(&to)
-                .is_some_and(|(sink, _)| sink(self.me, frame).is_ok())
+                .is_some_and(|(sink, _)| sink(Delivery::Frame(self.me, frame)).is_ok())
         };
         if let (false, Some((store, handle))) = (delivered, snapshot) {
             store.release(&handle);
         }
+    }
+
+    fn disconnect_foreign(&self, peer: NodeId) {
+        let me = self.me;
+        self.network.lock().change(|inner| {
+            inner.refused.insert((me, peer));
+            inner.refused.insert((peer, me));
+        });
     }
 }

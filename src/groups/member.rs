@@ -26,6 +26,8 @@
 //! - [`Action::TakeSnapshot`]: snapshot the state machine (at the index given, which is
 //!   the applied index) and report [`Member::handle_snapshot_taken`] once it is durable.
 //! - [`Action::Answer`]: deliver the answer to the local caller of that request.
+//! - [`Action::DisconnectForeign`]: end the bonds with that peer and refuse it from now on
+//!   (its log descends from another founding of the group id).
 //! - [`Action::Observe`]: the core's events, for observers (metrics, the simulator's
 //!   checkers); nothing to do.
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -39,8 +41,8 @@ use super::transport::{ForwardRefusal, PeerFrame};
 use super::worker::{RequestError, WorkerConfig};
 use crate::machine::LeadershipPreference;
 use crate::raft::{
-    Entry, EntryPayload, Event, Index, Input, Membership, MembershipChange, Message, NodeId, Raft,
-    ReadState, Ready, Rejection, Role, Snapshot, StepError, Term,
+    Entry, EntryPayload, Event, Incarnation, Index, Input, Membership, MembershipChange, Message,
+    NodeId, Raft, ReadState, Ready, Rejection, Role, Snapshot, StepError, Term,
 };
 use crate::storage::WriteBatch;
 
@@ -62,6 +64,12 @@ pub(crate) const READMIT_AFTER: Duration = Duration::from_secs(30);
 /// without this bound a leader whose chosen successor is dead would wait out a whole
 /// election timeout, however long that is configured.
 pub(crate) const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// Most requests (commands and read points) one member keeps forwarded to its leader and
+/// unanswered. A follower cut off from a leader it still believes in would otherwise hold
+/// every caller's request for the forward timeout, however many arrive; past this bound a
+/// caller is told at once to retry later ([`RequestError::Busy`]).
+pub(crate) const FORWARDED_MAX: usize = 16 * 1024;
 
 /// A local caller's request, named by the driver (unique among its requests in flight).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -134,6 +142,9 @@ pub(crate) enum Action {
         result: Result<Reply, RequestError>,
     },
     Observe(Event),
+    /// End every bond with this peer and refuse it from now on: its log descends from
+    /// another founding of the group id ([`PeerFrame::Incarnation`]).
+    DisconnectForeign(NodeId),
 }
 
 /// Who waits for a proposed entry.
@@ -276,6 +287,11 @@ pub(crate) struct Member {
     /// that dropped out of it since did (see [`READMIT_AFTER`]).
     last_members: BTreeSet<NodeId>,
     dropped_out: BTreeMap<NodeId, Instant>,
+    /// The founding each bonded peer said its log descends from ([`PeerFrame::Incarnation`]).
+    peer_incarnations: BTreeMap<NodeId, Incarnation>,
+    /// Peers whose log descends from another founding than ours: never counted as bonded,
+    /// none of their frames taken, until their bond goes down.
+    foreign: BTreeSet<NodeId>,
     /// What each bonded peer said of its leadership preference on its bond.
     preferences: BTreeMap<NodeId, LeadershipPreference>,
     /// This member's own preference, said on every new bond.
@@ -286,6 +302,8 @@ pub(crate) struct Member {
     inputs_refused: u64,
     /// Inputs the core refused as misuse: a correct member never gives one.
     core_misuses: u64,
+    /// The incarnation last told to the bonded peers ([`Member::note_incarnation`]).
+    announced_incarnation: Option<Incarnation>,
     /// The newest stamp known when this member began proposing in a term, and when
     /// (monotonic): the stamps it proposes run from there with the monotonic clock.
     stamp_anchor: Option<StampAnchor>,
@@ -324,6 +342,7 @@ impl Member {
         let id = raft.id();
         let formation = Formation::new(id, config.founders.clone(), raft.is_fresh());
         let snapshot_index = raft.snapshot_index();
+        let raft_incarnation = raft.incarnation();
         let mut member = Self {
             id,
             config,
@@ -349,11 +368,15 @@ impl Member {
             departed: BTreeSet::new(),
             last_members: BTreeSet::new(),
             dropped_out: BTreeMap::new(),
+            peer_incarnations: BTreeMap::new(),
+            foreign: BTreeSet::new(),
             preferences: BTreeMap::new(),
             preference,
             founded: false,
             inputs_refused: 0,
             core_misuses: 0,
+            // Said on every new bond from here on.
+            announced_incarnation: raft_incarnation,
             stamp_anchor: None,
             clock_floor_ms: clock_ms,
         };
@@ -404,6 +427,7 @@ impl Member {
     /// deadlines, automatic membership and a leave in progress.
     pub(crate) fn handle_tick(&mut self, now: Now) {
         self.step(Input::Tick);
+        self.note_incarnation(now);
         self.fail_forwarded_where(|deadline, _| deadline <= now.instant);
         self.manage_membership(now.instant);
         self.drive_leave();
@@ -411,27 +435,76 @@ impl Member {
 
     /// A bond to `peer` came up or went down.
     pub(crate) fn handle_reachable(&mut self, now: Now, peer: NodeId, reachable: bool) {
-        if reachable {
-            self.bonded.insert(peer);
-            self.unreachable_since.remove(&peer);
-            // A new bond: a member that left and came back may be added again.
-            self.departed.remove(&peer);
-            self.dropped_out.remove(&peer);
-        } else {
-            self.bonded.remove(&peer);
-            self.unreachable_since.entry(peer).or_insert(now.instant);
-            // Whatever we forwarded to it will not be answered.
-            self.fail_forwarded_where(|_, to| to == peer);
+        if !reachable {
+            self.peer_incarnations.remove(&peer);
+            if self.foreign.remove(&peer) {
+                // Counted as gone when it was found foreign.
+                return;
+            }
+            self.count_away(now, peer);
+            return;
         }
-        self.step(Input::PeerReachable { peer, reachable });
-        if reachable {
-            let status = self.formation.status();
-            self.send(peer, PeerFrame::Formation(status));
-            self.send(peer, PeerFrame::Preference(self.preference));
-        } else {
-            self.formation.handle_bond_down(peer);
-            self.preferences.remove(&peer);
+        if self.foreign.contains(&peer) {
+            // Another bond of a peer found foreign: it stays away.
+            self.actions.push_back(Action::DisconnectForeign(peer));
+            return;
         }
+        self.bonded.insert(peer);
+        self.unreachable_since.remove(&peer);
+        // A new bond: a member that left and came back may be added again.
+        self.departed.remove(&peer);
+        self.dropped_out.remove(&peer);
+        // Said before any consensus traffic on this bond, so that the peer knows our
+        // founding before it sees our log.
+        if let Some(ours) = self.raft.incarnation() {
+            self.send(peer, PeerFrame::Incarnation(ours));
+        }
+        let status = self.formation.status();
+        self.send(peer, PeerFrame::Formation(status));
+        self.send(peer, PeerFrame::Preference(self.preference));
+        self.step(Input::PeerReachable {
+            peer,
+            reachable: true,
+        });
+    }
+
+    /// `peer` no longer counts as bonded: its bond went down, or it was found foreign.
+    fn count_away(&mut self, now: Now, peer: NodeId) {
+        self.bonded.remove(&peer);
+        self.unreachable_since.entry(peer).or_insert(now.instant);
+        // Whatever we forwarded to it will not be answered.
+        self.fail_forwarded_where(|_, to| to == peer);
+        self.step(Input::PeerReachable {
+            peer,
+            reachable: false,
+        });
+        self.formation.handle_bond_down(peer);
+        self.preferences.remove(&peer);
+    }
+
+    /// Whether `peer` is (now) known to hold a log of another founding than ours. A peer
+    /// found so is counted as gone, none of its frames is taken from then on, and the
+    /// driver is told to drop its bonds ([`Action::DisconnectForeign`]). A member that
+    /// was fresh when it bonded with members of two separately founded groups joins the
+    /// one whose log it takes first, and no longer hears the other.
+    fn is_foreign(&mut self, now: Now, peer: NodeId) -> bool {
+        if self.foreign.contains(&peer) {
+            return true;
+        }
+        let (Some(ours), Some(theirs)) = (
+            self.raft.incarnation(),
+            self.peer_incarnations.get(&peer).copied(),
+        ) else {
+            return false;
+        };
+        if ours == theirs {
+            return false;
+        }
+        tracing::warn!(node = %self.id, %peer, %theirs, %ours, "the peer's log descends from another founding of this group id; its bond is dropped");
+        self.count_away(now, peer);
+        self.foreign.insert(peer);
+        self.actions.push_back(Action::DisconnectForeign(peer));
+        true
     }
 
     /// A local caller's request. Once stopped, every request is refused with the reason.
@@ -467,6 +540,9 @@ impl Member {
                     let read = self.next_id();
                     self.reads.insert(read, ReadWaiter::Local(id));
                     self.step(Input::ReadIndex { id: read });
+                } else if self.forwarded_full() && self.raft.leader().is_some() {
+                    let result = Err(RequestError::Busy);
+                    self.actions.push_back(Action::Answer { id, result });
                 } else if let Some(leader) = self.raft.leader() {
                     let request_id = self.next_id();
                     let read = ForwardedRead {
@@ -537,7 +613,22 @@ impl Member {
 
     /// A frame from `from`, whose identity the bond authenticated.
     pub(crate) fn handle_frame(&mut self, now: Now, from: NodeId, frame: PeerFrame) {
+        if let PeerFrame::Incarnation(theirs) = frame {
+            self.peer_incarnations.insert(from, theirs);
+        }
+        if self.is_foreign(now, from) {
+            tracing::debug!(node = %self.id, %from, "frame from a member of another founding; dropped");
+            return;
+        }
+        self.take_frame(now, from, frame);
+        // The frame may have given the core its first entry or a snapshot.
+        self.note_incarnation(now);
+    }
+
+    fn take_frame(&mut self, now: Now, from: NodeId, frame: PeerFrame) {
         match frame {
+            // Recorded above.
+            PeerFrame::Incarnation(_) => {}
             PeerFrame::Raft(m) => {
                 if m.from != from {
                     tracing::warn!(node = %self.id, %from, claimed = %m.from, "frame claims another sender; dropped");
@@ -680,8 +771,7 @@ impl Member {
     /// in the configuration). As leader it first hands leadership to the voter that is
     /// furthest along, preferring bonded voters and those that did not say they are
     /// reluctant, so the group elects its next leader within a round trip instead of after
-    /// an election timeout. (A transport that reports no bonds, as the in-process test
-    /// network, leaves the choice to the log positions.)
+    /// an election timeout.
     /// Returns whether a hand-over is under way: the driver then keeps driving the member
     /// until [`Member::handing_over`] turns false, and stops it after that. Proposals are
     /// refused meanwhile (callers retry with the next leader).
@@ -980,6 +1070,22 @@ impl Member {
         }
     }
 
+    /// Once the core's log names its founding (its first entry, or a snapshot installed),
+    /// tells every bonded peer, and drops those known to hold another.
+    fn note_incarnation(&mut self, now: Now) {
+        let ours = self.raft.incarnation();
+        if ours.is_none() || ours == self.announced_incarnation {
+            return;
+        }
+        self.announced_incarnation = ours;
+        let peers: Vec<NodeId> = self.bonded.iter().copied().collect();
+        for peer in peers {
+            if !self.is_foreign(now, peer) {
+                self.send(peer, PeerFrame::Incarnation(ours.expect("checked above")));
+            }
+        }
+    }
+
     // ----- commands -----
 
     /// Appends one command to the log (leader only).
@@ -1048,6 +1154,11 @@ impl Member {
             self.actions.push_back(Action::Answer { id, result });
             return;
         };
+        if self.forwarded_full() {
+            let result = Err(RequestError::Busy);
+            self.actions.push_back(Action::Answer { id, result });
+            return;
+        }
         let request_id = self.next_id();
         let frame = match wants {
             Wants::Output => PeerFrame::Forward {
@@ -1087,6 +1198,11 @@ impl Member {
         } else {
             self.answer_local(forwarded.caller, Err(ForwardRefusal::Unknown));
         }
+    }
+
+    /// Whether [`FORWARDED_MAX`] requests wait for the leader's answer already.
+    fn forwarded_full(&self) -> bool {
+        self.forwarded.len() + self.forwarded_reads.len() >= FORWARDED_MAX
     }
 
     /// Fails forwarded requests whose deadline or target matches `doomed`: the handle

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::raft::{Message, NodeId};
+use crate::raft::{Incarnation, Message, NodeId};
 
 /// Most frames waiting in one worker's inbox before senders see `Full`.
 pub const INBOX_FRAMES_MAX: usize = 16 * 1024;
@@ -79,6 +79,12 @@ pub enum PeerFrame {
     /// peer only once it has said so: an `Observer` as an observer (never a voter), any
     /// other as a learner promoted once caught up.
     Preference(crate::machine::LeadershipPreference),
+    /// Sent on every new bond once the sender holds a log, and to every bonded peer when it
+    /// first does: the founding its log descends from ([`Incarnation`]). A member takes no
+    /// other frame from a peer of another incarnation, and drops its bond
+    /// ([`Transport::disconnect_foreign`]): the bond handshake refuses such a peer when both
+    /// sides already hold a log, and this catches the pair where one of them was still fresh.
+    Incarnation(Incarnation),
 }
 
 /// Why a leader did not take a forwarded request.
@@ -175,4 +181,9 @@ impl<C> Inbox<C> {
 pub trait Transport: Send + Sync + 'static {
     /// Hands `frame` over for delivery to `to`; returns at once, delivered or not.
     fn send(&self, to: NodeId, frame: PeerFrame);
+
+    /// Ends every bond with `peer` and refuses it from now on: its log descends from
+    /// another founding of this group id than ours ([`PeerFrame::Incarnation`]). Returns at
+    /// once.
+    fn disconnect_foreign(&self, peer: NodeId);
 }

@@ -97,6 +97,9 @@ pub enum RequestError {
     NoLeader,
     #[error("the outcome is unknown (leader changed or request lost); retry")]
     Unknown,
+    /// Too many of this member's requests wait for the leader's answer: nothing was sent.
+    #[error("too many requests wait for the leader's answer; retry later")]
+    Busy,
     #[error("refused: {0}")]
     Refused(Rejection),
     #[error("the node stopped: {0}")]
@@ -192,8 +195,6 @@ pub struct WorkerConfig {
     /// As leader, remove a member that has had no bond this long (`None`: never): one
     /// whose bond went down, or one this leader has never been bonded with (a member that
     /// died before it was elected). It is added again, as a learner, when it bonds again.
-    /// A transport that reports no bonds (the test-only `LocalNetwork`) makes
-    /// every member look away: use `None` with it for runs longer than the timeout.
     pub removal_timeout: Option<Duration>,
     /// The configured founding set, this member included (architecture.md §7.2): a fresh member
     /// writes the first configuration, with them as voters, once every one of them is
@@ -620,6 +621,7 @@ impl<M: StateMachine, S: Storage> Worker<M, S> {
                 }
             }
             Action::Observe(_) => {}
+            Action::DisconnectForeign(peer) => self.transport.disconnect_foreign(peer),
         }
     }
 

@@ -157,6 +157,13 @@ impl World {
                     }
                 }
                 Action::Observe(event) => self.on_event(node, event)?,
+                Action::DisconnectForeign(peer) => {
+                    // The bond ends, and the handshake refuses it from now on.
+                    self.stats.foreign_disconnects += 1;
+                    self.foreign.insert((id, peer));
+                    self.foreign.insert((peer, id));
+                    self.update_reachability();
+                }
             }
         }
         self.after_apply(node)
@@ -181,7 +188,7 @@ impl World {
                     detail: format!("{id} answered a client command with {other:?}"),
                 })
             }
-            Err(RequestError::NoLeader) => Reply::NotLeader(None),
+            Err(RequestError::NoLeader | RequestError::Busy) => Reply::NotLeader(None),
             // May or may not apply: the client sends the same (client, seq) again.
             Err(RequestError::Unknown | RequestError::Stopped(_)) => Reply::Retry,
             Err(RequestError::Refused(why)) => {

@@ -166,7 +166,11 @@ impl World {
                 }
             }
             EventKind::Deliver { from, to, frame } => match self.slot(to) {
-                Some(node) if self.nodes[node].is_up() && !self.blocked.contains(&(from, to)) => {
+                Some(node)
+                    if self.nodes[node].is_up()
+                        && !self.blocked.contains(&(from, to))
+                        && !self.foreign.contains(&(from, to)) =>
+                {
                     self.drive(node, |m, now| m.handle_frame(now, from, frame))?;
                 }
                 // Lost, or to an identity that is gone.

@@ -18,7 +18,7 @@ impl World {
             PeerFrame::ReadIndex { .. } => self.stats.follower_reads += 1,
             _ => {}
         }
-        if self.blocked.contains(&(from, to)) {
+        if self.blocked.contains(&(from, to)) || self.foreign.contains(&(from, to)) {
             self.stats.messages_dropped += 1;
             return;
         }
@@ -74,7 +74,8 @@ impl World {
                 let up = self.nodes[i].is_up()
                     && self.nodes[j].is_up()
                     && !self.blocked.contains(&(a, b))
-                    && !self.blocked.contains(&(b, a));
+                    && !self.blocked.contains(&(b, a))
+                    && !self.foreign.contains(&(a, b));
                 let changed = if up {
                     self.bonds.insert((i, j))
                 } else {

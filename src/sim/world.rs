@@ -54,6 +54,10 @@ pub(super) struct World {
     pub checkers: Checkers,
     /// Directed links that drop everything: (from, to).
     pub(super) blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Pairs a member dropped as holding a log of another founding of the group id
+    /// ([`crate::groups::PeerFrame::Incarnation`]), both ways: no bond between them comes
+    /// up again, as the bond handshake refuses it once both hold a log.
+    pub(super) foreign: BTreeSet<(NodeId, NodeId)>,
     /// Bonds up (both ends up, neither direction blocked), as pairs of indexes (i < j).
     pub(super) bonds: BTreeSet<(usize, usize)>,
     /// Paused nodes and what queued up for each, oldest first: a paused process takes no
@@ -105,6 +109,8 @@ pub struct Stats {
     pub handovers: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Bonds a member dropped because the peer's log descends from another founding.
+    pub foreign_disconnects: u64,
     /// Messages that took a long-tail delay.
     pub long_delays: u64,
     /// Pauses, and the events queued during them that were delivered on resume.
@@ -185,6 +191,7 @@ impl World {
             history: Vec::new(),
             checkers: Checkers::new(),
             blocked: BTreeSet::new(),
+            foreign: BTreeSet::new(),
             bonds: BTreeSet::new(),
             paused: BTreeMap::new(),
             founders: None,

@@ -293,6 +293,14 @@ pub fn node_id_of(key: &PublicKey) -> NodeId {
     NodeId(u64::from_le_bytes(id))
 }
 
+/// One live bond, as the member's transport reaches it.
+struct LiveBond {
+    /// Its outgoing queue.
+    frames: mpsc::Sender<PeerFrame>,
+    /// Ends it, refused as [`Refusal::OtherIncarnation`] ([`Transport::disconnect_foreign`]).
+    foreign: CancellationToken,
+}
+
 /// The bonds of one member, and its [`Transport`].
 pub struct Bonds {
     me: PublicKey,
@@ -300,7 +308,7 @@ pub struct Bonds {
     /// The outgoing queues of the live bonds, per peer. Usually one; two when both sides
     /// dialled at once (joiners dial everyone): frames go on the newest, and the peer
     /// counts as unreachable only once none is left.
-    peers: Mutex<BTreeMap<NodeId, Vec<mpsc::Sender<PeerFrame>>>>,
+    peers: Mutex<BTreeMap<NodeId, Vec<LiveBond>>>,
     stats: watch::Sender<BondStats>,
     /// Bonds up and down, and refusals ([`Bonds::events`]).
     events: broadcast::Sender<BondEvent>,
@@ -633,10 +641,14 @@ impl Bonds {
             keys.insert(peer, peer_key);
         }
         let (tx, rx) = mpsc::channel(OUTGOING_FRAMES_MAX);
+        let foreign = CancellationToken::new();
         let first = {
             let mut peers = self.lock_peers();
             let queues = peers.entry(peer).or_default();
-            queues.push(tx.clone());
+            queues.push(LiveBond {
+                frames: tx.clone(),
+                foreign: foreign.clone(),
+            });
             queues.len() == 1
         };
         self.stats.send_modify(|s| {
@@ -663,7 +675,13 @@ impl Bonds {
             peer,
             inbox.clone(),
         )));
-        let result = self.read_bond(&conn, recv, peer, expires_at, &inbox).await;
+        let result = tokio::select! {
+            result = self.read_bond(&conn, recv, peer, expires_at, &inbox) => result,
+            () = foreign.cancelled() => Err((
+                Refusal::OtherIncarnation,
+                "the member found the peer's log descends from another founding of this group id".into(),
+            )),
+        };
         drop((writer, receiver));
         match &result {
             Ok(()) => conn.close(VarInt::from_u32(0), b"bye"),
@@ -672,7 +690,7 @@ impl Bonds {
         let still_bonded = {
             let mut peers = self.lock_peers();
             if let Some(queues) = peers.get_mut(&peer) {
-                queues.retain(|q| !q.same_channel(&tx));
+                queues.retain(|q| !q.frames.same_channel(&tx));
                 if queues.is_empty() {
                     peers.remove(&peer);
                 }
@@ -798,9 +816,7 @@ impl Bonds {
         }
     }
 
-    fn lock_peers(
-        &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Vec<mpsc::Sender<PeerFrame>>>> {
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Vec<LiveBond>>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -876,9 +892,17 @@ impl crate::discovery::PeerDialer for Bonds {
 
 impl Transport for Bonds {
     fn send(&self, to: NodeId, frame: PeerFrame) {
-        if let Some(tx) = self.lock_peers().get(&to).and_then(|queues| queues.last()) {
+        if let Some(bond) = self.lock_peers().get(&to).and_then(|queues| queues.last()) {
             // A full queue drops the frame, as a congested link would; Raft retransmits.
-            let _ = tx.try_send(frame);
+            let _ = bond.frames.try_send(frame);
+        }
+    }
+
+    fn disconnect_foreign(&self, peer: NodeId) {
+        // Each bond's task closes its connection and counts the refusal; a later dial
+        // either way is refused in the handshake, both sides now holding a log.
+        for bond in self.lock_peers().get(&peer).into_iter().flatten() {
+            bond.foreign.cancel();
         }
     }
 }

@@ -6,22 +6,30 @@ use std::sync::Mutex;
 use super::*;
 use crate::groups::formation::{founders_digest, FormationStatus};
 use crate::machine::{KvQuery, KvStore, LeadershipPreference};
-use crate::raft::{Entry, Message, MessageBody, RaftConfig, SafetyViolation};
+use crate::raft::{Entry, Incarnation, Message, MessageBody, RaftConfig, SafetyViolation};
 use crate::storage::MemoryStorage;
 
-/// Remembers every frame the worker hands it.
+/// Remembers every frame the worker hands it, and every peer it disconnects.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<(NodeId, PeerFrame)>>);
+struct Recorder(Mutex<Vec<(NodeId, PeerFrame)>>, Mutex<Vec<NodeId>>);
 
 impl Transport for Recorder {
     fn send(&self, to: NodeId, frame: PeerFrame) {
         self.0.lock().expect("recorder").push((to, frame));
+    }
+
+    fn disconnect_foreign(&self, peer: NodeId) {
+        self.1.lock().expect("recorder").push(peer);
     }
 }
 
 impl Recorder {
     fn take(&self) -> Vec<(NodeId, PeerFrame)> {
         std::mem::take(&mut *self.0.lock().expect("recorder"))
+    }
+
+    fn disconnected(&self) -> Vec<NodeId> {
+        self.1.lock().expect("recorder").clone()
     }
 }
 
@@ -312,6 +320,147 @@ fn a_fresh_founder_takes_no_strangers_log_and_founds_once_every_founder_confirme
         ids(&[1, 3, 9]),
         "every bonded peer learns it is formed"
     );
+}
+
+/// The first entry of a group founded with `voters`, and the incarnation it names.
+fn first_entry(voters: &[u64]) -> (Entry, Incarnation) {
+    let entry = Entry {
+        term: 1,
+        index: 1,
+        timestamp_ms: 0,
+        payload: EntryPayload::Membership(Membership::with_voters(ids(voters))),
+    };
+    let incarnation = Incarnation::of_first_entry(&entry);
+    (entry, incarnation)
+}
+
+fn append_first(h: &mut Harness, leader: NodeId, term: Term, entry: Entry) {
+    h.raft(
+        leader,
+        term,
+        MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![entry],
+            commit: 1,
+        },
+    );
+}
+
+/// Two groups were founded separately under one id (the operator started two clusters
+/// with one key, say). A fresh joiner bonded with a member of each while it held no log,
+/// so no handshake could refuse either: it joins the one whose log it takes first and
+/// drops the other, instead of stopping on the conflict between the two logs.
+#[test]
+fn a_fresh_joiner_bonded_to_two_foundings_joins_one_and_drops_the_other() {
+    let mut h = harness(None, WorkerConfig::default());
+    let (ours, a) = first_entry(&[1, 2]);
+    let (theirs, b) = first_entry(&[3, 2]);
+    h.bond(LEADER);
+    h.bond(OTHER);
+    h.frame(LEADER, PeerFrame::Incarnation(a));
+    h.frame(OTHER, PeerFrame::Incarnation(b));
+    assert!(h.sent.disconnected().is_empty(), "nothing to compare yet");
+    append_first(&mut h, LEADER, 1, ours);
+    assert_eq!(h.status().incarnation, Some(a), "{:?}", h.status());
+    assert_eq!(
+        h.sent.disconnected(),
+        vec![OTHER],
+        "the other founding is dropped"
+    );
+    // The other group's leader, in a later term: not heard at all.
+    append_first(&mut h, OTHER, 5, theirs);
+    let status = h.status();
+    assert_eq!(status.stopped, None, "{status:?}");
+    assert_eq!(status.term, 1, "took the other founding's term: {status:?}");
+    assert_eq!(status.incarnation, Some(a));
+    assert_eq!(status.leader, Some(LEADER));
+    // Its bond closing and another opening change nothing: it is dropped again.
+    h.item(InboxItem::PeerReachable {
+        peer: OTHER,
+        reachable: false,
+    });
+    h.bond(OTHER);
+    h.frame(OTHER, PeerFrame::Incarnation(b));
+    assert_eq!(h.sent.disconnected(), vec![OTHER, OTHER]);
+    // A peer of our own founding is kept, and told ours on its new bond.
+    h.sent.take();
+    h.bond(NodeId(4));
+    h.frame(NodeId(4), PeerFrame::Incarnation(a));
+    assert_eq!(h.sent.disconnected(), vec![OTHER, OTHER]);
+    assert!(
+        h.sent
+            .take()
+            .contains(&(NodeId(4), PeerFrame::Incarnation(a))),
+        "a new bond is told our founding"
+    );
+}
+
+/// A member that holds a log and bonded, while it was still fresh, with a peer that
+/// founded another group learns that peer's founding when it comes: the peer is dropped.
+#[test]
+fn a_peer_that_founds_another_group_later_is_dropped() {
+    let mut h = Harness::follower();
+    let ours = h.status().incarnation.expect("founded");
+    let (_, other) = first_entry(&[3, 7]);
+    h.frame(OTHER, PeerFrame::Incarnation(ours));
+    assert!(h.sent.disconnected().is_empty(), "same founding kept");
+    h.frame(OTHER, PeerFrame::Incarnation(other));
+    assert_eq!(h.sent.disconnected(), vec![OTHER]);
+    assert_eq!(h.status().stopped, None);
+}
+
+/// A follower whose leader stopped answering (cut off, but the bond not yet timed out)
+/// holds at most `FORWARDED_MAX` requests for it; the rest are told at once to retry
+/// later, and once the held ones time out it forwards again.
+#[test]
+fn a_follower_holds_a_bounded_number_of_unanswered_forwards() {
+    let mut h = Harness::follower();
+    let mut held = Vec::new();
+    for _ in 0..crate::groups::member::FORWARDED_MAX {
+        let (reply, answer) = oneshot::channel();
+        h.item(InboxItem::Client(ClientRequest::Execute {
+            command: command(),
+            reply,
+        }));
+        held.push(answer);
+    }
+    let (reply, mut refused) = oneshot::channel();
+    h.item(InboxItem::Client(ClientRequest::StrongQuery {
+        query: Bytes::new(),
+        reply,
+    }));
+    assert_eq!(
+        refused.try_recv().expect("answered at once"),
+        Err(RequestError::Busy)
+    );
+    assert!(
+        held.iter_mut().all(|a| a.try_recv().is_err()),
+        "held ones wait"
+    );
+    let forwarded = h
+        .sent
+        .take()
+        .iter()
+        .filter(|(to, f)| *to == LEADER && matches!(f, PeerFrame::Forward { .. }))
+        .count();
+    assert_eq!(forwarded, crate::groups::member::FORWARDED_MAX);
+    // The forward timeout passes: every held request is failed for its handle to retry.
+    let later = Instant::now() + WorkerConfig::default().forward_timeout;
+    h.worker.member.handle_tick(Now {
+        instant: later,
+        unix_ms: 0,
+    });
+    h.worker.process_ready();
+    assert!(held
+        .iter_mut()
+        .all(|a| a.try_recv() == Ok(Err(RequestError::Unknown))));
+    let (reply, _answer) = oneshot::channel();
+    h.item(InboxItem::Client(ClientRequest::Execute {
+        command: command(),
+        reply,
+    }));
+    h.forwarded_id();
 }
 
 #[test]
