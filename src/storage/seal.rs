@@ -40,6 +40,7 @@ const EPOCH_KEYS_CACHED_MAX: usize = 64;
 const KEY_SALT: &[u8] = b"tessera/storage-key/v1";
 const EPOCH_INFO: &[u8] = b"tessera/storage-epoch/v1";
 const FILE_INFO: &[u8] = b"tessera/snapshot-file-key/v1";
+const NAME_INFO: &[u8] = b"tessera/snapshot-file-name/v1";
 const AAD_DOMAIN: &[u8] = b"tessera/storage-record/v2";
 
 /// The tag of a sealed record: what the next record chains to.
@@ -109,6 +110,25 @@ impl StorageKey {
     /// The key of the sealed snapshot file with epoch `epoch` ([`super::sealed_file`]).
     pub(crate) fn file_key(&self, epoch: &[u8; EPOCH_BYTES]) -> LessSafeKey {
         self.expand(FILE_INFO, epoch)
+    }
+
+    /// The name of the snapshot file holding the plaintext of `size` bytes with SHA-256
+    /// `sha256`: a MAC of both under this key, so that the host that lists the directory
+    /// cannot confirm a guess of a whole state from its digest. The same content gets the
+    /// same name (snapshots stay named by content), but only for this member.
+    pub(crate) fn snapshot_name(&self, size: u64, sha256: &[u8; 32]) -> [u8; 32] {
+        // HKDF-SHA256 can expand to an HMAC-SHA256 key (32 bytes) without fail.
+        let okm = self
+            .prk
+            .expand(&[NAME_INFO], ring::hmac::HMAC_SHA256)
+            .expect("HKDF expands to one HMAC key");
+        let key = ring::hmac::Key::from(okm);
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(&size.to_le_bytes());
+        ctx.update(sha256);
+        let mut name = [0u8; 32];
+        name.copy_from_slice(ctx.sign().as_ref());
+        name
     }
 
     fn expand(&self, label: &[u8], epoch: &[u8; EPOCH_BYTES]) -> LessSafeKey {

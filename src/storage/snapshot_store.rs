@@ -21,9 +21,11 @@
 //!
 //! **Confidentiality.** A file store seals every file under the member's storage key
 //! ([`super::sealed_file`]): the host that owns the disk cannot read a snapshot, and a file
-//! altered, cut short or taken from elsewhere fails its read. (A file's name is still the
-//! SHA-256 of the plaintext, which lets a host confirm a guess of a whole state; the size is
-//! visible too.)
+//! altered, cut short or taken from elsewhere fails its read. A file is named by a MAC of
+//! its handle under the same key ([`StorageKey::snapshot_name`]), not by the plaintext's
+//! SHA-256, which would let the host confirm a guess of a whole state. (Its size is still
+//! visible.) A file named by its SHA-256, as stores before this naming wrote them, is
+//! renamed when it is first looked for.
 //!
 //! **Durability.** A snapshot becomes visible under its final name only after its bytes
 //! are synced, by an atomic rename followed by a sync of the directory: a crash leaves a
@@ -63,7 +65,7 @@ const PARTIAL_SUFFIX: &str = ".part";
 pub struct SnapshotHandle {
     /// Length of the snapshot's plaintext, in bytes (a sealed file is larger).
     pub size: u64,
-    /// SHA-256 of the snapshot's plaintext; also its file name, in hex.
+    /// SHA-256 of the snapshot's plaintext.
     pub sha256: [u8; 32],
 }
 
@@ -101,7 +103,8 @@ impl SnapshotHandle {
         hex::encode(self.sha256)
     }
 
-    fn file_name(&self) -> String {
+    /// The file name stores before keyed names gave it ([`SnapshotStore::path_of`]).
+    fn legacy_file_name(&self) -> String {
         format!("{}{SNAPSHOT_SUFFIX}", self.hex())
     }
 }
@@ -305,8 +308,10 @@ impl SnapshotStore {
     pub fn contains(&self, handle: &SnapshotHandle) -> bool {
         match &self.backend {
             Backend::Memory(map) => lock(map).contains_key(&handle.sha256),
-            Backend::Directory(dir, _) => std::fs::metadata(dir.join(handle.file_name()))
-                .is_ok_and(|m| m.is_file() && m.len() == sealed_len(handle.size)),
+            Backend::Directory(..) => self
+                .path_of(handle)
+                .and_then(|path| std::fs::metadata(path).ok())
+                .is_some_and(|m| m.is_file() && m.len() == sealed_len(handle.size)),
         }
     }
 
@@ -339,8 +344,10 @@ impl SnapshotStore {
                 cursor.set_position(offset);
                 Ok(Box::new(cursor))
             }
-            Backend::Directory(dir, key) => {
-                let path = dir.join(handle.file_name());
+            Backend::Directory(_, key) => {
+                let path = self
+                    .path_of(handle)
+                    .ok_or(SnapshotStoreError::Missing { handle: *handle })?;
                 let file = File::open(&path).map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => SnapshotStoreError::Missing { handle: *handle },
                     _ => io_error("opening", &path)(e),
@@ -456,7 +463,9 @@ impl SnapshotStore {
                 Ok(())
             }
             Backend::Directory(dir, _) => {
-                let keep_name = keep.map(SnapshotHandle::file_name);
+                let keep_name = keep
+                    .and_then(|k| self.path_of(k))
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
                 let entries = std::fs::read_dir(dir).map_err(io_error("listing", dir))?;
                 for entry in entries {
                     let entry = entry.map_err(io_error("listing", dir))?;
@@ -474,7 +483,40 @@ impl SnapshotStore {
         }
     }
 
-    /// Handles of every complete snapshot held (for tests and diagnostics).
+    /// Where `handle`'s file is (`None` in memory). A file a store before keyed names
+    /// left under the plaintext's SHA-256 is renamed to its keyed name first.
+    fn path_of(&self, handle: &SnapshotHandle) -> Option<PathBuf> {
+        let Backend::Directory(dir, key) = &self.backend else {
+            return None;
+        };
+        let path = dir.join(file_name(key, handle));
+        let legacy = dir.join(handle.legacy_file_name());
+        if !path.exists() && legacy.exists() {
+            let renamed = std::fs::rename(&legacy, &path)
+                .and_then(|()| File::open(dir).and_then(|d| d.sync_all()));
+            match renamed {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "renamed a snapshot file to its keyed name")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %legacy.display(), error = %e, "could not rename a snapshot file to its keyed name")
+                }
+            }
+        }
+        Some(path)
+    }
+
+    /// The name `handle` is stored under: its SHA-256 in memory, the keyed name
+    /// ([`StorageKey::snapshot_name`]) in a directory (for tests and diagnostics).
+    pub fn name_of(&self, handle: &SnapshotHandle) -> [u8; 32] {
+        match &self.backend {
+            Backend::Memory(_) => handle.sha256,
+            Backend::Directory(_, key) => key.snapshot_name(handle.size, &handle.sha256),
+        }
+    }
+
+    /// The names ([`SnapshotStore::name_of`]) of every complete snapshot held (for tests
+    /// and diagnostics).
     pub fn list(&self) -> Result<Vec<[u8; 32]>, SnapshotStoreError> {
         match &self.backend {
             Backend::Memory(map) => Ok(lock(map).keys().copied().collect()),
@@ -503,8 +545,8 @@ impl SnapshotStore {
             Backend::Memory(map) => {
                 lock(map).remove(&handle.sha256);
             }
-            Backend::Directory(dir, _) => {
-                let path = dir.join(handle.file_name());
+            Backend::Directory(dir, key) => {
+                let path = dir.join(file_name(key, handle));
                 // A reader still streaming it keeps its open file; nothing else needs it.
                 if let Err(e) = std::fs::remove_file(&path) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -514,6 +556,12 @@ impl SnapshotStore {
             }
         }
     }
+}
+
+/// The name of `handle`'s file in a store sealed under `key`.
+fn file_name(key: &StorageKey, handle: &SnapshotHandle) -> String {
+    let name = key.snapshot_name(handle.size, &handle.sha256);
+    format!("{}{SNAPSHOT_SUFFIX}", hex::encode(name))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -612,10 +660,10 @@ fn finish_file(
         .map_err(|e| io_error("writing", path)(e.into_error()))?;
     file.sync_all().map_err(io_error("syncing", path))?;
     drop(file);
-    let Some(dir) = store.dir() else {
+    let Backend::Directory(dir, key) = &store.backend else {
         return Ok(());
     };
-    let target = dir.join(handle.file_name());
+    let target = dir.join(file_name(key, handle));
     std::fs::rename(path, &target).map_err(io_error("renaming", path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -61,7 +61,7 @@ fn a_written_snapshot_reads_back_under_its_content_handle() {
             .read_to_end(&mut tail)
             .expect("read");
         assert_eq!(tail, bytes[1000..], "a resumed send starts at the offset");
-        assert_eq!(store.list().expect("list"), vec![handle.sha256]);
+        assert_eq!(store.list().expect("list"), vec![store.name_of(&handle)]);
     }
 }
 
@@ -130,7 +130,7 @@ fn a_damaged_or_replaced_file_fails_the_verified_read_and_names_the_file() {
     let store = Arc::new(SnapshotStore::open_dir(dir.path().join("s"), key()).expect("open"));
     let bytes = b"confidential state ".repeat(5000);
     let handle = put(&store, &bytes);
-    let path = dir.path().join("s").join(handle.file_name());
+    let path = store.path_of(&handle).expect("a file store");
     let sealed = std::fs::read(&path).expect("read the file");
     assert!(
         !sealed.windows(19).any(|w| w == b"confidential state "),
@@ -160,7 +160,7 @@ fn a_damaged_or_replaced_file_fails_the_verified_read_and_names_the_file() {
     }
     // Another snapshot's intact file under this one's name: authentic, but not this state.
     let other = put(&store, &b"another state ".repeat(5000));
-    std::fs::copy(dir.path().join("s").join(other.file_name()), &path).expect("cp");
+    std::fs::copy(store.path_of(&other).expect("file"), &path).expect("cp");
     let err = read_all(&store, &handle).expect_err("another snapshot's file");
     assert!(
         err.to_string().contains("SHA-256")
@@ -174,7 +174,7 @@ fn a_damaged_or_replaced_file_fails_the_verified_read_and_names_the_file() {
             .expect("open"),
     );
     let theirs = put(&stranger, &bytes);
-    std::fs::copy(dir.path().join("t").join(theirs.file_name()), &path).expect("cp");
+    std::fs::copy(stranger.path_of(&theirs).expect("file"), &path).expect("cp");
     let err = read_all(&store, &handle).expect_err("another member's file");
     assert!(err.to_string().contains("failed authentication"), "{err}");
     std::fs::remove_file(&path).expect("rm");
@@ -182,6 +182,41 @@ fn a_damaged_or_replaced_file_fails_the_verified_read_and_names_the_file() {
         store.reader(&handle),
         Err(SnapshotStoreError::Missing { .. })
     ));
+}
+
+/// The host lists the snapshot directory: no file name is the SHA-256 of a state (which
+/// would let it confirm a guess of the whole state), and another member's store names the
+/// same content otherwise. A file left under its SHA-256 by an older store is found,
+/// renamed and read.
+#[test]
+fn snapshot_files_are_not_named_by_the_plaintexts_digest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SnapshotStore::open_dir(dir.path().join("s"), key()).expect("open"));
+    let bytes = b"a guessable state".to_vec();
+    let handle = put(&store, &bytes);
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("s"))
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        !names[0].contains(&handle.hex()),
+        "named by the digest: {names:?}"
+    );
+    let other =
+        SnapshotStore::open_dir(dir.path().join("t"), StorageKey::derive(&[4; 32], &[2; 32]))
+            .expect("open");
+    assert_ne!(other.name_of(&handle), store.name_of(&handle));
+    // An older store's file name.
+    let keyed = store.path_of(&handle).expect("file");
+    let legacy = dir.path().join("s").join(handle.legacy_file_name());
+    std::fs::rename(&keyed, &legacy).expect("mv");
+    let reopened = SnapshotStore::open_dir(dir.path().join("s"), key()).expect("reopen");
+    assert!(reopened.contains(&handle));
+    assert_eq!(read_all(&reopened, &handle).expect("read"), bytes);
+    assert!(keyed.exists() && !legacy.exists());
+    reopened.sweep(Some(&handle)).expect("sweep");
+    assert_eq!(read_all(&reopened, &handle).expect("kept"), bytes);
 }
 
 #[test]
