@@ -2,6 +2,8 @@
 //! from catalog exchange and bonds with them; a raw client speaking
 //! `tessera/discovery/1` with garbage, over-large frames, forged or foreign entries neither
 //! crashes a node nor gets those entries into its catalog, and a good exchange still works.
+//! One host holding discovery exchanges or client connections open gets only its share of
+//! them (the nodes here serve the client protocol too).
 //!
 //! Waits are on watches (bond and discovery statistics) with timeouts, never on sleeps.
 mod common;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use iroh::endpoint::{ConnectionError, VarInt};
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, SecretKey};
+use tessera::client::{ClientAllow, ClientProtocol, ClientRequest, ClientResponse, ClientService};
 use tessera::cluster::{mock_validator, random_secret, NETWORK};
 use tessera::discovery::{
     CatalogFrame, Discovery, DiscoveryConfig, DiscoveryStats, OwnEntry, PeerDialer, PeerEntry,
@@ -23,7 +26,8 @@ use tessera::groups::{keep_tickets_fresh, Bonds, Group, GroupKey, Groups, Groups
 use tessera::machine::KvStore;
 use tessera::net::bound_addr;
 use tessera::net::{
-    encode_message, local_endpoint, read_message, Listen, ALPN_BOND, ALPN_DISCOVERY, WIRE_VERSION,
+    encode_message, local_endpoint, read_message, write_message, Listen, ALPN_BOND, ALPN_CLIENT,
+    ALPN_DISCOVERY, WIRE_VERSION,
 };
 use tessera::tickets::{clock_from, Clock, TdxTicketIssuer};
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
@@ -97,7 +101,7 @@ async fn node(
                 groups: vec![group.id()],
                 tickets: Vec::new(),
             },
-            tickets: Some(tickets),
+            tickets: Some(tickets.clone()),
             group: Some(group.id()),
             bootstrap: peers,
             clock: clock.clone(),
@@ -106,8 +110,21 @@ async fn node(
         Some(bonds.clone() as Arc<dyn PeerDialer>),
     )
     .expect("discovery");
+    let service = ClientService::new(
+        group.clone(),
+        bonds.clone(),
+        ClientAllow::Any,
+        endpoint.id(),
+        NETWORK.into(),
+        tickets.clone(),
+        clock.clone(),
+    );
     let router = Router::builder(endpoint.clone())
         .accept(ALPN_BOND, groups.bond_protocol())
+        .accept(
+            ALPN_CLIENT,
+            ClientProtocol::new(Arc::new(service), groups.connecting_budget()),
+        )
         .accept(
             ALPN_DISCOVERY,
             discovery.protocol(groups.connecting_budget()),
@@ -124,7 +141,12 @@ async fn node(
 }
 
 async fn both_alpns() -> (Endpoint, EndpointAddr) {
-    endpoint(vec![ALPN_BOND.to_vec(), ALPN_DISCOVERY.to_vec()]).await
+    endpoint(vec![
+        ALPN_BOND.to_vec(),
+        ALPN_DISCOVERY.to_vec(),
+        ALPN_CLIENT.to_vec(),
+    ])
+    .await
 }
 
 async fn wait_bonded(from: &Node, to: &Node, why: &str) {
@@ -329,4 +351,157 @@ async fn garbage_oversized_forged_and_foreign_catalogs_are_refused_and_harmless(
     wait_discovery(&m, "a good exchange after the garbage", |s| s.learned >= 2).await;
     assert!(m.discovery.entry(&n.endpoint.id()).is_some());
     assert!(m.discovery.entry(&good.public()).is_some(), "gossiped on");
+}
+
+/// One host that opens discovery exchanges and never speaks holds at most its share of
+/// the answering slots: its connections past the share are closed as busy at once, and an
+/// exchange from another address (127.0.0.2) is answered meanwhile. (Before, eight such
+/// connections locked every peer out until the exchange timeout, 10 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_exchanges_from_one_host_do_not_lock_out_another() {
+    use tessera::discovery::{
+        CLOSE_BUSY, INCOMING_EXCHANGES_MAX, INCOMING_EXCHANGES_PER_SOURCE_MAX,
+    };
+    let clock = clock();
+    let n = node(both_alpns().await, Vec::new(), true, &clock).await;
+    let (flooder, _) = endpoint(Vec::new()).await;
+    let mut closes = tokio::task::JoinSet::new();
+    let mut stalled = Vec::new();
+    for _ in 0..INCOMING_EXCHANGES_MAX {
+        let conn = tokio::time::timeout(WAIT, flooder.connect(n.addr.clone(), ALPN_DISCOVERY))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let watched = conn.clone();
+        closes.spawn(async move { watched.closed().await });
+        stalled.push(conn);
+    }
+    // Those past the share are closed first (the share waits for the 10 s timeout).
+    let over = INCOMING_EXCHANGES_MAX - INCOMING_EXCHANGES_PER_SOURCE_MAX;
+    for i in 0..over {
+        let closed = tokio::time::timeout(WAIT, closes.join_next())
+            .await
+            .expect("closed in time")
+            .expect("a close")
+            .expect("the watch ran");
+        match closed {
+            ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(
+                    close.error_code,
+                    VarInt::from_u32(CLOSE_BUSY),
+                    "{i}: {close:?}"
+                )
+            }
+            other => panic!("connection {i} past the share ended otherwise: {other:?}"),
+        }
+    }
+    assert_eq!(
+        closes.len(),
+        INCOMING_EXCHANGES_PER_SOURCE_MAX,
+        "the share is held"
+    );
+
+    // Another host exchanges meanwhile and gets the node's catalog.
+    let newcomer = endpoint_on_127_0_0_2().await;
+    let conn = newcomer
+        .connect(n.addr.clone(), ALPN_DISCOVERY)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let mut buf = Vec::new();
+    encode_message(&mut buf, &CatalogFrame::End).expect("encode");
+    tokio::io::AsyncWriteExt::write_all(&mut send, &buf)
+        .await
+        .expect("write");
+    send.finish().expect("finish");
+    let first = read_message::<_, CatalogFrame>(&mut recv, "catalog frame")
+        .await
+        .expect("another host is answered while one floods");
+    let CatalogFrame::Entry(entry) = first else {
+        panic!("the node's own entry comes first: {first:?}");
+    };
+    assert_eq!(
+        entry.open().expect("verifies").peer_key,
+        *n.endpoint.id().as_bytes()
+    );
+    conn.close(VarInt::from_u32(0), b"done");
+    for conn in stalled {
+        conn.close(VarInt::from_u32(0), b"done");
+    }
+}
+
+/// An endpoint on another loopback address than the tests' 127.0.0.1: another source.
+async fn endpoint_on_127_0_0_2() -> Endpoint {
+    local_endpoint(
+        random_secret().expect("secret"),
+        &Listen {
+            bind: SocketAddr::from(([127, 0, 0, 2], 0)),
+            alpns: Vec::new(),
+            relay: None,
+        },
+    )
+    .await
+    .expect("endpoint on 127.0.0.2")
+}
+
+/// One host that opens as many client connections as a node holds in all, and keeps
+/// them, gets its share: the connections past it are closed as busy, and a client on
+/// another address is served meanwhile. (Before, the one host took every slot.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_from_one_host_do_not_lock_out_another() {
+    use tessera::client::{CLOSE_BUSY, CONNECTIONS_MAX, CONNECTIONS_PER_SOURCE_MAX};
+    let clock = clock();
+    let n = node(both_alpns().await, Vec::new(), true, &clock).await;
+    let (flooder, _) = endpoint(Vec::new()).await;
+    let mut closes = tokio::task::JoinSet::new();
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS_MAX {
+        let conn = tokio::time::timeout(WAIT, flooder.connect(n.addr.clone(), ALPN_CLIENT))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let watched = conn.clone();
+        closes.spawn(async move { watched.closed().await });
+        held.push(conn);
+    }
+    for i in 0..CONNECTIONS_MAX - CONNECTIONS_PER_SOURCE_MAX {
+        let closed = tokio::time::timeout(WAIT, closes.join_next())
+            .await
+            .expect("closed in time")
+            .expect("a close")
+            .expect("the watch ran");
+        match closed {
+            ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(
+                    close.error_code,
+                    VarInt::from_u32(CLOSE_BUSY),
+                    "{i}: {close:?}"
+                )
+            }
+            other => panic!("connection {i} past the share ended otherwise: {other:?}"),
+        }
+    }
+    assert_eq!(
+        closes.len(),
+        CONNECTIONS_PER_SOURCE_MAX,
+        "the share is held"
+    );
+
+    let newcomer = endpoint_on_127_0_0_2().await;
+    let conn = newcomer
+        .connect(n.addr.clone(), ALPN_CLIENT)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    write_message(&mut send, &ClientRequest::Status)
+        .await
+        .expect("ask");
+    let answer: ClientResponse = read_message(&mut recv, "client answer")
+        .await
+        .expect("another host is served while one holds its share");
+    assert!(matches!(answer, ClientResponse::Status(_)), "{answer:?}");
+    conn.close(VarInt::from_u32(0), b"done");
+    for conn in held {
+        conn.close(VarInt::from_u32(0), b"done");
+    }
 }

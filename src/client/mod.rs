@@ -15,7 +15,8 @@
 //!
 //! **IO contract.** `server` reads requests and writes answers under a timeout each, runs
 //! at most [`REQUESTS_IN_FLIGHT_MAX`] requests at once and holds at most
-//! [`CONNECTIONS_MAX`] client connections; it makes no decision about the group itself, it
+//! [`CONNECTIONS_MAX`] client connections, [`CONNECTIONS_PER_SOURCE_MAX`] of them from one
+//! source address; it makes no decision about the group itself, it
 //! calls the [`crate::groups::Group`] handle. `connect` is the client side, dialling only
 //! the address it is given.
 pub(crate) mod connect;
@@ -41,6 +42,10 @@ pub const REQUEST_BYTES_MAX: usize = 256 << 10;
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// Client connections a node holds at once.
 pub const CONNECTIONS_MAX: usize = 128;
+/// Client connections a node holds at once from one source ([`crate::net::Source`]: an
+/// IP address, an IPv6 /64): one host that opens and keeps connections (its clients may be
+/// allowed, or any key may be) takes at most half, and other hosts still get in.
+pub const CONNECTIONS_PER_SOURCE_MAX: usize = CONNECTIONS_MAX / 2;
 /// Bound on reading one request or writing one answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on running one request against the group.

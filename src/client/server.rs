@@ -15,12 +15,14 @@ use tokio::sync::{watch, Semaphore};
 
 use super::{
     ClientAllow, ClientRequest, ClientResponse, MemberKind, MemberStatus, NodeStatus, CLOSE_BUSY,
-    CLOSE_UNAUTHORIZED, CONNECTIONS_MAX, CONNECTION_IDLE_TIMEOUT, IO_TIMEOUT,
-    REQUESTS_IN_FLIGHT_MAX, REQUEST_BYTES_MAX, REQUEST_TIMEOUT,
+    CLOSE_UNAUTHORIZED, CONNECTIONS_MAX, CONNECTIONS_PER_SOURCE_MAX, CONNECTION_IDLE_TIMEOUT,
+    IO_TIMEOUT, REQUESTS_IN_FLIGHT_MAX, REQUEST_BYTES_MAX, REQUEST_TIMEOUT,
 };
 use crate::groups::{node_id_of, Bonds, Consistency, Group, GroupError, Refusal};
 use crate::machine::KvStore;
-use crate::net::{accept_within, read_message, write_message, Budget, FrameError, ALPN_CLIENT};
+use crate::net::{
+    read_message, write_message, AcceptFailure, Budget, FrameError, ServingBudget, ALPN_CLIENT,
+};
 use crate::raft::{MemberRole, NodeId, Role};
 use crate::tickets::{Clock, Ticket};
 
@@ -65,7 +67,7 @@ pub struct ClientService {
     /// Refusals of the endpoint's gateway, before a connection reaches a group.
     pub gateway: Option<watch::Receiver<crate::groups::BondStats>>,
     requests: Arc<Semaphore>,
-    connections: Arc<Semaphore>,
+    connections: ServingBudget,
     /// Keys that may send the group key (`[provision] allow`), served so that a sender
     /// retrying after a lost answer gets it; and the public id of the key this node holds.
     provisioners: Vec<PublicKey>,
@@ -98,7 +100,11 @@ impl ClientService {
             discovery: None,
             gateway: None,
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
-            connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+            connections: ServingBudget::new(
+                "client connections",
+                CONNECTIONS_MAX,
+                CONNECTIONS_PER_SOURCE_MAX,
+            ),
             provisioners: Vec::new(),
             key_id: None,
         }
@@ -315,12 +321,25 @@ impl std::fmt::Debug for ClientProtocol {
 
 impl ProtocolHandler for ClientProtocol {
     async fn on_accepting(&self, accepting: Accepting) -> Result<Connection, AcceptError> {
-        let (conn, _) = accept_within(&self.connecting, accepting, IO_TIMEOUT).await?;
-        Ok(conn)
+        let busy = (CLOSE_BUSY, &b"too many client connections"[..]);
+        let accepted = self
+            .service
+            .connections
+            .accept(&self.connecting, accepting, IO_TIMEOUT, busy)
+            .await;
+        if let Err(AcceptFailure::OverBudget(_)) = &accepted {
+            self.service.stats.busy.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(accepted?)
     }
 
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let service = &self.service;
+        // Held while the connection is served: a unit of the per-source budget.
+        let Some(_permit) = service.connections.take(&conn) else {
+            conn.close(VarInt::from_u32(CLOSE_BUSY), b"not admitted");
+            return Ok(());
+        };
         if conn.alpn() != ALPN_CLIENT {
             conn.close(VarInt::from_u32(0), b"unknown protocol");
             return Ok(());
@@ -338,11 +357,6 @@ impl ProtocolHandler for ClientProtocol {
             );
             return Ok(());
         }
-        let Ok(_permit) = service.connections.clone().try_acquire_owned() else {
-            service.stats.busy.fetch_add(1, Ordering::Relaxed);
-            conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many client connections");
-            return Ok(());
-        };
         serve_connection(service, &conn).await;
         Ok(())
     }

@@ -54,7 +54,8 @@ pub(crate) mod service;
 pub use exchange::{BondCommands, DiscoveryStats, Exchange, OwnEntry};
 pub use service::{
     CatalogFrame, Discovery, DiscoveryConfig, DiscoveryError, DiscoveryProtocol, ExchangeError,
-    PeerDialer, CLOSE_LIMIT, CLOSE_MALFORMED, ENTRY_FRAME_BYTES_MAX,
+    PeerDialer, CLOSE_BUSY, CLOSE_LIMIT, CLOSE_MALFORMED, ENTRY_FRAME_BYTES_MAX,
+    INCOMING_EXCHANGES_MAX, INCOMING_EXCHANGES_PER_SOURCE_MAX,
 };
 
 const SIGNATURE_DOMAIN: &[u8] = b"tessera/discovery/entry/v1";

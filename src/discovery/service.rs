@@ -31,7 +31,7 @@ use super::exchange::{
 };
 use super::{EntryError, PeerEntry, SignedPeerEntry, ENTRY_BYTES_MAX};
 use crate::net::{
-    accept_within, encode_message, read_message_limited, Budget, FrameError, ALPN_DISCOVERY,
+    encode_message, read_message_limited, Budget, FrameError, ServingBudget, ALPN_DISCOVERY,
 };
 use crate::tickets::{Admission, Clock, PeerContext, Ticket, TicketValidator};
 
@@ -40,7 +40,10 @@ pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest catalog frame: one entry, its signature and the encoding overhead.
 pub const ENTRY_FRAME_BYTES_MAX: usize = ENTRY_BYTES_MAX + 256;
 /// Exchanges we answer at once; further discovery connections are closed as busy.
-pub(crate) const INCOMING_EXCHANGES_MAX: usize = 8;
+pub const INCOMING_EXCHANGES_MAX: usize = 8;
+/// Exchanges answered at once from one source ([`crate::net::Source`]): one host that
+/// opens exchanges and stalls them holds at most this many of the slots.
+pub const INCOMING_EXCHANGES_PER_SOURCE_MAX: usize = INCOMING_EXCHANGES_MAX / 2;
 /// Exchanges we start at once; a round's further peers wait for the next round.
 pub(crate) const OUTGOING_EXCHANGES_MAX: usize = 8;
 /// How often the driver wakes when nothing else wakes it.
@@ -57,7 +60,9 @@ pub const CLOSE_MALFORMED: u32 = 1;
 /// bytes).
 pub const CLOSE_LIMIT: u32 = 2;
 pub(crate) const CLOSE_TIMEOUT: u32 = 3;
-pub(crate) const CLOSE_BUSY: u32 = 4;
+/// Close code: too many exchanges are answered now (from the peer's source, or in all);
+/// the peer tries again in a later round.
+pub const CLOSE_BUSY: u32 = 4;
 
 /// One frame of a catalog on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,8 +197,8 @@ struct Shared {
     stats: watch::Sender<DiscoveryStats>,
     wake: Notify,
     outgoing: Arc<Semaphore>,
-    /// Exchanges peers started that we answer now.
-    incoming: Arc<Semaphore>,
+    /// Exchanges peers started that we answer now, in total and per source.
+    incoming: ServingBudget,
     network_id: String,
     admission: Option<Admission>,
 }
@@ -294,7 +299,11 @@ impl Discovery {
             stats,
             wake: Notify::new(),
             outgoing: Arc::new(Semaphore::new(OUTGOING_EXCHANGES_MAX)),
-            incoming: Arc::new(Semaphore::new(INCOMING_EXCHANGES_MAX)),
+            incoming: ServingBudget::new(
+                "discovery exchanges",
+                INCOMING_EXCHANGES_MAX,
+                INCOMING_EXCHANGES_PER_SOURCE_MAX,
+            ),
             network_id: config.network_id,
             admission: config.validator.map(|v| Admission::new(vec![v])),
         });
@@ -355,22 +364,25 @@ impl std::fmt::Debug for DiscoveryProtocol {
 
 impl ProtocolHandler for DiscoveryProtocol {
     async fn on_accepting(&self, accepting: Accepting) -> Result<Connection, AcceptError> {
-        let (conn, _) = accept_within(&self.connecting, accepting, EXCHANGE_TIMEOUT).await?;
+        let busy = (CLOSE_BUSY, &b"too many discovery exchanges"[..]);
+        let conn = self
+            .shared
+            .incoming
+            .accept(&self.connecting, accepting, EXCHANGE_TIMEOUT, busy)
+            .await?;
         Ok(conn)
     }
 
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        // Held while the exchange is answered: a unit of the per-source budget.
+        let Some(_permit) = self.shared.incoming.take(&conn) else {
+            conn.close(VarInt::from_u32(CLOSE_BUSY), b"not admitted");
+            return Ok(());
+        };
         if conn.alpn() != ALPN_DISCOVERY {
             conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"unknown protocol");
             return Ok(());
         }
-        let Ok(_permit) = self.shared.incoming.clone().try_acquire_owned() else {
-            conn.close(
-                VarInt::from_u32(CLOSE_BUSY),
-                b"too many discovery exchanges",
-            );
-            return Ok(());
-        };
         answer(&self.shared, conn).await;
         Ok(())
     }

@@ -170,6 +170,71 @@ impl Drop for BudgetPermit {
     }
 }
 
+/// A [`Budget`] for the connections a protocol handler serves after their QUIC handshake
+/// (client sessions, discovery exchanges), in total and per [`Source`].
+///
+/// A connection's source is known only while it is being accepted (`on_accepting`), and
+/// iroh's router hands the connection to `accept` right after, in the same task:
+/// [`ServingBudget::admit`] takes the unit in the first and keeps it under the connection's
+/// stable id, [`ServingBudget::take`] hands it to the second, which holds it while it
+/// serves. Every unit kept counts against the budget, so what is kept stays bounded by it.
+#[derive(Clone)]
+pub struct ServingBudget {
+    budget: Budget,
+    admitted: Arc<Mutex<HashMap<usize, BudgetPermit>>>,
+}
+
+impl ServingBudget {
+    /// A budget named `what` of `total_max` connections served at once, `per_source_max`
+    /// of them from one source.
+    pub fn new(what: &'static str, total_max: usize, per_source_max: usize) -> Self {
+        Self {
+            budget: Budget::new(what, total_max, per_source_max),
+            admitted: Arc::default(),
+        }
+    }
+
+    /// Completes an incoming handshake as [`accept_within`] does (holding a unit of
+    /// `connecting` meanwhile), then takes a unit of this budget for the connection's
+    /// source and keeps it for [`ServingBudget::take`]. Over this budget the connection is
+    /// closed with `busy` (code and reason) and refused.
+    pub async fn accept(
+        &self,
+        connecting: &Budget,
+        accepting: Accepting,
+        timeout: std::time::Duration,
+        busy: (u32, &'static [u8]),
+    ) -> Result<Connection, AcceptFailure> {
+        let (conn, source) = accept_within(connecting, accepting, timeout).await?;
+        match self.budget.try_acquire(source) {
+            Ok(permit) => {
+                self.lock().insert(conn.stable_id(), permit);
+                Ok(conn)
+            }
+            Err(over) => {
+                tracing::warn!(detail = %over, "connection refused: over budget");
+                conn.close(iroh::endpoint::VarInt::from_u32(busy.0), busy.1);
+                Err(AcceptFailure::OverBudget(over))
+            }
+        }
+    }
+
+    /// The unit [`ServingBudget::accept`] kept for `conn`: `None` for a connection it did
+    /// not admit, which must not be served.
+    pub fn take(&self, conn: &Connection) -> Option<BudgetPermit> {
+        self.lock().remove(&conn.stable_id())
+    }
+
+    /// Connections served (or admitted) now, in total and from `source`.
+    pub fn in_use(&self, source: Source) -> (usize, usize) {
+        self.budget.in_use(source)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, BudgetPermit>> {
+        self.admitted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,9 @@ pub(crate) mod budget;
 pub(crate) mod endpoint;
 pub(crate) mod frame;
 
-pub use budget::{accept_within, AcceptFailure, Budget, BudgetPermit, OverBudget, Source};
+pub use budget::{
+    accept_within, AcceptFailure, Budget, BudgetPermit, OverBudget, ServingBudget, Source,
+};
 pub use endpoint::{
     advertised_addrs, bound_addr, local_endpoint, random_secret, EndpointError, Listen, ALPN_BOND,
     ALPN_CLIENT, ALPN_DISCOVERY,
