@@ -5,6 +5,13 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// mimalloc rather than the system allocator: under load a member allocates and frees
+/// small buffers at a high rate on every thread (frames, entries, outputs), and glibc's
+/// malloc spent a third of the time of a loaded leader on it (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+
 /// tessera: confidential replicated groups for Intel TDX.
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about)]
