@@ -11,7 +11,6 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 /// tessera: confidential replicated groups for Intel TDX.
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about)]

@@ -353,6 +353,46 @@ async fn garbage_oversized_forged_and_foreign_catalogs_are_refused_and_harmless(
     assert!(m.discovery.entry(&good.public()).is_some(), "gossiped on");
 }
 
+/// Opens `total` connections on `alpn` to `target` from one host (127.0.0.1) and sends
+/// nothing on them. Asserts that the `total - share` closed first are closed with `busy`
+/// and that `share` stay open; returns the endpoint and the connections, kept alive.
+async fn flood_from_one_host(
+    target: &EndpointAddr,
+    alpn: &[u8],
+    total: usize,
+    share: usize,
+    busy: u32,
+) -> (Endpoint, Vec<iroh::endpoint::Connection>) {
+    let (flooder, _) = endpoint(Vec::new()).await;
+    let mut closes = tokio::task::JoinSet::new();
+    let mut conns = Vec::new();
+    for _ in 0..total {
+        let conn = tokio::time::timeout(WAIT, flooder.connect(target.clone(), alpn))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let watched = conn.clone();
+        closes.spawn(async move { watched.closed().await });
+        conns.push(conn);
+    }
+    // Those past the share are closed first (the share is kept until its idle timeout).
+    for i in 0..total - share {
+        let closed = tokio::time::timeout(WAIT, closes.join_next())
+            .await
+            .expect("closed in time")
+            .expect("a close")
+            .expect("the watch ran");
+        match closed {
+            ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, VarInt::from_u32(busy), "{i}: {close:?}")
+            }
+            other => panic!("connection {i} past the share ended otherwise: {other:?}"),
+        }
+    }
+    assert_eq!(closes.len(), share, "the share is held");
+    (flooder, conns)
+}
+
 /// One host that opens discovery exchanges and never speaks holds at most its share of
 /// the answering slots: its connections past the share are closed as busy at once, and an
 /// exchange from another address (127.0.0.2) is answered meanwhile. (Before, eight such
@@ -364,42 +404,14 @@ async fn stalled_exchanges_from_one_host_do_not_lock_out_another() {
     };
     let clock = clock();
     let n = node(both_alpns().await, Vec::new(), true, &clock).await;
-    let (flooder, _) = endpoint(Vec::new()).await;
-    let mut closes = tokio::task::JoinSet::new();
-    let mut stalled = Vec::new();
-    for _ in 0..INCOMING_EXCHANGES_MAX {
-        let conn = tokio::time::timeout(WAIT, flooder.connect(n.addr.clone(), ALPN_DISCOVERY))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        let watched = conn.clone();
-        closes.spawn(async move { watched.closed().await });
-        stalled.push(conn);
-    }
-    // Those past the share are closed first (the share waits for the 10 s timeout).
-    let over = INCOMING_EXCHANGES_MAX - INCOMING_EXCHANGES_PER_SOURCE_MAX;
-    for i in 0..over {
-        let closed = tokio::time::timeout(WAIT, closes.join_next())
-            .await
-            .expect("closed in time")
-            .expect("a close")
-            .expect("the watch ran");
-        match closed {
-            ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(
-                    close.error_code,
-                    VarInt::from_u32(CLOSE_BUSY),
-                    "{i}: {close:?}"
-                )
-            }
-            other => panic!("connection {i} past the share ended otherwise: {other:?}"),
-        }
-    }
-    assert_eq!(
-        closes.len(),
+    let (_flooder, stalled) = flood_from_one_host(
+        &n.addr,
+        ALPN_DISCOVERY,
+        INCOMING_EXCHANGES_MAX,
         INCOMING_EXCHANGES_PER_SOURCE_MAX,
-        "the share is held"
-    );
+        CLOSE_BUSY,
+    )
+    .await;
 
     // Another host exchanges meanwhile and gets the node's catalog.
     let newcomer = endpoint_on_127_0_0_2().await;
@@ -452,40 +464,14 @@ async fn idle_client_connections_from_one_host_do_not_lock_out_another() {
     use tessera::client::{CLOSE_BUSY, CONNECTIONS_MAX, CONNECTIONS_PER_SOURCE_MAX};
     let clock = clock();
     let n = node(both_alpns().await, Vec::new(), true, &clock).await;
-    let (flooder, _) = endpoint(Vec::new()).await;
-    let mut closes = tokio::task::JoinSet::new();
-    let mut held = Vec::new();
-    for _ in 0..CONNECTIONS_MAX {
-        let conn = tokio::time::timeout(WAIT, flooder.connect(n.addr.clone(), ALPN_CLIENT))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        let watched = conn.clone();
-        closes.spawn(async move { watched.closed().await });
-        held.push(conn);
-    }
-    for i in 0..CONNECTIONS_MAX - CONNECTIONS_PER_SOURCE_MAX {
-        let closed = tokio::time::timeout(WAIT, closes.join_next())
-            .await
-            .expect("closed in time")
-            .expect("a close")
-            .expect("the watch ran");
-        match closed {
-            ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(
-                    close.error_code,
-                    VarInt::from_u32(CLOSE_BUSY),
-                    "{i}: {close:?}"
-                )
-            }
-            other => panic!("connection {i} past the share ended otherwise: {other:?}"),
-        }
-    }
-    assert_eq!(
-        closes.len(),
+    let (_flooder, held) = flood_from_one_host(
+        &n.addr,
+        ALPN_CLIENT,
+        CONNECTIONS_MAX,
         CONNECTIONS_PER_SOURCE_MAX,
-        "the share is held"
-    );
+        CLOSE_BUSY,
+    )
+    .await;
 
     let newcomer = endpoint_on_127_0_0_2().await;
     let conn = newcomer
