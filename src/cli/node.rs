@@ -56,7 +56,7 @@ use tessera::tickets::{system_clock, Clock, TdxTicketIssuer};
 use tessera_attestation::provider::configfs::ConfigfsTsmProvider;
 #[cfg(feature = "mock-attestation")]
 use tessera_attestation::provider::mock::{MockConfig, MockProvider};
-use tessera_attestation::{Collateral, QuoteProvider};
+use tessera_attestation::{Collateral, CollateralWatermark, QuoteProvider};
 
 use super::metrics;
 
@@ -263,7 +263,9 @@ fn prepare(args: &NodeArgs) -> Result<Prepared> {
             (Arc::new(provider), None, system_clock())
         }
     };
-    let collateral = collateral_source(&config, provider.clone(), builtin, &clock)?;
+    // Fetched collateral is compared with what peers show the validators.
+    let watermarks = validator.collateral_watermarks();
+    let collateral = collateral_source(&config, provider.clone(), builtin, &clock, watermarks)?;
     let issuer = TdxTicketIssuer::with_shared_collateral(
         provider,
         collateral.shared,
@@ -295,12 +297,14 @@ struct CollateralSetup {
 
 /// Sets up the collateral source the config names (architecture.md §12): `pccs_url` (the cache in
 /// the data directory if it verifies, else a first fetch, which must succeed), or
-/// `collateral_file` (read once), or the mock provider's own.
+/// `collateral_file` (read once), or the mock provider's own. A PCCS's bundles are compared
+/// with `watermarks`, the newest collateral peers have shown the node's validators.
 fn collateral_source(
     config: &NodeConfig,
     provider: Arc<dyn QuoteProvider + Send + Sync>,
     builtin: Option<Collateral>,
     clock: &Clock,
+    watermarks: Vec<Arc<CollateralWatermark>>,
 ) -> Result<CollateralSetup> {
     let policies = config.load_policies()?;
     if let Some(pccs) = &config.pccs {
@@ -312,7 +316,8 @@ fn collateral_source(
             policies,
             provider,
             Some(collateral_cache::path_in(&config.data_dir)),
-        );
+        )
+        .with_peer_watermarks(watermarks);
         // Before the node's runtime exists: a runtime of its own for the first fetch (the
         // client keeps no connection, so nothing of it outlives this runtime).
         let runtime = tokio::runtime::Builder::new_current_thread()

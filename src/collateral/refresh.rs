@@ -7,14 +7,22 @@
 //! [`Refresher::handle_failure`] (no bundle), and installs the candidate if the outcome is
 //! [`Outcome::Installed`].
 //!
+//! Peers: the validators' collateral watermarks ([`Refresher::set_peer_watermarks`]) hold
+//! the newest collateral peers have shown. A fetch whose bundle is older than that (a PCCS
+//! whose cache lags behind Intel's) is still installed if it is newer than the current
+//! one, but counts as a failed fetch (`behind_peers`): peers would refuse this node's
+//! tickets with it, so the refresh tries again after the shortest pause, not the interval.
+//!
 //! Schedule: every `interval_secs` after the last attempt; after a failure, again after
 //! `retry_min_secs`, doubling up to `interval_secs`; and never later than
 //! `expiry_margin_secs` before the current bundle stops verifying (its earliest expiry or
 //! the policy's age limit), but then no more often than `retry_min_secs`, so that a server
 //! that keeps serving the same old bundle is not hammered.
+use std::sync::Arc;
+
 use tessera_attestation::freshness::FreshnessError;
 use tessera_attestation::{
-    appraise, Collateral, CollateralFreshness, Policy, TcbStatus, VerifyError,
+    appraise, Collateral, CollateralFreshness, CollateralWatermark, Policy, TcbStatus, VerifyError,
 };
 
 use super::fetch::FetchError;
@@ -146,6 +154,11 @@ pub enum Refusal {
     /// No policy to verify with (a config always names one).
     #[error("no policy to verify it with")]
     NoPolicy,
+    /// The bundle verifies but is older than collateral peers have shown this node's
+    /// validators: peers refuse this node's tickets with it. (It is still installed if it
+    /// is newer than the current one.)
+    #[error("it is older than collateral peers have shown (is the PCCS's cache behind?): {0}")]
+    BehindPeers(FreshnessError),
 }
 
 impl Refusal {
@@ -157,6 +170,7 @@ impl Refusal {
             Refusal::Unverified(_) => "unverified",
             Refusal::Older(_) => "older",
             Refusal::NoPolicy => "no_policy",
+            Refusal::BehindPeers(_) => "behind_peers",
         }
     }
 }
@@ -180,6 +194,8 @@ pub enum Outcome {
 pub struct Refresher {
     settings: RefreshSettings,
     policies: Vec<Policy>,
+    /// The newest collateral peers have shown this node's validators.
+    peers: Vec<Arc<CollateralWatermark>>,
     current: Option<Bundle>,
     last_attempt_at: Option<u64>,
     failures_in_a_row: u32,
@@ -192,11 +208,18 @@ impl Refresher {
         Refresher {
             settings,
             policies,
+            peers: Vec::new(),
             current: None,
             last_attempt_at: None,
             failures_in_a_row: 0,
             status: CollateralStatus::new(SourceKind::Pccs),
         }
+    }
+
+    /// Compares fetched bundles with `watermarks` (the node's validators',
+    /// `TicketValidator::collateral_watermarks`) too.
+    pub fn set_peer_watermarks(&mut self, watermarks: Vec<Arc<CollateralWatermark>>) {
+        self.peers = watermarks;
     }
 
     /// The current bundle.
@@ -264,10 +287,18 @@ impl Refresher {
             Err(refusal) => self.refused(now, refusal, origin),
             Ok(new) => {
                 if origin == Origin::Fetched {
-                    self.last_attempt_at = Some(now);
-                    self.failures_in_a_row = 0;
-                    self.status.fetches_ok = self.status.fetches_ok.saturating_add(1);
-                    self.status.last_error = None;
+                    let freshness = new.as_ref().or(self.current.as_ref()).map(|b| &b.freshness);
+                    let behind = freshness
+                        .and_then(|f| self.peers.iter().find_map(|w| w.check(f, now).err()));
+                    if let Some(e) = behind {
+                        tracing::warn!(error = %e, "the PCCS serves collateral older than peers have shown; fetching again soon");
+                        self.refused(now, Refusal::BehindPeers(e), origin);
+                    } else {
+                        self.last_attempt_at = Some(now);
+                        self.failures_in_a_row = 0;
+                        self.status.fetches_ok = self.status.fetches_ok.saturating_add(1);
+                        self.status.last_error = None;
+                    }
                 }
                 match new {
                     None => Outcome::Unchanged,
@@ -468,6 +499,55 @@ mod tests {
         );
         assert_eq!(r.next_fetch_at(), now + 4 * 3600);
         assert_eq!(r.status().last_error, None);
+    }
+
+    /// Peers have shown newer collateral than the PCCS serves (its cache lags): the
+    /// bundle is still taken (it is newer than nothing), but the fetch counts as failed,
+    /// names the piece, and comes again after the shortest pause; once the PCCS catches
+    /// up the schedule is back to the interval.
+    #[test]
+    fn collateral_older_than_peers_have_shown_is_fetched_again_soon() {
+        let f = fixture();
+        let t = f.base.collateral_issued_at;
+        let peers = Arc::new(CollateralWatermark::default());
+        let mut r = refresher();
+        r.set_peer_watermarks(vec![peers.clone()]);
+        // A peer's ticket carried evaluation 18 (its validator raised the watermark).
+        let seen = assess(&f.quote, &collateral(&f.base, 18, t), &r.policies, f.now)
+            .expect("peer collateral verifies");
+        peers
+            .check_and_raise(&seen.freshness, f.now)
+            .expect("raised");
+        let stale = collateral(&f.base, 17, t);
+        let out = r.handle_candidate(f.now, &f.quote, stale.clone(), Origin::Fetched);
+        assert_eq!(
+            out,
+            Outcome::Installed { replaced: None },
+            "better than none"
+        );
+        assert_eq!(r.failures_in_a_row(), 1);
+        assert_eq!(r.status().fetch_failures.get("behind_peers"), Some(&1));
+        let error = r.status().last_error.clone().unwrap_or_default();
+        assert!(error.contains("peers") && error.contains("TCB"), "{error}");
+        assert_eq!(
+            r.next_fetch_at(),
+            f.now + 60,
+            "again after the shortest pause"
+        );
+        // The same stale bundle again: unchanged, still behind.
+        let out = r.handle_candidate(f.now + 60, &f.quote, stale, Origin::Fetched);
+        assert_eq!(out, Outcome::Unchanged);
+        assert_eq!(r.failures_in_a_row(), 2);
+        // The PCCS caught up.
+        let caught_up = collateral(&f.base, 18, t);
+        let out = r.handle_candidate(f.now + 180, &f.quote, caught_up, Origin::Fetched);
+        assert!(
+            matches!(out, Outcome::Installed { replaced: Some(_) }),
+            "{out:?}"
+        );
+        assert_eq!(r.failures_in_a_row(), 0);
+        assert_eq!(r.status().last_error, None);
+        assert_eq!(r.next_fetch_at(), f.now + 180 + 4 * 3600);
     }
 
     /// Near the end of the current bundle's life the fetch comes sooner than the interval,

@@ -81,6 +81,17 @@ impl PccsRefresh {
         }
     }
 
+    /// Compares what the PCCS serves with the collateral peers have shown `watermarks`
+    /// (the node's validators'; see [`Refresher::set_peer_watermarks`]).
+    #[must_use]
+    pub fn with_peer_watermarks(
+        mut self,
+        watermarks: Vec<Arc<tessera_attestation::CollateralWatermark>>,
+    ) -> Self {
+        self.refresher.set_peer_watermarks(watermarks);
+        self
+    }
+
     /// The status as it changes (for metrics).
     pub fn status(&self) -> watch::Receiver<CollateralStatus> {
         self.status.subscribe()

@@ -70,4 +70,11 @@ impl TicketValidator for AnyOf {
             .iter()
             .fold(0u64, |sum, v| sum.wrapping_add(v.generation()))
     }
+
+    fn collateral_watermarks(&self) -> Vec<Arc<tessera_attestation::CollateralWatermark>> {
+        self.alternatives
+            .iter()
+            .flat_map(|v| v.collateral_watermarks())
+            .collect()
+    }
 }

@@ -148,6 +148,13 @@ pub trait TicketValidator: Send + Sync {
     fn generation(&self) -> u64 {
         0
     }
+    /// The collateral watermarks this validator keeps (the newest collateral it has
+    /// accepted from peers; none for a validator that keeps none). The node's collateral
+    /// refresh compares what its PCCS serves with them: collateral older than peers have
+    /// shown would get this node's own tickets refused.
+    fn collateral_watermarks(&self) -> Vec<Arc<tessera_attestation::CollateralWatermark>> {
+        Vec::new()
+    }
 }
 
 /// Accepted verdicts of one set of tickets, and the validators' generation they were

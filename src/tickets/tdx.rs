@@ -97,6 +97,10 @@ impl TicketValidator for TdxValidator {
     fn generation(&self) -> u64 {
         self.pipeline.generation()
     }
+
+    fn collateral_watermarks(&self) -> Vec<Arc<CollateralWatermark>> {
+        vec![self.pipeline.watermark.clone()]
+    }
 }
 
 /// What both TDX validators hold and run: the policy, its digest (the validator's
@@ -105,7 +109,7 @@ impl TicketValidator for TdxValidator {
 struct Pipeline {
     policy: Policy,
     signature: [u8; 32],
-    watermark: CollateralWatermark,
+    watermark: Arc<CollateralWatermark>,
 }
 
 impl Pipeline {
@@ -115,7 +119,7 @@ impl Pipeline {
         Ok(Self {
             policy,
             signature,
-            watermark: CollateralWatermark::default(),
+            watermark: Arc::new(CollateralWatermark::default()),
         })
     }
 
@@ -229,6 +233,10 @@ impl TicketValidator for MockTdxValidator {
 
     fn generation(&self) -> u64 {
         self.pipeline.generation()
+    }
+
+    fn collateral_watermarks(&self) -> Vec<Arc<CollateralWatermark>> {
+        vec![self.pipeline.watermark.clone()]
     }
 }
 
