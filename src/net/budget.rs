@@ -175,7 +175,7 @@ impl Drop for BudgetPermit {
 ///
 /// A connection's source is known only while it is being accepted (`on_accepting`), and
 /// iroh's router hands the connection to `accept` right after, in the same task:
-/// [`ServingBudget::admit`] takes the unit in the first and keeps it under the connection's
+/// [`ServingBudget::accept`] takes the unit in the first and keeps it under the connection's
 /// stable id, [`ServingBudget::take`] hands it to the second, which holds it while it
 /// serves. Every unit kept counts against the budget, so what is kept stays bounded by it.
 #[derive(Clone)]

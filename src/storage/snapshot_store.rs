@@ -506,8 +506,8 @@ impl SnapshotStore {
         Some(path)
     }
 
-    /// The name `handle` is stored under: its SHA-256 in memory, the keyed name
-    /// ([`StorageKey::snapshot_name`]) in a directory (for tests and diagnostics).
+    /// The name `handle` is stored under: its SHA-256 in memory, in a directory the keyed
+    /// name (a MAC of the handle under the storage key; for tests and diagnostics).
     pub fn name_of(&self, handle: &SnapshotHandle) -> [u8; 32] {
         match &self.backend {
             Backend::Memory(_) => handle.sha256,
