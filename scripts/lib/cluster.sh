@@ -14,7 +14,8 @@
 # binary, built with the mock-attestation feature, instead of building one),
 # TESSERA_TEST_SUBNET (a /24, default 172.31.250.0/24; the client network, when there is
 # one, takes the next /24), TESSERA_TEST_DEADLINE (seconds per wait, default 90),
-# TESSERA_TEST_KEEP=1 (keep what was created, for a look).
+# TESSERA_TEST_KEEP=1 (keep what was created, for a look), TESSERA_TEST_LOG (the nodes'
+# log_level, a tracing filter; default info, e.g. "info,tessera::groups=debug").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -22,6 +23,7 @@ CARGO=${CARGO:-cargo}
 SUBNET=${TESSERA_TEST_SUBNET:-172.31.250.0/24}
 DEADLINE=${TESSERA_TEST_DEADLINE:-90}
 KEEP=${TESSERA_TEST_KEEP:-0}
+NODE_LOG=${TESSERA_TEST_LOG:-info}
 PREFIX=${PREFIX:-tessera-test}
 IMAGE=$PREFIX:local
 NET=$PREFIX-net
@@ -407,7 +409,7 @@ attestation = "mock"
 secret_key_file = "node.key"
 network_id = "$TEST"
 storage = "rocksdb"
-log_level = "info"
+log_level = "$NODE_LOG"
 
 [timers]
 tick_ms = 50

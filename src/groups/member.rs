@@ -59,6 +59,12 @@ const STAMP_CATCH_UP_PERCENT: u64 = 1;
 /// (alive after all, e.g. paused) is added again after this.
 pub(crate) const READMIT_AFTER: Duration = Duration::from_secs(30);
 
+/// A peer the group removed automatically whose bond stayed up is added back at once, not
+/// after [`READMIT_AFTER`], when a frame of it arrives this long after the removal: a dead
+/// peer's last frames arrive within a round trip, so a later one shows it alive (it was
+/// paused, or cut off and back, while the core replaced it as a dead voter).
+pub(crate) const ALIVE_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
 /// Longest a leader that shuts down waits for its successor's election before it stops
 /// anyway: a successor that is alive and caught up is elected within a round trip or two;
 /// without this bound a leader whose chosen successor is dead would wait out a whole
@@ -620,9 +626,22 @@ impl Member {
             tracing::debug!(node = %self.id, %from, "frame from a member of another founding; dropped");
             return;
         }
+        self.note_alive(now, from);
         self.take_frame(now, from, frame);
         // The frame may have given the core its first entry or a snapshot.
         self.note_incarnation(now);
+    }
+
+    /// `peer` spoke: if the group removed it automatically at least [`ALIVE_AGAIN_AFTER`]
+    /// ago while its bond stayed up, it is alive after all and may be added back now.
+    fn note_alive(&mut self, now: Now, peer: NodeId) {
+        let Some(removed_at) = self.dropped_out.get(&peer) else {
+            return;
+        };
+        if now.instant.saturating_duration_since(*removed_at) >= ALIVE_AGAIN_AFTER {
+            self.dropped_out.remove(&peer);
+            tracing::info!(node = %self.id, %peer, "a removed member speaks again: it may be added back");
+        }
     }
 
     fn take_frame(&mut self, now: Now, from: NodeId, frame: PeerFrame) {

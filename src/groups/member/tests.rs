@@ -427,3 +427,68 @@ fn a_removed_peer_whose_bond_lingers_is_not_added_back_at_once() {
         d.ticks - removed_at
     );
 }
+
+/// A member the group removed while its bond stayed up (the core replaced it as a dead
+/// voter while it was paused) that speaks again is added back at once, not after
+/// `READMIT_AFTER`; a frame right after the removal (one a dead peer could have sent
+/// before it died) does not count.
+#[test]
+fn a_removed_peer_that_speaks_again_is_added_back_at_once() {
+    const PEER: NodeId = NodeId(5);
+    let mut d = leader(config());
+    let settle = |d: &mut Driver, ticks: u64| {
+        for _ in 0..ticks {
+            d.tick();
+            d.run();
+        }
+    };
+    let now = d.now();
+    d.member.handle_reachable(now, PEER, true);
+    d.member.handle_frame(
+        now,
+        PEER,
+        PeerFrame::Preference(LeadershipPreference::Normal),
+    );
+    settle(&mut d, 3);
+    assert!(
+        d.member.raft().membership().contains(PEER),
+        "added on its bond"
+    );
+    d.member
+        .step(Input::ChangeMembership(MembershipChange::Remove(PEER)));
+    settle(&mut d, 2);
+    assert!(!d.member.raft().membership().contains(PEER), "removed");
+    // Its (pre-)vote request right after: maybe sent before it died. Not enough.
+    let pre_vote = |d: &Driver| {
+        PeerFrame::Raft(Message {
+            from: PEER,
+            to: ME,
+            term: d.member.raft().term(),
+            body: crate::raft::MessageBody::PreVote {
+                last_index: 1,
+                last_term: 1,
+            },
+        })
+    };
+    let frame = pre_vote(&d);
+    let now = d.now();
+    d.member.handle_frame(now, PEER, frame);
+    settle(&mut d, 10);
+    assert!(
+        !d.member.raft().membership().contains(PEER),
+        "added back on a frame right after its removal"
+    );
+    // Well after the removal (ALIVE_AGAIN_AFTER, far short of READMIT_AFTER): alive.
+    let ticks = (ALIVE_AGAIN_AFTER.as_millis() / 50) as u64;
+    settle(&mut d, ticks);
+    let frame = pre_vote(&d);
+    let now = d.now();
+    d.member.handle_frame(now, PEER, frame);
+    settle(&mut d, 5);
+    assert!(
+        d.member.raft().membership().contains(PEER),
+        "not added back though it speaks: {:?}",
+        d.member.raft().membership()
+    );
+    assert!(Duration::from_millis(d.ticks * 50) < READMIT_AFTER);
+}
