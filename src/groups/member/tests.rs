@@ -71,6 +71,25 @@ impl Driver {
         self.member.handle_tick(now);
     }
 
+    /// Ticks `ticks` times, carrying out every action after each.
+    fn settle(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            self.tick();
+            self.run();
+        }
+    }
+
+    /// A new bond with `peer`, which says it takes part as an ordinary member.
+    fn bond_member(&mut self, peer: NodeId) {
+        let now = self.now();
+        self.member.handle_reachable(now, peer, true);
+        self.member.handle_frame(
+            now,
+            peer,
+            PeerFrame::Preference(LeadershipPreference::Normal),
+        );
+    }
+
     fn request(&mut self, id: u64, request: Request) {
         let now = self.now();
         self.member.handle_request(now, RequestId(id), request);
@@ -374,30 +393,15 @@ fn a_member_never_bonded_is_removed_after_the_removal_timeout() {
 fn a_removed_peer_whose_bond_lingers_is_not_added_back_at_once() {
     const PEER: NodeId = NodeId(5);
     let mut d = leader(config());
-    let bond = |d: &mut Driver| {
-        let now = d.now();
-        d.member.handle_reachable(now, PEER, true);
-        d.member.handle_frame(
-            now,
-            PEER,
-            PeerFrame::Preference(LeadershipPreference::Normal),
-        );
-    };
-    let settle = |d: &mut Driver, ticks: u64| {
-        for _ in 0..ticks {
-            d.tick();
-            d.run();
-        }
-    };
-    bond(&mut d);
-    settle(&mut d, 3);
+    d.bond_member(PEER);
+    d.settle(3);
     assert!(
         d.member.raft().membership().contains(PEER),
         "added on its bond"
     );
     d.member
         .step(Input::ChangeMembership(MembershipChange::Remove(PEER)));
-    settle(&mut d, 10);
+    d.settle(10);
     assert!(
         !d.member.raft().membership().contains(PEER),
         "re-added while its old bond lingers: {:?}",
@@ -406,8 +410,8 @@ fn a_removed_peer_whose_bond_lingers_is_not_added_back_at_once() {
     // A new bond proves it alive: added again.
     let now = d.now();
     d.member.handle_reachable(now, PEER, false);
-    bond(&mut d);
-    settle(&mut d, 3);
+    d.bond_member(PEER);
+    d.settle(3);
     assert!(
         d.member.raft().membership().contains(PEER),
         "added on a new bond"
@@ -419,7 +423,7 @@ fn a_removed_peer_whose_bond_lingers_is_not_added_back_at_once() {
     let removed_at = d.ticks;
     while !d.member.raft().membership().contains(PEER) {
         assert!(d.ticks - removed_at < 2_000, "never added back");
-        settle(&mut d, 1);
+        d.settle(1);
     }
     assert!(
         Duration::from_millis((d.ticks - removed_at) * 50) >= READMIT_AFTER,
@@ -436,27 +440,15 @@ fn a_removed_peer_whose_bond_lingers_is_not_added_back_at_once() {
 fn a_removed_peer_that_speaks_again_is_added_back_at_once() {
     const PEER: NodeId = NodeId(5);
     let mut d = leader(config());
-    let settle = |d: &mut Driver, ticks: u64| {
-        for _ in 0..ticks {
-            d.tick();
-            d.run();
-        }
-    };
-    let now = d.now();
-    d.member.handle_reachable(now, PEER, true);
-    d.member.handle_frame(
-        now,
-        PEER,
-        PeerFrame::Preference(LeadershipPreference::Normal),
-    );
-    settle(&mut d, 3);
+    d.bond_member(PEER);
+    d.settle(3);
     assert!(
         d.member.raft().membership().contains(PEER),
         "added on its bond"
     );
     d.member
         .step(Input::ChangeMembership(MembershipChange::Remove(PEER)));
-    settle(&mut d, 2);
+    d.settle(2);
     assert!(!d.member.raft().membership().contains(PEER), "removed");
     // Its (pre-)vote request right after: maybe sent before it died. Not enough.
     let pre_vote = |d: &Driver| {
@@ -473,18 +465,18 @@ fn a_removed_peer_that_speaks_again_is_added_back_at_once() {
     let frame = pre_vote(&d);
     let now = d.now();
     d.member.handle_frame(now, PEER, frame);
-    settle(&mut d, 10);
+    d.settle(10);
     assert!(
         !d.member.raft().membership().contains(PEER),
         "added back on a frame right after its removal"
     );
     // Well after the removal (ALIVE_AGAIN_AFTER, far short of READMIT_AFTER): alive.
     let ticks = (ALIVE_AGAIN_AFTER.as_millis() / 50) as u64;
-    settle(&mut d, ticks);
+    d.settle(ticks);
     let frame = pre_vote(&d);
     let now = d.now();
     d.member.handle_frame(now, PEER, frame);
-    settle(&mut d, 5);
+    d.settle(5);
     assert!(
         d.member.raft().membership().contains(PEER),
         "not added back though it speaks: {:?}",
