@@ -225,11 +225,6 @@ impl ServingBudget {
         self.lock().remove(&conn.stable_id())
     }
 
-    /// Connections served (or admitted) now, in total and from `source`.
-    pub fn in_use(&self, source: Source) -> (usize, usize) {
-        self.budget.in_use(source)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, BudgetPermit>> {
         self.admitted.lock().unwrap_or_else(|p| p.into_inner())
     }

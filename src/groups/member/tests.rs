@@ -386,21 +386,28 @@ fn a_member_never_bonded_is_removed_after_the_removal_timeout() {
     );
 }
 
+/// A leader that added `peer` on its bond and then removed it, as the core removes a dead
+/// voter (not an operator's removal); the removal is not yet carried out.
+fn leader_that_removed(peer: NodeId) -> Driver {
+    let mut d = leader(config());
+    d.bond_member(peer);
+    d.settle(3);
+    assert!(
+        d.member.raft().membership().contains(peer),
+        "added on its bond"
+    );
+    d.member
+        .step(Input::ChangeMembership(MembershipChange::Remove(peer)));
+    d
+}
+
 /// A peer the group removed (here as the core removes a dead voter) is not added back
 /// while its old bond stays up (a crashed peer's bond lingers until it idles out), only
 /// once it bonds anew, or after `READMIT_AFTER` if its bond stayed up all along.
 #[test]
 fn a_removed_peer_whose_bond_lingers_is_not_added_back_at_once() {
     const PEER: NodeId = NodeId(5);
-    let mut d = leader(config());
-    d.bond_member(PEER);
-    d.settle(3);
-    assert!(
-        d.member.raft().membership().contains(PEER),
-        "added on its bond"
-    );
-    d.member
-        .step(Input::ChangeMembership(MembershipChange::Remove(PEER)));
+    let mut d = leader_that_removed(PEER);
     d.settle(10);
     assert!(
         !d.member.raft().membership().contains(PEER),
@@ -439,15 +446,7 @@ fn a_removed_peer_whose_bond_lingers_is_not_added_back_at_once() {
 #[test]
 fn a_removed_peer_that_speaks_again_is_added_back_at_once() {
     const PEER: NodeId = NodeId(5);
-    let mut d = leader(config());
-    d.bond_member(PEER);
-    d.settle(3);
-    assert!(
-        d.member.raft().membership().contains(PEER),
-        "added on its bond"
-    );
-    d.member
-        .step(Input::ChangeMembership(MembershipChange::Remove(PEER)));
+    let mut d = leader_that_removed(PEER);
     d.settle(2);
     assert!(!d.member.raft().membership().contains(PEER), "removed");
     // Its (pre-)vote request right after: maybe sent before it died. Not enough.
